@@ -1,0 +1,41 @@
+//! Files: the address of a stored file, and the models tasks produce (Substra's `_File`,
+//! `InModel` and `OutModel`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ModelKey, OrganizationId, Permissions, TaskKey, Timestamp};
+
+/// Where a file is stored and how to check it: Substra's `_File` and `InModel`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct File {
+    /// SHA-256 of the content, 64 lowercase hex digits; consumers verify it after download.
+    pub checksum: String,
+    /// Where the file is: a URL (`file://`, `s3://`, `https://`) or a path in the artifact store.
+    pub storage_address: String,
+}
+
+impl File {
+    /// Whether `checksum` is 64 hex digits, the form of a SHA-256.
+    pub fn has_valid_checksum(&self) -> bool {
+        self.checksum.len() == 64 && self.checksum.bytes().all(|b| b.is_ascii_hexdigit())
+    }
+}
+
+/// A file a task produced for one of its MODEL outputs (Substra's `OutModel`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Model {
+    /// The model's key.
+    pub key: ModelKey,
+    /// The task that produced it.
+    pub compute_task_key: TaskKey,
+    /// The task output it was registered for.
+    pub output_identifier: String,
+    /// Where its file is; `None` once the model was disabled (file deleted, record kept).
+    pub address: Option<File>,
+    /// The permissions of the output it was registered for.
+    pub permissions: Permissions,
+    /// The organization that produced it (the task's worker organization).
+    pub owner: OrganizationId,
+    /// When it was registered.
+    pub creation_date: Timestamp,
+}
