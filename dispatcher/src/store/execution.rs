@@ -1,0 +1,171 @@
+//! Queries on what running tasks produce: models, performances, log lines and measurements.
+//! Logs and measurements arrive in batches and are inserted in chunks.
+
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use ::models::{LogLine, Measurement, Model, ModelKey, Performance, TaskKey};
+
+use super::rows::{
+    LOG_LINE_COLUMNS, LogLineRow, MEASUREMENT_COLUMNS, MeasurementRow, ModelRow, NewMeasurementRow,
+    PerformanceRecord,
+};
+use super::schema::{log_lines, measurements, models, performances};
+use super::{StoreResult, rows_per_insert};
+
+/// Registers `model`.
+pub async fn insert_model(conn: &mut AsyncPgConnection, model: &Model) -> StoreResult<()> {
+    diesel::insert_into(models::table)
+        .values(ModelRow::from_model(model)?)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The model `key`.
+pub async fn find_model(conn: &mut AsyncPgConnection, key: ModelKey) -> StoreResult<Option<Model>> {
+    models::table
+        .find(key.0)
+        .select(ModelRow::as_select())
+        .first(conn)
+        .await
+        .optional()?
+        .map(ModelRow::into_model)
+        .transpose()
+}
+
+/// The models `task` produced, in registration order.
+pub async fn list_task_models(
+    conn: &mut AsyncPgConnection,
+    task: TaskKey,
+) -> StoreResult<Vec<Model>> {
+    models::table
+        .filter(models::compute_task_key.eq(task.0))
+        .order((models::creation_date, models::key))
+        .select(ModelRow::as_select())
+        .load(conn)
+        .await?
+        .into_iter()
+        .map(ModelRow::into_model)
+        .collect()
+}
+
+/// Registers `performance`; a second value for the same task output is a duplicate.
+pub async fn insert_performance(
+    conn: &mut AsyncPgConnection,
+    performance: &Performance,
+) -> StoreResult<()> {
+    diesel::insert_into(performances::table)
+        .values(PerformanceRecord::from_model(performance))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The performances `task` reported, by output identifier.
+pub async fn list_task_performances(
+    conn: &mut AsyncPgConnection,
+    task: TaskKey,
+) -> StoreResult<Vec<Performance>> {
+    Ok(performances::table
+        .filter(performances::compute_task_key.eq(task.0))
+        .order(performances::output_identifier)
+        .select(PerformanceRecord::as_select())
+        .load(conn)
+        .await?
+        .into_iter()
+        .map(PerformanceRecord::into_model)
+        .collect())
+}
+
+/// Appends log lines. A line already stored (same task, attempt and sequence number, as when a
+/// batch is redelivered) is kept as it is, so replays store nothing twice.
+pub async fn insert_log_lines(conn: &mut AsyncPgConnection, lines: &[LogLine]) -> StoreResult<()> {
+    let rows = lines
+        .iter()
+        .map(LogLineRow::from_model)
+        .collect::<StoreResult<Vec<_>>>()?;
+    for chunk in rows.chunks(rows_per_insert(LOG_LINE_COLUMNS)) {
+        diesel::insert_into(log_lines::table)
+            .values(chunk)
+            .on_conflict_do_nothing()
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The log of `task`, every attempt, in writing order: at most `limit` lines after skipping
+/// `offset`.
+pub async fn list_log_lines(
+    conn: &mut AsyncPgConnection,
+    task: TaskKey,
+    limit: i64,
+    offset: i64,
+) -> StoreResult<Vec<LogLine>> {
+    log_lines::table
+        .filter(log_lines::task_key.eq(task.0))
+        .order((log_lines::attempt, log_lines::seq))
+        .limit(limit)
+        .offset(offset)
+        .select(LogLineRow::as_select())
+        .load(conn)
+        .await?
+        .into_iter()
+        .map(LogLineRow::into_model)
+        .collect()
+}
+
+/// Appends measurement samples.
+pub async fn insert_measurements(
+    conn: &mut AsyncPgConnection,
+    samples: &[Measurement],
+) -> StoreResult<()> {
+    let rows = samples
+        .iter()
+        .map(NewMeasurementRow::from_model)
+        .collect::<StoreResult<Vec<_>>>()?;
+    for chunk in rows.chunks(rows_per_insert(MEASUREMENT_COLUMNS)) {
+        diesel::insert_into(measurements::table)
+            .values(chunk)
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The samples of `task`, optionally of one `channel`, in arrival order.
+pub async fn list_measurements(
+    conn: &mut AsyncPgConnection,
+    task: TaskKey,
+    channel: Option<&str>,
+) -> StoreResult<Vec<Measurement>> {
+    let mut query = measurements::table
+        .filter(measurements::task_key.eq(task.0))
+        .order(measurements::id)
+        .select(MeasurementRow::as_select())
+        .into_boxed();
+    if let Some(channel) = channel {
+        query = query.filter(measurements::channel.eq(channel.to_owned()));
+    }
+    query
+        .load(conn)
+        .await?
+        .into_iter()
+        .map(MeasurementRow::into_model)
+        .collect()
+}
+
+/// The measurement channels of `task`, by name (LuciHub's "number of channels" is its length).
+pub async fn list_channels(
+    conn: &mut AsyncPgConnection,
+    task: TaskKey,
+) -> StoreResult<Vec<String>> {
+    Ok(measurements::table
+        .filter(measurements::task_key.eq(task.0))
+        .select(measurements::channel)
+        .distinct()
+        .order(measurements::channel)
+        .load(conn)
+        .await?)
+}

@@ -1,0 +1,210 @@
+//! The dispatcher's storage in PostgreSQL: one documented function per query, each taking the
+//! connection it runs on so that callers compose them in one transaction.
+//!
+//! Row structs and their conversions to `models` types live in [`rows`], so `models` never sees a
+//! diesel trait. Every function returns [`StoreError`], whose variants say whether the database
+//! refused the data (duplicate key, dangling reference, failed check) or could not be reached.
+
+use diesel_async::AsyncPgConnection;
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::ManagerConfig;
+use diesel_async::pooled_connection::RecyclingMethod;
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+pub mod catalog;
+pub mod execution;
+pub mod plans;
+pub mod rows;
+// diesel generates a module per table and a type per column; their documentation is the SQL in
+// `migrations/`.
+#[allow(missing_docs)]
+pub mod schema;
+pub mod tasks;
+pub mod workers;
+
+/// A pool of PostgreSQL connections.
+pub type Pool = diesel_async::pooled_connection::deadpool::Pool<AsyncPgConnection>;
+
+/// A connection taken from the [`Pool`].
+pub type PooledConnection = diesel_async::pooled_connection::deadpool::Object<AsyncPgConnection>;
+
+/// The SQL migrations under `migrations/`, compiled into the binary.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations");
+
+/// PostgreSQL refuses statements with more bind parameters than this.
+pub const MAX_BIND_PARAMETERS: usize = 65_535;
+
+/// How many rows of `columns` columns one multi-row INSERT may carry without passing
+/// [`MAX_BIND_PARAMETERS`].
+pub const fn rows_per_insert(columns: usize) -> usize {
+    MAX_BIND_PARAMETERS / columns
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A row with the same key already exists.
+    #[error("duplicate key: {message}")]
+    Duplicate {
+        /// The violated constraint.
+        constraint: Option<String>,
+        /// PostgreSQL's message.
+        message: String,
+    },
+    /// A reference names a row that does not exist (or a referenced row is still in use).
+    #[error("dangling reference: {message}")]
+    DanglingReference {
+        /// The violated constraint.
+        constraint: Option<String>,
+        /// PostgreSQL's message.
+        message: String,
+    },
+    /// A value broke a CHECK constraint (unknown status, name too long, negative count, …).
+    #[error("invalid value: {message}")]
+    CheckFailed {
+        /// The violated constraint.
+        constraint: Option<String>,
+        /// PostgreSQL's message.
+        message: String,
+    },
+    /// A required value is missing.
+    #[error("missing value: {message}")]
+    MissingValue {
+        /// PostgreSQL's message.
+        message: String,
+    },
+    /// A stored row could not be read back as a `models` value.
+    #[error("corrupt {table} row {key}: {reason}")]
+    Corrupt {
+        /// The table.
+        table: &'static str,
+        /// The row's key.
+        key: String,
+        /// What did not decode.
+        reason: String,
+    },
+    /// A value could not be written (a number out of the column's range, unencodable JSON).
+    #[error("cannot store {what}: {reason}")]
+    Encode {
+        /// What was being written.
+        what: &'static str,
+        /// Why it cannot be.
+        reason: String,
+    },
+    /// Any other database error (lost connection, serialization failure, …).
+    #[error("database error: {0}")]
+    Database(diesel::result::Error),
+    /// No connection could be taken from the pool.
+    #[error("no database connection: {0}")]
+    Pool(String),
+    /// A migration failed.
+    #[error("migration failed: {0}")]
+    Migration(String),
+}
+
+impl From<diesel::result::Error> for StoreError {
+    fn from(error: diesel::result::Error) -> Self {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match error {
+            Error::DatabaseError(kind, info) => {
+                let constraint = info.constraint_name().map(str::to_owned);
+                let message = info.message().to_owned();
+                match kind {
+                    DatabaseErrorKind::UniqueViolation => StoreError::Duplicate {
+                        constraint,
+                        message,
+                    },
+                    DatabaseErrorKind::ForeignKeyViolation => StoreError::DanglingReference {
+                        constraint,
+                        message,
+                    },
+                    DatabaseErrorKind::CheckViolation => StoreError::CheckFailed {
+                        constraint,
+                        message,
+                    },
+                    DatabaseErrorKind::NotNullViolation => StoreError::MissingValue { message },
+                    other => StoreError::Database(Error::DatabaseError(other, info)),
+                }
+            }
+            other => StoreError::Database(other),
+        }
+    }
+}
+
+/// A result of the store.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The largest pool a dispatcher opens by default: enough for the event applier, the outbox
+/// relay, claims and the API on 2 cores, without crowding PostgreSQL's default 100 connections.
+pub const DEFAULT_POOL_SIZE: usize = 16;
+
+/// Opens a pool of at most `max_size` connections to `database_url`. Connections are made
+/// lazily, so this does not fail when PostgreSQL is down; the first query does.
+pub fn connect(database_url: &str, max_size: usize) -> StoreResult<Pool> {
+    let mut config = ManagerConfig::default();
+    // `Verified` would run a test query on every checkout: one round trip per query.
+    config.recycling_method = RecyclingMethod::Fast;
+    let manager =
+        AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(database_url, config);
+    Pool::builder(manager)
+        .max_size(max_size)
+        .build()
+        .map_err(|error| StoreError::Pool(error.to_string()))
+}
+
+/// Takes a connection from `pool`.
+pub async fn connection(pool: &Pool) -> StoreResult<PooledConnection> {
+    pool.get()
+        .await
+        .map_err(|error| StoreError::Pool(error.to_string()))
+}
+
+/// Applies the pending migrations to the database at `database_url` and returns the versions it
+/// applied, oldest first. Runs on a blocking thread, so it works on any tokio runtime.
+pub async fn run_migrations(database_url: &str) -> StoreResult<Vec<String>> {
+    with_migration_connection(database_url, |connection| {
+        connection
+            .run_pending_migrations(MIGRATIONS)
+            .map(|versions| versions.iter().map(ToString::to_string).collect())
+    })
+    .await
+}
+
+/// Reverts every applied migration of the database at `database_url`, newest first, and returns
+/// the versions it reverted. For tests and for operators rebuilding a database.
+pub async fn revert_all_migrations(database_url: &str) -> StoreResult<Vec<String>> {
+    with_migration_connection(database_url, |connection| {
+        connection
+            .revert_all_migrations(MIGRATIONS)
+            .map(|versions| versions.iter().map(ToString::to_string).collect())
+    })
+    .await
+}
+
+/// The versions of the migrations applied to the database at `database_url`.
+pub async fn applied_migrations(database_url: &str) -> StoreResult<Vec<String>> {
+    with_migration_connection(database_url, |connection| {
+        connection
+            .applied_migrations()
+            .map(|versions| versions.iter().map(ToString::to_string).collect())
+    })
+    .await
+}
+
+type MigrationConnection =
+    diesel_async::async_connection_wrapper::AsyncConnectionWrapper<AsyncPgConnection>;
+
+async fn with_migration_connection<T: Send + 'static>(
+    database_url: &str,
+    run: impl FnOnce(&mut MigrationConnection) -> diesel::migration::Result<T> + Send + 'static,
+) -> StoreResult<T> {
+    use diesel::Connection;
+    let database_url = database_url.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut connection = MigrationConnection::establish(&database_url)
+            .map_err(|error| StoreError::Migration(format!("connecting: {error}")))?;
+        run(&mut connection).map_err(|error| StoreError::Migration(error.to_string()))
+    })
+    .await
+    .map_err(|error| StoreError::Migration(format!("migration thread failed: {error}")))?
+}

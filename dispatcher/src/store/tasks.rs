@@ -1,0 +1,219 @@
+//! Queries on tasks: batch insert with their DAG edges, reads by key, plan and status, children
+//! and parents, the state-change history, and the outbox of ready tasks.
+
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use models::{PlanKey, Task, TaskKey, TaskStateChange, TaskStatus};
+
+use super::rows::{
+    NewOutboxRow, NewStateChangeRow, OutboxRow, StateChangeRow, TASK_COLUMNS, TaskEdgeRow, TaskRow,
+};
+use super::schema::{outbox, task_edges, task_state_changes, tasks};
+use super::{StoreResult, rows_per_insert};
+
+/// Stores `tasks` and the DAG edges their parent-output inputs name, in chunks that fit
+/// PostgreSQL's bind-parameter limit. Parents must be stored already or be among `tasks`.
+pub async fn insert_tasks(conn: &mut AsyncPgConnection, tasks: &[Task]) -> StoreResult<()> {
+    let rows = tasks
+        .iter()
+        .map(TaskRow::from_model)
+        .collect::<StoreResult<Vec<_>>>()?;
+    for chunk in rows.chunks(rows_per_insert(TASK_COLUMNS)) {
+        diesel::insert_into(tasks::table)
+            .values(chunk)
+            .execute(conn)
+            .await?;
+    }
+    let edges: Vec<TaskEdgeRow> = tasks
+        .iter()
+        .flat_map(|task| {
+            task.parent_keys().into_iter().map(|parent| TaskEdgeRow {
+                parent_key: parent.0,
+                child_key: task.key.0,
+            })
+        })
+        .collect();
+    for chunk in edges.chunks(rows_per_insert(2)) {
+        diesel::insert_into(task_edges::table)
+            .values(chunk)
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The task `key`.
+pub async fn find_task(conn: &mut AsyncPgConnection, key: TaskKey) -> StoreResult<Option<Task>> {
+    tasks::table
+        .find(key.0)
+        .select(TaskRow::as_select())
+        .first(conn)
+        .await
+        .optional()?
+        .map(TaskRow::into_model)
+        .transpose()
+}
+
+/// The tasks among `keys` that exist, in no particular order.
+pub async fn find_tasks(conn: &mut AsyncPgConnection, keys: &[TaskKey]) -> StoreResult<Vec<Task>> {
+    let keys: Vec<Uuid> = keys.iter().map(|k| k.0).collect();
+    tasks::table
+        .filter(tasks::key.eq_any(keys))
+        .select(TaskRow::as_select())
+        .load(conn)
+        .await?
+        .into_iter()
+        .map(TaskRow::into_model)
+        .collect()
+}
+
+/// Replaces every field of the stored task `task.key` with `task`'s.
+pub async fn update_task(conn: &mut AsyncPgConnection, task: &Task) -> StoreResult<()> {
+    let row = TaskRow::from_model(task)?;
+    diesel::update(tasks::table.find(task.key.0))
+        .set((
+            tasks::status.eq(row.status),
+            tasks::waiting_reason.eq(row.waiting_reason),
+            tasks::error_type.eq(row.error_type),
+            tasks::error_message.eq(row.error_message),
+            tasks::logs_address.eq(row.logs_address),
+            tasks::cancel_requested.eq(row.cancel_requested),
+            tasks::abort_requested.eq(row.abort_requested),
+            tasks::attempt_count.eq(row.attempt_count),
+            tasks::lease_attempt.eq(row.lease_attempt),
+            tasks::lease_token.eq(row.lease_token),
+            tasks::lease_expires_at.eq(row.lease_expires_at),
+            tasks::not_before.eq(row.not_before),
+            tasks::worker_id.eq(row.worker_id),
+            tasks::device_id.eq(row.device_id),
+            tasks::output.eq(row.output),
+            tasks::data.eq(row.data),
+            tasks::steps.eq(row.steps),
+            tasks::update_date.eq(row.update_date),
+            tasks::start_date.eq(row.start_date),
+            tasks::end_date.eq(row.end_date),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The tasks of plan `plan`, optionally only those in `status`, by rank then key.
+pub async fn list_plan_tasks(
+    conn: &mut AsyncPgConnection,
+    plan: PlanKey,
+    status: Option<TaskStatus>,
+) -> StoreResult<Vec<Task>> {
+    let mut query = tasks::table
+        .filter(tasks::compute_plan_key.eq(plan.0))
+        .order((tasks::rank, tasks::key))
+        .select(TaskRow::as_select())
+        .into_boxed();
+    if let Some(status) = status {
+        query = query.filter(tasks::status.eq(status.as_str()));
+    }
+    query
+        .load(conn)
+        .await?
+        .into_iter()
+        .map(TaskRow::into_model)
+        .collect()
+}
+
+/// The keys of the tasks that take an input from `parent`.
+pub async fn find_children(
+    conn: &mut AsyncPgConnection,
+    parent: TaskKey,
+) -> StoreResult<Vec<TaskKey>> {
+    let keys: Vec<Uuid> = task_edges::table
+        .filter(task_edges::parent_key.eq(parent.0))
+        .order(task_edges::child_key)
+        .select(task_edges::child_key)
+        .load(conn)
+        .await?;
+    Ok(keys.into_iter().map(TaskKey).collect())
+}
+
+/// The keys of the tasks `child` takes inputs from.
+pub async fn find_parents(
+    conn: &mut AsyncPgConnection,
+    child: TaskKey,
+) -> StoreResult<Vec<TaskKey>> {
+    let keys: Vec<Uuid> = task_edges::table
+        .filter(task_edges::child_key.eq(child.0))
+        .order(task_edges::parent_key)
+        .select(task_edges::parent_key)
+        .load(conn)
+        .await?;
+    Ok(keys.into_iter().map(TaskKey).collect())
+}
+
+/// Appends `changes` to the tasks' state-change histories.
+pub async fn insert_state_changes(
+    conn: &mut AsyncPgConnection,
+    changes: &[TaskStateChange],
+) -> StoreResult<()> {
+    let rows = changes
+        .iter()
+        .map(NewStateChangeRow::from_model)
+        .collect::<StoreResult<Vec<_>>>()?;
+    for chunk in rows.chunks(rows_per_insert(5)) {
+        diesel::insert_into(task_state_changes::table)
+            .values(chunk)
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The state-change history of `task`, oldest first.
+pub async fn list_state_changes(
+    conn: &mut AsyncPgConnection,
+    task: TaskKey,
+) -> StoreResult<Vec<TaskStateChange>> {
+    task_state_changes::table
+        .filter(task_state_changes::task_key.eq(task.0))
+        .order(task_state_changes::id)
+        .select(StateChangeRow::as_select())
+        .load(conn)
+        .await?
+        .into_iter()
+        .map(StateChangeRow::into_model)
+        .collect()
+}
+
+/// Adds ready tasks to the outbox, to be published in the order given.
+pub async fn insert_outbox_rows(
+    conn: &mut AsyncPgConnection,
+    rows: &[NewOutboxRow],
+) -> StoreResult<()> {
+    for chunk in rows.chunks(rows_per_insert(4)) {
+        diesel::insert_into(outbox::table)
+            .values(chunk)
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The oldest `limit` outbox rows, in publishing order.
+pub async fn next_outbox_rows(
+    conn: &mut AsyncPgConnection,
+    limit: i64,
+) -> StoreResult<Vec<OutboxRow>> {
+    Ok(outbox::table
+        .order(outbox::id)
+        .limit(limit)
+        .select(OutboxRow::as_select())
+        .load(conn)
+        .await?)
+}
+
+/// Deletes the outbox rows `ids`, once RabbitMQ confirmed them; returns how many were deleted.
+pub async fn delete_outbox_rows(conn: &mut AsyncPgConnection, ids: &[i64]) -> StoreResult<usize> {
+    Ok(diesel::delete(outbox::table.filter(outbox::id.eq_any(ids)))
+        .execute(conn)
+        .await?)
+}

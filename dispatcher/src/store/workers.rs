@@ -1,0 +1,95 @@
+//! Queries on workers and their devices.
+
+use diesel::prelude::*;
+use diesel::upsert::excluded;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use models::{Device, Worker, WorkerId};
+
+use super::StoreResult;
+use super::rows::{DeviceRow, WorkerRow};
+use super::schema::{devices, workers};
+
+/// Registers `worker`, or updates every field of the worker with the same identifier except
+/// its creation date.
+pub async fn upsert_worker(conn: &mut AsyncPgConnection, worker: &Worker) -> StoreResult<()> {
+    let row = WorkerRow::from_model(worker)?;
+    diesel::insert_into(workers::table)
+        .values(&row)
+        .on_conflict(workers::identifier)
+        .do_update()
+        .set((
+            workers::owner.eq(excluded(workers::owner)),
+            workers::organization.eq(excluded(workers::organization)),
+            workers::version.eq(excluded(workers::version)),
+            workers::display_name.eq(excluded(workers::display_name)),
+            workers::properties.eq(excluded(workers::properties)),
+            workers::executor_limit.eq(excluded(workers::executor_limit)),
+            workers::is_enabled.eq(excluded(workers::is_enabled)),
+            workers::is_active.eq(excluded(workers::is_active)),
+            workers::should_disconnect.eq(excluded(workers::should_disconnect)),
+            workers::last_heartbeat.eq(excluded(workers::last_heartbeat)),
+            workers::update_date.eq(excluded(workers::update_date)),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The worker `identifier`.
+pub async fn find_worker(
+    conn: &mut AsyncPgConnection,
+    identifier: &WorkerId,
+) -> StoreResult<Option<Worker>> {
+    workers::table
+        .find(identifier.as_str())
+        .select(WorkerRow::as_select())
+        .first(conn)
+        .await
+        .optional()?
+        .map(WorkerRow::into_model)
+        .transpose()
+}
+
+/// Every worker, by identifier.
+pub async fn list_workers(conn: &mut AsyncPgConnection) -> StoreResult<Vec<Worker>> {
+    workers::table
+        .order(workers::identifier)
+        .select(WorkerRow::as_select())
+        .load(conn)
+        .await?
+        .into_iter()
+        .map(WorkerRow::into_model)
+        .collect()
+}
+
+/// Records what a worker's device scanner saw: each device is inserted or updated.
+pub async fn upsert_devices(conn: &mut AsyncPgConnection, devices: &[Device]) -> StoreResult<()> {
+    for device in devices {
+        let row = DeviceRow::from_model(device);
+        diesel::insert_into(devices::table)
+            .values(&row)
+            .on_conflict((devices::worker, devices::id))
+            .do_update()
+            .set(&row)
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The devices of `worker`, by id.
+pub async fn list_devices(
+    conn: &mut AsyncPgConnection,
+    worker: &WorkerId,
+) -> StoreResult<Vec<Device>> {
+    Ok(devices::table
+        .filter(devices::worker.eq(worker.as_str()))
+        .order(devices::id)
+        .select(DeviceRow::as_select())
+        .load(conn)
+        .await?
+        .into_iter()
+        .map(DeviceRow::into_model)
+        .collect())
+}
