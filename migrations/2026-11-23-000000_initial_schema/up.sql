@@ -131,7 +131,8 @@ CREATE TABLE compute_plans (
     end_date          TIMESTAMPTZ,
     failure_date      TIMESTAMPTZ,
     cancelation_date  TIMESTAMPTZ,
-    CHECK (task_count = waiting_count + todo_count + doing_count + done_count + failed_count + canceled_count)
+    CONSTRAINT compute_plans_counts_add_up
+        CHECK (task_count = waiting_count + todo_count + doing_count + done_count + failed_count + canceled_count)
 );
 CREATE INDEX compute_plans_by_status ON compute_plans (status, creation_date);
 CREATE INDEX compute_plans_by_project ON compute_plans (project, creation_date);
@@ -204,13 +205,13 @@ CREATE TABLE tasks (
     start_date        TIMESTAMPTZ,
     end_date          TIMESTAMPTZ,
     -- A WAITING task always says why, and only a WAITING task does.
-    CHECK ((status = 'WAITING') = (waiting_reason IS NOT NULL)),
+    CONSTRAINT tasks_waiting_reason_iff_waiting CHECK ((status = 'WAITING') = (waiting_reason IS NOT NULL)),
     -- Only a FAILED task has an error type.
-    CHECK (error_type IS NULL OR status = 'FAILED'),
+    CONSTRAINT tasks_error_type_only_when_failed CHECK (error_type IS NULL OR status = 'FAILED'),
     -- A lease is whole or absent, and only a DOING task holds one.
-    CHECK ((lease_attempt IS NULL) = (lease_token IS NULL) AND (lease_token IS NULL) = (lease_expires_at IS NULL)),
-    CHECK (lease_token IS NULL OR status = 'DOING'),
-    CHECK (lease_attempt IS NULL OR lease_attempt = attempt_count)
+    CONSTRAINT tasks_lease_whole_or_absent CHECK ((lease_attempt IS NULL) = (lease_token IS NULL) AND (lease_token IS NULL) = (lease_expires_at IS NULL)),
+    CONSTRAINT tasks_lease_only_when_doing CHECK (lease_token IS NULL OR status = 'DOING'),
+    CONSTRAINT tasks_lease_is_current_attempt CHECK (lease_attempt IS NULL OR lease_attempt = attempt_count)
 );
 -- The dispatcher's queries: tasks of a plan by status; leases that lapse; tasks of a function
 -- waiting for its build.
@@ -227,7 +228,7 @@ CREATE TABLE task_edges (
     parent_key  UUID NOT NULL REFERENCES tasks (key) ON DELETE CASCADE,
     child_key   UUID NOT NULL REFERENCES tasks (key) ON DELETE CASCADE,
     PRIMARY KEY (parent_key, child_key),
-    CHECK (parent_key <> child_key)
+    CONSTRAINT task_edges_no_self_loop CHECK (parent_key <> child_key)
 );
 CREATE INDEX task_edges_by_child ON task_edges (child_key);
 
@@ -261,7 +262,7 @@ CREATE TABLE models (
     owner              TEXT NOT NULL REFERENCES organizations (id),
     creation_date      TIMESTAMPTZ NOT NULL,
     -- A disabled model has neither; an available one has both.
-    CHECK ((checksum IS NULL) = (storage_address IS NULL))
+    CONSTRAINT models_address_whole_or_absent CHECK ((checksum IS NULL) = (storage_address IS NULL))
 );
 CREATE INDEX models_by_task ON models (compute_task_key, output_identifier);
 

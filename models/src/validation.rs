@@ -9,6 +9,8 @@ use serde::Serialize;
 use crate::submission::NewFunction;
 use crate::{File, InputKind, Metadata, OutputKind, Step};
 
+pub mod plan;
+
 /// The longest name, tag, identifier or metadata entry, in characters (names) or bytes
 /// (metadata), as Substra's validation sets it.
 pub const MAX_NAME_LEN: usize = 100;

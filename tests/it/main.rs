@@ -1,1 +1,11 @@
-//! it
+//! baton's integration tests: one binary, run against real PostgreSQL (and RabbitMQ, as the
+//! broker arrives). Each test gets its own database, so they run in parallel.
+
+mod support;
+
+// Every entity through PostgreSQL and back; typed errors for refused data.
+mod store;
+// Migrations up, down and up again on an empty database.
+mod migrations;
+// Checked invariants of the code base (no IO in `models`).
+mod tidy;

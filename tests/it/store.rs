@@ -1,0 +1,685 @@
+//! Every entity through PostgreSQL and back, and the typed errors the store returns when the
+//! database refuses data.
+
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use dispatcher::store::rows::{NewOutboxRow, TaskRow};
+use dispatcher::store::{StoreError, catalog, execution, plans, schema, tasks, workers};
+use models::{OrganizationId, PlanStatus, TaskKey, TaskStatus, WorkerId};
+
+use crate::support::db::TestDb;
+use crate::support::fixtures::{self as fx, key};
+
+/// Stores what most tests need: two organizations, a user, a project, a function, a dataset
+/// with two samples, a plan, and the worker the task fixtures name.
+async fn seed(conn: &mut AsyncPgConnection) {
+    for id in ["org-a", "org-b"] {
+        catalog::insert_organization(conn, &fx::organization(id))
+            .await
+            .unwrap();
+    }
+    catalog::insert_user(conn, &fx::user("alice", "org-a"))
+        .await
+        .unwrap();
+    catalog::insert_project(conn, &fx::project("fl"))
+        .await
+        .unwrap();
+    catalog::insert_function(conn, &fx::function(1, "org-a", "fl"))
+        .await
+        .unwrap();
+    catalog::insert_dataset(conn, &fx::dataset(20, "org-a", &[]))
+        .await
+        .unwrap();
+    catalog::insert_data_samples(
+        conn,
+        &[
+            fx::data_sample(21, "org-a", &[20]),
+            fx::data_sample(22, "org-a", &[20]),
+        ],
+    )
+    .await
+    .unwrap();
+    plans::insert_plan(conn, &fx::plan(30, "org-a", "fl"))
+        .await
+        .unwrap();
+    workers::upsert_worker(conn, &fx::worker("worker-1", "alice", "org-a"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn organizations_round_trip_with_is_current_derived() {
+    let db = TestDb::new().await;
+    let mut conn = db.connect().await;
+    let org_a = fx::organization("org-a");
+    let org_b = fx::organization("örg-b");
+    catalog::insert_organization(&mut conn, &org_a)
+        .await
+        .unwrap();
+    catalog::insert_organization(&mut conn, &org_b)
+        .await
+        .unwrap();
+
+    let current = OrganizationId::from("org-a");
+    let found = catalog::find_organization(&mut conn, &"org-a".into(), Some(&current))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        found,
+        models::Organization {
+            is_current: true,
+            ..org_a.clone()
+        }
+    );
+    let all = catalog::list_organizations(&mut conn, Some(&current))
+        .await
+        .unwrap();
+    assert_eq!(
+        all,
+        vec![
+            models::Organization {
+                is_current: true,
+                ..org_a
+            },
+            org_b
+        ]
+    );
+    assert_eq!(
+        catalog::find_organization(&mut conn, &"nobody".into(), None)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn users_and_credentials_round_trip() {
+    let db = TestDb::new().await;
+    let mut conn = db.connect().await;
+    seed(&mut conn).await;
+    let alice = fx::user("alice", "org-a");
+    assert_eq!(
+        catalog::find_user(&mut conn, &"alice".into())
+            .await
+            .unwrap(),
+        Some(alice)
+    );
+
+    let password = fx::password("alice", 100);
+    let token = fx::token("alice", 101);
+    catalog::insert_credential(&mut conn, &password)
+        .await
+        .unwrap();
+    catalog::insert_credential(&mut conn, &token).await.unwrap();
+    assert_eq!(
+        catalog::list_credentials(&mut conn, &"alice".into())
+            .await
+            .unwrap(),
+        vec![password, token]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn projects_functions_and_schedules_round_trip() {
+    let db = TestDb::new().await;
+    let mut conn = db.connect().await;
+    seed(&mut conn).await;
+    assert_eq!(
+        catalog::find_project(&mut conn, &"fl".into())
+            .await
+            .unwrap(),
+        Some(fx::project("fl"))
+    );
+    let function = fx::function(1, "org-a", "fl");
+    assert_eq!(
+        catalog::find_function(&mut conn, function.key)
+            .await
+            .unwrap(),
+        Some(function.clone())
+    );
+    assert_eq!(
+        catalog::find_functions(&mut conn, &[function.key, key(404).into()])
+            .await
+            .unwrap(),
+        vec![function]
+    );
+
+    let schedule = fx::schedule("fl", "nightly", 1, None);
+    catalog::insert_schedule(&mut conn, &schedule)
+        .await
+        .unwrap();
+    assert_eq!(
+        catalog::find_schedule(&mut conn, &"fl".into(), &"nightly".into())
+            .await
+            .unwrap(),
+        Some(schedule)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn datasets_and_samples_link_both_ways() {
+    let db = TestDb::new().await;
+    let mut conn = db.connect().await;
+    seed(&mut conn).await;
+    // A second dataset that takes an existing sample at registration.
+    catalog::insert_dataset(&mut conn, &fx::dataset(23, "org-a", &[22]))
+        .await
+        .unwrap();
+
+    let dataset = catalog::find_dataset(&mut conn, key(20).into())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(dataset, fx::dataset(20, "org-a", &[21, 22]));
+    let samples = catalog::find_data_samples(&mut conn, &[key(21).into(), key(22).into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        samples,
+        vec![
+            fx::data_sample(21, "org-a", &[20]),
+            fx::data_sample(22, "org-a", &[20, 23])
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plans_round_trip_update_and_list_by_status() {
+    let db = TestDb::new().await;
+    let mut conn = db.connect().await;
+    seed(&mut conn).await;
+    let mut plan = fx::plan(30, "org-a", "fl");
+    assert_eq!(
+        plans::find_plan(&mut conn, plan.key).await.unwrap(),
+        Some(plan.clone())
+    );
+
+    let mut other = fx::plan(31, "org-a", "fl");
+    other.counters = models::PlanCounters::default();
+    other.status = PlanStatus::Empty;
+    plans::insert_plan(&mut conn, &other).await.unwrap();
+
+    // The failed-task reference is checked at commit, so the task may come in the same
+    // transaction.
+    tasks::insert_tasks(&mut conn, &[fx::failed_task(40, 30, 1)])
+        .await
+        .unwrap();
+    plan.counters.doing_count = 0;
+    plan.counters.failed_count = 1;
+    plan.failure_date = Some(fx::at(20));
+    plan.failed_task_key = Some(key(40).into());
+    plan.status = plan
+        .counters
+        .status(plan.failure_date, plan.cancelation_date);
+    plans::update_plan(&mut conn, &plan).await.unwrap();
+    assert_eq!(
+        plans::lock_plan(&mut conn, plan.key).await.unwrap(),
+        Some(plan.clone())
+    );
+
+    let failed = plans::list_plans(&mut conn, Some(PlanStatus::Failed), 10, 0)
+        .await
+        .unwrap();
+    assert_eq!(failed, vec![plan.clone()]);
+    let all = plans::list_plans(&mut conn, None, 10, 0).await.unwrap();
+    assert_eq!(all.len(), 2);
+    let second_page = plans::list_plans(&mut conn, None, 1, 1).await.unwrap();
+    assert_eq!(second_page.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_round_trip_with_their_dag() {
+    let db = TestDb::new().await;
+    let mut conn = db.connect().await;
+    seed(&mut conn).await;
+    let root = fx::task(40, 30, 1, None);
+    let mut child = fx::task(41, 30, 1, Some(40));
+    child.status = TaskStatus::Waiting;
+    child.waiting_reason = Some(models::WaitingReason::Parents);
+    child.lease = None;
+    tasks::insert_tasks(&mut conn, &[root.clone(), child.clone()])
+        .await
+        .unwrap();
+
+    assert_eq!(
+        tasks::find_task(&mut conn, root.key).await.unwrap(),
+        Some(root.clone())
+    );
+    assert_eq!(
+        tasks::find_task(&mut conn, child.key).await.unwrap(),
+        Some(child.clone())
+    );
+    assert_eq!(
+        tasks::find_children(&mut conn, root.key).await.unwrap(),
+        vec![child.key]
+    );
+    assert_eq!(
+        tasks::find_parents(&mut conn, child.key).await.unwrap(),
+        vec![root.key]
+    );
+    assert_eq!(
+        tasks::list_plan_tasks(&mut conn, key(30).into(), Some(TaskStatus::Waiting))
+            .await
+            .unwrap(),
+        vec![child.clone()]
+    );
+    assert_eq!(
+        tasks::list_plan_tasks(&mut conn, key(30).into(), None)
+            .await
+            .unwrap(),
+        vec![root.clone(), child.clone()]
+    );
+
+    let mut done = root.clone();
+    done.status = TaskStatus::Done;
+    done.lease = None;
+    done.end_date = Some(fx::at(25));
+    done.output = serde_json::json!({"accuracy": 0.93});
+    tasks::update_task(&mut conn, &done).await.unwrap();
+    assert_eq!(
+        tasks::find_task(&mut conn, root.key).await.unwrap(),
+        Some(done)
+    );
+    assert_eq!(
+        tasks::find_tasks(&mut conn, &[child.key, key(404).into()])
+            .await
+            .unwrap(),
+        vec![child]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn state_changes_and_outbox_keep_their_order() {
+    let db = TestDb::new().await;
+    let mut conn = db.connect().await;
+    seed(&mut conn).await;
+    tasks::insert_tasks(&mut conn, &[fx::task(40, 30, 1, None)])
+        .await
+        .unwrap();
+
+    let history = vec![
+        fx::state_change(40, TaskStatus::Todo, 1),
+        fx::state_change(40, TaskStatus::Doing, 2),
+        fx::state_change(40, TaskStatus::Todo, 3),
+    ];
+    tasks::insert_state_changes(&mut conn, &history)
+        .await
+        .unwrap();
+    assert_eq!(
+        tasks::list_state_changes(&mut conn, key(40).into())
+            .await
+            .unwrap(),
+        history
+    );
+
+    let rows: Vec<NewOutboxRow> = (0..3)
+        .map(|i| NewOutboxRow {
+            task_key: key(40),
+            routing_key: format!("device=lucidac,n={i}"),
+            payload: serde_json::json!({"task_key": key(40), "n": i}),
+            created_at: fx::at(4),
+        })
+        .collect();
+    tasks::insert_outbox_rows(&mut conn, &rows).await.unwrap();
+    let pending = tasks::next_outbox_rows(&mut conn, 2).await.unwrap();
+    let keys: Vec<&str> = pending.iter().map(|r| r.routing_key.as_str()).collect();
+    assert_eq!(keys, ["device=lucidac,n=0", "device=lucidac,n=1"]);
+    assert_eq!(pending[1].payload, rows[1].payload);
+    let ids: Vec<i64> = pending.iter().map(|r| r.id).collect();
+    assert_eq!(tasks::delete_outbox_rows(&mut conn, &ids).await.unwrap(), 2);
+    let rest = tasks::next_outbox_rows(&mut conn, 10).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].routing_key, "device=lucidac,n=2");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn models_and_performances_round_trip_into_the_performance_table() {
+    let db = TestDb::new().await;
+    let mut conn = db.connect().await;
+    seed(&mut conn).await;
+    let mut first = fx::task(40, 30, 1, None);
+    first.rank = 0;
+    let second = fx::task(41, 30, 1, Some(40));
+    tasks::insert_tasks(&mut conn, &[first, second])
+        .await
+        .unwrap();
+
+    let model = fx::model(50, 40);
+    let mut disabled = fx::model(51, 40);
+    disabled.address = None;
+    execution::insert_model(&mut conn, &model).await.unwrap();
+    execution::insert_model(&mut conn, &disabled).await.unwrap();
+    assert_eq!(
+        execution::find_model(&mut conn, model.key).await.unwrap(),
+        Some(model.clone())
+    );
+    let mut listed = execution::list_task_models(&mut conn, key(40).into())
+        .await
+        .unwrap();
+    listed.sort_by_key(|m| m.key);
+    assert_eq!(listed, vec![model, disabled]);
+
+    execution::insert_performance(&mut conn, &fx::performance(41, 0.75))
+        .await
+        .unwrap();
+    execution::insert_performance(&mut conn, &fx::performance(40, 0.5))
+        .await
+        .unwrap();
+    assert_eq!(
+        execution::list_task_performances(&mut conn, key(40).into())
+            .await
+            .unwrap(),
+        vec![fx::performance(40, 0.5)]
+    );
+    let table = plans::performance_table(&mut conn, key(30).into())
+        .await
+        .unwrap();
+    let summary: Vec<(TaskKey, u32, i64, f64, &str)> = table
+        .iter()
+        .map(|r| {
+            (
+                r.task_key,
+                r.task_rank,
+                r.round_idx,
+                r.performance,
+                r.function_name.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (key(40).into(), 0, 1, 0.5, "train — réseau"),
+            (key(41).into(), 1, 1, 0.75, "train — réseau"),
+        ]
+    );
+    let columns: models::Performances = table.into_iter().collect();
+    assert_eq!(columns.performance, vec![0.5, 0.75]);
+    assert_eq!(columns.compute_plan_tag, vec!["🏷 nightly", "🏷 nightly"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_and_measurements_round_trip() {
+    let db = TestDb::new().await;
+    let mut conn = db.connect().await;
+    seed(&mut conn).await;
+    tasks::insert_tasks(&mut conn, &[fx::task(40, 30, 1, None)])
+        .await
+        .unwrap();
+
+    let lines: Vec<_> = (0..5).map(|seq| fx::log_line(40, seq)).collect();
+    execution::insert_log_lines(&mut conn, &lines)
+        .await
+        .unwrap();
+    // A redelivered batch stores nothing twice.
+    execution::insert_log_lines(&mut conn, &lines[2..])
+        .await
+        .unwrap();
+    assert_eq!(
+        execution::list_log_lines(&mut conn, key(40).into(), 100, 0)
+            .await
+            .unwrap(),
+        lines
+    );
+    assert_eq!(
+        execution::list_log_lines(&mut conn, key(40).into(), 2, 3)
+            .await
+            .unwrap(),
+        lines[3..].to_vec()
+    );
+
+    let samples: Vec<_> = (0..4)
+        .map(|i| fx::measurement(40, if i.is_multiple_of(2) { "x₁" } else { "y" }, i))
+        .collect();
+    execution::insert_measurements(&mut conn, &samples)
+        .await
+        .unwrap();
+    assert_eq!(
+        execution::list_measurements(&mut conn, key(40).into(), None)
+            .await
+            .unwrap(),
+        samples
+    );
+    assert_eq!(
+        execution::list_measurements(&mut conn, key(40).into(), Some("y"))
+            .await
+            .unwrap(),
+        vec![samples[1].clone(), samples[3].clone()]
+    );
+    assert_eq!(
+        execution::list_channels(&mut conn, key(40).into())
+            .await
+            .unwrap(),
+        vec!["x₁".to_owned(), "y".to_owned()]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_and_devices_round_trip_and_upsert() {
+    let db = TestDb::new().await;
+    let mut conn = db.connect().await;
+    seed(&mut conn).await;
+    let mut worker = fx::worker("worker-1", "alice", "org-a");
+    assert_eq!(
+        workers::find_worker(&mut conn, &worker.identifier)
+            .await
+            .unwrap(),
+        Some(worker.clone())
+    );
+    worker.is_active = false;
+    worker.version = "0.2.0".into();
+    worker.update_date = fx::at(40);
+    workers::upsert_worker(&mut conn, &worker).await.unwrap();
+    assert_eq!(
+        workers::list_workers(&mut conn).await.unwrap(),
+        vec![worker.clone()]
+    );
+
+    let mut device = fx::device("worker-1", "lucidac-0");
+    workers::upsert_devices(
+        &mut conn,
+        &[device.clone(), fx::device("worker-1", "lucidac-1")],
+    )
+    .await
+    .unwrap();
+    device.is_active = false;
+    workers::upsert_devices(&mut conn, std::slice::from_ref(&device))
+        .await
+        .unwrap();
+    let devices = workers::list_devices(&mut conn, &WorkerId::from("worker-1"))
+        .await
+        .unwrap();
+    assert_eq!(devices, vec![device, fx::device("worker-1", "lucidac-1")]);
+
+    // A task may name the worker that runs it.
+    tasks::insert_tasks(&mut conn, &[fx::task(40, 30, 1, None)])
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_status_is_refused_by_the_database() {
+    let db = TestDb::new().await;
+    let mut conn = db.connect().await;
+    seed(&mut conn).await;
+    let mut task = fx::task(40, 30, 1, None);
+    task.status = TaskStatus::Todo;
+    task.lease = None;
+    let mut row = TaskRow::from_model(&task).unwrap();
+    row.status = "LOST".into();
+    let error: StoreError = diesel::insert_into(schema::tasks::table)
+        .values(&row)
+        .execute(&mut conn)
+        .await
+        .unwrap_err()
+        .into();
+    assert!(
+        matches!(&error, StoreError::CheckFailed { constraint: Some(c), .. } if c == "tasks_status_check"),
+        "{error:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dangling_reference_is_refused_by_the_database() {
+    let db = TestDb::new().await;
+    let mut conn = db.connect().await;
+    seed(&mut conn).await;
+    // Task 40 of plan 99, which does not exist.
+    let error = tasks::insert_tasks(&mut conn, &[fx::task(40, 99, 1, None)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, StoreError::DanglingReference { constraint: Some(c), .. } if c == "tasks_compute_plan_key_fkey"),
+        "{error:?}"
+    );
+    // A parent that does not exist.
+    let error = tasks::insert_tasks(&mut conn, &[fx::task(41, 30, 1, Some(77))])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, StoreError::DanglingReference { constraint: Some(c), .. } if c == "task_edges_parent_key_fkey"),
+        "{error:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn duplicate_keys_are_refused_by_the_database() {
+    let db = TestDb::new().await;
+    let mut conn = db.connect().await;
+    seed(&mut conn).await;
+    let error = plans::insert_plan(&mut conn, &fx::plan(30, "org-a", "fl"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, StoreError::Duplicate { constraint: Some(c), .. } if c == "compute_plans_pkey"),
+        "{error:?}"
+    );
+    // At most one password per user.
+    catalog::insert_credential(&mut conn, &fx::password("alice", 100))
+        .await
+        .unwrap();
+    let error = catalog::insert_credential(&mut conn, &fx::password("alice", 101))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, StoreError::Duplicate { constraint: Some(c), .. } if c == "credentials_one_password_per_user"),
+        "{error:?}"
+    );
+    // One performance per task output.
+    tasks::insert_tasks(&mut conn, &[fx::task(40, 30, 1, None)])
+        .await
+        .unwrap();
+    execution::insert_performance(&mut conn, &fx::performance(40, 0.5))
+        .await
+        .unwrap();
+    let error = execution::insert_performance(&mut conn, &fx::performance(40, 0.6))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::Duplicate { .. }), "{error:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn values_outside_the_models_rules_are_refused_by_the_database() {
+    let db = TestDb::new().await;
+    let mut conn = db.connect().await;
+    seed(&mut conn).await;
+    tasks::insert_tasks(&mut conn, &[fx::task(40, 30, 1, None)])
+        .await
+        .unwrap();
+    let error = execution::insert_performance(&mut conn, &fx::performance(40, f64::NAN))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::CheckFailed { .. }), "{error:?}");
+
+    let mut plan = fx::plan(31, "org-a", "fl");
+    plan.name = "x".repeat(101);
+    let error = plans::insert_plan(&mut conn, &plan).await.unwrap_err();
+    assert!(
+        matches!(&error, StoreError::CheckFailed { constraint: Some(c), .. } if c == "compute_plans_name_check"),
+        "{error:?}"
+    );
+
+    // Counters that do not add up.
+    let mut plan = fx::plan(32, "org-a", "fl");
+    plan.counters.todo_count += 1;
+    let error = plans::insert_plan(&mut conn, &plan).await.unwrap_err();
+    assert!(
+        matches!(&error, StoreError::CheckFailed { constraint: Some(c), .. } if c == "compute_plans_counts_add_up"),
+        "{error:?}"
+    );
+
+    // A lease on a task that is not running.
+    let mut task = fx::task(41, 30, 1, None);
+    task.status = TaskStatus::Todo;
+    let error = tasks::insert_tasks(&mut conn, &[task]).await.unwrap_err();
+    assert!(
+        matches!(&error, StoreError::CheckFailed { constraint: Some(c), .. } if c == "tasks_lease_only_when_doing"),
+        "{error:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupt_row_is_reported_not_panicked_on() {
+    let db = TestDb::new().await;
+    let mut conn = db.connect().await;
+    seed(&mut conn).await;
+    tasks::insert_tasks(&mut conn, &[fx::task(40, 30, 1, None)])
+        .await
+        .unwrap();
+    diesel::sql_query("UPDATE tasks SET source = '{\"type\": \"telepathy\"}'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let error = tasks::find_task(&mut conn, key(40).into())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, StoreError::Corrupt { table: "tasks", reason, .. } if reason.starts_with("source:")),
+        "{error:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn batch_inserts_split_below_the_bind_parameter_limit() {
+    let db = TestDb::new().await;
+    let mut conn = db.connect().await;
+    seed(&mut conn).await;
+    // 2,500 tasks × 39 columns is 97,500 parameters: more than one statement may carry.
+    let many: Vec<_> = (0..2_500u128)
+        .map(|n| {
+            let mut task = fx::task(10_000 + n, 30, 1, None);
+            task.lease = None;
+            task.status = TaskStatus::Todo;
+            task
+        })
+        .collect();
+    tasks::insert_tasks(&mut conn, &many).await.unwrap();
+    let stored = tasks::list_plan_tasks(&mut conn, key(30).into(), Some(TaskStatus::Todo))
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 2_500);
+
+    // 10,000 log lines × 8 columns is 80,000 parameters.
+    let lines: Vec<_> = (0..10_000).map(|seq| fx::log_line(10_000, seq)).collect();
+    execution::insert_log_lines(&mut conn, &lines)
+        .await
+        .unwrap();
+    let stored = execution::list_log_lines(&mut conn, key(10_000).into(), 20_000, 0)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 10_000);
+    assert_eq!(stored.last(), lines.last());
+
+    // 12,000 samples × 6 columns is 72,000 parameters.
+    let samples: Vec<_> = (0..12_000)
+        .map(|i| fx::measurement(10_000, "v", i))
+        .collect();
+    execution::insert_measurements(&mut conn, &samples)
+        .await
+        .unwrap();
+    let stored = execution::list_measurements(&mut conn, key(10_000).into(), Some("v"))
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 12_000);
+}

@@ -1,0 +1,4 @@
+//! Shared helpers of the integration tests.
+
+pub(crate) mod db;
+pub(crate) mod fixtures;
