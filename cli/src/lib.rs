@@ -1,1 +1,155 @@
-//! Placeholder.
+//! The `baton` command: operators' and producers' entry point.
+//!
+//! This is the only crate that reads the environment (through clap's `env` attributes) and
+//! installs a tracing subscriber. Each subcommand builds the plain-data configuration of the
+//! crate it drives and calls it.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+mod demo;
+mod output;
+
+/// The default database URL: the `baton` database on the local PostgreSQL, as `.ci/services`
+/// sets it up.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://baton:baton@127.0.0.1:5432/baton";
+
+/// baton: a distributed task runner for fleets of device hosts.
+#[derive(Debug, Parser)]
+#[command(name = "baton", version, about, propagate_version = true)]
+pub struct Cli {
+    /// PostgreSQL URL of baton's database.
+    #[arg(
+        long,
+        global = true,
+        env = "BATON_DATABASE_URL",
+        default_value = DEFAULT_DATABASE_URL,
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    /// How to print results.
+    #[arg(long, global = true, env = "BATON_OUTPUT", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+
+    /// How to write diagnostic logs to stderr (level from `RUST_LOG`, default `info`).
+    #[arg(long, global = true, env = "BATON_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply pending database migrations.
+    Migrate,
+    /// Set up the database, register a sample federation and submit a three-round federated
+    /// learning plan, then show what is stored.
+    Demo,
+    /// Show what is stored: how many rows of each kind, and the latest compute plans.
+    Status {
+        /// How many plans to list.
+        #[arg(long, default_value_t = 10)]
+        limit: i64,
+    },
+}
+
+/// How results are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Tables for people.
+    Table,
+    /// One JSON document, for scripts.
+    Json,
+}
+
+/// How diagnostic logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for services.
+    Json,
+}
+
+fn install_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Runs `baton` with the process's arguments and prints any error with its causes.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    install_tracing(cli.log_format);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            for cause in error.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Migrate => migrate(&cli.database_url, cli.output).await,
+            Command::Demo => demo::run(&cli.database_url, cli.output).await,
+            Command::Status { limit } => status(&cli.database_url, cli.output, limit).await,
+        }
+    })
+}
+
+/// Applies pending migrations and says which.
+async fn migrate(database_url: &str, format: OutputFormat) -> anyhow::Result<()> {
+    let applied = apply_migrations(database_url).await?;
+    output::print_migrations(format, &applied)
+}
+
+/// Applies pending migrations, with an error that names the database.
+pub(crate) async fn apply_migrations(database_url: &str) -> anyhow::Result<Vec<String>> {
+    dispatcher::store::run_migrations(database_url)
+        .await
+        .with_context(|| {
+            format!(
+                "migrating the database at {} (set --database-url or BATON_DATABASE_URL)",
+                output::redact_url(database_url)
+            )
+        })
+}
+
+/// Prints the stored state.
+async fn status(database_url: &str, format: OutputFormat, limit: i64) -> anyhow::Result<()> {
+    let pool = dispatcher::store::connect(database_url, 2)?;
+    let mut conn = dispatcher::store::connection(&pool)
+        .await
+        .with_context(|| {
+            format!(
+                "connecting to {} (set --database-url or BATON_DATABASE_URL)",
+                output::redact_url(database_url)
+            )
+        })?;
+    let counts = dispatcher::store::stats::row_counts(&mut conn).await?;
+    let plans = dispatcher::store::plans::list_plans(&mut conn, None, limit, 0).await?;
+    output::print_status(format, &counts, &plans)
+}

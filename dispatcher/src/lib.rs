@@ -6,3 +6,4 @@
 //! arrive with the dispatcher issue.
 
 pub mod store;
+pub mod submission;

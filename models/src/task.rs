@@ -334,7 +334,8 @@ pub struct Task {
     pub outputs: BTreeMap<String, TaskOutput>,
     /// Parameter values given to its steps.
     pub parameters: JsonObject,
-    /// Requirements on top of its function's.
+    /// The properties a worker needs to run it: its function's requirements merged with the
+    /// ones given at submission (which win on a shared key). Its queue is named after them.
     pub requirements: RequirementSet,
     /// Its status.
     pub status: TaskStatus,

@@ -19,6 +19,7 @@ pub mod rows;
 // `migrations/`.
 #[allow(missing_docs)]
 pub mod schema;
+pub mod stats;
 pub mod tasks;
 pub mod workers;
 

@@ -1,0 +1,168 @@
+//! Printing results as tables for people or JSON for scripts.
+
+use comfy_table::presets::UTF8_FULL_CONDENSED;
+use comfy_table::{ContentArrangement, Table};
+use serde_json::json;
+
+use models::{ComputePlan, Task};
+
+use crate::OutputFormat;
+
+/// `url` with its password replaced by `***`, safe to print.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((credentials, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match credentials.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut table = Table::new();
+    table
+        .load_style(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(header.to_vec());
+    table
+}
+
+// The CLI's purpose is to print for its user.
+#[allow(clippy::print_stdout)]
+fn print(text: impl std::fmt::Display) {
+    println!("{text}");
+}
+
+fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    print(serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Prints the migrations just applied.
+pub(crate) fn print_migrations(format: OutputFormat, applied: &[String]) -> anyhow::Result<()> {
+    match format {
+        OutputFormat::Json => print_json(&json!({ "applied": applied })),
+        OutputFormat::Table if applied.is_empty() => {
+            print("database schema is up to date");
+            Ok(())
+        }
+        OutputFormat::Table => {
+            for version in applied {
+                print(format_args!("applied migration {version}"));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn plan_row(plan: &ComputePlan) -> Vec<String> {
+    let counters = &plan.counters;
+    vec![
+        plan.key.to_string(),
+        plan.name.clone(),
+        plan.status.to_string(),
+        format!(
+            "{} tasks: {} waiting, {} todo, {} doing, {} done, {} failed, {} canceled",
+            counters.task_count,
+            counters.waiting_count,
+            counters.todo_count,
+            counters.doing_count,
+            counters.done_count,
+            counters.failed_count,
+            counters.canceled_count
+        ),
+        plan.creation_date
+            .format("%Y-%m-%d %H:%M:%S UTC")
+            .to_string(),
+    ]
+}
+
+/// Prints row counts and the latest plans.
+pub(crate) fn print_status(
+    format: OutputFormat,
+    counts: &[(String, i64)],
+    plans: &[ComputePlan],
+) -> anyhow::Result<()> {
+    match format {
+        OutputFormat::Json => print_json(&json!({
+            "rows": counts.iter().map(|(t, n)| (t.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
+            "compute_plans": plans,
+        })),
+        OutputFormat::Table => {
+            let mut rows = table(&["table", "rows"]);
+            for (name, count) in counts {
+                rows.add_row(vec![name.clone(), count.to_string()]);
+            }
+            print(rows);
+            if plans.is_empty() {
+                print("no compute plan yet: `baton demo` submits one");
+                return Ok(());
+            }
+            let mut listing = table(&["plan", "name", "status", "tasks", "created"]);
+            for plan in plans {
+                listing.add_row(plan_row(plan));
+            }
+            print(listing);
+            Ok(())
+        }
+    }
+}
+
+/// Prints a stored plan and its tasks.
+pub(crate) fn print_plan(
+    format: OutputFormat,
+    plan: &ComputePlan,
+    tasks: &[Task],
+    function_names: &std::collections::HashMap<models::FunctionKey, String>,
+) -> anyhow::Result<()> {
+    match format {
+        OutputFormat::Json => print_json(&json!({ "compute_plan": plan, "tasks": tasks })),
+        OutputFormat::Table => {
+            let mut summary = table(&["plan", "name", "status", "tasks", "created"]);
+            summary.add_row(plan_row(plan));
+            print(summary);
+            let mut listing = table(&["rank", "task", "function", "worker", "status", "queue"]);
+            for task in tasks {
+                let status = match task.waiting_reason {
+                    Some(reason) => format!("{} ({reason})", task.status),
+                    None => task.status.to_string(),
+                };
+                listing.add_row(vec![
+                    task.rank.to_string(),
+                    task.name.clone().unwrap_or_else(|| task.key.to_string()),
+                    function_names
+                        .get(&task.function_key)
+                        .cloned()
+                        .unwrap_or_else(|| task.function_key.to_string()),
+                    task.worker.to_string(),
+                    status,
+                    format!("baton.tasks.{}", task.requirements.routing_key()),
+                ]);
+            }
+            print(listing);
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        assert_eq!(
+            redact_url("postgres://baton:s3cret@127.0.0.1:5432/baton"),
+            "postgres://baton:***@127.0.0.1:5432/baton"
+        );
+        assert_eq!(
+            redact_url("postgres://baton@127.0.0.1/baton"),
+            "postgres://baton@127.0.0.1/baton"
+        );
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
+}

@@ -1,0 +1,316 @@
+//! Submissions: load what a plan references, validate it, and store it in one transaction:
+//! the plan with its counters, its tasks with their initial statuses and ranks, one state-change
+//! row per task, and an outbox row for every task that is ready (TODO).
+//!
+//! Invalid input is rejected whole with every problem found; nothing is half-stored.
+
+use std::collections::{BTreeSet, HashMap};
+
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use serde_json::json;
+use uuid::Uuid;
+
+use models::submission::{NewTask, PlanSubmission};
+use models::validation::ValidationError;
+use models::validation::plan::{
+    Limits, StoredTask, SubmissionContext, ValidatedTask, validate_plan,
+};
+use models::{
+    ComputePlan, DataSample, DataSampleKey, Dataset, DatasetKey, Function, FunctionKey, InputRef,
+    Model, ModelKey, OrganizationId, PlanCounters, Task, TaskKey, TaskSource, TaskStateChange,
+    TaskStatus, Timestamp, UserId,
+};
+
+use crate::store::rows::NewOutboxRow;
+use crate::store::schema;
+use crate::store::{StoreError, StoreResult, catalog, execution, plans, tasks};
+
+/// Why a submission was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmissionError {
+    /// The submission breaks the rules; every problem is listed, nothing was stored.
+    #[error("invalid submission: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<ValidationError>),
+    /// A plan with this key exists already.
+    #[error("compute plan {0} already exists")]
+    PlanExists(models::PlanKey),
+    /// The database failed; nothing was stored.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Everything stored that a batch of tasks may reference, loaded before validation.
+#[derive(Debug, Default)]
+pub struct KnownAssets {
+    /// Registered organizations.
+    pub organizations: BTreeSet<OrganizationId>,
+    /// Functions the tasks (and their stored parents) run.
+    pub functions: HashMap<FunctionKey, Function>,
+    /// Data managers the tasks name.
+    pub datasets: HashMap<DatasetKey, Dataset>,
+    /// Data samples the tasks name.
+    pub data_samples: HashMap<DataSampleKey, DataSample>,
+    /// Models the tasks name.
+    pub models: HashMap<ModelKey, Model>,
+    /// Stored tasks the batch names as parents.
+    pub stored_tasks: HashMap<TaskKey, StoredTask>,
+}
+
+impl KnownAssets {
+    /// The validation context over these assets, for a submission by `owner`.
+    pub fn context<'a>(
+        &'a self,
+        owner: &'a OrganizationId,
+        limits: &'a Limits,
+    ) -> SubmissionContext<'a> {
+        SubmissionContext {
+            owner,
+            organizations: &self.organizations,
+            functions: &self.functions,
+            datasets: &self.datasets,
+            data_samples: &self.data_samples,
+            models: &self.models,
+            stored_tasks: &self.stored_tasks,
+            limits,
+        }
+    }
+}
+
+/// Loads what `batch` references: its functions, the assets its inputs name (looked up as data
+/// managers, samples and models at once, since the kind comes from the function), and the
+/// stored parents outside the batch with their functions.
+pub async fn load_known_assets(
+    conn: &mut AsyncPgConnection,
+    batch: &[NewTask],
+) -> StoreResult<KnownAssets> {
+    let in_batch: BTreeSet<TaskKey> = batch.iter().map(|task| task.key).collect();
+    let mut asset_keys: BTreeSet<Uuid> = BTreeSet::new();
+    let mut parent_keys: BTreeSet<TaskKey> = BTreeSet::new();
+    for task in batch {
+        for input in &task.inputs {
+            match &input.source {
+                InputRef::Asset { asset_key } => {
+                    asset_keys.insert(*asset_key);
+                }
+                InputRef::ParentOutput {
+                    parent_task_key, ..
+                } if !in_batch.contains(parent_task_key) => {
+                    parent_keys.insert(*parent_task_key);
+                }
+                InputRef::ParentOutput { .. } => {}
+            }
+        }
+    }
+    let asset_keys: Vec<Uuid> = asset_keys.into_iter().collect();
+    let parents = tasks::find_tasks(conn, &parent_keys.into_iter().collect::<Vec<_>>()).await?;
+
+    let mut function_keys: BTreeSet<FunctionKey> =
+        batch.iter().map(|task| task.function_key).collect();
+    function_keys.extend(parents.iter().map(|task| task.function_key));
+    let function_keys: Vec<FunctionKey> = function_keys.into_iter().collect();
+
+    let mut known = KnownAssets {
+        organizations: catalog::list_organizations(conn, None)
+            .await?
+            .into_iter()
+            .map(|organization| organization.id)
+            .collect(),
+        ..KnownAssets::default()
+    };
+    for function in catalog::find_functions(conn, &function_keys).await? {
+        known.functions.insert(function.key, function);
+    }
+    for key in &asset_keys {
+        if let Some(dataset) = catalog::find_dataset(conn, DatasetKey(*key)).await? {
+            known.datasets.insert(dataset.key, dataset);
+        }
+    }
+    let sample_keys: Vec<DataSampleKey> = asset_keys.iter().map(|k| DataSampleKey(*k)).collect();
+    for sample in catalog::find_data_samples(conn, &sample_keys).await? {
+        known.data_samples.insert(sample.key, sample);
+    }
+    for key in &asset_keys {
+        if let Some(model) = execution::find_model(conn, ModelKey(*key)).await? {
+            known.models.insert(model.key, model);
+        }
+    }
+    let parent_uuids: Vec<Uuid> = parents.iter().map(|task| task.key.0).collect();
+    let disabled: BTreeSet<Uuid> = schema::models::table
+        .filter(schema::models::compute_task_key.eq_any(&parent_uuids))
+        .filter(schema::models::checksum.is_null())
+        .select(schema::models::compute_task_key)
+        .load::<Uuid>(conn)
+        .await?
+        .into_iter()
+        .collect();
+    for parent in parents {
+        known.stored_tasks.insert(
+            parent.key,
+            StoredTask {
+                status: parent.status,
+                function_key: parent.function_key,
+                rank: parent.rank,
+                worker: parent.worker,
+                outputs: parent.outputs,
+                logs_permission: parent.logs_permission,
+                has_disabled_models: disabled.contains(&parent.key.0),
+            },
+        );
+    }
+    Ok(known)
+}
+
+/// The body of the outbox row that announces a ready task. The broker issue turns this into a
+/// versioned wire message; its fields are the ones a worker needs to claim the task.
+pub fn task_ready_payload(task: &Task) -> serde_json::Value {
+    json!({
+        "task_key": task.key,
+        "compute_plan_key": task.compute_plan_key,
+        "function_key": task.function_key,
+        "requirements": task.requirements,
+    })
+}
+
+/// The task stored for `validated`, submitted by `owner` (and `creator`) into plan `plan` at
+/// `now`.
+fn new_task(
+    validated: &ValidatedTask,
+    plan: &ComputePlan,
+    creator: Option<&UserId>,
+    now: Timestamp,
+) -> Task {
+    let submitted = &validated.task;
+    Task {
+        key: submitted.key,
+        compute_plan_key: plan.key,
+        function_key: submitted.function_key,
+        name: submitted.name.clone(),
+        owner: plan.owner.clone(),
+        worker: validated.worker.clone(),
+        creator: creator.cloned(),
+        source: TaskSource::User {
+            user: creator.cloned(),
+        },
+        rank: validated.rank,
+        tag: submitted.tag.clone(),
+        metadata: submitted.metadata.clone(),
+        inputs: submitted.inputs.clone(),
+        outputs: validated.outputs.clone(),
+        parameters: submitted.parameters.clone(),
+        requirements: validated.requirements.clone(),
+        status: validated.status,
+        waiting_reason: validated.waiting_reason,
+        error_type: None,
+        error_message: None,
+        logs_address: None,
+        logs_permission: validated.logs_permission.clone(),
+        cancel_requested: false,
+        abort_requested: false,
+        attempt_count: 0,
+        lease: None,
+        not_before: None,
+        worker_id: None,
+        device_id: None,
+        input_type: submitted.input_type.clone(),
+        input: submitted.input.clone(),
+        output: serde_json::Value::Null,
+        data: serde_json::json!({}),
+        steps: Vec::new(),
+        creation_date: now,
+        update_date: now,
+        start_date: None,
+        end_date: (validated.status.is_terminal()).then_some(now),
+    }
+}
+
+/// Validates `submission` by `owner` against what is stored and, if it is valid, stores it in
+/// one transaction. Returns the stored plan and its tasks in topological order.
+pub async fn submit_plan(
+    conn: &mut AsyncPgConnection,
+    submission: &PlanSubmission,
+    owner: &OrganizationId,
+    creator: Option<&UserId>,
+    now: Timestamp,
+) -> Result<(ComputePlan, Vec<Task>), SubmissionError> {
+    if plans::find_plan(conn, submission.key).await?.is_some() {
+        return Err(SubmissionError::PlanExists(submission.key));
+    }
+    let known = load_known_assets(conn, &submission.tasks).await?;
+    let limits = Limits::DEFAULT;
+    let validated = validate_plan(submission, &known.context(owner, &limits))
+        .map_err(SubmissionError::Invalid)?;
+
+    let mut plan = ComputePlan {
+        key: submission.key,
+        project: submission.project.clone(),
+        name: submission.name.clone(),
+        tag: submission.tag.clone(),
+        owner: owner.clone(),
+        creator: creator.cloned(),
+        metadata: submission.metadata.clone(),
+        counters: PlanCounters::default(),
+        status: PlanCounters::default().status(None, None),
+        failed_task_key: None,
+        creation_date: now,
+        start_date: None,
+        end_date: None,
+        failure_date: None,
+        cancelation_date: None,
+    };
+    let new_tasks: Vec<Task> = validated
+        .iter()
+        .map(|validated| new_task(validated, &plan, creator, now))
+        .collect();
+    for task in &new_tasks {
+        plan.counters.add(task.status);
+    }
+    plan.status = plan.counters.status(None, None);
+    if plan.counters.active_count() == 0 && plan.counters.task_count > 0 {
+        plan.end_date = Some(now);
+    }
+
+    let history: Vec<TaskStateChange> = new_tasks
+        .iter()
+        .map(|task| TaskStateChange {
+            task_key: task.key,
+            timestamp: now,
+            status: task.status,
+            reason: match task.status {
+                TaskStatus::Canceled => "registered with a failed or canceled parent".to_owned(),
+                _ => "registered".to_owned(),
+            },
+            attempt: None,
+        })
+        .collect();
+    let outbox: Vec<NewOutboxRow> = new_tasks
+        .iter()
+        .filter(|task| task.status == TaskStatus::Todo)
+        .map(|task| NewOutboxRow {
+            task_key: task.key.0,
+            routing_key: task.requirements.routing_key(),
+            payload: task_ready_payload(task),
+            created_at: now,
+        })
+        .collect();
+
+    let stored_plan = plan.clone();
+    let result = conn
+        .transaction(async |conn| {
+            plans::insert_plan(conn, &stored_plan).await?;
+            tasks::insert_tasks(conn, &new_tasks).await?;
+            tasks::insert_state_changes(conn, &history).await?;
+            tasks::insert_outbox_rows(conn, &outbox).await?;
+            Ok::<_, StoreError>(new_tasks)
+        })
+        .await;
+    match result {
+        Ok(stored_tasks) => Ok((plan, stored_tasks)),
+        // Another submission of the same plan won the race.
+        Err(StoreError::Duplicate {
+            constraint: Some(constraint),
+            ..
+        }) if constraint == "compute_plans_pkey" => Err(SubmissionError::PlanExists(plan.key)),
+        Err(error) => Err(error.into()),
+    }
+}
