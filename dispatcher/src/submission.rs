@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use chrono::SubsecRound;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde_json::json;
@@ -233,6 +234,8 @@ pub async fn submit_plan(
     creator: Option<&UserId>,
     now: Timestamp,
 ) -> Result<(ComputePlan, Vec<Task>), SubmissionError> {
+    // PostgreSQL keeps microseconds: return exactly what is stored.
+    let now = now.trunc_subsecs(6);
     if plans::find_plan(conn, submission.key).await?.is_some() {
         return Err(SubmissionError::PlanExists(submission.key));
     }

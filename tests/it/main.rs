@@ -7,5 +7,9 @@ mod support;
 mod store;
 // Migrations up, down and up again on an empty database.
 mod migrations;
+// Submitting a compute plan: validation, then one transaction.
+mod submit;
+// The `baton` command end to end.
+mod cli;
 // Checked invariants of the code base (no IO in `models`).
 mod tidy;

@@ -429,7 +429,7 @@ async fn logs_and_measurements_round_trip() {
         lines[3..].to_vec()
     );
 
-    let samples: Vec<_> = (0..4)
+    let samples: Vec<_> = (0..4u32)
         .map(|i| fx::measurement(40, if i.is_multiple_of(2) { "x₁" } else { "y" }, i))
         .collect();
     execution::insert_measurements(&mut conn, &samples)
