@@ -27,6 +27,7 @@ pub mod submission;
 pub mod task;
 pub mod user;
 pub mod validation;
+pub mod wire;
 pub mod worker;
 
 pub use dataset::{DataSample, Dataset};

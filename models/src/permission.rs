@@ -3,12 +3,13 @@
 //! The owner is always among `authorized_ids`; when `public`, the ids are kept but not needed
 //! (SPEC.md §3; reference/semantics.md §7).
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::OrganizationId;
 
 /// Who may use an asset: everyone when `public`, else the listed organizations.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Permission {
     /// Every organization may use the asset.
     pub public: bool,
@@ -94,7 +95,7 @@ impl Permission {
 }
 
 /// The permissions stored on an asset. Download permission equals process permission.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Permissions {
     /// Who may process the asset (and so download it).
     pub process: Permission,

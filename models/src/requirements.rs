@@ -6,13 +6,16 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A worker's properties: string keys to string values (`device=lucidac`, `os=linux`, …).
 pub type Properties = BTreeMap<String, String>;
 
 /// The properties a worker must have to run a task. Empty means any worker will do.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(transparent)]
 pub struct RequirementSet(pub BTreeMap<String, String>);
 

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -188,6 +189,49 @@ pub enum InputRef {
     },
 }
 
+impl JsonSchema for InputRef {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "InputRef".into()
+    }
+
+    /// Exactly one of `asset_key`, or both parent fields: what [`RawInputRef`]'s conversion
+    /// enforces.
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "object",
+            "properties": {
+                "asset_key": {
+                    "description": "A stored data manager, data sample or model.",
+                    "type": "string",
+                    "format": "uuid",
+                },
+                "parent_task_key": {
+                    "description": "A parent task whose output this input takes.",
+                    "type": "string",
+                    "format": "uuid",
+                },
+                "parent_task_output_identifier": {
+                    "description": "The parent's output identifier.",
+                    "type": "string",
+                },
+            },
+            "oneOf": [
+                {
+                    "required": ["asset_key"],
+                    "not": {"anyOf": [
+                        {"required": ["parent_task_key"]},
+                        {"required": ["parent_task_output_identifier"]},
+                    ]},
+                },
+                {
+                    "required": ["parent_task_key", "parent_task_output_identifier"],
+                    "not": {"required": ["asset_key"]},
+                },
+            ],
+        })
+    }
+}
+
 /// The flat wire form of [`InputRef`].
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -246,7 +290,7 @@ impl From<InputRef> for RawInputRef {
 }
 
 /// One input of a task: which function input it fills, and from where.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct TaskInput {
     /// The function input it fills; repeated only for a `multiple` input.
     pub identifier: String,
@@ -256,7 +300,7 @@ pub struct TaskInput {
 }
 
 /// One output of a task: who may use what it produces (Substra's `ComputeTaskOutput`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct TaskOutput {
     /// Who may use the models or performances registered on it.
     pub permissions: Permissions,

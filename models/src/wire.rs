@@ -1,0 +1,185 @@
+//! The messages baton sends over RabbitMQ, as plain types with a JSON Schema each.
+//!
+//! Each message has a kind (the AMQP `type` property, e.g. `task.ready`) and is written as JSON.
+//! [`SCHEMA_VERSION`] travels in a header so that a consumer refuses, rather than misreads, a
+//! message of a version it does not know. The schemas under `schemas/` in the repository are
+//! generated from these types (a test fails when a committed one is stale), so that producers in
+//! any language can check what they send.
+
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::submission::{NewTask, PlanSubmission};
+use crate::validation::ValidationError;
+use crate::{
+    Attempt, FunctionKey, PlanKey, PlanStatus, RequirementSet, TaskKey, Timestamp, WorkerId,
+};
+
+/// The version of the message formats below. A change a consumer of the previous version would
+/// misread bumps it.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A message that travels over RabbitMQ.
+pub trait WireMessage: Serialize + DeserializeOwned + JsonSchema {
+    /// Its kind, sent as the AMQP `type` property; dotted lowercase words.
+    const KIND: &'static str;
+}
+
+impl WireMessage for PlanSubmission {
+    const KIND: &'static str = "plan.submit";
+}
+
+/// Tasks to add to an existing plan, by its owner.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddTasks {
+    /// The plan.
+    pub compute_plan_key: PlanKey,
+    /// The new tasks; their parents may be stored tasks of the plan.
+    pub tasks: Vec<NewTask>,
+}
+
+impl WireMessage for AddTasks {
+    const KIND: &'static str = "plan.add_tasks";
+}
+
+/// One problem with a submission, for the reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorDetail {
+    /// Where, e.g. `tasks[2].inputs[0].identifier`; empty for the submission as a whole.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl From<&ValidationError> for ErrorDetail {
+    fn from(error: &ValidationError) -> Self {
+        ErrorDetail {
+            path: if error.path.0.is_empty() {
+                String::new()
+            } else {
+                error.path.to_string()
+            },
+            message: error.kind.to_string(),
+        }
+    }
+}
+
+/// The answer to a submission, sent to its `reply_to` queue with its `correlation_id`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum SubmissionReply {
+    /// Stored; the same answer is sent again for a resubmission of the same request.
+    Accepted {
+        /// The plan.
+        compute_plan_key: PlanKey,
+        /// How many tasks the plan now has.
+        task_count: u32,
+        /// The plan's status after the submission.
+        status: PlanStatus,
+    },
+    /// Refused; nothing was stored.
+    Rejected {
+        /// The plan named by the submission, when it could be read.
+        compute_plan_key: Option<PlanKey>,
+        /// The kind of refusal: `invalid_submission`, `already_exists`, `forbidden`,
+        /// `malformed`, `internal`.
+        error: String,
+        /// Every problem found, each with its path.
+        details: Vec<ErrorDetail>,
+    },
+}
+
+impl WireMessage for SubmissionReply {
+    const KIND: &'static str = "plan.submission_reply";
+}
+
+/// A task is ready to run: published on `baton.tasks` with its requirement set's routing key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TaskReady {
+    /// The task.
+    pub task_key: TaskKey,
+    /// Its plan.
+    pub compute_plan_key: PlanKey,
+    /// Its function.
+    pub function_key: FunctionKey,
+    /// The properties a worker needs to run it.
+    pub requirements: RequirementSet,
+}
+
+impl WireMessage for TaskReady {
+    const KIND: &'static str = "task.ready";
+}
+
+/// A worker asks to run a task it received.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ClaimRequest {
+    /// The task.
+    pub task_key: TaskKey,
+    /// The worker asking.
+    pub worker_id: WorkerId,
+}
+
+impl WireMessage for ClaimRequest {
+    const KIND: &'static str = "task.claim";
+}
+
+/// The dispatcher's answer to a [`ClaimRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum ClaimReply {
+    /// The worker runs the task under this lease; it acks the task message.
+    Granted {
+        /// The task.
+        task_key: TaskKey,
+        /// The new attempt.
+        attempt: Attempt,
+        /// The secret every report of this attempt carries.
+        lease_token: Uuid,
+        /// When the lease lapses unless renewed.
+        lease_expires_at: Timestamp,
+    },
+    /// The worker drops the task message: a duplicate, a canceled task or a stale delivery.
+    Refused {
+        /// The task.
+        task_key: TaskKey,
+        /// Why, in words.
+        reason: String,
+    },
+}
+
+impl WireMessage for ClaimReply {
+    const KIND: &'static str = "task.claim_reply";
+}
+
+/// A message's kind and JSON Schema.
+pub struct MessageSchema {
+    /// The message kind.
+    pub kind: &'static str,
+    /// Its schema (JSON Schema draft 2020-12).
+    pub schema: serde_json::Value,
+}
+
+fn schema_of<M: WireMessage>() -> MessageSchema {
+    MessageSchema {
+        kind: M::KIND,
+        schema: schemars::schema_for!(M).to_value(),
+    }
+}
+
+/// The schema of every wire message, by kind.
+pub fn schemas() -> Vec<MessageSchema> {
+    vec![
+        schema_of::<PlanSubmission>(),
+        schema_of::<AddTasks>(),
+        schema_of::<SubmissionReply>(),
+        schema_of::<TaskReady>(),
+        schema_of::<ClaimRequest>(),
+        schema_of::<ClaimReply>(),
+    ]
+}
+
+#[cfg(test)]
+mod tests;
