@@ -1,0 +1,247 @@
+//! Typed consuming. A [`Consumer`] yields the messages of the kinds it reads; anything else (not
+//! JSON, an unknown schema version, an unexpected kind, a body that does not decode) is
+//! dead-lettered to `baton.dead` with the reason in its headers, and consuming goes on. Nothing
+//! is dropped and nothing panics.
+
+use std::marker::PhantomData;
+
+use futures::StreamExt;
+use lapin::Channel;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::{FieldTable, ShortString};
+
+use models::wire::WireMessage;
+
+use crate::envelope::{self, DecodeError, Envelope, Meta};
+use crate::publisher::Publisher;
+use crate::topology::DEAD_EXCHANGE;
+use crate::{Broker, BrokerError};
+
+/// The messages a consumer reads: one [`WireMessage`] type, or an enum over several kinds.
+pub trait MessageSet: Sized + Send + 'static {
+    /// The kinds it reads.
+    fn kinds() -> Vec<&'static str>;
+
+    /// The message in `envelope`, whose kind is one of [`MessageSet::kinds`].
+    fn decode(envelope: &Envelope<'_>) -> Result<Self, DecodeError>;
+}
+
+impl<M: WireMessage + Send + 'static> MessageSet for M {
+    fn kinds() -> Vec<&'static str> {
+        vec![M::KIND]
+    }
+
+    fn decode(envelope: &Envelope<'_>) -> Result<Self, DecodeError> {
+        envelope.decode::<M>()
+    }
+}
+
+/// A message received and decoded, to be acked, requeued, rejected or dead-lettered.
+#[must_use = "an unsettled delivery is redelivered when the consumer goes away"]
+pub struct Delivery<M> {
+    /// The message.
+    pub message: M,
+    /// Its kind.
+    pub kind: String,
+    /// Its properties.
+    pub meta: Meta,
+    /// RabbitMQ delivered it before (to this or another consumer) without an ack.
+    pub redelivered: bool,
+    /// The routing key it was published with.
+    pub routing_key: String,
+    raw: lapin::message::Delivery,
+    queue: String,
+    dead: Publisher,
+}
+
+impl<M> std::fmt::Debug for Delivery<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("kind", &self.kind)
+            .field("message_id", &self.meta.message_id)
+            .field("redelivered", &self.redelivered)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M> Delivery<M> {
+    /// Done with: RabbitMQ forgets the message.
+    pub async fn ack(self) -> Result<(), BrokerError> {
+        self.raw
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .map(|_| ())
+            .map_err(|e| BrokerError::Settle(Box::new(e)))
+    }
+
+    /// Not now: the message goes back to its queue for another delivery (counted against the
+    /// queue's delivery limit).
+    pub async fn requeue(self) -> Result<(), BrokerError> {
+        self.raw
+            .acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| BrokerError::Settle(Box::new(e)))
+    }
+
+    /// Refused: RabbitMQ dead-letters the message through the queue's dead-letter exchange,
+    /// with its own `x-death` header (reason `rejected`).
+    pub async fn reject(self) -> Result<(), BrokerError> {
+        self.raw
+            .acker
+            .nack(BasicNackOptions {
+                requeue: false,
+                ..BasicNackOptions::default()
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| BrokerError::Settle(Box::new(e)))
+    }
+
+    /// Refused with `reason`: a copy goes to `baton.dead` with the reason and the queue in its
+    /// headers, and the original is acked only once the copy is confirmed.
+    pub async fn dead_letter(self, reason: &str) -> Result<(), BrokerError> {
+        dead_letter(&self.dead, &self.raw, reason, &self.queue).await
+    }
+}
+
+/// Copies `raw` to the dead-letter exchange with `reason`, then acks it.
+async fn dead_letter(
+    dead: &Publisher,
+    raw: &lapin::message::Delivery,
+    reason: &str,
+    queue: &str,
+) -> Result<(), BrokerError> {
+    let headers = envelope::dead_letter_headers(raw.properties.headers().as_ref(), reason, queue);
+    let properties = raw.properties.clone().with_headers(headers);
+    dead.send_raw(DEAD_EXCHANGE, "", &raw.data, properties)
+        .await?
+        .confirmed()
+        .await?;
+    raw.acker
+        .ack(BasicAckOptions::default())
+        .await
+        .map(|_| ())
+        .map_err(|e| BrokerError::Settle(Box::new(e)))
+}
+
+/// A consumer of one queue, reading messages of the set `M`.
+pub struct Consumer<M> {
+    queue: String,
+    channel: Channel,
+    inner: lapin::Consumer,
+    dead: Publisher,
+    kinds: Vec<&'static str>,
+    _messages: PhantomData<fn() -> M>,
+}
+
+impl<M: MessageSet> Consumer<M> {
+    /// Starts consuming `queue` with at most `prefetch` unacked messages at a time.
+    pub async fn new(
+        broker: &Broker,
+        queue: &str,
+        prefetch: u16,
+    ) -> Result<Consumer<M>, BrokerError> {
+        let channel = broker.channel().await?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .map_err(|e| BrokerError::Channel(Box::new(e)))?;
+        let queue_name = ShortString::try_new(queue).map_err(|_| BrokerError::Consume {
+            queue: queue.to_owned(),
+            source: None,
+        })?;
+        let tag = format!(
+            "{}-{}",
+            broker.config().app_id,
+            uuid::Uuid::new_v4().simple()
+        );
+        let inner = channel
+            .basic_consume(
+                queue_name,
+                ShortString::try_new(tag.as_str()).unwrap_or_else(|_| "baton".into()),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|source| BrokerError::Consume {
+                queue: queue.to_owned(),
+                source: Some(Box::new(source)),
+            })?;
+        Ok(Consumer {
+            queue: queue.to_owned(),
+            channel,
+            inner,
+            dead: Publisher::new(broker).await?,
+            kinds: M::kinds(),
+            _messages: PhantomData,
+        })
+    }
+
+    /// The queue it consumes.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    fn open(&self, raw: &lapin::message::Delivery) -> Result<(M, String, Meta), DecodeError> {
+        let envelope = Envelope::open(&raw.properties, &raw.data)?;
+        if !self.kinds.contains(&envelope.kind.as_str()) {
+            return Err(DecodeError::UnexpectedKind {
+                found: envelope.kind,
+                expected: self.kinds.join(", "),
+            });
+        }
+        let message = M::decode(&envelope)?;
+        Ok((message, envelope.kind, envelope.meta))
+    }
+
+    /// The next message, waiting through connection recoveries. `None` once the consumer was
+    /// canceled (the queue was deleted, or the connection closed for good).
+    pub async fn next(&mut self) -> Option<Result<Delivery<M>, BrokerError>> {
+        loop {
+            let raw = match self.inner.next().await? {
+                Ok(raw) => raw,
+                Err(error) => match self.channel.wait_for_recovery(error).await {
+                    Ok(()) => continue,
+                    Err(source) => {
+                        return Some(Err(BrokerError::Consume {
+                            queue: self.queue.clone(),
+                            source: Some(Box::new(source)),
+                        }));
+                    }
+                },
+            };
+            match self.open(&raw) {
+                Ok((message, kind, meta)) => {
+                    return Some(Ok(Delivery {
+                        message,
+                        kind,
+                        meta,
+                        redelivered: raw.redelivered,
+                        routing_key: raw.routing_key.to_string(),
+                        raw,
+                        queue: self.queue.clone(),
+                        dead: self.dead.clone(),
+                    }));
+                }
+                Err(reason) => {
+                    tracing::warn!(
+                        queue = %self.queue,
+                        "dead-lettering a message from {}: {reason}",
+                        self.queue
+                    );
+                    if let Err(error) =
+                        dead_letter(&self.dead, &raw, &reason.to_string(), &self.queue).await
+                    {
+                        return Some(Err(error));
+                    }
+                }
+            }
+        }
+    }
+}
