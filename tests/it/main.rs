@@ -7,9 +7,13 @@ mod support;
 mod store;
 // Migrations up, down and up again on an empty database.
 mod migrations;
+// The RabbitMQ layer: topology, confirms, dead-lettering, request/reply, reconnection.
+mod broker;
 // Submitting a compute plan: validation, then one transaction.
 mod submit;
 // The `baton` command end to end.
 mod cli;
 // Checked invariants of the code base (no IO in `models`).
 mod tidy;
+// Every field of the seed documents has a home in baton's model.
+mod seeds;

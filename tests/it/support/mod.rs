@@ -1,4 +1,5 @@
 //! Shared helpers of the integration tests.
 
+pub(crate) mod broker;
 pub(crate) mod db;
 pub(crate) mod fixtures;

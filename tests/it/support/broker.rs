@@ -1,0 +1,160 @@
+//! `TestBroker`: a RabbitMQ vhost of its own for one test, made and deleted through the
+//! management API, so tests run in parallel with the production names (`baton.tasks`, the
+//! single-active-consumer `baton.dispatcher`) without seeing each other's messages.
+
+use broker::BrokerConfig;
+
+/// The management API, with credentials. Override with `BATON_TEST_RABBITMQ_API`.
+fn api_base() -> String {
+    std::env::var("BATON_TEST_RABBITMQ_API")
+        .unwrap_or_else(|_| "http://127.0.0.1:15672/api".to_owned())
+}
+
+/// The AMQP server, without a vhost. Override with `BATON_TEST_AMQP_URL`.
+fn amqp_base() -> String {
+    std::env::var("BATON_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672".to_owned())
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+async fn api(
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> reqwest::Response {
+    let mut request = client()
+        .request(method, format!("{}{path}", api_base()))
+        .basic_auth("guest", Some("guest"));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request
+        .send()
+        .await
+        .expect("the RabbitMQ management API answers (.ci/services enables it)");
+    assert!(
+        response.status().is_success(),
+        "management API {path}: {}",
+        response.status()
+    );
+    response
+}
+
+/// A vhost for one test, deleted on drop.
+pub(crate) struct TestBroker {
+    vhost: String,
+}
+
+impl TestBroker {
+    /// A new, empty vhost that `guest` may use.
+    pub(crate) async fn new() -> TestBroker {
+        let vhost = format!("baton-test-{}", uuid::Uuid::new_v4().simple());
+        api(reqwest::Method::PUT, &format!("/vhosts/{vhost}"), None).await;
+        api(
+            reqwest::Method::PUT,
+            &format!("/permissions/{vhost}/guest"),
+            Some(serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"})),
+        )
+        .await;
+        TestBroker { vhost }
+    }
+
+    /// The AMQP URL of the vhost.
+    pub(crate) fn url(&self) -> String {
+        format!("{}/{}", amqp_base(), self.vhost)
+    }
+
+    /// A broker configuration for the vhost, sending as `app_id`.
+    pub(crate) fn config(&self, app_id: &str) -> BrokerConfig {
+        BrokerConfig::new(self.url(), app_id)
+    }
+
+    /// Closes every client connection to the vhost, as an operator would from the UI, once at
+    /// least `expected` are listed (the management API lists a new connection only after its
+    /// next statistics round, a few seconds); returns how many it closed.
+    pub(crate) async fn close_connections(&self, expected: usize) -> usize {
+        let mut listed: Vec<serde_json::Value> = Vec::new();
+        for _ in 0..300 {
+            listed = api(
+                reqwest::Method::GET,
+                &format!("/vhosts/{}/connections", self.vhost),
+                None,
+            )
+            .await
+            .json()
+            .await
+            .expect("a JSON list of connections");
+            if listed.len() >= expected {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let mut closed = 0;
+        for connection in listed {
+            let Some(name) = connection["name"].as_str() else {
+                continue;
+            };
+            let encoded: String = name
+                .bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect();
+            let response = client()
+                .delete(format!("{}/connections/{encoded}", api_base()))
+                .basic_auth("guest", Some("guest"))
+                .header("X-Reason", "closed by a baton test")
+                .send()
+                .await
+                .expect("the management API answers");
+            if response.status().is_success() {
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    /// The management API's description of queue `name` in the vhost.
+    pub(crate) async fn queue_info(&self, name: &str) -> serde_json::Value {
+        api(
+            reqwest::Method::GET,
+            &format!("/queues/{}/{name}", self.vhost),
+            None,
+        )
+        .await
+        .json()
+        .await
+        .expect("a JSON queue description")
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        let vhost = self.vhost.clone();
+        let deleted = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime to delete the test vhost");
+            runtime.block_on(async move {
+                client()
+                    .delete(format!("{}/vhosts/{vhost}", api_base()))
+                    .basic_auth("guest", Some("guest"))
+                    .send()
+                    .await
+                    .map(|response| response.status().is_success())
+                    .unwrap_or(false)
+            })
+        })
+        .join();
+        if !matches!(deleted, Ok(true)) {
+            eprintln!("warning: could not delete test vhost {}", self.vhost);
+        }
+    }
+}
