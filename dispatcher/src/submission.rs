@@ -9,7 +9,6 @@ use std::collections::{BTreeSet, HashMap};
 use chrono::SubsecRound;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use serde_json::json;
 use uuid::Uuid;
 
 use models::submission::{NewTask, PlanSubmission};
@@ -17,6 +16,7 @@ use models::validation::ValidationError;
 use models::validation::plan::{
     Limits, StoredTask, SubmissionContext, ValidatedTask, validate_plan,
 };
+use models::wire::TaskReady;
 use models::{
     ComputePlan, DataSample, DataSampleKey, Dataset, DatasetKey, Function, FunctionKey, InputRef,
     Model, ModelKey, OrganizationId, PlanCounters, Task, TaskKey, TaskSource, TaskStateChange,
@@ -162,14 +162,18 @@ pub async fn load_known_assets(
     Ok(known)
 }
 
-/// The body of the outbox row that announces a ready task. The broker issue turns this into a
-/// versioned wire message; its fields are the ones a worker needs to claim the task.
-pub fn task_ready_payload(task: &Task) -> serde_json::Value {
-    json!({
-        "task_key": task.key,
-        "compute_plan_key": task.compute_plan_key,
-        "function_key": task.function_key,
-        "requirements": task.requirements,
+/// The body of the outbox row that announces a ready task: the `task.ready` wire message the
+/// outbox relay publishes.
+pub fn task_ready_payload(task: &Task) -> Result<serde_json::Value, StoreError> {
+    let message = TaskReady {
+        task_key: task.key,
+        compute_plan_key: task.compute_plan_key,
+        function_key: task.function_key,
+        requirements: task.requirements.clone(),
+    };
+    serde_json::to_value(&message).map_err(|error| StoreError::Encode {
+        what: "task.ready message",
+        reason: error.to_string(),
     })
 }
 
@@ -289,13 +293,15 @@ pub async fn submit_plan(
     let outbox: Vec<NewOutboxRow> = new_tasks
         .iter()
         .filter(|task| task.status == TaskStatus::Todo)
-        .map(|task| NewOutboxRow {
-            task_key: task.key.0,
-            routing_key: task.requirements.routing_key(),
-            payload: task_ready_payload(task),
-            created_at: now,
+        .map(|task| {
+            Ok(NewOutboxRow {
+                task_key: task.key.0,
+                routing_key: task.requirements.routing_key(),
+                payload: task_ready_payload(task)?,
+                created_at: now,
+            })
         })
-        .collect();
+        .collect::<Result<_, StoreError>>()?;
 
     let stored_plan = plan.clone();
     let result = conn

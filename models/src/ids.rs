@@ -85,56 +85,56 @@ macro_rules! string_id {
 }
 
 uuid_key!(
-    /// Key of a [`crate::Function`].
+    /// Key of a function.
     FunctionKey
 );
 uuid_key!(
-    /// Key of a [`crate::Dataset`] (Substra's data manager).
+    /// Key of a dataset (Substra's data manager).
     DatasetKey
 );
 uuid_key!(
-    /// Key of a [`crate::DataSample`].
+    /// Key of a data sample.
     DataSampleKey
 );
 uuid_key!(
-    /// Key of a [`crate::ComputePlan`].
+    /// Key of a compute plan.
     PlanKey
 );
 uuid_key!(
-    /// Key of a [`crate::Task`] (also Orchestra's run identifier and qunicorn's job id).
+    /// Key of a task (also Orchestra's run identifier and qunicorn's job id).
     TaskKey
 );
 uuid_key!(
-    /// Key of a [`crate::Model`], the file a task produced.
+    /// Key of a model, the file a task produced.
     ModelKey
 );
 uuid_key!(
-    /// Identifier of a [`crate::Credential`].
+    /// Identifier of a credential.
     CredentialId
 );
 
 string_id!(
-    /// Identifier of an [`crate::Organization`]; owners, workers of tasks and permissions name them.
+    /// Identifier of an organization; owners, workers of tasks and permissions name them.
     OrganizationId
 );
 string_id!(
-    /// Identifier of a [`crate::User`] (`^[a-zA-Z0-9_.-]{3,32}$`).
+    /// Identifier of a user (`^[a-zA-Z0-9_.-]{3,32}$`).
     UserId
 );
 string_id!(
-    /// Identifier of a [`crate::Project`].
+    /// Identifier of a project.
     ProjectId
 );
 string_id!(
-    /// Identifier of a [`crate::Worker`] process on a device host.
+    /// Identifier of a worker process on a device host.
     WorkerId
 );
 string_id!(
-    /// Identifier of a [`crate::Device`], unique within its worker.
+    /// Identifier of a device, unique within its worker.
     DeviceId
 );
 string_id!(
-    /// Identifier of a [`crate::Schedule`], unique within its project.
+    /// Identifier of a schedule, unique within its project.
     ScheduleId
 );
 

@@ -126,7 +126,7 @@ impl WireMessage for ClaimRequest {
     const KIND: &'static str = "task.claim";
 }
 
-/// The dispatcher's answer to a [`ClaimRequest`].
+/// The dispatcher's answer to a claim request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "decision", rename_all = "snake_case")]
 pub enum ClaimReply {

@@ -167,7 +167,10 @@ async fn a_valid_plan_is_stored_whole_with_counters_history_and_outbox() {
     assert_eq!(outbox.len(), 1);
     assert_eq!(outbox[0].task_key, key(40));
     assert_eq!(outbox[0].routing_key, "device=lucidac,gpu=1");
-    assert_eq!(outbox[0].payload["task_key"], json!(key(40)));
+    let message: models::wire::TaskReady =
+        serde_json::from_value(outbox[0].payload.clone()).unwrap();
+    assert_eq!(message.task_key, key(40).into());
+    assert_eq!(message.requirements.routing_key(), "device=lucidac,gpu=1");
 }
 
 #[tokio::test(flavor = "multi_thread")]
