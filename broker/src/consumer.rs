@@ -4,6 +4,7 @@
 //! is dropped and nothing panics.
 
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use futures::StreamExt;
 use lapin::Channel;
@@ -41,8 +42,8 @@ impl<M: WireMessage + Send + 'static> MessageSet for M {
 pub struct Delivery<M> {
     /// The message.
     pub message: M,
-    /// Its kind.
-    pub kind: String,
+    /// Its kind, one of the consumer's.
+    pub kind: &'static str,
     /// Its properties.
     pub meta: Meta,
     /// RabbitMQ delivered it before (to this or another consumer) without an ack.
@@ -50,7 +51,7 @@ pub struct Delivery<M> {
     /// The routing key it was published with.
     pub routing_key: String,
     raw: lapin::message::Delivery,
-    queue: String,
+    queue: Arc<str>,
     dead: Publisher,
 }
 
@@ -132,7 +133,7 @@ async fn dead_letter(
 
 /// A consumer of one queue, reading messages of the set `M`.
 pub struct Consumer<M> {
-    queue: String,
+    queue: Arc<str>,
     channel: Channel,
     inner: lapin::Consumer,
     dead: Publisher,
@@ -174,7 +175,7 @@ impl<M: MessageSet> Consumer<M> {
                 source: Some(Box::new(source)),
             })?;
         Ok(Consumer {
-            queue: queue.to_owned(),
+            queue: Arc::from(queue),
             channel,
             inner,
             dead: Publisher::new(broker).await?,
@@ -188,16 +189,16 @@ impl<M: MessageSet> Consumer<M> {
         &self.queue
     }
 
-    fn open(&self, raw: &lapin::message::Delivery) -> Result<(M, String, Meta), DecodeError> {
+    fn open(&self, raw: &lapin::message::Delivery) -> Result<(M, &'static str, Meta), DecodeError> {
         let envelope = Envelope::open(&raw.properties, &raw.data)?;
-        if !self.kinds.contains(&envelope.kind.as_str()) {
+        let Some(kind) = self.kinds.iter().copied().find(|k| *k == envelope.kind) else {
             return Err(DecodeError::UnexpectedKind {
                 found: envelope.kind,
                 expected: self.kinds.join(", "),
             });
-        }
+        };
         let message = M::decode(&envelope)?;
-        Ok((message, envelope.kind, envelope.meta))
+        Ok((message, kind, envelope.meta))
     }
 
     /// The next message, waiting through connection recoveries. `None` once the consumer was
@@ -210,7 +211,7 @@ impl<M: MessageSet> Consumer<M> {
                     Ok(()) => continue,
                     Err(source) => {
                         return Some(Err(BrokerError::Consume {
-                            queue: self.queue.clone(),
+                            queue: self.queue.to_string(),
                             source: Some(Box::new(source)),
                         }));
                     }
@@ -225,7 +226,7 @@ impl<M: MessageSet> Consumer<M> {
                         redelivered: raw.redelivered,
                         routing_key: raw.routing_key.to_string(),
                         raw,
-                        queue: self.queue.clone(),
+                        queue: Arc::clone(&self.queue),
                         dead: self.dead.clone(),
                     }));
                 }

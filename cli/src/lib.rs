@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod bench;
 mod demo;
 mod output;
 
@@ -56,6 +57,52 @@ pub enum Command {
         /// How many plans to list.
         #[arg(long, default_value_t = 10)]
         limit: i64,
+    },
+    /// Measure baton's speed against a plain-lapin baseline in the same run.
+    Bench {
+        /// Which scenario.
+        #[command(subcommand)]
+        scenario: BenchScenario,
+    },
+}
+
+/// The benchmark scenarios.
+#[derive(Debug, Subcommand)]
+pub enum BenchScenario {
+    /// Confirmed publish + consume throughput of the broker layer, against plain lapin.
+    Broker {
+        /// Messages per run.
+        #[arg(long, default_value_t = 20_000)]
+        messages: u32,
+        /// Runs of each side; medians are reported.
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+        /// RabbitMQ, without a vhost: the benchmark makes and deletes its own.
+        #[arg(
+            long,
+            env = "BATON_AMQP_URL",
+            default_value = "amqp://guest:guest@127.0.0.1:5672",
+            hide_env_values = true
+        )]
+        amqp_url: String,
+        /// RabbitMQ's management API, used to make the benchmark's vhost.
+        #[arg(
+            long,
+            env = "BATON_RABBITMQ_API",
+            default_value = "http://127.0.0.1:15672/api"
+        )]
+        rabbitmq_api: String,
+        /// User of the management API.
+        #[arg(long, env = "BATON_RABBITMQ_API_USER", default_value = "guest")]
+        rabbitmq_api_user: String,
+        /// Password of the management API.
+        #[arg(
+            long,
+            env = "BATON_RABBITMQ_API_PASSWORD",
+            default_value = "guest",
+            hide_env_values = true
+        )]
+        rabbitmq_api_password: String,
     },
 }
 
@@ -116,6 +163,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Migrate => migrate(&cli.database_url, cli.output).await,
             Command::Demo => demo::run(&cli.database_url, cli.output).await,
             Command::Status { limit } => status(&cli.database_url, cli.output, limit).await,
+            Command::Bench { scenario } => bench(scenario, cli.output).await,
         }
     })
 }
@@ -136,6 +184,30 @@ pub(crate) async fn apply_migrations(database_url: &str) -> anyhow::Result<Vec<S
                 output::redact_url(database_url)
             )
         })
+}
+
+/// Runs a benchmark scenario and prints its figures.
+async fn bench(scenario: BenchScenario, format: OutputFormat) -> anyhow::Result<()> {
+    match scenario {
+        BenchScenario::Broker {
+            messages,
+            runs,
+            amqp_url,
+            rabbitmq_api,
+            rabbitmq_api_user,
+            rabbitmq_api_password,
+        } => {
+            let figures = bench::broker(bench::BrokerBench {
+                amqp_url: amqp_url.trim_end_matches('/').to_owned(),
+                management_url: rabbitmq_api.trim_end_matches('/').to_owned(),
+                management_user: (rabbitmq_api_user, rabbitmq_api_password),
+                messages,
+                runs,
+            })
+            .await?;
+            output::print_broker_bench(format, &figures)
+        }
+    }
 }
 
 /// Prints the stored state.

@@ -149,6 +149,52 @@ pub(crate) fn print_plan(
     }
 }
 
+/// Prints the broker benchmark: a table for people, then one JSON line per figure.
+pub(crate) fn print_broker_bench(
+    format: OutputFormat,
+    figures: &crate::bench::BrokerFigures,
+) -> anyhow::Result<()> {
+    let lines = [
+        json!({"scenario": "broker", "figure": "lapin_msgs_per_s", "value": figures.lapin_median, "runs": figures.lapin_runs, "messages": figures.messages}),
+        json!({"scenario": "broker", "figure": "baton_msgs_per_s", "value": figures.baton_median, "runs": figures.baton_runs, "messages": figures.messages}),
+        json!({"scenario": "broker", "figure": "baton_to_lapin_ratio", "value": figures.ratio}),
+    ];
+    if format == OutputFormat::Table {
+        let mut summary = table(&[
+            "broker: confirmed publish + consume",
+            "median msgs/s",
+            "runs",
+        ]);
+        let runs = |values: &[f64]| {
+            values
+                .iter()
+                .map(|v| format!("{v:.0}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        summary.add_row(vec![
+            "plain lapin".to_owned(),
+            format!("{:.0}", figures.lapin_median),
+            runs(&figures.lapin_runs),
+        ]);
+        summary.add_row(vec![
+            "baton broker layer".to_owned(),
+            format!("{:.0}", figures.baton_median),
+            runs(&figures.baton_runs),
+        ]);
+        summary.add_row(vec![
+            "ratio baton / lapin".to_owned(),
+            format!("{:.3}", figures.ratio),
+            String::new(),
+        ]);
+        print(summary);
+    }
+    for line in lines {
+        print(serde_json::to_string(&line)?);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::redact_url;

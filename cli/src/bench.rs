@@ -1,0 +1,344 @@
+//! `baton bench`: measured speed, with a plain-lapin baseline doing the same work in the same
+//! run, so the figures are ratios that survive a noisy machine.
+//!
+//! `baton bench broker` publishes N persistent messages with pipelined publisher confirms and
+//! consumes them with acks, once through baton's broker layer (envelope, typed decoding, confirm
+//! checks) and once through plain lapin (the same bytes, the same queue arguments), alternating
+//! which goes first, in a RabbitMQ vhost of its own that is deleted afterwards. The baseline is
+//! the one place outside the `broker` crate that speaks AMQP, on purpose.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use serde_json::json;
+
+use broker::topology::{self, TASKS_EXCHANGE};
+use broker::{Broker, BrokerConfig, Consumer, Meta, Publisher};
+use models::wire::TaskReady;
+use models::{FunctionKey, PlanKey, RequirementSet, TaskKey};
+
+/// Confirms kept in flight by both sides: enough to hide the round trip, as a real relay would.
+const WINDOW: usize = 1_000;
+
+/// Options of `baton bench broker`.
+#[derive(Clone, Debug)]
+pub(crate) struct BrokerBench {
+    /// `amqp://user:password@host:port` without a vhost.
+    pub(crate) amqp_url: String,
+    /// The management API (`http://host:15672/api`).
+    pub(crate) management_url: String,
+    /// The management API's user and password.
+    pub(crate) management_user: (String, String),
+    /// Messages per run.
+    pub(crate) messages: u32,
+    /// Runs of each side.
+    pub(crate) runs: u32,
+}
+
+/// A vhost that lives as long as the benchmark.
+struct BenchVhost {
+    name: String,
+    options: BrokerBench,
+}
+
+impl BenchVhost {
+    async fn create(options: &BrokerBench) -> anyhow::Result<BenchVhost> {
+        let name = format!("baton-bench-{}", uuid::Uuid::new_v4().simple());
+        let client = reqwest::Client::new();
+        let (user, password) = &options.management_user;
+        for (path, body) in [
+            (format!("/vhosts/{name}"), None),
+            (
+                format!("/permissions/{name}/{user}"),
+                Some(json!({"configure": ".*", "write": ".*", "read": ".*"})),
+            ),
+        ] {
+            let mut request = client
+                .put(format!("{}{path}", options.management_url))
+                .basic_auth(user, Some(password));
+            if let Some(body) = body {
+                request = request.json(&body);
+            }
+            let response = request.send().await.with_context(|| {
+                format!(
+                    "reaching the RabbitMQ management API at {} (is rabbitmq_management enabled?)",
+                    options.management_url
+                )
+            })?;
+            if !response.status().is_success() {
+                bail!("management API {path}: {}", response.status());
+            }
+        }
+        Ok(BenchVhost {
+            name,
+            options: options.clone(),
+        })
+    }
+
+    fn amqp_url(&self) -> String {
+        format!("{}/{}", self.options.amqp_url, self.name)
+    }
+
+    async fn delete(self) -> anyhow::Result<()> {
+        let (user, password) = &self.options.management_user;
+        reqwest::Client::new()
+            .delete(format!(
+                "{}/vhosts/{}",
+                self.options.management_url, self.name
+            ))
+            .basic_auth(user, Some(password))
+            .send()
+            .await
+            .context("deleting the benchmark vhost")?;
+        Ok(())
+    }
+}
+
+fn message(n: u32) -> TaskReady {
+    TaskReady {
+        task_key: TaskKey(uuid::Uuid::from_u128(u128::from(n))),
+        compute_plan_key: PlanKey(uuid::Uuid::from_u128(1)),
+        function_key: FunctionKey(uuid::Uuid::from_u128(2)),
+        requirements: RequirementSet::any(),
+    }
+}
+
+/// Publishes and consumes `count` messages through baton's broker layer; returns the time from
+/// the first publish to the last ack.
+async fn run_baton(url: &str, count: u32) -> anyhow::Result<Duration> {
+    let publishing = Broker::connect(BrokerConfig::new(url, "baton-bench-publisher")).await?;
+    let consuming = Broker::connect(BrokerConfig::new(url, "baton-bench-consumer")).await?;
+    publishing.declare_topology().await?;
+    let queue = publishing
+        .declare_task_queue(&RequirementSet::any())
+        .await?;
+    let publisher = Publisher::new(&publishing).await?;
+    let prefetch = u16::try_from(WINDOW).unwrap_or(u16::MAX);
+    let mut consumer = Consumer::<TaskReady>::new(&consuming, &queue, prefetch).await?;
+
+    let started = Instant::now();
+    let sending = tokio::spawn(async move {
+        let mut pending = VecDeque::with_capacity(WINDOW);
+        for n in 0..count {
+            pending.push_back(
+                publisher
+                    .send(TASKS_EXCHANGE, "any", &message(n), Meta::default())
+                    .await?,
+            );
+            if pending.len() >= WINDOW
+                && let Some(confirm) = pending.pop_front()
+            {
+                confirm.confirmed().await?;
+            }
+        }
+        for confirm in pending {
+            confirm.confirmed().await?;
+        }
+        anyhow::Ok(())
+    });
+    for _ in 0..count {
+        let delivery = consumer
+            .next()
+            .await
+            .context("the benchmark consumer stopped")??;
+        delivery.ack().await?;
+    }
+    let elapsed = started.elapsed();
+    sending.await??;
+    publishing.close().await?;
+    consuming.close().await?;
+    Ok(elapsed)
+}
+
+/// The same work with plain lapin: same body bytes and properties, a quorum queue with the same
+/// arguments, pipelined confirms, acks one by one.
+async fn run_lapin(url: &str, count: u32) -> anyhow::Result<Duration> {
+    let publishing = Connection::connect(url, ConnectionProperties::default()).await?;
+    let consuming = Connection::connect(url, ConnectionProperties::default()).await?;
+    let channel = publishing.create_channel().await?;
+    channel
+        .exchange_declare(
+            "bench.raw".into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_declare(
+            "bench.raw".into(),
+            QueueDeclareOptions::durable(),
+            topology::quorum_arguments(topology::DEFAULT_DELIVERY_LIMIT),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            "bench.raw".into(),
+            "bench.raw".into(),
+            "any".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let consume_channel = consuming.create_channel().await?;
+    let prefetch = u16::try_from(WINDOW).unwrap_or(u16::MAX);
+    consume_channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let mut consumer = consume_channel
+        .basic_consume(
+            "bench.raw".into(),
+            "bench-raw".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    // The bytes and properties baton would send, built once: the baseline does no encoding.
+    let (body, properties): (Vec<u8>, BasicProperties) =
+        broker::envelope::encode(&message(0), &Meta::default())?;
+
+    let started = Instant::now();
+    let sending = tokio::spawn(async move {
+        let mut pending = VecDeque::with_capacity(WINDOW);
+        for _ in 0..count {
+            pending.push_back(
+                channel
+                    .basic_publish(
+                        "bench.raw".into(),
+                        "any".into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..BasicPublishOptions::default()
+                        },
+                        &body,
+                        properties.clone(),
+                    )
+                    .await?,
+            );
+            if pending.len() >= WINDOW
+                && let Some(confirm) = pending.pop_front()
+            {
+                confirm.await?;
+            }
+        }
+        for confirm in pending {
+            confirm.await?;
+        }
+        anyhow::Ok(())
+    });
+    for _ in 0..count {
+        let delivery = consumer
+            .next()
+            .await
+            .context("the baseline consumer stopped")??;
+        delivery.ack(BasicAckOptions::default()).await?;
+    }
+    let elapsed = started.elapsed();
+    sending.await??;
+    publishing.close(200, "done".into()).await?;
+    consuming.close(200, "done".into()).await?;
+    Ok(elapsed)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    if values.len().is_multiple_of(2) && middle > 0 {
+        (values[middle - 1] + values[middle]) / 2.0
+    } else {
+        values[middle]
+    }
+}
+
+/// What `baton bench broker` measured.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct BrokerFigures {
+    /// Messages per run.
+    pub(crate) messages: u32,
+    /// Runs of each side.
+    pub(crate) runs: u32,
+    /// Plain lapin, msgs/s per run.
+    pub(crate) lapin_runs: Vec<f64>,
+    /// baton's broker layer, msgs/s per run.
+    pub(crate) baton_runs: Vec<f64>,
+    /// Median of `lapin_runs`.
+    pub(crate) lapin_median: f64,
+    /// Median of `baton_runs`.
+    pub(crate) baton_median: f64,
+    /// `baton_median / lapin_median`.
+    pub(crate) ratio: f64,
+}
+
+/// Runs the broker benchmark.
+pub(crate) async fn broker(options: BrokerBench) -> anyhow::Result<BrokerFigures> {
+    if options.runs == 0 || options.messages == 0 {
+        bail!("--runs and --messages must be at least 1");
+    }
+    let vhost = BenchVhost::create(&options).await?;
+    let url = vhost.amqp_url();
+    let mut lapin_runs = Vec::new();
+    let mut baton_runs = Vec::new();
+    let outcome = async {
+        // A warm-up of each side, not counted: queues created, code paths hot.
+        run_lapin(&url, options.messages.min(2_000)).await?;
+        run_baton(&url, options.messages.min(2_000)).await?;
+        for run in 0..options.runs {
+            let rate = |elapsed: Duration| f64::from(options.messages) / elapsed.as_secs_f64();
+            // Alternate the order, so neither side always runs on a warmer machine.
+            if run.is_multiple_of(2) {
+                lapin_runs.push(rate(run_lapin(&url, options.messages).await?));
+                baton_runs.push(rate(run_baton(&url, options.messages).await?));
+            } else {
+                baton_runs.push(rate(run_baton(&url, options.messages).await?));
+                lapin_runs.push(rate(run_lapin(&url, options.messages).await?));
+            }
+            tracing::info!(
+                "run {}: lapin {:.0} msgs/s, baton {:.0} msgs/s",
+                run + 1,
+                lapin_runs[lapin_runs.len() - 1],
+                baton_runs[baton_runs.len() - 1]
+            );
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    vhost.delete().await?;
+    outcome?;
+    let lapin_median = median(lapin_runs.clone());
+    let baton_median = median(baton_runs.clone());
+    Ok(BrokerFigures {
+        messages: options.messages,
+        runs: options.runs,
+        lapin_runs,
+        baton_runs,
+        lapin_median,
+        baton_median,
+        ratio: baton_median / lapin_median,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(vec![5.0]), 5.0);
+    }
+}
