@@ -299,6 +299,7 @@ pub async fn submit_plan(
                 routing_key: task.requirements.routing_key(),
                 payload: task_ready_payload(task)?,
                 created_at: now,
+                available_at: None,
             })
         })
         .collect::<Result<_, StoreError>>()?;

@@ -2,6 +2,7 @@
 //! measurements (Orchestra's run steps; LuciHub's state changes, logs and per-channel
 //! measurements).
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{Attempt, TaskKey, TaskStatus, Timestamp};
@@ -34,7 +35,7 @@ impl StepStatus {
 }
 
 /// The status of one step of a task's current or last attempt.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StepState {
     /// Its position among the function's steps, from 0.
     pub index: u32,

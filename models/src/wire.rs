@@ -14,7 +14,8 @@ use uuid::Uuid;
 use crate::submission::{NewTask, PlanSubmission};
 use crate::validation::ValidationError;
 use crate::{
-    Attempt, FunctionKey, PlanKey, PlanStatus, RequirementSet, TaskKey, Timestamp, WorkerId,
+    Attempt, FunctionKey, LogStream, PlanKey, PlanStatus, RequirementSet, StepState, TaskErrorType,
+    TaskKey, Timestamp, WorkerId,
 };
 
 /// The version of the message formats below. A change a consumer of the previous version would
@@ -154,6 +155,170 @@ impl WireMessage for ClaimReply {
     const KIND: &'static str = "task.claim_reply";
 }
 
+/// How an attempt ended, as the worker that ran it reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum ReportedOutcome {
+    /// Every step succeeded and every declared output was registered.
+    Done,
+    /// The attempt failed.
+    Failed {
+        /// Why, in baton's words.
+        error_type: TaskErrorType,
+        /// What happened, for people.
+        message: String,
+        /// Whether another attempt may succeed (a crash of the device, not a bug in the step).
+        retryable: bool,
+    },
+    /// The worker stopped the task on a cancel or abort order.
+    Canceled,
+}
+
+/// The end of an attempt, published on `baton.events` as `task.<key>.status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TaskStatusReport {
+    /// The task.
+    pub task_key: TaskKey,
+    /// The attempt the worker was granted.
+    pub attempt: Attempt,
+    /// The lease token of that attempt: only its holder can report for it.
+    pub lease_token: Uuid,
+    /// The worker reporting.
+    pub worker_id: WorkerId,
+    /// How it ended.
+    #[serde(flatten)]
+    pub outcome: ReportedOutcome,
+    /// The status of each step.
+    #[serde(default)]
+    pub steps: Vec<StepState>,
+    /// Output data the device returned (LuciHub's output JSON).
+    #[serde(default)]
+    pub output: serde_json::Value,
+}
+
+impl WireMessage for TaskStatusReport {
+    const KIND: &'static str = "task.status";
+}
+
+/// A lease a worker holds and renews.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct HeldLease {
+    /// The task.
+    pub task_key: TaskKey,
+    /// The attempt.
+    pub attempt: Attempt,
+    /// The attempt's lease token.
+    pub lease_token: Uuid,
+}
+
+/// A worker is alive and still runs these attempts: published as `worker.<id>.heartbeat`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct WorkerHeartbeat {
+    /// The worker.
+    pub worker_id: WorkerId,
+    /// The leases it renews.
+    #[serde(default)]
+    pub leases: Vec<HeldLease>,
+}
+
+impl WireMessage for WorkerHeartbeat {
+    const KIND: &'static str = "worker.heartbeat";
+}
+
+/// One line of a task's output, as a worker sends it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LogRecord {
+    /// Its position in the attempt's log, from 0.
+    pub seq: u64,
+    /// The step that wrote it.
+    pub step: Option<u32>,
+    /// Its stream.
+    pub stream: LogStream,
+    /// When it was read.
+    pub timestamp: Timestamp,
+    /// The text, without its line ending.
+    pub text: String,
+    /// The line was cut to the per-line bound.
+    #[serde(default)]
+    pub truncated: bool,
+}
+
+/// Lines of a running attempt's log, published as `task.<key>.log`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LogBatch {
+    /// The task.
+    pub task_key: TaskKey,
+    /// The attempt.
+    pub attempt: Attempt,
+    /// The attempt's lease token.
+    pub lease_token: Uuid,
+    /// The lines, in order.
+    pub lines: Vec<LogRecord>,
+}
+
+impl WireMessage for LogBatch {
+    const KIND: &'static str = "task.log";
+}
+
+/// One sample of a measurement channel, as a worker sends it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Sample {
+    /// The channel.
+    pub channel: String,
+    /// The device's time.
+    pub t: f64,
+    /// The value.
+    pub value: f64,
+    /// When the worker read it.
+    pub timestamp: Timestamp,
+}
+
+/// Samples of a running attempt, published as `task.<key>.measurement`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MeasurementBatch {
+    /// The task.
+    pub task_key: TaskKey,
+    /// The attempt.
+    pub attempt: Attempt,
+    /// The attempt's lease token.
+    pub lease_token: Uuid,
+    /// The samples, in order.
+    pub samples: Vec<Sample>,
+}
+
+impl WireMessage for MeasurementBatch {
+    const KIND: &'static str = "task.measurement";
+}
+
+/// An order to workers, published on `baton.control` (`task.<key>` or `worker.<id>`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "order", rename_all = "snake_case")]
+pub enum ControlOrder {
+    /// Stop the task gracefully: SIGTERM, then SIGKILL after the grace period.
+    Cancel {
+        /// The task.
+        task_key: TaskKey,
+        /// Why.
+        reason: String,
+    },
+    /// Kill the task's processes now.
+    Abort {
+        /// The task.
+        task_key: TaskKey,
+        /// Why.
+        reason: String,
+    },
+    /// Finish running work, take no more, then leave.
+    Disconnect {
+        /// The worker.
+        worker_id: WorkerId,
+    },
+}
+
+impl WireMessage for ControlOrder {
+    const KIND: &'static str = "control.order";
+}
+
 /// A message's kind and JSON Schema.
 pub struct MessageSchema {
     /// The message kind.
@@ -178,6 +343,11 @@ pub fn schemas() -> Vec<MessageSchema> {
         schema_of::<TaskReady>(),
         schema_of::<ClaimRequest>(),
         schema_of::<ClaimReply>(),
+        schema_of::<TaskStatusReport>(),
+        schema_of::<WorkerHeartbeat>(),
+        schema_of::<LogBatch>(),
+        schema_of::<MeasurementBatch>(),
+        schema_of::<ControlOrder>(),
     ]
 }
 

@@ -313,24 +313,39 @@ async fn state_changes_and_outbox_keep_their_order() {
         history
     );
 
-    let rows: Vec<NewOutboxRow> = (0..3)
+    let rows: Vec<NewOutboxRow> = (0..4)
         .map(|i| NewOutboxRow {
             task_key: key(40),
             routing_key: format!("device=lucidac,n={i}"),
             payload: serde_json::json!({"task_key": key(40), "n": i}),
             created_at: fx::at(4),
+            // The last one waits for a retry backoff.
+            available_at: (i == 3).then(|| fx::at(50)),
         })
         .collect();
     tasks::insert_outbox_rows(&mut conn, &rows).await.unwrap();
-    let pending = tasks::next_outbox_rows(&mut conn, 2).await.unwrap();
+    let pending = tasks::next_outbox_rows(&mut conn, fx::at(30), 2)
+        .await
+        .unwrap();
     let keys: Vec<&str> = pending.iter().map(|r| r.routing_key.as_str()).collect();
     assert_eq!(keys, ["device=lucidac,n=0", "device=lucidac,n=1"]);
     assert_eq!(pending[1].payload, rows[1].payload);
     let ids: Vec<i64> = pending.iter().map(|r| r.id).collect();
     assert_eq!(tasks::delete_outbox_rows(&mut conn, &ids).await.unwrap(), 2);
-    let rest = tasks::next_outbox_rows(&mut conn, 10).await.unwrap();
+    let rest = tasks::next_outbox_rows(&mut conn, fx::at(30), 10)
+        .await
+        .unwrap();
     assert_eq!(rest.len(), 1);
     assert_eq!(rest[0].routing_key, "device=lucidac,n=2");
+    assert_eq!(
+        tasks::next_outbox_availability(&mut conn).await.unwrap(),
+        Some(fx::at(50))
+    );
+    let later = tasks::next_outbox_rows(&mut conn, fx::at(50), 10)
+        .await
+        .unwrap();
+    assert_eq!(later.len(), 2);
+    assert_eq!(later[1].routing_key, "device=lucidac,n=3");
 }
 
 #[tokio::test(flavor = "multi_thread")]

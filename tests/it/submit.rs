@@ -163,7 +163,9 @@ async fn a_valid_plan_is_stored_whole_with_counters_history_and_outbox() {
     assert_eq!(history[0].status, TaskStatus::Waiting);
 
     // Only the ready task is waiting to be published, on its requirement set's routing key.
-    let outbox = tasks::next_outbox_rows(&mut conn, 10).await.unwrap();
+    let outbox = tasks::next_outbox_rows(&mut conn, Utc::now(), 10)
+        .await
+        .unwrap();
     assert_eq!(outbox.len(), 1);
     assert_eq!(outbox[0].task_key, key(40));
     assert_eq!(outbox[0].routing_key, "device=lucidac,gpu=1");
@@ -256,7 +258,7 @@ async fn a_child_of_a_stored_failed_parent_is_born_canceled() {
     assert!(stored_tasks[0].end_date.is_some());
     assert_eq!(stored.status, PlanStatus::Canceled);
     assert!(
-        tasks::next_outbox_rows(&mut conn, 10)
+        tasks::next_outbox_rows(&mut conn, Utc::now(), 10)
             .await
             .unwrap()
             .is_empty()

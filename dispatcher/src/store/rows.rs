@@ -949,6 +949,8 @@ pub struct OutboxRow {
     pub payload: Value,
     /// When it was written.
     pub created_at: DateTime<Utc>,
+    /// Not to be published before this time (a retry's backoff).
+    pub available_at: Option<DateTime<Utc>>,
 }
 
 /// A new row of `outbox`.
@@ -963,6 +965,24 @@ pub struct NewOutboxRow {
     pub payload: Value,
     /// When it was written.
     pub created_at: DateTime<Utc>,
+    /// Not to be published before this time (a retry's backoff).
+    pub available_at: Option<DateTime<Utc>>,
+}
+
+/// A row of `submissions`: the answer given to one submission message.
+#[derive(Clone, Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = schema::submissions, check_for_backend(diesel::pg::Pg))]
+pub struct SubmissionRow {
+    /// The message id of the submission.
+    pub message_id: String,
+    /// The plan it named, when it could be read.
+    pub compute_plan_key: Option<Uuid>,
+    /// SHA-256 of the submitted body, hex.
+    pub digest: String,
+    /// The reply sent (a `plan.submission_reply` message).
+    pub reply: Value,
+    /// When it was answered.
+    pub creation_date: DateTime<Utc>,
 }
 
 /// A row of `models`.

@@ -239,6 +239,17 @@ diesel::table! {
         routing_key -> Text,
         payload -> Jsonb,
         created_at -> Timestamptz,
+        available_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    submissions (message_id) {
+        message_id -> Text,
+        compute_plan_key -> Nullable<Uuid>,
+        digest -> Text,
+        reply -> Jsonb,
+        creation_date -> Timestamptz,
     }
 }
 
@@ -345,4 +356,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     log_lines,
     measurements,
     schedules,
+    submissions,
 );

@@ -26,6 +26,7 @@ pub const COUNTED_TABLES: &[&str] = &[
     "workers",
     "devices",
     "schedules",
+    "submissions",
 ];
 
 #[derive(QueryableByName)]

@@ -189,7 +189,7 @@ pub async fn insert_outbox_rows(
     conn: &mut AsyncPgConnection,
     rows: &[NewOutboxRow],
 ) -> StoreResult<()> {
-    for chunk in rows.chunks(rows_per_insert(4)) {
+    for chunk in rows.chunks(rows_per_insert(5)) {
         diesel::insert_into(outbox::table)
             .values(chunk)
             .execute(conn)
@@ -198,16 +198,33 @@ pub async fn insert_outbox_rows(
     Ok(())
 }
 
-/// The oldest `limit` outbox rows, in publishing order.
+/// The oldest `limit` outbox rows available at `now`, in publishing order.
 pub async fn next_outbox_rows(
     conn: &mut AsyncPgConnection,
+    now: chrono::DateTime<chrono::Utc>,
     limit: i64,
 ) -> StoreResult<Vec<OutboxRow>> {
     Ok(outbox::table
+        .filter(
+            outbox::available_at
+                .is_null()
+                .or(outbox::available_at.le(now)),
+        )
         .order(outbox::id)
         .limit(limit)
         .select(OutboxRow::as_select())
         .load(conn)
+        .await?)
+}
+
+/// When the next outbox row that is not available yet becomes available.
+pub async fn next_outbox_availability(
+    conn: &mut AsyncPgConnection,
+) -> StoreResult<Option<chrono::DateTime<chrono::Utc>>> {
+    Ok(outbox::table
+        .filter(outbox::available_at.is_not_null())
+        .select(diesel::dsl::min(outbox::available_at))
+        .first::<Option<chrono::DateTime<chrono::Utc>>>(conn)
         .await?)
 }
 

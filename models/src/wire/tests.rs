@@ -88,3 +88,36 @@ fn the_task_input_schema_accepts_exactly_one_source() {
         assert!(serde_json::from_value::<crate::TaskInput>(bad).is_err());
     }
 }
+
+#[test]
+fn a_status_report_reads_flat() {
+    let report = TaskStatusReport {
+        task_key: TaskKey(Uuid::from_u128(1)),
+        attempt: Attempt(2),
+        lease_token: Uuid::from_u128(3),
+        worker_id: "w".into(),
+        outcome: ReportedOutcome::Failed {
+            error_type: TaskErrorType::Timeout,
+            message: "step train ran out of time".into(),
+            retryable: true,
+        },
+        steps: Vec::new(),
+        output: serde_json::Value::Null,
+    };
+    let value = serde_json::to_value(&report).unwrap();
+    assert_eq!(value["outcome"], "failed");
+    assert_eq!(value["error_type"], "TIMEOUT");
+    assert_eq!(
+        serde_json::from_value::<TaskStatusReport>(value).unwrap(),
+        report
+    );
+    let done: TaskStatusReport = serde_json::from_value(serde_json::json!({
+        "task_key": Uuid::from_u128(1),
+        "attempt": 1,
+        "lease_token": Uuid::from_u128(3),
+        "worker_id": "w",
+        "outcome": "done",
+    }))
+    .unwrap();
+    assert_eq!(done.outcome, ReportedOutcome::Done);
+}

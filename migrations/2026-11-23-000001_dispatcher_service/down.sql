@@ -1,0 +1,3 @@
+DROP TABLE submissions;
+DROP INDEX outbox_by_availability;
+ALTER TABLE outbox DROP COLUMN available_at;
