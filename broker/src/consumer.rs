@@ -138,6 +138,10 @@ pub struct Consumer<M> {
     inner: lapin::Consumer,
     dead: Publisher,
     kinds: Vec<&'static str>,
+    /// A delivery being dead-lettered, kept here so that a `next()` cancelled meanwhile (in a
+    /// `select!` or a timeout) finishes the job on its next call instead of leaving the message
+    /// unacked.
+    dead_lettering: Option<(lapin::message::Delivery, String)>,
     _messages: PhantomData<fn() -> M>,
 }
 
@@ -180,6 +184,7 @@ impl<M: MessageSet> Consumer<M> {
             inner,
             dead: Publisher::new(broker).await?,
             kinds: M::kinds(),
+            dead_lettering: None,
             _messages: PhantomData,
         })
     }
@@ -202,9 +207,16 @@ impl<M: MessageSet> Consumer<M> {
     }
 
     /// The next message, waiting through connection recoveries. `None` once the consumer was
-    /// canceled (the queue was deleted, or the connection closed for good).
+    /// canceled (the queue was deleted, or the connection closed for good). Cancel-safe: a
+    /// message is never lost when the returned future is dropped.
     pub async fn next(&mut self) -> Option<Result<Delivery<M>, BrokerError>> {
         loop {
+            if let Some((raw, reason)) = &self.dead_lettering {
+                if let Err(error) = dead_letter(&self.dead, raw, reason, &self.queue).await {
+                    return Some(Err(error));
+                }
+                self.dead_lettering = None;
+            }
             let raw = match self.inner.next().await? {
                 Ok(raw) => raw,
                 Err(error) => match self.channel.wait_for_recovery(error).await {

@@ -135,13 +135,42 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<PendingConfirm, BrokerError> {
+        self.send_with(exchange, routing_key, body, properties, true)
+            .await
+    }
+
+    /// Publishes `message` to a direct reply-to address and waits for the confirm. Not
+    /// `mandatory`: RabbitMQ 3.10 returns mandatory messages to `amq.rabbitmq.reply-to.*` even
+    /// when it delivered them, and a reply whose requester left has nowhere to go anyway.
+    pub async fn publish_reply<M: WireMessage>(
+        &self,
+        reply_to: &str,
+        message: &M,
+        meta: Meta,
+    ) -> Result<(), BrokerError> {
+        let meta = self.complete(meta);
+        let (body, properties) = envelope::encode(message, &meta)?;
+        self.send_with("", reply_to, &body, properties, false)
+            .await?
+            .confirmed()
+            .await
+    }
+
+    async fn send_with(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        mandatory: bool,
+    ) -> Result<PendingConfirm, BrokerError> {
         let confirm = self
             .channel
             .basic_publish(
                 short("exchange", exchange)?,
                 short("routing_key", routing_key)?,
                 BasicPublishOptions {
-                    mandatory: true,
+                    mandatory,
                     ..BasicPublishOptions::default()
                 },
                 body,

@@ -162,5 +162,5 @@ pub async fn reply<Rep: WireMessage>(
         correlation_id: Some(request.message_id.clone()),
         ..Meta::default()
     };
-    publisher.publish("", reply_to, reply, meta).await
+    publisher.publish_reply(reply_to, reply, meta).await
 }

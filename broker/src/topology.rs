@@ -10,7 +10,7 @@ use lapin::{Channel, ExchangeKind};
 
 use models::RequirementSet;
 use models::submission::PlanSubmission;
-use models::wire::{AddTasks, WireMessage};
+use models::wire::WireMessage;
 
 use crate::BrokerError;
 
@@ -46,8 +46,10 @@ pub const DEFAULT_DELIVERY_LIMIT: u32 = 5;
 pub const DISPATCHER_BINDINGS: &[&str] = &["task.#", "worker.#", "function.#"];
 
 /// The kinds producers may submit, each bound from [`SUBMIT_EXCHANGE`] to [`SUBMISSIONS_QUEUE`].
-pub fn submission_kinds() -> [&'static str; 2] {
-    [PlanSubmission::KIND, AddTasks::KIND]
+/// `plan.add_tasks` is not bound until the dispatcher handles it: until then publishing one is
+/// an unroutable-message error for the producer rather than a silent dead letter.
+pub fn submission_kinds() -> [&'static str; 1] {
+    [PlanSubmission::KIND]
 }
 
 /// The name of the queue of tasks that need `requirements`: `baton.tasks.<routing key>`.

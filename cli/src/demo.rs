@@ -383,6 +383,7 @@ pub(crate) async fn run(database_url: &str, format: OutputFormat) -> anyhow::Res
         &org(HOSPITAL_A),
         Some(&"demo".into()),
         Utc::now(),
+        None,
     )
     .await
     {

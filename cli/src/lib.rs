@@ -58,6 +58,24 @@ pub enum Command {
         #[arg(long, default_value_t = 10)]
         limit: i64,
     },
+    /// Run the dispatcher: take submissions, publish ready tasks, apply workers' reports.
+    Dispatcher {
+        /// RabbitMQ, with its vhost.
+        #[arg(
+            long,
+            env = "BATON_AMQP_URL",
+            default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+            hide_env_values = true
+        )]
+        amqp_url: String,
+        /// The organization this deployment acts as; it owns plans submitted over AMQP until
+        /// callers authenticate.
+        #[arg(long, env = "BATON_ORGANIZATION", default_value = "local")]
+        organization: String,
+        /// Seconds a granted claim lasts unless its worker renews it.
+        #[arg(long, env = "BATON_LEASE_SECS", default_value_t = 30)]
+        lease_secs: u32,
+    },
     /// Measure baton's speed against a plain-lapin baseline in the same run.
     Bench {
         /// Which scenario.
@@ -164,8 +182,52 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Demo => demo::run(&cli.database_url, cli.output).await,
             Command::Status { limit } => status(&cli.database_url, cli.output, limit).await,
             Command::Bench { scenario } => bench(scenario, cli.output).await,
+            Command::Dispatcher {
+                amqp_url,
+                organization,
+                lease_secs,
+            } => {
+                let mut config = dispatcher::service::DispatcherConfig::new(
+                    cli.database_url.clone(),
+                    broker::BrokerConfig::new(amqp_url, "baton-dispatcher"),
+                    organization.into(),
+                );
+                config.lease_duration = chrono::Duration::seconds(i64::from(lease_secs));
+                let shutdown = tokio_util::sync::CancellationToken::new();
+                let on_signal = shutdown.clone();
+                tokio::spawn(async move {
+                    wait_for_signal().await;
+                    tracing::info!("stopping on signal");
+                    on_signal.cancel();
+                });
+                dispatcher::service::run(config, shutdown).await
+            }
         }
     })
+}
+
+/// Returns on SIGINT or SIGTERM.
+async fn wait_for_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(error) => {
+                tracing::warn!("cannot listen for SIGTERM: {error}");
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
 }
 
 /// Applies pending migrations and says which.

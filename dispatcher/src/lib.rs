@@ -1,9 +1,12 @@
 //! baton's dispatcher: it records submissions in PostgreSQL, resolves each plan's DAG and
 //! publishes ready tasks to RabbitMQ.
 //!
-//! Layout: `store` is the only module that speaks SQL (one documented function per query, on a
-//! deadpool pool of diesel-async connections). The pure `core`, the service loops and the HTTP API
-//! arrive with the dispatcher issue.
+//! Layout: `core` decides (pure: events in, effects out); `store` is the only module that speaks
+//! SQL (one documented function per query, on a deadpool pool of diesel-async connections);
+//! `submission` validates and stores plans; `service` runs the loops that connect them to
+//! RabbitMQ (`service::run`).
 
+pub mod core;
+pub mod service;
 pub mod store;
 pub mod submission;

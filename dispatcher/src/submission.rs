@@ -16,16 +16,16 @@ use models::validation::ValidationError;
 use models::validation::plan::{
     Limits, StoredTask, SubmissionContext, ValidatedTask, validate_plan,
 };
-use models::wire::TaskReady;
+use models::wire::{SubmissionReply, TaskReady};
 use models::{
     ComputePlan, DataSample, DataSampleKey, Dataset, DatasetKey, Function, FunctionKey, InputRef,
     Model, ModelKey, OrganizationId, PlanCounters, Task, TaskKey, TaskSource, TaskStateChange,
     TaskStatus, Timestamp, UserId,
 };
 
-use crate::store::rows::NewOutboxRow;
+use crate::store::rows::{NewOutboxRow, SubmissionRow};
 use crate::store::schema;
-use crate::store::{StoreError, StoreResult, catalog, execution, plans, tasks};
+use crate::store::{StoreError, StoreResult, catalog, execution, plans, submissions, tasks};
 
 /// Why a submission was not stored.
 #[derive(Debug, thiserror::Error)]
@@ -229,14 +229,35 @@ fn new_task(
     }
 }
 
+/// A submission message to remember with the plan it stored, so that a resubmission is
+/// recognised and gets the same answer.
+#[derive(Clone, Debug)]
+pub struct SubmissionRecord {
+    /// The message's id.
+    pub message_id: String,
+    /// SHA-256 of the submitted content, hex.
+    pub digest: String,
+}
+
+/// The reply that accepts `plan`.
+pub fn accepted_reply(plan: &ComputePlan) -> SubmissionReply {
+    SubmissionReply::Accepted {
+        compute_plan_key: plan.key,
+        task_count: plan.counters.task_count,
+        status: plan.status,
+    }
+}
+
 /// Validates `submission` by `owner` against what is stored and, if it is valid, stores it in
-/// one transaction. Returns the stored plan and its tasks in topological order.
+/// one transaction, with `record` of the message when given. Returns the stored plan and its
+/// tasks in topological order.
 pub async fn submit_plan(
     conn: &mut AsyncPgConnection,
     submission: &PlanSubmission,
     owner: &OrganizationId,
     creator: Option<&UserId>,
     now: Timestamp,
+    record: Option<&SubmissionRecord>,
 ) -> Result<(ComputePlan, Vec<Task>), SubmissionError> {
     // PostgreSQL keeps microseconds: return exactly what is stored.
     let now = now.trunc_subsecs(6);
@@ -305,12 +326,31 @@ pub async fn submit_plan(
         .collect::<Result<_, StoreError>>()?;
 
     let stored_plan = plan.clone();
+    let submission_row = record
+        .map(|record| {
+            Ok::<_, StoreError>(SubmissionRow {
+                message_id: record.message_id.clone(),
+                compute_plan_key: Some(plan.key.0),
+                digest: record.digest.clone(),
+                reply: serde_json::to_value(accepted_reply(&plan)).map_err(|error| {
+                    StoreError::Encode {
+                        what: "submission reply",
+                        reason: error.to_string(),
+                    }
+                })?,
+                creation_date: now,
+            })
+        })
+        .transpose()?;
     let result = conn
         .transaction(async |conn| {
             plans::insert_plan(conn, &stored_plan).await?;
             tasks::insert_tasks(conn, &new_tasks).await?;
             tasks::insert_state_changes(conn, &history).await?;
             tasks::insert_outbox_rows(conn, &outbox).await?;
+            if let Some(row) = &submission_row {
+                submissions::insert_submission(conn, row).await?;
+            }
             Ok::<_, StoreError>(new_tasks)
         })
         .await;

@@ -9,6 +9,8 @@ mod store;
 mod migrations;
 // The RabbitMQ layer: topology, confirms, dead-lettering, request/reply, reconnection.
 mod broker;
+// The dispatcher end to end with scripted workers.
+mod dispatch;
 // Node-wide faults (memory alarm); run serially by .ci/run.
 mod faults;
 // The committed JSON Schemas of the wire messages are up to date.

@@ -116,10 +116,16 @@ async fn a_valid_plan_is_stored_whole_with_counters_history_and_outbox() {
     // Submitted child first: the store receives them in topological order.
     let plan = submission(vec![train(41, Some(40)), train(40, None)]);
     let owner = OrganizationId::from("org-a");
-    let (stored, stored_tasks) =
-        submit_plan(&mut conn, &plan, &owner, Some(&"alice".into()), Utc::now())
-            .await
-            .unwrap();
+    let (stored, stored_tasks) = submit_plan(
+        &mut conn,
+        &plan,
+        &owner,
+        Some(&"alice".into()),
+        Utc::now(),
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(stored.status, PlanStatus::Todo);
     assert_eq!(
         (
@@ -188,7 +194,7 @@ async fn an_invalid_plan_is_refused_with_every_problem_and_nothing_is_stored() {
     plan.name = String::new();
 
     let before = stats::row_counts(&mut conn).await.unwrap();
-    let error = submit_plan(&mut conn, &plan, &"org-a".into(), None, Utc::now())
+    let error = submit_plan(&mut conn, &plan, &"org-a".into(), None, Utc::now(), None)
         .await
         .unwrap_err();
     let SubmissionError::Invalid(errors) = error else {
@@ -220,12 +226,12 @@ async fn a_plan_key_cannot_be_submitted_twice() {
     let mut conn = db.connect().await;
     seed(&mut conn).await;
     let plan = submission(vec![train(40, None)]);
-    submit_plan(&mut conn, &plan, &"org-a".into(), None, Utc::now())
+    submit_plan(&mut conn, &plan, &"org-a".into(), None, Utc::now(), None)
         .await
         .unwrap();
     let mut again = plan.clone();
     again.tasks = vec![train(50, None)];
-    let error = submit_plan(&mut conn, &again, &"org-a".into(), None, Utc::now())
+    let error = submit_plan(&mut conn, &again, &"org-a".into(), None, Utc::now(), None)
         .await
         .unwrap_err();
     assert!(
@@ -251,9 +257,10 @@ async fn a_child_of_a_stored_failed_parent_is_born_canceled() {
     tasks::insert_tasks(&mut conn, &[failed]).await.unwrap();
 
     let plan = submission(vec![train(41, Some(40))]);
-    let (stored, stored_tasks) = submit_plan(&mut conn, &plan, &"org-a".into(), None, Utc::now())
-        .await
-        .unwrap();
+    let (stored, stored_tasks) =
+        submit_plan(&mut conn, &plan, &"org-a".into(), None, Utc::now(), None)
+            .await
+            .unwrap();
     assert_eq!(stored_tasks[0].status, TaskStatus::Canceled);
     assert!(stored_tasks[0].end_date.is_some());
     assert_eq!(stored.status, PlanStatus::Canceled);

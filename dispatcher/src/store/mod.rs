@@ -20,6 +20,7 @@ pub mod rows;
 #[allow(missing_docs)]
 pub mod schema;
 pub mod stats;
+pub mod submissions;
 pub mod tasks;
 pub mod workers;
 

@@ -100,6 +100,107 @@ pub async fn update_task(conn: &mut AsyncPgConnection, task: &Task) -> StoreResu
     Ok(())
 }
 
+/// The fields of a task that change as it runs: what the dispatcher's core decides.
+#[derive(Clone, Debug)]
+pub struct TaskStateUpdate<'a> {
+    /// The task.
+    pub key: TaskKey,
+    /// Its status.
+    pub status: TaskStatus,
+    /// Why it waits.
+    pub waiting_reason: Option<models::WaitingReason>,
+    /// Why it failed.
+    pub error_type: Option<models::TaskErrorType>,
+    /// The failure's message.
+    pub error_message: Option<&'a str>,
+    /// A cancel was ordered.
+    pub cancel_requested: bool,
+    /// An abort was ordered.
+    pub abort_requested: bool,
+    /// Attempts granted.
+    pub attempt_count: u32,
+    /// The running attempt's lease.
+    pub lease: Option<&'a models::Lease>,
+    /// Not to be claimed before.
+    pub not_before: Option<chrono::DateTime<chrono::Utc>>,
+    /// The worker process running it.
+    pub worker_id: Option<&'a models::WorkerId>,
+    /// First start.
+    pub start_date: Option<chrono::DateTime<chrono::Utc>>,
+    /// First end.
+    pub end_date: Option<chrono::DateTime<chrono::Utc>>,
+    /// When this change happens.
+    pub update_date: chrono::DateTime<chrono::Utc>,
+}
+
+fn count(what: &'static str, value: u32) -> StoreResult<i32> {
+    i32::try_from(value).map_err(|_| super::StoreError::Encode {
+        what,
+        reason: format!("{value} is too large"),
+    })
+}
+
+/// Saves the running state of a task (see [`TaskStateUpdate`]).
+pub async fn update_task_state(
+    conn: &mut AsyncPgConnection,
+    update: &TaskStateUpdate<'_>,
+) -> StoreResult<()> {
+    let lease_attempt = update
+        .lease
+        .map(|lease| count("lease attempt", lease.attempt.get()))
+        .transpose()?;
+    diesel::update(tasks::table.find(update.key.0))
+        .set((
+            tasks::status.eq(update.status.as_str()),
+            tasks::waiting_reason.eq(update.waiting_reason.map(|r| r.as_str())),
+            tasks::error_type.eq(update.error_type.map(|e| e.as_str())),
+            tasks::error_message.eq(update.error_message),
+            tasks::cancel_requested.eq(update.cancel_requested),
+            tasks::abort_requested.eq(update.abort_requested),
+            tasks::attempt_count.eq(count("attempt count", update.attempt_count)?),
+            tasks::lease_attempt.eq(lease_attempt),
+            tasks::lease_token.eq(update.lease.map(|lease| lease.token)),
+            tasks::lease_expires_at.eq(update.lease.map(|lease| lease.expires_at)),
+            tasks::not_before.eq(update.not_before),
+            tasks::worker_id.eq(update.worker_id.map(|w| w.as_str())),
+            tasks::start_date.eq(update.start_date),
+            tasks::end_date.eq(update.end_date),
+            tasks::update_date.eq(update.update_date),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Saves what a worker reported with the end of an attempt: step statuses and output data.
+pub async fn set_task_result(
+    conn: &mut AsyncPgConnection,
+    key: TaskKey,
+    steps: &[models::StepState],
+    output: &serde_json::Value,
+) -> StoreResult<()> {
+    let steps = serde_json::to_value(steps).map_err(|error| super::StoreError::Encode {
+        what: "step states",
+        reason: error.to_string(),
+    })?;
+    diesel::update(tasks::table.find(key.0))
+        .set((tasks::steps.eq(steps), tasks::output.eq(output)))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The plans that have a running (DOING) task: their leases must be watched.
+pub async fn plans_with_running_tasks(conn: &mut AsyncPgConnection) -> StoreResult<Vec<PlanKey>> {
+    let keys: Vec<Uuid> = tasks::table
+        .filter(tasks::status.eq(TaskStatus::Doing.as_str()))
+        .select(tasks::compute_plan_key)
+        .distinct()
+        .load(conn)
+        .await?;
+    Ok(keys.into_iter().map(PlanKey).collect())
+}
+
 /// The tasks of plan `plan`, optionally only those in `status`, by rank then key.
 pub async fn list_plan_tasks(
     conn: &mut AsyncPgConnection,

@@ -51,6 +51,24 @@ pub async fn find_worker(
         .transpose()
 }
 
+/// Records a heartbeat of worker `identifier` at `now`; returns whether the worker is
+/// registered.
+pub async fn record_heartbeat(
+    conn: &mut AsyncPgConnection,
+    identifier: &WorkerId,
+    now: chrono::DateTime<chrono::Utc>,
+) -> StoreResult<bool> {
+    let updated = diesel::update(workers::table.find(identifier.as_str()))
+        .set((
+            workers::last_heartbeat.eq(Some(now)),
+            workers::is_active.eq(true),
+            workers::update_date.eq(now),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(updated > 0)
+}
+
 /// Every worker, by identifier.
 pub async fn list_workers(conn: &mut AsyncPgConnection) -> StoreResult<Vec<Worker>> {
     workers::table

@@ -120,6 +120,16 @@ impl TestBroker {
         closed
     }
 
+    /// Whether queue `name` exists in the vhost.
+    pub(crate) async fn queue_exists(&self, name: &str) -> bool {
+        client()
+            .get(format!("{}/queues/{}/{name}", api_base(), self.vhost))
+            .basic_auth("guest", Some("guest"))
+            .send()
+            .await
+            .is_ok_and(|response| response.status().is_success())
+    }
+
     /// The management API's description of queue `name` in the vhost.
     pub(crate) async fn queue_info(&self, name: &str) -> serde_json::Value {
         api(

@@ -1,0 +1,719 @@
+//! The event applier: consumes `baton.dispatcher` (a single active consumer, so one dispatcher
+//! applies events at a time while standbys wait), feeds claims, reports, heartbeats, logs and
+//! measurements to the pure `core` in batches, writes every batch's effects in one transaction,
+//! and only after the commit answers claims, sends orders and acks the batch.
+//!
+//! Plans live in memory while they are active, rebuilt from PostgreSQL when first needed (and,
+//! on start, every plan with a running task, so that leases keep being watched after a
+//! restart). A failed commit forgets the plans it touched, which are rebuilt from the database,
+//! and requeues the batch: the database, not memory, is the truth.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use broker::consumer::MessageSet;
+use broker::envelope::{DecodeError, Envelope};
+use broker::topology::{CONTROL_EXCHANGE, DISPATCHER_QUEUE};
+use broker::{Consumer, Delivery, Meta, Publisher};
+use models::wire::{
+    ClaimReply, ClaimRequest, ControlOrder, LogBatch, MeasurementBatch, ReportedOutcome, TaskReady,
+    TaskStatusReport, WireMessage, WorkerHeartbeat,
+};
+use models::{
+    Attempt, LogLine, Measurement, PlanKey, RequirementSet, RetryPolicy, Task, TaskKey,
+    TaskStateChange, TaskStatus, Timestamp, WorkerId,
+};
+
+use super::Context;
+use crate::core::{self, Effect, Event, Order, Outcome, PlanState, TaskNode};
+use crate::store::rows::NewOutboxRow;
+use crate::store::tasks::TaskStateUpdate;
+use crate::store::{self, StoreError, catalog, execution, plans, tasks, workers};
+
+/// Deliveries applied in one transaction at most.
+const BATCH: usize = 256;
+
+/// Unacked deliveries RabbitMQ hands over at once: two batches.
+const PREFETCH: u16 = 512;
+
+/// How long a batch waits for more deliveries once it has one.
+const LINGER: Duration = Duration::from_millis(2);
+
+/// How often leases and retry backoffs are checked.
+const TICK: Duration = Duration::from_millis(500);
+
+/// How long to wait after a failed commit before taking the requeued batch again.
+const RETRY_DELAY: Duration = Duration::from_millis(500);
+
+/// What arrives on `baton.dispatcher`.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A worker asks to run a task.
+    Claim(ClaimRequest),
+    /// A worker reports the end of an attempt.
+    Status(TaskStatusReport),
+    /// A worker is alive and renews its leases.
+    Heartbeat(WorkerHeartbeat),
+    /// Log lines of a running attempt.
+    Logs(LogBatch),
+    /// Measurements of a running attempt.
+    Measurements(MeasurementBatch),
+}
+
+impl MessageSet for Incoming {
+    fn kinds() -> Vec<&'static str> {
+        vec![
+            ClaimRequest::KIND,
+            TaskStatusReport::KIND,
+            WorkerHeartbeat::KIND,
+            LogBatch::KIND,
+            MeasurementBatch::KIND,
+        ]
+    }
+
+    fn decode(envelope: &Envelope<'_>) -> Result<Self, DecodeError> {
+        Ok(match envelope.kind.as_str() {
+            ClaimRequest::KIND => Incoming::Claim(envelope.decode()?),
+            TaskStatusReport::KIND => Incoming::Status(envelope.decode()?),
+            WorkerHeartbeat::KIND => Incoming::Heartbeat(envelope.decode()?),
+            LogBatch::KIND => Incoming::Logs(envelope.decode()?),
+            MeasurementBatch::KIND => Incoming::Measurements(envelope.decode()?),
+            other => {
+                return Err(DecodeError::UnexpectedKind {
+                    found: other.to_owned(),
+                    expected: Self::kinds().join(", "),
+                });
+            }
+        })
+    }
+}
+
+/// The active plans, by key, and which plan each of their tasks belongs to; and the workers
+/// known to be registered.
+#[derive(Default)]
+struct Plans {
+    states: HashMap<PlanKey, PlanState>,
+    plan_of: HashMap<TaskKey, PlanKey>,
+    requirements: HashMap<TaskKey, RequirementSet>,
+    registered: HashSet<WorkerId>,
+}
+
+/// Whether `worker` is registered (and enabled), asking the database the first time.
+async fn is_registered(
+    conn: &mut AsyncPgConnection,
+    plans: &mut Plans,
+    worker: &WorkerId,
+) -> Result<bool, StoreError> {
+    if plans.registered.contains(worker) {
+        return Ok(true);
+    }
+    let registered = workers::find_worker(conn, worker)
+        .await?
+        .is_some_and(|stored| stored.is_enabled && !stored.should_disconnect);
+    if registered {
+        plans.registered.insert(worker.clone());
+    }
+    Ok(registered)
+}
+
+impl Plans {
+    fn forget(&mut self, plan: PlanKey) {
+        if let Some(state) = self.states.remove(&plan) {
+            for task in state.tasks() {
+                self.plan_of.remove(&task.key);
+                self.requirements.remove(&task.key);
+            }
+        }
+    }
+}
+
+/// The core's view of a stored task, run under `retry`.
+fn to_node(task: &Task, retry: RetryPolicy) -> TaskNode {
+    TaskNode {
+        key: task.key,
+        function_key: task.function_key,
+        status: task.status,
+        waiting_reason: task.waiting_reason,
+        rank: task.rank,
+        worker: task.worker.clone(),
+        routing_key: task.requirements.routing_key(),
+        retry,
+        attempt_count: task.attempt_count,
+        lease: task.lease.clone(),
+        worker_id: task.worker_id.clone(),
+        not_before: task.not_before,
+        cancel_requested: task.cancel_requested,
+        abort_requested: task.abort_requested,
+        error_type: task.error_type,
+        error_message: task.error_message.clone(),
+        start_date: task.start_date,
+        end_date: task.end_date,
+        parents: task.parent_keys(),
+    }
+}
+
+/// Rebuilds plan `key` from the database into `plans`; returns whether it exists.
+async fn load_plan(
+    conn: &mut AsyncPgConnection,
+    plans: &mut Plans,
+    key: PlanKey,
+) -> Result<bool, StoreError> {
+    let Some(plan) = plans::find_plan(conn, key).await? else {
+        return Ok(false);
+    };
+    let stored = tasks::list_plan_tasks(conn, key, None).await?;
+    let function_keys: Vec<_> = stored
+        .iter()
+        .map(|task| task.function_key)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let retry: HashMap<_, _> = catalog::find_functions(conn, &function_keys)
+        .await?
+        .into_iter()
+        .map(|function| (function.key, function.retry))
+        .collect();
+    let in_plan: HashSet<TaskKey> = stored.iter().map(|task| task.key).collect();
+    let external: Vec<TaskKey> = stored
+        .iter()
+        .flat_map(Task::parent_keys)
+        .filter(|parent| !in_plan.contains(parent))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let external_done: HashSet<TaskKey> = tasks::find_tasks(conn, &external)
+        .await?
+        .into_iter()
+        .filter(|task| task.status == TaskStatus::Done)
+        .map(|task| task.key)
+        .collect();
+    let mut nodes = Vec::with_capacity(stored.len());
+    for task in &stored {
+        let policy = retry.get(&task.function_key).cloned().unwrap_or_default();
+        nodes.push(to_node(task, policy));
+        plans.plan_of.insert(task.key, key);
+        plans
+            .requirements
+            .insert(task.key, task.requirements.clone());
+    }
+    plans
+        .states
+        .insert(key, PlanState::new(plan, nodes, external_done));
+    Ok(true)
+}
+
+/// The plan of `task`, loading it when needed; `None` for an unknown task.
+async fn plan_of(
+    conn: &mut AsyncPgConnection,
+    plans: &mut Plans,
+    task: TaskKey,
+) -> Result<Option<PlanKey>, StoreError> {
+    if let Some(plan) = plans.plan_of.get(&task) {
+        return Ok(Some(*plan));
+    }
+    let Some(stored) = tasks::find_task(conn, task).await? else {
+        return Ok(None);
+    };
+    let plan = stored.compute_plan_key;
+    if load_plan(conn, plans, plan).await? {
+        Ok(Some(plan))
+    } else {
+        Ok(None)
+    }
+}
+
+/// A fresh jitter in [0, 1) for retry backoff.
+fn jitter() -> f64 {
+    // The low 53 bits of a random UUID: uniform, and exact in an f64.
+    let bits = Uuid::new_v4().as_u128() & ((1u128 << 53) - 1);
+    bits as f64 / (1u128 << 53) as f64
+}
+
+/// Everything a batch must write and send.
+#[derive(Default)]
+struct Work {
+    effects: Vec<Effect>,
+    touched: HashSet<PlanKey>,
+    replies: Vec<(Meta, ClaimReply)>,
+    log_lines: Vec<LogLine>,
+    samples: Vec<Measurement>,
+    results: Vec<(TaskKey, Vec<models::StepState>, serde_json::Value)>,
+    heartbeats: Vec<WorkerId>,
+}
+
+impl Work {
+    /// Applies `event` to plan `plan` and keeps its effects; claim replies go to `meta`.
+    fn apply(
+        &mut self,
+        plans: &mut Plans,
+        plan: PlanKey,
+        event: Event,
+        now: Timestamp,
+        meta: Option<&Meta>,
+    ) -> bool {
+        let Some(state) = plans.states.get_mut(&plan) else {
+            return false;
+        };
+        let effects = core::apply(state, event, now, jitter());
+        let mut accepted = true;
+        for effect in effects {
+            match effect {
+                Effect::ReplyClaim { reply } => {
+                    if let Some(meta) = meta {
+                        self.replies.push((meta.clone(), reply));
+                    }
+                }
+                Effect::Refused { task, reason } => {
+                    accepted = false;
+                    tracing::debug!(
+                        "refused for task {}: {reason}",
+                        task.map(|t| t.to_string()).unwrap_or_default()
+                    );
+                }
+                other => {
+                    self.touched.insert(plan);
+                    self.effects.push(other);
+                }
+            }
+        }
+        accepted
+    }
+}
+
+/// Whether `task` of `plans` is running `attempt` under `token`.
+fn holds_lease(plans: &Plans, task: TaskKey, attempt: Attempt, token: Uuid) -> bool {
+    plans
+        .plan_of
+        .get(&task)
+        .and_then(|plan| plans.states.get(plan))
+        .and_then(|state| state.task(task))
+        .is_some_and(|node| {
+            node.status == TaskStatus::Doing
+                && node
+                    .lease
+                    .as_ref()
+                    .is_some_and(|lease| lease.attempt == attempt && lease.token == token)
+        })
+}
+
+/// Feeds one delivery to the core.
+async fn take(
+    context: &Context,
+    conn: &mut AsyncPgConnection,
+    plans: &mut Plans,
+    work: &mut Work,
+    delivery: &Delivery<Incoming>,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    match &delivery.message {
+        Incoming::Claim(request) if !is_registered(conn, plans, &request.worker_id).await? => {
+            work.replies.push((
+                delivery.meta.clone(),
+                ClaimReply::Refused {
+                    task_key: request.task_key,
+                    reason: format!(
+                        "worker {} is not registered, or is disabled or leaving",
+                        request.worker_id
+                    ),
+                },
+            ));
+        }
+        Incoming::Claim(request) => match plan_of(conn, plans, request.task_key).await? {
+            None => work.replies.push((
+                delivery.meta.clone(),
+                ClaimReply::Refused {
+                    task_key: request.task_key,
+                    reason: format!("task {} does not exist", request.task_key),
+                },
+            )),
+            Some(plan) => {
+                let event = Event::ClaimRequested {
+                    task: request.task_key,
+                    worker: request.worker_id.clone(),
+                    lease_token: Uuid::new_v4(),
+                    lease_duration: context.config.lease_duration,
+                };
+                work.apply(plans, plan, event, now, Some(&delivery.meta));
+            }
+        },
+        Incoming::Status(report) => {
+            let Some(plan) = plan_of(conn, plans, report.task_key).await? else {
+                tracing::warn!("report for unknown task {}", report.task_key);
+                return Ok(());
+            };
+            let outcome = match &report.outcome {
+                ReportedOutcome::Done => Outcome::Done,
+                ReportedOutcome::Failed {
+                    error_type,
+                    message,
+                    retryable,
+                } => Outcome::Failed {
+                    error_type: *error_type,
+                    message: message.clone(),
+                    retryable: *retryable,
+                },
+                ReportedOutcome::Canceled => Outcome::Canceled,
+            };
+            let event = Event::Finished {
+                task: report.task_key,
+                attempt: report.attempt,
+                lease_token: report.lease_token,
+                outcome,
+            };
+            if work.apply(plans, plan, event, now, None) {
+                work.results
+                    .push((report.task_key, report.steps.clone(), report.output.clone()));
+            }
+        }
+        Incoming::Heartbeat(heartbeat) => {
+            work.heartbeats.push(heartbeat.worker_id.clone());
+            for lease in &heartbeat.leases {
+                if let Some(plan) = plan_of(conn, plans, lease.task_key).await? {
+                    let event = Event::LeaseRenewed {
+                        task: lease.task_key,
+                        attempt: lease.attempt,
+                        lease_token: lease.lease_token,
+                        lease_duration: context.config.lease_duration,
+                    };
+                    work.apply(plans, plan, event, now, None);
+                }
+            }
+        }
+        Incoming::Logs(batch) => {
+            plan_of(conn, plans, batch.task_key).await?;
+            if holds_lease(plans, batch.task_key, batch.attempt, batch.lease_token) {
+                work.log_lines
+                    .extend(batch.lines.iter().map(|line| LogLine {
+                        task_key: batch.task_key,
+                        attempt: batch.attempt,
+                        seq: line.seq,
+                        step: line.step,
+                        stream: line.stream,
+                        timestamp: line.timestamp,
+                        text: line.text.clone(),
+                        truncated: line.truncated,
+                    }));
+            } else {
+                tracing::debug!(
+                    "log lines of task {} from a stale attempt refused",
+                    batch.task_key
+                );
+            }
+        }
+        Incoming::Measurements(batch) => {
+            plan_of(conn, plans, batch.task_key).await?;
+            if holds_lease(plans, batch.task_key, batch.attempt, batch.lease_token) {
+                work.samples
+                    .extend(batch.samples.iter().map(|sample| Measurement {
+                        task_key: batch.task_key,
+                        attempt: batch.attempt,
+                        channel: sample.channel.clone(),
+                        t: sample.t,
+                        value: sample.value,
+                        timestamp: sample.timestamp,
+                    }));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes a batch's effects in one transaction.
+async fn commit(
+    conn: &mut AsyncPgConnection,
+    plans: &Plans,
+    work: &Work,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let mut history = Vec::new();
+    let mut outbox = Vec::new();
+    for effect in &work.effects {
+        match effect {
+            Effect::TaskChanged {
+                task,
+                reason,
+                status_changed,
+            } if *status_changed => history.push(TaskStateChange {
+                task_key: task.key,
+                timestamp: now,
+                status: task.status,
+                reason: reason.clone(),
+                attempt: task
+                    .lease
+                    .as_ref()
+                    .map(|lease| lease.attempt)
+                    .or((task.attempt_count > 0).then_some(Attempt(task.attempt_count))),
+            }),
+            Effect::Enqueue {
+                task,
+                routing_key,
+                not_before,
+            } => {
+                let Some(plan_key) = plans.plan_of.get(task) else {
+                    continue;
+                };
+                let Some(node) = plans
+                    .states
+                    .get(plan_key)
+                    .and_then(|state| state.task(*task))
+                else {
+                    continue;
+                };
+                let message = TaskReady {
+                    task_key: *task,
+                    compute_plan_key: *plan_key,
+                    function_key: node.function_key,
+                    requirements: plans.requirements.get(task).cloned().unwrap_or_default(),
+                };
+                outbox.push(NewOutboxRow {
+                    task_key: task.0,
+                    routing_key: routing_key.clone(),
+                    payload: serde_json::to_value(&message).map_err(|error| {
+                        StoreError::Encode {
+                            what: "task.ready message",
+                            reason: error.to_string(),
+                        }
+                    })?,
+                    created_at: now,
+                    available_at: *not_before,
+                });
+            }
+            _ => {}
+        }
+    }
+    conn.transaction(async |conn| {
+        for effect in &work.effects {
+            match effect {
+                Effect::TaskChanged { task, .. } => {
+                    tasks::update_task_state(
+                        conn,
+                        &TaskStateUpdate {
+                            key: task.key,
+                            status: task.status,
+                            waiting_reason: task.waiting_reason,
+                            error_type: task.error_type,
+                            error_message: task.error_message.as_deref(),
+                            cancel_requested: task.cancel_requested,
+                            abort_requested: task.abort_requested,
+                            attempt_count: task.attempt_count,
+                            lease: task.lease.as_ref(),
+                            not_before: task.not_before,
+                            worker_id: task.worker_id.as_ref(),
+                            start_date: task.start_date,
+                            end_date: task.end_date,
+                            update_date: now,
+                        },
+                    )
+                    .await?;
+                }
+                Effect::PlanChanged { plan } => plans::update_plan(conn, plan).await?,
+                _ => {}
+            }
+        }
+        tasks::insert_state_changes(conn, &history).await?;
+        tasks::insert_outbox_rows(conn, &outbox).await?;
+        for (task, steps, output) in &work.results {
+            tasks::set_task_result(conn, *task, steps, output).await?;
+        }
+        execution::insert_log_lines(conn, &work.log_lines).await?;
+        execution::insert_measurements(conn, &work.samples).await?;
+        for worker in &work.heartbeats {
+            workers::record_heartbeat(conn, worker, now).await?;
+        }
+        Ok::<_, StoreError>(())
+    })
+    .await
+}
+
+/// After a commit: answers claims, sends orders, wakes the outbox relay.
+async fn announce(context: &Context, publisher: &Publisher, work: &Work) {
+    for (meta, reply) in &work.replies {
+        if let Err(error) = broker::rpc::reply(publisher, meta, reply).await {
+            // The worker went away; its claim, if granted, lapses with its lease.
+            tracing::warn!("answering claim {}: {error}", meta.message_id);
+        }
+    }
+    let mut enqueued = false;
+    for effect in &work.effects {
+        match effect {
+            Effect::SendOrder {
+                task,
+                worker,
+                order,
+            } => {
+                let message = match order {
+                    Order::Cancel => ControlOrder::Cancel {
+                        task_key: *task,
+                        reason: "canceled".to_owned(),
+                    },
+                    Order::Abort => ControlOrder::Abort {
+                        task_key: *task,
+                        reason: "aborted".to_owned(),
+                    },
+                };
+                let key = format!("task.{task}");
+                if let Err(error) = publisher
+                    .publish(CONTROL_EXCHANGE, &key, &message, Meta::default())
+                    .await
+                {
+                    // No worker listens for it; the lease lapses and the task ends then.
+                    tracing::warn!(
+                        "order for task {task} (worker {}) not delivered: {error}",
+                        worker.as_ref().map(ToString::to_string).unwrap_or_default()
+                    );
+                }
+            }
+            Effect::Enqueue { .. } => enqueued = true,
+            _ => {}
+        }
+    }
+    if enqueued {
+        context.outbox_wakeup.notify_one();
+    }
+}
+
+/// Applies a batch of deliveries: core, one transaction, announcements, acks.
+async fn apply_batch(
+    context: &Context,
+    publisher: &Publisher,
+    plans: &mut Plans,
+    batch: Vec<Delivery<Incoming>>,
+) -> anyhow::Result<()> {
+    let now = Utc::now();
+    let mut conn = store::connection(&context.pool).await?;
+    let mut work = Work::default();
+    let mut failure = None;
+    for delivery in &batch {
+        if let Err(error) = take(context, &mut conn, plans, &mut work, delivery, now).await {
+            failure = Some(error);
+            break;
+        }
+    }
+    if failure.is_none()
+        && let Err(error) = commit(&mut conn, plans, &work, now).await
+    {
+        failure = Some(error);
+    }
+    if let Some(error) = failure {
+        // Memory may be ahead of the database: forget, rebuild later, and retry the batch.
+        tracing::warn!("applying {} events failed, retrying: {error}", batch.len());
+        for plan in &work.touched {
+            plans.forget(*plan);
+        }
+        tokio::time::sleep(RETRY_DELAY).await;
+        for delivery in batch {
+            delivery.requeue().await?;
+        }
+        return Ok(());
+    }
+    announce(context, publisher, &work).await;
+    for delivery in batch {
+        // An ack lost with a connection means a redelivery, which the core refuses harmlessly.
+        if let Err(error) = delivery.ack().await {
+            tracing::debug!("ack lost: {error}");
+        }
+    }
+    let finished: Vec<PlanKey> = work
+        .touched
+        .iter()
+        .filter(|plan| {
+            plans
+                .states
+                .get(plan)
+                .is_some_and(|state| !state.is_active())
+        })
+        .copied()
+        .collect();
+    for plan in finished {
+        plans.forget(plan);
+    }
+    Ok(())
+}
+
+/// Lapses expired leases and releases retries whose backoff ended, in every cached plan.
+async fn tick(context: &Context, publisher: &Publisher, plans: &mut Plans) -> anyhow::Result<()> {
+    let now = Utc::now();
+    let due: Vec<PlanKey> = plans
+        .states
+        .iter()
+        .filter(|(_, state)| {
+            state
+                .next_deadline()
+                .is_some_and(|deadline| deadline <= now)
+        })
+        .map(|(key, _)| *key)
+        .collect();
+    if due.is_empty() {
+        return Ok(());
+    }
+    let mut work = Work::default();
+    for plan in due {
+        work.apply(plans, plan, Event::Tick, now, None);
+    }
+    let mut conn = store::connection(&context.pool).await?;
+    if let Err(error) = commit(&mut conn, plans, &work, now).await {
+        tracing::warn!("applying lease expiries failed, retrying: {error}");
+        for plan in &work.touched {
+            plans.forget(*plan);
+        }
+        return Ok(());
+    }
+    announce(context, publisher, &work).await;
+    Ok(())
+}
+
+/// Loads every plan with a running task, so their leases are watched from the start.
+async fn recover(context: &Context, plans: &mut Plans) -> anyhow::Result<()> {
+    let mut conn = store::connection(&context.pool).await?;
+    let running = tasks::plans_with_running_tasks(&mut conn).await?;
+    for plan in &running {
+        load_plan(&mut conn, plans, *plan).await?;
+    }
+    if !running.is_empty() {
+        tracing::info!(
+            "watching the leases of {} plan(s) with running tasks",
+            running.len()
+        );
+    }
+    Ok(())
+}
+
+/// Applies events until `shutdown`.
+pub async fn run(context: Arc<Context>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut plans = Plans::default();
+    recover(&context, &mut plans).await?;
+    let mut consumer =
+        Consumer::<Incoming>::new(&context.broker, DISPATCHER_QUEUE, PREFETCH).await?;
+    let publisher = Publisher::new(&context.broker).await?;
+    let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let first = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            _ = ticker.tick() => {
+                tick(&context, &publisher, &mut plans).await?;
+                continue;
+            }
+            next = consumer.next() => next,
+        };
+        let mut batch = match first {
+            None => anyhow::bail!("the event consumer was canceled by RabbitMQ"),
+            Some(delivery) => vec![delivery?],
+        };
+        // Take what is already there, up to a batch, waiting at most LINGER for more.
+        while batch.len() < BATCH {
+            match tokio::time::timeout(LINGER, consumer.next()).await {
+                Ok(Some(delivery)) => batch.push(delivery?),
+                Ok(None) => anyhow::bail!("the event consumer was canceled by RabbitMQ"),
+                Err(_) => break,
+            }
+        }
+        apply_batch(&context, &publisher, &mut plans, batch).await?;
+    }
+}

@@ -1,0 +1,157 @@
+//! The dispatcher's service loops: the shell around `store` and `core` that talks to RabbitMQ.
+//!
+//! [`run`] applies the migrations, connects, declares the topology and runs, until `shutdown`:
+//! the submission consumer ([`submissions`]), the outbox relay ([`outbox_relay`]) and the event
+//! applier ([`event_applier`]). If one of them fails, the others are stopped and the error is
+//! returned, so a supervisor (systemd, Kubernetes) restarts the process, which rebuilds its
+//! state from PostgreSQL.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use broker::{Broker, BrokerConfig};
+use models::OrganizationId;
+
+use crate::store::{self, Pool, catalog};
+
+pub mod event_applier;
+pub mod outbox_relay;
+pub mod submissions;
+
+/// How the dispatcher runs.
+#[derive(Clone, Debug)]
+pub struct DispatcherConfig {
+    /// baton's database.
+    pub database_url: String,
+    /// Connections in the pool.
+    pub pool_size: usize,
+    /// RabbitMQ.
+    pub broker: BrokerConfig,
+    /// The organization this deployment acts as. Until callers authenticate (issue 7), plans
+    /// submitted over AMQP are owned by it; it is registered on start if missing.
+    pub organization: OrganizationId,
+    /// How long a granted claim lasts unless the worker renews it.
+    pub lease_duration: chrono::Duration,
+    /// How often the outbox is polled when nothing wakes the relay.
+    pub outbox_poll: Duration,
+}
+
+impl DispatcherConfig {
+    /// A configuration with the defaults: a 30 s lease, a 1 s outbox poll.
+    pub fn new(
+        database_url: impl Into<String>,
+        broker: BrokerConfig,
+        organization: OrganizationId,
+    ) -> DispatcherConfig {
+        DispatcherConfig {
+            database_url: database_url.into(),
+            pool_size: store::DEFAULT_POOL_SIZE,
+            broker,
+            organization,
+            lease_duration: chrono::Duration::seconds(30),
+            outbox_poll: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What every loop shares.
+pub struct Context {
+    /// The configuration.
+    pub config: DispatcherConfig,
+    /// The database.
+    pub pool: Pool,
+    /// RabbitMQ.
+    pub broker: Broker,
+    /// Woken after a commit that wrote outbox rows, so they are published at once.
+    pub outbox_wakeup: Notify,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("organization", &self.config.organization)
+            .field("broker", &self.broker)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Registers the deployment's organization if it is not yet.
+async fn ensure_organization(pool: &Pool, organization: &OrganizationId) -> anyhow::Result<()> {
+    let mut conn = store::connection(pool).await?;
+    if catalog::find_organization(&mut conn, organization, None)
+        .await?
+        .is_none()
+    {
+        let record = models::Organization {
+            id: organization.clone(),
+            address: None,
+            is_current: true,
+            creation_date: chrono::Utc::now(),
+        };
+        match catalog::insert_organization(&mut conn, &record).await {
+            // Another dispatcher registered it meanwhile.
+            Ok(()) | Err(store::StoreError::Duplicate { .. }) => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Connects everything and builds the shared context.
+pub async fn start(config: DispatcherConfig) -> anyhow::Result<Arc<Context>> {
+    store::run_migrations(&config.database_url)
+        .await
+        .context("applying database migrations")?;
+    let pool = store::connect(&config.database_url, config.pool_size)?;
+    ensure_organization(&pool, &config.organization)
+        .await
+        .context("registering the deployment's organization")?;
+    let broker = Broker::connect(config.broker.clone()).await?;
+    broker
+        .declare_topology()
+        .await
+        .context("declaring the RabbitMQ topology")?;
+    Ok(Arc::new(Context {
+        config,
+        pool,
+        broker,
+        outbox_wakeup: Notify::new(),
+    }))
+}
+
+/// Runs the dispatcher until `shutdown` is cancelled or a loop fails.
+pub async fn run(config: DispatcherConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let context = start(config).await?;
+    tracing::info!(
+        "dispatcher started for organization {}",
+        context.config.organization
+    );
+    let stop = shutdown.child_token();
+    let mut loops = tokio::task::JoinSet::new();
+    loops.spawn(submissions::run(Arc::clone(&context), stop.clone()));
+    loops.spawn(outbox_relay::run(Arc::clone(&context), stop.clone()));
+    loops.spawn(event_applier::run(Arc::clone(&context), stop.clone()));
+    let mut outcome = Ok(());
+    while let Some(finished) = loops.join_next().await {
+        let result = match finished {
+            Ok(result) => result,
+            Err(join_error) => Err(anyhow::anyhow!("a dispatcher loop panicked: {join_error}")),
+        };
+        if let Err(error) = result {
+            tracing::error!("dispatcher loop failed: {error:#}");
+            if outcome.is_ok() {
+                outcome = Err(error);
+            }
+        }
+        // One loop ended: stop the others.
+        stop.cancel();
+    }
+    if let Err(error) = context.broker.close().await {
+        tracing::debug!("closing the RabbitMQ connection: {error}");
+    }
+    outcome
+}

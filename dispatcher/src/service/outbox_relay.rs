@@ -1,0 +1,128 @@
+//! The outbox relay: publishes ready tasks recorded in the outbox, in order, with confirms, and
+//! deletes each row only once RabbitMQ confirmed it. A crash between the two publishes a task
+//! twice; claims make the duplicate harmless. Rows stay through broker outages.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use broker::topology::TASKS_EXCHANGE;
+use broker::{Meta, Publisher};
+use models::wire::TaskReady;
+
+use super::Context;
+use crate::store::{self, tasks};
+
+/// Rows published per round: enough to amortise a transaction, few enough to keep confirms
+/// flowing.
+pub const BATCH: i64 = 1_000;
+
+/// How long to wait after a failed round before the next.
+const RETRY_DELAY: Duration = Duration::from_millis(500);
+
+/// Publishes one round of available outbox rows; returns how many were published.
+async fn relay_round(
+    context: &Context,
+    publisher: &Publisher,
+    declared: &mut HashSet<String>,
+) -> anyhow::Result<usize> {
+    let mut conn = store::connection(&context.pool).await?;
+    let rows = tasks::next_outbox_rows(&mut conn, chrono::Utc::now(), BATCH).await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut pending = Vec::with_capacity(rows.len());
+    let mut undecodable = Vec::new();
+    for row in &rows {
+        let message: TaskReady = match serde_json::from_value(row.payload.clone()) {
+            Ok(message) => message,
+            Err(error) => {
+                // Written by this program, so this is a bug; keep the row for an operator.
+                tracing::error!(
+                    outbox.id = row.id,
+                    "outbox row {} is not a task.ready message: {error}",
+                    row.id
+                );
+                undecodable.push(row.id);
+                continue;
+            }
+        };
+        if !declared.contains(&row.routing_key) {
+            context
+                .broker
+                .declare_task_queue(&message.requirements)
+                .await?;
+            declared.insert(row.routing_key.clone());
+        }
+        let meta = Meta {
+            message_id: format!("task-{}-outbox-{}", message.task_key, row.id),
+            ..Meta::default()
+        };
+        match publisher
+            .send(TASKS_EXCHANGE, &row.routing_key, &message, meta)
+            .await
+        {
+            Ok(confirm) => pending.push((row.id, confirm)),
+            Err(error) => {
+                tracing::warn!("publishing outbox row {}: {error}", row.id);
+                break;
+            }
+        }
+    }
+    let mut confirmed = Vec::with_capacity(pending.len());
+    let mut failure = None;
+    for (id, confirm) in pending {
+        match confirm.confirmed().await {
+            Ok(()) => confirmed.push(id),
+            Err(error) => {
+                failure.get_or_insert(error);
+            }
+        }
+    }
+    tasks::delete_outbox_rows(&mut conn, &confirmed).await?;
+    if let Some(error) = failure {
+        return Err(error.into());
+    }
+    if !undecodable.is_empty() && confirmed.is_empty() {
+        anyhow::bail!("outbox rows {undecodable:?} cannot be published");
+    }
+    Ok(confirmed.len())
+}
+
+/// Runs the relay until `shutdown`.
+pub async fn run(context: Arc<Context>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let publisher = Publisher::new(&context.broker).await?;
+    let mut declared = HashSet::new();
+    loop {
+        let published = match relay_round(&context, &publisher, &mut declared).await {
+            Ok(published) => published,
+            Err(error) => {
+                tracing::warn!("outbox relay round failed, retrying: {error:#}");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(RETRY_DELAY) => continue,
+                }
+            }
+        };
+        if published as i64 == BATCH {
+            continue;
+        }
+        // Sleep until woken, the next retry becomes available, or the poll interval passes.
+        let mut wait = context.config.outbox_poll;
+        if let Ok(mut conn) = store::connection(&context.pool).await
+            && let Ok(Some(next)) = tasks::next_outbox_availability(&mut conn).await
+        {
+            let until = (next - chrono::Utc::now())
+                .to_std()
+                .unwrap_or(Duration::ZERO);
+            wait = wait.min(until).max(Duration::from_millis(10));
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = context.outbox_wakeup.notified() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}

@@ -1,0 +1,543 @@
+//! The dispatcher end to end: plans submitted over AMQP run to their end with scripted workers,
+//! against real PostgreSQL and RabbitMQ.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::Utc;
+
+use broker::RpcClient;
+use dispatcher::store::tasks;
+use models::function::{FunctionInput, FunctionOutput, RetryPolicy};
+use models::submission::{NewTask, PlanSubmission};
+use models::wire::{ClaimReply, ReportedOutcome, SubmissionReply};
+use models::{
+    Function, FunctionKey, FunctionStatus, InputKind, InputRef, Metadata, OutputKind, Permission,
+    Permissions, PlanKey, PlanStatus, RequirementSet, TaskInput, TaskKey, TaskOutput, TaskStatus,
+};
+
+use crate::support::cluster::{Granted, ORGANIZATION, Script, ScriptedWorker, TestCluster};
+use crate::support::fixtures::key;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A function whose tasks take models from their parents and produce one.
+fn function(n: u128, retry: RetryPolicy) -> Function {
+    let now = Utc::now();
+    Function {
+        key: FunctionKey(key(n)),
+        name: format!("step {n}"),
+        display_name: None,
+        summary: None,
+        owner: ORGANIZATION.into(),
+        creator: None,
+        project: None,
+        permissions: Permissions::new(Permission::public(&ORGANIZATION.into())),
+        metadata: Metadata::new(),
+        description: None,
+        archive: None,
+        image: None,
+        inputs: vec![FunctionInput {
+            identifier: "models".into(),
+            kind: InputKind::Model,
+            multiple: true,
+            optional: true,
+        }],
+        outputs: vec![FunctionOutput {
+            identifier: "model".into(),
+            kind: OutputKind::Model,
+            multiple: false,
+        }],
+        steps: vec![models::Step {
+            name: "run".into(),
+            command: vec!["true".into()],
+        }],
+        build_steps: Vec::new(),
+        parameters: Vec::new(),
+        parameter_schema: None,
+        workspace: None,
+        kind: None,
+        requirements: RequirementSet::any(),
+        retry,
+        timeout_secs: None,
+        is_enabled: true,
+        status: FunctionStatus::Ready,
+        data: serde_json::json!({}),
+        creation_date: now,
+        update_date: now,
+    }
+}
+
+fn no_retry() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 1,
+        backoff_initial_ms: 100,
+        backoff_max_ms: 100,
+        jitter: false,
+    }
+}
+
+/// Task `n` of function `function` after `parents`.
+fn task(n: u128, function: u128, parents: &[u128]) -> NewTask {
+    NewTask {
+        key: TaskKey(key(n)),
+        function_key: FunctionKey(key(function)),
+        name: Some(format!("t{n}")),
+        inputs: parents
+            .iter()
+            .map(|parent| TaskInput {
+                identifier: "models".into(),
+                source: InputRef::ParentOutput {
+                    parent_task_key: TaskKey(key(*parent)),
+                    parent_task_output_identifier: "model".into(),
+                },
+            })
+            .collect(),
+        outputs: BTreeMap::from([(
+            "model".to_owned(),
+            TaskOutput {
+                permissions: Permissions::private(&ORGANIZATION.into()),
+                transient: false,
+            },
+        )]),
+        parameters: serde_json::Map::new(),
+        metadata: Metadata::new(),
+        tag: String::new(),
+        worker: Some(ORGANIZATION.into()),
+        requirements: RequirementSet::any(),
+        input_type: None,
+        input: serde_json::Value::Null,
+    }
+}
+
+fn plan(n: u128, tasks: Vec<NewTask>) -> PlanSubmission {
+    PlanSubmission {
+        key: PlanKey(key(n)),
+        name: format!("plan {n}"),
+        tag: String::new(),
+        metadata: Metadata::new(),
+        project: None,
+        tasks,
+    }
+}
+
+async fn submit(cluster: &TestCluster, rpc: &RpcClient, submission: &PlanSubmission) {
+    let reply = cluster.submit(rpc, submission).await;
+    assert!(
+        matches!(reply, SubmissionReply::Accepted { .. }),
+        "submission refused: {reply:?}"
+    );
+}
+
+/// Works tasks with `script` until plan `key` is terminal.
+async fn run_to_end(
+    cluster: &TestCluster,
+    worker: &mut ScriptedWorker,
+    key: PlanKey,
+    script: &Script,
+) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cluster.plan(key).await.status.is_terminal() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "plan {key} did not end"
+        );
+        worker.work_one(Duration::from_millis(500), script).await;
+    }
+}
+
+/// The statuses of the stored tasks, by name.
+async fn statuses(cluster: &TestCluster, key: PlanKey) -> BTreeMap<String, TaskStatus> {
+    cluster
+        .tasks(key)
+        .await
+        .into_iter()
+        .map(|task| (task.name.unwrap_or_default(), task.status))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_diamond_runs_to_done_with_exact_counters() {
+    let cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
+    cluster.seed(&[function(1, no_retry())]).await;
+    let client = cluster.client("producer").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+    let diamond = plan(
+        100,
+        vec![
+            task(1, 1, &[]),
+            task(2, 1, &[1]),
+            task(3, 1, &[1]),
+            task(4, 1, &[2, 3]),
+        ],
+    );
+    submit(&cluster, &rpc, &diamond).await;
+    let submitted = cluster.plan(diamond.key).await;
+    assert_eq!(
+        (
+            submitted.status,
+            submitted.counters.todo_count,
+            submitted.counters.waiting_count
+        ),
+        (PlanStatus::Todo, 1, 3)
+    );
+
+    let mut worker = ScriptedWorker::new(&cluster, "worker-1").await;
+    // After the root, both middle tasks are ready at once.
+    worker
+        .work_one(WAIT, &Script::Succeed)
+        .await
+        .expect("the root is granted");
+    let after_root = cluster
+        .wait_for_plan(diamond.key, WAIT, "with two ready tasks", |p| {
+            p.counters.todo_count == 2
+        })
+        .await;
+    assert_eq!(after_root.status, PlanStatus::Doing);
+    assert_eq!(
+        (
+            after_root.counters.done_count,
+            after_root.counters.waiting_count
+        ),
+        (1, 1)
+    );
+
+    run_to_end(&cluster, &mut worker, diamond.key, &Script::Succeed).await;
+    let done = cluster.plan(diamond.key).await;
+    assert_eq!(done.status, PlanStatus::Done);
+    assert_eq!(done.counters.done_count, 4);
+    assert!(done.start_date.is_some() && done.end_date.is_some());
+    let mut conn = cluster.db.connect().await;
+    for task in cluster.tasks(diamond.key).await {
+        assert_eq!(
+            (task.status, task.attempt_count),
+            (TaskStatus::Done, 1),
+            "{:?}",
+            task.name
+        );
+        let history = tasks::list_state_changes(&mut conn, task.key)
+            .await
+            .unwrap();
+        let dones = history
+            .iter()
+            .filter(|change| change.status == TaskStatus::Done)
+            .count();
+        assert_eq!(dones, 1, "task {:?} DONE once", task.name);
+    }
+    assert!(
+        tasks::next_outbox_rows(&mut conn, Utc::now(), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_four_level_dag_runs_to_done() {
+    let cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
+    cluster.seed(&[function(1, no_retry())]).await;
+    let client = cluster.client("producer").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+    let levels = plan(
+        101,
+        vec![
+            task(1, 1, &[]),
+            task(2, 1, &[]),
+            task(3, 1, &[1, 2]),
+            task(4, 1, &[3]),
+            task(5, 1, &[3, 1]),
+            task(6, 1, &[4, 5, 2]),
+        ],
+    );
+    submit(&cluster, &rpc, &levels).await;
+    let mut worker = ScriptedWorker::new(&cluster, "worker-1").await;
+    run_to_end(&cluster, &mut worker, levels.key, &Script::Succeed).await;
+    let done = cluster.plan(levels.key).await;
+    assert_eq!(
+        (done.status, done.counters.done_count),
+        (PlanStatus::Done, 6)
+    );
+    let ranks: BTreeMap<String, u32> = cluster
+        .tasks(levels.key)
+        .await
+        .into_iter()
+        .map(|task| (task.name.unwrap_or_default(), task.rank))
+        .collect();
+    assert_eq!(ranks["t6"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_task_fails_the_plan_and_cancels_the_rest() {
+    let cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
+    cluster.seed(&[function(1, no_retry())]).await;
+    let client = cluster.client("producer").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+    let failing = plan(
+        102,
+        vec![task(1, 1, &[]), task(2, 1, &[1]), task(3, 1, &[1])],
+    );
+    submit(&cluster, &rpc, &failing).await;
+    let mut worker = ScriptedWorker::new(&cluster, "worker-1").await;
+    worker
+        .work_one(WAIT, &Script::Fail { retryable: false })
+        .await
+        .expect("granted");
+    let failed = cluster
+        .wait_for_plan(failing.key, WAIT, "FAILED", |p| {
+            p.status == PlanStatus::Failed
+        })
+        .await;
+    assert_eq!(failed.failed_task_key, Some(TaskKey(key(1))));
+    assert!(failed.failure_date.is_some());
+    assert_eq!(failed.counters.active_count(), 0, "no task is left to run");
+    let statuses = statuses(&cluster, failing.key).await;
+    assert_eq!(statuses["t1"], TaskStatus::Failed);
+    assert_eq!(statuses["t2"], TaskStatus::Canceled);
+    assert_eq!(statuses["t3"], TaskStatus::Canceled);
+    let root = cluster
+        .tasks(failing.key)
+        .await
+        .into_iter()
+        .find(|t| t.key == TaskKey(key(1)))
+        .unwrap();
+    assert_eq!(root.error_type, Some(models::TaskErrorType::Execution));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn duplicate_claims_and_stale_reports_are_refused() {
+    let cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
+    cluster.seed(&[function(1, no_retry())]).await;
+    let client = cluster.client("producer").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+    let single = plan(103, vec![task(1, 1, &[])]);
+    submit(&cluster, &rpc, &single).await;
+    let worker = ScriptedWorker::new(&cluster, "worker-1").await;
+    let other = ScriptedWorker::new(&cluster, "worker-2").await;
+    let task_key = TaskKey(key(1));
+    // The dispatcher publishes the task; the claim may come before that, it is TODO either way.
+    let first = worker.claim(task_key).await;
+    let ClaimReply::Granted {
+        attempt,
+        lease_token,
+        ..
+    } = first
+    else {
+        panic!("the first claim is granted: {first:?}");
+    };
+    // A duplicate delivery to another worker: refused.
+    let second = other.claim(task_key).await;
+    assert!(matches!(second, ClaimReply::Refused { .. }), "{second:?}");
+
+    // A report with a wrong token changes nothing.
+    let forged = Granted {
+        task: task_key,
+        attempt,
+        token: uuid::Uuid::new_v4(),
+    };
+    other.report(&forged, ReportedOutcome::Done).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        statuses(&cluster, single.key).await["t1"],
+        TaskStatus::Doing
+    );
+
+    let granted = Granted {
+        task: task_key,
+        attempt,
+        token: lease_token,
+    };
+    worker.report(&granted, ReportedOutcome::Done).await;
+    cluster
+        .wait_for_plan(single.key, WAIT, "DONE", |p| p.status == PlanStatus::Done)
+        .await;
+    // A duplicate report after the end changes nothing either.
+    worker
+        .report(
+            &granted,
+            ReportedOutcome::Failed {
+                error_type: models::TaskErrorType::Execution,
+                message: "late".into(),
+                retryable: false,
+            },
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(cluster.plan(single.key).await.status, PlanStatus::Done);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lapsed_lease_requeues_the_task_for_another_worker() {
+    let cluster = TestCluster::start(chrono::Duration::seconds(1)).await;
+    cluster
+        .seed(&[function(
+            1,
+            RetryPolicy {
+                max_attempts: 3,
+                ..no_retry()
+            },
+        )])
+        .await;
+    let client = cluster.client("producer").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+    let single = plan(104, vec![task(1, 1, &[])]);
+    submit(&cluster, &rpc, &single).await;
+    let mut silent = ScriptedWorker::new(&cluster, "worker-silent").await;
+    let mut healthy = ScriptedWorker::new(&cluster, "worker-healthy").await;
+    let first = silent
+        .work_one(WAIT, &Script::Vanish)
+        .await
+        .expect("granted");
+    assert_eq!(first.attempt, models::Attempt(1));
+    // The lease lapses after a second; the task is published again.
+    let second = healthy
+        .work_one(WAIT, &Script::Succeed)
+        .await
+        .expect("granted again");
+    assert_eq!(second.attempt, models::Attempt(2));
+    cluster
+        .wait_for_plan(single.key, WAIT, "DONE", |p| p.status == PlanStatus::Done)
+        .await;
+    // The silent worker's late report is refused.
+    silent
+        .report(
+            &first,
+            ReportedOutcome::Failed {
+                error_type: models::TaskErrorType::Execution,
+                message: "late".into(),
+                retryable: false,
+            },
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stored = cluster.tasks(single.key).await;
+    assert_eq!(
+        (stored[0].status, stored[0].attempt_count),
+        (TaskStatus::Done, 2)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retryable_failure_is_retried_after_its_backoff() {
+    let cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
+    cluster
+        .seed(&[function(
+            1,
+            RetryPolicy {
+                max_attempts: 2,
+                backoff_initial_ms: 200,
+                backoff_max_ms: 200,
+                jitter: false,
+            },
+        )])
+        .await;
+    let client = cluster.client("producer").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+    let single = plan(105, vec![task(1, 1, &[])]);
+    submit(&cluster, &rpc, &single).await;
+    let mut worker = ScriptedWorker::new(&cluster, "worker-1").await;
+    worker
+        .work_one(WAIT, &Script::Fail { retryable: true })
+        .await
+        .expect("granted");
+    let retried = worker
+        .work_one(WAIT, &Script::Succeed)
+        .await
+        .expect("granted again");
+    assert_eq!(retried.attempt, models::Attempt(2));
+    let done = cluster
+        .wait_for_plan(single.key, WAIT, "DONE", |p| p.status == PlanStatus::Done)
+        .await;
+    assert!(done.failure_date.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_submissions_are_answered_with_every_problem_and_resubmissions_are_idempotent() {
+    let cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
+    cluster.seed(&[function(1, no_retry())]).await;
+    let client = cluster.client("producer").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+    let mut bad = plan(106, vec![task(1, 404, &[]), task(2, 1, &[77])]);
+    bad.name = String::new();
+    let reply = cluster.submit(&rpc, &bad).await;
+    let SubmissionReply::Rejected { error, details, .. } = reply else {
+        panic!("refused: {reply:?}");
+    };
+    assert_eq!(error, "invalid_submission");
+    let paths: Vec<&str> = details.iter().map(|d| d.path.as_str()).collect();
+    assert!(paths.contains(&"name"), "{paths:?}");
+    assert!(paths.contains(&"tasks[0].function_key"), "{paths:?}");
+    assert!(
+        paths.iter().any(|p| p.starts_with("tasks[1].inputs[0]")),
+        "{paths:?}"
+    );
+    let mut conn = cluster.db.connect().await;
+    assert!(
+        dispatcher::store::plans::find_plan(&mut conn, bad.key)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let good = plan(107, vec![task(1, 1, &[])]);
+    let first = cluster.submit(&rpc, &good).await;
+    let again = cluster.submit(&rpc, &good).await;
+    assert_eq!(first, again, "the same content gets the same answer");
+    let mut other = good.clone();
+    other.name = "something else".into();
+    let conflict = cluster.submit(&rpc, &other).await;
+    assert!(
+        matches!(&conflict, SubmissionReply::Rejected { error, .. } if error == "already_exists"),
+        "{conflict:?}"
+    );
+    assert_eq!(cluster.tasks(good.key).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_dispatcher_restarts_and_finishes_the_plan() {
+    let mut cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
+    cluster.seed(&[function(1, no_retry())]).await;
+    let client = cluster.client("producer").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+    let chain = plan(
+        108,
+        vec![task(1, 1, &[]), task(2, 1, &[1]), task(3, 1, &[2])],
+    );
+    submit(&cluster, &rpc, &chain).await;
+    let mut worker = ScriptedWorker::new(&cluster, "worker-1").await;
+    worker
+        .work_one(WAIT, &Script::Succeed)
+        .await
+        .expect("granted");
+    cluster
+        .wait_for_plan(chain.key, WAIT, "one task done", |p| {
+            p.counters.done_count == 1
+        })
+        .await;
+    cluster.kill_dispatcher().await;
+    cluster.start_dispatcher();
+    run_to_end(&cluster, &mut worker, chain.key, &Script::Succeed).await;
+    let done = cluster.plan(chain.key).await;
+    assert_eq!(
+        (done.status, done.counters.done_count),
+        (PlanStatus::Done, 3)
+    );
+    let mut conn = cluster.db.connect().await;
+    for task in cluster.tasks(chain.key).await {
+        let history = tasks::list_state_changes(&mut conn, task.key)
+            .await
+            .unwrap();
+        assert_eq!(
+            history
+                .iter()
+                .filter(|c| c.status == TaskStatus::Done)
+                .count(),
+            1
+        );
+    }
+    assert!(
+        tasks::next_outbox_rows(&mut conn, Utc::now(), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

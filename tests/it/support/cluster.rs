@@ -1,0 +1,334 @@
+//! An in-process dispatcher on a test database and vhost, and scripted workers that claim and
+//! report like real ones.
+
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use broker::topology::{self, EVENTS_EXCHANGE, SUBMIT_EXCHANGE};
+use broker::{Broker, Consumer, Meta, Publisher, RpcClient};
+use dispatcher::service::DispatcherConfig;
+use dispatcher::store::{catalog, plans, tasks, workers};
+use models::submission::PlanSubmission;
+use models::wire::{
+    ClaimReply, ClaimRequest, ReportedOutcome, SubmissionReply, TaskReady, TaskStatusReport,
+    WireMessage,
+};
+use models::{ComputePlan, PlanKey, RequirementSet, Task, TaskKey, WorkerId};
+
+use super::broker::TestBroker;
+use super::db::TestDb;
+
+/// The organization the test dispatcher acts as.
+pub(crate) const ORGANIZATION: &str = "org-a";
+
+/// A dispatcher running in this process on its own database and vhost.
+pub(crate) struct TestCluster {
+    pub(crate) db: TestDb,
+    pub(crate) broker: TestBroker,
+    shutdown: CancellationToken,
+    dispatcher: Option<JoinHandle<anyhow::Result<()>>>,
+    lease: chrono::Duration,
+}
+
+impl TestCluster {
+    /// A database seeded by `seed`, a vhost, and a dispatcher granting leases of `lease`.
+    pub(crate) async fn start(lease: chrono::Duration) -> TestCluster {
+        // The dispatcher's logs, shown for failing tests (RUST_LOG to tune).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            )
+            .with_test_writer()
+            .try_init();
+        let db = TestDb::new().await;
+        let broker = TestBroker::new().await;
+        let mut cluster = TestCluster {
+            db,
+            broker,
+            shutdown: CancellationToken::new(),
+            dispatcher: None,
+            lease,
+        };
+        cluster.start_dispatcher();
+        cluster.wait_until_ready().await;
+        cluster
+    }
+
+    fn config(&self) -> DispatcherConfig {
+        let mut config = DispatcherConfig::new(
+            self.db.url(),
+            self.broker.config("baton-dispatcher"),
+            ORGANIZATION.into(),
+        );
+        config.lease_duration = self.lease;
+        config.outbox_poll = Duration::from_millis(200);
+        config
+    }
+
+    /// Starts (or restarts) the dispatcher.
+    pub(crate) fn start_dispatcher(&mut self) {
+        self.shutdown = CancellationToken::new();
+        let config = self.config();
+        let shutdown = self.shutdown.clone();
+        self.dispatcher = Some(tokio::spawn(dispatcher::service::run(config, shutdown)));
+    }
+
+    /// Kills the dispatcher: its task is aborted, its connections dropped, nothing flushed.
+    pub(crate) async fn kill_dispatcher(&mut self) {
+        if let Some(handle) = self.dispatcher.take() {
+            handle.abort();
+            let _ = handle.await;
+        }
+    }
+
+    /// Waits until the dispatcher declared the topology (the submissions queue exists).
+    async fn wait_until_ready(&self) {
+        for _ in 0..200 {
+            if let Some(handle) = &self.dispatcher
+                && handle.is_finished()
+            {
+                panic!("the dispatcher stopped while starting");
+            }
+            if self.broker.queue_exists("baton.submissions").await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the dispatcher did not start within 10 s");
+    }
+
+    /// A broker connection for a test client.
+    pub(crate) async fn client(&self, app_id: &str) -> Broker {
+        let broker = Broker::connect(self.broker.config(app_id)).await.unwrap();
+        broker.declare_topology().await.unwrap();
+        broker
+    }
+
+    /// Submits `plan` over AMQP and returns the dispatcher's answer.
+    pub(crate) async fn submit(&self, rpc: &RpcClient, plan: &PlanSubmission) -> SubmissionReply {
+        rpc.call(
+            SUBMIT_EXCHANGE,
+            PlanSubmission::KIND,
+            plan,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// The stored plan `key`.
+    pub(crate) async fn plan(&self, key: PlanKey) -> ComputePlan {
+        let mut conn = self.db.connect().await;
+        plans::find_plan(&mut conn, key).await.unwrap().unwrap()
+    }
+
+    /// The stored tasks of plan `key`.
+    pub(crate) async fn tasks(&self, key: PlanKey) -> Vec<Task> {
+        let mut conn = self.db.connect().await;
+        tasks::list_plan_tasks(&mut conn, key, None).await.unwrap()
+    }
+
+    /// Waits (at most `within`) until plan `key` satisfies `done`; returns it.
+    pub(crate) async fn wait_for_plan(
+        &self,
+        key: PlanKey,
+        within: Duration,
+        what: &str,
+        done: impl Fn(&ComputePlan) -> bool,
+    ) -> ComputePlan {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let plan = self.plan(key).await;
+            if done(&plan) {
+                return plan;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "waited {within:?} for plan {key} to be {what}; it is {:?} with {:?}",
+                plan.status,
+                plan.counters
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Registers the catalog the tests submit against: organizations and `functions`.
+    pub(crate) async fn seed(&self, functions: &[models::Function]) {
+        let mut conn = self.db.connect().await;
+        if catalog::find_organization(&mut conn, &"org-b".into(), None)
+            .await
+            .unwrap()
+            .is_none()
+        {
+            catalog::insert_organization(
+                &mut conn,
+                &crate::support::fixtures::organization("org-b"),
+            )
+            .await
+            .unwrap();
+        }
+        if catalog::find_user(&mut conn, &"alice".into())
+            .await
+            .unwrap()
+            .is_none()
+        {
+            catalog::insert_user(
+                &mut conn,
+                &crate::support::fixtures::user("alice", ORGANIZATION),
+            )
+            .await
+            .unwrap();
+        }
+        for function in functions {
+            catalog::insert_function(&mut conn, function).await.unwrap();
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(handle) = self.dispatcher.take() {
+            handle.abort();
+        }
+    }
+}
+
+/// What a scripted worker does with a task it was granted.
+#[derive(Clone, Debug)]
+pub(crate) enum Script {
+    /// Report DONE.
+    Succeed,
+    /// Report FAILED.
+    Fail {
+        /// Whether another attempt may succeed.
+        retryable: bool,
+    },
+    /// Never report (a worker that hangs or died).
+    Vanish,
+}
+
+/// A worker that claims tasks from `baton.tasks.any` and reports as its script says.
+pub(crate) struct ScriptedWorker {
+    pub(crate) id: WorkerId,
+    rpc: RpcClient,
+    events: Publisher,
+    consumer: Consumer<TaskReady>,
+}
+
+/// A claim's outcome, for tests that look at them.
+#[derive(Debug)]
+pub(crate) struct Granted {
+    pub(crate) task: TaskKey,
+    pub(crate) attempt: models::Attempt,
+    pub(crate) token: uuid::Uuid,
+}
+
+impl ScriptedWorker {
+    /// A worker named `id` consuming `baton.tasks.any`.
+    pub(crate) async fn new(cluster: &TestCluster, id: &str) -> ScriptedWorker {
+        let mut conn = cluster.db.connect().await;
+        workers::upsert_worker(
+            &mut conn,
+            &crate::support::fixtures::worker(id, "alice", ORGANIZATION),
+        )
+        .await
+        .unwrap();
+        let broker = cluster.client(id).await;
+        broker
+            .declare_task_queue(&RequirementSet::any())
+            .await
+            .unwrap();
+        ScriptedWorker {
+            id: id.into(),
+            rpc: RpcClient::new(&broker).await.unwrap(),
+            events: Publisher::new(&broker).await.unwrap(),
+            consumer: Consumer::new(&broker, &topology::task_queue(&RequirementSet::any()), 1)
+                .await
+                .unwrap(),
+        }
+    }
+
+    /// Claims `task` and returns the dispatcher's answer.
+    pub(crate) async fn claim(&self, task: TaskKey) -> ClaimReply {
+        let request = ClaimRequest {
+            task_key: task,
+            worker_id: self.id.clone(),
+        };
+        self.rpc
+            .call(
+                EVENTS_EXCHANGE,
+                &topology::task_event_key(task, "claim"),
+                &request,
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap()
+    }
+
+    /// Reports the end of `granted` with `outcome`.
+    pub(crate) async fn report(&self, granted: &Granted, outcome: ReportedOutcome) {
+        let report = TaskStatusReport {
+            task_key: granted.task,
+            attempt: granted.attempt,
+            lease_token: granted.token,
+            worker_id: self.id.clone(),
+            outcome,
+            steps: Vec::new(),
+            output: serde_json::json!({"by": self.id}),
+        };
+        self.events
+            .publish(
+                EVENTS_EXCHANGE,
+                &topology::task_event_key(granted.task, "status"),
+                &report,
+                Meta::default(),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Takes the next ready task (waiting at most `within`), claims it, acks the message once the
+    /// claim is answered, and, if granted, follows `script`. Returns the grant, if any.
+    pub(crate) async fn work_one(&mut self, within: Duration, script: &Script) -> Option<Granted> {
+        let delivery = tokio::time::timeout(within, self.consumer.next())
+            .await
+            .ok()??
+            .unwrap();
+        let task = delivery.message.task_key;
+        let reply = self.claim(task).await;
+        delivery.ack().await.unwrap();
+        let ClaimReply::Granted {
+            attempt,
+            lease_token,
+            ..
+        } = reply
+        else {
+            return None;
+        };
+        let granted = Granted {
+            task,
+            attempt,
+            token: lease_token,
+        };
+        match script {
+            Script::Succeed => self.report(&granted, ReportedOutcome::Done).await,
+            Script::Fail { retryable } => {
+                self.report(
+                    &granted,
+                    ReportedOutcome::Failed {
+                        error_type: models::TaskErrorType::Execution,
+                        message: "step exited with status 1".into(),
+                        retryable: *retryable,
+                    },
+                )
+                .await;
+            }
+            Script::Vanish => {}
+        }
+        Some(granted)
+    }
+}
