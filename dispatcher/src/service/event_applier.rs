@@ -636,15 +636,16 @@ async fn apply_batch(
     Ok(())
 }
 
-/// Lapses expired leases and releases retries whose backoff ended, in every cached plan.
+/// Lapses expired leases in every cached plan.
 async fn tick(context: &Context, publisher: &Publisher, plans: &mut Plans) -> anyhow::Result<()> {
     let now = Utc::now();
     let due: Vec<PlanKey> = plans
         .states
         .iter()
+        // Only lease expiries need a tick: a retry's backoff is its outbox row's availability.
         .filter(|(_, state)| {
             state
-                .next_deadline()
+                .next_lease_expiry()
                 .is_some_and(|deadline| deadline <= now)
         })
         .map(|(key, _)| *key)
