@@ -541,3 +541,324 @@ async fn a_killed_dispatcher_restarts_and_finishes_the_plan() {
             .is_empty()
     );
 }
+
+/// A function with one required, single model input and a model output, for input rules.
+fn single_input_function(n: u128) -> Function {
+    let mut single = function(n, no_retry());
+    single.inputs = vec![FunctionInput {
+        identifier: "model".into(),
+        kind: InputKind::Model,
+        multiple: false,
+        optional: false,
+    }];
+    single.outputs = vec![
+        FunctionOutput {
+            identifier: "model".into(),
+            kind: OutputKind::Model,
+            multiple: false,
+        },
+        FunctionOutput {
+            identifier: "models".into(),
+            kind: OutputKind::Model,
+            multiple: true,
+        },
+    ];
+    single
+}
+
+fn parent_input(identifier: &str, parent: u128, output: &str) -> TaskInput {
+    TaskInput {
+        identifier: identifier.into(),
+        source: InputRef::ParentOutput {
+            parent_task_key: TaskKey(key(parent)),
+            parent_task_output_identifier: output.into(),
+        },
+    }
+}
+
+/// A task of the single-input function `2`, with all its outputs, fed by `parent`'s `output`.
+fn single_task(n: u128, parent: u128, output: &str) -> NewTask {
+    let mut fed = task(n, 2, &[]);
+    fed.inputs = vec![parent_input("model", parent, output)];
+    fed.outputs.insert(
+        "models".into(),
+        TaskOutput {
+            permissions: Permissions::private(&ORGANIZATION.into()),
+            transient: false,
+        },
+    );
+    fed
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_kinds_of_invalid_submission_are_each_answered_and_store_nothing() {
+    let cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
+    cluster
+        .seed(&[function(1, no_retry()), single_input_function(2)])
+        .await;
+    let client = cluster.client("producer").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+
+    type Mutation = Box<dyn Fn(&mut PlanSubmission)>;
+    let root = || task(1, 1, &[]);
+    let cases: Vec<(&str, Mutation, &str, &str)> = vec![
+        (
+            "empty name",
+            Box::new(|p| p.name = String::new()),
+            "name",
+            "must not be empty",
+        ),
+        (
+            "long name",
+            Box::new(|p| p.name = "n".repeat(101)),
+            "name",
+            "at most 100",
+        ),
+        (
+            "long tag",
+            Box::new(|p| p.tag = "t".repeat(101)),
+            "tag",
+            "at most 100",
+        ),
+        (
+            "reserved metadata key",
+            Box::new(|p| {
+                p.metadata.insert("__tag__".into(), "x".into());
+            }),
+            "metadata",
+            "\"__\"",
+        ),
+        (
+            "long metadata value",
+            Box::new(|p| {
+                p.metadata.insert("k".into(), "v".repeat(101));
+            }),
+            "metadata",
+            "bytes long",
+        ),
+        (
+            "no task",
+            Box::new(|p| p.tasks.clear()),
+            "tasks",
+            "no task to register",
+        ),
+        (
+            "duplicate task key",
+            Box::new(move |p| p.tasks.push(root())),
+            "tasks[1].key",
+            "",
+        ),
+        (
+            "unknown function",
+            Box::new(|p| p.tasks[0].function_key = FunctionKey(key(404))),
+            "tasks[0].function_key",
+            "not found",
+        ),
+        (
+            "unknown input",
+            Box::new(|p| {
+                p.tasks.push({
+                    let mut t = task(2, 1, &[]);
+                    t.inputs = vec![parent_input("weights", 1, "model")];
+                    t
+                })
+            }),
+            "tasks[1].inputs[0].identifier",
+            "has no input",
+        ),
+        (
+            "single input given twice",
+            Box::new(|p| {
+                p.tasks.push({
+                    let mut t = single_task(2, 1, "model");
+                    t.inputs.push(parent_input("model", 1, "model"));
+                    t
+                })
+            }),
+            "tasks[1].inputs[1].identifier",
+            "not multiple",
+        ),
+        (
+            "missing required input",
+            Box::new(|p| {
+                p.tasks.push({
+                    let mut t = single_task(2, 1, "model");
+                    t.inputs.clear();
+                    t
+                })
+            }),
+            "tasks[1].inputs",
+            "model",
+        ),
+        (
+            "unknown parent",
+            Box::new(|p| p.tasks.push(task(2, 1, &[77]))),
+            "tasks",
+            "unknown parent or cycle",
+        ),
+        (
+            "cycle",
+            Box::new(|p| {
+                p.tasks.push(task(2, 1, &[3]));
+                p.tasks.push(task(3, 1, &[2]));
+            }),
+            "tasks",
+            "unknown parent or cycle",
+        ),
+        (
+            "parent output not declared",
+            Box::new(|p| {
+                p.tasks.push({
+                    let mut t = task(2, 1, &[]);
+                    t.inputs = vec![parent_input("models", 1, "weights")];
+                    t
+                })
+            }),
+            "tasks[1].inputs[0]",
+            "no output \"weights\"",
+        ),
+        (
+            "multiple output into a single input",
+            Box::new(|p| {
+                p.tasks.push(single_task(2, 1, "model"));
+                p.tasks.push(single_task(3, 2, "models"));
+            }),
+            "tasks[2].inputs[0]",
+            "is multiple",
+        ),
+        (
+            "unknown output",
+            Box::new(|p| {
+                p.tasks[0].outputs.insert(
+                    "extra".into(),
+                    TaskOutput {
+                        permissions: Permissions::private(&ORGANIZATION.into()),
+                        transient: false,
+                    },
+                );
+            }),
+            "tasks[0].outputs",
+            "extra",
+        ),
+        (
+            "missing output",
+            Box::new(|p| p.tasks[0].outputs.clear()),
+            "tasks[0].outputs",
+            "model",
+        ),
+        (
+            "unknown parameter",
+            Box::new(|p| {
+                p.tasks[0]
+                    .parameters
+                    .insert("speed".into(), serde_json::json!(1));
+            }),
+            "tasks[0].parameters",
+            "speed",
+        ),
+        (
+            "no worker",
+            Box::new(|p| p.tasks[0].worker = None),
+            "tasks[0].worker",
+            "must be set",
+        ),
+        (
+            "unknown worker organization",
+            Box::new(|p| p.tasks[0].worker = Some("org-z".into())),
+            "tasks[0].worker",
+            "unknown organization",
+        ),
+        (
+            "unknown model asset",
+            Box::new(|p| {
+                p.tasks[0].inputs = vec![TaskInput {
+                    identifier: "models".into(),
+                    source: InputRef::Asset {
+                        asset_key: key(999),
+                    },
+                }]
+            }),
+            "tasks[0].inputs[0]",
+            "not found",
+        ),
+        (
+            "parameters nested too deep",
+            Box::new(|p| {
+                let mut deep = serde_json::json!(1);
+                for _ in 0..40 {
+                    deep = serde_json::json!([deep]);
+                }
+                p.tasks[0].parameters.insert("x".into(), deep);
+            }),
+            "tasks[0].parameters",
+            "deeper",
+        ),
+    ];
+    assert!(cases.len() >= 20);
+    for (index, (name, mutate, path, message)) in cases.iter().enumerate() {
+        let mut submission = plan(200 + index as u128, vec![root()]);
+        mutate(&mut submission);
+        let reply = cluster.submit(&rpc, &submission).await;
+        let SubmissionReply::Rejected {
+            error,
+            details,
+            compute_plan_key,
+        } = &reply
+        else {
+            panic!("{name}: accepted: {reply:?}");
+        };
+        assert_eq!(error, "invalid_submission", "{name}");
+        assert_eq!(*compute_plan_key, Some(submission.key), "{name}");
+        assert!(
+            details
+                .iter()
+                .any(|d| d.path.starts_with(path) && d.message.contains(message)),
+            "{name}: no error at {path} mentioning {message:?}: {details:#?}"
+        );
+        let mut conn = cluster.db.connect().await;
+        assert!(
+            dispatcher::store::plans::find_plan(&mut conn, submission.key)
+                .await
+                .unwrap()
+                .is_none(),
+            "{name}: nothing stored"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_dispatcher_takes_over_when_the_active_one_dies() {
+    let mut cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
+    let standby = cluster.start_standby().await;
+    cluster.seed(&[function(1, no_retry())]).await;
+    let client = cluster.client("producer").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+    let chain = plan(
+        109,
+        vec![task(1, 1, &[]), task(2, 1, &[1]), task(3, 1, &[2])],
+    );
+    submit(&cluster, &rpc, &chain).await;
+    // Two consumers on baton.dispatcher, one active.
+    let queue = cluster.broker.queue_info("baton.dispatcher").await;
+    assert_eq!(queue["arguments"]["x-single-active-consumer"], true);
+
+    let mut worker = ScriptedWorker::new(&cluster, "worker-1").await;
+    worker
+        .work_one(WAIT, &Script::Succeed)
+        .await
+        .expect("granted by the active dispatcher");
+    cluster
+        .wait_for_plan(chain.key, WAIT, "one task done", |p| {
+            p.counters.done_count == 1
+        })
+        .await;
+    cluster.kill_dispatcher().await;
+    run_to_end(&cluster, &mut worker, chain.key, &Script::Succeed).await;
+    let done = cluster.plan(chain.key).await;
+    assert_eq!(
+        (done.status, done.counters.done_count),
+        (PlanStatus::Done, 3)
+    );
+    assert!(!standby.is_finished(), "the standby is still running");
+    standby.abort();
+}

@@ -76,6 +76,17 @@ impl TestCluster {
         self.dispatcher = Some(tokio::spawn(dispatcher::service::run(config, shutdown)));
     }
 
+    /// Starts a second dispatcher beside the first, as an operator starts a warm standby; it
+    /// stops with the test.
+    pub(crate) async fn start_standby(&self) -> JoinHandle<anyhow::Result<()>> {
+        let mut config = self.config();
+        config.broker.app_id = "baton-dispatcher-standby".into();
+        tokio::spawn(dispatcher::service::run(
+            config,
+            self.shutdown.child_token(),
+        ))
+    }
+
     /// Kills the dispatcher: its task is aborted, its connections dropped, nothing flushed.
     pub(crate) async fn kill_dispatcher(&mut self) {
         if let Some(handle) = self.dispatcher.take() {
