@@ -319,6 +319,75 @@ impl WireMessage for ControlOrder {
     const KIND: &'static str = "control.order";
 }
 
+/// A device a registering worker offers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeviceInfo {
+    /// Its identifier, unique within the worker.
+    pub id: crate::DeviceId,
+    /// Its type; it becomes the worker property `device=<type>`.
+    #[serde(rename = "type")]
+    pub device_type: String,
+    /// The type of input it takes.
+    #[serde(default)]
+    pub input_type: Option<String>,
+    /// A JSON Schema task parameters must satisfy on it.
+    #[serde(default)]
+    pub parameter_schema: Option<serde_json::Value>,
+}
+
+/// A worker introduces itself, as `worker.<id>.register` on `baton.events`, and waits for the
+/// answer on its `reply_to`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct WorkerRegistration {
+    /// Its identifier.
+    pub worker_id: WorkerId,
+    /// The organization whose tasks it runs.
+    pub organization: crate::OrganizationId,
+    /// The version of the worker program.
+    pub version: String,
+    /// The name shown in user interfaces.
+    #[serde(default)]
+    pub display_name: String,
+    /// Its properties from configuration (its devices add `device=<type>`).
+    #[serde(default)]
+    pub properties: crate::Properties,
+    /// How many tasks it runs at once.
+    pub executor_limit: u32,
+    /// Its devices.
+    #[serde(default)]
+    pub devices: Vec<DeviceInfo>,
+}
+
+impl WireMessage for WorkerRegistration {
+    const KIND: &'static str = "worker.register";
+}
+
+/// The dispatcher's answer to a worker's registration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum RegistrationReply {
+    /// Registered: the worker may claim tasks.
+    Registered {
+        /// The worker.
+        worker_id: WorkerId,
+        /// Send a heartbeat at least this often, in seconds.
+        heartbeat_interval_secs: u32,
+        /// How long a granted claim lasts without renewal, in seconds.
+        lease_secs: u32,
+    },
+    /// Refused, with the reason.
+    Refused {
+        /// The worker.
+        worker_id: WorkerId,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl WireMessage for RegistrationReply {
+    const KIND: &'static str = "worker.registration_reply";
+}
+
 /// A message's kind and JSON Schema.
 pub struct MessageSchema {
     /// The message kind.
@@ -348,6 +417,8 @@ pub fn schemas() -> Vec<MessageSchema> {
         schema_of::<LogBatch>(),
         schema_of::<MeasurementBatch>(),
         schema_of::<ControlOrder>(),
+        schema_of::<WorkerRegistration>(),
+        schema_of::<RegistrationReply>(),
     ]
 }
 

@@ -7,16 +7,18 @@ use std::time::Duration;
 use chrono::Utc;
 
 use broker::RpcClient;
-use dispatcher::store::tasks;
+use dispatcher::store::{tasks, workers};
 use models::function::{FunctionInput, FunctionOutput, RetryPolicy};
 use models::submission::{NewTask, PlanSubmission};
-use models::wire::{ClaimReply, ReportedOutcome, SubmissionReply};
+use models::wire::{ClaimReply, RegistrationReply, ReportedOutcome, SubmissionReply};
 use models::{
     Function, FunctionKey, FunctionStatus, InputKind, InputRef, Metadata, OutputKind, Permission,
     Permissions, PlanKey, PlanStatus, RequirementSet, TaskInput, TaskKey, TaskOutput, TaskStatus,
 };
 
-use crate::support::cluster::{Granted, ORGANIZATION, Script, ScriptedWorker, TestCluster};
+use crate::support::cluster::{
+    Granted, ORGANIZATION, Script, ScriptedWorker, TestCluster, register,
+};
 use crate::support::fixtures::key;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -861,4 +863,79 @@ async fn a_standby_dispatcher_takes_over_when_the_active_one_dies() {
     );
     assert!(!standby.is_finished(), "the standby is still running");
     standby.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_register_are_refused_when_already_active_and_go_inactive_when_silent() {
+    let cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
+    cluster.seed(&[]).await;
+    let client = cluster.client("worker-x").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+    let reply = register(&rpc, "worker-x", ORGANIZATION).await;
+    assert!(
+        matches!(
+            reply,
+            RegistrationReply::Registered {
+                heartbeat_interval_secs: 1,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+    let mut conn = cluster.db.connect().await;
+    let stored = workers::find_worker(&mut conn, &"worker-x".into())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(stored.is_active);
+    assert_eq!(
+        stored.owner.as_str(),
+        "guest",
+        "owned by the RabbitMQ user it connects as"
+    );
+    assert_eq!(
+        stored.properties.get("device").map(String::as_str),
+        Some("lucidac")
+    );
+    assert_eq!(
+        stored.properties.get("os").map(String::as_str),
+        Some("linux")
+    );
+    let devices = workers::list_devices(&mut conn, &"worker-x".into())
+        .await
+        .unwrap();
+    assert_eq!(devices.len(), 1);
+
+    // The same identifier while it is active: refused.
+    let again = register(&rpc, "worker-x", ORGANIZATION).await;
+    assert!(
+        matches!(&again, RegistrationReply::Refused { reason, .. } if reason.contains("already active")),
+        "{again:?}"
+    );
+    // An unknown organization: refused.
+    let stranger = register(&rpc, "worker-y", "org-nowhere").await;
+    assert!(
+        matches!(stranger, RegistrationReply::Refused { .. }),
+        "{stranger:?}"
+    );
+
+    // Silent for three heartbeat intervals: inactive; then it may register again.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while workers::find_worker(&mut conn, &"worker-x".into())
+        .await
+        .unwrap()
+        .unwrap()
+        .is_active
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the silent worker stays active"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let back = register(&rpc, "worker-x", ORGANIZATION).await;
+    assert!(
+        matches!(back, RegistrationReply::Registered { .. }),
+        "{back:?}"
+    );
 }

@@ -22,8 +22,8 @@ use broker::envelope::{DecodeError, Envelope};
 use broker::topology::{CONTROL_EXCHANGE, DISPATCHER_QUEUE};
 use broker::{Consumer, Delivery, Meta, Publisher};
 use models::wire::{
-    ClaimReply, ClaimRequest, ControlOrder, LogBatch, MeasurementBatch, ReportedOutcome, TaskReady,
-    TaskStatusReport, WireMessage, WorkerHeartbeat,
+    ClaimReply, ClaimRequest, ControlOrder, LogBatch, MeasurementBatch, RegistrationReply,
+    ReportedOutcome, TaskReady, TaskStatusReport, WireMessage, WorkerHeartbeat, WorkerRegistration,
 };
 use models::{
     Attempt, LogLine, Measurement, PlanKey, RequirementSet, RetryPolicy, Task, TaskKey,
@@ -64,6 +64,8 @@ pub enum Incoming {
     Logs(LogBatch),
     /// Measurements of a running attempt.
     Measurements(MeasurementBatch),
+    /// A worker registers.
+    Register(WorkerRegistration),
 }
 
 impl MessageSet for Incoming {
@@ -74,6 +76,7 @@ impl MessageSet for Incoming {
             WorkerHeartbeat::KIND,
             LogBatch::KIND,
             MeasurementBatch::KIND,
+            WorkerRegistration::KIND,
         ]
     }
 
@@ -84,6 +87,7 @@ impl MessageSet for Incoming {
             WorkerHeartbeat::KIND => Incoming::Heartbeat(envelope.decode()?),
             LogBatch::KIND => Incoming::Logs(envelope.decode()?),
             MeasurementBatch::KIND => Incoming::Measurements(envelope.decode()?),
+            WorkerRegistration::KIND => Incoming::Register(envelope.decode()?),
             other => {
                 return Err(DecodeError::UnexpectedKind {
                     found: other.to_owned(),
@@ -245,6 +249,8 @@ struct Work {
     samples: Vec<Measurement>,
     results: Vec<(TaskKey, Vec<models::StepState>, serde_json::Value)>,
     heartbeats: Vec<WorkerId>,
+    registrations: Vec<(models::Worker, Vec<models::Device>)>,
+    registration_replies: Vec<(Meta, RegistrationReply)>,
 }
 
 impl Work {
@@ -406,6 +412,20 @@ async fn take(
                 );
             }
         }
+        Incoming::Register(registration) => {
+            let reply = register(
+                context,
+                conn,
+                plans,
+                work,
+                registration,
+                &delivery.meta,
+                now,
+            )
+            .await?;
+            work.registration_replies
+                .push((delivery.meta.clone(), reply));
+        }
         Incoming::Measurements(batch) => {
             plan_of(conn, plans, batch.task_key).await?;
             if holds_lease(plans, batch.task_key, batch.attempt, batch.lease_token) {
@@ -422,6 +442,112 @@ async fn take(
         }
     }
     Ok(())
+}
+
+/// Decides a worker's registration (SPEC.md §8): its owner is the RabbitMQ user it connects
+/// as, which RabbitMQ vouches for, and must be a baton user; a worker still active under the
+/// same identifier, or one that belongs to another owner, is refused.
+async fn register(
+    context: &Context,
+    conn: &mut AsyncPgConnection,
+    plans: &mut Plans,
+    work: &mut Work,
+    registration: &WorkerRegistration,
+    meta: &Meta,
+    now: Timestamp,
+) -> Result<RegistrationReply, StoreError> {
+    let worker_id = registration.worker_id.clone();
+    let refuse = |reason: String| RegistrationReply::Refused {
+        worker_id: worker_id.clone(),
+        reason,
+    };
+    let Some(owner) = meta.user_id.as_deref().map(models::UserId::from) else {
+        return Ok(refuse("the message carries no user_id".to_owned()));
+    };
+    if catalog::find_user(conn, &owner).await?.is_none() {
+        return Ok(refuse(format!("owner {owner} is not a registered user")));
+    }
+    if catalog::find_organization(conn, &registration.organization, None)
+        .await?
+        .is_none()
+    {
+        return Ok(refuse(format!(
+            "organization {} is not registered",
+            registration.organization
+        )));
+    }
+    if registration.executor_limit == 0 {
+        return Ok(refuse("executor_limit must be at least 1".to_owned()));
+    }
+    let existing = workers::find_worker(conn, &worker_id).await?;
+    let silent_after = chrono::Duration::from_std(context.config.heartbeat_interval * 3)
+        .unwrap_or_else(|_| chrono::Duration::seconds(30));
+    if let Some(existing) = &existing {
+        if existing.owner != owner {
+            return Ok(refuse(format!(
+                "worker {worker_id} belongs to another owner"
+            )));
+        }
+        let alive = existing.is_active
+            && existing
+                .last_heartbeat
+                .is_some_and(|beat| now - beat < silent_after);
+        if alive {
+            return Ok(refuse(format!(
+                "worker {worker_id} is already active; retry once it has been silent for {}s",
+                silent_after.num_seconds()
+            )));
+        }
+    }
+    let mut properties = registration.properties.clone();
+    for device in &registration.devices {
+        properties
+            .entry("device".to_owned())
+            .or_insert_with(|| device.device_type.clone());
+    }
+    let worker = models::Worker {
+        identifier: worker_id.clone(),
+        owner,
+        organization: registration.organization.clone(),
+        version: registration.version.clone(),
+        display_name: if registration.display_name.is_empty() {
+            worker_id.to_string()
+        } else {
+            registration.display_name.clone()
+        },
+        properties,
+        executor_limit: registration.executor_limit,
+        is_enabled: existing.as_ref().is_none_or(|w| w.is_enabled),
+        is_active: true,
+        should_disconnect: false,
+        last_heartbeat: Some(now),
+        creation_date: existing.as_ref().map_or(now, |w| w.creation_date),
+        update_date: now,
+    };
+    let devices = registration
+        .devices
+        .iter()
+        .map(|device| models::Device {
+            worker: worker_id.clone(),
+            id: device.id.clone(),
+            device_type: device.device_type.clone(),
+            input_type: device.input_type.clone(),
+            parameter_schema: device.parameter_schema.clone(),
+            is_active: true,
+            last_seen: Some(now),
+        })
+        .collect();
+    if !worker.is_enabled {
+        return Ok(refuse(format!("worker {worker_id} is disabled")));
+    }
+    plans.registered.remove(&worker_id);
+    work.registrations.push((worker, devices));
+    Ok(RegistrationReply::Registered {
+        worker_id,
+        heartbeat_interval_secs: u32::try_from(context.config.heartbeat_interval.as_secs())
+            .unwrap_or(u32::MAX),
+        lease_secs: u32::try_from(context.config.lease_duration.num_seconds()).unwrap_or(u32::MAX),
+    })
 }
 
 /// Writes a batch's effects in one transaction.
@@ -523,6 +649,10 @@ async fn commit(
         }
         execution::insert_log_lines(conn, &work.log_lines).await?;
         execution::insert_measurements(conn, &work.samples).await?;
+        for (worker, devices) in &work.registrations {
+            workers::upsert_worker(conn, worker).await?;
+            workers::upsert_devices(conn, devices).await?;
+        }
         for worker in &work.heartbeats {
             workers::record_heartbeat(conn, worker, now).await?;
         }
@@ -531,8 +661,16 @@ async fn commit(
     .await
 }
 
-/// After a commit: answers claims, sends orders, wakes the outbox relay.
+/// After a commit: answers claims and registrations, sends orders, wakes the outbox relay.
 async fn announce(context: &Context, publisher: &Publisher, work: &Work) {
+    for (meta, reply) in &work.registration_replies {
+        if let Err(error) = broker::rpc::reply(publisher, meta, reply).await {
+            tracing::warn!("answering registration {}: {error}", meta.message_id);
+        }
+        if let RegistrationReply::Registered { worker_id, .. } = reply {
+            tracing::info!(worker.id = %worker_id, "worker {worker_id} registered");
+        }
+    }
     for (meta, reply) in &work.replies {
         if let Err(error) = broker::rpc::reply(publisher, meta, reply).await {
             // The worker went away; its claim, if granted, lapses with its lease.
@@ -639,6 +777,13 @@ async fn apply_batch(
 /// Lapses expired leases in every cached plan.
 async fn tick(context: &Context, publisher: &Publisher, plans: &mut Plans) -> anyhow::Result<()> {
     let now = Utc::now();
+    let silent_after = chrono::Duration::from_std(context.config.heartbeat_interval * 3)
+        .unwrap_or_else(|_| chrono::Duration::seconds(30));
+    let mut conn = store::connection(&context.pool).await?;
+    for worker in workers::mark_silent_workers_inactive(&mut conn, now - silent_after).await? {
+        tracing::warn!(worker.id = %worker, "worker {worker} is silent: marked inactive");
+        plans.registered.remove(&worker);
+    }
     let due: Vec<PlanKey> = plans
         .states
         .iter()
@@ -657,7 +802,6 @@ async fn tick(context: &Context, publisher: &Publisher, plans: &mut Plans) -> an
     for plan in due {
         work.apply(plans, plan, Event::Tick, now, None);
     }
-    let mut conn = store::connection(&context.pool).await?;
     if let Err(error) = commit(&mut conn, plans, &work, now).await {
         tracing::warn!("applying lease expiries failed, retrying: {error}");
         for plan in &work.touched {

@@ -38,10 +38,12 @@ pub struct DispatcherConfig {
     pub lease_duration: chrono::Duration,
     /// How often the outbox is polled when nothing wakes the relay.
     pub outbox_poll: Duration,
+    /// How often workers must send a heartbeat; one silent for three intervals is inactive.
+    pub heartbeat_interval: Duration,
 }
 
 impl DispatcherConfig {
-    /// A configuration with the defaults: a 30 s lease, a 1 s outbox poll.
+    /// A configuration with the defaults: a 30 s lease, a 1 s outbox poll, 10 s heartbeats.
     pub fn new(
         database_url: impl Into<String>,
         broker: BrokerConfig,
@@ -54,6 +56,7 @@ impl DispatcherConfig {
             organization,
             lease_duration: chrono::Duration::seconds(30),
             outbox_poll: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_secs(10),
         }
     }
 }

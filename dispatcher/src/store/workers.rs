@@ -69,6 +69,26 @@ pub async fn record_heartbeat(
     Ok(updated > 0)
 }
 
+/// Marks inactive every active worker whose last heartbeat is older than `before`; returns
+/// their identifiers.
+pub async fn mark_silent_workers_inactive(
+    conn: &mut AsyncPgConnection,
+    before: chrono::DateTime<chrono::Utc>,
+) -> StoreResult<Vec<WorkerId>> {
+    let silent: Vec<String> = diesel::update(
+        workers::table.filter(workers::is_active.eq(true)).filter(
+            workers::last_heartbeat
+                .lt(before)
+                .or(workers::last_heartbeat.is_null()),
+        ),
+    )
+    .set(workers::is_active.eq(false))
+    .returning(workers::identifier)
+    .get_results(conn)
+    .await?;
+    Ok(silent.into_iter().map(WorkerId).collect())
+}
+
 /// Every worker, by identifier.
 pub async fn list_workers(conn: &mut AsyncPgConnection) -> StoreResult<Vec<Worker>> {
     workers::table

@@ -9,11 +9,11 @@ use tokio_util::sync::CancellationToken;
 use broker::topology::{self, EVENTS_EXCHANGE, SUBMIT_EXCHANGE};
 use broker::{Broker, Consumer, Meta, Publisher, RpcClient};
 use dispatcher::service::DispatcherConfig;
-use dispatcher::store::{catalog, plans, tasks, workers};
+use dispatcher::store::{catalog, plans, tasks};
 use models::submission::PlanSubmission;
 use models::wire::{
-    ClaimReply, ClaimRequest, ReportedOutcome, SubmissionReply, TaskReady, TaskStatusReport,
-    WireMessage,
+    ClaimReply, ClaimRequest, DeviceInfo, RegistrationReply, ReportedOutcome, SubmissionReply,
+    TaskReady, TaskStatusReport, WireMessage, WorkerRegistration,
 };
 use models::{ComputePlan, PlanKey, RequirementSet, Task, TaskKey, WorkerId};
 
@@ -65,6 +65,7 @@ impl TestCluster {
         );
         config.lease_duration = self.lease;
         config.outbox_poll = Duration::from_millis(200);
+        config.heartbeat_interval = Duration::from_secs(1);
         config
     }
 
@@ -181,17 +182,17 @@ impl TestCluster {
             .await
             .unwrap();
         }
-        if catalog::find_user(&mut conn, &"alice".into())
-            .await
-            .unwrap()
-            .is_none()
-        {
-            catalog::insert_user(
-                &mut conn,
-                &crate::support::fixtures::user("alice", ORGANIZATION),
-            )
-            .await
-            .unwrap();
+        // `guest` is the RabbitMQ user the tests connect as: workers registering over AMQP
+        // are owned by it.
+        for user in ["alice", "guest"] {
+            if catalog::find_user(&mut conn, &user.into())
+                .await
+                .unwrap()
+                .is_none()
+            {
+                let record = crate::support::fixtures::user(user, ORGANIZATION);
+                catalog::insert_user(&mut conn, &record).await.unwrap();
+            }
         }
         for function in functions {
             catalog::insert_function(&mut conn, function).await.unwrap();
@@ -222,6 +223,32 @@ pub(crate) enum Script {
     Vanish,
 }
 
+/// Registers worker `id` of `organization`, with one `lucidac` device, over `rpc`.
+pub(crate) async fn register(rpc: &RpcClient, id: &str, organization: &str) -> RegistrationReply {
+    let registration = WorkerRegistration {
+        worker_id: id.into(),
+        organization: organization.into(),
+        version: "test".into(),
+        display_name: String::new(),
+        properties: [("os".to_owned(), "linux".to_owned())].into(),
+        executor_limit: 2,
+        devices: vec![DeviceInfo {
+            id: "lucidac-0".into(),
+            device_type: "lucidac".into(),
+            input_type: None,
+            parameter_schema: None,
+        }],
+    };
+    rpc.call(
+        EVENTS_EXCHANGE,
+        &format!("worker.{id}.register"),
+        &registration,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap()
+}
+
 /// A worker that claims tasks from `baton.tasks.any` and reports as its script says.
 pub(crate) struct ScriptedWorker {
     pub(crate) id: WorkerId,
@@ -241,21 +268,20 @@ pub(crate) struct Granted {
 impl ScriptedWorker {
     /// A worker named `id` consuming `baton.tasks.any`.
     pub(crate) async fn new(cluster: &TestCluster, id: &str) -> ScriptedWorker {
-        let mut conn = cluster.db.connect().await;
-        workers::upsert_worker(
-            &mut conn,
-            &crate::support::fixtures::worker(id, "alice", ORGANIZATION),
-        )
-        .await
-        .unwrap();
         let broker = cluster.client(id).await;
+        let rpc = RpcClient::new(&broker).await.unwrap();
+        let reply = register(&rpc, id, ORGANIZATION).await;
+        assert!(
+            matches!(reply, RegistrationReply::Registered { .. }),
+            "worker {id} registers: {reply:?}"
+        );
         broker
             .declare_task_queue(&RequirementSet::any())
             .await
             .unwrap();
         ScriptedWorker {
             id: id.into(),
-            rpc: RpcClient::new(&broker).await.unwrap(),
+            rpc,
             events: Publisher::new(&broker).await.unwrap(),
             consumer: Consumer::new(&broker, &topology::task_queue(&RequirementSet::any()), 1)
                 .await
