@@ -10,7 +10,7 @@ use lapin::{Channel, ExchangeKind};
 
 use models::RequirementSet;
 use models::submission::PlanSubmission;
-use models::wire::WireMessage;
+use models::wire::{CancelRequest, WireMessage};
 
 use crate::BrokerError;
 
@@ -175,6 +175,15 @@ pub async fn declare(channel: &Channel, delivery_limit: u32) -> Result<(), Broke
     for key in DISPATCHER_BINDINGS {
         bind(channel, DISPATCHER_QUEUE, EVENTS_EXCHANGE, key).await?;
     }
+    // Cancels change running plans, which only the active dispatcher may do: producers send
+    // them to `baton.submit` (their only door), and they go to the dispatcher's feed.
+    bind(
+        channel,
+        DISPATCHER_QUEUE,
+        SUBMIT_EXCHANGE,
+        CancelRequest::KIND,
+    )
+    .await?;
 
     declare_exchange(channel, CONTROL_EXCHANGE, ExchangeKind::Topic).await?;
     Ok(())

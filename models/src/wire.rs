@@ -388,6 +388,56 @@ impl WireMessage for RegistrationReply {
     const KIND: &'static str = "worker.registration_reply";
 }
 
+/// An owner's or operator's order to stop work, published on `baton.submit` as `plan.cancel`
+/// and answered on `reply_to`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "target", rename_all = "snake_case")]
+pub enum CancelRequest {
+    /// Cancel every task of a plan that has not ended: waiting and ready ones at once, running
+    /// ones through a cancel order to their worker.
+    Plan {
+        /// The plan.
+        compute_plan_key: PlanKey,
+        /// Why, recorded in the tasks' history.
+        reason: String,
+    },
+    /// Cancel one task (gracefully, if it runs); its waiting descendants are canceled with it.
+    Task {
+        /// The task.
+        task_key: TaskKey,
+        /// Why.
+        reason: String,
+    },
+    /// Abort one task: its processes are killed at once.
+    Abort {
+        /// The task.
+        task_key: TaskKey,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl WireMessage for CancelRequest {
+    const KIND: &'static str = "plan.cancel";
+}
+
+/// The answer to a cancel request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum CancelReply {
+    /// Done, or ordered for running tasks.
+    Accepted,
+    /// Refused: unknown plan or task, or already ended.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl WireMessage for CancelReply {
+    const KIND: &'static str = "plan.cancel_reply";
+}
+
 /// A message's kind and JSON Schema.
 pub struct MessageSchema {
     /// The message kind.
@@ -419,6 +469,8 @@ pub fn schemas() -> Vec<MessageSchema> {
         schema_of::<ControlOrder>(),
         schema_of::<WorkerRegistration>(),
         schema_of::<RegistrationReply>(),
+        schema_of::<CancelRequest>(),
+        schema_of::<CancelReply>(),
     ]
 }
 

@@ -7,10 +7,14 @@ use std::time::Duration;
 use chrono::Utc;
 
 use broker::RpcClient;
+use broker::topology::SUBMIT_EXCHANGE;
 use dispatcher::store::{tasks, workers};
 use models::function::{FunctionInput, FunctionOutput, RetryPolicy};
 use models::submission::{NewTask, PlanSubmission};
-use models::wire::{ClaimReply, RegistrationReply, ReportedOutcome, SubmissionReply};
+use models::wire::{
+    CancelReply, CancelRequest, ClaimReply, RegistrationReply, ReportedOutcome, SubmissionReply,
+    WireMessage,
+};
 use models::{
     Function, FunctionKey, FunctionStatus, InputKind, InputRef, Metadata, OutputKind, Permission,
     Permissions, PlanKey, PlanStatus, RequirementSet, TaskInput, TaskKey, TaskOutput, TaskStatus,
@@ -937,5 +941,96 @@ async fn workers_register_are_refused_when_already_active_and_go_inactive_when_s
     assert!(
         matches!(back, RegistrationReply::Registered { .. }),
         "{back:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn canceling_a_running_plan_leaves_no_task_that_can_still_run() {
+    let cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
+    cluster.seed(&[function(1, no_retry())]).await;
+    let client = cluster.client("operator").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+    let running = plan(
+        110,
+        vec![task(1, 1, &[]), task(2, 1, &[]), task(3, 1, &[1, 2])],
+    );
+    submit(&cluster, &rpc, &running).await;
+    let mut worker = ScriptedWorker::new(&cluster, "worker-1").await;
+    // One task runs (its worker holds it), the others wait or are ready.
+    let held = worker
+        .work_one(WAIT, &Script::Vanish)
+        .await
+        .expect("granted");
+
+    let cancel = |key: PlanKey| CancelRequest::Plan {
+        compute_plan_key: key,
+        reason: "operator asked".into(),
+    };
+    let reply: CancelReply = rpc
+        .call(
+            SUBMIT_EXCHANGE,
+            CancelRequest::KIND,
+            &cancel(running.key),
+            WAIT,
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply, CancelReply::Accepted);
+    let canceled = cluster
+        .wait_for_plan(running.key, WAIT, "canceling", |p| {
+            p.cancelation_date.is_some()
+        })
+        .await;
+    assert_eq!(
+        canceled.counters.doing_count, 1,
+        "the running task was ordered to stop"
+    );
+    let holding = cluster
+        .tasks(running.key)
+        .await
+        .into_iter()
+        .find(|t| t.key == held.task)
+        .unwrap();
+    assert!(holding.cancel_requested);
+
+    // The worker obeys the order.
+    worker.report(&held, ReportedOutcome::Canceled).await;
+    // The plan reads CANCELED from its cancelation on; it has ended once its last task has.
+    let ended = cluster
+        .wait_for_plan(running.key, WAIT, "ended", |p| {
+            p.counters.active_count() == 0
+        })
+        .await;
+    assert_eq!(ended.status, PlanStatus::Canceled);
+    assert!(ended.end_date.is_some());
+    assert_eq!(ended.counters.canceled_count, 3);
+
+    // A second cancel is refused: the plan is already terminated.
+    let again: CancelReply = rpc
+        .call(
+            SUBMIT_EXCHANGE,
+            CancelRequest::KIND,
+            &cancel(running.key),
+            WAIT,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(&again, CancelReply::Refused { reason } if reason.contains("terminated")),
+        "{again:?}"
+    );
+    // And an unknown plan is named.
+    let unknown: CancelReply = rpc
+        .call(
+            SUBMIT_EXCHANGE,
+            CancelRequest::KIND,
+            &cancel(PlanKey(key(999))),
+            WAIT,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(unknown, CancelReply::Refused { .. }),
+        "{unknown:?}"
     );
 }

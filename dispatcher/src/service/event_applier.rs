@@ -22,8 +22,9 @@ use broker::envelope::{DecodeError, Envelope};
 use broker::topology::{CONTROL_EXCHANGE, DISPATCHER_QUEUE};
 use broker::{Consumer, Delivery, Meta, Publisher};
 use models::wire::{
-    ClaimReply, ClaimRequest, ControlOrder, LogBatch, MeasurementBatch, RegistrationReply,
-    ReportedOutcome, TaskReady, TaskStatusReport, WireMessage, WorkerHeartbeat, WorkerRegistration,
+    CancelReply, CancelRequest, ClaimReply, ClaimRequest, ControlOrder, LogBatch, MeasurementBatch,
+    RegistrationReply, ReportedOutcome, TaskReady, TaskStatusReport, WireMessage, WorkerHeartbeat,
+    WorkerRegistration,
 };
 use models::{
     Attempt, LogLine, Measurement, PlanKey, RequirementSet, RetryPolicy, Task, TaskKey,
@@ -66,6 +67,8 @@ pub enum Incoming {
     Measurements(MeasurementBatch),
     /// A worker registers.
     Register(WorkerRegistration),
+    /// An owner or operator cancels a plan or a task.
+    Cancel(CancelRequest),
 }
 
 impl MessageSet for Incoming {
@@ -77,6 +80,7 @@ impl MessageSet for Incoming {
             LogBatch::KIND,
             MeasurementBatch::KIND,
             WorkerRegistration::KIND,
+            CancelRequest::KIND,
         ]
     }
 
@@ -88,6 +92,7 @@ impl MessageSet for Incoming {
             LogBatch::KIND => Incoming::Logs(envelope.decode()?),
             MeasurementBatch::KIND => Incoming::Measurements(envelope.decode()?),
             WorkerRegistration::KIND => Incoming::Register(envelope.decode()?),
+            CancelRequest::KIND => Incoming::Cancel(envelope.decode()?),
             other => {
                 return Err(DecodeError::UnexpectedKind {
                     found: other.to_owned(),
@@ -251,6 +256,7 @@ struct Work {
     heartbeats: Vec<WorkerId>,
     registrations: Vec<(models::Worker, Vec<models::Device>)>,
     registration_replies: Vec<(Meta, RegistrationReply)>,
+    cancel_replies: Vec<(Meta, CancelReply)>,
 }
 
 impl Work {
@@ -263,11 +269,24 @@ impl Work {
         now: Timestamp,
         meta: Option<&Meta>,
     ) -> bool {
+        self.apply_or_refusal(plans, plan, event, now, meta)
+            .is_none()
+    }
+
+    /// Like [`Work::apply`], returning the core's refusal, if any.
+    fn apply_or_refusal(
+        &mut self,
+        plans: &mut Plans,
+        plan: PlanKey,
+        event: Event,
+        now: Timestamp,
+        meta: Option<&Meta>,
+    ) -> Option<String> {
         let Some(state) = plans.states.get_mut(&plan) else {
-            return false;
+            return Some(format!("plan {plan} is not loaded"));
         };
         let effects = core::apply(state, event, now, jitter());
-        let mut accepted = true;
+        let mut refusal = None;
         for effect in effects {
             match effect {
                 Effect::ReplyClaim { reply } => {
@@ -276,11 +295,11 @@ impl Work {
                     }
                 }
                 Effect::Refused { task, reason } => {
-                    accepted = false;
                     tracing::debug!(
                         "refused for task {}: {reason}",
                         task.map(|t| t.to_string()).unwrap_or_default()
                     );
+                    refusal = Some(reason);
                 }
                 other => {
                     self.touched.insert(plan);
@@ -288,7 +307,7 @@ impl Work {
                 }
             }
         }
-        accepted
+        refusal
     }
 }
 
@@ -412,6 +431,10 @@ async fn take(
                 );
             }
         }
+        Incoming::Cancel(request) => {
+            let reply = cancel(conn, plans, work, request, &delivery.meta, now).await?;
+            work.cancel_replies.push((delivery.meta.clone(), reply));
+        }
         Incoming::Register(registration) => {
             let reply = register(
                 context,
@@ -442,6 +465,63 @@ async fn take(
         }
     }
     Ok(())
+}
+
+/// Applies a cancel request. Until callers authenticate (issue 7), anyone who may publish to
+/// `baton.submit` may cancel.
+async fn cancel(
+    conn: &mut AsyncPgConnection,
+    plans: &mut Plans,
+    work: &mut Work,
+    request: &CancelRequest,
+    meta: &Meta,
+    now: Timestamp,
+) -> Result<CancelReply, StoreError> {
+    let (plan, event) = match request {
+        CancelRequest::Plan {
+            compute_plan_key,
+            reason,
+        } => {
+            let loaded = plans.states.contains_key(compute_plan_key)
+                || load_plan(conn, plans, *compute_plan_key).await?;
+            if !loaded {
+                return Ok(CancelReply::Refused {
+                    reason: format!("compute plan {compute_plan_key} does not exist"),
+                });
+            }
+            let event = Event::CancelPlan {
+                reason: reason.clone(),
+            };
+            (*compute_plan_key, event)
+        }
+        CancelRequest::Task { task_key, reason } | CancelRequest::Abort { task_key, reason } => {
+            let Some(plan) = plan_of(conn, plans, *task_key).await? else {
+                return Ok(CancelReply::Refused {
+                    reason: format!("task {task_key} does not exist"),
+                });
+            };
+            let event = if matches!(request, CancelRequest::Abort { .. }) {
+                Event::AbortTask {
+                    task: *task_key,
+                    reason: reason.clone(),
+                }
+            } else {
+                Event::CancelTask {
+                    task: *task_key,
+                    reason: reason.clone(),
+                }
+            };
+            (plan, event)
+        }
+    };
+    tracing::info!(
+        "cancel requested by {}: {request:?}",
+        meta.user_id.as_deref().unwrap_or("?")
+    );
+    Ok(match work.apply_or_refusal(plans, plan, event, now, None) {
+        None => CancelReply::Accepted,
+        Some(reason) => CancelReply::Refused { reason },
+    })
 }
 
 /// Decides a worker's registration (SPEC.md §8): its owner is the RabbitMQ user it connects
@@ -663,6 +743,13 @@ async fn commit(
 
 /// After a commit: answers claims and registrations, sends orders, wakes the outbox relay.
 async fn announce(context: &Context, publisher: &Publisher, work: &Work) {
+    for (meta, reply) in &work.cancel_replies {
+        if meta.reply_to.is_some()
+            && let Err(error) = broker::rpc::reply(publisher, meta, reply).await
+        {
+            tracing::warn!("answering cancel request {}: {error}", meta.message_id);
+        }
+    }
     for (meta, reply) in &work.registration_replies {
         if let Err(error) = broker::rpc::reply(publisher, meta, reply).await {
             tracing::warn!("answering registration {}: {error}", meta.message_id);
