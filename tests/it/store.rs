@@ -10,39 +10,10 @@ use models::{OrganizationId, PlanStatus, TaskKey, TaskStatus, WorkerId};
 use crate::support::db::TestDb;
 use crate::support::fixtures::{self as fx, key};
 
-/// Stores what most tests need: two organizations, a user, a project, a function, a dataset
-/// with two samples, a plan, and the worker the task fixtures name.
+/// Stores the common catalog (`fixtures::seed_catalog`) and plan 30.
 async fn seed(conn: &mut AsyncPgConnection) {
-    for id in ["org-a", "org-b"] {
-        catalog::insert_organization(conn, &fx::organization(id))
-            .await
-            .unwrap();
-    }
-    catalog::insert_user(conn, &fx::user("alice", "org-a"))
-        .await
-        .unwrap();
-    catalog::insert_project(conn, &fx::project("fl"))
-        .await
-        .unwrap();
-    catalog::insert_function(conn, &fx::function(1, "org-a", "fl"))
-        .await
-        .unwrap();
-    catalog::insert_dataset(conn, &fx::dataset(20, "org-a", &[]))
-        .await
-        .unwrap();
-    catalog::insert_data_samples(
-        conn,
-        &[
-            fx::data_sample(21, "org-a", &[20]),
-            fx::data_sample(22, "org-a", &[20]),
-        ],
-    )
-    .await
-    .unwrap();
+    fx::seed_catalog(conn).await;
     plans::insert_plan(conn, &fx::plan(30, "org-a", "fl"))
-        .await
-        .unwrap();
-    workers::upsert_worker(conn, &fx::worker("worker-1", "alice", "org-a"))
         .await
         .unwrap();
 }

@@ -7,7 +7,7 @@ use chrono::Utc;
 use diesel_async::AsyncPgConnection;
 use serde_json::json;
 
-use dispatcher::store::{catalog, plans, stats, tasks, workers};
+use dispatcher::store::{plans, stats, tasks};
 use dispatcher::submission::{SubmissionError, submit_plan};
 use models::submission::{NewTask, PlanSubmission};
 use models::{
@@ -19,29 +19,7 @@ use crate::support::db::TestDb;
 use crate::support::fixtures::{self as fx, key};
 
 async fn seed(conn: &mut AsyncPgConnection) {
-    for id in ["org-a", "org-b"] {
-        catalog::insert_organization(conn, &fx::organization(id))
-            .await
-            .unwrap();
-    }
-    catalog::insert_user(conn, &fx::user("alice", "org-a"))
-        .await
-        .unwrap();
-    catalog::insert_project(conn, &fx::project("fl"))
-        .await
-        .unwrap();
-    catalog::insert_function(conn, &fx::function(1, "org-a", "fl"))
-        .await
-        .unwrap();
-    catalog::insert_dataset(conn, &fx::dataset(20, "org-a", &[]))
-        .await
-        .unwrap();
-    catalog::insert_data_samples(conn, &[fx::data_sample(21, "org-a", &[20])])
-        .await
-        .unwrap();
-    workers::upsert_worker(conn, &fx::worker("worker-1", "alice", "org-a"))
-        .await
-        .unwrap();
+    fx::seed_catalog(conn).await;
 }
 
 /// A training task of the fixture function on dataset 20, after `parent` if given.

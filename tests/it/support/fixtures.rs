@@ -504,3 +504,33 @@ pub(crate) fn schedule(
         update_date: at(23),
     }
 }
+
+/// Stores the catalog most tests need: organizations `org-a` and `org-b`, user `alice`,
+/// project `fl`, function 1, dataset 20 with samples 21 and 22, and worker `worker-1` (which
+/// the task fixtures name).
+pub(crate) async fn seed_catalog(conn: &mut diesel_async::AsyncPgConnection) {
+    use dispatcher::store::{catalog, workers};
+    for id in ["org-a", "org-b"] {
+        catalog::insert_organization(conn, &organization(id))
+            .await
+            .unwrap();
+    }
+    catalog::insert_user(conn, &user("alice", "org-a"))
+        .await
+        .unwrap();
+    catalog::insert_project(conn, &project("fl")).await.unwrap();
+    catalog::insert_function(conn, &function(1, "org-a", "fl"))
+        .await
+        .unwrap();
+    catalog::insert_dataset(conn, &dataset(20, "org-a", &[]))
+        .await
+        .unwrap();
+    let samples = [
+        data_sample(21, "org-a", &[20]),
+        data_sample(22, "org-a", &[20]),
+    ];
+    catalog::insert_data_samples(conn, &samples).await.unwrap();
+    workers::upsert_worker(conn, &worker("worker-1", "alice", "org-a"))
+        .await
+        .unwrap();
+}
