@@ -693,34 +693,45 @@ async fn commit(
             _ => {}
         }
     }
-    conn.transaction(async |conn| {
-        for effect in &work.effects {
-            match effect {
-                Effect::TaskChanged { task, .. } => {
-                    tasks::update_task_state(
-                        conn,
-                        &TaskStateUpdate {
-                            key: task.key,
-                            status: task.status,
-                            waiting_reason: task.waiting_reason,
-                            error_type: task.error_type,
-                            error_message: task.error_message.as_deref(),
-                            cancel_requested: task.cancel_requested,
-                            abort_requested: task.abort_requested,
-                            attempt_count: task.attempt_count,
-                            lease: task.lease.as_ref(),
-                            not_before: task.not_before,
-                            worker_id: task.worker_id.as_ref(),
-                            start_date: task.start_date,
-                            end_date: task.end_date,
-                            update_date: now,
-                        },
-                    )
-                    .await?;
-                }
-                Effect::PlanChanged { plan } => plans::update_plan(conn, plan).await?,
-                _ => {}
+    // A task or plan changed by several events of the batch is written once, in its last state.
+    let mut last_task: HashMap<TaskKey, &TaskNode> = HashMap::new();
+    let mut last_plan: HashMap<PlanKey, &models::ComputePlan> = HashMap::new();
+    for effect in &work.effects {
+        match effect {
+            Effect::TaskChanged { task, .. } => {
+                last_task.insert(task.key, task);
             }
+            Effect::PlanChanged { plan } => {
+                last_plan.insert(plan.key, plan);
+            }
+            _ => {}
+        }
+    }
+    conn.transaction(async |conn| {
+        for task in last_task.values() {
+            tasks::update_task_state(
+                conn,
+                &TaskStateUpdate {
+                    key: task.key,
+                    status: task.status,
+                    waiting_reason: task.waiting_reason,
+                    error_type: task.error_type,
+                    error_message: task.error_message.as_deref(),
+                    cancel_requested: task.cancel_requested,
+                    abort_requested: task.abort_requested,
+                    attempt_count: task.attempt_count,
+                    lease: task.lease.as_ref(),
+                    not_before: task.not_before,
+                    worker_id: task.worker_id.as_ref(),
+                    start_date: task.start_date,
+                    end_date: task.end_date,
+                    update_date: now,
+                },
+            )
+            .await?;
+        }
+        for plan in last_plan.values() {
+            plans::update_plan(conn, plan).await?;
         }
         tasks::insert_state_changes(conn, &history).await?;
         tasks::insert_outbox_rows(conn, &outbox).await?;

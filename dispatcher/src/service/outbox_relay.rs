@@ -77,6 +77,10 @@ async fn relay_round(
         match confirm.confirmed().await {
             Ok(()) => confirmed.push(id),
             Err(error) => {
+                if let broker::BrokerError::Unroutable { routing_key, .. } = &error {
+                    // The queue was deleted (by an operator?): declare it again next round.
+                    declared.remove(routing_key);
+                }
                 failure.get_or_insert(error);
             }
         }
