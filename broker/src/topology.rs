@@ -10,7 +10,7 @@ use lapin::{Channel, ExchangeKind};
 
 use models::RequirementSet;
 use models::submission::PlanSubmission;
-use models::wire::{CancelRequest, WireMessage};
+use models::wire::{AddTasks, CancelRequest, WireMessage};
 
 use crate::BrokerError;
 
@@ -45,9 +45,8 @@ pub const DEFAULT_DELIVERY_LIMIT: u32 = 5;
 /// function event.
 pub const DISPATCHER_BINDINGS: &[&str] = &["task.#", "worker.#", "function.#"];
 
-/// The kinds producers may submit, each bound from [`SUBMIT_EXCHANGE`] to [`SUBMISSIONS_QUEUE`].
-/// `plan.add_tasks` is not bound until the dispatcher handles it: until then publishing one is
-/// an unroutable-message error for the producer rather than a silent dead letter.
+/// The kinds producers may submit, each bound from [`SUBMIT_EXCHANGE`] to [`SUBMISSIONS_QUEUE`]
+/// (`plan.cancel` and `plan.add_tasks` go to [`DISPATCHER_QUEUE`] instead).
 pub fn submission_kinds() -> [&'static str; 1] {
     [PlanSubmission::KIND]
 }
@@ -175,15 +174,11 @@ pub async fn declare(channel: &Channel, delivery_limit: u32) -> Result<(), Broke
     for key in DISPATCHER_BINDINGS {
         bind(channel, DISPATCHER_QUEUE, EVENTS_EXCHANGE, key).await?;
     }
-    // Cancels change running plans, which only the active dispatcher may do: producers send
-    // them to `baton.submit` (their only door), and they go to the dispatcher's feed.
-    bind(
-        channel,
-        DISPATCHER_QUEUE,
-        SUBMIT_EXCHANGE,
-        CancelRequest::KIND,
-    )
-    .await?;
+    // Cancels and added tasks change stored plans, which only the active dispatcher may do:
+    // producers send them to `baton.submit` (their only door), and they go to its feed.
+    for kind in [CancelRequest::KIND, AddTasks::KIND] {
+        bind(channel, DISPATCHER_QUEUE, SUBMIT_EXCHANGE, kind).await?;
+    }
 
     declare_exchange(channel, CONTROL_EXCHANGE, ExchangeKind::Topic).await?;
     Ok(())

@@ -179,7 +179,7 @@ pub fn task_ready_payload(task: &Task) -> Result<serde_json::Value, StoreError> 
 
 /// The task stored for `validated`, submitted by `owner` (and `creator`) into plan `plan` at
 /// `now`.
-fn new_task(
+pub(crate) fn new_task(
     validated: &ValidatedTask,
     plan: &ComputePlan,
     creator: Option<&UserId>,

@@ -12,8 +12,8 @@ use dispatcher::store::{tasks, workers};
 use models::function::{FunctionInput, FunctionOutput, RetryPolicy};
 use models::submission::{NewTask, PlanSubmission};
 use models::wire::{
-    CancelReply, CancelRequest, ClaimReply, RegistrationReply, ReportedOutcome, SubmissionReply,
-    WireMessage,
+    AddTasks, CancelReply, CancelRequest, ClaimReply, RegistrationReply, ReportedOutcome,
+    SubmissionReply, WireMessage,
 };
 use models::{
     Function, FunctionKey, FunctionStatus, InputKind, InputRef, Metadata, OutputKind, Permission,
@@ -1033,4 +1033,73 @@ async fn canceling_a_running_plan_leaves_no_task_that_can_still_run() {
         matches!(unknown, CancelReply::Refused { .. }),
         "{unknown:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_added_to_a_finished_plan_run_it_again() {
+    let cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
+    cluster.seed(&[function(1, no_retry())]).await;
+    let client = cluster.client("producer").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+    let first = plan(111, vec![task(1, 1, &[])]);
+    submit(&cluster, &rpc, &first).await;
+    let mut worker = ScriptedWorker::new(&cluster, "worker-1").await;
+    run_to_end(&cluster, &mut worker, first.key, &Script::Succeed).await;
+    let done = cluster.plan(first.key).await;
+    assert_eq!(done.status, PlanStatus::Done);
+    assert!(done.end_date.is_some());
+
+    let add = |tasks: Vec<NewTask>| AddTasks {
+        compute_plan_key: first.key,
+        tasks,
+    };
+    // An invalid addition is refused whole.
+    let refused: SubmissionReply = rpc
+        .call(
+            SUBMIT_EXCHANGE,
+            AddTasks::KIND,
+            &add(vec![task(2, 1, &[1]), task(3, 1, &[77])]),
+            WAIT,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(&refused, SubmissionReply::Rejected { error, .. } if error == "invalid_submission"),
+        "{refused:?}"
+    );
+    assert_eq!(cluster.tasks(first.key).await.len(), 1, "nothing stored");
+
+    // Two tasks after the stored one: the plan runs again and ends DONE.
+    let addition = add(vec![task(2, 1, &[1]), task(3, 1, &[2])]);
+    let accepted: SubmissionReply = rpc
+        .call(SUBMIT_EXCHANGE, AddTasks::KIND, &addition, WAIT)
+        .await
+        .unwrap();
+    let SubmissionReply::Accepted {
+        task_count, status, ..
+    } = accepted
+    else {
+        panic!("refused: {accepted:?}");
+    };
+    assert_eq!(task_count, 3);
+    assert_ne!(status, PlanStatus::Done, "the plan runs again");
+    let again: SubmissionReply = rpc
+        .call(SUBMIT_EXCHANGE, AddTasks::KIND, &addition, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(again, accepted, "the same tasks again get the same answer");
+
+    run_to_end(&cluster, &mut worker, first.key, &Script::Succeed).await;
+    let finished = cluster.plan(first.key).await;
+    assert_eq!(
+        (finished.status, finished.counters.done_count),
+        (PlanStatus::Done, 3)
+    );
+    let ranks: BTreeMap<String, u32> = cluster
+        .tasks(first.key)
+        .await
+        .into_iter()
+        .map(|task| (task.name.unwrap_or_default(), task.rank))
+        .collect();
+    assert_eq!(ranks["t3"], 2);
 }

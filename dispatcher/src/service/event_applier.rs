@@ -22,9 +22,9 @@ use broker::envelope::{DecodeError, Envelope};
 use broker::topology::{CONTROL_EXCHANGE, DISPATCHER_QUEUE};
 use broker::{Consumer, Delivery, Meta, Publisher};
 use models::wire::{
-    CancelReply, CancelRequest, ClaimReply, ClaimRequest, ControlOrder, LogBatch, MeasurementBatch,
-    RegistrationReply, ReportedOutcome, TaskReady, TaskStatusReport, WireMessage, WorkerHeartbeat,
-    WorkerRegistration,
+    AddTasks, CancelReply, CancelRequest, ClaimReply, ClaimRequest, ControlOrder, ErrorDetail,
+    LogBatch, MeasurementBatch, RegistrationReply, ReportedOutcome, SubmissionReply, TaskReady,
+    TaskStatusReport, WireMessage, WorkerHeartbeat, WorkerRegistration,
 };
 use models::{
     Attempt, LogLine, Measurement, PlanKey, RequirementSet, RetryPolicy, Task, TaskKey,
@@ -69,6 +69,8 @@ pub enum Incoming {
     Register(WorkerRegistration),
     /// An owner or operator cancels a plan or a task.
     Cancel(CancelRequest),
+    /// An owner adds tasks to a stored plan.
+    AddTasks(AddTasks),
 }
 
 impl MessageSet for Incoming {
@@ -81,6 +83,7 @@ impl MessageSet for Incoming {
             MeasurementBatch::KIND,
             WorkerRegistration::KIND,
             CancelRequest::KIND,
+            AddTasks::KIND,
         ]
     }
 
@@ -93,6 +96,7 @@ impl MessageSet for Incoming {
             MeasurementBatch::KIND => Incoming::Measurements(envelope.decode()?),
             WorkerRegistration::KIND => Incoming::Register(envelope.decode()?),
             CancelRequest::KIND => Incoming::Cancel(envelope.decode()?),
+            AddTasks::KIND => Incoming::AddTasks(envelope.decode()?),
             other => {
                 return Err(DecodeError::UnexpectedKind {
                     found: other.to_owned(),
@@ -257,6 +261,9 @@ struct Work {
     registrations: Vec<(models::Worker, Vec<models::Device>)>,
     registration_replies: Vec<(Meta, RegistrationReply)>,
     cancel_replies: Vec<(Meta, CancelReply)>,
+    added_tasks: Vec<Task>,
+    submission_rows: Vec<crate::store::rows::SubmissionRow>,
+    submission_replies: Vec<(Meta, SubmissionReply)>,
 }
 
 impl Work {
@@ -431,6 +438,10 @@ async fn take(
                 );
             }
         }
+        Incoming::AddTasks(message) => {
+            let reply = add_tasks(context, conn, plans, work, message, &delivery.meta, now).await?;
+            work.submission_replies.push((delivery.meta.clone(), reply));
+        }
         Incoming::Cancel(request) => {
             let reply = cancel(conn, plans, work, request, &delivery.meta, now).await?;
             work.cancel_replies.push((delivery.meta.clone(), reply));
@@ -465,6 +476,147 @@ async fn take(
         }
     }
     Ok(())
+}
+
+/// Adds tasks to a stored plan: validated against what is stored, then fed to the core, which
+/// decides their statuses from the plan's current state; the plan runs again if it had ended.
+/// A resubmitted message gets the same answer.
+async fn add_tasks(
+    context: &Context,
+    conn: &mut AsyncPgConnection,
+    plans: &mut Plans,
+    work: &mut Work,
+    message: &AddTasks,
+    meta: &Meta,
+    now: Timestamp,
+) -> Result<SubmissionReply, StoreError> {
+    use sha2::Digest;
+    let plan_key = message.compute_plan_key;
+    let rejected = |error: &str, details: Vec<ErrorDetail>| SubmissionReply::Rejected {
+        compute_plan_key: Some(plan_key),
+        error: error.to_owned(),
+        details,
+    };
+    let body = serde_json::to_vec(message).map_err(|error| StoreError::Encode {
+        what: "submission digest",
+        reason: error.to_string(),
+    })?;
+    let digest = hex::encode(sha2::Sha256::digest(&body));
+    let message_id = if meta.message_id.is_empty() {
+        format!("digest:{digest}")
+    } else {
+        meta.message_id.clone()
+    };
+    // The same message, or the same tasks for the same plan again: the same answer.
+    let earlier = match crate::store::submissions::find_by_message(conn, &message_id).await? {
+        Some(row) => Some(row),
+        None => crate::store::submissions::find_by_content(conn, plan_key, &digest).await?,
+    };
+    if let Some(row) = earlier {
+        return serde_json::from_value(row.reply).map_err(|error| StoreError::Corrupt {
+            table: "submissions",
+            key: message_id,
+            reason: error.to_string(),
+        });
+    }
+    let loaded = plans.states.contains_key(&plan_key) || load_plan(conn, plans, plan_key).await?;
+    let reply = 'reply: {
+        if !loaded {
+            break 'reply rejected(
+                "not_found",
+                vec![ErrorDetail {
+                    path: "compute_plan_key".into(),
+                    message: format!("compute plan {plan_key} does not exist"),
+                }],
+            );
+        }
+        let Some(plan) = plans
+            .states
+            .get(&plan_key)
+            .map(|state| state.plan().clone())
+        else {
+            break 'reply rejected("internal", Vec::new());
+        };
+        if plan.owner != context.config.organization {
+            break 'reply rejected(
+                "forbidden",
+                vec![ErrorDetail {
+                    path: "compute_plan_key".into(),
+                    message: format!("only {} may add tasks to plan {plan_key}", plan.owner),
+                }],
+            );
+        }
+        let known = crate::submission::load_known_assets(conn, &message.tasks).await?;
+        let limits = models::validation::plan::Limits::DEFAULT;
+        let validated = match models::validation::plan::validate_tasks(
+            &message.tasks,
+            &known.context(&plan.owner, &limits),
+        ) {
+            Ok(validated) => validated,
+            Err(errors) => {
+                break 'reply rejected(
+                    "invalid_submission",
+                    errors.iter().map(ErrorDetail::from).collect(),
+                );
+            }
+        };
+        let new_tasks: Vec<Task> = validated
+            .iter()
+            .map(|task| crate::submission::new_task(task, &plan, None, now))
+            .collect();
+        let nodes: Vec<TaskNode> = new_tasks
+            .iter()
+            .map(|task| {
+                let retry = known
+                    .functions
+                    .get(&task.function_key)
+                    .map(|function| function.retry.clone())
+                    .unwrap_or_default();
+                to_node(task, retry)
+            })
+            .collect();
+        let event = Event::TasksAdded { tasks: nodes };
+        if let Some(reason) = work.apply_or_refusal(plans, plan_key, event, now, None) {
+            break 'reply rejected(
+                "invalid_submission",
+                vec![ErrorDetail {
+                    path: "tasks".into(),
+                    message: reason,
+                }],
+            );
+        }
+        for task in &new_tasks {
+            plans.plan_of.insert(task.key, plan_key);
+            plans
+                .requirements
+                .insert(task.key, task.requirements.clone());
+        }
+        work.added_tasks.extend(new_tasks);
+        let counters = plans
+            .states
+            .get(&plan_key)
+            .map(|state| (state.plan().counters.task_count, state.plan().status));
+        match counters {
+            Some((task_count, status)) => SubmissionReply::Accepted {
+                compute_plan_key: plan_key,
+                task_count,
+                status,
+            },
+            None => rejected("internal", Vec::new()),
+        }
+    };
+    work.submission_rows
+        .push(crate::store::rows::SubmissionRow {
+            message_id,
+            compute_plan_key: Some(plan_key.0),
+            digest,
+            reply: serde_json::to_value(&reply).map_err(|error| StoreError::Encode {
+                what: "submission reply",
+                reason: error.to_string(),
+            })?,
+            creation_date: now,
+        });
+    Ok(reply)
 }
 
 /// Applies a cancel request. Until callers authenticate (issue 7), anyone who may publish to
@@ -707,7 +859,25 @@ async fn commit(
             _ => {}
         }
     }
+    // Added tasks are stored first, with their registration in the history; the core's
+    // changes to them follow.
+    let added_history: Vec<TaskStateChange> = work
+        .added_tasks
+        .iter()
+        .map(|task| TaskStateChange {
+            task_key: task.key,
+            timestamp: now,
+            status: task.status,
+            reason: "registered".to_owned(),
+            attempt: None,
+        })
+        .collect();
     conn.transaction(async |conn| {
+        tasks::insert_tasks(conn, &work.added_tasks).await?;
+        tasks::insert_state_changes(conn, &added_history).await?;
+        for row in &work.submission_rows {
+            crate::store::submissions::insert_submission(conn, row).await?;
+        }
         for task in last_task.values() {
             tasks::update_task_state(
                 conn,
@@ -754,6 +924,13 @@ async fn commit(
 
 /// After a commit: answers claims and registrations, sends orders, wakes the outbox relay.
 async fn announce(context: &Context, publisher: &Publisher, work: &Work) {
+    for (meta, reply) in &work.submission_replies {
+        if meta.reply_to.is_some()
+            && let Err(error) = broker::rpc::reply(publisher, meta, reply).await
+        {
+            tracing::warn!("answering submission {}: {error}", meta.message_id);
+        }
+    }
     for (meta, reply) in &work.cancel_replies {
         if meta.reply_to.is_some()
             && let Err(error) = broker::rpc::reply(publisher, meta, reply).await
