@@ -9,7 +9,9 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, ExchangeKind};
 
 use models::RequirementSet;
-use models::submission::PlanSubmission;
+use models::submission::{
+    NewDataSamples, NewDataset, NewFunction, NewOrganization, NewProject, PlanSubmission,
+};
 use models::wire::{AddTasks, CancelRequest, WireMessage};
 
 use crate::BrokerError;
@@ -47,8 +49,15 @@ pub const DISPATCHER_BINDINGS: &[&str] = &["task.#", "worker.#", "function.#"];
 
 /// The kinds producers may submit, each bound from [`SUBMIT_EXCHANGE`] to [`SUBMISSIONS_QUEUE`]
 /// (`plan.cancel` and `plan.add_tasks` go to [`DISPATCHER_QUEUE`] instead).
-pub fn submission_kinds() -> [&'static str; 1] {
-    [PlanSubmission::KIND]
+pub fn submission_kinds() -> [&'static str; 6] {
+    [
+        PlanSubmission::KIND,
+        NewFunction::KIND,
+        NewDataset::KIND,
+        NewDataSamples::KIND,
+        NewOrganization::KIND,
+        NewProject::KIND,
+    ]
 }
 
 /// The name of the queue of tasks that need `requirements`: `baton.tasks.<routing key>`.

@@ -7,6 +7,7 @@
 //! RabbitMQ (`service::run`).
 
 pub mod core;
+pub mod registration;
 pub mod service;
 pub mod store;
 pub mod submission;

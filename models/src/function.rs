@@ -1,6 +1,7 @@
 //! Functions: the reusable definition a task runs (Substra's `Function`, Orchestra's `Job`,
 //! qunicorn's `Deployment`), and their build status.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -69,7 +70,7 @@ word_enum! {
 }
 
 /// One declared input of a function.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct FunctionInput {
     /// Unique among the function's inputs, 1–100 characters.
     pub identifier: String,
@@ -84,7 +85,7 @@ pub struct FunctionInput {
 }
 
 /// One declared output of a function.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct FunctionOutput {
     /// Unique among the function's outputs, 1–100 characters.
     pub identifier: String,
@@ -96,7 +97,7 @@ pub struct FunctionOutput {
 }
 
 /// One step of a function: a command run as an argv array, never through a shell.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Step {
     /// The step's name, shown in logs and step statuses.
     pub name: String,
@@ -107,7 +108,7 @@ pub struct Step {
 
 /// A parameter a function declares (Orchestra's `parameter`), with an optional default value
 /// (qunicorn's deployment `parameters`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ParameterDecl {
     /// The parameter's key, unique within the function.
     pub key: String,
@@ -120,7 +121,7 @@ pub struct ParameterDecl {
 }
 
 /// How often and how soon a failed attempt is retried.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct RetryPolicy {
     /// Attempts in all, the first included; 1 means no retry.
     pub max_attempts: u32,

@@ -1,12 +1,13 @@
 //! Files: the address of a stored file, and the models tasks produce (Substra's `_File`,
 //! `InModel` and `OutModel`).
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{ModelKey, OrganizationId, Permissions, TaskKey, Timestamp};
 
 /// Where a file is stored and how to check it: Substra's `_File` and `InModel`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct File {
     /// SHA-256 of the content, 64 lowercase hex digits; consumers verify it after download.
     pub checksum: String,

@@ -15,7 +15,7 @@ use crate::{
 };
 
 /// A function to register.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewFunction {
     /// Its key, chosen by the producer (so a resubmission is recognised).
@@ -140,4 +140,73 @@ pub struct PlanSubmission {
     /// Its tasks, in any order.
     #[serde(default)]
     pub tasks: Vec<NewTask>,
+}
+
+/// An organization to register.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewOrganization {
+    /// Its identifier.
+    pub id: crate::OrganizationId,
+    /// Where its services can be reached.
+    #[serde(default)]
+    pub address: Option<String>,
+}
+
+/// A project to register.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewProject {
+    /// Its identifier.
+    pub identifier: ProjectId,
+    /// The name shown in user interfaces.
+    pub display_name: String,
+    /// Services associated with it, by name.
+    #[serde(default)]
+    pub services: JsonObject,
+}
+
+/// A dataset (data manager) to register; its samples are registered with [`NewDataSamples`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewDataset {
+    /// Its key.
+    pub key: crate::DatasetKey,
+    /// Its name, 1–100 characters.
+    pub name: String,
+    /// Who may process it; the owner is added.
+    pub permissions: Permissions,
+    /// The kind of data.
+    #[serde(rename = "type")]
+    pub data_type: String,
+    /// The opener that reads its samples.
+    pub opener: File,
+    /// Its description file.
+    pub description: File,
+    /// Free-form metadata.
+    #[serde(default)]
+    pub metadata: Metadata,
+    /// Who may read the logs of tasks that use it; the owner is added.
+    pub logs_permission: crate::Permission,
+}
+
+/// One data sample to register.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewDataSample {
+    /// Its key.
+    pub key: crate::DataSampleKey,
+    /// Where its data is on the owner's hosts.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// The data managers (of the same owner) it belongs to.
+    pub data_manager_keys: Vec<crate::DatasetKey>,
+}
+
+/// Data samples to register together.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewDataSamples {
+    /// The samples.
+    pub samples: Vec<NewDataSample>,
 }

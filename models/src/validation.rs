@@ -347,6 +347,26 @@ pub fn is_confined_path(path: &str) -> bool {
         && path.split('/').all(|part| part != "..")
 }
 
+/// Validates a dataset to register: name 1–100 characters, metadata, files, type.
+pub fn validate_dataset(
+    dataset: &crate::submission::NewDataset,
+) -> Result<(), Vec<ValidationError>> {
+    let root = FieldPath::root();
+    let mut problems = Problems::default();
+    check_name(&mut problems, root.field("name"), &dataset.name);
+    if dataset.data_type.is_empty() {
+        problems.push(root.field("type"), ValidationErrorKind::Empty);
+    }
+    check_file(&mut problems, root.field("opener"), &dataset.opener);
+    check_file(
+        &mut problems,
+        root.field("description"),
+        &dataset.description,
+    );
+    validate_metadata(&mut problems, &root.field("metadata"), &dataset.metadata);
+    problems.into_result(())
+}
+
 /// Validates a function to register (SPEC.md §4); returns every problem found.
 pub fn validate_function(function: &NewFunction) -> Result<(), Vec<ValidationError>> {
     let root = FieldPath::root();

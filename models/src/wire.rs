@@ -11,7 +11,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::submission::{NewTask, PlanSubmission};
+use crate::submission::{
+    NewDataSamples, NewDataset, NewFunction, NewOrganization, NewProject, NewTask, PlanSubmission,
+};
 use crate::validation::ValidationError;
 use crate::{
     Attempt, FunctionKey, LogStream, PlanKey, PlanStatus, RequirementSet, StepState, TaskErrorType,
@@ -30,6 +32,48 @@ pub trait WireMessage: Serialize + DeserializeOwned + JsonSchema {
 
 impl WireMessage for PlanSubmission {
     const KIND: &'static str = "plan.submit";
+}
+
+impl WireMessage for NewFunction {
+    const KIND: &'static str = "function.register";
+}
+
+impl WireMessage for NewDataset {
+    const KIND: &'static str = "dataset.register";
+}
+
+impl WireMessage for NewDataSamples {
+    const KIND: &'static str = "data_sample.register";
+}
+
+impl WireMessage for NewOrganization {
+    const KIND: &'static str = "organization.register";
+}
+
+impl WireMessage for NewProject {
+    const KIND: &'static str = "project.register";
+}
+
+/// The answer to the registration of an organization, project, function, dataset or samples.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum AssetReply {
+    /// Stored; the same answer is sent again for a resubmission of the same message.
+    Accepted {
+        /// The keys or identifiers registered.
+        keys: Vec<String>,
+    },
+    /// Refused; nothing was stored.
+    Rejected {
+        /// `invalid`, `already_exists`, `unsupported`, `internal`.
+        error: String,
+        /// Every problem found, each with its path.
+        details: Vec<ErrorDetail>,
+    },
+}
+
+impl WireMessage for AssetReply {
+    const KIND: &'static str = "asset.register_reply";
 }
 
 /// Tasks to add to an existing plan, by its owner.
@@ -457,6 +501,12 @@ fn schema_of<M: WireMessage>() -> MessageSchema {
 pub fn schemas() -> Vec<MessageSchema> {
     vec![
         schema_of::<PlanSubmission>(),
+        schema_of::<NewFunction>(),
+        schema_of::<NewDataset>(),
+        schema_of::<NewDataSamples>(),
+        schema_of::<NewOrganization>(),
+        schema_of::<NewProject>(),
+        schema_of::<AssetReply>(),
         schema_of::<AddTasks>(),
         schema_of::<SubmissionReply>(),
         schema_of::<TaskReady>(),

@@ -10,10 +10,13 @@ use broker::RpcClient;
 use broker::topology::SUBMIT_EXCHANGE;
 use dispatcher::store::{tasks, workers};
 use models::function::{FunctionInput, FunctionOutput, RetryPolicy};
-use models::submission::{NewTask, PlanSubmission};
+use models::submission::{
+    NewDataSample, NewDataSamples, NewDataset, NewFunction, NewOrganization, NewProject, NewTask,
+    PlanSubmission,
+};
 use models::wire::{
-    AddTasks, CancelReply, CancelRequest, ClaimReply, RegistrationReply, ReportedOutcome,
-    SubmissionReply, WireMessage,
+    AddTasks, AssetReply, CancelReply, CancelRequest, ClaimReply, RegistrationReply,
+    ReportedOutcome, SubmissionReply, WireMessage,
 };
 use models::{
     Function, FunctionKey, FunctionStatus, InputKind, InputRef, Metadata, OutputKind, Permission,
@@ -1102,4 +1105,163 @@ async fn tasks_added_to_a_finished_plan_run_it_again() {
         .map(|task| (task.name.unwrap_or_default(), task.rank))
         .collect();
     assert_eq!(ranks["t3"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn assets_registered_over_amqp_are_used_by_a_plan() {
+    let cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
+    cluster.seed(&[]).await;
+    let client = cluster.client("producer").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+    async fn register<M: WireMessage>(rpc: &RpcClient, message: &M) -> AssetReply {
+        rpc.call(SUBMIT_EXCHANGE, M::KIND, message, WAIT)
+            .await
+            .unwrap()
+    }
+    let accepted = |reply: &AssetReply| matches!(reply, AssetReply::Accepted { .. });
+
+    let project = NewProject {
+        identifier: "fl".into(),
+        display_name: "Federated".into(),
+        services: serde_json::Map::new(),
+    };
+    assert!(accepted(&register(&rpc, &project).await));
+    let org = NewOrganization {
+        id: "org-c".into(),
+        address: None,
+    };
+    assert!(accepted(&register(&rpc, &org).await));
+    let again = register(&rpc, &org).await;
+    assert!(
+        matches!(&again, AssetReply::Rejected { error, .. } if error == "already_exists"),
+        "{again:?}"
+    );
+
+    // A function as a producer writes it: JSON.
+    let function: NewFunction = serde_json::from_value(serde_json::json!({
+        "key": key(1),
+        "name": "train",
+        "project": "fl",
+        "permissions": {"process": {"public": true, "authorized_ids": []}},
+        "inputs": [
+            {"identifier": "opener", "kind": "DATA_MANAGER"},
+            {"identifier": "datasamples", "kind": "DATA_SAMPLE", "multiple": true},
+        ],
+        "outputs": [{"identifier": "model", "kind": "MODEL"}],
+        "steps": [{"name": "train", "command": ["python3", "train.py"]}],
+    }))
+    .unwrap();
+    let reply = register(&rpc, &function).await;
+    assert_eq!(
+        reply,
+        AssetReply::Accepted {
+            keys: vec![key(1).to_string()]
+        }
+    );
+    let mut broken = function.clone();
+    broken.key = FunctionKey(key(2));
+    broken.name = String::new();
+    broken.outputs[0].identifier = "x".repeat(101);
+    let reply = register(&rpc, &broken).await;
+    let AssetReply::Rejected { error, details } = &reply else {
+        panic!("accepted: {reply:?}");
+    };
+    assert_eq!(error, "invalid");
+    assert_eq!(details.len(), 2, "{details:?}");
+    let mut building = function.clone();
+    building.key = FunctionKey(key(3));
+    building.build_steps = vec![models::Step {
+        name: "build".into(),
+        command: vec!["make".into()],
+    }];
+    assert!(
+        matches!(register(&rpc, &building).await, AssetReply::Rejected { error, .. } if error == "unsupported")
+    );
+
+    let checksum = crate::support::fixtures::checksum("opener");
+    let dataset: NewDataset = serde_json::from_value(serde_json::json!({
+        "key": key(20),
+        "name": "scans",
+        "permissions": {"process": {"public": false, "authorized_ids": []}},
+        "type": "images",
+        "opener": {"checksum": checksum, "storage_address": "file:///opener.py"},
+        "description": {"checksum": checksum, "storage_address": "file:///README.md"},
+        "logs_permission": {"public": false, "authorized_ids": []},
+    }))
+    .unwrap();
+    assert!(accepted(&register(&rpc, &dataset).await));
+    let samples = NewDataSamples {
+        samples: vec![
+            NewDataSample {
+                key: key(21).into(),
+                path: Some("/data/1".into()),
+                data_manager_keys: vec![key(20).into()],
+            },
+            NewDataSample {
+                key: key(22).into(),
+                path: None,
+                data_manager_keys: vec![key(20).into()],
+            },
+        ],
+    };
+    assert!(accepted(&register(&rpc, &samples).await));
+    let orphans = NewDataSamples {
+        samples: vec![NewDataSample {
+            key: key(23).into(),
+            path: None,
+            data_manager_keys: vec![key(404).into()],
+        }],
+    };
+    let reply = register(&rpc, &orphans).await;
+    assert!(
+        matches!(&reply, AssetReply::Rejected { details, .. } if details[0].path == "samples[0].data_manager_keys[0]"),
+        "{reply:?}"
+    );
+
+    // A plan on the registered assets runs to its end.
+    let train = NewTask {
+        key: TaskKey(key(40)),
+        function_key: FunctionKey(key(1)),
+        name: Some("t40".into()),
+        inputs: vec![
+            TaskInput {
+                identifier: "opener".into(),
+                source: InputRef::Asset { asset_key: key(20) },
+            },
+            TaskInput {
+                identifier: "datasamples".into(),
+                source: InputRef::Asset { asset_key: key(21) },
+            },
+            TaskInput {
+                identifier: "datasamples".into(),
+                source: InputRef::Asset { asset_key: key(22) },
+            },
+        ],
+        outputs: BTreeMap::from([(
+            "model".to_owned(),
+            TaskOutput {
+                permissions: Permissions::private(&ORGANIZATION.into()),
+                transient: false,
+            },
+        )]),
+        parameters: serde_json::Map::new(),
+        metadata: Metadata::new(),
+        tag: String::new(),
+        worker: None,
+        requirements: RequirementSet::any(),
+        input_type: None,
+        input: serde_json::Value::Null,
+    };
+    let submission = plan(112, vec![train]);
+    submit(&cluster, &rpc, &submission).await;
+    let mut worker = ScriptedWorker::new(&cluster, "worker-1").await;
+    run_to_end(&cluster, &mut worker, submission.key, &Script::Succeed).await;
+    let done = cluster.plan(submission.key).await;
+    assert_eq!(done.status, PlanStatus::Done);
+    let stored = cluster.tasks(submission.key).await;
+    assert_eq!(
+        stored[0].worker.as_str(),
+        ORGANIZATION,
+        "the data manager's owner runs it"
+    );
 }

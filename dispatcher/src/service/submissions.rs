@@ -1,5 +1,6 @@
 //! The submission consumer: reads `plan.submit` messages from `baton.submissions`, validates and
-//! stores each plan in one transaction, and answers on the message's `reply_to`.
+//! stores each plan in one transaction, and answers on the message's `reply_to`; and the
+//! registrations of organizations, projects, functions, datasets and data samples.
 //!
 //! A resubmitted request gets the same answer and stores nothing twice: by message id, or, for a
 //! plan key already stored, by a digest of the content. A different plan under a stored key is
@@ -11,15 +12,60 @@ use std::time::Duration;
 use sha2::Digest;
 use tokio_util::sync::CancellationToken;
 
+use broker::consumer::MessageSet;
+use broker::envelope::{DecodeError, Envelope};
 use broker::topology::SUBMISSIONS_QUEUE;
-use broker::{Consumer, Delivery, Publisher};
-use models::submission::PlanSubmission;
-use models::wire::{ErrorDetail, SubmissionReply};
+use broker::{Consumer, Delivery, Meta, Publisher};
+use models::submission::{
+    NewDataSamples, NewDataset, NewFunction, NewOrganization, NewProject, PlanSubmission,
+};
+use models::wire::{AssetReply, ErrorDetail, SubmissionReply, WireMessage};
 
 use super::Context;
+use crate::registration::{self, RegistrationError};
 use crate::store::rows::SubmissionRow;
 use crate::store::{self, StoreError, submissions};
 use crate::submission::{SubmissionError, SubmissionRecord, accepted_reply, submit_plan};
+
+/// What arrives on `baton.submissions`.
+#[derive(Debug)]
+pub enum Submission {
+    /// A new compute plan.
+    Plan(PlanSubmission),
+    /// A function to register (boxed: it is much larger than the others).
+    Function(Box<NewFunction>),
+    /// A dataset to register.
+    Dataset(NewDataset),
+    /// Data samples to register.
+    DataSamples(NewDataSamples),
+    /// An organization to register.
+    Organization(NewOrganization),
+    /// A project to register.
+    Project(NewProject),
+}
+
+impl MessageSet for Submission {
+    fn kinds() -> Vec<&'static str> {
+        broker::topology::submission_kinds().to_vec()
+    }
+
+    fn decode(envelope: &Envelope<'_>) -> Result<Self, DecodeError> {
+        Ok(match envelope.kind.as_str() {
+            PlanSubmission::KIND => Submission::Plan(envelope.decode()?),
+            NewFunction::KIND => Submission::Function(Box::new(envelope.decode()?)),
+            NewDataset::KIND => Submission::Dataset(envelope.decode()?),
+            NewDataSamples::KIND => Submission::DataSamples(envelope.decode()?),
+            NewOrganization::KIND => Submission::Organization(envelope.decode()?),
+            NewProject::KIND => Submission::Project(envelope.decode()?),
+            other => {
+                return Err(DecodeError::UnexpectedKind {
+                    found: other.to_owned(),
+                    expected: Self::kinds().join(", "),
+                });
+            }
+        })
+    }
+}
 
 /// Submissions handled at once: each is a transaction, so a few suffice.
 const PREFETCH: u16 = 8;
@@ -130,53 +176,164 @@ async fn answer(
     Ok(reply)
 }
 
+/// The answer to a registration, recorded by message id so a resubmission gets it again.
+async fn answer_asset(
+    context: &Context,
+    submission: &Submission,
+    meta: &Meta,
+) -> Result<AssetReply, StoreError> {
+    let body = match submission {
+        Submission::Function(new) => serde_json::to_vec(new.as_ref()),
+        Submission::Dataset(new) => serde_json::to_vec(new),
+        Submission::DataSamples(new) => serde_json::to_vec(new),
+        Submission::Organization(new) => serde_json::to_vec(new),
+        Submission::Project(new) => serde_json::to_vec(new),
+        Submission::Plan(new) => serde_json::to_vec(new),
+    }
+    .map_err(|error| StoreError::Encode {
+        what: "registration digest",
+        reason: error.to_string(),
+    })?;
+    let digest = hex::encode(sha2::Sha256::digest(&body));
+    let message_id = if meta.message_id.is_empty() {
+        format!("digest:{digest}")
+    } else {
+        meta.message_id.clone()
+    };
+    let mut conn = store::connection(&context.pool).await?;
+    if let Some(row) = submissions::find_by_message(&mut conn, &message_id).await? {
+        return serde_json::from_value(row.reply).map_err(|error| StoreError::Corrupt {
+            table: "submissions",
+            key: row.message_id,
+            reason: error.to_string(),
+        });
+    }
+    let owner = &context.config.organization;
+    let now = chrono::Utc::now();
+    let outcome: Result<Vec<String>, RegistrationError> = match submission {
+        Submission::Function(new) => {
+            registration::register_function(&mut conn, new, owner, None, now)
+                .await
+                .map(|function| vec![function.key.to_string()])
+        }
+        Submission::Dataset(new) => registration::register_dataset(&mut conn, new, owner, now)
+            .await
+            .map(|dataset| vec![dataset.key.to_string()]),
+        Submission::DataSamples(new) => {
+            registration::register_data_samples(&mut conn, new, owner, now)
+                .await
+                .map(|samples| samples.iter().map(|s| s.key.to_string()).collect())
+        }
+        Submission::Organization(new) => registration::register_organization(&mut conn, new, now)
+            .await
+            .map(|organization| vec![organization.id.to_string()]),
+        Submission::Project(new) => registration::register_project(&mut conn, new, now)
+            .await
+            .map(|project| vec![project.identifier.to_string()]),
+        Submission::Plan(_) => Ok(Vec::new()),
+    };
+    let reply = match outcome {
+        Ok(keys) => AssetReply::Accepted { keys },
+        Err(RegistrationError::Invalid(details)) => AssetReply::Rejected {
+            error: "invalid".to_owned(),
+            details,
+        },
+        Err(RegistrationError::AlreadyExists(message)) => AssetReply::Rejected {
+            error: "already_exists".to_owned(),
+            details: vec![ErrorDetail {
+                path: String::new(),
+                message,
+            }],
+        },
+        Err(RegistrationError::Unsupported(message)) => AssetReply::Rejected {
+            error: "unsupported".to_owned(),
+            details: vec![ErrorDetail {
+                path: String::new(),
+                message,
+            }],
+        },
+        Err(RegistrationError::Store(error)) => return Err(error),
+    };
+    let row = SubmissionRow {
+        message_id,
+        compute_plan_key: None,
+        digest,
+        reply: serde_json::to_value(&reply).map_err(|error| StoreError::Encode {
+            what: "registration reply",
+            reason: error.to_string(),
+        })?,
+        creation_date: now,
+    };
+    submissions::insert_submission(&mut conn, &row).await?;
+    Ok(reply)
+}
+
 async fn handle(
     context: &Context,
     replies: &Publisher,
-    delivery: Delivery<PlanSubmission>,
+    delivery: Delivery<Submission>,
 ) -> anyhow::Result<()> {
-    let reply = match answer(
-        context,
-        &delivery.message,
-        &delivery.meta.message_id,
-        delivery.meta.user_id.as_deref(),
-    )
-    .await
-    {
-        Ok(reply) => reply,
-        Err(error) => {
-            // The database failed: nothing was stored; try the message again shortly.
-            tracing::warn!(
-                "submission {} not handled, retrying: {error}",
-                delivery.meta.message_id
-            );
-            tokio::time::sleep(RETRY_DELAY).await;
-            delivery.requeue().await?;
-            return Ok(());
+    let sent = match &delivery.message {
+        Submission::Plan(plan) => {
+            match answer(
+                context,
+                plan,
+                &delivery.meta.message_id,
+                delivery.meta.user_id.as_deref(),
+            )
+            .await
+            {
+                Ok(reply) => {
+                    if let SubmissionReply::Rejected { error, details, .. } = &reply {
+                        tracing::info!(
+                            plan.key = %plan.key,
+                            "compute plan {} refused ({error}): {} problem(s)",
+                            plan.key,
+                            details.len()
+                        );
+                    }
+                    send_reply(replies, &delivery.meta, &reply).await;
+                    Ok(())
+                }
+                Err(error) => Err(error),
+            }
         }
+        other => match answer_asset(context, other, &delivery.meta).await {
+            Ok(reply) => {
+                send_reply(replies, &delivery.meta, &reply).await;
+                Ok(())
+            }
+            Err(error) => Err(error),
+        },
     };
-    if let SubmissionReply::Rejected { error, details, .. } = &reply {
-        tracing::info!(
-            plan.key = %delivery.message.key,
-            "compute plan {} refused ({error}): {} problem(s)",
-            delivery.message.key,
-            details.len()
+    if let Err(error) = sent {
+        // The database failed: nothing was stored; try the message again shortly.
+        tracing::warn!(
+            "submission {} not handled, retrying: {error}",
+            delivery.meta.message_id
         );
-    }
-    if delivery.meta.reply_to.is_some()
-        && let Err(error) = broker::rpc::reply(replies, &delivery.meta, &reply).await
-    {
-        // The producer went away; the answer stays recorded for its retry.
-        tracing::warn!("answering submission {}: {error}", delivery.meta.message_id);
+        tokio::time::sleep(RETRY_DELAY).await;
+        delivery.requeue().await?;
+        return Ok(());
     }
     delivery.ack().await?;
     Ok(())
 }
 
+/// Answers on `reply_to`, if the message gave one.
+async fn send_reply<M: WireMessage>(replies: &Publisher, meta: &Meta, reply: &M) {
+    if meta.reply_to.is_some()
+        && let Err(error) = broker::rpc::reply(replies, meta, reply).await
+    {
+        // The producer went away; the answer stays recorded for its retry.
+        tracing::warn!("answering submission {}: {error}", meta.message_id);
+    }
+}
+
 /// Consumes submissions until `shutdown`.
 pub async fn run(context: Arc<Context>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut consumer =
-        Consumer::<PlanSubmission>::new(&context.broker, SUBMISSIONS_QUEUE, PREFETCH).await?;
+        Consumer::<Submission>::new(&context.broker, SUBMISSIONS_QUEUE, PREFETCH).await?;
     let replies = Publisher::new(&context.broker).await?;
     loop {
         let next = tokio::select! {
