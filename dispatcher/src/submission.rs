@@ -122,19 +122,18 @@ pub async fn load_known_assets(
     for function in catalog::find_functions(conn, &function_keys).await? {
         known.functions.insert(function.key, function);
     }
-    for key in &asset_keys {
-        if let Some(dataset) = catalog::find_dataset(conn, DatasetKey(*key)).await? {
-            known.datasets.insert(dataset.key, dataset);
-        }
+    // One query per kind, whatever the number of assets: the kind comes from the function.
+    let dataset_keys: Vec<DatasetKey> = asset_keys.iter().map(|k| DatasetKey(*k)).collect();
+    for dataset in catalog::find_datasets(conn, &dataset_keys).await? {
+        known.datasets.insert(dataset.key, dataset);
     }
     let sample_keys: Vec<DataSampleKey> = asset_keys.iter().map(|k| DataSampleKey(*k)).collect();
     for sample in catalog::find_data_samples(conn, &sample_keys).await? {
         known.data_samples.insert(sample.key, sample);
     }
-    for key in &asset_keys {
-        if let Some(model) = execution::find_model(conn, ModelKey(*key)).await? {
-            known.models.insert(model.key, model);
-        }
+    let model_keys: Vec<ModelKey> = asset_keys.iter().map(|k| ModelKey(*k)).collect();
+    for model in execution::find_models(conn, &model_keys).await? {
+        known.models.insert(model.key, model);
     }
     let parent_uuids: Vec<Uuid> = parents.iter().map(|task| task.key.0).collect();
     let disabled: BTreeSet<Uuid> = schema::models::table

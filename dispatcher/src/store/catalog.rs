@@ -219,6 +219,40 @@ pub async fn find_dataset(
     row.into_model(samples).map(Some)
 }
 
+/// The data managers among `keys` that exist, each with its samples in attachment order.
+pub async fn find_datasets(
+    conn: &mut AsyncPgConnection,
+    keys: &[DatasetKey],
+) -> StoreResult<Vec<Dataset>> {
+    let keys: Vec<Uuid> = keys.iter().map(|k| k.0).collect();
+    let rows: Vec<DatasetRow> = datasets::table
+        .filter(datasets::key.eq_any(&keys))
+        .order(datasets::key)
+        .select(DatasetRow::as_select())
+        .load(conn)
+        .await?;
+    let links: Vec<(Uuid, Uuid)> = dataset_samples::table
+        .filter(dataset_samples::dataset_key.eq_any(&keys))
+        .order(dataset_samples::position)
+        .select((
+            dataset_samples::dataset_key,
+            dataset_samples::data_sample_key,
+        ))
+        .load(conn)
+        .await?;
+    let mut samples_of: std::collections::HashMap<Uuid, Vec<Uuid>> =
+        std::collections::HashMap::new();
+    for (dataset, sample) in links {
+        samples_of.entry(dataset).or_default().push(sample);
+    }
+    rows.into_iter()
+        .map(|row| {
+            let samples = samples_of.remove(&row.key).unwrap_or_default();
+            row.into_model(samples)
+        })
+        .collect()
+}
+
 /// Registers `samples` and attaches each to the already registered data managers it lists.
 /// Inserts in chunks, so any number of samples fits PostgreSQL's bind-parameter limit.
 pub async fn insert_data_samples(

@@ -34,6 +34,22 @@ pub async fn find_model(conn: &mut AsyncPgConnection, key: ModelKey) -> StoreRes
         .transpose()
 }
 
+/// The models among `keys` that exist.
+pub async fn find_models(
+    conn: &mut AsyncPgConnection,
+    keys: &[ModelKey],
+) -> StoreResult<Vec<Model>> {
+    let keys: Vec<uuid::Uuid> = keys.iter().map(|k| k.0).collect();
+    models::table
+        .filter(models::key.eq_any(keys))
+        .select(ModelRow::as_select())
+        .load(conn)
+        .await?
+        .into_iter()
+        .map(ModelRow::into_model)
+        .collect()
+}
+
 /// The models `task` produced, in registration order.
 pub async fn list_task_models(
     conn: &mut AsyncPgConnection,
