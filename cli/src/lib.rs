@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod bench;
+mod bench_plan;
 mod demo;
 mod output;
 
@@ -87,6 +88,23 @@ pub enum Command {
 /// The benchmark scenarios.
 #[derive(Debug, Subcommand)]
 pub enum BenchScenario {
+    /// Validate, store and load a layered DAG of many tasks (in a database of its own).
+    LargePlan {
+        /// Tasks in the plan.
+        #[arg(long, default_value_t = 100_000)]
+        tasks: u32,
+        /// Tasks per layer.
+        #[arg(long, default_value_t = 100)]
+        width: u32,
+    },
+    /// Load one plan's dispatcher state and report its cost (run by `large-plan` in a fresh
+    /// process).
+    #[command(hide = true)]
+    LoadPlanState {
+        /// The plan.
+        #[arg(long)]
+        plan: uuid::Uuid,
+    },
     /// Confirmed publish + consume throughput of the broker layer, against plain lapin.
     Broker {
         /// Messages per run.
@@ -181,7 +199,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Migrate => migrate(&cli.database_url, cli.output).await,
             Command::Demo => demo::run(&cli.database_url, cli.output).await,
             Command::Status { limit } => status(&cli.database_url, cli.output, limit).await,
-            Command::Bench { scenario } => bench(scenario, cli.output).await,
+            Command::Bench { scenario } => bench(scenario, cli.output, &cli.database_url).await,
             Command::Dispatcher {
                 amqp_url,
                 organization,
@@ -249,8 +267,25 @@ pub(crate) async fn apply_migrations(database_url: &str) -> anyhow::Result<Vec<S
 }
 
 /// Runs a benchmark scenario and prints its figures.
-async fn bench(scenario: BenchScenario, format: OutputFormat) -> anyhow::Result<()> {
+async fn bench(
+    scenario: BenchScenario,
+    format: OutputFormat,
+    database_url: &str,
+) -> anyhow::Result<()> {
     match scenario {
+        BenchScenario::LargePlan { tasks, width } => {
+            let figures = bench_plan::large_plan(bench_plan::LargePlanBench {
+                database_url: database_url.to_owned(),
+                tasks,
+                width,
+            })
+            .await?;
+            output::print_large_plan_bench(format, &figures)
+        }
+        BenchScenario::LoadPlanState { plan } => {
+            let loaded = bench_plan::load_plan_state(database_url, plan.into()).await?;
+            output::print_json_value(&serde_json::to_value(&loaded)?)
+        }
         BenchScenario::Broker {
             messages,
             runs,

@@ -42,6 +42,12 @@ fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints one JSON document.
+pub(crate) fn print_json_value(value: &serde_json::Value) -> anyhow::Result<()> {
+    print(serde_json::to_string(value)?);
+    Ok(())
+}
+
 /// Prints the migrations just applied.
 pub(crate) fn print_migrations(format: OutputFormat, applied: &[String]) -> anyhow::Result<()> {
     match format {
@@ -190,6 +196,47 @@ pub(crate) fn print_broker_bench(
         print(summary);
     }
     for line in lines {
+        print(serde_json::to_string(&line)?);
+    }
+    Ok(())
+}
+
+/// Prints the large-plan benchmark: a table for people, then one JSON line per figure.
+pub(crate) fn print_large_plan_bench(
+    format: OutputFormat,
+    figures: &crate::bench_plan::LargePlanFigures,
+) -> anyhow::Result<()> {
+    if format == OutputFormat::Table {
+        let mut summary = table(&["large plan", "value"]);
+        summary.add_row(vec![
+            "tasks / layers".to_owned(),
+            format!("{} / {}", figures.tasks, figures.layers),
+        ]);
+        summary.add_row(vec![
+            "load references + validate".to_owned(),
+            format!("{:.2} s", figures.validate_secs),
+        ]);
+        summary.add_row(vec![
+            "validate + store (one transaction)".to_owned(),
+            format!("{:.2} s", figures.store_secs),
+        ]);
+        summary.add_row(vec![
+            "rebuild dispatcher state".to_owned(),
+            format!("{:.2} s", figures.load_state_secs),
+        ]);
+        summary.add_row(vec![
+            "dispatcher state per task".to_owned(),
+            format!("{:.0} bytes", figures.state_bytes_per_task),
+        ]);
+        print(summary);
+    }
+    for (figure, value) in [
+        ("validate_secs", figures.validate_secs),
+        ("store_secs", figures.store_secs),
+        ("load_state_secs", figures.load_state_secs),
+        ("state_bytes_per_task", figures.state_bytes_per_task),
+    ] {
+        let line = json!({"scenario": "large_plan", "figure": figure, "value": value, "tasks": figures.tasks});
         print(serde_json::to_string(&line)?);
     }
     Ok(())

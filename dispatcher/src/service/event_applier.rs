@@ -221,6 +221,19 @@ async fn load_plan(
     Ok(true)
 }
 
+/// Builds the in-memory state of plan `key` from the database, as the event applier does when
+/// it first needs the plan (used by `baton bench` to measure it).
+pub async fn load_plan_state(
+    conn: &mut AsyncPgConnection,
+    key: PlanKey,
+) -> Result<Option<PlanState>, StoreError> {
+    let mut plans = Plans::default();
+    if !load_plan(conn, &mut plans, key).await? {
+        return Ok(None);
+    }
+    Ok(plans.states.remove(&key))
+}
+
 /// The plan of `task`, loading it when needed; `None` for an unknown task.
 async fn plan_of(
     conn: &mut AsyncPgConnection,

@@ -1,0 +1,286 @@
+//! `baton bench large-plan`: validate, store and load a layered DAG of many tasks, in a
+//! PostgreSQL database of its own that is dropped afterwards.
+//!
+//! Phases: validation (loading what the plan references, then `models::validation::plan`), the
+//! storing transaction (plan, tasks, edges, history, outbox rows), and rebuilding the
+//! dispatcher's in-memory state of the plan, whose resident memory per task is measured.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use anyhow::Context;
+use chrono::Utc;
+use diesel::sql_query;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use dispatcher::store::{self, catalog};
+use dispatcher::submission::{load_known_assets, submit_plan};
+use models::function::{FunctionInput, FunctionOutput, RetryPolicy};
+use models::submission::{NewTask, PlanSubmission};
+use models::validation::plan::{Limits, validate_plan};
+use models::{
+    Function, FunctionKey, FunctionStatus, InputKind, InputRef, Metadata, Organization,
+    OrganizationId, OutputKind, Permission, Permissions, PlanKey, RequirementSet, Step, TaskInput,
+    TaskKey, TaskOutput,
+};
+
+/// Options of `baton bench large-plan`.
+#[derive(Clone, Debug)]
+pub(crate) struct LargePlanBench {
+    /// A PostgreSQL URL whose role may create databases; its database is replaced.
+    pub(crate) database_url: String,
+    /// Tasks in the plan.
+    pub(crate) tasks: u32,
+    /// Tasks per layer; each task takes the models of two tasks of the layer before.
+    pub(crate) width: u32,
+}
+
+/// What `baton bench large-plan` measured.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct LargePlanFigures {
+    /// Tasks in the plan.
+    pub(crate) tasks: u32,
+    /// Layers of the DAG.
+    pub(crate) layers: u32,
+    /// Seconds to load what the plan references and validate it.
+    pub(crate) validate_secs: f64,
+    /// Seconds of the storing transaction (which validates again first).
+    pub(crate) store_secs: f64,
+    /// Seconds to rebuild the dispatcher's state of the plan from the database.
+    pub(crate) load_state_secs: f64,
+    /// Resident memory the plan's state added, in bytes per task.
+    pub(crate) state_bytes_per_task: f64,
+}
+
+/// The process's resident set size in bytes, from `/proc/self/status`.
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kilobytes: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kilobytes * 1024)
+}
+
+fn url_with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, format!("?{query}")),
+        None => (url, String::new()),
+    };
+    let root = base.rsplit_once('/').map_or(base, |(root, _)| root);
+    format!("{root}/{database}{query}")
+}
+
+fn function(owner: &OrganizationId) -> Function {
+    let now = Utc::now();
+    Function {
+        key: FunctionKey(Uuid::from_u128(1)),
+        name: "step".into(),
+        display_name: None,
+        summary: None,
+        owner: owner.clone(),
+        creator: None,
+        project: None,
+        permissions: Permissions::new(Permission::public(owner)),
+        metadata: Metadata::new(),
+        description: None,
+        archive: None,
+        image: None,
+        inputs: vec![FunctionInput {
+            identifier: "models".into(),
+            kind: InputKind::Model,
+            multiple: true,
+            optional: true,
+        }],
+        outputs: vec![FunctionOutput {
+            identifier: "model".into(),
+            kind: OutputKind::Model,
+            multiple: false,
+        }],
+        steps: vec![Step {
+            name: "run".into(),
+            command: vec!["true".into()],
+        }],
+        build_steps: Vec::new(),
+        parameters: Vec::new(),
+        parameter_schema: None,
+        workspace: None,
+        kind: None,
+        requirements: RequirementSet::any(),
+        retry: RetryPolicy::default(),
+        timeout_secs: None,
+        is_enabled: true,
+        status: FunctionStatus::Ready,
+        data: serde_json::json!({}),
+        creation_date: now,
+        update_date: now,
+    }
+}
+
+/// A layered DAG: layer 0 has no parents, every later task takes the models of two tasks of
+/// the layer before.
+fn layered_plan(tasks: u32, width: u32, owner: &OrganizationId) -> PlanSubmission {
+    let key = |n: u32| TaskKey(Uuid::from_u128(0x1000_0000 + u128::from(n)));
+    let outputs = BTreeMap::from([(
+        "model".to_owned(),
+        TaskOutput {
+            permissions: Permissions::private(owner),
+            transient: false,
+        },
+    )]);
+    let new_tasks = (0..tasks)
+        .map(|n| {
+            let layer = n / width;
+            let inputs = if layer == 0 {
+                Vec::new()
+            } else {
+                let previous = (layer - 1) * width;
+                [previous + n % width, previous + (n + 1) % width]
+                    .into_iter()
+                    .map(|parent| TaskInput {
+                        identifier: "models".into(),
+                        source: InputRef::ParentOutput {
+                            parent_task_key: key(parent),
+                            parent_task_output_identifier: "model".into(),
+                        },
+                    })
+                    .collect()
+            };
+            NewTask {
+                key: key(n),
+                function_key: FunctionKey(Uuid::from_u128(1)),
+                name: None,
+                inputs,
+                outputs: outputs.clone(),
+                parameters: serde_json::Map::new(),
+                metadata: Metadata::new(),
+                tag: String::new(),
+                worker: Some(owner.clone()),
+                requirements: RequirementSet::any(),
+                input_type: None,
+                input: serde_json::Value::Null,
+            }
+        })
+        .collect();
+    PlanSubmission {
+        key: PlanKey(Uuid::new_v4()),
+        name: "large plan".into(),
+        tag: "bench".into(),
+        metadata: Metadata::new(),
+        project: None,
+        tasks: new_tasks,
+    }
+}
+
+async fn measure(url: &str, options: &LargePlanBench) -> anyhow::Result<LargePlanFigures> {
+    store::run_migrations(url).await?;
+    let mut conn = AsyncPgConnection::establish(url).await?;
+    let owner = OrganizationId::from("bench");
+    catalog::insert_organization(
+        &mut conn,
+        &Organization {
+            id: owner.clone(),
+            address: None,
+            is_current: true,
+            creation_date: Utc::now(),
+        },
+    )
+    .await?;
+    catalog::insert_function(&mut conn, &function(&owner)).await?;
+    let submission = layered_plan(options.tasks, options.width, &owner);
+
+    let started = Instant::now();
+    let known = load_known_assets(&mut conn, &submission.tasks).await?;
+    let limits = Limits::DEFAULT;
+    let validated = validate_plan(&submission, &known.context(&owner, &limits));
+    let validate_secs = started.elapsed().as_secs_f64();
+    if let Err(errors) = validated {
+        anyhow::bail!("the benchmark plan is invalid: {}", errors[0]);
+    }
+
+    let started = Instant::now();
+    submit_plan(&mut conn, &submission, &owner, None, Utc::now(), None)
+        .await
+        .context("storing the benchmark plan")?;
+    let store_secs = started.elapsed().as_secs_f64();
+
+    // Measured in a fresh process: in this one, the allocator reuses what the submission freed,
+    // so resident memory would not show the state's size.
+    let output = tokio::process::Command::new(std::env::current_exe()?)
+        .args([
+            "bench",
+            "load-plan-state",
+            "--plan",
+            &submission.key.to_string(),
+        ])
+        .env("BATON_DATABASE_URL", url)
+        .env("BATON_OUTPUT", "json")
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .await
+        .context("running the state-loading process")?;
+    anyhow::ensure!(output.status.success(), "the state-loading process failed");
+    let loaded: LoadedState = serde_json::from_slice(&output.stdout)
+        .context("reading the state-loading process's figures")?;
+    Ok(LargePlanFigures {
+        tasks: options.tasks,
+        layers: options.tasks.div_ceil(options.width),
+        validate_secs,
+        store_secs,
+        load_state_secs: loaded.secs,
+        state_bytes_per_task: loaded.resident_bytes_added as f64 / f64::from(options.tasks),
+    })
+}
+
+/// What loading a plan's state cost, as the state-loading process reports it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct LoadedState {
+    /// Tasks in the plan.
+    pub(crate) tasks: usize,
+    /// Seconds to load it.
+    pub(crate) secs: f64,
+    /// Resident memory added by the state, in bytes.
+    pub(crate) resident_bytes_added: u64,
+}
+
+/// Loads the dispatcher's state of plan `key` in this (fresh) process and measures it.
+pub(crate) async fn load_plan_state(
+    database_url: &str,
+    key: PlanKey,
+) -> anyhow::Result<LoadedState> {
+    let mut conn = AsyncPgConnection::establish(database_url).await?;
+    let before = resident_bytes().context("reading /proc/self/status")?;
+    let started = Instant::now();
+    let state = dispatcher::service::event_applier::load_plan_state(&mut conn, key)
+        .await?
+        .with_context(|| format!("plan {key} not found"))?;
+    let secs = started.elapsed().as_secs_f64();
+    let after = resident_bytes().context("reading /proc/self/status")?;
+    Ok(LoadedState {
+        tasks: state.tasks().count(),
+        secs,
+        resident_bytes_added: after.saturating_sub(before),
+    })
+}
+
+/// Runs the benchmark in a fresh database next to the one `database_url` names.
+pub(crate) async fn large_plan(options: LargePlanBench) -> anyhow::Result<LargePlanFigures> {
+    anyhow::ensure!(options.width >= 2, "--width must be at least 2");
+    anyhow::ensure!(
+        options.tasks >= options.width,
+        "--tasks must be at least --width"
+    );
+    let name = format!("baton_bench_{}", Uuid::new_v4().simple());
+    let mut admin = AsyncPgConnection::establish(&options.database_url)
+        .await
+        .context("connecting to PostgreSQL")?;
+    sql_query(format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .context("creating the benchmark database (the role needs CREATEDB)")?;
+    let outcome = measure(&url_with_database(&options.database_url, &name), &options).await;
+    sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .context("dropping the benchmark database")?;
+    outcome
+}
