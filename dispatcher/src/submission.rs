@@ -263,10 +263,16 @@ pub async fn submit_plan(
     if plans::find_plan(conn, submission.key).await?.is_some() {
         return Err(SubmissionError::PlanExists(submission.key));
     }
+    let started = std::time::Instant::now();
     let known = load_known_assets(conn, &submission.tasks).await?;
     let limits = Limits::DEFAULT;
     let validated = validate_plan(submission, &known.context(owner, &limits))
         .map_err(SubmissionError::Invalid)?;
+    tracing::debug!(
+        duration_ms = started.elapsed().as_millis() as u64,
+        "validated {} tasks",
+        validated.len()
+    );
 
     let mut plan = ComputePlan {
         key: submission.key,
@@ -343,10 +349,18 @@ pub async fn submit_plan(
         .transpose()?;
     let result = conn
         .transaction(async |conn| {
+            let started = std::time::Instant::now();
             plans::insert_plan(conn, &stored_plan).await?;
             tasks::insert_tasks(conn, &new_tasks).await?;
+            let tasks_ms = started.elapsed().as_millis();
             tasks::insert_state_changes(conn, &history).await?;
+            let history_ms = started.elapsed().as_millis();
             tasks::insert_outbox_rows(conn, &outbox).await?;
+            tracing::debug!(
+                duration_ms = started.elapsed().as_millis() as u64,
+                "stored {} tasks: tasks and edges by {tasks_ms} ms, history by {history_ms} ms",
+                new_tasks.len()
+            );
             if let Some(row) = &submission_row {
                 submissions::insert_submission(conn, row).await?;
             }
