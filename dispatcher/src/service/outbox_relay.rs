@@ -10,10 +10,11 @@ use tokio_util::sync::CancellationToken;
 
 use broker::topology::TASKS_EXCHANGE;
 use broker::{Meta, Publisher};
+use models::RequirementSet;
 use models::wire::TaskReady;
 
 use super::Context;
-use crate::store::{self, tasks};
+use crate::store::{self, tasks, workers};
 
 /// Rows published per round: enough to amortise a transaction, few enough to keep confirms
 /// flowing.
@@ -22,11 +23,71 @@ pub const BATCH: i64 = 1_000;
 /// How long to wait after a failed round before the next.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
 
+/// How often the same unsatisfiable requirement set is warned about.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Requirement sets no active worker satisfies, and when each was last warned about.
+#[derive(Default)]
+struct Unserved {
+    warned: std::collections::HashMap<String, std::time::Instant>,
+}
+
+impl Unserved {
+    /// Warns (at most every [`WARN_EVERY`] per set) about published tasks whose requirements no
+    /// active, enabled worker satisfies: they stay queued until one registers.
+    async fn check(&mut self, context: &Context, published: &[(String, RequirementSet)]) {
+        if published.is_empty() {
+            return;
+        }
+        let workers = match store::connection(&context.pool).await {
+            Ok(mut conn) => match workers::list_workers(&mut conn).await {
+                Ok(workers) => workers,
+                Err(error) => {
+                    tracing::debug!("listing workers: {error}");
+                    return;
+                }
+            },
+            Err(error) => {
+                tracing::debug!("listing workers: {error}");
+                return;
+            }
+        };
+        let mut counts: std::collections::BTreeMap<&str, (usize, &RequirementSet)> =
+            std::collections::BTreeMap::new();
+        for (routing_key, requirements) in published {
+            counts.entry(routing_key).or_insert((0, requirements)).0 += 1;
+        }
+        for (routing_key, (count, requirements)) in counts {
+            let served = workers.iter().any(|worker| {
+                worker.is_active
+                    && worker.is_enabled
+                    && !worker.should_disconnect
+                    && requirements.is_satisfied_by(&worker.properties)
+            });
+            let recently = self
+                .warned
+                .get(routing_key)
+                .is_some_and(|at| at.elapsed() < WARN_EVERY);
+            if !served && !recently {
+                tracing::warn!(
+                    routing_key,
+                    "{count} task(s) need `{routing_key}` and no active worker satisfies it; \
+                     they wait in {} until one registers",
+                    broker::topology::task_queue(requirements)
+                );
+                self.warned
+                    .insert(routing_key.to_owned(), std::time::Instant::now());
+            }
+        }
+    }
+}
+
 /// Publishes one round of available outbox rows; returns how many were published.
 async fn relay_round(
     context: &Context,
     publisher: &Publisher,
     declared: &mut HashSet<String>,
+    unserved: &mut Unserved,
 ) -> anyhow::Result<usize> {
     let mut conn = store::connection(&context.pool).await?;
     let rows = tasks::next_outbox_rows(&mut conn, chrono::Utc::now(), BATCH).await?;
@@ -34,6 +95,7 @@ async fn relay_round(
         return Ok(0);
     }
     let mut pending = Vec::with_capacity(rows.len());
+    let mut published = Vec::with_capacity(rows.len());
     let mut undecodable = Vec::new();
     for row in &rows {
         let message: TaskReady = match serde_json::from_value(row.payload.clone()) {
@@ -64,7 +126,10 @@ async fn relay_round(
             .send(TASKS_EXCHANGE, &row.routing_key, &message, meta)
             .await
         {
-            Ok(confirm) => pending.push((row.id, confirm)),
+            Ok(confirm) => {
+                published.push((row.routing_key.clone(), message.requirements.clone()));
+                pending.push((row.id, confirm));
+            }
             Err(error) => {
                 tracing::warn!("publishing outbox row {}: {error}", row.id);
                 break;
@@ -86,6 +151,8 @@ async fn relay_round(
         }
     }
     tasks::delete_outbox_rows(&mut conn, &confirmed).await?;
+    drop(conn);
+    unserved.check(context, &published).await;
     if let Some(error) = failure {
         return Err(error.into());
     }
@@ -99,8 +166,10 @@ async fn relay_round(
 pub async fn run(context: Arc<Context>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let publisher = Publisher::new(&context.broker).await?;
     let mut declared = HashSet::new();
+    let mut unserved = Unserved::default();
     loop {
-        let published = match relay_round(&context, &publisher, &mut declared).await {
+        let published = match relay_round(&context, &publisher, &mut declared, &mut unserved).await
+        {
             Ok(published) => published,
             Err(error) => {
                 tracing::warn!("outbox relay round failed, retrying: {error:#}");
