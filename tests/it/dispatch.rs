@@ -1265,3 +1265,47 @@ async fn assets_registered_over_amqp_are_used_by_a_plan() {
         "the data manager's owner runs it"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_waits_for_its_parent_in_another_plan() {
+    let cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
+    cluster.seed(&[function(1, no_retry())]).await;
+    let client = cluster.client("producer").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+    let first = plan(113, vec![task(1, 1, &[])]);
+    submit(&cluster, &rpc, &first).await;
+    // Two plans that follow task 1 of the first: one will see it DONE, the other FAILED.
+    let second = plan(114, vec![task(2, 1, &[1])]);
+    submit(&cluster, &rpc, &second).await;
+    assert_eq!(
+        statuses(&cluster, second.key).await["t2"],
+        TaskStatus::Waiting
+    );
+
+    let mut worker = ScriptedWorker::new(&cluster, "worker-1").await;
+    worker
+        .work_one(WAIT, &Script::Succeed)
+        .await
+        .expect("the parent is granted");
+    cluster
+        .wait_for_plan(second.key, WAIT, "ready", |p| p.counters.todo_count == 1)
+        .await;
+    run_to_end(&cluster, &mut worker, second.key, &Script::Succeed).await;
+    assert_eq!(cluster.plan(second.key).await.status, PlanStatus::Done);
+
+    // A parent that fails leaves its children in other plans nothing to wait for.
+    let third = plan(115, vec![task(3, 1, &[])]);
+    submit(&cluster, &rpc, &third).await;
+    let fourth = plan(116, vec![task(4, 1, &[3])]);
+    submit(&cluster, &rpc, &fourth).await;
+    worker
+        .work_one(WAIT, &Script::Fail { retryable: false })
+        .await
+        .expect("granted");
+    let orphaned = cluster
+        .wait_for_plan(fourth.key, WAIT, "ended", |p| {
+            p.counters.active_count() == 0
+        })
+        .await;
+    assert_eq!(orphaned.counters.canceled_count, 1);
+}

@@ -795,6 +795,51 @@ async fn register(
     })
 }
 
+/// Tells plans whose tasks have a parent in another plan that the parent ended, until nothing
+/// more ends: a DONE parent promotes its children, a FAILED or CANCELED one cancels them.
+async fn propagate_to_other_plans(
+    conn: &mut AsyncPgConnection,
+    plans: &mut Plans,
+    work: &mut Work,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let mut seen = 0;
+    loop {
+        let ended: HashMap<TaskKey, TaskStatus> = work.effects[seen..]
+            .iter()
+            .filter_map(|effect| match effect {
+                Effect::TaskChanged {
+                    task,
+                    status_changed: true,
+                    ..
+                } if task.status.is_terminal() => Some((task.key, task.status)),
+                _ => None,
+            })
+            .collect();
+        seen = work.effects.len();
+        if ended.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<TaskKey> = ended.keys().copied().collect();
+        for (parent, _child, plan) in tasks::children_in_other_plans(conn, &keys).await? {
+            if !plans.states.contains_key(&plan) && !load_plan(conn, plans, plan).await? {
+                continue;
+            }
+            let status = ended[&parent];
+            work.apply(
+                plans,
+                plan,
+                Event::ExternalParentEnded {
+                    task: parent,
+                    status,
+                },
+                now,
+                None,
+            );
+        }
+    }
+}
+
 /// Writes a batch's effects in one transaction.
 async fn commit(
     conn: &mut AsyncPgConnection,
@@ -1022,6 +1067,11 @@ async fn apply_batch(
         }
     }
     if failure.is_none()
+        && let Err(error) = propagate_to_other_plans(&mut conn, plans, &mut work, now).await
+    {
+        failure = Some(error);
+    }
+    if failure.is_none()
         && let Err(error) = commit(&mut conn, plans, &work, now).await
     {
         failure = Some(error);
@@ -1090,7 +1140,11 @@ async fn tick(context: &Context, publisher: &Publisher, plans: &mut Plans) -> an
     for plan in due {
         work.apply(plans, plan, Event::Tick, now, None);
     }
-    if let Err(error) = commit(&mut conn, plans, &work, now).await {
+    let outcome = match propagate_to_other_plans(&mut conn, plans, &mut work, now).await {
+        Ok(()) => commit(&mut conn, plans, &work, now).await,
+        Err(error) => Err(error),
+    };
+    if let Err(error) = outcome {
         tracing::warn!("applying lease expiries failed, retrying: {error}");
         for plan in &work.touched {
             plans.forget(*plan);

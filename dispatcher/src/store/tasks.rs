@@ -237,6 +237,39 @@ pub async fn find_children(
     Ok(keys.into_iter().map(TaskKey).collect())
 }
 
+/// The children of `parents` that belong to another plan than their parent, with that plan:
+/// `(parent, child, child's plan)`.
+pub async fn children_in_other_plans(
+    conn: &mut AsyncPgConnection,
+    parents: &[TaskKey],
+) -> StoreResult<Vec<(TaskKey, TaskKey, PlanKey)>> {
+    if parents.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (parent_tasks, child_tasks) = diesel::alias!(tasks as parent_tasks, tasks as child_tasks);
+    let keys: Vec<Uuid> = parents.iter().map(|k| k.0).collect();
+    let rows: Vec<(Uuid, Uuid, Uuid)> = task_edges::table
+        .inner_join(parent_tasks.on(parent_tasks.field(tasks::key).eq(task_edges::parent_key)))
+        .inner_join(child_tasks.on(child_tasks.field(tasks::key).eq(task_edges::child_key)))
+        .filter(task_edges::parent_key.eq_any(keys))
+        .filter(
+            child_tasks
+                .field(tasks::compute_plan_key)
+                .ne(parent_tasks.field(tasks::compute_plan_key)),
+        )
+        .select((
+            task_edges::parent_key,
+            task_edges::child_key,
+            child_tasks.field(tasks::compute_plan_key),
+        ))
+        .load(conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(parent, child, plan)| (TaskKey(parent), TaskKey(child), PlanKey(plan)))
+        .collect())
+}
+
 /// The keys of the tasks `child` takes inputs from.
 pub async fn find_parents(
     conn: &mut AsyncPgConnection,
