@@ -131,6 +131,28 @@ async fn dead_letter(
         .map_err(|e| BrokerError::Settle(Box::new(e)))
 }
 
+/// A message a consumer could not read, already dead-lettered with `reason`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// Its properties, as far as they could be read (`reply_to` tells where to answer).
+    pub meta: Meta,
+    /// Its `type`, if it had one.
+    pub kind: Option<String>,
+    /// Why it could not be read.
+    pub reason: String,
+}
+
+/// What [`Consumer::next_or_refusal`] yields.
+// The large variant is the common one; boxing it would allocate once per message.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Received<M> {
+    /// A message of the consumer's set.
+    Message(Delivery<M>),
+    /// A message it could not read, dead-lettered.
+    Refused(Refusal),
+}
+
 /// A consumer of one queue, reading messages of the set `M`.
 pub struct Consumer<M> {
     queue: Arc<str>,
@@ -207,15 +229,34 @@ impl<M: MessageSet> Consumer<M> {
     }
 
     /// The next message, waiting through connection recoveries. `None` once the consumer was
-    /// canceled (the queue was deleted, or the connection closed for good). Cancel-safe: a
-    /// message is never lost when the returned future is dropped.
+    /// canceled (the queue was deleted, or the connection closed for good). Messages it cannot
+    /// read are dead-lettered and skipped. Cancel-safe: a message is never lost when the
+    /// returned future is dropped.
     pub async fn next(&mut self) -> Option<Result<Delivery<M>, BrokerError>> {
+        loop {
+            match self.next_or_refusal().await? {
+                Ok(Received::Message(delivery)) => return Some(Ok(delivery)),
+                Ok(Received::Refused(_)) => {}
+                Err(error) => return Some(Err(error)),
+            }
+        }
+    }
+
+    /// Like [`Consumer::next`], but also reports each message it could not read (after
+    /// dead-lettering it), so that its sender can be told why.
+    pub async fn next_or_refusal(&mut self) -> Option<Result<Received<M>, BrokerError>> {
         loop {
             if let Some((raw, reason)) = &self.dead_lettering {
                 if let Err(error) = dead_letter(&self.dead, raw, reason, &self.queue).await {
                     return Some(Err(error));
                 }
+                let refusal = Refusal {
+                    meta: envelope::meta_of(&raw.properties),
+                    kind: raw.properties.kind().as_ref().map(|kind| kind.to_string()),
+                    reason: reason.clone(),
+                };
                 self.dead_lettering = None;
+                return Some(Ok(Received::Refused(refusal)));
             }
             let raw = match self.inner.next().await? {
                 Ok(raw) => raw,
@@ -231,7 +272,7 @@ impl<M: MessageSet> Consumer<M> {
             };
             match self.open(&raw) {
                 Ok((message, kind, meta)) => {
-                    return Some(Ok(Delivery {
+                    return Some(Ok(Received::Message(Delivery {
                         message,
                         kind,
                         meta,
@@ -240,7 +281,7 @@ impl<M: MessageSet> Consumer<M> {
                         raw,
                         queue: Arc::clone(&self.queue),
                         dead: self.dead.clone(),
-                    }));
+                    })));
                 }
                 Err(reason) => {
                     tracing::warn!(
@@ -248,11 +289,8 @@ impl<M: MessageSet> Consumer<M> {
                         "dead-lettering a message from {}: {reason}",
                         self.queue
                     );
-                    if let Err(error) =
-                        dead_letter(&self.dead, &raw, &reason.to_string(), &self.queue).await
-                    {
-                        return Some(Err(error));
-                    }
+                    // Kept in `self` across the dead-lettering's awaits: see `dead_lettering`.
+                    self.dead_lettering = Some((raw, reason.to_string()));
                 }
             }
         }

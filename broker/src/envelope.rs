@@ -155,6 +155,19 @@ fn integer(value: &AMQPValue) -> Option<i64> {
     }
 }
 
+/// The properties of `properties` that baton uses, whatever else is wrong with the message.
+pub fn meta_of(properties: &BasicProperties) -> Meta {
+    let text = |value: &Option<ShortString>| value.as_ref().map(|v| v.as_str().to_owned());
+    Meta {
+        message_id: text(properties.message_id()).unwrap_or_default(),
+        correlation_id: text(properties.correlation_id()),
+        reply_to: text(properties.reply_to()),
+        user_id: text(properties.user_id()),
+        app_id: text(properties.app_id()),
+        timestamp: *properties.timestamp(),
+    }
+}
+
 /// A received message whose envelope is valid: JSON, a known schema version, a kind.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Envelope<'a> {
@@ -192,17 +205,9 @@ impl<'a> Envelope<'a> {
             .as_ref()
             .map(|kind| kind.as_str().to_owned())
             .ok_or(DecodeError::MissingKind)?;
-        let text = |value: &Option<ShortString>| value.as_ref().map(|v| v.as_str().to_owned());
         Ok(Envelope {
             kind,
-            meta: Meta {
-                message_id: text(properties.message_id()).unwrap_or_default(),
-                correlation_id: text(properties.correlation_id()),
-                reply_to: text(properties.reply_to()),
-                user_id: text(properties.user_id()),
-                app_id: text(properties.app_id()),
-                timestamp: *properties.timestamp(),
-            },
+            meta: meta_of(properties),
             body,
         })
     }

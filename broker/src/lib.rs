@@ -15,7 +15,7 @@ pub mod rpc;
 pub mod topology;
 
 pub use connection::{Broker, BrokerConfig, BrokerState};
-pub use consumer::{Consumer, Delivery, MessageSet};
+pub use consumer::{Consumer, Delivery, MessageSet, Received, Refusal};
 pub use envelope::Meta;
 pub use publisher::{PendingConfirm, Publisher};
 pub use rpc::RpcClient;

@@ -106,6 +106,86 @@ impl RpcClient {
         Ok(RpcClient { publisher, pending })
     }
 
+    /// Sends an already encoded request of kind `kind` (JSON `body`) and waits at most `timeout`
+    /// for a reply of kind `Rep::KIND`: for producers that hold their request as JSON.
+    pub async fn call_raw<Rep: WireMessage>(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        kind: &str,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<Rep, BrokerError> {
+        let meta = self.publisher.complete(Meta {
+            reply_to: Some(REPLY_TO.to_owned()),
+            ..Meta::default()
+        });
+        let mut headers = lapin::types::FieldTable::default();
+        headers.insert(
+            crate::envelope::SCHEMA_VERSION_HEADER.into(),
+            lapin::types::AMQPValue::LongLongInt(i64::from(models::wire::SCHEMA_VERSION)),
+        );
+        let kind = lapin::types::ShortString::try_new(kind).map_err(|_| {
+            BrokerError::Encode(crate::envelope::EncodeError::PropertyTooLong {
+                property: "type",
+                len: kind.len(),
+            })
+        })?;
+        let properties = BasicProperties::default()
+            .with_content_type(crate::envelope::CONTENT_TYPE.into())
+            .with_delivery_mode(crate::envelope::PERSISTENT)
+            .with_type(kind)
+            .with_message_id(meta.message_id.as_str().into())
+            .with_reply_to(REPLY_TO.into())
+            .with_headers(headers);
+        self.exchange(
+            exchange,
+            routing_key,
+            &meta.message_id,
+            "raw request",
+            body,
+            properties,
+            timeout,
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn exchange<Rep: WireMessage>(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        id: &str,
+        what: &'static str,
+        body: &[u8],
+        properties: BasicProperties,
+        timeout: Duration,
+    ) -> Result<Rep, BrokerError> {
+        let (sender, receiver) = oneshot::channel();
+        lock(&self.pending).insert(id.to_owned(), sender);
+        let outcome = async {
+            self.publisher
+                .send_raw(exchange, routing_key, body, properties)
+                .await?
+                .confirmed()
+                .await?;
+            match tokio::time::timeout(timeout, receiver).await {
+                Ok(Ok((properties, body))) => {
+                    let envelope =
+                        Envelope::open(&properties, &body).map_err(BrokerError::Reply)?;
+                    envelope.decode::<Rep>().map_err(BrokerError::Reply)
+                }
+                Ok(Err(_)) | Err(_) => Err(BrokerError::ReplyTimeout {
+                    kind: what,
+                    after: timeout,
+                }),
+            }
+        }
+        .await;
+        lock(&self.pending).remove(id);
+        outcome
+    }
+
     /// Sends `request` to `exchange` with `routing_key` and waits at most `timeout` for a reply
     /// of kind `Rep::KIND`.
     pub async fn call<Req: WireMessage, Rep: WireMessage>(
@@ -119,30 +199,17 @@ impl RpcClient {
             reply_to: Some(REPLY_TO.to_owned()),
             ..Meta::default()
         });
-        let id = meta.message_id.clone();
-        let (sender, receiver) = oneshot::channel();
-        lock(&self.pending).insert(id.clone(), sender);
-        let outcome = async {
-            self.publisher
-                .send(exchange, routing_key, request, meta)
-                .await?
-                .confirmed()
-                .await?;
-            match tokio::time::timeout(timeout, receiver).await {
-                Ok(Ok((properties, body))) => {
-                    let envelope =
-                        Envelope::open(&properties, &body).map_err(BrokerError::Reply)?;
-                    envelope.decode::<Rep>().map_err(BrokerError::Reply)
-                }
-                Ok(Err(_)) | Err(_) => Err(BrokerError::ReplyTimeout {
-                    kind: Req::KIND,
-                    after: timeout,
-                }),
-            }
-        }
-        .await;
-        lock(&self.pending).remove(&id);
-        outcome
+        let (body, properties) = crate::envelope::encode(request, &meta)?;
+        self.exchange(
+            exchange,
+            routing_key,
+            &meta.message_id,
+            Req::KIND,
+            &body,
+            properties,
+            timeout,
+        )
+        .await
     }
 }
 

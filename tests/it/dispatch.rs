@@ -1309,3 +1309,62 @@ async fn a_task_waits_for_its_parent_in_another_plan() {
         .await;
     assert_eq!(orphaned.counters.canceled_count, 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_submission_is_answered_and_dead_lettered() {
+    let cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
+    cluster.seed(&[function(1, no_retry())]).await;
+    let client = cluster.client("producer").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+    // Valid JSON, but no plan: the key and name are missing.
+    let reply: SubmissionReply = rpc
+        .call_raw(
+            SUBMIT_EXCHANGE,
+            PlanSubmission::KIND,
+            PlanSubmission::KIND,
+            br#"{"tasks": []}"#,
+            WAIT,
+        )
+        .await
+        .unwrap();
+    let SubmissionReply::Rejected { error, details, .. } = &reply else {
+        panic!("accepted: {reply:?}");
+    };
+    assert_eq!(error, "malformed");
+    assert!(
+        details[0].message.contains("missing field `key`"),
+        "{details:?}"
+    );
+    // Not JSON at all.
+    let reply: SubmissionReply = rpc
+        .call_raw(
+            SUBMIT_EXCHANGE,
+            PlanSubmission::KIND,
+            PlanSubmission::KIND,
+            b"{not json",
+            WAIT,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(&reply, SubmissionReply::Rejected { error, .. } if error == "malformed"),
+        "{reply:?}"
+    );
+    // A function registration that is not one.
+    let reply: AssetReply = rpc
+        .call_raw(
+            SUBMIT_EXCHANGE,
+            NewFunction::KIND,
+            NewFunction::KIND,
+            br#"{"name": 3}"#,
+            WAIT,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(&reply, AssetReply::Rejected { error, .. } if error == "malformed"),
+        "{reply:?}"
+    );
+    // The consumer goes on: a valid plan is still accepted.
+    submit(&cluster, &rpc, &plan(117, vec![task(1, 1, &[])])).await;
+}

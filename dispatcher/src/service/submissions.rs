@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use broker::consumer::MessageSet;
 use broker::envelope::{DecodeError, Envelope};
 use broker::topology::SUBMISSIONS_QUEUE;
-use broker::{Consumer, Delivery, Meta, Publisher};
+use broker::{Consumer, Delivery, Meta, Publisher, Received, Refusal};
 use models::submission::{
     NewDataSamples, NewDataset, NewFunction, NewOrganization, NewProject, PlanSubmission,
 };
@@ -320,6 +320,29 @@ async fn handle(
     Ok(())
 }
 
+/// Tells the sender of a submission that could not be read why (it was dead-lettered), in the
+/// reply its kind expects.
+async fn answer_refusal(replies: &Publisher, refusal: &Refusal) {
+    let details = vec![ErrorDetail {
+        path: String::new(),
+        message: refusal.reason.clone(),
+    }];
+    if refusal.kind.as_deref() == Some(PlanSubmission::KIND) || refusal.kind.is_none() {
+        let reply = SubmissionReply::Rejected {
+            compute_plan_key: None,
+            error: "malformed".to_owned(),
+            details,
+        };
+        send_reply(replies, &refusal.meta, &reply).await;
+    } else {
+        let reply = AssetReply::Rejected {
+            error: "malformed".to_owned(),
+            details,
+        };
+        send_reply(replies, &refusal.meta, &reply).await;
+    }
+}
+
 /// Answers on `reply_to`, if the message gave one.
 async fn send_reply<M: WireMessage>(replies: &Publisher, meta: &Meta, reply: &M) {
     if meta.reply_to.is_some()
@@ -338,12 +361,13 @@ pub async fn run(context: Arc<Context>, shutdown: CancellationToken) -> anyhow::
     loop {
         let next = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
-            next = consumer.next() => next,
+            next = consumer.next_or_refusal() => next,
         };
         match next {
             None => anyhow::bail!("the submission consumer was canceled by RabbitMQ"),
             Some(Err(error)) => return Err(error.into()),
-            Some(Ok(delivery)) => handle(&context, &replies, delivery).await?,
+            Some(Ok(Received::Message(delivery))) => handle(&context, &replies, delivery).await?,
+            Some(Ok(Received::Refused(refusal))) => answer_refusal(&replies, &refusal).await,
         }
     }
 }
