@@ -1368,3 +1368,31 @@ async fn a_malformed_submission_is_answered_and_dead_lettered() {
     // The consumer goes on: a valid plan is still accepted.
     submit(&cluster, &rpc, &plan(117, vec![task(1, 1, &[])])).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_disabled_by_an_operator_gets_no_more_claims() {
+    let cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
+    cluster.seed(&[function(1, no_retry())]).await;
+    let client = cluster.client("producer").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+    let two = plan(118, vec![task(1, 1, &[]), task(2, 1, &[])]);
+    submit(&cluster, &rpc, &two).await;
+    let worker = ScriptedWorker::new(&cluster, "worker-1").await;
+    let first = worker.claim(TaskKey(key(1))).await;
+    assert!(matches!(first, ClaimReply::Granted { .. }), "{first:?}");
+
+    let mut conn = cluster.db.connect().await;
+    let mut stored = workers::find_worker(&mut conn, &"worker-1".into())
+        .await
+        .unwrap()
+        .unwrap();
+    stored.is_enabled = false;
+    workers::upsert_worker(&mut conn, &stored).await.unwrap();
+    // The dispatcher reads registrations again within its cache time (200 ms in tests).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let second = worker.claim(TaskKey(key(2))).await;
+    assert!(
+        matches!(&second, ClaimReply::Refused { reason, .. } if reason.contains("not registered, or is disabled")),
+        "{second:?}"
+    );
+}

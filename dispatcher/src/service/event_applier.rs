@@ -115,14 +115,25 @@ struct Plans {
     plan_of: HashMap<TaskKey, PlanKey>,
     requirements: HashMap<TaskKey, RequirementSet>,
     registered: HashSet<WorkerId>,
+    /// When `registered` was last emptied, so that a worker disabled or asked to disconnect by
+    /// an operator is seen within the configured registration cache time.
+    registered_since: Option<std::time::Instant>,
 }
 
 /// Whether `worker` is registered (and enabled), asking the database the first time.
 async fn is_registered(
+    context: &Context,
     conn: &mut AsyncPgConnection,
     plans: &mut Plans,
     worker: &WorkerId,
 ) -> Result<bool, StoreError> {
+    let fresh = plans
+        .registered_since
+        .is_some_and(|since| since.elapsed() < context.config.registration_cache);
+    if !fresh {
+        plans.registered.clear();
+        plans.registered_since = Some(std::time::Instant::now());
+    }
     if plans.registered.contains(worker) {
         return Ok(true);
     }
@@ -357,7 +368,9 @@ async fn take(
     now: Timestamp,
 ) -> Result<(), StoreError> {
     match &delivery.message {
-        Incoming::Claim(request) if !is_registered(conn, plans, &request.worker_id).await? => {
+        Incoming::Claim(request)
+            if !is_registered(context, conn, plans, &request.worker_id).await? =>
+        {
             work.replies.push((
                 delivery.meta.clone(),
                 ClaimReply::Refused {

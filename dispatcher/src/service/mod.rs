@@ -40,6 +40,9 @@ pub struct DispatcherConfig {
     pub outbox_poll: Duration,
     /// How often workers must send a heartbeat; one silent for three intervals is inactive.
     pub heartbeat_interval: Duration,
+    /// How long a worker's registration is trusted before it is read again, so that a worker
+    /// an operator disabled stops getting claims.
+    pub registration_cache: Duration,
 }
 
 impl DispatcherConfig {
@@ -57,6 +60,7 @@ impl DispatcherConfig {
             lease_duration: chrono::Duration::seconds(30),
             outbox_poll: Duration::from_secs(1),
             heartbeat_interval: Duration::from_secs(10),
+            registration_cache: Duration::from_secs(10),
         }
     }
 }

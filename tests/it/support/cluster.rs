@@ -66,6 +66,7 @@ impl TestCluster {
         config.lease_duration = self.lease;
         config.outbox_poll = Duration::from_millis(200);
         config.heartbeat_interval = Duration::from_secs(1);
+        config.registration_cache = Duration::from_millis(200);
         config
     }
 
