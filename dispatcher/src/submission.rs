@@ -228,14 +228,60 @@ pub(crate) fn new_task(
     }
 }
 
-/// A submission message to remember with the plan it stored, so that a resubmission is
+/// A submission message to remember with the answer it got, so that a resubmission is
 /// recognised and gets the same answer.
 #[derive(Clone, Debug)]
 pub struct SubmissionRecord {
-    /// The message's id.
+    /// The message's id; without one, the content identifies the request (`digest:<digest>`).
     pub message_id: String,
     /// SHA-256 of the submitted content, hex.
     pub digest: String,
+}
+
+impl SubmissionRecord {
+    /// The record of `message`, sent with id `message_id` (possibly empty).
+    pub fn of<T: serde::Serialize>(message: &T, message_id: &str) -> Result<Self, StoreError> {
+        use sha2::Digest;
+        let body = serde_json::to_vec(message).map_err(|error| StoreError::Encode {
+            what: "submission digest",
+            reason: error.to_string(),
+        })?;
+        let digest = hex::encode(sha2::Sha256::digest(&body));
+        let message_id = if message_id.is_empty() {
+            format!("digest:{digest}")
+        } else {
+            message_id.to_owned()
+        };
+        Ok(SubmissionRecord { message_id, digest })
+    }
+
+    /// The row recording `reply` to this request, about plan `plan` if it named one.
+    pub fn row<R: serde::Serialize>(
+        &self,
+        plan: Option<models::PlanKey>,
+        reply: &R,
+        now: Timestamp,
+    ) -> Result<SubmissionRow, StoreError> {
+        Ok(SubmissionRow {
+            message_id: self.message_id.clone(),
+            compute_plan_key: plan.map(|key| key.0),
+            digest: self.digest.clone(),
+            reply: serde_json::to_value(reply).map_err(|error| StoreError::Encode {
+                what: "submission reply",
+                reason: error.to_string(),
+            })?,
+            creation_date: now,
+        })
+    }
+}
+
+/// The reply recorded in `row`.
+pub fn recorded_reply<R: serde::de::DeserializeOwned>(row: SubmissionRow) -> Result<R, StoreError> {
+    serde_json::from_value(row.reply).map_err(|error| StoreError::Corrupt {
+        table: "submissions",
+        key: row.message_id,
+        reason: error.to_string(),
+    })
 }
 
 /// The reply that accepts `plan`.
@@ -332,20 +378,7 @@ pub async fn submit_plan(
 
     let stored_plan = plan.clone();
     let submission_row = record
-        .map(|record| {
-            Ok::<_, StoreError>(SubmissionRow {
-                message_id: record.message_id.clone(),
-                compute_plan_key: Some(plan.key.0),
-                digest: record.digest.clone(),
-                reply: serde_json::to_value(accepted_reply(&plan)).map_err(|error| {
-                    StoreError::Encode {
-                        what: "submission reply",
-                        reason: error.to_string(),
-                    }
-                })?,
-                creation_date: now,
-            })
-        })
+        .map(|record| record.row(Some(plan.key), &accepted_reply(&plan), now))
         .transpose()?;
     let result = conn
         .transaction(async |conn| {

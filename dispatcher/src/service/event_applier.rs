@@ -118,6 +118,8 @@ struct Plans {
     /// When `registered` was last emptied, so that a worker disabled or asked to disconnect by
     /// an operator is seen within the configured registration cache time.
     registered_since: Option<std::time::Instant>,
+    /// When silent workers were last looked for.
+    silence_checked: Option<std::time::Instant>,
 }
 
 /// Whether `worker` is registered (and enabled), asking the database the first time.
@@ -516,34 +518,21 @@ async fn add_tasks(
     meta: &Meta,
     now: Timestamp,
 ) -> Result<SubmissionReply, StoreError> {
-    use sha2::Digest;
     let plan_key = message.compute_plan_key;
     let rejected = |error: &str, details: Vec<ErrorDetail>| SubmissionReply::Rejected {
         compute_plan_key: Some(plan_key),
         error: error.to_owned(),
         details,
     };
-    let body = serde_json::to_vec(message).map_err(|error| StoreError::Encode {
-        what: "submission digest",
-        reason: error.to_string(),
-    })?;
-    let digest = hex::encode(sha2::Sha256::digest(&body));
-    let message_id = if meta.message_id.is_empty() {
-        format!("digest:{digest}")
-    } else {
-        meta.message_id.clone()
-    };
+    let record = crate::submission::SubmissionRecord::of(message, &meta.message_id)?;
     // The same message, or the same tasks for the same plan again: the same answer.
-    let earlier = match crate::store::submissions::find_by_message(conn, &message_id).await? {
+    let earlier = match crate::store::submissions::find_by_message(conn, &record.message_id).await?
+    {
         Some(row) => Some(row),
-        None => crate::store::submissions::find_by_content(conn, plan_key, &digest).await?,
+        None => crate::store::submissions::find_by_content(conn, plan_key, &record.digest).await?,
     };
     if let Some(row) = earlier {
-        return serde_json::from_value(row.reply).map_err(|error| StoreError::Corrupt {
-            table: "submissions",
-            key: message_id,
-            reason: error.to_string(),
-        });
+        return crate::submission::recorded_reply(row);
     }
     let loaded = plans.states.contains_key(&plan_key) || load_plan(conn, plans, plan_key).await?;
     let reply = 'reply: {
@@ -632,16 +621,7 @@ async fn add_tasks(
         }
     };
     work.submission_rows
-        .push(crate::store::rows::SubmissionRow {
-            message_id,
-            compute_plan_key: Some(plan_key.0),
-            digest,
-            reply: serde_json::to_value(&reply).map_err(|error| StoreError::Encode {
-                what: "submission reply",
-                reason: error.to_string(),
-            })?,
-            creation_date: now,
-        });
+        .push(record.row(Some(plan_key), &reply, now)?);
     Ok(reply)
 }
 
@@ -1131,9 +1111,16 @@ async fn tick(context: &Context, publisher: &Publisher, plans: &mut Plans) -> an
     let silent_after = chrono::Duration::from_std(context.config.heartbeat_interval * 3)
         .unwrap_or_else(|_| chrono::Duration::seconds(30));
     let mut conn = store::connection(&context.pool).await?;
-    for worker in workers::mark_silent_workers_inactive(&mut conn, now - silent_after).await? {
-        tracing::warn!(worker.id = %worker, "worker {worker} is silent: marked inactive");
-        plans.registered.remove(&worker);
+    // Silence is measured in heartbeat intervals: checking more often than one finds nothing new.
+    let sweep_due = plans
+        .silence_checked
+        .is_none_or(|at| at.elapsed() >= context.config.heartbeat_interval);
+    if sweep_due {
+        plans.silence_checked = Some(std::time::Instant::now());
+        for worker in workers::mark_silent_workers_inactive(&mut conn, now - silent_after).await? {
+            tracing::warn!(worker.id = %worker, "worker {worker} is silent: marked inactive");
+            plans.registered.remove(&worker);
+        }
     }
     let due: Vec<PlanKey> = plans
         .states

@@ -9,7 +9,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sha2::Digest;
 use tokio_util::sync::CancellationToken;
 
 use broker::consumer::MessageSet;
@@ -23,9 +22,10 @@ use models::wire::{AssetReply, ErrorDetail, SubmissionReply, WireMessage};
 
 use super::Context;
 use crate::registration::{self, RegistrationError};
-use crate::store::rows::SubmissionRow;
 use crate::store::{self, StoreError, submissions};
-use crate::submission::{SubmissionError, SubmissionRecord, accepted_reply, submit_plan};
+use crate::submission::{
+    SubmissionError, SubmissionRecord, accepted_reply, recorded_reply, submit_plan,
+};
 
 /// What arrives on `baton.submissions`.
 #[derive(Debug)]
@@ -81,14 +81,6 @@ fn rejected(plan: &PlanSubmission, error: &str, details: Vec<ErrorDetail>) -> Su
     }
 }
 
-fn decode_reply(row: SubmissionRow) -> Result<SubmissionReply, StoreError> {
-    serde_json::from_value(row.reply).map_err(|error| StoreError::Corrupt {
-        table: "submissions",
-        key: row.message_id,
-        reason: error.to_string(),
-    })
-}
-
 /// The answer to `submission`, stored with the plan when accepted.
 async fn answer(
     context: &Context,
@@ -96,25 +88,11 @@ async fn answer(
     message_id: &str,
     user: Option<&str>,
 ) -> Result<SubmissionReply, StoreError> {
-    let body = serde_json::to_vec(submission).map_err(|error| StoreError::Encode {
-        what: "submission digest",
-        reason: error.to_string(),
-    })?;
-    let digest = hex::encode(sha2::Sha256::digest(&body));
-    // Without a message id, the content identifies the request.
-    let message_id = if message_id.is_empty() {
-        format!("digest:{digest}")
-    } else {
-        message_id.to_owned()
-    };
+    let record = SubmissionRecord::of(submission, message_id)?;
     let mut conn = store::connection(&context.pool).await?;
-    if let Some(row) = submissions::find_by_message(&mut conn, &message_id).await? {
-        return decode_reply(row);
+    if let Some(row) = submissions::find_by_message(&mut conn, &record.message_id).await? {
+        return recorded_reply(row);
     }
-    let record = SubmissionRecord {
-        message_id: message_id.clone(),
-        digest: digest.clone(),
-    };
     let creator = user.map(models::UserId::from);
     // A producer's RabbitMQ user names a baton user only once users are registered.
     let creator = match &creator {
@@ -148,8 +126,8 @@ async fn answer(
             errors.iter().map(ErrorDetail::from).collect(),
         ),
         Err(SubmissionError::PlanExists(key)) => {
-            if let Some(row) = submissions::find_by_content(&mut conn, key, &digest).await? {
-                return decode_reply(row);
+            if let Some(row) = submissions::find_by_content(&mut conn, key, &record.digest).await? {
+                return recorded_reply(row);
             }
             rejected(
                 submission,
@@ -162,16 +140,7 @@ async fn answer(
         }
         Err(SubmissionError::Store(error)) => return Err(error),
     };
-    let row = SubmissionRow {
-        message_id,
-        compute_plan_key: Some(submission.key.0),
-        digest,
-        reply: serde_json::to_value(&reply).map_err(|error| StoreError::Encode {
-            what: "submission reply",
-            reason: error.to_string(),
-        })?,
-        creation_date: chrono::Utc::now(),
-    };
+    let row = record.row(Some(submission.key), &reply, chrono::Utc::now())?;
     submissions::insert_submission(&mut conn, &row).await?;
     Ok(reply)
 }
@@ -182,31 +151,17 @@ async fn answer_asset(
     submission: &Submission,
     meta: &Meta,
 ) -> Result<AssetReply, StoreError> {
-    let body = match submission {
-        Submission::Function(new) => serde_json::to_vec(new.as_ref()),
-        Submission::Dataset(new) => serde_json::to_vec(new),
-        Submission::DataSamples(new) => serde_json::to_vec(new),
-        Submission::Organization(new) => serde_json::to_vec(new),
-        Submission::Project(new) => serde_json::to_vec(new),
-        Submission::Plan(new) => serde_json::to_vec(new),
-    }
-    .map_err(|error| StoreError::Encode {
-        what: "registration digest",
-        reason: error.to_string(),
-    })?;
-    let digest = hex::encode(sha2::Sha256::digest(&body));
-    let message_id = if meta.message_id.is_empty() {
-        format!("digest:{digest}")
-    } else {
-        meta.message_id.clone()
-    };
+    let record = match submission {
+        Submission::Function(new) => SubmissionRecord::of(new.as_ref(), &meta.message_id),
+        Submission::Dataset(new) => SubmissionRecord::of(new, &meta.message_id),
+        Submission::DataSamples(new) => SubmissionRecord::of(new, &meta.message_id),
+        Submission::Organization(new) => SubmissionRecord::of(new, &meta.message_id),
+        Submission::Project(new) => SubmissionRecord::of(new, &meta.message_id),
+        Submission::Plan(new) => SubmissionRecord::of(new, &meta.message_id),
+    }?;
     let mut conn = store::connection(&context.pool).await?;
-    if let Some(row) = submissions::find_by_message(&mut conn, &message_id).await? {
-        return serde_json::from_value(row.reply).map_err(|error| StoreError::Corrupt {
-            table: "submissions",
-            key: row.message_id,
-            reason: error.to_string(),
-        });
+    if let Some(row) = submissions::find_by_message(&mut conn, &record.message_id).await? {
+        return recorded_reply(row);
     }
     let owner = &context.config.organization;
     let now = chrono::Utc::now();
@@ -254,16 +209,7 @@ async fn answer_asset(
         },
         Err(RegistrationError::Store(error)) => return Err(error),
     };
-    let row = SubmissionRow {
-        message_id,
-        compute_plan_key: None,
-        digest,
-        reply: serde_json::to_value(&reply).map_err(|error| StoreError::Encode {
-            what: "registration reply",
-            reason: error.to_string(),
-        })?,
-        creation_date: now,
-    };
+    let row = record.row(None, &reply, now)?;
     submissions::insert_submission(&mut conn, &row).await?;
     Ok(reply)
 }
