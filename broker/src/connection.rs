@@ -186,6 +186,18 @@ impl Broker {
         Ok(queue)
     }
 
+    /// Declares worker `worker`'s control queue (see [`topology::declare_worker_queue`]);
+    /// returns its name.
+    pub async fn declare_worker_queue(
+        &self,
+        worker: &models::WorkerId,
+    ) -> Result<String, BrokerError> {
+        let channel = self.channel().await?;
+        let queue = topology::declare_worker_queue(&channel, worker).await?;
+        close_quietly(&channel).await;
+        Ok(queue)
+    }
+
     /// Closes the connection cleanly; its consumers' unacked messages go back to their queues.
     pub async fn close(&self) -> Result<(), BrokerError> {
         self.connection

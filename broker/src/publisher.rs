@@ -156,6 +156,23 @@ impl Publisher {
             .await
     }
 
+    /// Publishes `message` without `mandatory` and waits for the confirm: for announcements
+    /// that may have no listener yet (a queue announcement before any worker runs).
+    pub async fn publish_broadcast<M: WireMessage>(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: &M,
+        meta: Meta,
+    ) -> Result<(), BrokerError> {
+        let meta = self.complete(meta);
+        let (body, properties) = envelope::encode(message, &meta)?;
+        self.send_with(exchange, routing_key, &body, properties, false)
+            .await?
+            .confirmed()
+            .await
+    }
+
     async fn send_with(
         &self,
         exchange: &str,

@@ -38,6 +38,15 @@ pub const DEAD_EXCHANGE: &str = "baton.dead";
 /// The dead-letter queue (same name as its exchange, so operators find one `baton.dead`).
 pub const DEAD_QUEUE: &str = "baton.dead";
 
+/// Routing key on [`CONTROL_EXCHANGE`] of [`models::wire::QueueAnnouncement`]s: a task queue
+/// was declared for a new requirement set.
+pub const QUEUE_ANNOUNCE_KEY: &str = "queues.announce";
+/// Prefix of a worker's own control queue: `baton.worker.<id>`.
+pub const WORKER_QUEUE_PREFIX: &str = "baton.worker.";
+/// How long a worker's control queue outlives its last consumer, in milliseconds: long enough
+/// to ride out a reconnect, short enough that departed workers leave nothing behind.
+pub const WORKER_QUEUE_EXPIRES_MS: i64 = 60_000;
+
 /// How many times a message of a baton queue is delivered before it is dead-lettered. A task
 /// message is acked once its claim is answered, so redeliveries only come from workers that
 /// crashed before that; five of those in a row means the message itself is the problem.
@@ -204,6 +213,76 @@ pub async fn declare_task_queue(
     declare_queue(channel, &queue, quorum_arguments(delivery_limit)).await?;
     bind(channel, &queue, TASKS_EXCHANGE, &requirements.routing_key()).await?;
     Ok(queue)
+}
+
+/// The control queue of worker `worker`: `baton.worker.<id>`.
+pub fn worker_queue(worker: &models::WorkerId) -> String {
+    format!("{WORKER_QUEUE_PREFIX}{worker}")
+}
+
+/// The control routing key of orders about task `task`: `task.<key>`.
+pub fn task_control_key(task: models::TaskKey) -> String {
+    format!("task.{task}")
+}
+
+/// The control routing key of orders to worker `worker`: `worker.<id>`.
+pub fn worker_control_key(worker: &models::WorkerId) -> String {
+    format!("worker.{worker}")
+}
+
+/// Declares worker `worker`'s control queue, a classic queue that expires once unused for
+/// [`WORKER_QUEUE_EXPIRES_MS`], bound to its own orders and to queue announcements; orders
+/// about tasks are bound per task while the worker runs them ([`bind_control`]).
+pub async fn declare_worker_queue(
+    channel: &Channel,
+    worker: &models::WorkerId,
+) -> Result<String, BrokerError> {
+    let queue = worker_queue(worker);
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-queue-type".into(), long_string("classic"));
+    arguments.insert(
+        "x-expires".into(),
+        AMQPValue::LongLongInt(WORKER_QUEUE_EXPIRES_MS),
+    );
+    declare_queue(channel, &queue, arguments).await?;
+    bind(
+        channel,
+        &queue,
+        CONTROL_EXCHANGE,
+        &worker_control_key(worker),
+    )
+    .await?;
+    bind(channel, &queue, CONTROL_EXCHANGE, QUEUE_ANNOUNCE_KEY).await?;
+    Ok(queue)
+}
+
+/// Binds `queue` to control orders with `routing_key` (e.g. [`task_control_key`]).
+pub async fn bind_control(
+    channel: &Channel,
+    queue: &str,
+    routing_key: &str,
+) -> Result<(), BrokerError> {
+    bind(channel, queue, CONTROL_EXCHANGE, routing_key).await
+}
+
+/// Unbinds `queue` from control orders with `routing_key`.
+pub async fn unbind_control(
+    channel: &Channel,
+    queue: &str,
+    routing_key: &str,
+) -> Result<(), BrokerError> {
+    channel
+        .queue_unbind(
+            ShortString::from(queue),
+            ShortString::from(CONTROL_EXCHANGE),
+            ShortString::from(routing_key),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|source| BrokerError::Declare {
+            what: format!("unbinding {CONTROL_EXCHANGE} -> {queue} ({routing_key})"),
+            source: Box::new(source),
+        })
 }
 
 #[cfg(test)]

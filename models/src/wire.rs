@@ -16,8 +16,9 @@ use crate::submission::{
 };
 use crate::validation::ValidationError;
 use crate::{
-    Attempt, FunctionKey, LogStream, PlanKey, PlanStatus, RequirementSet, StepState, TaskErrorType,
-    TaskKey, Timestamp, WorkerId,
+    Attempt, DataSampleKey, DatasetKey, DeviceId, File, FunctionKey, FunctionOutput, JsonObject,
+    LogStream, ModelKey, OutputKind, PlanKey, PlanStatus, RequirementSet, Step, StepState,
+    TaskErrorType, TaskKey, Timestamp, WorkerId,
 };
 
 /// The version of the message formats below. A change a consumer of the previous version would
@@ -171,20 +172,189 @@ impl WireMessage for ClaimRequest {
     const KIND: &'static str = "task.claim";
 }
 
-/// The dispatcher's answer to a claim request.
+/// An attempt granted to a worker: what every report of the attempt names.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Grant {
+    /// The task.
+    pub task_key: TaskKey,
+    /// The new attempt.
+    pub attempt: Attempt,
+    /// The secret every report of this attempt carries.
+    pub lease_token: Uuid,
+    /// When the lease lapses unless renewed.
+    pub lease_expires_at: Timestamp,
+}
+
+/// Everything a worker needs to run a granted attempt, resolved by the dispatcher so that the
+/// worker reads nothing else: the function's steps, the task's parameters, where each input's
+/// file is, and which outputs it must leave.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Assignment {
+    /// The task's plan.
+    pub compute_plan_key: PlanKey,
+    /// The task's rank in its plan.
+    pub rank: u32,
+    /// The function.
+    pub function_key: FunctionKey,
+    /// The function's name.
+    pub function_name: String,
+    /// The steps to run, in order.
+    pub steps: Vec<Step>,
+    /// Seconds the whole attempt may take.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    /// The function's built artifact, unpacked into the workspace before the steps run.
+    #[serde(default)]
+    pub image: Option<File>,
+    /// The function's code archive.
+    #[serde(default)]
+    pub archive: Option<File>,
+    /// The parameters: the function's defaults, overridden by the task's values.
+    #[serde(default)]
+    pub parameters: JsonObject,
+    /// A JSON Schema the parameters satisfy (the function's).
+    #[serde(default)]
+    pub parameter_schema: Option<serde_json::Value>,
+    /// The inputs, in the task's order.
+    #[serde(default)]
+    pub inputs: Vec<AssignedInput>,
+    /// The outputs the attempt must register, each at least once.
+    #[serde(default)]
+    pub outputs: Vec<FunctionOutput>,
+    /// The device the task asked for (LuciHub), if any.
+    #[serde(default)]
+    pub device_id: Option<DeviceId>,
+    /// The task's input data for its device (LuciHub's input JSON).
+    #[serde(default)]
+    pub input: serde_json::Value,
+}
+
+/// One resolved input of an assignment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AssignedInput {
+    /// The function input it fills.
+    pub identifier: String,
+    /// Whether the input takes several values (it then is a directory).
+    #[serde(default)]
+    pub multiple: bool,
+    /// The value.
+    #[serde(flatten)]
+    pub value: InputValue,
+}
+
+/// Where an input's value is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum InputValue {
+    /// A model file in the artifact store; the worker verifies its checksum.
+    Model {
+        /// The model.
+        model_key: ModelKey,
+        /// Its file.
+        file: File,
+    },
+    /// A data sample, at a path on the worker's host.
+    DataSample {
+        /// The sample.
+        data_sample_key: DataSampleKey,
+        /// Where it is, when registered with a path.
+        path: Option<String>,
+    },
+    /// A data manager, whose opener reads the samples.
+    DataManager {
+        /// The dataset.
+        dataset_key: DatasetKey,
+        /// Its opener file in the artifact store.
+        opener: File,
+    },
+}
+
+/// A value an attempt registers for one of its function's outputs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ReportedOutput {
+    /// A model file, uploaded to the artifact store.
+    Model {
+        /// The output.
+        identifier: String,
+        /// The file's checksum and address.
+        file: File,
+    },
+    /// A finite float.
+    Performance {
+        /// The output.
+        identifier: String,
+        /// The value.
+        value: f64,
+    },
+}
+
+impl ReportedOutput {
+    /// The output this value is for.
+    pub fn identifier(&self) -> &str {
+        match self {
+            ReportedOutput::Model { identifier, .. }
+            | ReportedOutput::Performance { identifier, .. } => identifier,
+        }
+    }
+}
+
+/// Every problem with the values an attempt reports for its function's outputs (SPEC.md §7):
+/// each declared output has a value, of its kind, and only one unless it is `multiple`; no
+/// value is for an undeclared output; performances are finite. Empty when all is well.
+pub fn check_reported_outputs(
+    declared: &[FunctionOutput],
+    reported: &[ReportedOutput],
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for value in reported {
+        let identifier = value.identifier();
+        let Some(output) = declared.iter().find(|o| o.identifier == identifier) else {
+            problems.push(format!(
+                "output `{identifier}` is not declared by the function"
+            ));
+            continue;
+        };
+        match (value, output.kind) {
+            (ReportedOutput::Model { .. }, OutputKind::Model) => {}
+            (ReportedOutput::Performance { value, .. }, OutputKind::Performance) => {
+                if !value.is_finite() {
+                    problems.push(format!(
+                        "output `{identifier}`: {value} is not a finite number"
+                    ));
+                }
+            }
+            (_, kind) => problems.push(format!("output `{identifier}` takes a {kind}")),
+        }
+    }
+    for output in declared {
+        let count = reported
+            .iter()
+            .filter(|value| value.identifier() == output.identifier)
+            .count();
+        if count == 0 {
+            problems.push(format!("output `{}` has no value", output.identifier));
+        } else if count > 1 && !output.multiple {
+            problems.push(format!(
+                "output `{}` takes one value, got {count}",
+                output.identifier
+            ));
+        }
+    }
+    problems
+}
+
+/// The dispatcher's answer to a claim request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "decision", rename_all = "snake_case")]
 pub enum ClaimReply {
     /// The worker runs the task under this lease; it acks the task message.
     Granted {
-        /// The task.
-        task_key: TaskKey,
-        /// The new attempt.
-        attempt: Attempt,
-        /// The secret every report of this attempt carries.
-        lease_token: Uuid,
-        /// When the lease lapses unless renewed.
-        lease_expires_at: Timestamp,
+        /// The attempt granted.
+        #[serde(flatten)]
+        grant: Grant,
+        /// What to run.
+        assignment: Box<Assignment>,
     },
     /// The worker drops the task message: a duplicate, a canceled task or a stale delivery.
     Refused {
@@ -238,6 +408,10 @@ pub struct TaskStatusReport {
     /// Output data the device returned (LuciHub's output JSON).
     #[serde(default)]
     pub output: serde_json::Value,
+    /// The values registered for the function's outputs; with `done`, every declared output
+    /// has its values here.
+    #[serde(default)]
+    pub outputs: Vec<ReportedOutput>,
 }
 
 impl WireMessage for TaskStatusReport {
@@ -363,6 +537,18 @@ impl WireMessage for ControlOrder {
     const KIND: &'static str = "control.order";
 }
 
+/// The dispatcher declared a task queue for a requirement set, published on `baton.control`
+/// as `queues.announce`: every worker that satisfies it starts consuming it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct QueueAnnouncement {
+    /// The requirement set; its queue is `baton.tasks.<routing key>`.
+    pub requirements: RequirementSet,
+}
+
+impl WireMessage for QueueAnnouncement {
+    const KIND: &'static str = "queue.announce";
+}
+
 /// A device a registering worker offers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct DeviceInfo {
@@ -418,6 +604,10 @@ pub enum RegistrationReply {
         heartbeat_interval_secs: u32,
         /// How long a granted claim lasts without renewal, in seconds.
         lease_secs: u32,
+        /// The requirement sets of tasks waiting or ready now that this worker satisfies: it
+        /// consumes their queues (and later ones as [`QueueAnnouncement`]s arrive).
+        #[serde(default)]
+        queues: Vec<RequirementSet>,
     },
     /// Refused, with the reason.
     Refused {
@@ -517,6 +707,7 @@ pub fn schemas() -> Vec<MessageSchema> {
         schema_of::<LogBatch>(),
         schema_of::<MeasurementBatch>(),
         schema_of::<ControlOrder>(),
+        schema_of::<QueueAnnouncement>(),
         schema_of::<WorkerRegistration>(),
         schema_of::<RegistrationReply>(),
         schema_of::<CancelRequest>(),

@@ -325,12 +325,7 @@ async fn duplicate_claims_and_stale_reports_are_refused() {
     let task_key = TaskKey(key(1));
     // The dispatcher publishes the task; the claim may come before that, it is TODO either way.
     let first = worker.claim(task_key).await;
-    let ClaimReply::Granted {
-        attempt,
-        lease_token,
-        ..
-    } = first
-    else {
+    let Some(granted) = Granted::of(&first) else {
         panic!("the first claim is granted: {first:?}");
     };
     // A duplicate delivery to another worker: refused.
@@ -339,9 +334,8 @@ async fn duplicate_claims_and_stale_reports_are_refused() {
 
     // A report with a wrong token changes nothing.
     let forged = Granted {
-        task: task_key,
-        attempt,
         token: uuid::Uuid::new_v4(),
+        ..Granted::of(&first).unwrap()
     };
     other.report(&forged, ReportedOutcome::Done).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -350,11 +344,6 @@ async fn duplicate_claims_and_stale_reports_are_refused() {
         TaskStatus::Doing
     );
 
-    let granted = Granted {
-        task: task_key,
-        attempt,
-        token: lease_token,
-    };
     worker.report(&granted, ReportedOutcome::Done).await;
     cluster
         .wait_for_plan(single.key, WAIT, "DONE", |p| p.status == PlanStatus::Done)

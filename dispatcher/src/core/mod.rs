@@ -36,7 +36,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-use models::wire::ClaimReply;
+use models::wire::Grant;
 use models::{
     Attempt, FunctionKey, FunctionStatus, Lease, OrganizationId, RetryPolicy, TaskErrorType,
     TaskKey, TaskStatus, Timestamp, WaitingReason, WorkerId,
@@ -198,6 +198,20 @@ pub enum Outcome {
     Canceled,
 }
 
+/// The core's answer to a claim; the shell adds the assignment to a grant before sending it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClaimDecision {
+    /// The attempt is granted.
+    Granted(Grant),
+    /// The claim is refused: a duplicate, a canceled task or a stale delivery.
+    Refused {
+        /// The task.
+        task_key: TaskKey,
+        /// Why, in words.
+        reason: String,
+    },
+}
+
 /// What the shell must do. Store effects are applied in one transaction with the others of the
 /// same [`apply`].
 #[derive(Clone, Debug, PartialEq)]
@@ -230,7 +244,7 @@ pub enum Effect {
     /// Answer a claim.
     ReplyClaim {
         /// The answer.
-        reply: ClaimReply,
+        reply: ClaimDecision,
     },
     /// Tell the worker running `task` to stop it.
     SendOrder {

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
-use models::wire::ClaimReply;
+use models::wire::Grant;
 use models::{
     Attempt, FunctionKey, FunctionStatus, Lease, RetryPolicy, TaskErrorType, TaskKey, TaskStatus,
     Timestamp, WaitingReason, WorkerId,
@@ -12,7 +12,7 @@ use models::{
 use petgraph::stable_graph::NodeIndex;
 use uuid::Uuid;
 
-use super::{Effect, Event, Order, Outcome, PlanState, TaskNode};
+use super::{ClaimDecision, Effect, Event, Order, Outcome, PlanState, TaskNode};
 
 /// See [`super::apply`].
 pub(super) fn apply(
@@ -56,7 +56,7 @@ pub(super) fn apply(
                     let reason = format!("refused, nothing changed: {reason} (a bug in the core)");
                     match claimed {
                         Some(task_key) => vec![Effect::ReplyClaim {
-                            reply: ClaimReply::Refused { task_key, reason },
+                            reply: ClaimDecision::Refused { task_key, reason },
                         }],
                         None => vec![Effect::Refused {
                             task: subject,
@@ -444,7 +444,7 @@ impl Run<'_> {
     ) -> Step {
         let refuse = |reason: String| {
             Stop::Refuse(Box::new(Effect::ReplyClaim {
-                reply: ClaimReply::Refused {
+                reply: ClaimDecision::Refused {
                     task_key: key,
                     reason,
                 },
@@ -503,12 +503,12 @@ impl Run<'_> {
         })?;
         self.state.plan.start_date.get_or_insert(self.now);
         self.effects.push(Effect::ReplyClaim {
-            reply: ClaimReply::Granted {
+            reply: ClaimDecision::Granted(Grant {
                 task_key: key,
                 attempt,
                 lease_token,
                 lease_expires_at: expires_at,
-            },
+            }),
         });
         Ok(())
     }

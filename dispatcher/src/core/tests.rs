@@ -35,7 +35,7 @@ use std::fmt::Write as _;
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use expect_test::{Expect, expect};
 use models::task::initial_status;
-use models::wire::ClaimReply;
+use models::wire::Grant;
 use models::{
     Attempt, ComputePlan, FunctionKey, FunctionStatus, OrganizationId, PlanCounters, PlanKey,
     PlanStatus, RetryPolicy, TaskErrorType, TaskKey, TaskStatus, Timestamp, WaitingReason,
@@ -43,7 +43,7 @@ use models::{
 };
 use uuid::Uuid;
 
-use super::{Effect, Event, Outcome, PlanState, TaskNode, apply};
+use super::{ClaimDecision, Effect, Event, Outcome, PlanState, TaskNode, apply};
 
 const JITTER: f64 = 0.5;
 
@@ -547,7 +547,7 @@ impl World {
                     effect,
                     Effect::Refused { .. }
                         | Effect::ReplyClaim {
-                            reply: ClaimReply::Refused { .. }
+                            reply: ClaimDecision::Refused { .. }
                         }
                 )
             })
@@ -596,12 +596,12 @@ impl World {
                 }
                 Effect::ReplyClaim {
                     reply:
-                        ClaimReply::Granted {
+                        ClaimDecision::Granted(Grant {
                             task_key,
                             attempt,
                             lease_token,
                             ..
-                        },
+                        }),
                 } => {
                     assert_eq!(*lease_token, self.token(*task_key, attempt.get()));
                 }
@@ -745,18 +745,18 @@ impl World {
                 Effect::PlanChanged { plan } => self.plan_text(plan),
                 Effect::ReplyClaim {
                     reply:
-                        ClaimReply::Granted {
+                        ClaimDecision::Granted(Grant {
                             task_key,
                             attempt,
                             lease_expires_at,
                             ..
-                        },
+                        }),
                 } => format!(
                     "granted {task_key} attempt {attempt}, lease until {}",
                     self.time(*lease_expires_at)
                 ),
                 Effect::ReplyClaim {
-                    reply: ClaimReply::Refused { task_key, reason },
+                    reply: ClaimDecision::Refused { task_key, reason },
                 } => format!("claim of {task_key} refused: {reason}"),
                 Effect::SendOrder {
                     task,

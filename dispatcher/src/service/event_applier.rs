@@ -27,12 +27,13 @@ use models::wire::{
     TaskStatusReport, WireMessage, WorkerHeartbeat, WorkerRegistration,
 };
 use models::{
-    Attempt, LogLine, Measurement, PlanKey, RequirementSet, RetryPolicy, Task, TaskKey,
-    TaskStateChange, TaskStatus, Timestamp, WorkerId,
+    Attempt, LogLine, Measurement, PlanKey, RequirementSet, RetryPolicy, Task, TaskErrorType,
+    TaskKey, TaskStateChange, TaskStatus, Timestamp, WorkerId,
 };
 
 use super::Context;
-use crate::core::{self, Effect, Event, Order, Outcome, PlanState, TaskNode};
+use super::assignment::{self, Functions, Registered};
+use crate::core::{self, ClaimDecision, Effect, Event, Order, Outcome, PlanState, TaskNode};
 use crate::store::rows::NewOutboxRow;
 use crate::store::tasks::TaskStateUpdate;
 use crate::store::{self, StoreError, catalog, execution, plans, tasks, workers};
@@ -120,6 +121,8 @@ struct Plans {
     registered_since: Option<std::time::Instant>,
     /// When silent workers were last looked for.
     silence_checked: Option<std::time::Instant>,
+    /// Functions, for assignments and output checks.
+    functions: Functions,
 }
 
 /// Whether `worker` is registered (and enabled), asking the database the first time.
@@ -280,6 +283,10 @@ struct Work {
     effects: Vec<Effect>,
     touched: HashSet<PlanKey>,
     replies: Vec<(Meta, ClaimReply)>,
+    /// The core's answers to claims, before the shell completes them into `replies`.
+    decisions: Vec<(Meta, ClaimDecision)>,
+    /// Models and performances registered by DONE reports.
+    registered: Registered,
     log_lines: Vec<LogLine>,
     samples: Vec<Measurement>,
     results: Vec<(TaskKey, Vec<models::StepState>, serde_json::Value)>,
@@ -324,7 +331,7 @@ impl Work {
             match effect {
                 Effect::ReplyClaim { reply } => {
                     if let Some(meta) = meta {
-                        self.replies.push((meta.clone(), reply));
+                        self.decisions.push((meta.clone(), reply));
                     }
                 }
                 Effect::Refused { task, reason } => {
@@ -393,13 +400,17 @@ async fn take(
                 },
             )),
             Some(plan) => {
-                let event = Event::ClaimRequested {
-                    task: request.task_key,
-                    worker: request.worker_id.clone(),
-                    lease_token: Uuid::new_v4(),
-                    lease_duration: context.config.lease_duration,
-                };
-                work.apply(plans, plan, event, now, Some(&delivery.meta));
+                claim(
+                    context,
+                    conn,
+                    plans,
+                    work,
+                    request,
+                    plan,
+                    &delivery.meta,
+                    now,
+                )
+                .await?
             }
         },
         Incoming::Status(report) => {
@@ -407,8 +418,18 @@ async fn take(
                 tracing::warn!("report for unknown task {}", report.task_key);
                 return Ok(());
             };
+            let mut registered = Registered::default();
             let outcome = match &report.outcome {
-                ReportedOutcome::Done => Outcome::Done,
+                ReportedOutcome::Done => {
+                    match check_outputs(conn, plans, report, now, &mut registered).await? {
+                        Ok(()) => Outcome::Done,
+                        Err(problem) => Outcome::Failed {
+                            error_type: TaskErrorType::Execution,
+                            message: format!("invalid outputs: {problem}"),
+                            retryable: false,
+                        },
+                    }
+                }
                 ReportedOutcome::Failed {
                     error_type,
                     message,
@@ -429,6 +450,8 @@ async fn take(
             if work.apply(plans, plan, event, now, None) {
                 work.results
                     .push((report.task_key, report.steps.clone(), report.output.clone()));
+                work.registered.models.extend(registered.models);
+                work.registered.performances.extend(registered.performances);
             }
         }
         Incoming::Heartbeat(heartbeat) => {
@@ -504,6 +527,107 @@ async fn take(
         }
     }
     Ok(())
+}
+
+/// Feeds a claim to the core with the assignment it would run: a grant is answered with the
+/// assignment; a task whose inputs are gone is granted and failed at once, so it does not wait
+/// forever, and the worker is refused.
+#[allow(clippy::too_many_arguments)]
+async fn claim(
+    context: &Context,
+    conn: &mut AsyncPgConnection,
+    plans: &mut Plans,
+    work: &mut Work,
+    request: &ClaimRequest,
+    plan: PlanKey,
+    meta: &Meta,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let claimable = plans
+        .states
+        .get(&plan)
+        .and_then(|state| state.task(request.task_key))
+        .is_some_and(|task| task.status == TaskStatus::Todo);
+    // Only a claim the core may grant is worth reading the store for.
+    let prepared = if claimable {
+        Some(assignment::prepare(conn, &mut plans.functions, request.task_key).await?)
+    } else {
+        None
+    };
+    let event = Event::ClaimRequested {
+        task: request.task_key,
+        worker: request.worker_id.clone(),
+        lease_token: Uuid::new_v4(),
+        lease_duration: context.config.lease_duration,
+    };
+    work.apply(plans, plan, event, now, Some(meta));
+    let Some((meta, decision)) = work.decisions.pop() else {
+        return Ok(());
+    };
+    let reply = match (decision, prepared) {
+        (ClaimDecision::Refused { task_key, reason }, _) => {
+            ClaimReply::Refused { task_key, reason }
+        }
+        (ClaimDecision::Granted(grant), Some(Ok(assignment))) => ClaimReply::Granted {
+            grant,
+            assignment: Box::new(assignment),
+        },
+        (ClaimDecision::Granted(grant), prepared) => {
+            let problem = match prepared {
+                Some(Err(problem)) => problem,
+                _ => "the task was not ready when its claim was read".to_owned(),
+            };
+            tracing::error!(task.key = %grant.task_key, "task {} cannot run: {problem}", grant.task_key);
+            let failed = Event::Finished {
+                task: grant.task_key,
+                attempt: grant.attempt,
+                lease_token: grant.lease_token,
+                outcome: Outcome::Failed {
+                    error_type: TaskErrorType::Internal,
+                    message: problem.clone(),
+                    retryable: false,
+                },
+            };
+            work.apply(plans, plan, failed, now, None);
+            ClaimReply::Refused {
+                task_key: grant.task_key,
+                reason: problem,
+            }
+        }
+    };
+    work.replies.push((meta, reply));
+    Ok(())
+}
+
+/// Checks the outputs of a DONE report against its function; the models and performances go
+/// to `registered`, or the problems come back, all of them.
+async fn check_outputs(
+    conn: &mut AsyncPgConnection,
+    plans: &mut Plans,
+    report: &TaskStatusReport,
+    now: Timestamp,
+    registered: &mut Registered,
+) -> Result<Result<(), String>, StoreError> {
+    // A report the core will refuse changes nothing: no need to read the task.
+    if !holds_lease(plans, report.task_key, report.attempt, report.lease_token) {
+        return Ok(Ok(()));
+    }
+    let Some(task) = tasks::find_task(conn, report.task_key).await? else {
+        return Ok(Err(format!("task {} does not exist", report.task_key)));
+    };
+    let Some(function) = plans.functions.get(conn, task.function_key).await? else {
+        return Ok(Err(format!(
+            "function {} does not exist",
+            task.function_key
+        )));
+    };
+    Ok(assignment::register_outputs(
+        &task,
+        &function,
+        &report.outputs,
+        now,
+        registered,
+    ))
 }
 
 /// Adds tasks to a stored plan: validated against what is stored, then fed to the core, which
@@ -778,9 +902,15 @@ async fn register(
     if !worker.is_enabled {
         return Ok(refuse(format!("worker {worker_id} is disabled")));
     }
+    let queues = tasks::pending_requirement_sets(conn)
+        .await?
+        .into_iter()
+        .filter(|set| set.is_satisfied_by(&worker.properties))
+        .collect();
     plans.registered.remove(&worker_id);
     work.registrations.push((worker, devices));
     Ok(RegistrationReply::Registered {
+        queues,
         worker_id,
         heartbeat_interval_secs: u32::try_from(context.config.heartbeat_interval.as_secs())
             .unwrap_or(u32::MAX),
@@ -958,6 +1088,12 @@ async fn commit(
         tasks::insert_outbox_rows(conn, &outbox).await?;
         for (task, steps, output) in &work.results {
             tasks::set_task_result(conn, *task, steps, output).await?;
+        }
+        for model in &work.registered.models {
+            execution::insert_model(conn, model).await?;
+        }
+        for performance in &work.registered.performances {
+            execution::insert_performance(conn, performance).await?;
         }
         execution::insert_log_lines(conn, &work.log_lines).await?;
         execution::insert_measurements(conn, &work.samples).await?;

@@ -18,6 +18,7 @@ use models::OrganizationId;
 
 use crate::store::{self, Pool, catalog};
 
+mod assignment;
 pub mod event_applier;
 pub mod outbox_relay;
 pub mod submissions;

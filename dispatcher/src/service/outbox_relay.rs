@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use broker::topology::TASKS_EXCHANGE;
+use broker::topology::{CONTROL_EXCHANGE, QUEUE_ANNOUNCE_KEY, TASKS_EXCHANGE};
 use broker::{Meta, Publisher};
 use models::RequirementSet;
-use models::wire::TaskReady;
+use models::wire::{QueueAnnouncement, TaskReady};
 
 use super::Context;
 use crate::store::{self, tasks, workers};
@@ -117,6 +117,18 @@ async fn relay_round(
                 .declare_task_queue(&message.requirements)
                 .await?;
             declared.insert(row.routing_key.clone());
+            // Workers that satisfy the set start consuming its queue.
+            let announcement = QueueAnnouncement {
+                requirements: message.requirements.clone(),
+            };
+            publisher
+                .publish_broadcast(
+                    CONTROL_EXCHANGE,
+                    QUEUE_ANNOUNCE_KEY,
+                    &announcement,
+                    Meta::default(),
+                )
+                .await?;
         }
         let meta = Meta {
             message_id: format!("task-{}-outbox-{}", message.task_key, row.id),

@@ -5,13 +5,13 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use models::{PlanKey, Task, TaskKey, TaskStateChange, TaskStatus};
+use models::{PlanKey, RequirementSet, Task, TaskKey, TaskStateChange, TaskStatus};
 
 use super::rows::{
     NewOutboxRow, NewStateChangeRow, OutboxRow, StateChangeRow, TASK_COLUMNS, TaskEdgeRow, TaskRow,
 };
 use super::schema::{outbox, task_edges, task_state_changes, tasks};
-use super::{StoreResult, rows_per_insert};
+use super::{StoreError, StoreResult, rows_per_insert};
 
 /// Stores `tasks` and the DAG edges their parent-output inputs name, in chunks that fit
 /// PostgreSQL's bind-parameter limit. Parents must be stored already or be among `tasks`.
@@ -199,6 +199,28 @@ pub async fn plans_with_running_tasks(conn: &mut AsyncPgConnection) -> StoreResu
         .load(conn)
         .await?;
     Ok(keys.into_iter().map(PlanKey).collect())
+}
+
+/// The distinct requirement sets of tasks waiting or ready to run: the task queues a newly
+/// registered worker may have to consume.
+pub async fn pending_requirement_sets(
+    conn: &mut AsyncPgConnection,
+) -> StoreResult<Vec<RequirementSet>> {
+    let sets: Vec<serde_json::Value> = tasks::table
+        .filter(tasks::status.eq_any([TaskStatus::Todo.as_str(), TaskStatus::Waiting.as_str()]))
+        .select(tasks::requirements)
+        .distinct()
+        .load(conn)
+        .await?;
+    sets.into_iter()
+        .map(|set| {
+            serde_json::from_value(set).map_err(|error| StoreError::Corrupt {
+                table: "tasks",
+                key: "(requirements)".to_owned(),
+                reason: error.to_string(),
+            })
+        })
+        .collect()
 }
 
 /// The tasks of plan `plan`, optionally only those in `status`, by rank then key.

@@ -103,6 +103,7 @@ fn a_status_report_reads_flat() {
         },
         steps: Vec::new(),
         output: serde_json::Value::Null,
+        outputs: Vec::new(),
     };
     let value = serde_json::to_value(&report).unwrap();
     assert_eq!(value["outcome"], "failed");
@@ -120,4 +121,69 @@ fn a_status_report_reads_flat() {
     }))
     .unwrap();
     assert_eq!(done.outcome, ReportedOutcome::Done);
+}
+
+#[test]
+fn reported_outputs_are_checked_against_the_declaration() {
+    use crate::{File, FunctionOutput, OutputKind};
+    let declared = vec![
+        FunctionOutput {
+            identifier: "model".into(),
+            kind: OutputKind::Model,
+            multiple: false,
+        },
+        FunctionOutput {
+            identifier: "shards".into(),
+            kind: OutputKind::Model,
+            multiple: true,
+        },
+        FunctionOutput {
+            identifier: "auc".into(),
+            kind: OutputKind::Performance,
+            multiple: false,
+        },
+    ];
+    let file = File {
+        checksum: "0".repeat(64),
+        storage_address: "a/b".into(),
+    };
+    let model = |identifier: &str| ReportedOutput::Model {
+        identifier: identifier.into(),
+        file: file.clone(),
+    };
+    let perf = |identifier: &str, value: f64| ReportedOutput::Performance {
+        identifier: identifier.into(),
+        value,
+    };
+    let good = vec![
+        model("model"),
+        model("shards"),
+        model("shards"),
+        perf("auc", 0.5),
+    ];
+    assert!(check_reported_outputs(&declared, &good).is_empty());
+    let bad = vec![
+        model("model"),
+        model("model"),
+        perf("shards", 1.0),
+        perf("auc", f64::NAN),
+        model("extra"),
+    ];
+    expect_test::expect![[r#"
+        [
+            "output `shards` takes a MODEL",
+            "output `auc`: NaN is not a finite number",
+            "output `extra` is not declared by the function",
+            "output `model` takes one value, got 2",
+        ]
+    "#]]
+    .assert_debug_eq(&check_reported_outputs(&declared, &bad));
+    expect_test::expect![[r#"
+        [
+            "output `model` has no value",
+            "output `shards` has no value",
+            "output `auc` has no value",
+        ]
+    "#]]
+    .assert_debug_eq(&check_reported_outputs(&declared, &[]));
 }

@@ -12,8 +12,8 @@ use dispatcher::service::DispatcherConfig;
 use dispatcher::store::{catalog, plans, tasks};
 use models::submission::PlanSubmission;
 use models::wire::{
-    ClaimReply, ClaimRequest, DeviceInfo, RegistrationReply, ReportedOutcome, SubmissionReply,
-    TaskReady, TaskStatusReport, WireMessage, WorkerRegistration,
+    ClaimReply, ClaimRequest, DeviceInfo, RegistrationReply, ReportedOutcome, ReportedOutput,
+    SubmissionReply, TaskReady, TaskStatusReport, WireMessage, WorkerRegistration,
 };
 use models::{ComputePlan, PlanKey, RequirementSet, Task, TaskKey, WorkerId};
 
@@ -264,6 +264,43 @@ pub(crate) struct Granted {
     pub(crate) task: TaskKey,
     pub(crate) attempt: models::Attempt,
     pub(crate) token: uuid::Uuid,
+    /// The outputs the assignment declares, which a DONE report fills.
+    pub(crate) outputs: Vec<models::FunctionOutput>,
+}
+
+impl Granted {
+    /// The grant in a claim reply, if it is one.
+    pub(crate) fn of(reply: &ClaimReply) -> Option<Granted> {
+        match reply {
+            ClaimReply::Granted { grant, assignment } => Some(Granted {
+                task: grant.task_key,
+                attempt: grant.attempt,
+                token: grant.lease_token,
+                outputs: assignment.outputs.clone(),
+            }),
+            ClaimReply::Refused { .. } => None,
+        }
+    }
+
+    /// A value for every declared output, as a worker that ran the steps would register.
+    pub(crate) fn outputs(&self) -> Vec<ReportedOutput> {
+        self.outputs
+            .iter()
+            .map(|output| match output.kind {
+                models::OutputKind::Model => ReportedOutput::Model {
+                    identifier: output.identifier.clone(),
+                    file: models::File {
+                        checksum: "0".repeat(64),
+                        storage_address: format!("scripted/{}/{}", self.task, output.identifier),
+                    },
+                },
+                models::OutputKind::Performance => ReportedOutput::Performance {
+                    identifier: output.identifier.clone(),
+                    value: 0.5,
+                },
+            })
+            .collect()
+    }
 }
 
 impl ScriptedWorker {
@@ -314,9 +351,14 @@ impl ScriptedWorker {
             attempt: granted.attempt,
             lease_token: granted.token,
             worker_id: self.id.clone(),
-            outcome,
+            outcome: outcome.clone(),
             steps: Vec::new(),
             output: serde_json::json!({"by": self.id}),
+            outputs: if outcome == ReportedOutcome::Done {
+                granted.outputs()
+            } else {
+                Vec::new()
+            },
         };
         self.events
             .publish(
@@ -339,19 +381,8 @@ impl ScriptedWorker {
         let task = delivery.message.task_key;
         let reply = self.claim(task).await;
         delivery.ack().await.unwrap();
-        let ClaimReply::Granted {
-            attempt,
-            lease_token,
-            ..
-        } = reply
-        else {
-            return None;
-        };
-        let granted = Granted {
-            task,
-            attempt,
-            token: lease_token,
-        };
+        let granted = Granted::of(&reply)?;
+        assert_eq!(granted.task, task);
         match script {
             Script::Succeed => self.report(&granted, ReportedOutcome::Done).await,
             Script::Fail { retryable } => {
