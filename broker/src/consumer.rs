@@ -211,6 +211,14 @@ impl<M: MessageSet> Consumer<M> {
         })
     }
 
+    /// Stops consuming and closes the consumer's channel: messages delivered to it and not yet
+    /// acked go back to the queue, for other consumers.
+    pub async fn close(self) {
+        if let Err(error) = self.channel.close(200, "consumer closed".into()).await {
+            tracing::debug!("closing the consumer of {}: {error}", self.queue);
+        }
+    }
+
     /// The queue it consumes.
     pub fn queue(&self) -> &str {
         &self.queue

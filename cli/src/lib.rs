@@ -77,12 +77,62 @@ pub enum Command {
         #[arg(long, env = "BATON_LEASE_SECS", default_value_t = 30)]
         lease_secs: u32,
     },
+    /// Run a worker: register, take tasks from the queues its properties satisfy, run their
+    /// steps on the local device, report back.
+    Worker(WorkerArgs),
     /// Measure baton's speed against a plain-lapin baseline in the same run.
     Bench {
         /// Which scenario.
         #[command(subcommand)]
         scenario: BenchScenario,
     },
+}
+
+/// The settings of `baton worker`.
+#[derive(Debug, clap::Args)]
+pub struct WorkerArgs {
+    /// RabbitMQ, with its vhost; the worker's owner is the user it connects as.
+    #[arg(
+        long,
+        env = "BATON_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
+    pub amqp_url: String,
+    /// The worker's identifier (default: the host name).
+    #[arg(long, env = "BATON_WORKER_ID")]
+    pub id: Option<String>,
+    /// The organization whose tasks it runs.
+    #[arg(long, env = "BATON_ORGANIZATION", default_value = "local")]
+    pub organization: String,
+    /// A property tasks may require, as KEY=VALUE; repeat for several.
+    #[arg(long = "property", env = "BATON_WORKER_PROPERTIES", value_delimiter = ',', value_parser = parse_property)]
+    pub properties: Vec<(String, String)>,
+    /// How many tasks it runs at once.
+    #[arg(long, env = "BATON_EXECUTOR_LIMIT", default_value_t = 1)]
+    pub executor_limit: u32,
+    /// Where attempt workspaces are made.
+    #[arg(long, env = "BATON_WORK_DIR")]
+    pub work_dir: Option<std::path::PathBuf>,
+    /// Keep the workspace of a failed attempt.
+    #[arg(long, env = "BATON_KEEP_FAILED")]
+    pub keep_failed: bool,
+    /// The artifact store: a local directory shared with the other workers.
+    #[arg(long, env = "BATON_ARTIFACTS", default_value = "/tmp/baton-artifacts")]
+    pub artifacts: std::path::PathBuf,
+    /// Seconds a canceled step has between SIGTERM and SIGKILL.
+    #[arg(long, env = "BATON_GRACE_SECS", default_value_t = 10)]
+    pub grace_secs: u64,
+    /// Seconds a stopping worker lets running tasks finish before handing them back.
+    #[arg(long, env = "BATON_SHUTDOWN_SECS", default_value_t = 60)]
+    pub shutdown_secs: u64,
+}
+
+fn parse_property(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
 }
 
 /// The benchmark scenarios.
@@ -200,6 +250,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Demo => demo::run(&cli.database_url, cli.output).await,
             Command::Status { limit } => status(&cli.database_url, cli.output, limit).await,
             Command::Bench { scenario } => bench(scenario, cli.output, &cli.database_url).await,
+            Command::Worker(args) => run_worker(args).await,
             Command::Dispatcher {
                 amqp_url,
                 organization,
@@ -222,6 +273,44 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
     })
+}
+
+/// Runs `baton worker` until SIGINT or SIGTERM (then stops gracefully) or a disconnect order.
+async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let id = match args.id {
+        Some(id) => id,
+        None => std::fs::read_to_string("/etc/hostname")
+            .map(|name| name.trim().to_owned())
+            .ok()
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| "worker".to_owned()),
+    };
+    let mut config = worker::WorkerConfig::new(
+        broker::BrokerConfig::new(args.amqp_url, format!("baton-worker-{id}")),
+        id.as_str().into(),
+        args.organization.into(),
+    );
+    config.properties = args.properties.into_iter().collect();
+    config.executor_limit = args.executor_limit;
+    if let Some(dir) = args.work_dir {
+        config.work_root = dir;
+    }
+    config.keep_failed_workspaces = args.keep_failed;
+    config.grace = std::time::Duration::from_secs(args.grace_secs);
+    config.shutdown_deadline = std::time::Duration::from_secs(args.shutdown_secs);
+    let store = worker::artifacts::LocalStore::new(&args.artifacts)
+        .with_context(|| format!("opening the artifact store {}", args.artifacts.display()))?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("stopping on signal: finishing running tasks");
+        on_signal.cancel();
+    });
+    worker::Worker::builder(config, std::sync::Arc::new(store))
+        .build()
+        .run(shutdown)
+        .await
 }
 
 /// Returns on SIGINT or SIGTERM.

@@ -11,6 +11,8 @@ mod migrations;
 mod broker;
 // The dispatcher end to end with scripted workers.
 mod dispatch;
+// Real workers running real steps against the dispatcher.
+mod worker;
 // Node-wide faults (memory alarm); run serially by .ci/run.
 mod faults;
 // The committed JSON Schemas of the wire messages are up to date.

@@ -569,7 +569,21 @@ impl Run<'_> {
                     || task.abort_requested
                     || self.state.plan.is_terminated();
                 let remains = task.attempt_count < task.retry.max_attempts;
+                // A worker that shuts down hands its unfinished tasks back: that is no failure
+                // of the task, so it runs again at once, whatever attempts remain.
+                let handed_back = error_type == TaskErrorType::CanceledByWorker;
                 let what = format!("attempt {attempt} failed ({error_type}: {message})");
+                if handed_back {
+                    let reason = format!("attempt {attempt} handed back by its worker ({message})");
+                    if stopping {
+                        // It was being stopped anyway: it ends as the stop wanted.
+                        self.transition(idx, TaskStatus::Canceled, reason, |_| {})?;
+                        return self.cancel_descendants(idx);
+                    }
+                    self.transition(idx, TaskStatus::Todo, reason, |_| {})?;
+                    self.enqueue(idx);
+                    return Ok(());
+                }
                 if retryable && remains && !stopping {
                     let delay = self.backoff(&task.retry, attempt);
                     let not_before = self

@@ -413,7 +413,11 @@ impl World {
                         .map_or(TimeDelta::seconds(30), |d| parse_duration(d)),
                 }
             }
-            [verb @ ("done" | "fail" | "stopped"), name, more @ ..] => {
+            [
+                verb @ ("done" | "fail" | "stopped" | "handback"),
+                name,
+                more @ ..,
+            ] => {
                 let (task, attempt, lease_token) = self.report(name, more);
                 let outcome = match *verb {
                     "done" => Outcome::Done,
@@ -421,6 +425,11 @@ impl World {
                         error_type: TaskErrorType::Execution,
                         message: "boom".to_owned(),
                         retryable: more.contains(&"retry"),
+                    },
+                    "handback" => Outcome::Failed {
+                        error_type: TaskErrorType::CanceledByWorker,
+                        message: "worker shutting down".to_owned(),
+                        retryable: true,
                     },
                     _ => Outcome::Canceled,
                 };
@@ -1361,6 +1370,48 @@ fn a_non_retryable_failure_fails_at_once() {
               a FAILED #1 on w1 error EXECUTION "boom" start +0s end +1s
               b CANCELED end +1s
               plan FAILED (2 tasks: 1 failed, 1 canceled) start +0s failed +1s by a end +1s
+              active: no, next deadline: none
+        "#]],
+    );
+}
+
+#[test]
+fn a_task_handed_back_by_a_stopping_worker_runs_again_whatever_attempts_remain() {
+    check(
+        "a -> b | claim a w1 | +1s handback a | claim a w2 | done a \
+         | claim b w1 | cancel b | handback b",
+        expect![[r#"
+            > claim a w1
+              a → DOING #1 lease +30s on w1 start +0s (claimed by w1 (attempt 1))
+              granted a attempt 1, lease until +30s
+              plan DOING (2 tasks: 1 waiting, 1 doing) start +0s
+            > +1s handback a
+              a → TODO #1 on w1 start +0s (attempt 1 handed back by its worker (worker shutting down))
+              enqueue a
+              plan TODO (2 tasks: 1 waiting, 1 todo) start +0s
+            > claim a w2
+              a → DOING #2 lease +31s on w2 start +0s (claimed by w2 (attempt 2))
+              granted a attempt 2, lease until +31s
+              plan DOING (2 tasks: 1 waiting, 1 doing) start +0s
+            > done a
+              a → DONE #2 on w2 start +0s end +1s (attempt 2 done)
+              b → TODO (last parent task a done)
+              enqueue b
+              plan DOING (2 tasks: 1 todo, 1 done) start +0s
+            > claim b w1
+              b → DOING #1 lease +31s on w1 start +1s (claimed by w1 (attempt 1))
+              granted b attempt 1, lease until +31s
+              plan DOING (2 tasks: 1 doing, 1 done) start +0s
+            > cancel b
+              b ~ DOING #1 lease +31s on w1 cancel-requested start +1s (cancel requested)
+              order Cancel b to w1
+            > handback b
+              b → CANCELED #1 on w1 cancel-requested start +1s end +1s (attempt 1 handed back by its worker (worker shutting down))
+              plan CANCELED (2 tasks: 1 done, 1 canceled) start +0s end +1s
+            == end ==
+              a DONE #2 on w2 start +0s end +1s
+              b CANCELED #1 on w1 cancel-requested start +1s end +1s
+              plan CANCELED (2 tasks: 1 done, 1 canceled) start +0s end +1s
               active: no, next deadline: none
         "#]],
     );

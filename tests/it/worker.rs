@@ -1,0 +1,812 @@
+//! The worker end to end: real workers (in this process, and one in a child process that is
+//! killed) run real subprocess steps against the in-process dispatcher, real RabbitMQ and real
+//! PostgreSQL.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use sha2::Digest;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use broker::RpcClient;
+use broker::topology::SUBMIT_EXCHANGE;
+use dispatcher::store::{execution, tasks};
+use models::function::{FunctionInput, FunctionOutput, RetryPolicy};
+use models::submission::{NewTask, PlanSubmission};
+use models::wire::{CancelReply, CancelRequest, SubmissionReply, WireMessage};
+use models::{
+    Function, FunctionKey, FunctionStatus, InputKind, InputRef, Metadata, OutputKind, Permission,
+    Permissions, PlanKey, PlanStatus, RequirementSet, Step, Task, TaskErrorType, TaskInput,
+    TaskKey, TaskOutput, TaskStatus,
+};
+use worker::artifacts::LocalStore;
+use worker::{Worker, WorkerConfig};
+
+use crate::support::cluster::{ORGANIZATION, TestCluster};
+use crate::support::fixtures::key;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A function of `steps` (argv arrays), with `inputs` and `outputs`.
+fn function(
+    n: u128,
+    name: &str,
+    steps: &[&[&str]],
+    inputs: Vec<FunctionInput>,
+    outputs: Vec<FunctionOutput>,
+) -> Function {
+    let now = Utc::now();
+    Function {
+        key: FunctionKey(key(n)),
+        name: name.to_owned(),
+        display_name: None,
+        summary: None,
+        owner: ORGANIZATION.into(),
+        creator: None,
+        project: None,
+        permissions: Permissions::new(Permission::public(&ORGANIZATION.into())),
+        metadata: Metadata::new(),
+        description: None,
+        archive: None,
+        image: None,
+        inputs,
+        outputs,
+        steps: steps
+            .iter()
+            .enumerate()
+            .map(|(i, argv)| Step {
+                name: format!("step-{i}"),
+                command: argv.iter().map(|s| (*s).to_owned()).collect(),
+            })
+            .collect(),
+        build_steps: Vec::new(),
+        // Every parameter a step names is declared.
+        parameters: steps
+            .iter()
+            .flat_map(|argv| argv.iter())
+            .flat_map(|arg| arg.split("{parameters.").skip(1))
+            .filter_map(|rest| rest.split_once('}').map(|(name, _)| name.to_owned()))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .map(|key| models::function::ParameterDecl {
+                key,
+                description: String::new(),
+                default: None,
+            })
+            .collect(),
+        parameter_schema: None,
+        workspace: None,
+        kind: None,
+        requirements: RequirementSet::any(),
+        retry: RetryPolicy {
+            max_attempts: 3,
+            backoff_initial_ms: 100,
+            backoff_max_ms: 100,
+            jitter: false,
+        },
+        timeout_secs: None,
+        is_enabled: true,
+        status: FunctionStatus::Ready,
+        data: serde_json::json!({}),
+        creation_date: now,
+        update_date: now,
+    }
+}
+
+fn output(identifier: &str, kind: OutputKind) -> FunctionOutput {
+    FunctionOutput {
+        identifier: identifier.into(),
+        kind,
+        multiple: false,
+    }
+}
+
+/// Task `n` of `function` with `parameters`, taking `inputs` (identifier, parent, parent output).
+fn task(
+    n: u128,
+    function: u128,
+    inputs: &[(&str, u128, &str)],
+    outputs: &[&str],
+    parameters: serde_json::Value,
+) -> NewTask {
+    NewTask {
+        key: TaskKey(key(n)),
+        function_key: FunctionKey(key(function)),
+        name: Some(format!("t{n}")),
+        inputs: inputs
+            .iter()
+            .map(|(identifier, parent, parent_output)| TaskInput {
+                identifier: (*identifier).into(),
+                source: InputRef::ParentOutput {
+                    parent_task_key: TaskKey(key(*parent)),
+                    parent_task_output_identifier: (*parent_output).into(),
+                },
+            })
+            .collect(),
+        outputs: outputs
+            .iter()
+            .map(|identifier| {
+                (
+                    (*identifier).to_owned(),
+                    TaskOutput {
+                        // Public: a PERFORMANCE output must be.
+                        permissions: Permissions::new(Permission::public(&ORGANIZATION.into())),
+                        transient: false,
+                    },
+                )
+            })
+            .collect::<BTreeMap<_, _>>(),
+        parameters: parameters.as_object().cloned().unwrap_or_default(),
+        metadata: Metadata::new(),
+        tag: String::new(),
+        worker: Some(ORGANIZATION.into()),
+        requirements: RequirementSet::any(),
+        input_type: None,
+        input: serde_json::Value::Null,
+    }
+}
+
+fn plan(n: u128, tasks: Vec<NewTask>) -> PlanSubmission {
+    PlanSubmission {
+        key: PlanKey(key(n)),
+        name: format!("plan {n}"),
+        tag: String::new(),
+        metadata: Metadata::new(),
+        project: None,
+        tasks,
+    }
+}
+
+/// A cluster, an artifact directory, and a submitting client.
+struct Setup {
+    cluster: TestCluster,
+    rpc: RpcClient,
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    async fn new(lease: chrono::Duration, functions: &[Function]) -> Setup {
+        let cluster = TestCluster::start(lease).await;
+        cluster.seed(functions).await;
+        let client = cluster.client("producer").await;
+        let rpc = RpcClient::new(&client).await.unwrap();
+        Setup {
+            cluster,
+            rpc,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn artifacts(&self) -> PathBuf {
+        self.dir.path().join("artifacts")
+    }
+
+    fn config(&self, id: &str) -> WorkerConfig {
+        let mut config = WorkerConfig::new(
+            self.cluster.broker.config(&format!("worker-{id}")),
+            id.into(),
+            ORGANIZATION.into(),
+        );
+        config.executor_limit = 2;
+        config.work_root = self.dir.path().join(format!("work-{id}"));
+        config.grace = Duration::from_millis(1500);
+        config.shutdown_deadline = Duration::from_secs(5);
+        config.claim_timeout = Duration::from_secs(10);
+        config
+    }
+
+    /// Starts an in-process worker `id`; it stops with the returned token.
+    fn start_worker(&self, id: &str) -> (CancellationToken, JoinHandle<anyhow::Result<()>>) {
+        let store = LocalStore::new(self.artifacts()).unwrap();
+        let worker = Worker::builder(self.config(id), Arc::new(store)).build();
+        let stop = CancellationToken::new();
+        (stop.clone(), tokio::spawn(worker.run(stop)))
+    }
+
+    async fn submit(&self, submission: &PlanSubmission) {
+        let reply = self.cluster.submit(&self.rpc, submission).await;
+        assert!(
+            matches!(reply, SubmissionReply::Accepted { .. }),
+            "submission refused: {reply:?}"
+        );
+    }
+
+    async fn task(&self, n: u128) -> Task {
+        let mut conn = self.cluster.db.connect().await;
+        tasks::find_task(&mut conn, TaskKey(key(n)))
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    /// Waits until task `n` satisfies `done`.
+    async fn wait_for_task(&self, n: u128, what: &str, done: impl Fn(&Task) -> bool) -> Task {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let task = self.task(n).await;
+            if done(&task) {
+                return task;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task t{n} is not {what}: {:?} ({:?})",
+                task.status,
+                task.error_message
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn cancel(&self, request: &CancelRequest) {
+        let reply: CancelReply = self
+            .rpc
+            .call(
+                SUBMIT_EXCHANGE,
+                CancelRequest::KIND,
+                request,
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        assert_eq!(reply, CancelReply::Accepted);
+    }
+}
+
+/// Waits until a step wrote its process id to `file`; returns it.
+async fn wait_for_pid(file: &Path) -> u32 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(file)
+            && let Ok(pid) = text.trim().parse()
+        {
+            return pid;
+        }
+        assert!(Instant::now() < deadline, "no pid in {}", file.display());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until no process of group `pgid` remains (zombies take a moment to be reaped).
+async fn assert_group_gone(pgid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while worker::process::group_alive(pgid) {
+        assert!(
+            Instant::now() < deadline,
+            "process group {pgid} still has processes"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_flows_from_a_two_step_task_to_its_child_which_reports_a_performance() {
+    let train = function(
+        601,
+        "train",
+        &[
+            &[
+                "sh",
+                "-c",
+                "echo training; echo 'warning: slow' >&2; \
+                 printf '{\"channel\":\"loss\",\"t\":0,\"value\":1.5}\\n' >> \"$BATON_MEASUREMENTS\"; \
+                 printf '{\"channel\":\"loss\",\"t\":1,\"value\":0.5}\\n' >> \"$BATON_MEASUREMENTS\"; \
+                 echo weights > \"$BATON_WORKSPACE/w\"",
+            ],
+            &[
+                "sh",
+                "-c",
+                "cp \"$BATON_WORKSPACE/w\" \"$1\"; echo saved",
+                "sh",
+                "{outputs.model}",
+            ],
+        ],
+        Vec::new(),
+        vec![output("model", OutputKind::Model)],
+    );
+    let test = function(
+        602,
+        "test",
+        &[&[
+            "sh",
+            "-c",
+            "test \"$(cat \"$1\")\" = weights && echo 0.75 > \"$2\"",
+            "sh",
+            "{inputs.model}",
+            "{outputs.auc}",
+        ]],
+        vec![FunctionInput {
+            identifier: "model".into(),
+            kind: InputKind::Model,
+            multiple: false,
+            optional: false,
+        }],
+        vec![output("auc", OutputKind::Performance)],
+    );
+    let setup = Setup::new(chrono::Duration::seconds(10), &[train, test]).await;
+    let (stop, worker) = setup.start_worker("w1");
+    setup
+        .submit(&plan(
+            600,
+            vec![
+                task(1, 601, &[], &["model"], serde_json::json!({})),
+                task(
+                    2,
+                    602,
+                    &[("model", 1, "model")],
+                    &["auc"],
+                    serde_json::json!({}),
+                ),
+            ],
+        ))
+        .await;
+    let plan = setup
+        .cluster
+        .wait_for_plan(PlanKey(key(600)), WAIT, "DONE", |p| p.status.is_terminal())
+        .await;
+    let t2 = setup.task(2).await;
+    assert_eq!(plan.status, PlanStatus::Done, "t2: {:?}", t2.error_message);
+
+    let mut conn = setup.cluster.db.connect().await;
+    let models = execution::list_task_models(&mut conn, TaskKey(key(1)))
+        .await
+        .unwrap();
+    assert_eq!(models.len(), 1);
+    let file = models[0].address.clone().unwrap();
+    assert_eq!(
+        file.checksum,
+        hex::encode(sha2::Sha256::digest(b"weights\n")),
+        "the model's checksum is the file's"
+    );
+    assert!(setup.artifacts().join(&file.storage_address).is_file());
+    let performances = execution::list_task_performances(&mut conn, TaskKey(key(2)))
+        .await
+        .unwrap();
+    assert_eq!(performances.len(), 1);
+    assert_eq!(performances[0].value, 0.75);
+
+    // Logs arrive in order, with their streams and steps.
+    let lines = execution::list_log_lines(&mut conn, TaskKey(key(1)), 100, 0)
+        .await
+        .unwrap();
+    let seqs: Vec<u64> = lines.iter().map(|l| l.seq).collect();
+    let mut sorted = seqs.clone();
+    sorted.sort_unstable();
+    assert_eq!(seqs, sorted, "log lines are stored in order");
+    let text: Vec<(Option<u32>, String, String)> = lines
+        .iter()
+        .filter(|l| l.stream != models::LogStream::System)
+        .map(|l| (l.step, l.stream.as_str().to_owned(), l.text.clone()))
+        .collect();
+    assert!(
+        text.contains(&(Some(0), "STDOUT".into(), "training".into())),
+        "{text:?}"
+    );
+    assert!(
+        text.contains(&(Some(0), "STDERR".into(), "warning: slow".into())),
+        "{text:?}"
+    );
+    assert!(
+        text.contains(&(Some(1), "STDOUT".into(), "saved".into())),
+        "{text:?}"
+    );
+    let samples = execution::list_measurements(&mut conn, TaskKey(key(1)), Some("loss"))
+        .await
+        .unwrap();
+    let values: Vec<(f64, f64)> = samples.iter().map(|s| (s.t, s.value)).collect();
+    assert_eq!(values, vec![(0.0, 1.5), (1.0, 0.5)]);
+
+    // Step states are recorded with the result.
+    let t1 = setup.task(1).await;
+    let steps: Vec<&str> = t1.steps.iter().map(|s| s.status.as_str()).collect();
+    assert_eq!(steps, ["SUCCEEDED", "SUCCEEDED"]);
+
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameters_stay_literal_argv_elements() {
+    let echo = function(
+        611,
+        "echo",
+        &[&[
+            "printf",
+            "%s|%s\\n",
+            "{parameters.evil}",
+            "{parameters.flag}",
+        ]],
+        Vec::new(),
+        Vec::new(),
+    );
+    let setup = Setup::new(chrono::Duration::seconds(10), &[echo]).await;
+    let marker = setup.dir.path().join("pwned");
+    let evil = format!(
+        "; rm -rf / $(touch {}) `touch {}`",
+        marker.display(),
+        marker.display()
+    );
+    let (stop, worker) = setup.start_worker("w1");
+    setup
+        .submit(&plan(
+            610,
+            vec![task(
+                1,
+                611,
+                &[],
+                &[],
+                serde_json::json!({"evil": evil, "flag": "-n"}),
+            )],
+        ))
+        .await;
+    setup
+        .wait_for_task(1, "DONE", |t| t.status == TaskStatus::Done)
+        .await;
+    let mut conn = setup.cluster.db.connect().await;
+    let lines = execution::list_log_lines(&mut conn, TaskKey(key(1)), 100, 0)
+        .await
+        .unwrap();
+    let stdout: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.stream == models::LogStream::Stdout)
+        .map(|l| l.text.as_str())
+        .collect();
+    assert_eq!(stdout, [format!("{evil}|-n").as_str()]);
+    assert!(!marker.exists(), "nothing was run through a shell");
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_that_escapes_the_workspace_fails_the_task() {
+    let escape = function(
+        621,
+        "escape",
+        &[&["ln", "-s", "/etc/passwd", "{outputs.model}"]],
+        Vec::new(),
+        vec![output("model", OutputKind::Model)],
+    );
+    let missing = function(
+        622,
+        "missing",
+        &[&["true"]],
+        Vec::new(),
+        vec![output("auc", OutputKind::Performance)],
+    );
+    let setup = Setup::new(chrono::Duration::seconds(10), &[escape, missing]).await;
+    let (stop, worker) = setup.start_worker("w1");
+    setup
+        .submit(&plan(
+            620,
+            vec![task(1, 621, &[], &["model"], serde_json::json!({}))],
+        ))
+        .await;
+    setup
+        .submit(&plan(
+            623,
+            vec![task(2, 622, &[], &["auc"], serde_json::json!({}))],
+        ))
+        .await;
+    let t1 = setup
+        .wait_for_task(1, "FAILED", |t| t.status == TaskStatus::Failed)
+        .await;
+    assert_eq!(t1.error_type, Some(TaskErrorType::Execution));
+    let message = t1.error_message.unwrap_or_default();
+    assert!(
+        message.contains("`model`") && message.contains("symbolic link"),
+        "{message}"
+    );
+    let t2 = setup
+        .wait_for_task(2, "FAILED", |t| t.status == TaskStatus::Failed)
+        .await;
+    let message = t2.error_message.unwrap_or_default();
+    assert!(message.contains("auc"), "{message}");
+    let mut conn = setup.cluster.db.connect().await;
+    assert!(
+        execution::list_task_models(&mut conn, TaskKey(key(1)))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+}
+
+/// A step that records its process group and leaves a grandchild behind; `trap` makes the
+/// whole group ignore SIGTERM.
+fn sleeper(n: u128, ignore_term: bool, timeout_secs: Option<u64>) -> Function {
+    let script = format!(
+        "{}echo $$ > \"$1\"; sleep 1000 & sleep 1000",
+        if ignore_term { "trap '' TERM; " } else { "" }
+    );
+    let mut function = function(
+        n,
+        &format!("sleeper {n}"),
+        &[&["sh", "-c", &script, "sh", "{parameters.pidfile}"]],
+        Vec::new(),
+        Vec::new(),
+    );
+    function.timeout_secs = timeout_secs;
+    function
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_abort_and_timeout_leave_no_process_behind() {
+    let setup = Setup::new(
+        chrono::Duration::seconds(10),
+        &[
+            sleeper(631, false, None),
+            sleeper(632, true, None),
+            sleeper(633, true, None),
+            sleeper(634, false, Some(1)),
+        ],
+    )
+    .await;
+    let (stop, worker) = setup.start_worker("w1");
+    let pidfile = |n: u128| setup.dir.path().join(format!("pid-{n}"));
+    let one = |task_n: u128, function: u128| {
+        task(
+            task_n,
+            function,
+            &[],
+            &[],
+            serde_json::json!({"pidfile": pidfile(task_n).display().to_string()}),
+        )
+    };
+    // Cancel: SIGTERM ends it well within the grace period.
+    setup.submit(&plan(630, vec![one(1, 631)])).await;
+    let pid = wait_for_pid(&pidfile(1)).await;
+    let asked = Instant::now();
+    setup
+        .cancel(&CancelRequest::Task {
+            task_key: TaskKey(key(1)),
+            reason: "test".into(),
+        })
+        .await;
+    let t1 = setup
+        .wait_for_task(1, "CANCELED", |t| t.status == TaskStatus::Canceled)
+        .await;
+    assert!(
+        asked.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_group_gone(pid).await;
+    assert_eq!(t1.steps[0].status.as_str(), "ABORTED");
+
+    // Cancel of a step that ignores SIGTERM: SIGKILL after the grace period.
+    setup.submit(&plan(635, vec![one(2, 632)])).await;
+    let pid = wait_for_pid(&pidfile(2)).await;
+    let asked = Instant::now();
+    setup
+        .cancel(&CancelRequest::Task {
+            task_key: TaskKey(key(2)),
+            reason: "test".into(),
+        })
+        .await;
+    setup
+        .wait_for_task(2, "CANCELED", |t| t.status == TaskStatus::Canceled)
+        .await;
+    assert!(
+        asked.elapsed() >= Duration::from_millis(1400),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_group_gone(pid).await;
+
+    // Abort: killed at once, whatever it ignores.
+    setup.submit(&plan(636, vec![one(3, 633)])).await;
+    let pid = wait_for_pid(&pidfile(3)).await;
+    let asked = Instant::now();
+    setup
+        .cancel(&CancelRequest::Abort {
+            task_key: TaskKey(key(3)),
+            reason: "test".into(),
+        })
+        .await;
+    setup
+        .wait_for_task(3, "CANCELED", |t| t.status == TaskStatus::Canceled)
+        .await;
+    assert!(
+        asked.elapsed() < Duration::from_millis(1400),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_group_gone(pid).await;
+
+    // Timeout: the task fails with TIMEOUT and its processes are gone.
+    setup.submit(&plan(637, vec![one(4, 634)])).await;
+    let pid = wait_for_pid(&pidfile(4)).await;
+    let t4 = setup
+        .wait_for_task(4, "FAILED", |t| t.status == TaskStatus::Failed)
+        .await;
+    assert_eq!(t4.error_type, Some(TaskErrorType::Timeout));
+    assert_group_gone(pid).await;
+
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_process_handler_runs_a_task_end_to_end() {
+    let mut add = function(
+        641,
+        "add",
+        &[],
+        Vec::new(),
+        vec![output("sum", OutputKind::Performance)],
+    );
+    add.steps.clear();
+    add.parameters = ["a", "b"]
+        .into_iter()
+        .map(|key| models::function::ParameterDecl {
+            key: key.into(),
+            description: String::new(),
+            default: None,
+        })
+        .collect();
+    let setup = Setup::new(chrono::Duration::seconds(10), &[add]).await;
+    let store = LocalStore::new(setup.artifacts()).unwrap();
+    let worker = Worker::builder(setup.config("w1"), Arc::new(store))
+        .handler("add", |ctx| async move {
+            let a = ctx.parameters["a"].as_f64().unwrap_or_default();
+            let b = ctx.parameters["b"].as_f64().unwrap_or_default();
+            ctx.log(&format!("{a} + {b}"));
+            ctx.measure("progress", 0.0, 1.0);
+            ctx.set_performance("sum", a + b).await
+        })
+        .build();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.run(stop.clone()));
+    setup
+        .submit(&plan(
+            640,
+            vec![task(
+                1,
+                641,
+                &[],
+                &["sum"],
+                serde_json::json!({"a": 1, "b": 2}),
+            )],
+        ))
+        .await;
+    setup
+        .wait_for_task(1, "DONE", |t| t.status.is_terminal())
+        .await;
+    let t1 = setup.task(1).await;
+    assert_eq!(t1.status, TaskStatus::Done, "{:?}", t1.error_message);
+    let mut conn = setup.cluster.db.connect().await;
+    let performances = execution::list_task_performances(&mut conn, TaskKey(key(1)))
+        .await
+        .unwrap();
+    assert_eq!(performances[0].value, 3.0);
+    let lines = execution::list_log_lines(&mut conn, TaskKey(key(1)), 100, 0)
+        .await
+        .unwrap();
+    assert!(lines.iter().any(|l| l.text == "1 + 2"), "{lines:?}");
+    let samples = execution::list_measurements(&mut conn, TaskKey(key(1)), None)
+        .await
+        .unwrap();
+    assert_eq!(samples.len(), 1);
+    stop.cancel();
+    running.await.unwrap().unwrap();
+}
+
+/// The environment variable that makes [`child_worker_process`] run a worker.
+const CHILD_CONFIG: &str = "BATON_TEST_CHILD_WORKER";
+
+/// Not a test: the body of the worker process that
+/// [`a_worker_killed_mid_task_is_replaced_and_the_task_is_done_once`] starts and kills.
+#[tokio::test]
+#[ignore = "runs only as a child process of another test"]
+async fn child_worker_process() {
+    let Ok(config) = std::env::var(CHILD_CONFIG) else {
+        return;
+    };
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    let text = |name: &str| config[name].as_str().unwrap().to_owned();
+    let mut broker = broker::BrokerConfig::new(text("url"), "worker-child");
+    broker.app_id = "worker-child".into();
+    let mut worker_config =
+        WorkerConfig::new(broker, text("id").as_str().into(), ORGANIZATION.into());
+    worker_config.work_root = PathBuf::from(text("work"));
+    let store = LocalStore::new(text("artifacts")).unwrap();
+    Worker::builder(worker_config, Arc::new(store))
+        .build()
+        .run(CancellationToken::new())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_task_is_replaced_and_the_task_is_done_once() {
+    let slow = function(
+        651,
+        "slow",
+        &[&[
+            "sh",
+            "-c",
+            "echo $$ > \"$1\"; sleep 2; echo done > \"$2\"",
+            "sh",
+            "{parameters.pidfile}",
+            "{outputs.model}",
+        ]],
+        Vec::new(),
+        vec![output("model", OutputKind::Model)],
+    );
+    let setup = Setup::new(chrono::Duration::seconds(2), &[slow]).await;
+    let pidfile = setup.dir.path().join("pid");
+    let config = serde_json::json!({
+        "url": setup.cluster.broker.config("worker-child").url,
+        "id": "child",
+        "work": setup.dir.path().join("work-child").display().to_string(),
+        "artifacts": setup.artifacts().display().to_string(),
+    });
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "worker::child_worker_process",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(CHILD_CONFIG, config.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    setup
+        .submit(&plan(
+            650,
+            vec![task(
+                1,
+                651,
+                &[],
+                &["model"],
+                serde_json::json!({"pidfile": pidfile.display().to_string()}),
+            )],
+        ))
+        .await;
+    let step = wait_for_pid(&pidfile).await;
+    let running = setup.task(1).await;
+    assert_eq!(running.status, TaskStatus::Doing);
+    assert_eq!(
+        running.worker_id.as_ref().map(|w| w.as_str()),
+        Some("child")
+    );
+    // SIGKILL: the worker has no chance to report or hand anything back.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_file(&pidfile);
+
+    let (stop, worker) = setup.start_worker("w2");
+    let done = setup
+        .wait_for_task(1, "DONE", |t| t.status.is_terminal())
+        .await;
+    assert_eq!(done.status, TaskStatus::Done, "{:?}", done.error_message);
+    assert_eq!(done.attempt_count, 2);
+    assert_eq!(done.worker_id.as_ref().map(|w| w.as_str()), Some("w2"));
+    let mut conn = setup.cluster.db.connect().await;
+    let history = tasks::list_state_changes(&mut conn, TaskKey(key(1)))
+        .await
+        .unwrap();
+    let dones = history
+        .iter()
+        .filter(|change| change.status == TaskStatus::Done)
+        .count();
+    assert_eq!(dones, 1, "DONE once: {history:?}");
+    // One model: the second attempt's.
+    assert_eq!(
+        execution::list_task_models(&mut conn, TaskKey(key(1)))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // The first attempt's step ran on as an orphan of the killed worker; it ends by itself.
+    let _ = step;
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+}

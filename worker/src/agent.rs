@@ -1,0 +1,783 @@
+//! The worker agent: registers with the dispatcher, heartbeats (renewing the leases of its
+//! running attempts), consumes every task queue its properties satisfy (and new ones as the
+//! dispatcher announces them), claims each task before running it, obeys cancel, abort and
+//! disconnect orders, and shuts down gracefully: it stops taking work, lets running tasks
+//! finish until a deadline, then hands the rest back.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures::future::BoxFuture;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+
+use broker::consumer::MessageSet;
+use broker::envelope::{DecodeError, Envelope};
+use broker::topology::{self, EVENTS_EXCHANGE};
+use broker::{Broker, BrokerConfig, Consumer, ControlBindings, Delivery, Publisher, RpcClient};
+use models::wire::{
+    Assignment, ClaimReply, ClaimRequest, ControlOrder, Grant, HeldLease, QueueAnnouncement,
+    RegistrationReply, ReportedOutcome, TaskReady, TaskStatusReport, WireMessage, WorkerHeartbeat,
+    WorkerRegistration,
+};
+use models::{OrganizationId, Properties, RequirementSet, TaskErrorType, TaskKey, WorkerId};
+
+use crate::artifacts::ArtifactStore;
+use crate::device::{Device, DeviceScanner, Handler, HandlerContext, Handlers, LocalDevice};
+use crate::executor::{self, publish_until_confirmed};
+use crate::logs::LogLimits;
+use crate::process::Stop;
+
+/// How a worker runs.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// RabbitMQ; the worker's owner is the RabbitMQ user it connects as.
+    pub broker: BrokerConfig,
+    /// Its identifier, unique among workers.
+    pub worker_id: WorkerId,
+    /// The organization whose tasks it runs.
+    pub organization: OrganizationId,
+    /// The name shown in user interfaces (the identifier when empty).
+    pub display_name: String,
+    /// Its properties; its devices add `device=<type>`.
+    pub properties: Properties,
+    /// How many tasks it runs at once.
+    pub executor_limit: u32,
+    /// Where attempt workspaces are made.
+    pub work_root: PathBuf,
+    /// Keep the workspace of a failed attempt for inspection.
+    pub keep_failed_workspaces: bool,
+    /// Time between SIGTERM and SIGKILL when a task is canceled.
+    pub grace: Duration,
+    /// How long a stopping worker lets running tasks finish before handing them back.
+    pub shutdown_deadline: Duration,
+    /// How long a claim waits for the dispatcher's answer.
+    pub claim_timeout: Duration,
+    /// Log bounds per attempt.
+    pub log_limits: LogLimits,
+    /// How often the device scanner, if any, is asked for the active devices.
+    pub scan_interval: Duration,
+}
+
+impl WorkerConfig {
+    /// A configuration with the defaults: one task at a time, a 10 s grace period, a 60 s
+    /// shutdown deadline.
+    pub fn new(broker: BrokerConfig, worker_id: WorkerId, organization: OrganizationId) -> Self {
+        WorkerConfig {
+            broker,
+            worker_id,
+            organization,
+            display_name: String::new(),
+            properties: Properties::new(),
+            executor_limit: 1,
+            work_root: std::env::temp_dir().join("baton-worker"),
+            keep_failed_workspaces: false,
+            grace: Duration::from_secs(10),
+            shutdown_deadline: Duration::from_secs(60),
+            claim_timeout: Duration::from_secs(30),
+            log_limits: LogLimits::default(),
+            scan_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Builds a [`Worker`]: devices, in-process handlers, a device scanner.
+pub struct WorkerBuilder {
+    config: WorkerConfig,
+    artifacts: Arc<dyn ArtifactStore>,
+    devices: Vec<Arc<dyn Device>>,
+    handlers: Handlers,
+    scanner: Option<Arc<dyn DeviceScanner>>,
+}
+
+impl WorkerBuilder {
+    /// Adds a device (the local device is there unless devices are added).
+    pub fn device(mut self, device: Arc<dyn Device>) -> Self {
+        self.devices.push(device);
+        self
+    }
+
+    /// Runs tasks of the function named `name` in-process with `handler`, which gets the
+    /// task's parameters, input and output paths, a log and a cancellation token.
+    pub fn handler<F, Fut>(mut self, name: &str, handler: F) -> Self
+    where
+        F: Fn(HandlerContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        let handler: Handler =
+            Arc::new(move |context| -> BoxFuture<'static, _> { Box::pin(handler(context)) });
+        self.handlers.insert(name, handler);
+        self
+    }
+
+    /// Refreshes the device list with `scanner` every scan interval.
+    pub fn scanner(mut self, scanner: Arc<dyn DeviceScanner>) -> Self {
+        self.scanner = Some(scanner);
+        self
+    }
+
+    /// The worker.
+    pub fn build(self) -> Worker {
+        let devices = if self.devices.is_empty() {
+            vec![Arc::new(LocalDevice::default()) as Arc<dyn Device>]
+        } else {
+            self.devices
+        };
+        Worker {
+            config: self.config,
+            artifacts: self.artifacts,
+            devices,
+            handlers: self.handlers,
+            scanner: self.scanner,
+        }
+    }
+}
+
+/// A worker, ready to [`Worker::run`].
+pub struct Worker {
+    config: WorkerConfig,
+    artifacts: Arc<dyn ArtifactStore>,
+    devices: Vec<Arc<dyn Device>>,
+    handlers: Handlers,
+    scanner: Option<Arc<dyn DeviceScanner>>,
+}
+
+/// What arrives on the worker's control queue.
+#[derive(Debug)]
+enum Control {
+    Order(ControlOrder),
+    Announce(QueueAnnouncement),
+}
+
+impl MessageSet for Control {
+    fn kinds() -> Vec<&'static str> {
+        vec![ControlOrder::KIND, QueueAnnouncement::KIND]
+    }
+
+    fn decode(envelope: &Envelope<'_>) -> Result<Self, DecodeError> {
+        Ok(match envelope.kind.as_str() {
+            ControlOrder::KIND => Control::Order(envelope.decode()?),
+            QueueAnnouncement::KIND => Control::Announce(envelope.decode()?),
+            other => {
+                return Err(DecodeError::UnexpectedKind {
+                    found: other.to_owned(),
+                    expected: Self::kinds().join(", "),
+                });
+            }
+        })
+    }
+}
+
+/// An attempt this worker runs.
+struct Running {
+    grant: Grant,
+    stop: Arc<watch::Sender<Option<Stop>>>,
+    /// Stopped by the worker's own shutdown: reported as handed back, not canceled.
+    handing_back: bool,
+    /// When the lease lapses unless a heartbeat renews it (this host's clock).
+    lease_deadline: Instant,
+}
+
+/// What the worker's loops share.
+struct Shared {
+    config: WorkerConfig,
+    broker: Broker,
+    publisher: Publisher,
+    rpc: RpcClient,
+    bindings: ControlBindings,
+    artifacts: Arc<dyn ArtifactStore>,
+    devices: Mutex<Vec<Arc<dyn Device>>>,
+    handlers: Arc<Handlers>,
+    properties: Properties,
+    slots: Arc<Semaphore>,
+    running: Mutex<HashMap<TaskKey, Running>>,
+    /// Orders for tasks granted but not yet registered as running.
+    early_orders: Mutex<HashMap<TaskKey, Stop>>,
+    consumed: Mutex<HashSet<String>>,
+    /// Cancelled when the worker stops taking work.
+    taking: CancellationToken,
+    lease: Mutex<Duration>,
+    /// Every attempt's task, to wait for on shutdown.
+    attempts: tokio_util::task::TaskTracker,
+    /// Every queue consumer's task, to wait for once the worker stops taking work.
+    consumers: tokio_util::task::TaskTracker,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Worker {
+    /// A worker with `config` storing models in `artifacts`.
+    pub fn builder(config: WorkerConfig, artifacts: Arc<dyn ArtifactStore>) -> WorkerBuilder {
+        WorkerBuilder {
+            config,
+            artifacts,
+            devices: Vec::new(),
+            handlers: Handlers::default(),
+            scanner: None,
+        }
+    }
+
+    /// Runs until `shutdown` (then stops gracefully) or a disconnect order.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let config = self.config;
+        anyhow::ensure!(
+            config.executor_limit > 0,
+            "executor_limit must be at least 1"
+        );
+        let broker = Broker::connect(config.broker.clone())
+            .await
+            .context("connecting to RabbitMQ")?;
+        let publisher = Publisher::new(&broker).await?;
+        let rpc = RpcClient::new(&broker).await?;
+        // The control queue exists before registering, so no announcement is missed.
+        let control_queue = broker.declare_worker_queue(&config.worker_id).await?;
+        let bindings = broker.control_bindings(&control_queue).await?;
+        let mut control = Consumer::<Control>::new(&broker, &control_queue, 32).await?;
+
+        let mut properties = config.properties.clone();
+        for device in &self.devices {
+            properties
+                .entry("device".to_owned())
+                .or_insert_with(|| device.info().device_type);
+        }
+        let shared = Arc::new(Shared {
+            slots: Arc::new(Semaphore::new(config.executor_limit as usize)),
+            config,
+            broker,
+            publisher,
+            rpc,
+            bindings,
+            artifacts: self.artifacts,
+            devices: Mutex::new(self.devices),
+            handlers: Arc::new(self.handlers),
+            properties,
+            running: Mutex::default(),
+            early_orders: Mutex::default(),
+            consumed: Mutex::default(),
+            taking: CancellationToken::new(),
+            lease: Mutex::new(Duration::from_secs(30)),
+            attempts: tokio_util::task::TaskTracker::new(),
+            consumers: tokio_util::task::TaskTracker::new(),
+        });
+        let Some((heartbeat, queues)) = register(&shared, &shutdown).await? else {
+            return Ok(());
+        };
+        tracing::info!(
+            worker.id = %shared.config.worker_id,
+            "worker {} registered with properties {:?}",
+            shared.config.worker_id,
+            shared.properties
+        );
+        let beating = CancellationToken::new();
+        let heartbeats = tokio::spawn(heartbeat_loop(shared.clone(), heartbeat, beating.clone()));
+        if let Some(scanner) = self.scanner {
+            tokio::spawn(scan_loop(shared.clone(), scanner, beating.clone()));
+        }
+        consume(&shared, RequirementSet::any());
+        for requirements in queues {
+            consume(&shared, requirements);
+        }
+
+        // Orders until shutdown or a disconnect order.
+        let deadline = loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break Some(shared.config.shutdown_deadline),
+                next = control.next() => match next {
+                    None => anyhow::bail!("the control consumer was canceled by RabbitMQ"),
+                    Some(Err(error)) => {
+                        tracing::warn!("reading a control message: {error}");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Some(Ok(delivery)) => {
+                        if obey(&shared, &delivery) {
+                            let _ = delivery.ack().await;
+                            tracing::info!("asked to disconnect: finishing running work");
+                            break None;
+                        }
+                        let _ = delivery.ack().await;
+                    }
+                },
+            }
+        };
+        // Stop taking work; let running tasks finish (until the deadline, on shutdown).
+        shared.taking.cancel();
+        // A consumer in the middle of a claim finishes it (and may start one more attempt).
+        shared.consumers.close();
+        shared.consumers.wait().await;
+        shared.attempts.close();
+        let finished = async {
+            loop {
+                tokio::select! {
+                    () = shared.attempts.wait() => return,
+                    next = control.next() => if let Some(Ok(delivery)) = next {
+                        obey(&shared, &delivery);
+                        let _ = delivery.ack().await;
+                    },
+                }
+            }
+        };
+        let in_time = match deadline {
+            Some(deadline) => tokio::time::timeout(deadline, finished).await.is_ok(),
+            None => {
+                finished.await;
+                true
+            }
+        };
+        if !in_time {
+            let handing_back: Vec<TaskKey> = {
+                let mut running = lock(&shared.running);
+                running
+                    .values_mut()
+                    .map(|run| {
+                        run.handing_back = true;
+                        run.stop
+                            .send_if_modified(|stop| set_stop(stop, Stop::Cancel));
+                        run.grant.task_key
+                    })
+                    .collect()
+            };
+            tracing::warn!(
+                "shutdown deadline passed: handing back {} task(s)",
+                handing_back.len()
+            );
+            shared.attempts.wait().await;
+        }
+        beating.cancel();
+        let _ = heartbeats.await;
+        control.close().await;
+        if let Err(error) = shared.broker.close().await {
+            tracing::debug!("closing the connection: {error}");
+        }
+        tracing::info!(worker.id = %shared.config.worker_id, "worker stopped");
+        Ok(())
+    }
+}
+
+/// Sets `stop` to `order` unless a harder order is there already; returns whether it changed.
+fn set_stop(stop: &mut Option<Stop>, order: Stop) -> bool {
+    let rank = |order: Stop| match order {
+        Stop::Cancel | Stop::TaskTimeout => 0,
+        Stop::Abort | Stop::LeaseLost => 1,
+    };
+    match stop {
+        Some(current) if rank(*current) >= rank(order) => false,
+        _ => {
+            *stop = Some(order);
+            true
+        }
+    }
+}
+
+/// Registers, retrying while the dispatcher still sees an earlier run of this worker as
+/// active; returns the heartbeat interval and the queues to consume, or `None` on shutdown.
+async fn register(
+    shared: &Shared,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<(Duration, Vec<RequirementSet>)>> {
+    let devices = lock(&shared.devices).iter().map(|d| d.info()).collect();
+    let registration = WorkerRegistration {
+        worker_id: shared.config.worker_id.clone(),
+        organization: shared.config.organization.clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        display_name: shared.config.display_name.clone(),
+        properties: shared.config.properties.clone(),
+        executor_limit: shared.config.executor_limit,
+        devices,
+    };
+    let key = format!("worker.{}.register", shared.config.worker_id);
+    loop {
+        let reply = shared
+            .rpc
+            .call::<_, RegistrationReply>(
+                EVENTS_EXCHANGE,
+                &key,
+                &registration,
+                shared.config.claim_timeout,
+            )
+            .await;
+        let retry_in = match reply {
+            Ok(RegistrationReply::Registered {
+                heartbeat_interval_secs,
+                lease_secs,
+                queues,
+                ..
+            }) => {
+                *lock(&shared.lease) = Duration::from_secs(u64::from(lease_secs));
+                let interval = Duration::from_secs(u64::from(heartbeat_interval_secs.max(1)));
+                return Ok(Some((interval, queues)));
+            }
+            Ok(RegistrationReply::Refused { reason, .. }) if reason.contains("already active") => {
+                tracing::warn!("registration refused, retrying: {reason}");
+                Duration::from_secs(2)
+            }
+            Ok(RegistrationReply::Refused { reason, .. }) => {
+                anyhow::bail!(
+                    "the dispatcher refused worker {}: {reason}",
+                    shared.config.worker_id
+                )
+            }
+            Err(error) => {
+                tracing::warn!("registration not answered, retrying: {error}");
+                Duration::from_secs(2)
+            }
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(None),
+            () = tokio::time::sleep(retry_in) => {}
+        }
+    }
+}
+
+/// Carries out a control message; returns whether it asks this worker to disconnect.
+fn obey(shared: &Arc<Shared>, delivery: &Delivery<Control>) -> bool {
+    match &delivery.message {
+        Control::Announce(announcement) => {
+            consume(shared, announcement.requirements.clone());
+            false
+        }
+        Control::Order(ControlOrder::Disconnect { worker_id }) => {
+            *worker_id == shared.config.worker_id
+        }
+        Control::Order(ControlOrder::Cancel { task_key, reason }) => {
+            stop_task(shared, *task_key, Stop::Cancel, reason);
+            false
+        }
+        Control::Order(ControlOrder::Abort { task_key, reason }) => {
+            stop_task(shared, *task_key, Stop::Abort, reason);
+            false
+        }
+    }
+}
+
+fn stop_task(shared: &Shared, task: TaskKey, order: Stop, reason: &str) {
+    tracing::info!(task.key = %task, "{order:?} ordered for task {task}: {reason}");
+    let running = lock(&shared.running);
+    match running.get(&task) {
+        Some(run) => {
+            run.stop.send_if_modified(|stop| set_stop(stop, order));
+        }
+        None => {
+            // Granted, not started yet: it takes effect at the start.
+            let mut early = lock(&shared.early_orders);
+            let entry = early.entry(task).or_insert(order);
+            if matches!(order, Stop::Abort) {
+                *entry = order;
+            }
+        }
+    }
+}
+
+/// Starts consuming the queue of `requirements` if this worker satisfies it and does not
+/// consume it already.
+fn consume(shared: &Arc<Shared>, requirements: RequirementSet) {
+    if shared.taking.is_cancelled() || !requirements.is_satisfied_by(&shared.properties) {
+        return;
+    }
+    if !lock(&shared.consumed).insert(requirements.routing_key()) {
+        return;
+    }
+    shared
+        .consumers
+        .spawn(consume_loop(shared.clone(), requirements));
+}
+
+async fn consume_loop(shared: Arc<Shared>, requirements: RequirementSet) {
+    let routing_key = requirements.routing_key();
+    let opened = async {
+        let queue = shared.broker.declare_task_queue(&requirements).await?;
+        let prefetch = u16::try_from(shared.config.executor_limit).unwrap_or(u16::MAX);
+        Consumer::<TaskReady>::new(&shared.broker, &queue, prefetch).await
+    };
+    let mut consumer = match opened.await {
+        Ok(consumer) => consumer,
+        Err(error) => {
+            tracing::error!("cannot consume the tasks of `{routing_key}`: {error}");
+            lock(&shared.consumed).remove(&routing_key);
+            return;
+        }
+    };
+    tracing::info!("consuming {}", consumer.queue());
+    loop {
+        let permit = tokio::select! {
+            () = shared.taking.cancelled() => break,
+            permit = shared.slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let next = tokio::select! {
+            () = shared.taking.cancelled() => break,
+            next = consumer.next() => next,
+        };
+        match next {
+            None => {
+                tracing::warn!("the consumer of {} was canceled", consumer.queue());
+                lock(&shared.consumed).remove(&routing_key);
+                return;
+            }
+            Some(Err(error)) => {
+                tracing::warn!("reading {}: {error}", consumer.queue());
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Some(Ok(delivery)) => take(&shared, delivery, permit).await,
+        }
+    }
+    // Messages delivered but not taken go back to the queue for other workers.
+    consumer.close().await;
+}
+
+/// Claims the task of `delivery`; acks the message once the claim is answered, and runs the
+/// task if it was granted.
+async fn take(shared: &Arc<Shared>, delivery: Delivery<TaskReady>, permit: OwnedSemaphorePermit) {
+    let task = delivery.message.task_key;
+    let control_key = topology::task_control_key(task);
+    // Orders about the task reach this worker from before the claim is granted.
+    if let Err(error) = shared.bindings.bind(&control_key).await {
+        tracing::warn!("binding orders of task {task}: {error}");
+        let _ = delivery.requeue().await;
+        return;
+    }
+    let request = ClaimRequest {
+        task_key: task,
+        worker_id: shared.config.worker_id.clone(),
+    };
+    let reply = shared
+        .rpc
+        .call::<_, ClaimReply>(
+            EVENTS_EXCHANGE,
+            &topology::task_event_key(task, "claim"),
+            &request,
+            shared.config.claim_timeout,
+        )
+        .await;
+    let reply = match reply {
+        Ok(reply) => reply,
+        Err(error) => {
+            // Unanswered: another delivery (here or elsewhere) claims it again.
+            tracing::warn!(task.key = %task, "claim of task {task} not answered: {error}");
+            let _ = shared.bindings.unbind(&control_key).await;
+            let _ = delivery.requeue().await;
+            return;
+        }
+    };
+    // From here on PostgreSQL, not the broker, owns the task.
+    if let Err(error) = delivery.ack().await {
+        tracing::debug!("ack of task {task} lost: {error}");
+    }
+    match reply {
+        ClaimReply::Refused { reason, .. } => {
+            tracing::debug!(task.key = %task, "claim of task {task} refused: {reason}");
+            let _ = shared.bindings.unbind(&control_key).await;
+            lock(&shared.early_orders).remove(&task);
+        }
+        ClaimReply::Granted { grant, assignment } => {
+            let shared = shared.clone();
+            shared
+                .attempts
+                .clone()
+                .spawn(attempt(shared, grant, Arc::from(assignment), permit));
+        }
+    }
+}
+
+/// Runs a granted attempt and reports its end.
+async fn attempt(
+    shared: Arc<Shared>,
+    grant: Grant,
+    assignment: Arc<Assignment>,
+    permit: OwnedSemaphorePermit,
+) {
+    let task = grant.task_key;
+    let (stop_tx, stop_rx) = watch::channel(None);
+    let stop_tx = Arc::new(stop_tx);
+    let lease = *lock(&shared.lease);
+    {
+        let mut running = lock(&shared.running);
+        if let Some(order) = lock(&shared.early_orders).remove(&task) {
+            stop_tx.send_replace(Some(order));
+        }
+        running.insert(
+            task,
+            Running {
+                grant: grant.clone(),
+                stop: stop_tx.clone(),
+                handing_back: false,
+                lease_deadline: Instant::now() + lease,
+            },
+        );
+    }
+    let timer = assignment.timeout_secs.map(|secs| {
+        let stop = stop_tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            stop.send_if_modified(|order| set_stop(order, Stop::TaskTimeout));
+        })
+    });
+    tracing::info!(task.key = %task, task.attempt = %grant.attempt, "running task {task} ({})", assignment.function_name);
+    let device = choose_device(&shared, &assignment);
+    let ended = match device {
+        Ok(device) => {
+            executor::run(executor::Attempt {
+                grant: &grant,
+                assignment: assignment.clone(),
+                device,
+                work_root: &shared.config.work_root,
+                keep_failed: shared.config.keep_failed_workspaces,
+                artifacts: shared.artifacts.as_ref(),
+                publisher: &shared.publisher,
+                log_limits: shared.config.log_limits,
+                grace: shared.config.grace,
+                stop: stop_rx,
+            })
+            .await
+        }
+        Err(message) => executor::Ended {
+            outcome: ReportedOutcome::Failed {
+                error_type: TaskErrorType::Execution,
+                message,
+                retryable: true,
+            },
+            steps: Vec::new(),
+            output: serde_json::Value::Null,
+            outputs: Vec::new(),
+            stopped: None,
+        },
+    };
+    if let Some(timer) = timer {
+        timer.abort();
+    }
+    let handing_back = lock(&shared.running)
+        .remove(&task)
+        .is_some_and(|run| run.handing_back);
+    let _ = shared
+        .bindings
+        .unbind(&topology::task_control_key(task))
+        .await;
+    if ended.stopped == Some(Stop::LeaseLost) {
+        // Another attempt may run already; this one's report would be refused.
+        tracing::warn!(task.key = %task, "task {task}: lease lost, step killed, nothing reported");
+        drop(permit);
+        return;
+    }
+    let outcome = match ended.outcome {
+        ReportedOutcome::Canceled if handing_back => ReportedOutcome::Failed {
+            error_type: TaskErrorType::CanceledByWorker,
+            message: format!("worker {} is shutting down", shared.config.worker_id),
+            retryable: true,
+        },
+        outcome => outcome,
+    };
+    let report = TaskStatusReport {
+        task_key: task,
+        attempt: grant.attempt,
+        lease_token: grant.lease_token,
+        worker_id: shared.config.worker_id.clone(),
+        outcome,
+        steps: ended.steps,
+        output: ended.output,
+        outputs: ended.outputs,
+    };
+    tracing::info!(task.key = %task, "task {task} ended: {:?}", report.outcome);
+    publish_until_confirmed(
+        &shared.publisher,
+        &topology::task_event_key(task, "status"),
+        &report,
+    )
+    .await;
+    drop(permit);
+}
+
+/// The device an assignment runs on: the one it names, else the handler of its function,
+/// else the worker's first device.
+fn choose_device(shared: &Shared, assignment: &Assignment) -> Result<Arc<dyn Device>, String> {
+    let devices = lock(&shared.devices);
+    if let Some(id) = &assignment.device_id {
+        return devices
+            .iter()
+            .find(|device| device.info().id == *id)
+            .cloned()
+            .ok_or_else(|| format!("device {id} is not active on this worker"));
+    }
+    if shared.handlers.handles(&assignment.function_name) {
+        return Ok(shared.handlers.clone() as Arc<dyn Device>);
+    }
+    devices
+        .first()
+        .cloned()
+        .ok_or_else(|| "this worker has no active device".to_owned())
+}
+
+/// Sends heartbeats that renew the leases of running attempts; kills the steps of attempts
+/// whose lease could not be renewed in time.
+async fn heartbeat_loop(shared: Arc<Shared>, interval: Duration, stop: CancellationToken) {
+    let key = format!("worker.{}.heartbeat", shared.config.worker_id);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let sent_at = Instant::now();
+        let leases: Vec<HeldLease> = lock(&shared.running)
+            .values()
+            .map(|run| HeldLease {
+                task_key: run.grant.task_key,
+                attempt: run.grant.attempt,
+                lease_token: run.grant.lease_token,
+            })
+            .collect();
+        let heartbeat = WorkerHeartbeat {
+            worker_id: shared.config.worker_id.clone(),
+            leases,
+        };
+        let confirmed = shared
+            .publisher
+            .publish(EVENTS_EXCHANGE, &key, &heartbeat, broker::Meta::default())
+            .await;
+        let lease = *lock(&shared.lease);
+        let mut running = lock(&shared.running);
+        match confirmed {
+            Ok(()) => {
+                for held in &heartbeat.leases {
+                    if let Some(run) = running.get_mut(&held.task_key) {
+                        run.lease_deadline = sent_at + lease;
+                    }
+                }
+            }
+            Err(error) => tracing::warn!("heartbeat not confirmed: {error}"),
+        }
+        let now = Instant::now();
+        for run in running.values() {
+            if now >= run.lease_deadline {
+                tracing::warn!(task.key = %run.grant.task_key, "lease of task {} lapsed: killing its step", run.grant.task_key);
+                run.stop
+                    .send_if_modified(|order| set_stop(order, Stop::LeaseLost));
+            }
+        }
+    }
+}
+
+/// Refreshes the device list from `scanner`.
+async fn scan_loop(shared: Arc<Shared>, scanner: Arc<dyn DeviceScanner>, stop: CancellationToken) {
+    let mut ticker = tokio::time::interval(shared.config.scan_interval);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let devices = scanner.scan().await;
+        let ids: Vec<String> = devices.iter().map(|d| d.info().id.to_string()).collect();
+        let mut current = lock(&shared.devices);
+        let before: Vec<String> = current.iter().map(|d| d.info().id.to_string()).collect();
+        if before != ids {
+            tracing::info!("active devices now: {ids:?}");
+        }
+        *current = devices;
+    }
+}

@@ -1,0 +1,764 @@
+//! Where model files live: the artifact store a worker uploads output models to and fetches
+//! input models from (SPEC.md §7), a local directory ([`LocalStore`]) by default, S3-compatible
+//! object storage (`ObjectStoreArtifacts`, feature `s3`) as an option.
+//!
+//! Every store takes the same addresses ([`check_address`]), returns the sha256 of what it
+//! stored and verifies it on fetch, and makes a file appear under its final name only whole:
+//! content is written to a partial file next to it, synced, then renamed into place.
+//! This module does not choose addresses nor record models: the executor does.
+
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::future::BoxFuture;
+use models::File;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tracing::debug;
+
+#[cfg(feature = "s3")]
+pub use self::object::{ObjectStoreArtifacts, S3Settings};
+
+#[cfg(test)]
+mod tests;
+
+/// The longest store address accepted, in bytes: room for any layout of keys and names,
+/// short enough for every backend (S3 keys stop at 1024 bytes).
+pub const MAX_ADDRESS_BYTES: usize = 1024;
+
+/// The longest component of a store address, in bytes: a file name on Linux file systems.
+const MAX_COMPONENT_BYTES: usize = 255;
+
+/// The size of the buffer files are copied and hashed through.
+const COPY_BUFFER_BYTES: usize = 64 * 1024;
+
+/// How many names a partial file tries before giving up: a name is taken only if a file of
+/// that name is already there, which another writer of the same process never causes.
+const PARTIAL_NAME_TRIES: u32 = 16;
+
+/// How much of a refused address an error message repeats, in chars.
+const ADDRESS_EXCERPT_CHARS: usize = 200;
+
+/// A store of model files, addressed by relative paths ([`check_address`]).
+///
+/// The methods return boxed futures so that the worker can hold any store as
+/// `Arc<dyn ArtifactStore>`.
+pub trait ArtifactStore: Send + Sync + 'static {
+    /// Stores the file at `source` under `address`, returning its sha256 and address.
+    fn put<'a>(
+        &'a self,
+        address: &'a str,
+        source: &'a Path,
+    ) -> BoxFuture<'a, Result<File, ArtifactError>>;
+
+    /// Fetches `file` to `dest`, verifying its sha256; on a mismatch nothing is left at `dest`.
+    fn fetch<'a>(
+        &'a self,
+        file: &'a File,
+        dest: &'a Path,
+    ) -> BoxFuture<'a, Result<(), ArtifactError>>;
+
+    /// A short description for logs (e.g. `local:/var/lib/baton/artifacts`).
+    fn describe(&self) -> String;
+}
+
+/// Why an artifact could not be stored or fetched.
+///
+/// Messages say what is wrong and where; they never hold credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    /// The address is not a relative path of normal components, or leads outside the store.
+    #[error("invalid artifact address {address:?}: {reason}")]
+    InvalidAddress {
+        /// The address refused (its first 200 chars).
+        address: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// Nothing is stored at the address.
+    #[error("no artifact at `{address}`")]
+    NotFound {
+        /// The address looked up.
+        address: String,
+    },
+    /// The content fetched does not have the sha256 the model was registered with.
+    #[error("artifact `{address}` has sha256 {actual}, expected {expected}")]
+    ChecksumMismatch {
+        /// The address fetched.
+        address: String,
+        /// The sha256 the model was registered with.
+        expected: String,
+        /// The sha256 of the content fetched.
+        actual: String,
+    },
+    /// A local file or directory could not be read or written.
+    #[error("could not {action} `{}`: {source}", path.display())]
+    Io {
+        /// What was being done (`read`, `write`, `rename into place`, …).
+        action: &'static str,
+        /// The local path it was done to.
+        path: PathBuf,
+        /// The error the system returned.
+        source: io::Error,
+    },
+    /// The storage backend (object storage) failed.
+    #[error("artifact store failed {operation}: {message}")]
+    Backend {
+        /// What was being done (`uploading `a/b``, `configuring the S3 store`, …).
+        operation: String,
+        /// The backend's error, as text.
+        message: String,
+    },
+}
+
+impl ArtifactError {
+    fn invalid(address: &str, reason: &'static str) -> ArtifactError {
+        ArtifactError::InvalidAddress {
+            address: address.chars().take(ADDRESS_EXCERPT_CHARS).collect(),
+            reason,
+        }
+    }
+
+    fn io(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ArtifactError {
+        let path = path.to_owned();
+        move |source| ArtifactError::Io {
+            action,
+            path,
+            source,
+        }
+    }
+}
+
+/// Checks that `address` is a store address: a relative, `/`-separated path of normal
+/// components (no empty, `.` or `..` component, no backslash, NUL or control char), at most
+/// [`MAX_ADDRESS_BYTES`] long.
+///
+/// Every store calls it before anything else, so an address can never name a file outside
+/// the store, whatever the backend.
+pub fn check_address(address: &str) -> Result<(), ArtifactError> {
+    let refuse = |reason| Err(ArtifactError::invalid(address, reason));
+    if address.is_empty() {
+        return refuse("it is empty");
+    }
+    if address.len() > MAX_ADDRESS_BYTES {
+        return refuse("it is longer than 1024 bytes");
+    }
+    if address.starts_with('/') {
+        return refuse("it must be relative, not start with `/`");
+    }
+    if address.contains('\\') {
+        return refuse("it must not contain a backslash");
+    }
+    if address.contains('\0') {
+        return refuse("it must not contain NUL");
+    }
+    if address.chars().any(char::is_control) {
+        return refuse("it must not contain control characters");
+    }
+    for component in address.split('/') {
+        match component {
+            "" => return refuse("it must not have an empty component (`//` or a trailing `/`)"),
+            "." | ".." => return refuse("it must not have a `.` or `..` component"),
+            _ if component.len() > MAX_COMPONENT_BYTES => {
+                return refuse("each component must be at most 255 bytes long");
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The sha256 of the file at `path`, as 64 lowercase hex digits, read in a streaming fashion.
+pub async fn sha256_file(path: &Path) -> io::Result<String> {
+    let mut file = tokio::fs::File::open(path).await?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0; COPY_BUFFER_BYTES];
+    loop {
+        let n_read = file.read(&mut buffer).await?;
+        if n_read == 0 {
+            return Ok(hex::encode(hasher.finalize()));
+        }
+        hasher.update(&buffer[..n_read]);
+    }
+}
+
+/// An artifact store in a local directory: an address is a path under the root.
+///
+/// A symbolic link inside the root may lead elsewhere inside it, never outside: an address
+/// whose directories resolve outside the root is refused, and a file that is itself a link is
+/// never fetched.
+#[derive(Clone, Debug)]
+pub struct LocalStore {
+    /// Canonical (absolute, without symbolic links), so resolved paths can be compared to it.
+    root: PathBuf,
+}
+
+impl LocalStore {
+    /// Opens the store at `root`, creating the directory if needed.
+    ///
+    /// It blocks on the file system, which is fine for the worker's start.
+    pub fn new(root: impl AsRef<Path>) -> Result<LocalStore, ArtifactError> {
+        let root = root.as_ref();
+        std::fs::create_dir_all(root).map_err(ArtifactError::io("create the directory", root))?;
+        let root = std::fs::canonicalize(root).map_err(ArtifactError::io("resolve", root))?;
+        Ok(LocalStore { root })
+    }
+
+    /// The store's directory, canonical.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    async fn put_file(&self, address: &str, source: &Path) -> Result<File, ArtifactError> {
+        check_address(address)?;
+        let dest = self.resolve(address, MissingDirectories::Create).await?;
+        let mut input = tokio::fs::File::open(source)
+            .await
+            .map_err(ArtifactError::io("open", source))?;
+        let mut partial = PartialFile::create_next_to(&dest).await?;
+        partial.copy_from(&mut input, source).await?;
+        let checksum = partial.sync().await?;
+        let size_bytes = partial.size;
+        partial.persist(&dest).await?;
+        debug!(size_bytes, "stored artifact {address} locally");
+        Ok(File {
+            checksum,
+            storage_address: address.to_owned(),
+        })
+    }
+
+    async fn fetch_file(&self, file: &File, dest: &Path) -> Result<(), ArtifactError> {
+        let address = file.storage_address.as_str();
+        check_address(address)?;
+        let source = self.resolve(address, MissingDirectories::Refuse).await?;
+        let before = match tokio::fs::symlink_metadata(&source).await {
+            Ok(metadata) => metadata,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                return Err(ArtifactError::NotFound {
+                    address: address.to_owned(),
+                });
+            }
+            Err(error) => return Err(ArtifactError::io("inspect", &source)(error)),
+        };
+        if before.file_type().is_symlink() {
+            return Err(ArtifactError::invalid(address, "it names a symbolic link"));
+        }
+        if !before.is_file() {
+            return Err(ArtifactError::invalid(
+                address,
+                "it names something other than a file",
+            ));
+        }
+        let mut input = tokio::fs::File::open(&source)
+            .await
+            .map_err(ArtifactError::io("open", &source))?;
+        // Without O_NOFOLLOW (no libc here), the file opened is checked to be the one
+        // inspected, so a link swapped in between is never followed.
+        let opened = input
+            .metadata()
+            .await
+            .map_err(ArtifactError::io("inspect", &source))?;
+        if (opened.dev(), opened.ino()) != (before.dev(), before.ino()) {
+            return Err(ArtifactError::invalid(
+                address,
+                "it changed while being opened",
+            ));
+        }
+        let mut partial = PartialFile::create_next_to(dest).await?;
+        partial.copy_from(&mut input, &source).await?;
+        partial
+            .verify_and_persist(address, &file.checksum, dest)
+            .await
+    }
+
+    /// The path of `address` under the root, its directories walked one at a time so that no
+    /// symbolic link leads outside the root (and, when creating them, nothing is created
+    /// outside it either).
+    async fn resolve(
+        &self,
+        address: &str,
+        missing: MissingDirectories,
+    ) -> Result<PathBuf, ArtifactError> {
+        let (directories, name) = match address.rsplit_once('/') {
+            Some((directories, name)) => (Some(directories), name),
+            None => (None, address),
+        };
+        let mut dir = self.root.clone();
+        for component in directories.into_iter().flat_map(|path| path.split('/')) {
+            dir.push(component);
+            self.enter(address, &dir, missing).await?;
+        }
+        // What the OS resolves, checked once more as a whole.
+        let parent = tokio::fs::canonicalize(&dir)
+            .await
+            .map_err(ArtifactError::io("resolve", &dir))?;
+        if !parent.starts_with(&self.root) {
+            return Err(escapes(address));
+        }
+        Ok(parent.join(name))
+    }
+
+    /// Checks that `dir` is a directory inside the root, creating it if missing and allowed.
+    async fn enter(
+        &self,
+        address: &str,
+        dir: &Path,
+        missing: MissingDirectories,
+    ) -> Result<(), ArtifactError> {
+        loop {
+            let metadata = match tokio::fs::symlink_metadata(dir).await {
+                Ok(metadata) => metadata,
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                    if missing == MissingDirectories::Refuse {
+                        return Err(ArtifactError::NotFound {
+                            address: address.to_owned(),
+                        });
+                    }
+                    match tokio::fs::create_dir(dir).await {
+                        // Created by someone else meanwhile: inspected again.
+                        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => continue,
+                        created => {
+                            created.map_err(ArtifactError::io("create the directory", dir))?;
+                            return Ok(());
+                        }
+                    }
+                }
+                Err(error) => return Err(ArtifactError::io("inspect", dir)(error)),
+            };
+            if metadata.is_dir() {
+                return Ok(());
+            }
+            if !metadata.file_type().is_symlink() {
+                return Err(ArtifactError::invalid(
+                    address,
+                    "one of its directories is a file",
+                ));
+            }
+            let target = match tokio::fs::canonicalize(dir).await {
+                Ok(target) => target,
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                    return Err(ArtifactError::invalid(
+                        address,
+                        "one of its directories is a broken symbolic link",
+                    ));
+                }
+                Err(error) => return Err(ArtifactError::io("resolve", dir)(error)),
+            };
+            if !target.starts_with(&self.root) {
+                return Err(escapes(address));
+            }
+            let is_dir = tokio::fs::metadata(&target)
+                .await
+                .map_err(ArtifactError::io("inspect", &target))?
+                .is_dir();
+            if !is_dir {
+                return Err(ArtifactError::invalid(
+                    address,
+                    "one of its directories is a file",
+                ));
+            }
+            return Ok(());
+        }
+    }
+}
+
+impl ArtifactStore for LocalStore {
+    fn put<'a>(
+        &'a self,
+        address: &'a str,
+        source: &'a Path,
+    ) -> BoxFuture<'a, Result<File, ArtifactError>> {
+        Box::pin(self.put_file(address, source))
+    }
+
+    fn fetch<'a>(
+        &'a self,
+        file: &'a File,
+        dest: &'a Path,
+    ) -> BoxFuture<'a, Result<(), ArtifactError>> {
+        Box::pin(self.fetch_file(file, dest))
+    }
+
+    fn describe(&self) -> String {
+        format!("local:{}", self.root.display())
+    }
+}
+
+/// What [`LocalStore::resolve`] does with a directory of the address that does not exist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MissingDirectories {
+    /// Creates it (to put a file).
+    Create,
+    /// Reports the address as not found (to fetch a file).
+    Refuse,
+}
+
+fn escapes(address: &str) -> ArtifactError {
+    ArtifactError::invalid(
+        address,
+        "it leads outside the store's root through a symbolic link",
+    )
+}
+
+/// A file being written next to its final place under a name of its own, hashed as it is
+/// written; it is removed when dropped unless it was persisted, so neither an error nor a
+/// cancelled future leaves it behind.
+struct PartialFile {
+    path: PathBuf,
+    file: tokio::fs::File,
+    hasher: Sha256,
+    size: u64,
+    persisted: bool,
+}
+
+impl PartialFile {
+    /// Creates a partial file in the directory of `dest` (creating the directory if needed),
+    /// so the final rename stays on one file system.
+    async fn create_next_to(dest: &Path) -> Result<PartialFile, ArtifactError> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        let dir = match dest.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(ArtifactError::io("create the directory", dir))?;
+        let mut tries = 0;
+        loop {
+            let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+            let path = dir.join(format!(".baton-partial-{}-{id}", std::process::id()));
+            let created = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .await;
+            match created {
+                Ok(file) => {
+                    return Ok(PartialFile {
+                        path,
+                        file,
+                        hasher: Sha256::new(),
+                        size: 0,
+                        persisted: false,
+                    });
+                }
+                Err(error)
+                    if error.kind() == io::ErrorKind::AlreadyExists
+                        && tries < PARTIAL_NAME_TRIES =>
+                {
+                    tries += 1;
+                }
+                Err(error) => return Err(ArtifactError::io("create", &path)(error)),
+            }
+        }
+    }
+
+    async fn write(&mut self, chunk: &[u8]) -> Result<(), ArtifactError> {
+        self.hasher.update(chunk);
+        self.size += chunk.len() as u64;
+        self.file
+            .write_all(chunk)
+            .await
+            .map_err(ArtifactError::io("write", &self.path))
+    }
+
+    /// Copies everything `input` (the file at `source`) holds.
+    async fn copy_from(
+        &mut self,
+        input: &mut (impl AsyncRead + Unpin),
+        source: &Path,
+    ) -> Result<(), ArtifactError> {
+        let mut buffer = vec![0; COPY_BUFFER_BYTES];
+        loop {
+            let n_read = input
+                .read(&mut buffer)
+                .await
+                .map_err(ArtifactError::io("read", source))?;
+            if n_read == 0 {
+                return Ok(());
+            }
+            self.write(&buffer[..n_read]).await?;
+        }
+    }
+
+    /// Flushes the content to disk and returns its sha256.
+    async fn sync(&mut self) -> Result<String, ArtifactError> {
+        self.file
+            .flush()
+            .await
+            .map_err(ArtifactError::io("write", &self.path))?;
+        self.file
+            .sync_all()
+            .await
+            .map_err(ArtifactError::io("sync", &self.path))?;
+        Ok(hex::encode(self.hasher.clone().finalize()))
+    }
+
+    /// Syncs the content and renames it to `dest` if its sha256 is `expected`; otherwise the
+    /// partial file is removed and nothing is left at `dest`.
+    async fn verify_and_persist(
+        mut self,
+        address: &str,
+        expected: &str,
+        dest: &Path,
+    ) -> Result<(), ArtifactError> {
+        let actual = self.sync().await?;
+        if !actual.eq_ignore_ascii_case(expected) {
+            return Err(ArtifactError::ChecksumMismatch {
+                address: address.to_owned(),
+                expected: expected.to_owned(),
+                actual,
+            });
+        }
+        let size_bytes = self.size;
+        self.persist(dest).await?;
+        debug!(
+            size_bytes,
+            "fetched artifact {address} to {}",
+            dest.display()
+        );
+        Ok(())
+    }
+
+    /// Renames the (synced) file to `dest`, then syncs the directory so the rename survives a
+    /// crash.
+    async fn persist(mut self, dest: &Path) -> Result<(), ArtifactError> {
+        tokio::fs::rename(&self.path, dest)
+            .await
+            .map_err(ArtifactError::io("rename into place", dest))?;
+        self.persisted = true;
+        if let Some(dir) = dest.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            let dir_handle = tokio::fs::File::open(dir)
+                .await
+                .map_err(ArtifactError::io("open", dir))?;
+            dir_handle
+                .sync_all()
+                .await
+                .map_err(ArtifactError::io("sync", dir))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        if !self.persisted {
+            // Best effort, and quick: a leftover is only a hidden file with a recognisable name.
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+#[cfg(feature = "s3")]
+mod object {
+    //! An artifact store on object storage, through the `object_store` crate.
+
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use futures::StreamExt;
+    use futures::future::BoxFuture;
+    use models::{File, Secret};
+    use object_store::aws::AmazonS3Builder;
+    use object_store::path::Path as ObjectPath;
+    use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+    use sha2::{Digest, Sha256};
+    use tokio::io::AsyncReadExt;
+    use tracing::debug;
+
+    use super::{ArtifactError, ArtifactStore, COPY_BUFFER_BYTES, PartialFile, check_address};
+
+    /// The size of each part of a multipart upload, and the size up to which a file is
+    /// uploaded in one request instead: above S3's 5 MiB minimum part size, and small enough
+    /// to keep a few parts in memory.
+    const PART_BYTES: usize = 10 * 1024 * 1024;
+
+    /// How many parts of one upload may be in flight at once.
+    const MAX_PARTS_IN_FLIGHT: usize = 4;
+
+    /// Where an S3-compatible bucket is and how to sign in to it.
+    #[derive(Clone, Debug)]
+    pub struct S3Settings {
+        /// The bucket's name.
+        pub bucket: String,
+        /// The endpoint of an S3-compatible server (MinIO, Ceph, …), reached with path-style
+        /// requests; `None` for AWS itself.
+        pub endpoint: Option<String>,
+        /// The region (`us-east-1` for most S3-compatible servers).
+        pub region: String,
+        /// The access key id.
+        pub access_key_id: String,
+        /// The secret access key, redacted in `Debug`.
+        pub secret_access_key: Secret,
+        /// Whether an `http://` endpoint is accepted (for a local test server).
+        pub allow_http: bool,
+    }
+
+    /// An artifact store on object storage: an address is an object's key.
+    ///
+    /// Objects are written whole by the backend (a single put, or a multipart upload that
+    /// becomes visible once completed), so no partial object is ever visible under an address.
+    #[derive(Clone, Debug)]
+    pub struct ObjectStoreArtifacts {
+        store: Arc<dyn ObjectStore>,
+        /// [`PART_BYTES`], smaller in tests to exercise multipart uploads.
+        part_bytes: usize,
+    }
+
+    impl ObjectStoreArtifacts {
+        /// An artifact store on `store` (any `object_store` backend; `InMemory` in tests).
+        pub fn new(store: Arc<dyn ObjectStore>) -> ObjectStoreArtifacts {
+            ObjectStoreArtifacts {
+                store,
+                part_bytes: PART_BYTES,
+            }
+        }
+
+        /// An artifact store on the S3 bucket `settings` describe; nothing is contacted yet.
+        pub fn s3(settings: &S3Settings) -> Result<ObjectStoreArtifacts, ArtifactError> {
+            let mut builder = AmazonS3Builder::new()
+                .with_bucket_name(&settings.bucket)
+                .with_region(&settings.region)
+                .with_access_key_id(&settings.access_key_id)
+                .with_secret_access_key(settings.secret_access_key.expose())
+                .with_allow_http(settings.allow_http);
+            if let Some(endpoint) = &settings.endpoint {
+                builder = builder.with_endpoint(endpoint);
+            }
+            let store = builder.build().map_err(|error| ArtifactError::Backend {
+                operation: format!("configuring the S3 store for bucket `{}`", settings.bucket),
+                message: error.to_string(),
+            })?;
+            Ok(ObjectStoreArtifacts::new(Arc::new(store)))
+        }
+
+        #[cfg(test)]
+        pub(super) fn with_part_bytes(mut self, part_bytes: usize) -> ObjectStoreArtifacts {
+            self.part_bytes = part_bytes;
+            self
+        }
+
+        /// Uploads the file, hashing it on the way: in one request up to one part's size, as a
+        /// multipart upload above it, so a large model is never held whole in memory.
+        async fn put_file(&self, address: &str, source: &Path) -> Result<File, ArtifactError> {
+            let location = object_path(address)?;
+            let mut input = tokio::fs::File::open(source)
+                .await
+                .map_err(ArtifactError::io("open", source))?;
+            let size_bytes = input
+                .metadata()
+                .await
+                .map_err(ArtifactError::io("inspect", source))?
+                .len();
+            let uploading = || format!("uploading `{address}`");
+            let mut hasher = Sha256::new();
+            if size_bytes <= self.part_bytes as u64 {
+                let mut content = Vec::with_capacity(size_bytes as usize);
+                input
+                    .read_to_end(&mut content)
+                    .await
+                    .map_err(ArtifactError::io("read", source))?;
+                hasher.update(&content);
+                self.store
+                    .put(&location, PutPayload::from(content))
+                    .await
+                    .map_err(backend(uploading()))?;
+            } else {
+                let upload = self
+                    .store
+                    .put_multipart(&location)
+                    .await
+                    .map_err(backend(uploading()))?;
+                let mut writer = WriteMultipart::new_with_chunk_size(upload, self.part_bytes);
+                let mut buffer = vec![0; COPY_BUFFER_BYTES];
+                loop {
+                    let n_read = match input.read(&mut buffer).await {
+                        Ok(n_read) => n_read,
+                        Err(error) => {
+                            // Best effort: the error that matters is the read's.
+                            let _ = writer.abort().await;
+                            return Err(ArtifactError::io("read", source)(error));
+                        }
+                    };
+                    if n_read == 0 {
+                        break;
+                    }
+                    hasher.update(&buffer[..n_read]);
+                    if let Err(error) = writer.wait_for_capacity(MAX_PARTS_IN_FLIGHT).await {
+                        let _ = writer.abort().await;
+                        return Err(backend(uploading())(error));
+                    }
+                    writer.write(&buffer[..n_read]);
+                }
+                writer.finish().await.map_err(backend(uploading()))?;
+            }
+            debug!(size_bytes, "uploaded artifact {address} to {}", self.store);
+            Ok(File {
+                checksum: hex::encode(hasher.finalize()),
+                storage_address: address.to_owned(),
+            })
+        }
+
+        async fn fetch_file(&self, file: &File, dest: &Path) -> Result<(), ArtifactError> {
+            let address = file.storage_address.as_str();
+            let location = object_path(address)?;
+            let downloading = || format!("downloading `{address}`");
+            let result = match self.store.get(&location).await {
+                Ok(result) => result,
+                Err(object_store::Error::NotFound { .. }) => {
+                    return Err(ArtifactError::NotFound {
+                        address: address.to_owned(),
+                    });
+                }
+                Err(error) => return Err(backend(downloading())(error)),
+            };
+            let mut chunks = result.into_stream();
+            let mut partial = PartialFile::create_next_to(dest).await?;
+            while let Some(chunk) = chunks.next().await {
+                let chunk = chunk.map_err(backend(downloading()))?;
+                partial.write(&chunk).await?;
+            }
+            partial
+                .verify_and_persist(address, &file.checksum, dest)
+                .await
+        }
+    }
+
+    impl ArtifactStore for ObjectStoreArtifacts {
+        fn put<'a>(
+            &'a self,
+            address: &'a str,
+            source: &'a Path,
+        ) -> BoxFuture<'a, Result<File, ArtifactError>> {
+            Box::pin(self.put_file(address, source))
+        }
+
+        fn fetch<'a>(
+            &'a self,
+            file: &'a File,
+            dest: &'a Path,
+        ) -> BoxFuture<'a, Result<(), ArtifactError>> {
+            Box::pin(self.fetch_file(file, dest))
+        }
+
+        fn describe(&self) -> String {
+            format!("object_store:{}", self.store)
+        }
+    }
+
+    /// The object key of a checked address.
+    fn object_path(address: &str) -> Result<ObjectPath, ArtifactError> {
+        check_address(address)?;
+        ObjectPath::parse(address)
+            .map_err(|_| ArtifactError::invalid(address, "it is not a valid object key"))
+    }
+
+    fn backend(operation: String) -> impl FnOnce(object_store::Error) -> ArtifactError {
+        move |error| ArtifactError::Backend {
+            operation,
+            message: error.to_string(),
+        }
+    }
+}

@@ -1,0 +1,470 @@
+//! One granted attempt, from workspace to report: inputs fetched (checksums verified),
+//! parameters checked against the device's schema, the device run, logs and measurements
+//! streamed, outputs collected and uploaded, the workspace cleaned, and the report built.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc::{self, UnboundedReceiver};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use broker::topology::{EVENTS_EXCHANGE, task_event_key};
+use broker::{Meta, Publisher};
+use models::wire::{
+    Assignment, Grant, InputValue, LogBatch, LogRecord, MeasurementBatch, ReportedOutcome,
+    ReportedOutput, Sample,
+};
+use models::{OutputKind, StepState, TaskErrorType};
+
+use crate::artifacts::ArtifactStore;
+use crate::device::{Device, DeviceRun, Job, RunEnd};
+use crate::logs::{LogLimits, LogWriter, next_batch};
+use crate::process::Stop;
+use crate::template::Bindings;
+use crate::workspace::Workspace;
+
+/// Log lines or samples published in one message at most.
+const BATCH: usize = 500;
+/// How long a batch waits for more lines once it has one.
+const LINGER: Duration = Duration::from_millis(100);
+
+/// What an attempt needs from its worker.
+pub(crate) struct Attempt<'a> {
+    /// The grant.
+    pub(crate) grant: &'a Grant,
+    /// What to run.
+    pub(crate) assignment: Arc<Assignment>,
+    /// The device it runs on.
+    pub(crate) device: Arc<dyn Device>,
+    /// Where workspaces are made.
+    pub(crate) work_root: &'a std::path::Path,
+    /// Keep the workspace of a failed attempt.
+    pub(crate) keep_failed: bool,
+    /// The artifact store.
+    pub(crate) artifacts: &'a dyn ArtifactStore,
+    /// Publishes logs and measurements.
+    pub(crate) publisher: &'a Publisher,
+    /// Log bounds.
+    pub(crate) log_limits: LogLimits,
+    /// Grace period of a cancel.
+    pub(crate) grace: Duration,
+    /// Stop orders.
+    pub(crate) stop: watch::Receiver<Option<Stop>>,
+}
+
+/// The end of an attempt, to report.
+pub(crate) struct Ended {
+    /// How it ended.
+    pub(crate) outcome: ReportedOutcome,
+    /// The state of each step.
+    pub(crate) steps: Vec<StepState>,
+    /// The device's output data.
+    pub(crate) output: serde_json::Value,
+    /// The values of the outputs (with `Done` only).
+    pub(crate) outputs: Vec<ReportedOutput>,
+    /// The stop order that ended it, if one did.
+    pub(crate) stopped: Option<Stop>,
+}
+
+impl Ended {
+    fn failed(error_type: TaskErrorType, message: String, retryable: bool) -> Ended {
+        Ended {
+            outcome: ReportedOutcome::Failed {
+                error_type,
+                message,
+                retryable,
+            },
+            steps: Vec::new(),
+            output: serde_json::Value::Null,
+            outputs: Vec::new(),
+            stopped: None,
+        }
+    }
+}
+
+/// Runs one attempt to its end. Log lines and samples are all published (confirmed) before
+/// this returns, so they reach the dispatcher before the report.
+pub(crate) async fn run(attempt: Attempt<'_>) -> Ended {
+    let task = attempt.grant.task_key;
+    let (log_tx, log_rx) = mpsc::unbounded_channel();
+    let log = LogWriter::new(attempt.log_limits, log_tx);
+    let (sample_tx, sample_rx) = mpsc::unbounded_channel();
+    let publisher = attempt.publisher.clone();
+    let grant = attempt.grant.clone();
+    let logs = tokio::spawn(publish_logs(publisher.clone(), grant.clone(), log_rx));
+    let samples = tokio::spawn(publish_samples(publisher, grant, sample_rx));
+    let follow_stop = CancellationToken::new();
+
+    let workspace = match Workspace::create(attempt.work_root, task, attempt.grant.attempt).await {
+        Ok(workspace) => Some(workspace),
+        Err(error) => {
+            log.system(None, &format!("cannot create the workspace: {error}"));
+            None
+        }
+    };
+    let ended = match &workspace {
+        None => Ended::failed(
+            TaskErrorType::Internal,
+            "the worker could not create the task's workspace".to_owned(),
+            true,
+        ),
+        Some(workspace) => {
+            let follower = tokio::spawn(crate::measurements::follow(
+                workspace.measurements_path(),
+                sample_tx.clone(),
+                log.clone(),
+                follow_stop.clone(),
+            ));
+            let ended = in_workspace(&attempt, workspace, &log, sample_tx.clone()).await;
+            follow_stop.cancel();
+            let _ = follower.await;
+            ended
+        }
+    };
+    // Every writer gone: the publishers drain what is left and stop.
+    drop(log);
+    drop(sample_tx);
+    let _ = logs.await;
+    let _ = samples.await;
+    if let Some(workspace) = workspace {
+        let keep = attempt.keep_failed && !matches!(ended.outcome, ReportedOutcome::Done);
+        match workspace.finish(keep).await {
+            Ok(Some(kept)) => {
+                tracing::info!(task.key = %task, "workspace kept at {}", kept.display())
+            }
+            Ok(None) => {}
+            Err(error) => tracing::warn!(task.key = %task, "removing the workspace: {error}"),
+        }
+    }
+    ended
+}
+
+async fn in_workspace(
+    attempt: &Attempt<'_>,
+    workspace: &Workspace,
+    log: &LogWriter,
+    samples: mpsc::UnboundedSender<Sample>,
+) -> Ended {
+    let assignment = &attempt.assignment;
+    // Parameters must suit the device before anything runs.
+    if let Some(schema) = attempt.device.info().parameter_schema {
+        let parameters = serde_json::Value::Object(assignment.parameters.clone());
+        match models::validation::compile_schema(&schema) {
+            Ok(validator) => {
+                let problems: Vec<String> = validator
+                    .iter_errors(&parameters)
+                    .map(|error| format!("{}: {error}", error.instance_path()))
+                    .collect();
+                if !problems.is_empty() {
+                    let message = format!(
+                        "parameters do not satisfy device {}'s schema: {}",
+                        attempt.device.info().id,
+                        problems.join("; ")
+                    );
+                    log.system(None, &message);
+                    return Ended::failed(TaskErrorType::Execution, message, false);
+                }
+            }
+            Err(error) => {
+                let message = format!(
+                    "device {}'s parameter schema is invalid: {error}",
+                    attempt.device.info().id
+                );
+                return Ended::failed(TaskErrorType::Internal, message, false);
+            }
+        }
+    }
+    let inputs = match fetch_inputs(attempt, workspace).await {
+        Ok(inputs) => inputs,
+        Err(message) => {
+            log.system(None, &message);
+            // A store that cannot be read now may be readable on another attempt.
+            return Ended::failed(TaskErrorType::Execution, message, true);
+        }
+    };
+    let mut outputs = BTreeMap::new();
+    for output in &assignment.outputs {
+        let path = workspace.outputs_dir().join(&output.identifier);
+        if output.multiple
+            && let Err(error) = tokio::fs::create_dir_all(&path).await
+        {
+            let message = format!("preparing output `{}`: {error}", output.identifier);
+            return Ended::failed(TaskErrorType::Internal, message, true);
+        }
+        outputs.insert(output.identifier.clone(), path.display().to_string());
+    }
+    let bindings = Bindings {
+        task_key: attempt.grant.task_key.to_string(),
+        parameters: assignment.parameters.clone(),
+        inputs,
+        outputs,
+    };
+    let job = Job {
+        task_key: attempt.grant.task_key,
+        attempt: attempt.grant.attempt,
+        assignment: assignment.clone(),
+        work_dir: workspace.work_dir(),
+        env: workspace.env(),
+        bindings,
+        log: log.clone(),
+        samples,
+        stop: attempt.stop.clone(),
+        grace: attempt.grace,
+    };
+    let DeviceRun { steps, end, output } = attempt.device.run(job).await;
+    let (outcome, outputs, stopped) = match end {
+        RunEnd::Succeeded => match collect_outputs(attempt, workspace).await {
+            Ok(outputs) => (ReportedOutcome::Done, outputs, None),
+            Err(message) => {
+                log.system(None, &message);
+                (
+                    ReportedOutcome::Failed {
+                        error_type: TaskErrorType::Execution,
+                        message,
+                        retryable: false,
+                    },
+                    Vec::new(),
+                    None,
+                )
+            }
+        },
+        RunEnd::Failed {
+            error_type,
+            message,
+            retryable,
+        } => (
+            ReportedOutcome::Failed {
+                error_type,
+                message,
+                retryable,
+            },
+            Vec::new(),
+            None,
+        ),
+        RunEnd::Stopped(order) => {
+            let outcome = match order {
+                Stop::TaskTimeout => ReportedOutcome::Failed {
+                    error_type: TaskErrorType::Timeout,
+                    message: format!(
+                        "the task ran out of time ({} s)",
+                        assignment.timeout_secs.unwrap_or_default()
+                    ),
+                    retryable: false,
+                },
+                Stop::Cancel | Stop::Abort | Stop::LeaseLost => ReportedOutcome::Canceled,
+            };
+            (outcome, Vec::new(), Some(order))
+        }
+    };
+    Ended {
+        outcome,
+        steps,
+        output,
+        outputs,
+        stopped,
+    }
+}
+
+/// Fetches every input into the workspace; returns each identifier's path for placeholders.
+async fn fetch_inputs(
+    attempt: &Attempt<'_>,
+    workspace: &Workspace,
+) -> Result<BTreeMap<String, String>, String> {
+    let mut paths = BTreeMap::new();
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for input in &attempt.assignment.inputs {
+        let index = counts.entry(input.identifier.as_str()).or_default();
+        let path = workspace
+            .input_path(&input.identifier, input.multiple, *index)
+            .await
+            .map_err(|error| error.to_string())?;
+        *index += 1;
+        match &input.value {
+            InputValue::Model { model_key, file } => attempt
+                .artifacts
+                .fetch(file, &path)
+                .await
+                .map_err(|error| {
+                    format!("input `{}` (model {model_key}): {error}", input.identifier)
+                })?,
+            InputValue::DataManager {
+                dataset_key,
+                opener,
+            } => attempt
+                .artifacts
+                .fetch(opener, &path)
+                .await
+                .map_err(|error| {
+                    format!(
+                        "input `{}` (opener of {dataset_key}): {error}",
+                        input.identifier
+                    )
+                })?,
+            InputValue::DataSample {
+                data_sample_key,
+                path: sample,
+            } => {
+                let Some(sample) = sample else {
+                    return Err(format!(
+                        "input `{}`: data sample {data_sample_key} has no path",
+                        input.identifier
+                    ));
+                };
+                tokio::fs::symlink(sample, &path).await.map_err(|error| {
+                    format!(
+                        "input `{}`: linking data sample {data_sample_key} at {sample}: {error}",
+                        input.identifier
+                    )
+                })?;
+            }
+        }
+        let shown = if input.multiple {
+            workspace.inputs_dir().join(&input.identifier)
+        } else {
+            path
+        };
+        paths.insert(input.identifier.clone(), shown.display().to_string());
+    }
+    Ok(paths)
+}
+
+/// Reads every declared output from the workspace: models are uploaded, performances parsed.
+/// The error names every output that is missing or invalid.
+async fn collect_outputs(
+    attempt: &Attempt<'_>,
+    workspace: &Workspace,
+) -> Result<Vec<ReportedOutput>, String> {
+    let grant = attempt.grant;
+    let mut values = Vec::new();
+    let mut problems = Vec::new();
+    for output in &attempt.assignment.outputs {
+        let files = match workspace
+            .collect_output(&output.identifier, output.multiple)
+            .await
+        {
+            Ok(files) => files,
+            Err(error) => {
+                problems.push(error.to_string());
+                continue;
+            }
+        };
+        for (index, file) in files.iter().enumerate() {
+            match output.kind {
+                OutputKind::Model => {
+                    let address = if output.multiple {
+                        format!(
+                            "models/{}/{}/{}/{index}",
+                            grant.task_key, grant.attempt, output.identifier
+                        )
+                    } else {
+                        format!(
+                            "models/{}/{}/{}",
+                            grant.task_key, grant.attempt, output.identifier
+                        )
+                    };
+                    match attempt.artifacts.put(&address, file).await {
+                        Ok(file) => values.push(ReportedOutput::Model {
+                            identifier: output.identifier.clone(),
+                            file,
+                        }),
+                        Err(error) => {
+                            problems.push(format!("output `{}`: {error}", output.identifier))
+                        }
+                    }
+                }
+                OutputKind::Performance => match read_performance(file).await {
+                    Ok(value) => values.push(ReportedOutput::Performance {
+                        identifier: output.identifier.clone(),
+                        value,
+                    }),
+                    Err(problem) => {
+                        problems.push(format!("output `{}`: {problem}", output.identifier))
+                    }
+                },
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(values)
+    } else {
+        Err(format!("invalid outputs: {}", problems.join("; ")))
+    }
+}
+
+/// A performance file: one finite number, surrounding whitespace allowed.
+async fn read_performance(path: &std::path::Path) -> Result<f64, String> {
+    let metadata = tokio::fs::metadata(path)
+        .await
+        .map_err(|error| error.to_string())?;
+    if metadata.len() > 1024 {
+        return Err(format!("{} bytes is too long for a number", metadata.len()));
+    }
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|error| error.to_string())?;
+    let value: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{:?} is not a number", text.trim()))?;
+    if value.is_finite() {
+        Ok(value)
+    } else {
+        Err(format!("{value} is not a finite number"))
+    }
+}
+
+/// Publishes the attempt's log lines in batches until every writer is gone.
+async fn publish_logs(publisher: Publisher, grant: Grant, mut rx: UnboundedReceiver<LogRecord>) {
+    let key = task_event_key(grant.task_key, "log");
+    while let Some(lines) = next_batch(&mut rx, BATCH, LINGER).await {
+        let batch = LogBatch {
+            task_key: grant.task_key,
+            attempt: grant.attempt,
+            lease_token: grant.lease_token,
+            lines,
+        };
+        publish_until_confirmed(&publisher, &key, &batch).await;
+    }
+}
+
+/// Publishes the attempt's samples in batches until every sender is gone.
+async fn publish_samples(publisher: Publisher, grant: Grant, mut rx: UnboundedReceiver<Sample>) {
+    let key = task_event_key(grant.task_key, "measurement");
+    while let Some(samples) = next_batch(&mut rx, BATCH, LINGER).await {
+        let batch = MeasurementBatch {
+            task_key: grant.task_key,
+            attempt: grant.attempt,
+            lease_token: grant.lease_token,
+            samples,
+        };
+        publish_until_confirmed(&publisher, &key, &batch).await;
+    }
+}
+
+/// Publishes `message` on `baton.events`, retrying with a growing delay until RabbitMQ
+/// confirms it: reports are not lost to a broker outage.
+pub(crate) async fn publish_until_confirmed<M: models::wire::WireMessage>(
+    publisher: &Publisher,
+    routing_key: &str,
+    message: &M,
+) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match publisher
+            .publish(EVENTS_EXCHANGE, routing_key, message, Meta::default())
+            .await
+        {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(
+                    "publishing {} ({routing_key}) failed, retrying in {delay:?}: {error}",
+                    M::KIND
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

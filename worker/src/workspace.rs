@@ -1,0 +1,426 @@
+//! A directory per task attempt, where its steps run (DESIGN.md, "Workers and devices"):
+//! `<base>/<task>-<attempt>/` holds `work/` (scratch space), `inputs/` (fetched before the first
+//! step), `outputs/` (what the steps leave for the task's outputs) and `measurements.jsonl`.
+//!
+//! Every name a task gives (an input or output identifier) is one path component, so it can
+//! never name a path outside the workspace, and outputs must be regular files: a step cannot
+//! hand the worker a symbolic link to a file elsewhere.
+//! This module neither fetches inputs nor uploads outputs: the executor does, through an
+//! artifact store.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use models::{Attempt, TaskKey};
+
+#[cfg(test)]
+mod tests;
+
+/// The longest input or output identifier accepted, in chars.
+pub const MAX_IDENTIFIER_CHARS: usize = 100;
+
+/// How much of a refused identifier an error message repeats, in chars.
+const IDENTIFIER_EXCERPT_CHARS: usize = 120;
+
+const WORK: &str = "work";
+const INPUTS: &str = "inputs";
+const OUTPUTS: &str = "outputs";
+const MEASUREMENTS: &str = "measurements.jsonl";
+
+/// Why an input or output of a workspace could not be placed or collected.
+///
+/// Paths in messages are relative to the workspace, as the task's author sees them.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkspaceError {
+    /// The identifier is not one normal path component.
+    #[error("invalid input or output identifier {identifier:?}: {reason}")]
+    InvalidIdentifier {
+        /// The identifier refused (its first 120 chars).
+        identifier: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The steps wrote nothing for the output.
+    #[error("output `{identifier}` was not written: expected {expected} at {path}")]
+    OutputMissing {
+        /// The output's identifier.
+        identifier: String,
+        /// Where it was expected, relative to the workspace.
+        path: String,
+        /// What was expected (`a file`, `a directory of files`).
+        expected: &'static str,
+    },
+    /// The steps left a symbolic link where a file was expected.
+    #[error("output `{identifier}` is a symbolic link at {path}: outputs must be regular files")]
+    OutputIsSymlink {
+        /// The output's identifier.
+        identifier: String,
+        /// The link, relative to the workspace.
+        path: String,
+    },
+    /// The steps left something other than what the output needs (a directory for a single
+    /// value, a file for a multiple one, a nested directory, a FIFO…).
+    #[error("output `{identifier}` must be {expected} at {path}, found {found}")]
+    OutputWrongKind {
+        /// The output's identifier.
+        identifier: String,
+        /// What was found, relative to the workspace.
+        path: String,
+        /// What was expected.
+        expected: &'static str,
+        /// What was found instead.
+        found: &'static str,
+    },
+    /// A multiple output's directory holds no file.
+    #[error("output `{identifier}` is empty: expected at least one file in {path}")]
+    OutputEmpty {
+        /// The output's identifier.
+        identifier: String,
+        /// The directory, relative to the workspace.
+        path: String,
+    },
+    /// One of the workspace's own directories was replaced (by a symbolic link or a file).
+    #[error("the workspace's {path} is no longer a directory")]
+    Tampered {
+        /// The directory, relative to the workspace.
+        path: String,
+    },
+    /// The file system failed.
+    #[error("could not {action} {path} in the workspace: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The path, relative to the workspace.
+        path: String,
+        /// The error the system returned.
+        source: io::Error,
+    },
+}
+
+/// The directory of one task attempt.
+///
+/// Dropping it keeps the directory; [`Workspace::finish`] removes it.
+#[derive(Debug)]
+pub struct Workspace {
+    /// Absolute, canonical and valid UTF-8, so [`Workspace::env`] gives exact paths.
+    root: PathBuf,
+}
+
+impl Workspace {
+    /// Creates `<base>/<task>-<attempt>/` with `work/`, `inputs/`, `outputs/` and an empty
+    /// `measurements.jsonl`.
+    ///
+    /// `base` is created if needed and must have a UTF-8 path. An existing directory of the same
+    /// name is an error (`AlreadyExists`): an attempt runs once, so it is a leftover to look at,
+    /// not something to reuse or delete.
+    pub async fn create(base: &Path, task: TaskKey, attempt: Attempt) -> io::Result<Workspace> {
+        tokio::fs::create_dir_all(base).await?;
+        let base = tokio::fs::canonicalize(base).await?;
+        if base.to_str().is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "the workspace directory {} is not valid UTF-8",
+                    base.display()
+                ),
+            ));
+        }
+        let root = base.join(format!("{task}-{attempt}"));
+        tokio::fs::create_dir(&root).await?;
+        let workspace = Workspace { root };
+        if let Err(error) = workspace.lay_out().await {
+            // Best effort: the error that matters is the layout's.
+            let _ = tokio::fs::remove_dir_all(&workspace.root).await;
+            return Err(error);
+        }
+        Ok(workspace)
+    }
+
+    async fn lay_out(&self) -> io::Result<()> {
+        for dir in [WORK, INPUTS, OUTPUTS] {
+            tokio::fs::create_dir(self.root.join(dir)).await?;
+        }
+        tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(self.measurements_path())
+            .await?;
+        Ok(())
+    }
+
+    /// The workspace's directory, absolute.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The scratch directory the steps run in.
+    pub fn work_dir(&self) -> PathBuf {
+        self.root.join(WORK)
+    }
+
+    /// The directory the task's inputs are fetched into.
+    pub fn inputs_dir(&self) -> PathBuf {
+        self.root.join(INPUTS)
+    }
+
+    /// The directory the steps write the task's outputs into.
+    pub fn outputs_dir(&self) -> PathBuf {
+        self.root.join(OUTPUTS)
+    }
+
+    /// The file the steps append measurements to, one JSON line each.
+    pub fn measurements_path(&self) -> PathBuf {
+        self.root.join(MEASUREMENTS)
+    }
+
+    /// The variables that tell a step where things are, as absolute paths:
+    /// `BATON_WORKSPACE` (the workspace's directory), `BATON_INPUTS`, `BATON_OUTPUTS` and
+    /// `BATON_MEASUREMENTS`.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("BATON_WORKSPACE", self.root.clone()),
+            ("BATON_INPUTS", self.inputs_dir()),
+            ("BATON_OUTPUTS", self.outputs_dir()),
+            ("BATON_MEASUREMENTS", self.measurements_path()),
+        ]
+        .into_iter()
+        // The root is valid UTF-8 (checked on creation) and the rest are ASCII names.
+        .map(|(name, path)| (name.to_owned(), path.to_string_lossy().into_owned()))
+        .collect()
+    }
+
+    /// Where input `identifier`'s value number `index` goes: `inputs/<identifier>` for a single
+    /// value, `inputs/<identifier>/<index>` when `multiple` (creating the directory).
+    pub async fn input_path(
+        &self,
+        identifier: &str,
+        multiple: bool,
+        index: usize,
+    ) -> Result<PathBuf, WorkspaceError> {
+        check_identifier(identifier)?;
+        self.check_own_directory(INPUTS).await?;
+        let path = self.inputs_dir().join(identifier);
+        if !multiple {
+            return Ok(path);
+        }
+        let relative = format!("{INPUTS}/{identifier}");
+        match tokio::fs::create_dir(&path).await {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+                let metadata = tokio::fs::symlink_metadata(&path)
+                    .await
+                    .map_err(io_error("inspect", &relative))?;
+                if !metadata.is_dir() {
+                    return Err(io_error("create the directory", &relative)(error));
+                }
+            }
+            Err(error) => return Err(io_error("create the directory", &relative)(error)),
+        }
+        Ok(path.join(index.to_string()))
+    }
+
+    /// The files the steps left for output `identifier`: `outputs/<identifier>` must be a
+    /// regular file when not `multiple`, or a directory of at least one regular file (returned
+    /// sorted by name) when `multiple`.
+    ///
+    /// Symbolic links are refused, since a step could point them outside the workspace.
+    /// Call it once the steps are over: nothing stops a running step from changing the files.
+    pub async fn collect_output(
+        &self,
+        identifier: &str,
+        multiple: bool,
+    ) -> Result<Vec<PathBuf>, WorkspaceError> {
+        check_identifier(identifier)?;
+        self.check_own_directory(OUTPUTS).await?;
+        let path = self.outputs_dir().join(identifier);
+        let relative = format!("{OUTPUTS}/{identifier}");
+        let expected = if multiple {
+            "a directory of files"
+        } else {
+            "a file"
+        };
+        let metadata = match tokio::fs::symlink_metadata(&path).await {
+            Ok(metadata) => metadata,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                return Err(WorkspaceError::OutputMissing {
+                    identifier: identifier.to_owned(),
+                    path: relative,
+                    expected,
+                });
+            }
+            Err(error) => return Err(io_error("inspect", &relative)(error)),
+        };
+        let wrong_kind = |path: String, expected, found| WorkspaceError::OutputWrongKind {
+            identifier: identifier.to_owned(),
+            path,
+            expected,
+            found,
+        };
+        let symlink = |path: String| WorkspaceError::OutputIsSymlink {
+            identifier: identifier.to_owned(),
+            path,
+        };
+        let kind = kind_of(&metadata.file_type());
+        if !multiple {
+            return match kind {
+                Kind::File => Ok(vec![path]),
+                Kind::Symlink => Err(symlink(relative)),
+                other => Err(wrong_kind(relative, expected, other.described())),
+            };
+        }
+        match kind {
+            Kind::Directory => {}
+            Kind::Symlink => return Err(symlink(relative)),
+            other => return Err(wrong_kind(relative, expected, other.described())),
+        }
+        let mut entries = tokio::fs::read_dir(&path)
+            .await
+            .map_err(io_error("read", &relative))?;
+        let mut files = Vec::new();
+        while let Some(entry) = entries
+            .next_entry()
+            .await
+            .map_err(io_error("read", &relative))?
+        {
+            let name = entry.file_name();
+            let entry_relative = format!("{relative}/{}", name.to_string_lossy());
+            // `DirEntry::file_type` does not follow symbolic links.
+            let file_type = entry
+                .file_type()
+                .await
+                .map_err(io_error("inspect", &entry_relative))?;
+            match kind_of(&file_type) {
+                Kind::File => files.push(entry.path()),
+                Kind::Symlink => return Err(symlink(entry_relative)),
+                other => return Err(wrong_kind(entry_relative, "a file", other.described())),
+            }
+        }
+        if files.is_empty() {
+            return Err(WorkspaceError::OutputEmpty {
+                identifier: identifier.to_owned(),
+                path: format!("{relative}/"),
+            });
+        }
+        files.sort();
+        Ok(files)
+    }
+
+    /// Removes the directory unless `keep` (a failed attempt's, when configured, to look at);
+    /// returns the path kept, if any.
+    ///
+    /// Directories a step made read-only are made writable again first, so they do not stop
+    /// the removal.
+    pub async fn finish(self, keep: bool) -> io::Result<Option<PathBuf>> {
+        if keep {
+            return Ok(Some(self.root));
+        }
+        match tokio::fs::remove_dir_all(&self.root).await {
+            Err(error) if error.kind() == io::ErrorKind::PermissionDenied => {
+                let root = self.root.clone();
+                tokio::task::spawn_blocking(move || make_directories_writable(&root))
+                    .await
+                    .map_err(io::Error::other)??;
+                tokio::fs::remove_dir_all(&self.root).await?;
+            }
+            removed => removed?,
+        }
+        Ok(None)
+    }
+
+    /// Checks that the workspace's directory `name` is still a directory, not a symbolic link a
+    /// step put in its place.
+    async fn check_own_directory(&self, name: &str) -> Result<(), WorkspaceError> {
+        let tampered = || WorkspaceError::Tampered {
+            path: format!("{name}/"),
+        };
+        match tokio::fs::symlink_metadata(self.root.join(name)).await {
+            Ok(metadata) if metadata.is_dir() => Ok(()),
+            Ok(_) => Err(tampered()),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Err(tampered()),
+            Err(error) => Err(io_error("inspect", &format!("{name}/"))(error)),
+        }
+    }
+}
+
+/// Checks that `identifier` is one normal path component of 1 to [`MAX_IDENTIFIER_CHARS`]
+/// chars: no `/`, `\`, NUL or other control char, not `.` or `..`.
+pub fn check_identifier(identifier: &str) -> Result<(), WorkspaceError> {
+    let refuse = |reason| {
+        Err(WorkspaceError::InvalidIdentifier {
+            identifier: identifier.chars().take(IDENTIFIER_EXCERPT_CHARS).collect(),
+            reason,
+        })
+    };
+    if identifier.is_empty() {
+        return refuse("it is empty");
+    }
+    if identifier.chars().count() > MAX_IDENTIFIER_CHARS {
+        return refuse("it is longer than 100 chars");
+    }
+    if identifier == "." || identifier == ".." {
+        return refuse("it must not be `.` or `..`");
+    }
+    if identifier.contains(['/', '\\']) {
+        return refuse("it must not contain `/` or `\\`");
+    }
+    if identifier.chars().any(char::is_control) {
+        return refuse("it must not contain NUL or control characters");
+    }
+    Ok(())
+}
+
+/// What a directory entry is, as far as outputs care.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    File,
+    Directory,
+    Symlink,
+    Other,
+}
+
+impl Kind {
+    fn described(self) -> &'static str {
+        match self {
+            Kind::File => "a file",
+            Kind::Directory => "a directory",
+            Kind::Symlink => "a symbolic link",
+            Kind::Other => "a special file",
+        }
+    }
+}
+
+fn kind_of(file_type: &std::fs::FileType) -> Kind {
+    if file_type.is_symlink() {
+        Kind::Symlink
+    } else if file_type.is_file() {
+        Kind::File
+    } else if file_type.is_dir() {
+        Kind::Directory
+    } else {
+        Kind::Other
+    }
+}
+
+fn io_error(action: &'static str, relative: &str) -> impl FnOnce(io::Error) -> WorkspaceError {
+    let path = relative.to_owned();
+    move |source| WorkspaceError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// Gives the owner full access to every directory under `dir` (not following symbolic links),
+/// so that a tree a step made read-only can be removed.
+fn make_directories_writable(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            make_directories_writable(&entry.path())?;
+        }
+    }
+    Ok(())
+}

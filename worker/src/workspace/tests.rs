@@ -1,0 +1,323 @@
+use std::path::{Path, PathBuf};
+
+use models::{Attempt, TaskKey};
+use tempfile::TempDir;
+use uuid::Uuid;
+
+use super::*;
+
+const TASK: TaskKey = TaskKey(Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef));
+
+async fn setup() -> (TempDir, Workspace) {
+    let base = tempfile::tempdir().unwrap();
+    let workspace = Workspace::create(base.path(), TASK, Attempt(2))
+        .await
+        .unwrap();
+    (base, workspace)
+}
+
+fn write(path: &Path, content: &[u8]) {
+    std::fs::write(path, content).unwrap();
+}
+
+fn relative(workspace: &Workspace, paths: &[PathBuf]) -> Vec<String> {
+    paths
+        .iter()
+        .map(|path| {
+            path.strip_prefix(workspace.root())
+                .unwrap()
+                .display()
+                .to_string()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn create_lays_out_the_attempt_directory() {
+    let (base, workspace) = setup().await;
+    let root = std::fs::canonicalize(base.path())
+        .unwrap()
+        .join("01234567-89ab-cdef-0123-456789abcdef-2");
+    assert_eq!(workspace.root(), root);
+    assert_eq!(workspace.work_dir(), root.join("work"));
+    assert_eq!(workspace.inputs_dir(), root.join("inputs"));
+    assert_eq!(workspace.outputs_dir(), root.join("outputs"));
+    assert_eq!(
+        workspace.measurements_path(),
+        root.join("measurements.jsonl")
+    );
+    for dir in [
+        workspace.work_dir(),
+        workspace.inputs_dir(),
+        workspace.outputs_dir(),
+    ] {
+        assert!(std::fs::symlink_metadata(&dir).unwrap().is_dir(), "{dir:?}");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    }
+    assert_eq!(std::fs::read(workspace.measurements_path()).unwrap(), b"");
+}
+
+#[tokio::test]
+async fn create_makes_the_base_and_resolves_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("not/yet/there");
+    let workspace = Workspace::create(&base, TASK, Attempt::FIRST)
+        .await
+        .unwrap();
+    assert!(workspace.root().is_absolute());
+    assert!(
+        workspace
+            .root()
+            .starts_with(std::fs::canonicalize(&base).unwrap())
+    );
+}
+
+#[tokio::test]
+async fn creating_the_same_attempt_twice_is_refused() {
+    let (base, _workspace) = setup().await;
+    let error = Workspace::create(base.path(), TASK, Attempt(2))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::AlreadyExists);
+    Workspace::create(base.path(), TASK, Attempt(3))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn env_gives_absolute_paths() {
+    let (_base, workspace) = setup().await;
+    let root = workspace.root().display().to_string();
+    assert_eq!(
+        workspace.env(),
+        [
+            ("BATON_WORKSPACE".to_owned(), root.clone()),
+            ("BATON_INPUTS".to_owned(), format!("{root}/inputs")),
+            ("BATON_OUTPUTS".to_owned(), format!("{root}/outputs")),
+            (
+                "BATON_MEASUREMENTS".to_owned(),
+                format!("{root}/measurements.jsonl")
+            ),
+        ]
+    );
+    assert!(root.starts_with('/'));
+}
+
+#[tokio::test]
+async fn input_paths_are_under_inputs() {
+    let (_base, workspace) = setup().await;
+    let single = workspace.input_path("model", false, 0).await.unwrap();
+    assert_eq!(single, workspace.inputs_dir().join("model"));
+    assert!(
+        !single.exists(),
+        "a single input's path is left to the fetch"
+    );
+
+    let first = workspace.input_path("models", true, 0).await.unwrap();
+    let second = workspace.input_path("models", true, 1).await.unwrap();
+    assert_eq!(
+        relative(&workspace, &[first, second]),
+        ["inputs/models/0", "inputs/models/1"]
+    );
+    assert!(workspace.inputs_dir().join("models").is_dir());
+}
+
+#[tokio::test]
+async fn identifiers_that_try_to_escape_are_refused() {
+    let (_base, workspace) = setup().await;
+    let long = "x".repeat(MAX_IDENTIFIER_CHARS + 1);
+    for identifier in [
+        "",
+        ".",
+        "..",
+        "../x",
+        "a/b",
+        "/etc",
+        "a\\b",
+        "a\0b",
+        "a\nb",
+        long.as_str(),
+    ] {
+        for multiple in [false, true] {
+            let input = workspace.input_path(identifier, multiple, 0).await;
+            assert!(
+                matches!(input, Err(WorkspaceError::InvalidIdentifier { .. })),
+                "{identifier:?}: {input:?}"
+            );
+            let output = workspace.collect_output(identifier, multiple).await;
+            assert!(
+                matches!(output, Err(WorkspaceError::InvalidIdentifier { .. })),
+                "{identifier:?}: {output:?}"
+            );
+        }
+    }
+    check_identifier(&"x".repeat(MAX_IDENTIFIER_CHARS)).unwrap();
+    check_identifier("modèle.v2-final").unwrap();
+    assert_eq!(
+        check_identifier("a/b").unwrap_err().to_string(),
+        r#"invalid input or output identifier "a/b": it must not contain `/` or `\`"#
+    );
+}
+
+#[tokio::test]
+async fn a_single_output_is_its_file() {
+    let (_base, workspace) = setup().await;
+    write(&workspace.outputs_dir().join("model"), b"weights");
+    let files = workspace.collect_output("model", false).await.unwrap();
+    assert_eq!(relative(&workspace, &files), ["outputs/model"]);
+}
+
+#[tokio::test]
+async fn a_missing_output_says_what_was_expected_where() {
+    let (_base, workspace) = setup().await;
+    let error = workspace.collect_output("x", false).await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "output `x` was not written: expected a file at outputs/x"
+    );
+    let error = workspace.collect_output("x", true).await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "output `x` was not written: expected a directory of files at outputs/x"
+    );
+}
+
+#[tokio::test]
+async fn a_directory_where_a_file_is_expected_is_refused() {
+    let (_base, workspace) = setup().await;
+    std::fs::create_dir(workspace.outputs_dir().join("model")).unwrap();
+    let error = workspace.collect_output("model", false).await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "output `model` must be a file at outputs/model, found a directory"
+    );
+
+    write(&workspace.outputs_dir().join("many"), b"one file");
+    let error = workspace.collect_output("many", true).await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "output `many` must be a directory of files at outputs/many, found a file"
+    );
+}
+
+#[tokio::test]
+async fn symlink_outputs_are_refused() {
+    let (_base, workspace) = setup().await;
+    std::os::unix::fs::symlink("/etc/passwd", workspace.outputs_dir().join("model")).unwrap();
+    let error = workspace.collect_output("model", false).await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "output `model` is a symbolic link at outputs/model: outputs must be regular files"
+    );
+
+    let many = workspace.outputs_dir().join("many");
+    std::fs::create_dir(&many).unwrap();
+    write(&many.join("a"), b"a");
+    std::os::unix::fs::symlink("/etc/passwd", many.join("b")).unwrap();
+    let error = workspace.collect_output("many", true).await.unwrap_err();
+    assert!(
+        matches!(&error, WorkspaceError::OutputIsSymlink { path, .. } if path == "outputs/many/b"),
+        "{error:?}"
+    );
+
+    std::os::unix::fs::symlink("/etc", workspace.outputs_dir().join("dir")).unwrap();
+    let error = workspace.collect_output("dir", true).await.unwrap_err();
+    assert!(
+        matches!(error, WorkspaceError::OutputIsSymlink { .. }),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn outputs_replaced_by_a_symlink_are_refused() {
+    let (_base, workspace) = setup().await;
+    std::fs::remove_dir(workspace.outputs_dir()).unwrap();
+    std::os::unix::fs::symlink("/etc", workspace.outputs_dir()).unwrap();
+    let error = workspace.collect_output("passwd", false).await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "the workspace's outputs/ is no longer a directory"
+    );
+}
+
+#[tokio::test]
+async fn multiple_outputs_are_collected_sorted_by_name() {
+    let (_base, workspace) = setup().await;
+    let many = workspace.outputs_dir().join("models");
+    std::fs::create_dir(&many).unwrap();
+    for name in ["b", "a", "c.bin", "10", "2"] {
+        write(&many.join(name), name.as_bytes());
+    }
+    let files = workspace.collect_output("models", true).await.unwrap();
+    assert_eq!(
+        relative(&workspace, &files),
+        [
+            "outputs/models/10",
+            "outputs/models/2",
+            "outputs/models/a",
+            "outputs/models/b",
+            "outputs/models/c.bin",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_empty_or_nested_multiple_output_is_refused() {
+    let (_base, workspace) = setup().await;
+    let many = workspace.outputs_dir().join("models");
+    std::fs::create_dir(&many).unwrap();
+    let error = workspace.collect_output("models", true).await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "output `models` is empty: expected at least one file in outputs/models/"
+    );
+
+    std::fs::create_dir(many.join("sub")).unwrap();
+    let error = workspace.collect_output("models", true).await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "output `models` must be a file at outputs/models/sub, found a directory"
+    );
+}
+
+#[tokio::test]
+async fn finish_removes_the_directory() {
+    let (_base, workspace) = setup().await;
+    let root = workspace.root().to_owned();
+    write(&workspace.work_dir().join("scratch"), b"x");
+    assert_eq!(workspace.finish(false).await.unwrap(), None);
+    assert!(!root.exists());
+}
+
+#[tokio::test]
+async fn finish_keeps_the_directory_when_asked() {
+    let (_base, workspace) = setup().await;
+    let root = workspace.root().to_owned();
+    assert_eq!(workspace.finish(true).await.unwrap(), Some(root.clone()));
+    assert!(root.join("outputs").is_dir());
+}
+
+#[tokio::test]
+async fn finish_removes_directories_a_step_made_read_only() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let (_base, workspace) = setup().await;
+    let root = workspace.root().to_owned();
+    let locked = workspace.work_dir().join("cache/locked");
+    std::fs::create_dir_all(&locked).unwrap();
+    write(&locked.join("file"), b"x");
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o500)).unwrap();
+    assert_eq!(workspace.finish(false).await.unwrap(), None);
+    assert!(!root.exists());
+}
+
+#[tokio::test]
+async fn finish_does_not_follow_symlinks_out_of_the_workspace() {
+    let (base, workspace) = setup().await;
+    let outside = base.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    write(&outside.join("keep"), b"x");
+    std::os::unix::fs::symlink(&outside, workspace.work_dir().join("link")).unwrap();
+    workspace.finish(false).await.unwrap();
+    assert!(outside.join("keep").exists());
+}
