@@ -24,9 +24,6 @@ pub enum RegistrationError {
     /// Something with the same key exists.
     #[error("{0} already exists")]
     AlreadyExists(String),
-    /// baton cannot do this yet.
-    #[error("unsupported: {0}")]
-    Unsupported(String),
     /// The database failed; nothing was stored.
     #[error(transparent)]
     Store(StoreError),
@@ -126,12 +123,6 @@ pub async fn register_function(
     now: Timestamp,
 ) -> Result<Function, RegistrationError> {
     validate_function(new).map_err(invalid)?;
-    if !new.build_steps.is_empty() {
-        return Err(RegistrationError::Unsupported(
-            "functions with build steps cannot be built yet; register it without build_steps"
-                .to_owned(),
-        ));
-    }
     let function = Function {
         key: new.key,
         name: new.name.clone(),

@@ -66,7 +66,7 @@ pub enum AssetReply {
     },
     /// Refused; nothing was stored.
     Rejected {
-        /// `invalid`, `already_exists`, `unsupported`, `internal`.
+        /// `invalid`, `already_exists`, `internal`.
         error: String,
         /// Every problem found, each with its path.
         details: Vec<ErrorDetail>,
@@ -418,6 +418,107 @@ impl WireMessage for TaskStatusReport {
     const KIND: &'static str = "task.status";
 }
 
+/// A function is to be built: published on `baton.tasks` with its requirement set's routing
+/// key, beside that set's tasks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct BuildReady {
+    /// The function.
+    pub function_key: FunctionKey,
+    /// The properties a worker needs to build it (the function's requirements).
+    pub requirements: RequirementSet,
+}
+
+impl WireMessage for BuildReady {
+    const KIND: &'static str = "function.build_ready";
+}
+
+/// A worker asks to build a function it received, on `baton.events` as
+/// `function.<key>.claim`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct BuildClaim {
+    /// The function.
+    pub function_key: FunctionKey,
+    /// The worker asking.
+    pub worker_id: WorkerId,
+}
+
+impl WireMessage for BuildClaim {
+    const KIND: &'static str = "function.build_claim";
+}
+
+/// The dispatcher's answer to a build claim.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum BuildClaimReply {
+    /// The worker builds the function under this lease, renewed by its heartbeats.
+    Granted {
+        /// The function.
+        function_key: FunctionKey,
+        /// Its name.
+        function_name: String,
+        /// The build attempt.
+        attempt: Attempt,
+        /// The secret the build's report and renewals carry.
+        build_token: Uuid,
+        /// When the lease lapses unless renewed.
+        lease_expires_at: Timestamp,
+        /// The steps to run, in order; a file left at `BATON_OUTPUTS/image` is the built
+        /// artifact the function's tasks get (as `BATON_IMAGE`).
+        build_steps: Vec<Step>,
+        /// The function's code archive, if any.
+        #[serde(default)]
+        archive: Option<File>,
+        /// Seconds the build may take.
+        #[serde(default)]
+        timeout_secs: Option<u64>,
+    },
+    /// The worker drops the message: the function is built, building elsewhere or canceled.
+    Refused {
+        /// The function.
+        function_key: FunctionKey,
+        /// Why, in words.
+        reason: String,
+    },
+}
+
+impl WireMessage for BuildClaimReply {
+    const KIND: &'static str = "function.build_claim_reply";
+}
+
+/// The end of a build, published on `baton.events` as `function.<key>.status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BuildReport {
+    /// The function.
+    pub function_key: FunctionKey,
+    /// The build's token: only its holder can report.
+    pub build_token: Uuid,
+    /// The worker reporting.
+    pub worker_id: WorkerId,
+    /// How it ended: `done` makes the function READY, `failed` FAILED; `canceled` (the worker
+    /// gave up) puts the build back to be built again.
+    #[serde(flatten)]
+    pub outcome: ReportedOutcome,
+    /// The built artifact, with `done`, if the build left one.
+    #[serde(default)]
+    pub image: Option<File>,
+    /// The status of each build step.
+    #[serde(default)]
+    pub steps: Vec<StepState>,
+}
+
+impl WireMessage for BuildReport {
+    const KIND: &'static str = "function.build_status";
+}
+
+/// A build lease a worker holds and renews.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct HeldBuild {
+    /// The function.
+    pub function_key: FunctionKey,
+    /// The build's token.
+    pub build_token: Uuid,
+}
+
 /// A lease a worker holds and renews.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct HeldLease {
@@ -437,6 +538,9 @@ pub struct WorkerHeartbeat {
     /// The leases it renews.
     #[serde(default)]
     pub leases: Vec<HeldLease>,
+    /// The build leases it renews.
+    #[serde(default)]
+    pub builds: Vec<HeldBuild>,
 }
 
 impl WireMessage for WorkerHeartbeat {
@@ -700,6 +804,10 @@ pub fn schemas() -> Vec<MessageSchema> {
         schema_of::<AddTasks>(),
         schema_of::<SubmissionReply>(),
         schema_of::<TaskReady>(),
+        schema_of::<BuildReady>(),
+        schema_of::<BuildClaim>(),
+        schema_of::<BuildClaimReply>(),
+        schema_of::<BuildReport>(),
         schema_of::<ClaimRequest>(),
         schema_of::<ClaimReply>(),
         schema_of::<TaskStatusReport>(),

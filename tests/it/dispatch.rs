@@ -1163,9 +1163,15 @@ async fn assets_registered_over_amqp_are_used_by_a_plan() {
         name: "build".into(),
         command: vec!["make".into()],
     }];
-    assert!(
-        matches!(register(&rpc, &building).await, AssetReply::Rejected { error, .. } if error == "unsupported")
-    );
+    // A function with build steps waits for its build.
+    assert!(accepted(&register(&rpc, &building).await));
+    let mut conn = cluster.db.connect().await;
+    let stored = dispatcher::store::catalog::find_function(&mut conn, FunctionKey(key(3)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.status, FunctionStatus::Waiting);
+    drop(conn);
 
     let checksum = crate::support::fixtures::checksum("opener");
     let dataset: NewDataset = serde_json::from_value(serde_json::json!({

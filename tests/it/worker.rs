@@ -810,3 +810,81 @@ async fn a_worker_killed_mid_task_is_replaced_and_the_task_is_done_once() {
     stop.cancel();
     worker.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_is_built_once_and_its_tasks_run_with_the_image() {
+    let mut built = function(
+        661,
+        "built",
+        &[&[
+            "sh",
+            "-c",
+            "test \"$(cat \"$BATON_IMAGE\")\" = built-v1 && echo 1 > \"$1\"",
+            "sh",
+            "{outputs.ok}",
+        ]],
+        Vec::new(),
+        vec![output("ok", OutputKind::Performance)],
+    );
+    built.status = FunctionStatus::Waiting;
+    built.build_steps = vec![Step {
+        name: "compile".into(),
+        command: ["sh", "-c", "echo compiling; echo built-v1 > \"$1\"", "sh", "{outputs.image}"]
+            .map(String::from)
+            .to_vec(),
+    }];
+    let mut broken = function(662, "broken", &[&["true"]], Vec::new(), Vec::new());
+    broken.status = FunctionStatus::Waiting;
+    broken.build_steps = vec![Step {
+        name: "compile".into(),
+        command: vec!["false".into()],
+    }];
+    let setup = Setup::new(chrono::Duration::seconds(10), &[built, broken]).await;
+    setup
+        .submit(&plan(
+            660,
+            vec![
+                task(1, 661, &[], &["ok"], serde_json::json!({})),
+                task(2, 661, &[], &["ok"], serde_json::json!({})),
+            ],
+        ))
+        .await;
+    setup
+        .submit(&plan(663, vec![task(3, 662, &[], &[], serde_json::json!({}))]))
+        .await;
+    let waiting = setup.task(1).await;
+    assert_eq!(waiting.status, TaskStatus::Waiting);
+    assert_eq!(waiting.waiting_reason, Some(models::WaitingReason::Build));
+
+    let (stop, worker) = setup.start_worker("w1");
+    let plan = setup
+        .cluster
+        .wait_for_plan(PlanKey(key(660)), WAIT, "ended", |p| p.status.is_terminal())
+        .await;
+    let t1 = setup.task(1).await;
+    assert_eq!(plan.status, PlanStatus::Done, "t1: {:?}", t1.error_message);
+    let mut conn = setup.cluster.db.connect().await;
+    let function = dispatcher::store::catalog::find_function(&mut conn, FunctionKey(key(661)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(function.status, FunctionStatus::Ready);
+    let image = function.image.expect("the build's image is recorded");
+    assert_eq!(
+        image.checksum,
+        hex::encode(sha2::Sha256::digest(b"built-v1\n"))
+    );
+    // The failed build fails the task that waited for it.
+    let t3 = setup
+        .wait_for_task(3, "FAILED", |t| t.status.is_terminal())
+        .await;
+    assert_eq!(t3.status, TaskStatus::Failed);
+    assert_eq!(t3.error_type, Some(TaskErrorType::Build));
+    let broken = dispatcher::store::catalog::find_function(&mut conn, FunctionKey(key(662)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(broken.status, FunctionStatus::Failed);
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+}

@@ -19,11 +19,13 @@ use broker::envelope::{DecodeError, Envelope};
 use broker::topology::{self, EVENTS_EXCHANGE};
 use broker::{Broker, BrokerConfig, Consumer, ControlBindings, Delivery, Publisher, RpcClient};
 use models::wire::{
-    Assignment, ClaimReply, ClaimRequest, ControlOrder, Grant, HeldLease, QueueAnnouncement,
-    RegistrationReply, ReportedOutcome, TaskReady, TaskStatusReport, WireMessage, WorkerHeartbeat,
-    WorkerRegistration,
+    Assignment, BuildClaim, BuildClaimReply, BuildReady, BuildReport, ClaimReply, ClaimRequest,
+    ControlOrder, Grant, HeldBuild, HeldLease, QueueAnnouncement, RegistrationReply,
+    ReportedOutcome, TaskReady, TaskStatusReport, WireMessage, WorkerHeartbeat, WorkerRegistration,
 };
-use models::{OrganizationId, Properties, RequirementSet, TaskErrorType, TaskKey, WorkerId};
+use models::{
+    FunctionKey, OrganizationId, Properties, RequirementSet, TaskErrorType, TaskKey, WorkerId,
+};
 
 use crate::artifacts::ArtifactStore;
 use crate::device::{Device, DeviceScanner, Handler, HandlerContext, Handlers, LocalDevice};
@@ -171,6 +173,40 @@ impl MessageSet for Control {
     }
 }
 
+/// What arrives on a task queue: tasks, and builds of functions.
+#[derive(Debug)]
+enum Work {
+    Task(TaskReady),
+    Build(BuildReady),
+}
+
+impl MessageSet for Work {
+    fn kinds() -> Vec<&'static str> {
+        vec![TaskReady::KIND, BuildReady::KIND]
+    }
+
+    fn decode(envelope: &Envelope<'_>) -> Result<Self, DecodeError> {
+        Ok(match envelope.kind.as_str() {
+            TaskReady::KIND => Work::Task(envelope.decode()?),
+            BuildReady::KIND => Work::Build(envelope.decode()?),
+            other => {
+                return Err(DecodeError::UnexpectedKind {
+                    found: other.to_owned(),
+                    expected: Self::kinds().join(", "),
+                });
+            }
+        })
+    }
+}
+
+/// A build this worker runs.
+struct RunningBuild {
+    token: uuid::Uuid,
+    stop: Arc<watch::Sender<Option<Stop>>>,
+    handing_back: bool,
+    lease_deadline: Instant,
+}
+
 /// An attempt this worker runs.
 struct Running {
     grant: Grant,
@@ -194,6 +230,7 @@ struct Shared {
     properties: Properties,
     slots: Arc<Semaphore>,
     running: Mutex<HashMap<TaskKey, Running>>,
+    builds: Mutex<HashMap<FunctionKey, RunningBuild>>,
     /// Orders for tasks granted but not yet registered as running.
     early_orders: Mutex<HashMap<TaskKey, Stop>>,
     consumed: Mutex<HashSet<String>>,
@@ -257,6 +294,7 @@ impl Worker {
             handlers: Arc::new(self.handlers),
             properties,
             running: Mutex::default(),
+            builds: Mutex::default(),
             early_orders: Mutex::default(),
             consumed: Mutex::default(),
             taking: CancellationToken::new(),
@@ -341,6 +379,11 @@ impl Worker {
                     })
                     .collect()
             };
+            for run in lock(&shared.builds).values_mut() {
+                run.handing_back = true;
+                run.stop
+                    .send_if_modified(|stop| set_stop(stop, Stop::Cancel));
+            }
             tracing::warn!(
                 "shutdown deadline passed: handing back {} task(s)",
                 handing_back.len()
@@ -491,7 +534,7 @@ async fn consume_loop(shared: Arc<Shared>, requirements: RequirementSet) {
     let opened = async {
         let queue = shared.broker.declare_task_queue(&requirements).await?;
         let prefetch = u16::try_from(shared.config.executor_limit).unwrap_or(u16::MAX);
-        Consumer::<TaskReady>::new(&shared.broker, &queue, prefetch).await
+        Consumer::<Work>::new(&shared.broker, &queue, prefetch).await
     };
     let mut consumer = match opened.await {
         Ok(consumer) => consumer,
@@ -524,7 +567,16 @@ async fn consume_loop(shared: Arc<Shared>, requirements: RequirementSet) {
                 tracing::warn!("reading {}: {error}", consumer.queue());
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            Some(Ok(delivery)) => take(&shared, delivery, permit).await,
+            Some(Ok(delivery)) => match &delivery.message {
+                Work::Task(ready) => {
+                    let task = ready.task_key;
+                    take(&shared, delivery, task, permit).await;
+                }
+                Work::Build(ready) => {
+                    let function = ready.function_key;
+                    take_build(&shared, delivery, function, permit).await;
+                }
+            },
         }
     }
     // Messages delivered but not taken go back to the queue for other workers.
@@ -533,8 +585,12 @@ async fn consume_loop(shared: Arc<Shared>, requirements: RequirementSet) {
 
 /// Claims the task of `delivery`; acks the message once the claim is answered, and runs the
 /// task if it was granted.
-async fn take(shared: &Arc<Shared>, delivery: Delivery<TaskReady>, permit: OwnedSemaphorePermit) {
-    let task = delivery.message.task_key;
+async fn take(
+    shared: &Arc<Shared>,
+    delivery: Delivery<Work>,
+    task: TaskKey,
+    permit: OwnedSemaphorePermit,
+) {
     let control_key = topology::task_control_key(task);
     // Orders about the task reach this worker from before the claim is granted.
     if let Err(error) = shared.bindings.bind(&control_key).await {
@@ -633,6 +689,7 @@ async fn attempt(
                 log_limits: shared.config.log_limits,
                 grace: shared.config.grace,
                 stop: stop_rx,
+                build_image: None,
             })
             .await
         }
@@ -646,6 +703,7 @@ async fn attempt(
             output: serde_json::Value::Null,
             outputs: Vec::new(),
             stopped: None,
+            image: None,
         },
     };
     if let Some(timer) = timer {
@@ -692,6 +750,167 @@ async fn attempt(
     drop(permit);
 }
 
+/// Claims the build of `function`; acks the message once the claim is answered, and builds
+/// it if the claim was granted.
+async fn take_build(
+    shared: &Arc<Shared>,
+    delivery: Delivery<Work>,
+    function: FunctionKey,
+    permit: OwnedSemaphorePermit,
+) {
+    let request = BuildClaim {
+        function_key: function,
+        worker_id: shared.config.worker_id.clone(),
+    };
+    let reply = shared
+        .rpc
+        .call::<_, BuildClaimReply>(
+            EVENTS_EXCHANGE,
+            &format!("function.{function}.claim"),
+            &request,
+            shared.config.claim_timeout,
+        )
+        .await;
+    let reply = match reply {
+        Ok(reply) => reply,
+        Err(error) => {
+            tracing::warn!("build claim of function {function} not answered: {error}");
+            let _ = delivery.requeue().await;
+            return;
+        }
+    };
+    if let Err(error) = delivery.ack().await {
+        tracing::debug!("ack of build {function} lost: {error}");
+    }
+    match reply {
+        BuildClaimReply::Refused { reason, .. } => {
+            tracing::debug!("build claim of function {function} refused: {reason}");
+        }
+        BuildClaimReply::Granted {
+            function_key,
+            function_name,
+            attempt,
+            build_token,
+            lease_expires_at,
+            build_steps,
+            archive,
+            timeout_secs,
+        } => {
+            let grant = Grant {
+                task_key: TaskKey(function_key.0),
+                attempt,
+                lease_token: build_token,
+                lease_expires_at,
+            };
+            let assignment = Assignment {
+                compute_plan_key: models::PlanKey(uuid::Uuid::nil()),
+                rank: 0,
+                function_key,
+                function_name,
+                steps: build_steps,
+                timeout_secs,
+                image: None,
+                archive,
+                parameters: models::JsonObject::new(),
+                parameter_schema: None,
+                inputs: Vec::new(),
+                outputs: Vec::new(),
+                device_id: None,
+                input: serde_json::Value::Null,
+            };
+            let shared = shared.clone();
+            shared
+                .attempts
+                .clone()
+                .spawn(build(shared, grant, Arc::new(assignment), permit));
+        }
+    }
+}
+
+/// Runs a granted build on the local device and reports its end.
+async fn build(
+    shared: Arc<Shared>,
+    grant: Grant,
+    assignment: Arc<Assignment>,
+    permit: OwnedSemaphorePermit,
+) {
+    let function = assignment.function_key;
+    let (stop_tx, stop_rx) = watch::channel(None);
+    let stop_tx = Arc::new(stop_tx);
+    let lease = *lock(&shared.lease);
+    lock(&shared.builds).insert(
+        function,
+        RunningBuild {
+            token: grant.lease_token,
+            stop: stop_tx.clone(),
+            handing_back: false,
+            lease_deadline: Instant::now() + lease,
+        },
+    );
+    let timer = assignment.timeout_secs.map(|secs| {
+        let stop = stop_tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            stop.send_if_modified(|order| set_stop(order, Stop::TaskTimeout));
+        })
+    });
+    tracing::info!(
+        "building function {function} ({})",
+        assignment.function_name
+    );
+    // Builds run their steps as subprocesses, on the local device.
+    let device: Arc<dyn Device> = Arc::new(LocalDevice::default());
+    let ended = executor::run(executor::Attempt {
+        grant: &grant,
+        assignment: assignment.clone(),
+        device,
+        work_root: &shared.config.work_root,
+        keep_failed: shared.config.keep_failed_workspaces,
+        artifacts: shared.artifacts.as_ref(),
+        publisher: &shared.publisher,
+        log_limits: shared.config.log_limits,
+        grace: shared.config.grace,
+        stop: stop_rx,
+        build_image: Some(format!("functions/{function}/{}/image", grant.attempt)),
+    })
+    .await;
+    if let Some(timer) = timer {
+        timer.abort();
+    }
+    let handing_back = lock(&shared.builds)
+        .remove(&function)
+        .is_some_and(|run| run.handing_back);
+    if ended.stopped == Some(Stop::LeaseLost) {
+        tracing::warn!("build of function {function}: lease lost, nothing reported");
+        drop(permit);
+        return;
+    }
+    let outcome = match ended.outcome {
+        ReportedOutcome::Canceled if handing_back => ReportedOutcome::Failed {
+            error_type: TaskErrorType::CanceledByWorker,
+            message: format!("worker {} is shutting down", shared.config.worker_id),
+            retryable: true,
+        },
+        outcome => outcome,
+    };
+    tracing::info!("build of function {function} ended: {outcome:?}");
+    let report = BuildReport {
+        function_key: function,
+        build_token: grant.lease_token,
+        worker_id: shared.config.worker_id.clone(),
+        outcome,
+        image: ended.image,
+        steps: ended.steps,
+    };
+    publish_until_confirmed(
+        &shared.publisher,
+        &format!("function.{function}.status"),
+        &report,
+    )
+    .await;
+    drop(permit);
+}
+
 /// The device an assignment runs on: the one it names, else the handler of its function,
 /// else the worker's first device.
 fn choose_device(shared: &Shared, assignment: &Assignment) -> Result<Arc<dyn Device>, String> {
@@ -732,9 +951,17 @@ async fn heartbeat_loop(shared: Arc<Shared>, interval: Duration, stop: Cancellat
                 lease_token: run.grant.lease_token,
             })
             .collect();
+        let builds: Vec<HeldBuild> = lock(&shared.builds)
+            .iter()
+            .map(|(function, run)| HeldBuild {
+                function_key: *function,
+                build_token: run.token,
+            })
+            .collect();
         let heartbeat = WorkerHeartbeat {
             worker_id: shared.config.worker_id.clone(),
             leases,
+            builds,
         };
         let confirmed = shared
             .publisher
@@ -742,6 +969,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, interval: Duration, stop: Cancellat
             .await;
         let lease = *lock(&shared.lease);
         let mut running = lock(&shared.running);
+        let renewed = confirmed.is_ok();
         match confirmed {
             Ok(()) => {
                 for held in &heartbeat.leases {
@@ -753,6 +981,18 @@ async fn heartbeat_loop(shared: Arc<Shared>, interval: Duration, stop: Cancellat
             Err(error) => tracing::warn!("heartbeat not confirmed: {error}"),
         }
         let now = Instant::now();
+        let mut builds = lock(&shared.builds);
+        for (function, run) in builds.iter_mut() {
+            if renewed && heartbeat.builds.iter().any(|b| b.function_key == *function) {
+                run.lease_deadline = sent_at + lease;
+            }
+            if now >= run.lease_deadline {
+                tracing::warn!("build lease of function {function} lapsed: killing its step");
+                run.stop
+                    .send_if_modified(|order| set_stop(order, Stop::LeaseLost));
+            }
+        }
+        drop(builds);
         for run in running.values() {
             if now >= run.lease_deadline {
                 tracing::warn!(task.key = %run.grant.task_key, "lease of task {} lapsed: killing its step", run.grant.task_key);

@@ -52,6 +52,9 @@ pub(crate) struct Attempt<'a> {
     pub(crate) grace: Duration,
     /// Stop orders.
     pub(crate) stop: watch::Receiver<Option<Stop>>,
+    /// A build: its log goes to the worker's own log (there is no task to attach it to), and
+    /// a file left at `outputs/image` is uploaded to this address.
+    pub(crate) build_image: Option<String>,
 }
 
 /// The end of an attempt, to report.
@@ -66,6 +69,8 @@ pub(crate) struct Ended {
     pub(crate) outputs: Vec<ReportedOutput>,
     /// The stop order that ended it, if one did.
     pub(crate) stopped: Option<Stop>,
+    /// A build's uploaded image, if it left one.
+    pub(crate) image: Option<models::File>,
 }
 
 impl Ended {
@@ -80,6 +85,7 @@ impl Ended {
             output: serde_json::Value::Null,
             outputs: Vec::new(),
             stopped: None,
+            image: None,
         }
     }
 }
@@ -93,8 +99,17 @@ pub(crate) async fn run(attempt: Attempt<'_>) -> Ended {
     let (sample_tx, sample_rx) = mpsc::unbounded_channel();
     let publisher = attempt.publisher.clone();
     let grant = attempt.grant.clone();
-    let logs = tokio::spawn(publish_logs(publisher.clone(), grant.clone(), log_rx));
-    let samples = tokio::spawn(publish_samples(publisher, grant, sample_rx));
+    let (logs, samples) = if attempt.build_image.is_some() {
+        (
+            tokio::spawn(trace_logs(grant.clone(), log_rx)),
+            tokio::spawn(drop_samples(sample_rx)),
+        )
+    } else {
+        (
+            tokio::spawn(publish_logs(publisher.clone(), grant.clone(), log_rx)),
+            tokio::spawn(publish_samples(publisher, grant, sample_rx)),
+        )
+    };
     let follow_stop = CancellationToken::new();
 
     let workspace = match Workspace::create(attempt.work_root, task, attempt.grant.attempt).await {
@@ -184,7 +199,21 @@ async fn in_workspace(
             return Ended::failed(TaskErrorType::Execution, message, true);
         }
     };
+    let mut env = workspace.env();
+    if let Some(image) = &assignment.image {
+        let path = workspace.root().join("image");
+        if let Err(error) = attempt.artifacts.fetch(image, &path).await {
+            let message = format!("the function's built image: {error}");
+            log.system(None, &message);
+            return Ended::failed(TaskErrorType::Execution, message, true);
+        }
+        env.push(("BATON_IMAGE".to_owned(), path.display().to_string()));
+    }
     let mut outputs = BTreeMap::new();
+    if attempt.build_image.is_some() {
+        let path = workspace.outputs_dir().join("image");
+        outputs.insert("image".to_owned(), path.display().to_string());
+    }
     for output in &assignment.outputs {
         let path = workspace.outputs_dir().join(&output.identifier);
         if output.multiple
@@ -206,7 +235,7 @@ async fn in_workspace(
         attempt: attempt.grant.attempt,
         assignment: assignment.clone(),
         work_dir: workspace.work_dir(),
-        env: workspace.env(),
+        env,
         bindings,
         log: log.clone(),
         samples,
@@ -214,8 +243,9 @@ async fn in_workspace(
         grace: attempt.grace,
     };
     let DeviceRun { steps, end, output } = attempt.device.run(job).await;
+    let mut image = None;
     let (outcome, outputs, stopped) = match end {
-        RunEnd::Succeeded => match collect_outputs(attempt, workspace).await {
+        RunEnd::Succeeded => match collect_outputs(attempt, workspace, &mut image).await {
             Ok(outputs) => (ReportedOutcome::Done, outputs, None),
             Err(message) => {
                 log.system(None, &message);
@@ -264,6 +294,7 @@ async fn in_workspace(
         output,
         outputs,
         stopped,
+        image,
     }
 }
 
@@ -335,10 +366,28 @@ async fn fetch_inputs(
 async fn collect_outputs(
     attempt: &Attempt<'_>,
     workspace: &Workspace,
+    image: &mut Option<models::File>,
 ) -> Result<Vec<ReportedOutput>, String> {
     let grant = attempt.grant;
     let mut values = Vec::new();
     let mut problems = Vec::new();
+    // A build's image is optional: a build may install on the host instead.
+    if let Some(address) = &attempt.build_image
+        && tokio::fs::symlink_metadata(workspace.outputs_dir().join("image"))
+            .await
+            .is_ok()
+    {
+        match workspace.collect_output("image", false).await {
+            Ok(files) => match files.first() {
+                Some(file) => match attempt.artifacts.put(address, file).await {
+                    Ok(file) => *image = Some(file),
+                    Err(error) => problems.push(format!("the built image: {error}")),
+                },
+                None => problems.push("the built image: no file".to_owned()),
+            },
+            Err(error) => problems.push(error.to_string()),
+        }
+    }
     for output in &attempt.assignment.outputs {
         let files = match workspace
             .collect_output(&output.identifier, output.multiple)
@@ -427,6 +476,23 @@ async fn publish_logs(publisher: Publisher, grant: Grant, mut rx: UnboundedRecei
         };
         publish_until_confirmed(&publisher, &key, &batch).await;
     }
+}
+
+/// Writes a build's log lines to the worker's own log until every writer is gone.
+async fn trace_logs(grant: Grant, mut rx: UnboundedReceiver<LogRecord>) {
+    while let Some(line) = rx.recv().await {
+        tracing::info!(
+            "build of function {} [{}]: {}",
+            grant.task_key,
+            line.stream.as_str(),
+            line.text
+        );
+    }
+}
+
+/// Drops a build's samples: there is no task to record them on.
+async fn drop_samples(mut rx: UnboundedReceiver<Sample>) {
+    while rx.recv().await.is_some() {}
 }
 
 /// Publishes the attempt's samples in batches until every sender is gone.

@@ -22,6 +22,11 @@ pub(crate) struct Functions {
 }
 
 impl Functions {
+    /// Forgets function `key` (its build ended: its image changed).
+    pub(crate) fn forget(&mut self, key: FunctionKey) {
+        self.ready.remove(&key);
+    }
+
     /// The function `key`, from memory when it is READY.
     pub(crate) async fn get(
         &mut self,

@@ -22,9 +22,10 @@ use broker::envelope::{DecodeError, Envelope};
 use broker::topology::{CONTROL_EXCHANGE, DISPATCHER_QUEUE};
 use broker::{Consumer, Delivery, Meta, Publisher};
 use models::wire::{
-    AddTasks, CancelReply, CancelRequest, ClaimReply, ClaimRequest, ControlOrder, ErrorDetail,
-    LogBatch, MeasurementBatch, RegistrationReply, ReportedOutcome, SubmissionReply, TaskReady,
-    TaskStatusReport, WireMessage, WorkerHeartbeat, WorkerRegistration,
+    AddTasks, BuildClaim, BuildClaimReply, BuildReport, CancelReply, CancelRequest, ClaimReply,
+    ClaimRequest, ControlOrder, ErrorDetail, LogBatch, MeasurementBatch, RegistrationReply,
+    ReportedOutcome, SubmissionReply, TaskReady, TaskStatusReport, WireMessage, WorkerHeartbeat,
+    WorkerRegistration,
 };
 use models::{
     Attempt, LogLine, Measurement, PlanKey, RequirementSet, RetryPolicy, Task, TaskErrorType,
@@ -33,6 +34,7 @@ use models::{
 
 use super::Context;
 use super::assignment::{self, Functions, Registered};
+use super::builds;
 use crate::core::{self, ClaimDecision, Effect, Event, Order, Outcome, PlanState, TaskNode};
 use crate::store::rows::NewOutboxRow;
 use crate::store::tasks::TaskStateUpdate;
@@ -49,6 +51,9 @@ const LINGER: Duration = Duration::from_millis(2);
 
 /// How often leases and retry backoffs are checked.
 const TICK: Duration = Duration::from_millis(500);
+
+/// How often builds are looked after: published, lapsed, their end propagated.
+const BUILD_SWEEP: Duration = Duration::from_secs(1);
 
 /// How long to wait after a failed commit before taking the requeued batch again.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
@@ -72,6 +77,10 @@ pub enum Incoming {
     Cancel(CancelRequest),
     /// An owner adds tasks to a stored plan.
     AddTasks(AddTasks),
+    /// A worker asks to build a function.
+    BuildClaim(BuildClaim),
+    /// A worker reports the end of a build.
+    BuildReport(BuildReport),
 }
 
 impl MessageSet for Incoming {
@@ -85,6 +94,8 @@ impl MessageSet for Incoming {
             WorkerRegistration::KIND,
             CancelRequest::KIND,
             AddTasks::KIND,
+            BuildClaim::KIND,
+            BuildReport::KIND,
         ]
     }
 
@@ -98,6 +109,8 @@ impl MessageSet for Incoming {
             WorkerRegistration::KIND => Incoming::Register(envelope.decode()?),
             CancelRequest::KIND => Incoming::Cancel(envelope.decode()?),
             AddTasks::KIND => Incoming::AddTasks(envelope.decode()?),
+            BuildClaim::KIND => Incoming::BuildClaim(envelope.decode()?),
+            BuildReport::KIND => Incoming::BuildReport(envelope.decode()?),
             other => {
                 return Err(DecodeError::UnexpectedKind {
                     found: other.to_owned(),
@@ -123,6 +136,8 @@ struct Plans {
     silence_checked: Option<std::time::Instant>,
     /// Functions, for assignments and output checks.
     functions: Functions,
+    /// When builds were last looked after (published, lapsed, their end propagated).
+    builds_checked: Option<std::time::Instant>,
 }
 
 /// Whether `worker` is registered (and enabled), asking the database the first time.
@@ -297,6 +312,7 @@ struct Work {
     added_tasks: Vec<Task>,
     submission_rows: Vec<crate::store::rows::SubmissionRow>,
     submission_replies: Vec<(Meta, SubmissionReply)>,
+    build_replies: Vec<(Meta, BuildClaimReply)>,
 }
 
 impl Work {
@@ -454,7 +470,28 @@ async fn take(
                 work.registered.performances.extend(registered.performances);
             }
         }
+        Incoming::BuildClaim(request) => {
+            let reply = if is_registered(context, conn, plans, &request.worker_id).await? {
+                builds::claim(context, conn, request, now).await?
+            } else {
+                BuildClaimReply::Refused {
+                    function_key: request.function_key,
+                    reason: format!(
+                        "worker {} is not registered, or is disabled or leaving",
+                        request.worker_id
+                    ),
+                }
+            };
+            work.build_replies.push((delivery.meta.clone(), reply));
+        }
+        Incoming::BuildReport(report) => {
+            if builds::finish(conn, report, now).await? {
+                // Its tasks follow at once (and the tick catches up after a failure).
+                apply_ended_builds(conn, plans, work, now).await?;
+            }
+        }
         Incoming::Heartbeat(heartbeat) => {
+            builds::renew(context, conn, &heartbeat.builds, now).await?;
             work.heartbeats.push(heartbeat.worker_id.clone());
             for lease in &heartbeat.leases {
                 if let Some(plan) = plan_of(conn, plans, lease.task_key).await? {
@@ -628,6 +665,29 @@ async fn check_outputs(
         now,
         registered,
     ))
+}
+
+/// Tells the plans whose tasks wait for a build that has ended how it ended.
+async fn apply_ended_builds(
+    conn: &mut AsyncPgConnection,
+    plans: &mut Plans,
+    work: &mut Work,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    for (plan, function, status) in store::builds::waits_on_ended_builds(conn).await? {
+        if !plans.states.contains_key(&plan) && !load_plan(conn, plans, plan).await? {
+            continue;
+        }
+        plans.functions.forget(function);
+        work.apply(
+            plans,
+            plan,
+            Event::FunctionChanged { function, status },
+            now,
+            None,
+        );
+    }
+    Ok(())
 }
 
 /// Adds tasks to a stored plan: validated against what is stored, then fed to the core, which
@@ -1133,6 +1193,12 @@ async fn announce(context: &Context, publisher: &Publisher, work: &Work) {
             tracing::info!(worker.id = %worker_id, "worker {worker_id} registered");
         }
     }
+    for (meta, reply) in &work.build_replies {
+        if let Err(error) = broker::rpc::reply(publisher, meta, reply).await {
+            // The worker went away; a granted build lapses with its lease.
+            tracing::warn!("answering build claim {}: {error}", meta.message_id);
+        }
+    }
     for (meta, reply) in &work.replies {
         if let Err(error) = broker::rpc::reply(publisher, meta, reply).await {
             // The worker went away; its claim, if granted, lapses with its lease.
@@ -1258,6 +1324,17 @@ async fn tick(context: &Context, publisher: &Publisher, plans: &mut Plans) -> an
             plans.registered.remove(&worker);
         }
     }
+    let builds_due = plans
+        .builds_checked
+        .is_none_or(|at| at.elapsed() >= BUILD_SWEEP);
+    let mut work = Work::default();
+    if builds_due {
+        plans.builds_checked = Some(std::time::Instant::now());
+        if let Err(error) = builds::publish_pending(context, &mut conn, publisher, now).await {
+            tracing::warn!("publishing builds: {error:#}");
+        }
+        apply_ended_builds(&mut conn, plans, &mut work, now).await?;
+    }
     let due: Vec<PlanKey> = plans
         .states
         .iter()
@@ -1269,10 +1346,9 @@ async fn tick(context: &Context, publisher: &Publisher, plans: &mut Plans) -> an
         })
         .map(|(key, _)| *key)
         .collect();
-    if due.is_empty() {
+    if due.is_empty() && work.touched.is_empty() {
         return Ok(());
     }
-    let mut work = Work::default();
     for plan in due {
         work.apply(plans, plan, Event::Tick, now, None);
     }

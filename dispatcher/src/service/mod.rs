@@ -19,6 +19,7 @@ use models::OrganizationId;
 use crate::store::{self, Pool, catalog};
 
 mod assignment;
+mod builds;
 pub mod event_applier;
 pub mod outbox_relay;
 pub mod submissions;

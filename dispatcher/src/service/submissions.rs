@@ -200,13 +200,6 @@ async fn answer_asset(
                 message,
             }],
         },
-        Err(RegistrationError::Unsupported(message)) => AssetReply::Rejected {
-            error: "unsupported".to_owned(),
-            details: vec![ErrorDetail {
-                path: String::new(),
-                message,
-            }],
-        },
         Err(RegistrationError::Store(error)) => return Err(error),
     };
     let row = record.row(None, &reply, now)?;

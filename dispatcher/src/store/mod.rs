@@ -11,6 +11,7 @@ use diesel_async::pooled_connection::ManagerConfig;
 use diesel_async::pooled_connection::RecyclingMethod;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
+pub mod builds;
 pub mod catalog;
 pub mod execution;
 pub mod plans;

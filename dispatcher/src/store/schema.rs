@@ -79,6 +79,11 @@ diesel::table! {
         data -> Jsonb,
         creation_date -> Timestamptz,
         update_date -> Timestamptz,
+        build_attempt -> Int4,
+        build_token -> Nullable<Uuid>,
+        build_worker -> Nullable<Text>,
+        build_lease_expires_at -> Nullable<Timestamptz>,
+        build_published_at -> Nullable<Timestamptz>,
     }
 }
 
