@@ -97,6 +97,7 @@ fn function(owner: &OrganizationId) -> Function {
             multiple: false,
         }],
         steps: vec![Step {
+            timeout_secs: None,
             name: "run".into(),
             command: vec!["true".into()],
         }],

@@ -103,6 +103,7 @@ fn function(key: FunctionKey, name: &str, summary: &str) -> Function {
             multiple: false,
         }],
         steps: vec![Step {
+            timeout_secs: None,
             name: name.to_owned(),
             command: vec![
                 "python3".into(),

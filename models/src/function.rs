@@ -104,6 +104,10 @@ pub struct Step {
     /// The program and its arguments; `{parameters.x}`-style placeholders are substituted into
     /// single elements only.
     pub command: Vec<String>,
+    /// Seconds the step may run before it is stopped (SIGTERM, then SIGKILL after the grace
+    /// period) and the task fails with TIMEOUT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
 }
 
 /// A parameter a function declares (Orchestra's `parameter`), with an optional default value

@@ -58,6 +58,7 @@ fn function(n: u128, retry: RetryPolicy) -> Function {
             multiple: false,
         }],
         steps: vec![models::Step {
+            timeout_secs: None,
             name: "run".into(),
             command: vec!["true".into()],
         }],
@@ -1160,6 +1161,7 @@ async fn assets_registered_over_amqp_are_used_by_a_plan() {
     let mut building = function.clone();
     building.key = FunctionKey(key(3));
     building.build_steps = vec![models::Step {
+        timeout_secs: None,
         name: "build".into(),
         command: vec!["make".into()],
     }];

@@ -59,6 +59,7 @@ fn function(
             .iter()
             .enumerate()
             .map(|(i, argv)| Step {
+                timeout_secs: None,
                 name: format!("step-{i}"),
                 command: argv.iter().map(|s| (*s).to_owned()).collect(),
             })
@@ -828,14 +829,22 @@ async fn a_function_is_built_once_and_its_tasks_run_with_the_image() {
     );
     built.status = FunctionStatus::Waiting;
     built.build_steps = vec![Step {
+        timeout_secs: None,
         name: "compile".into(),
-        command: ["sh", "-c", "echo compiling; echo built-v1 > \"$1\"", "sh", "{outputs.image}"]
-            .map(String::from)
-            .to_vec(),
+        command: [
+            "sh",
+            "-c",
+            "echo compiling; echo built-v1 > \"$1\"",
+            "sh",
+            "{outputs.image}",
+        ]
+        .map(String::from)
+        .to_vec(),
     }];
     let mut broken = function(662, "broken", &[&["true"]], Vec::new(), Vec::new());
     broken.status = FunctionStatus::Waiting;
     broken.build_steps = vec![Step {
+        timeout_secs: None,
         name: "compile".into(),
         command: vec!["false".into()],
     }];
@@ -850,7 +859,10 @@ async fn a_function_is_built_once_and_its_tasks_run_with_the_image() {
         ))
         .await;
     setup
-        .submit(&plan(663, vec![task(3, 662, &[], &[], serde_json::json!({}))]))
+        .submit(&plan(
+            663,
+            vec![task(3, 662, &[], &[], serde_json::json!({}))],
+        ))
         .await;
     let waiting = setup.task(1).await;
     assert_eq!(waiting.status, TaskStatus::Waiting);
@@ -885,6 +897,43 @@ async fn a_function_is_built_once_and_its_tasks_run_with_the_image() {
         .unwrap()
         .unwrap();
     assert_eq!(broken.status, FunctionStatus::Failed);
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_past_its_own_timeout_fails_the_task_and_leaves_nothing_running() {
+    let mut slow = sleeper(671, false, None);
+    slow.steps[0].timeout_secs = Some(1);
+    slow.steps.push(Step {
+        name: "never".into(),
+        command: vec!["true".into()],
+        timeout_secs: None,
+    });
+    let setup = Setup::new(chrono::Duration::seconds(10), &[slow]).await;
+    let (stop, worker) = setup.start_worker("w1");
+    let pidfile = setup.dir.path().join("pid");
+    setup
+        .submit(&plan(
+            670,
+            vec![task(
+                1,
+                671,
+                &[],
+                &[],
+                serde_json::json!({"pidfile": pidfile.display().to_string()}),
+            )],
+        ))
+        .await;
+    let pid = wait_for_pid(&pidfile).await;
+    let t1 = setup
+        .wait_for_task(1, "FAILED", |t| t.status.is_terminal())
+        .await;
+    assert_eq!(t1.status, TaskStatus::Failed);
+    assert_eq!(t1.error_type, Some(TaskErrorType::Timeout));
+    let steps: Vec<&str> = t1.steps.iter().map(|s| s.status.as_str()).collect();
+    assert_eq!(steps, ["ABORTED", "SKIPPED"]);
+    assert_group_gone(pid).await;
     stop.cancel();
     worker.await.unwrap().unwrap();
 }

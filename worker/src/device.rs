@@ -173,7 +173,9 @@ async fn run_steps(mut job: Job) -> DeviceRun {
             argv,
             cwd: job.work_dir.clone(),
             env: job.env.clone(),
-            timeout: None,
+            timeout: job.assignment.steps[index]
+                .timeout_secs
+                .map(Duration::from_secs),
             grace: job.grace,
         };
         states[index].status = StepStatus::Running;

@@ -176,6 +176,7 @@ pub(crate) fn function(n: u128, owner: &str, project: &str) -> Function {
             },
         ],
         steps: vec![Step {
+            timeout_secs: None,
             name: "train".into(),
             command: vec![
                 "python3".into(),
@@ -184,6 +185,7 @@ pub(crate) fn function(n: u128, owner: &str, project: &str) -> Function {
             ],
         }],
         build_steps: vec![Step {
+            timeout_secs: None,
             name: "install".into(),
             command: vec![
                 "pip".into(),
