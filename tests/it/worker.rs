@@ -937,3 +937,58 @@ async fn a_step_past_its_own_timeout_fails_the_task_and_leaves_nothing_running()
     stop.cancel();
     worker.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_no_worker_can_run_says_so_and_runs_when_one_registers() {
+    let mut gpu = function(681, "gpu", &[&["true"]], Vec::new(), Vec::new());
+    gpu.requirements = RequirementSet([("gpu".to_owned(), "a100".to_owned())].into());
+    let setup = Setup::new(chrono::Duration::seconds(10), &[gpu]).await;
+    // A worker without the property runs already: it does not take the task.
+    let (stop_plain, plain) = setup.start_worker("plain");
+    setup
+        .submit(&plan(
+            680,
+            vec![task(1, 681, &[], &[], serde_json::json!({}))],
+        ))
+        .await;
+    let deadline = Instant::now() + WAIT;
+    let reason = loop {
+        let mut conn = setup.cluster.db.connect().await;
+        let history = tasks::list_state_changes(&mut conn, TaskKey(key(1)))
+            .await
+            .unwrap();
+        if let Some(change) = history
+            .iter()
+            .find(|change| change.reason.contains("no active worker"))
+        {
+            break change.reason.clone();
+        }
+        assert!(Instant::now() < deadline, "no warning in {history:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(reason.contains("gpu=a100"), "{reason}");
+    assert_eq!(setup.task(1).await.status, TaskStatus::Todo);
+
+    // A worker with the property registers: it learns of the queue and runs the task.
+    let store = LocalStore::new(setup.artifacts()).unwrap();
+    let mut config = setup.config("gpu-host");
+    config.properties = [("gpu".to_owned(), "a100".to_owned())].into();
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(
+        Worker::builder(config, Arc::new(store))
+            .build()
+            .run(stop.clone()),
+    );
+    let done = setup
+        .wait_for_task(1, "DONE", |t| t.status.is_terminal())
+        .await;
+    assert_eq!(done.status, TaskStatus::Done);
+    assert_eq!(
+        done.worker_id.as_ref().map(|w| w.as_str()),
+        Some("gpu-host")
+    );
+    stop.cancel();
+    stop_plain.cancel();
+    worker.await.unwrap().unwrap();
+    plain.await.unwrap().unwrap();
+}

@@ -34,36 +34,62 @@ struct Unserved {
 
 impl Unserved {
     /// Warns (at most every [`WARN_EVERY`] per set) about published tasks whose requirements no
-    /// active, enabled worker satisfies: they stay queued until one registers.
-    async fn check(&mut self, context: &Context, published: &[(String, RequirementSet)]) {
+    /// active, enabled worker satisfies, and records it in each such task's history: they stay
+    /// queued until one registers.
+    async fn check(
+        &mut self,
+        context: &Context,
+        published: &[(String, RequirementSet, models::TaskKey)],
+    ) {
         if published.is_empty() {
             return;
         }
-        let workers = match store::connection(&context.pool).await {
-            Ok(mut conn) => match workers::list_workers(&mut conn).await {
-                Ok(workers) => workers,
-                Err(error) => {
-                    tracing::debug!("listing workers: {error}");
-                    return;
-                }
-            },
+        let mut conn = match store::connection(&context.pool).await {
+            Ok(conn) => conn,
             Err(error) => {
                 tracing::debug!("listing workers: {error}");
                 return;
             }
         };
-        let mut counts: std::collections::BTreeMap<&str, (usize, &RequirementSet)> =
-            std::collections::BTreeMap::new();
-        for (routing_key, requirements) in published {
-            counts.entry(routing_key).or_insert((0, requirements)).0 += 1;
-        }
-        for (routing_key, (count, requirements)) in counts {
-            let served = workers.iter().any(|worker| {
+        let workers = match workers::list_workers(&mut conn).await {
+            Ok(workers) => workers,
+            Err(error) => {
+                tracing::debug!("listing workers: {error}");
+                return;
+            }
+        };
+        let served = |requirements: &RequirementSet| {
+            workers.iter().any(|worker| {
                 worker.is_active
                     && worker.is_enabled
                     && !worker.should_disconnect
                     && requirements.is_satisfied_by(&worker.properties)
-            });
+            })
+        };
+        let now = chrono::Utc::now();
+        let unserved: Vec<models::TaskStateChange> = published
+            .iter()
+            .filter(|(_, requirements, _)| !served(requirements))
+            .map(|(routing_key, _, task)| models::TaskStateChange {
+                task_key: *task,
+                timestamp: now,
+                status: models::TaskStatus::Todo,
+                reason: format!(
+                    "no active worker satisfies `{routing_key}`: waiting for one to register"
+                ),
+                attempt: None,
+            })
+            .collect();
+        if let Err(error) = tasks::insert_state_changes(&mut conn, &unserved).await {
+            tracing::debug!("recording unserved tasks: {error}");
+        }
+        let mut counts: std::collections::BTreeMap<&str, (usize, &RequirementSet)> =
+            std::collections::BTreeMap::new();
+        for (routing_key, requirements, _) in published {
+            counts.entry(routing_key).or_insert((0, requirements)).0 += 1;
+        }
+        for (routing_key, (count, requirements)) in counts {
+            let served = served(requirements);
             let recently = self
                 .warned
                 .get(routing_key)
@@ -139,7 +165,11 @@ async fn relay_round(
             .await
         {
             Ok(confirm) => {
-                published.push((row.routing_key.clone(), message.requirements.clone()));
+                published.push((
+                    row.routing_key.clone(),
+                    message.requirements.clone(),
+                    message.task_key,
+                ));
                 pending.push((row.id, confirm));
             }
             Err(error) => {
