@@ -531,7 +531,7 @@ pub struct HeldLease {
 }
 
 /// A worker is alive and still runs these attempts: published as `worker.<id>.heartbeat`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct WorkerHeartbeat {
     /// The worker.
     pub worker_id: WorkerId,
@@ -541,6 +541,10 @@ pub struct WorkerHeartbeat {
     /// The build leases it renews.
     #[serde(default)]
     pub builds: Vec<HeldBuild>,
+    /// Its active devices, when its device scanner saw a change since the last heartbeat:
+    /// devices not listed are inactive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<Vec<DeviceInfo>>,
 }
 
 impl WireMessage for WorkerHeartbeat {

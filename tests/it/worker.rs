@@ -992,3 +992,64 @@ async fn a_task_no_worker_can_run_says_so_and_runs_when_one_registers() {
     worker.await.unwrap().unwrap();
     plain.await.unwrap().unwrap();
 }
+
+/// A scanner whose device list the test changes.
+struct Scanner(std::sync::Mutex<Vec<Arc<dyn worker::Device>>>);
+
+impl worker::DeviceScanner for Scanner {
+    fn scan(&self) -> futures::future::BoxFuture<'_, Vec<Arc<dyn worker::Device>>> {
+        let devices = self.0.lock().unwrap().clone();
+        Box::pin(async move { devices })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_scanner_keeps_the_dispatcher_s_device_list_current() {
+    let setup = Setup::new(chrono::Duration::seconds(10), &[]).await;
+    let local: Arc<dyn worker::Device> = Arc::new(worker::LocalDevice::new("local"));
+    let extra: Arc<dyn worker::Device> = Arc::new(worker::LocalDevice::new("bench-2"));
+    let scanner = Arc::new(Scanner(std::sync::Mutex::new(vec![local.clone()])));
+    let mut config = setup.config("scanning");
+    config.scan_interval = Duration::from_millis(200);
+    let store = LocalStore::new(setup.artifacts()).unwrap();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(
+        Worker::builder(config, Arc::new(store))
+            .device(local.clone())
+            .scanner(scanner.clone())
+            .build()
+            .run(stop.clone()),
+    );
+    let devices = async |expected: &[(&str, bool)]| {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let mut conn = setup.cluster.db.connect().await;
+            let listed: Vec<(String, bool)> =
+                dispatcher::store::workers::list_devices(&mut conn, &"scanning".into())
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|d| (d.id.to_string(), d.is_active))
+                    .collect();
+            let wanted: Vec<(String, bool)> = expected
+                .iter()
+                .map(|(id, active)| ((*id).to_owned(), *active))
+                .collect();
+            if listed == wanted {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "devices {listed:?}, expected {wanted:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    devices(&[("local", true)]).await;
+    scanner.0.lock().unwrap().push(extra);
+    devices(&[("bench-2", true), ("local", true)]).await;
+    scanner.0.lock().unwrap().truncate(1);
+    devices(&[("bench-2", false), ("local", true)]).await;
+    stop.cancel();
+    running.await.unwrap().unwrap();
+}

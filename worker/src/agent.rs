@@ -241,6 +241,8 @@ struct Shared {
     attempts: tokio_util::task::TaskTracker,
     /// Every queue consumer's task, to wait for once the worker stops taking work.
     consumers: tokio_util::task::TaskTracker,
+    /// The device list changed since the last confirmed heartbeat: send it.
+    devices_changed: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -301,6 +303,7 @@ impl Worker {
             lease: Mutex::new(Duration::from_secs(30)),
             attempts: tokio_util::task::TaskTracker::new(),
             consumers: tokio_util::task::TaskTracker::new(),
+            devices_changed: std::sync::atomic::AtomicBool::new(false),
         });
         let Some((heartbeat, queues)) = register(&shared, &shutdown).await? else {
             return Ok(());
@@ -958,10 +961,16 @@ async fn heartbeat_loop(shared: Arc<Shared>, interval: Duration, stop: Cancellat
                 build_token: run.token,
             })
             .collect();
+        let devices_changed = shared
+            .devices_changed
+            .swap(false, std::sync::atomic::Ordering::SeqCst);
+        let devices =
+            devices_changed.then(|| lock(&shared.devices).iter().map(|d| d.info()).collect());
         let heartbeat = WorkerHeartbeat {
             worker_id: shared.config.worker_id.clone(),
             leases,
             builds,
+            devices,
         };
         let confirmed = shared
             .publisher
@@ -970,6 +979,12 @@ async fn heartbeat_loop(shared: Arc<Shared>, interval: Duration, stop: Cancellat
         let lease = *lock(&shared.lease);
         let mut running = lock(&shared.running);
         let renewed = confirmed.is_ok();
+        if !renewed && devices_changed {
+            // Sent again with the next heartbeat.
+            shared
+                .devices_changed
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         match confirmed {
             Ok(()) => {
                 for held in &heartbeat.leases {
@@ -1017,6 +1032,9 @@ async fn scan_loop(shared: Arc<Shared>, scanner: Arc<dyn DeviceScanner>, stop: C
         let before: Vec<String> = current.iter().map(|d| d.info().id.to_string()).collect();
         if before != ids {
             tracing::info!("active devices now: {ids:?}");
+            shared
+                .devices_changed
+                .store(true, std::sync::atomic::Ordering::SeqCst);
         }
         *current = devices;
     }

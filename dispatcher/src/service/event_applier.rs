@@ -307,6 +307,8 @@ struct Work {
     results: Vec<(TaskKey, Vec<models::StepState>, serde_json::Value)>,
     heartbeats: Vec<WorkerId>,
     registrations: Vec<(models::Worker, Vec<models::Device>)>,
+    /// Device lists a worker's scanner reported.
+    device_updates: Vec<(WorkerId, Vec<models::Device>)>,
     registration_replies: Vec<(Meta, RegistrationReply)>,
     cancel_replies: Vec<(Meta, CancelReply)>,
     added_tasks: Vec<Task>,
@@ -493,6 +495,22 @@ async fn take(
         Incoming::Heartbeat(heartbeat) => {
             builds::renew(context, conn, &heartbeat.builds, now).await?;
             work.heartbeats.push(heartbeat.worker_id.clone());
+            if let Some(devices) = &heartbeat.devices {
+                let devices = devices
+                    .iter()
+                    .map(|device| models::Device {
+                        worker: heartbeat.worker_id.clone(),
+                        id: device.id.clone(),
+                        device_type: device.device_type.clone(),
+                        input_type: device.input_type.clone(),
+                        parameter_schema: device.parameter_schema.clone(),
+                        is_active: true,
+                        last_seen: Some(now),
+                    })
+                    .collect();
+                work.device_updates
+                    .push((heartbeat.worker_id.clone(), devices));
+            }
             for lease in &heartbeat.leases {
                 if let Some(plan) = plan_of(conn, plans, lease.task_key).await? {
                     let event = Event::LeaseRenewed {
@@ -1163,6 +1181,11 @@ async fn commit(
         }
         for worker in &work.heartbeats {
             workers::record_heartbeat(conn, worker, now).await?;
+        }
+        for (worker, devices) in &work.device_updates {
+            workers::upsert_devices(conn, devices).await?;
+            let ids: Vec<String> = devices.iter().map(|d| d.id.to_string()).collect();
+            workers::deactivate_other_devices(conn, worker, &ids).await?;
         }
         Ok::<_, StoreError>(())
     })

@@ -116,6 +116,24 @@ pub async fn upsert_devices(conn: &mut AsyncPgConnection, devices: &[Device]) ->
     Ok(())
 }
 
+/// Marks every device of `worker` not among `active` (ids) inactive: the scanner no longer
+/// sees it.
+pub async fn deactivate_other_devices(
+    conn: &mut AsyncPgConnection,
+    worker: &WorkerId,
+    active: &[String],
+) -> StoreResult<()> {
+    diesel::update(
+        devices::table
+            .filter(devices::worker.eq(worker.as_str()))
+            .filter(devices::id.ne_all(active)),
+    )
+    .set(devices::is_active.eq(false))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// The devices of `worker`, by id.
 pub async fn list_devices(
     conn: &mut AsyncPgConnection,
