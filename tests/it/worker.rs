@@ -1053,3 +1053,181 @@ async fn a_device_scanner_keeps_the_dispatcher_s_device_list_current() {
     stop.cancel();
     running.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_consumes_a_queue_announced_after_it_registered() {
+    let mut gpu = function(691, "gpu", &[&["true"]], Vec::new(), Vec::new());
+    gpu.requirements = RequirementSet([("gpu".to_owned(), "h100".to_owned())].into());
+    let setup = Setup::new(chrono::Duration::seconds(10), &[gpu]).await;
+    let mut config = setup.config("gpu-host");
+    config.properties = [("gpu".to_owned(), "h100".to_owned())].into();
+    let store = LocalStore::new(setup.artifacts()).unwrap();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(
+        Worker::builder(config, Arc::new(store))
+            .build()
+            .run(stop.clone()),
+    );
+    // Registered before any task needs a GPU: its queue does not exist yet.
+    let deadline = Instant::now() + WAIT;
+    while !setup
+        .cluster
+        .broker
+        .queue_exists("baton.worker.gpu-host")
+        .await
+    {
+        assert!(Instant::now() < deadline, "the worker did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    setup
+        .submit(&plan(
+            690,
+            vec![task(1, 691, &[], &[], serde_json::json!({}))],
+        ))
+        .await;
+    let done = setup
+        .wait_for_task(1, "DONE", |t| t.status.is_terminal())
+        .await;
+    assert_eq!(done.status, TaskStatus::Done);
+    stop.cancel();
+    running.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_worker_hands_back_what_it_cannot_finish_and_another_runs_it() {
+    // One attempt only: a hand-back must not count as a failed attempt.
+    let mut long = function(
+        701,
+        "long",
+        &[&[
+            "sh",
+            "-c",
+            "echo $$ > \"$1\"; sleep 1000",
+            "sh",
+            "{parameters.pidfile}",
+        ]],
+        Vec::new(),
+        Vec::new(),
+    );
+    long.retry.max_attempts = 1;
+    let quick = function(702, "quick", &[&["true"]], Vec::new(), Vec::new());
+    let setup = Setup::new(chrono::Duration::seconds(10), &[long, quick]).await;
+    let pidfile = setup.dir.path().join("pid");
+    let mut config = setup.config("leaving");
+    config.shutdown_deadline = Duration::from_millis(500);
+    config.grace = Duration::from_millis(300);
+    let store = LocalStore::new(setup.artifacts()).unwrap();
+    let stop = CancellationToken::new();
+    let leaving = tokio::spawn(
+        Worker::builder(config, Arc::new(store))
+            .build()
+            .run(stop.clone()),
+    );
+    setup
+        .submit(&plan(
+            700,
+            vec![task(
+                1,
+                701,
+                &[],
+                &[],
+                serde_json::json!({"pidfile": pidfile.display().to_string()}),
+            )],
+        ))
+        .await;
+    let pid = wait_for_pid(&pidfile).await;
+    // SIGTERM, as `baton worker` gets it: stop taking work, wait, then hand back.
+    stop.cancel();
+    leaving.await.unwrap().unwrap();
+    assert_group_gone(pid).await;
+    let back = setup
+        .wait_for_task(1, "TODO again", |t| t.status == TaskStatus::Todo)
+        .await;
+    assert_eq!(back.attempt_count, 1);
+    let mut conn = setup.cluster.db.connect().await;
+    let history = tasks::list_state_changes(&mut conn, TaskKey(key(1)))
+        .await
+        .unwrap();
+    assert!(
+        history.iter().any(|c| c.reason.contains("handed back")),
+        "{history:?}"
+    );
+    drop(conn);
+    // Another worker takes it; it is still running there when we look.
+    let _ = std::fs::remove_file(&pidfile);
+    let (stop_next, next) = setup.start_worker("next");
+    wait_for_pid(&pidfile).await;
+    let running = setup.task(1).await;
+    assert_eq!(running.status, TaskStatus::Doing);
+    assert_eq!(running.attempt_count, 2);
+    assert_eq!(running.worker_id.as_ref().map(|w| w.as_str()), Some("next"));
+    setup
+        .cancel(&CancelRequest::Task {
+            task_key: TaskKey(key(1)),
+            reason: "end of test".into(),
+        })
+        .await;
+    setup
+        .wait_for_task(1, "CANCELED", |t| t.status == TaskStatus::Canceled)
+        .await;
+    stop_next.cancel();
+    next.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnect_order_lets_running_work_finish_then_the_worker_leaves() {
+    let steady = function(
+        711,
+        "steady",
+        &[&[
+            "sh",
+            "-c",
+            "echo $$ > \"$1\"; sleep 1",
+            "sh",
+            "{parameters.pidfile}",
+        ]],
+        Vec::new(),
+        Vec::new(),
+    );
+    let setup = Setup::new(chrono::Duration::seconds(10), &[steady]).await;
+    let pidfile = setup.dir.path().join("pid");
+    let (_stop, worker) = setup.start_worker("w1");
+    setup
+        .submit(&plan(
+            710,
+            vec![task(
+                1,
+                711,
+                &[],
+                &[],
+                serde_json::json!({"pidfile": pidfile.display().to_string()}),
+            )],
+        ))
+        .await;
+    wait_for_pid(&pidfile).await;
+    let client = setup.cluster.client("operator").await;
+    let publisher = broker::Publisher::new(&client).await.unwrap();
+    publisher
+        .publish(
+            broker::topology::CONTROL_EXCHANGE,
+            "worker.w1",
+            &models::wire::ControlOrder::Disconnect {
+                worker_id: "w1".into(),
+            },
+            broker::Meta::default(),
+        )
+        .await
+        .unwrap();
+    // The worker finishes the task, reports it, and returns on its own.
+    tokio::time::timeout(WAIT, worker)
+        .await
+        .expect("the worker left")
+        .unwrap()
+        .unwrap();
+    // Its report was confirmed before it left; the dispatcher applies it.
+    let done = setup
+        .wait_for_task(1, "DONE", |t| t.status.is_terminal())
+        .await;
+    assert_eq!(done.status, TaskStatus::Done);
+}
