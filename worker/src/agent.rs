@@ -631,45 +631,59 @@ async fn take(
     match reply {
         ClaimReply::Refused { reason, .. } => {
             tracing::debug!(task.key = %task, "claim of task {task} refused: {reason}");
-            let _ = shared.bindings.unbind(&control_key).await;
-            lock(&shared.early_orders).remove(&task);
+            // A duplicate of a task this worker runs keeps the running attempt's orders.
+            if !lock(&shared.running).contains_key(&task) {
+                let _ = shared.bindings.unbind(&control_key).await;
+                lock(&shared.early_orders).remove(&task);
+            }
         }
         ClaimReply::Granted { grant, assignment } => {
+            // Running from now on, so orders and duplicates find it.
+            let (stop_tx, stop_rx) = watch::channel(None);
+            let stop_tx = Arc::new(stop_tx);
+            let lease = *lock(&shared.lease);
+            {
+                let mut running = lock(&shared.running);
+                if let Some(order) = lock(&shared.early_orders).remove(&task) {
+                    stop_tx.send_replace(Some(order));
+                }
+                running.insert(
+                    task,
+                    Running {
+                        grant: grant.clone(),
+                        stop: stop_tx.clone(),
+                        handing_back: false,
+                        lease_deadline: Instant::now() + lease,
+                    },
+                );
+            }
             let shared = shared.clone();
-            shared
-                .attempts
-                .clone()
-                .spawn(attempt(shared, grant, Arc::from(assignment), permit));
+            shared.attempts.clone().spawn(attempt(
+                shared,
+                grant,
+                Arc::from(assignment),
+                (stop_tx, stop_rx),
+                permit,
+            ));
         }
     }
 }
+
+/// The stop orders of one attempt: the sender shared with the running registry.
+type StopChannel = (
+    Arc<watch::Sender<Option<Stop>>>,
+    watch::Receiver<Option<Stop>>,
+);
 
 /// Runs a granted attempt and reports its end.
 async fn attempt(
     shared: Arc<Shared>,
     grant: Grant,
     assignment: Arc<Assignment>,
+    (stop_tx, stop_rx): StopChannel,
     permit: OwnedSemaphorePermit,
 ) {
     let task = grant.task_key;
-    let (stop_tx, stop_rx) = watch::channel(None);
-    let stop_tx = Arc::new(stop_tx);
-    let lease = *lock(&shared.lease);
-    {
-        let mut running = lock(&shared.running);
-        if let Some(order) = lock(&shared.early_orders).remove(&task) {
-            stop_tx.send_replace(Some(order));
-        }
-        running.insert(
-            task,
-            Running {
-                grant: grant.clone(),
-                stop: stop_tx.clone(),
-                handing_back: false,
-                lease_deadline: Instant::now() + lease,
-            },
-        );
-    }
     let timer = assignment.timeout_secs.map(|secs| {
         let stop = stop_tx.clone();
         tokio::spawn(async move {
