@@ -36,7 +36,7 @@ use super::Context;
 use super::assignment::{self, Functions, Registered};
 use super::builds;
 use crate::core::{self, ClaimDecision, Effect, Event, Order, Outcome, PlanState, TaskNode};
-use crate::store::rows::NewOutboxRow;
+use crate::store::rows::{NewOutboxRow, TaskState};
 use crate::store::tasks::TaskStateUpdate;
 use crate::store::{self, StoreError, catalog, execution, plans, tasks, workers};
 
@@ -177,32 +177,33 @@ impl Plans {
     }
 }
 
-/// The core's view of a stored task, run under `retry`.
-fn to_node(task: &Task, retry: RetryPolicy) -> TaskNode {
+/// The core's view of a stored task with its `parents`, run under `retry`.
+fn to_node(task: TaskState, parents: Vec<TaskKey>, retry: RetryPolicy) -> TaskNode {
     TaskNode {
         key: task.key,
         function_key: task.function_key,
         status: task.status,
         waiting_reason: task.waiting_reason,
         rank: task.rank,
-        worker: task.worker.clone(),
+        worker: task.worker,
         routing_key: task.requirements.routing_key(),
         retry,
         attempt_count: task.attempt_count,
-        lease: task.lease.clone(),
-        worker_id: task.worker_id.clone(),
+        lease: task.lease,
+        worker_id: task.worker_id,
         not_before: task.not_before,
         cancel_requested: task.cancel_requested,
         abort_requested: task.abort_requested,
         error_type: task.error_type,
-        error_message: task.error_message.clone(),
+        error_message: task.error_message,
         start_date: task.start_date,
         end_date: task.end_date,
-        parents: task.parent_keys(),
+        parents,
     }
 }
 
-/// Rebuilds plan `key` from the database into `plans`; returns whether it exists.
+/// Rebuilds plan `key` from the database into `plans`; returns whether it exists. Only the
+/// columns the core holds are read (`tasks::load_task_states`).
 async fn load_plan(
     conn: &mut AsyncPgConnection,
     plans: &mut Plans,
@@ -211,10 +212,10 @@ async fn load_plan(
     let Some(plan) = plans::find_plan(conn, key).await? else {
         return Ok(false);
     };
-    let stored = tasks::list_plan_tasks(conn, key, None).await?;
+    let stored = tasks::load_task_states(conn, key).await?;
     let function_keys: Vec<_> = stored
         .iter()
-        .map(|task| task.function_key)
+        .map(|(task, _)| task.function_key)
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
@@ -223,10 +224,10 @@ async fn load_plan(
         .into_iter()
         .map(|function| (function.key, function.retry))
         .collect();
-    let in_plan: HashSet<TaskKey> = stored.iter().map(|task| task.key).collect();
+    let in_plan: HashSet<TaskKey> = stored.iter().map(|(task, _)| task.key).collect();
     let external: Vec<TaskKey> = stored
         .iter()
-        .flat_map(Task::parent_keys)
+        .flat_map(|(_, parents)| parents.iter().copied())
         .filter(|parent| !in_plan.contains(parent))
         .collect::<BTreeSet<_>>()
         .into_iter()
@@ -238,13 +239,13 @@ async fn load_plan(
         .map(|task| task.key)
         .collect();
     let mut nodes = Vec::with_capacity(stored.len());
-    for task in &stored {
+    for (task, parents) in stored {
         let policy = retry.get(&task.function_key).cloned().unwrap_or_default();
-        nodes.push(to_node(task, policy));
         plans.plan_of.insert(task.key, key);
         plans
             .requirements
             .insert(task.key, task.requirements.clone());
+        nodes.push(to_node(task, parents, policy));
     }
     plans
         .states
@@ -789,7 +790,7 @@ async fn add_tasks(
                     .get(&task.function_key)
                     .map(|function| function.retry.clone())
                     .unwrap_or_default();
-                to_node(task, retry)
+                to_node(TaskState::from(task), task.parent_keys(), retry)
             })
             .collect();
         let event = Event::TasksAdded { tasks: nodes };

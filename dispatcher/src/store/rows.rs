@@ -19,6 +19,7 @@ use models::{
     Measurement, Model, Organization, OrganizationId, ParseWordError, Performance, PlanCounters,
     Project, Schedule, Secret, Task, TaskStateChange, User, Worker,
 };
+use models::{FunctionKey, TaskKey, Timestamp, WorkerId};
 
 use super::schema;
 use super::{StoreError, StoreResult};
@@ -851,6 +852,162 @@ impl TaskRow {
             steps: from_json(T, &key, "steps", self.steps)?,
             creation_date: self.creation_date,
             update_date: self.update_date,
+            start_date: self.start_date,
+            end_date: self.end_date,
+        })
+    }
+}
+
+/// The columns of `tasks` the dispatcher's core holds while a plan runs: reading only these
+/// keeps the rebuild of a large plan fast and small.
+#[derive(Clone, Debug, Queryable, Selectable)]
+#[diesel(table_name = schema::tasks, check_for_backend(diesel::pg::Pg))]
+pub struct TaskStateRow {
+    /// The task's key.
+    pub key: Uuid,
+    /// Its function.
+    pub function_key: Uuid,
+    /// Its status.
+    pub status: String,
+    /// Why it waits.
+    pub waiting_reason: Option<String>,
+    /// Its rank.
+    pub rank: i32,
+    /// The organization that runs it.
+    pub worker: String,
+    /// What a worker needs (JSON).
+    pub requirements: Value,
+    /// Why it failed.
+    pub error_type: Option<String>,
+    /// What failed.
+    pub error_message: Option<String>,
+    /// A cancel was ordered.
+    pub cancel_requested: bool,
+    /// An abort was ordered.
+    pub abort_requested: bool,
+    /// Attempts granted.
+    pub attempt_count: i32,
+    /// The lease's attempt.
+    pub lease_attempt: Option<i32>,
+    /// The lease token.
+    pub lease_token: Option<Uuid>,
+    /// The lease expiry.
+    pub lease_expires_at: Option<Timestamp>,
+    /// Not to run before.
+    pub not_before: Option<Timestamp>,
+    /// The worker process running it.
+    pub worker_id: Option<String>,
+    /// When it started.
+    pub start_date: Option<Timestamp>,
+    /// When it ended.
+    pub end_date: Option<Timestamp>,
+}
+
+/// A task as the dispatcher's core holds it (see [`TaskStateRow`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskState {
+    /// The task's key.
+    pub key: TaskKey,
+    /// Its function.
+    pub function_key: FunctionKey,
+    /// Its status.
+    pub status: models::TaskStatus,
+    /// Why it waits.
+    pub waiting_reason: Option<models::WaitingReason>,
+    /// Its rank.
+    pub rank: u32,
+    /// The organization that runs it.
+    pub worker: OrganizationId,
+    /// What a worker needs.
+    pub requirements: models::RequirementSet,
+    /// Why it failed.
+    pub error_type: Option<models::TaskErrorType>,
+    /// What failed.
+    pub error_message: Option<String>,
+    /// A cancel was ordered.
+    pub cancel_requested: bool,
+    /// An abort was ordered.
+    pub abort_requested: bool,
+    /// Attempts granted.
+    pub attempt_count: u32,
+    /// The running attempt's lease.
+    pub lease: Option<Lease>,
+    /// Not to run before.
+    pub not_before: Option<Timestamp>,
+    /// The worker process running it.
+    pub worker_id: Option<WorkerId>,
+    /// When it started.
+    pub start_date: Option<Timestamp>,
+    /// When it ended.
+    pub end_date: Option<Timestamp>,
+}
+
+impl From<&Task> for TaskState {
+    fn from(task: &Task) -> TaskState {
+        TaskState {
+            key: task.key,
+            function_key: task.function_key,
+            status: task.status,
+            waiting_reason: task.waiting_reason,
+            rank: task.rank,
+            worker: task.worker.clone(),
+            requirements: task.requirements.clone(),
+            error_type: task.error_type,
+            error_message: task.error_message.clone(),
+            cancel_requested: task.cancel_requested,
+            abort_requested: task.abort_requested,
+            attempt_count: task.attempt_count,
+            lease: task.lease.clone(),
+            not_before: task.not_before,
+            worker_id: task.worker_id.clone(),
+            start_date: task.start_date,
+            end_date: task.end_date,
+        }
+    }
+}
+
+impl TaskStateRow {
+    /// The task state this row holds.
+    pub fn into_state(self) -> StoreResult<TaskState> {
+        const T: &str = "tasks";
+        let key = self.key;
+        let lease = match (self.lease_attempt, self.lease_token, self.lease_expires_at) {
+            (Some(attempt), Some(token), Some(expires_at)) => Some(Lease {
+                attempt: Attempt(to_u32(T, &key, attempt)?),
+                token,
+                expires_at,
+            }),
+            (None, None, None) => None,
+            _ => {
+                return Err(StoreError::Corrupt {
+                    table: T,
+                    key: key.to_string(),
+                    reason: "partial lease".to_owned(),
+                });
+            }
+        };
+        Ok(TaskState {
+            key: key.into(),
+            function_key: self.function_key.into(),
+            status: parse_word(T, &key, &self.status)?,
+            waiting_reason: self
+                .waiting_reason
+                .map(|r| parse_word(T, &key, &r))
+                .transpose()?,
+            rank: to_u32(T, &key, self.rank)?,
+            worker: self.worker.into(),
+            requirements: from_json(T, &key, "requirements", self.requirements)?,
+            error_type: self
+                .error_type
+                .map(|e| parse_word(T, &key, &e))
+                .transpose()?,
+            error_message: self.error_message,
+            cancel_requested: self.cancel_requested,
+            abort_requested: self.abort_requested,
+            attempt_count: to_u32(T, &key, self.attempt_count)?,
+            lease,
+            not_before: self.not_before,
+            worker_id: self.worker_id.map(Into::into),
             start_date: self.start_date,
             end_date: self.end_date,
         })

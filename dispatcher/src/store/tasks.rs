@@ -9,6 +9,7 @@ use models::{PlanKey, RequirementSet, Task, TaskKey, TaskStateChange, TaskStatus
 
 use super::rows::{
     NewOutboxRow, NewStateChangeRow, OutboxRow, StateChangeRow, TASK_COLUMNS, TaskEdgeRow, TaskRow,
+    TaskState, TaskStateRow,
 };
 use super::schema::{outbox, task_edges, task_state_changes, tasks};
 use super::{StoreError, StoreResult, rows_per_insert};
@@ -219,6 +220,37 @@ pub async fn pending_requirement_sets(
                 key: "(requirements)".to_owned(),
                 reason: error.to_string(),
             })
+        })
+        .collect()
+}
+
+/// What the dispatcher's core holds of each task of plan `plan`, by rank then key, with the
+/// parents of each (from the DAG edges, parents in other plans included).
+pub async fn load_task_states(
+    conn: &mut AsyncPgConnection,
+    plan: PlanKey,
+) -> StoreResult<Vec<(TaskState, Vec<TaskKey>)>> {
+    let rows: Vec<TaskStateRow> = tasks::table
+        .filter(tasks::compute_plan_key.eq(plan.0))
+        .order((tasks::rank, tasks::key))
+        .select(TaskStateRow::as_select())
+        .load(conn)
+        .await?;
+    let edges: Vec<(Uuid, Uuid)> = task_edges::table
+        .inner_join(tasks::table.on(tasks::key.eq(task_edges::child_key)))
+        .filter(tasks::compute_plan_key.eq(plan.0))
+        .select((task_edges::child_key, task_edges::parent_key))
+        .load(conn)
+        .await?;
+    let mut parents: std::collections::HashMap<Uuid, Vec<TaskKey>> =
+        std::collections::HashMap::new();
+    for (child, parent) in edges {
+        parents.entry(child).or_default().push(TaskKey(parent));
+    }
+    rows.into_iter()
+        .map(|row| {
+            let parents = parents.remove(&row.key).unwrap_or_default();
+            row.into_state().map(|state| (state, parents))
         })
         .collect()
 }
