@@ -44,13 +44,15 @@ pub(crate) struct BrokerBench {
 }
 
 /// A vhost that lives as long as the benchmark.
-struct BenchVhost {
+pub(crate) struct BenchVhost {
     name: String,
     options: BrokerBench,
 }
 
 impl BenchVhost {
-    async fn create(options: &BrokerBench) -> anyhow::Result<BenchVhost> {
+    /// Makes a fresh vhost through the management API and gives the user of `options` every
+    /// permission on it.
+    pub(crate) async fn create(options: &BrokerBench) -> anyhow::Result<BenchVhost> {
         let name = format!("baton-bench-{}", uuid::Uuid::new_v4().simple());
         let client = reqwest::Client::new();
         let (user, password) = &options.management_user;
@@ -83,11 +85,13 @@ impl BenchVhost {
         })
     }
 
-    fn amqp_url(&self) -> String {
+    /// The AMQP URL of the vhost.
+    pub(crate) fn amqp_url(&self) -> String {
         format!("{}/{}", self.options.amqp_url, self.name)
     }
 
-    async fn delete(self) -> anyhow::Result<()> {
+    /// Deletes the vhost and everything in it.
+    pub(crate) async fn delete(self) -> anyhow::Result<()> {
         let (user, password) = &self.options.management_user;
         reqwest::Client::new()
             .delete(format!(
@@ -160,7 +164,7 @@ async fn run_baton(url: &str, count: u32) -> anyhow::Result<Duration> {
 
 /// The same work with plain lapin: same body bytes and properties, a quorum queue with the same
 /// arguments, pipelined confirms, acks one by one.
-async fn run_lapin(url: &str, count: u32) -> anyhow::Result<Duration> {
+pub(crate) async fn run_lapin(url: &str, count: u32) -> anyhow::Result<Duration> {
     let publishing = Connection::connect(url, ConnectionProperties::default()).await?;
     let consuming = Connection::connect(url, ConnectionProperties::default()).await?;
     let channel = publishing.create_channel().await?;
@@ -254,7 +258,8 @@ async fn run_lapin(url: &str, count: u32) -> anyhow::Result<Duration> {
     Ok(elapsed)
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+/// The median of `values` (the mean of the two middle ones for an even count).
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     let middle = values.len() / 2;
     if values.len().is_multiple_of(2) && middle > 0 {

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod bench;
 mod bench_plan;
+mod bench_throughput;
 mod demo;
 mod output;
 
@@ -50,9 +51,30 @@ pub struct Cli {
 pub enum Command {
     /// Apply pending database migrations.
     Migrate,
-    /// Set up the database, register a sample federation and submit a three-round federated
-    /// learning plan, then show what is stored.
-    Demo,
+    /// Set up the database, register a sample federation, and run a three-round federated
+    /// learning plan end to end with an in-process dispatcher and one worker per hospital; show
+    /// its progress, then the plan, its tasks and its performances.
+    Demo {
+        /// RabbitMQ, with its vhost; the demo's workers connect as its user, which the demo
+        /// registers in baton.
+        #[arg(
+            long,
+            env = "BATON_AMQP_URL",
+            default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+            hide_env_values = true
+        )]
+        amqp_url: String,
+        /// Where the demo writes its data samples and workspaces (default: `baton-demo` in the
+        /// system's temporary directory).
+        #[arg(long, env = "BATON_DEMO_DIR")]
+        demo_dir: Option<std::path::PathBuf>,
+        /// The artifact store: openers and models (default: `artifacts` in the demo directory).
+        #[arg(long, env = "BATON_ARTIFACTS")]
+        artifacts: Option<std::path::PathBuf>,
+        /// Seconds the plan may take to end, from the start of the workers.
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
+    },
     /// Show what is stored: how many rows of each kind, and the latest compute plans.
     Status {
         /// How many plans to list.
@@ -190,6 +212,69 @@ pub enum BenchScenario {
         )]
         rabbitmq_api_password: String,
     },
+    /// Independent no-op tasks per second through the whole path (submit, store, publish,
+    /// claim, run, report, DONE), with an in-process dispatcher and worker, against plain lapin.
+    Throughput {
+        /// Tasks per run.
+        #[arg(long, default_value_t = 2_000)]
+        tasks: u32,
+        /// How the worker runs the no-op step.
+        #[arg(long, value_enum, default_value_t = ThroughputDevices::Both)]
+        device: ThroughputDevices,
+        /// Runs of each device; medians are reported.
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+        /// Tasks each worker runs at once.
+        #[arg(long, default_value_t = 8)]
+        executor_limit: u32,
+        /// In-process workers, each with `--executor-limit` slots.
+        #[arg(long, default_value_t = 1)]
+        workers: u32,
+        /// Plans the tasks of a run are split across (default: as few as the submission batch
+        /// limit allows).
+        #[arg(long)]
+        plans: Option<u32>,
+        /// Seconds a run may take before it is reported as hung.
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
+        /// RabbitMQ, without a vhost: the benchmark makes and deletes its own.
+        #[arg(
+            long,
+            env = "BATON_AMQP_URL",
+            default_value = "amqp://guest:guest@127.0.0.1:5672",
+            hide_env_values = true
+        )]
+        amqp_url: String,
+        /// RabbitMQ's management API, used to make the benchmark's vhost.
+        #[arg(
+            long,
+            env = "BATON_RABBITMQ_API",
+            default_value = "http://127.0.0.1:15672/api"
+        )]
+        rabbitmq_api: String,
+        /// User of the management API.
+        #[arg(long, env = "BATON_RABBITMQ_API_USER", default_value = "guest")]
+        rabbitmq_api_user: String,
+        /// Password of the management API.
+        #[arg(
+            long,
+            env = "BATON_RABBITMQ_API_PASSWORD",
+            default_value = "guest",
+            hide_env_values = true
+        )]
+        rabbitmq_api_password: String,
+    },
+}
+
+/// The devices `baton bench throughput` measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ThroughputDevices {
+    /// An in-process handler that returns at once.
+    Handler,
+    /// A subprocess running `true`.
+    Subprocess,
+    /// Both, one after the other.
+    Both,
 }
 
 /// How results are printed.
@@ -247,7 +332,22 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Migrate => migrate(&cli.database_url, cli.output).await,
-            Command::Demo => demo::run(&cli.database_url, cli.output).await,
+            Command::Demo {
+                amqp_url,
+                demo_dir,
+                artifacts,
+                timeout_secs,
+            } => {
+                let dir = demo_dir.unwrap_or_else(demo::DemoOptions::default_dir);
+                let options = demo::DemoOptions {
+                    database_url: cli.database_url.clone(),
+                    amqp_url,
+                    artifacts: artifacts.unwrap_or_else(|| dir.join("artifacts")),
+                    dir,
+                    timeout: std::time::Duration::from_secs(timeout_secs),
+                };
+                demo::run(options, cli.output).await
+            }
             Command::Status { limit } => status(&cli.database_url, cli.output, limit).await,
             Command::Bench { scenario } => bench(scenario, cli.output, &cli.database_url).await,
             Command::Worker(args) => run_worker(args).await,
@@ -392,6 +492,39 @@ async fn bench(
             })
             .await?;
             output::print_broker_bench(format, &figures)
+        }
+        BenchScenario::Throughput {
+            tasks,
+            device,
+            runs,
+            executor_limit,
+            workers,
+            plans,
+            timeout_secs,
+            amqp_url,
+            rabbitmq_api,
+            rabbitmq_api_user,
+            rabbitmq_api_password,
+        } => {
+            let figures = bench_throughput::throughput(bench_throughput::ThroughputBench {
+                database_url: database_url.to_owned(),
+                broker: bench::BrokerBench {
+                    amqp_url: amqp_url.trim_end_matches('/').to_owned(),
+                    management_url: rabbitmq_api.trim_end_matches('/').to_owned(),
+                    management_user: (rabbitmq_api_user, rabbitmq_api_password),
+                    messages: tasks,
+                    runs,
+                },
+                tasks,
+                devices: device,
+                runs,
+                executor_limit,
+                workers,
+                plans,
+                run_timeout: std::time::Duration::from_secs(timeout_secs),
+            })
+            .await?;
+            bench_throughput::print_throughput_bench(format, &figures)
         }
     }
 }

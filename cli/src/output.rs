@@ -4,7 +4,7 @@ use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{ContentArrangement, Table};
 use serde_json::json;
 
-use models::{ComputePlan, Task};
+use models::{ComputePlan, PerformanceRow, Task};
 
 use crate::OutputFormat;
 
@@ -131,7 +131,9 @@ pub(crate) fn print_plan(
             let mut summary = table(&["plan", "name", "status", "tasks", "created"]);
             summary.add_row(plan_row(plan));
             print(summary);
-            let mut listing = table(&["rank", "task", "function", "worker", "status", "queue"]);
+            let mut listing = table(&[
+                "rank", "task", "function", "worker", "status", "queue", "ran on",
+            ]);
             for task in tasks {
                 let status = match task.waiting_reason {
                     Some(reason) => format!("{} ({reason})", task.status),
@@ -147,12 +149,61 @@ pub(crate) fn print_plan(
                     task.worker.to_string(),
                     status,
                     format!("baton.tasks.{}", task.requirements.routing_key()),
+                    task.worker_id
+                        .as_ref()
+                        .map_or_else(|| "-".to_owned(), ToString::to_string),
                 ]);
             }
             print(listing);
             Ok(())
         }
     }
+}
+
+/// Prints a plan that ran: the plan and its tasks, then its performance table (round, task,
+/// metric, organization, output, value); one JSON document with all three for scripts.
+pub(crate) fn print_plan_run(
+    format: OutputFormat,
+    plan: &ComputePlan,
+    tasks: &[Task],
+    function_names: &std::collections::HashMap<models::FunctionKey, String>,
+    performances: &[PerformanceRow],
+) -> anyhow::Result<()> {
+    if format == OutputFormat::Json {
+        return print_json(&json!({
+            "compute_plan": plan,
+            "tasks": tasks,
+            "performances": performances,
+        }));
+    }
+    print_plan(format, plan, tasks, function_names)?;
+    if performances.is_empty() {
+        print("no performance reported");
+        return Ok(());
+    }
+    print(performance_table(performances, tasks));
+    Ok(())
+}
+
+/// The performance table of a plan, naming each task from `tasks`.
+fn performance_table(performances: &[PerformanceRow], tasks: &[Task]) -> Table {
+    let mut listing = table(&["round", "task", "metric", "organization", "output", "value"]);
+    for row in performances {
+        let task = tasks
+            .iter()
+            .find(|task| task.key == row.task_key)
+            .and_then(|task| task.name.clone())
+            .unwrap_or_else(|| row.task_key.to_string());
+        listing.add_row(vec![
+            row.round_idx.to_string(),
+            task,
+            row.function_name.clone(),
+            row.worker.to_string(),
+            row.identifier.clone(),
+            row.performance.to_string(),
+        ]);
+    }
+    listing
 }
 
 /// Prints the broker benchmark: a table for people, then one JSON line per figure.
@@ -244,7 +295,7 @@ pub(crate) fn print_large_plan_bench(
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{performance_table, redact_url};
 
     #[test]
     fn passwords_are_redacted_from_urls() {
@@ -257,5 +308,30 @@ mod tests {
             "postgres://baton@127.0.0.1/baton"
         );
         assert_eq!(redact_url("not a url"), "not a url");
+    }
+
+    #[test]
+    fn the_performance_table_names_tasks_and_rounds() {
+        let task_key = models::TaskKey(uuid::Uuid::from_u128(7));
+        let row = models::PerformanceRow {
+            compute_plan_key: models::PlanKey(uuid::Uuid::from_u128(1)),
+            compute_plan_tag: "demo".into(),
+            compute_plan_status: models::PlanStatus::Done,
+            compute_plan_start_date: None,
+            compute_plan_end_date: None,
+            compute_plan_metadata: models::Metadata::new(),
+            worker: "hospital-a".into(),
+            task_key,
+            function_name: "evaluate".into(),
+            task_rank: 2,
+            round_idx: 0,
+            identifier: "accuracy".into(),
+            performance: 0.62,
+        };
+        let unnamed = performance_table(std::slice::from_ref(&row), &[]).to_string();
+        assert!(unnamed.contains(&task_key.to_string()), "{unnamed}");
+        for text in ["evaluate", "hospital-a", "accuracy", "0.62"] {
+            assert!(unnamed.contains(text), "{text} in {unnamed}");
+        }
     }
 }

@@ -1,10 +1,14 @@
-//! The `baton` command end to end: `migrate`, `demo` and `status` on a fresh database.
+//! The `baton` command end to end: `migrate`, `demo` (with its in-process dispatcher and real
+//! workers, on the test's own database and RabbitMQ vhost) and `status`.
+
+use std::collections::HashMap;
 
 use clap::Parser;
 
-use dispatcher::store::{plans, stats, tasks};
-use models::TaskStatus;
+use dispatcher::store::{execution, plans, stats, tasks};
+use models::{PlanStatus, TaskStatus};
 
+use crate::support::broker::TestBroker;
 use crate::support::db::TestDb;
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -20,53 +24,146 @@ fn baton(args: &[&str]) -> anyhow::Result<()> {
     ))
 }
 
+/// Shows the demo's logs (its dispatcher's and workers' too) for a failing test.
+fn show_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
 #[test]
-fn demo_migrates_registers_and_stores_a_federated_plan() {
+fn demo_runs_the_federated_plan_end_to_end_with_real_workers() {
+    show_logs();
     let runtime = runtime();
-    let db = runtime.block_on(TestDb::empty());
+    let (db, broker) = runtime.block_on(async { (TestDb::empty().await, TestBroker::new().await) });
     let url = db.url().to_owned();
+    let amqp_url = broker.url();
+    let dir = tempfile::tempdir().unwrap();
+    let demo_dir = dir.path().display().to_string();
+    let demo = |format: &str| {
+        baton(&[
+            "demo",
+            "--database-url",
+            &url,
+            "--amqp-url",
+            &amqp_url,
+            "--demo-dir",
+            &demo_dir,
+            "--output",
+            format,
+        ])
+    };
 
     baton(&["migrate", "--database-url", &url]).unwrap();
-    baton(&["demo", "--database-url", &url, "--output", "json"]).unwrap();
-    // A second demo reuses the registered federation and adds a second plan.
-    baton(&["demo", "--database-url", &url]).unwrap();
+    demo("json").unwrap();
+    // A second demo reuses the registered federation, and its workers register again under
+    // the same identifiers.
+    demo("table").unwrap();
     baton(&["status", "--database-url", &url]).unwrap();
 
     runtime.block_on(async {
         let mut conn = db.connect().await;
-        let counts: std::collections::HashMap<String, i64> = stats::row_counts(&mut conn)
+        let counts: HashMap<String, i64> = stats::row_counts(&mut conn)
             .await
             .unwrap()
             .into_iter()
             .collect();
-        assert_eq!(counts["organizations"], 2);
+        assert_eq!(counts["organizations"], 2, "{counts:?}");
+        assert_eq!(counts["users"], 2, "demo and guest, the workers' owner");
         assert_eq!(counts["functions"], 3);
+        assert_eq!(counts["datasets"], 2);
         assert_eq!(counts["data_samples"], 4);
+        assert_eq!(counts["workers"], 2);
         assert_eq!(counts["compute_plans"], 2);
         assert_eq!(counts["tasks"], 24);
-        assert_eq!(counts["task_state_changes"], 24);
-        // The two first-round training tasks of each plan are ready.
-        assert_eq!(counts["outbox"], 4);
+        assert_eq!(counts["outbox"], 0, "every ready task was published");
 
         let listed = plans::list_plans(&mut conn, None, 10, 0).await.unwrap();
-        let plan = &listed[0];
-        assert_eq!(plan.counters.task_count, 12);
-        let stored = tasks::list_plan_tasks(&mut conn, plan.key, None)
-            .await
-            .unwrap();
-        let max_rank = stored.iter().map(|t| t.rank).max();
-        assert_eq!(
-            max_rank,
-            Some(6),
-            "three rounds of train → aggregate → next train"
-        );
-        let ready: Vec<_> = stored
-            .iter()
-            .filter(|t| t.status == TaskStatus::Todo)
-            .map(|t| (t.rank, t.worker.to_string()))
-            .collect();
-        assert_eq!(ready.len(), 2);
-        assert!(ready.iter().all(|(rank, _)| *rank == 0));
+        assert_eq!(listed.len(), 2);
+        for plan in &listed {
+            assert_eq!(plan.status, PlanStatus::Done, "{plan:?}");
+            assert_eq!(plan.counters.task_count, 12);
+            assert_eq!(plan.counters.done_count, 12);
+
+            let stored = tasks::list_plan_tasks(&mut conn, plan.key, None)
+                .await
+                .unwrap();
+            assert_eq!(stored.len(), 12);
+            assert_eq!(
+                stored.iter().map(|t| t.rank).max(),
+                Some(6),
+                "three rounds of train → aggregate → next train"
+            );
+            for task in &stored {
+                let name = task.name.clone().unwrap_or_default();
+                assert_eq!(task.status, TaskStatus::Done, "{name}: {task:?}");
+                // Each task ran on the worker of the hospital it requires.
+                let hospital = if name.contains("hospital-b") {
+                    "hospital-b"
+                } else {
+                    "hospital-a"
+                };
+                assert_eq!(
+                    task.worker_id.as_ref().map(|w| w.to_string()),
+                    Some(format!("{hospital}-worker")),
+                    "{name}"
+                );
+                if name.starts_with("train") || name.starts_with("aggregate") {
+                    let stored_models = execution::list_task_models(&mut conn, task.key)
+                        .await
+                        .unwrap();
+                    assert_eq!(stored_models.len(), 1, "{name} stored its model");
+                    let file = stored_models[0].address.clone().unwrap();
+                    let path = dir.path().join("artifacts").join(&file.storage_address);
+                    assert!(path.is_file(), "{name}: {}", path.display());
+                }
+                if name.starts_with("train") {
+                    let losses = execution::list_measurements(&mut conn, task.key, Some("loss"))
+                        .await
+                        .unwrap();
+                    assert_eq!(losses.len(), 3, "{name} reported its loss curve");
+                }
+            }
+
+            // The last aggregate holds what every training of every round wrote.
+            let last = stored
+                .iter()
+                .find(|t| t.name.as_deref() == Some("aggregate r2"))
+                .unwrap();
+            let stored_models = execution::list_task_models(&mut conn, last.key)
+                .await
+                .unwrap();
+            let file = stored_models[0].address.clone().unwrap();
+            let model =
+                std::fs::read_to_string(dir.path().join("artifacts").join(&file.storage_address))
+                    .unwrap();
+            for round in 0..3 {
+                for hospital in ["hospital-a", "hospital-b"] {
+                    let line = format!("{hospital} trained round {round} on 2 samples");
+                    assert!(model.contains(&line), "{line:?} in {model}");
+                }
+            }
+
+            let performances = plans::performance_table(&mut conn, plan.key).await.unwrap();
+            let values: Vec<(i64, f64)> = performances
+                .iter()
+                .map(|row| (row.round_idx, row.performance))
+                .collect();
+            assert_eq!(values.len(), 3, "{values:?}");
+            assert_eq!(
+                values.iter().map(|(round, _)| *round).collect::<Vec<_>>(),
+                [0, 1, 2]
+            );
+            assert!(
+                values.windows(2).all(|pair| pair[0].1 < pair[1].1),
+                "the accuracy grows with each round: {values:?}"
+            );
+            assert!((values[0].1 - 0.62).abs() < 1e-9, "{values:?}");
+        }
     });
 }
 
@@ -85,6 +182,32 @@ fn an_unreachable_database_is_a_clear_error() {
     );
     assert!(
         !message.contains("secret"),
+        "the password is not shown: {message}"
+    );
+}
+
+#[test]
+fn a_demo_without_rabbitmq_is_a_clear_error() {
+    let runtime = runtime();
+    let db = runtime.block_on(TestDb::empty());
+    let dir = tempfile::tempdir().unwrap();
+    let error = baton(&[
+        "demo",
+        "--database-url",
+        db.url(),
+        "--amqp-url",
+        "amqp://guest:s3cret@127.0.0.1:1/%2f",
+        "--demo-dir",
+        &dir.path().display().to_string(),
+    ])
+    .unwrap_err();
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("connecting to RabbitMQ at amqp://guest:***@127.0.0.1:1/%2f"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("s3cret"),
         "the password is not shown: {message}"
     );
 }

@@ -1,0 +1,852 @@
+//! `baton bench throughput`: how many independent no-op tasks per second go through the whole
+//! path (submission over AMQP, storage, outbox relay, claim, run, report, DONE in PostgreSQL),
+//! with a plain-lapin confirmed publish + consume baseline measured in the same run.
+//!
+//! It brings up everything it needs on the local services and removes it afterwards: a RabbitMQ
+//! vhost and a PostgreSQL database of its own, a dispatcher and one worker (or more, with
+//! `--workers`) in this process. The worker runs the one-step function `noop` (argv `true`)
+//! either in-process, through a handler named `noop`, or as a subprocess, when no handler is
+//! registered.
+//!
+//! Each device gets a warm-up plan (not counted, it also waits for the workers' registration),
+//! then `runs` measured runs, each of fresh plans, alternating with runs of the baseline.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use chrono::Utc;
+use comfy_table::presets::UTF8_FULL_CONDENSED;
+use comfy_table::{ContentArrangement, Table};
+use diesel::sql_query;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use serde_json::json;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use broker::topology::SUBMIT_EXCHANGE;
+use broker::{Broker, BrokerConfig, RpcClient};
+use dispatcher::store::{self, catalog, plans};
+use models::function::RetryPolicy;
+use models::submission::{NewTask, PlanSubmission};
+use models::validation::plan::Limits;
+use models::wire::{SubmissionReply, WireMessage};
+use models::{
+    Function, FunctionKey, FunctionStatus, Metadata, Organization, OrganizationId, Permission,
+    Permissions, PlanCounters, PlanKey, PlanStatus, RequirementSet, Role, Step, TaskKey, User,
+};
+
+use crate::bench::{BenchVhost, BrokerBench, median, run_lapin};
+use crate::{OutputFormat, ThroughputDevices};
+
+/// The organization the benchmark's dispatcher acts as.
+const ORGANIZATION: &str = "bench";
+
+/// The function every task runs, and the name of the worker's in-process handler.
+const FUNCTION_NAME: &str = "noop";
+
+/// How long one plan submission may wait for the dispatcher's answer: storing a plan of the
+/// largest allowed batch takes seconds, and the first one waits for the dispatcher to start.
+const SUBMIT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How often the stored plans are read while waiting for them to be DONE: short against a run
+/// of a second or more, long enough not to load PostgreSQL.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Tasks of the warm-up plan run before each device's measured runs.
+const WARM_UP_TASKS: u32 = 100;
+
+/// How long the dispatcher and each worker get to stop before their tasks are aborted.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Options of `baton bench throughput`.
+#[derive(Clone, Debug)]
+pub(crate) struct ThroughputBench {
+    /// A PostgreSQL URL whose role may create databases; the benchmark makes its own next to it.
+    pub(crate) database_url: String,
+    /// RabbitMQ and its management API; `messages` and `runs` are those of the baseline.
+    pub(crate) broker: BrokerBench,
+    /// Tasks per run.
+    pub(crate) tasks: u32,
+    /// Which devices to measure.
+    pub(crate) devices: ThroughputDevices,
+    /// Measured runs per device.
+    pub(crate) runs: u32,
+    /// Tasks each worker runs at once.
+    pub(crate) executor_limit: u32,
+    /// Workers, each with `executor_limit` slots.
+    pub(crate) workers: u32,
+    /// Plans the tasks of a run are split across (default: as few as the batch limit allows).
+    pub(crate) plans: Option<u32>,
+    /// How long one run may take before it is declared hung.
+    pub(crate) run_timeout: Duration,
+}
+
+/// How the worker runs the `noop` step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Device {
+    /// In-process, through a registered handler that returns at once.
+    Handler,
+    /// As a subprocess running `true`, in an attempt workspace.
+    Subprocess,
+}
+
+impl Device {
+    fn name(self) -> &'static str {
+        match self {
+            Device::Handler => "handler",
+            Device::Subprocess => "subprocess",
+        }
+    }
+}
+
+/// What one device measured.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct DeviceFigures {
+    /// The device.
+    pub(crate) device: Device,
+    /// Seconds from the first submission to every plan DONE, per run.
+    pub(crate) run_secs: Vec<f64>,
+    /// Seconds until every plan of a run was accepted, per run.
+    pub(crate) submit_secs: Vec<f64>,
+    /// Median tasks per second.
+    pub(crate) tasks_per_sec: f64,
+    /// Milliseconds of wall time per task at that rate.
+    pub(crate) per_task_ms: f64,
+    /// The baseline's msgs/s per run, measured between this device's runs.
+    pub(crate) ceiling_runs: Vec<f64>,
+    /// Median of `ceiling_runs`.
+    pub(crate) ceiling_msgs_per_sec: f64,
+    /// `tasks_per_sec / ceiling_msgs_per_sec`.
+    pub(crate) ratio: f64,
+}
+
+/// What `baton bench throughput` measured.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct ThroughputFigures {
+    /// Tasks per run.
+    pub(crate) tasks: u32,
+    /// Plans per run.
+    pub(crate) plans: u32,
+    /// Measured runs per device.
+    pub(crate) runs: u32,
+    /// Tasks each worker ran at once.
+    pub(crate) executor_limit: u32,
+    /// Workers.
+    pub(crate) workers: u32,
+    /// One entry per device measured.
+    pub(crate) devices: Vec<DeviceFigures>,
+}
+
+/// A service running in a task of this process, with its shutdown token.
+type Service = (CancellationToken, JoinHandle<anyhow::Result<()>>);
+
+/// The dispatcher and workers this benchmark runs in-process.
+#[derive(Default)]
+struct Services {
+    dispatcher: Option<Service>,
+    workers: Vec<Service>,
+}
+
+impl Services {
+    /// An error if the dispatcher or a worker stopped on its own.
+    async fn check(&mut self) -> anyhow::Result<()> {
+        if let Some((_, handle)) = &self.dispatcher
+            && handle.is_finished()
+            && let Some((_, handle)) = self.dispatcher.take()
+        {
+            return stopped("dispatcher", handle).await;
+        }
+        if let Some(index) = self
+            .workers
+            .iter()
+            .position(|(_, handle)| handle.is_finished())
+        {
+            let (_, handle) = self.workers.swap_remove(index);
+            return stopped("worker", handle).await;
+        }
+        Ok(())
+    }
+
+    /// Stops the workers and waits for them.
+    async fn stop_workers(&mut self) -> anyhow::Result<()> {
+        let mut outcome = Ok(());
+        for worker in std::mem::take(&mut self.workers) {
+            let stopped = stop("worker", Some(worker)).await;
+            if outcome.is_ok() {
+                outcome = stopped;
+            }
+        }
+        outcome
+    }
+
+    /// Stops the workers and the dispatcher.
+    async fn stop_all(&mut self) -> anyhow::Result<()> {
+        let workers = self.stop_workers().await;
+        let dispatcher = stop("dispatcher", self.dispatcher.take()).await;
+        workers.and(dispatcher)
+    }
+}
+
+/// The error to report for service `name` that ended during the benchmark.
+async fn stopped(name: &str, handle: JoinHandle<anyhow::Result<()>>) -> anyhow::Result<()> {
+    match handle.await {
+        Ok(Ok(())) => bail!("the {name} stopped during the benchmark"),
+        Ok(Err(error)) => Err(error.context(format!("the {name} stopped during the benchmark"))),
+        Err(join_error) => bail!("the {name} panicked: {join_error}"),
+    }
+}
+
+/// Cancels a service's token and waits for it (aborting it after [`STOP_TIMEOUT`]).
+async fn stop(name: &str, service: Option<Service>) -> anyhow::Result<()> {
+    let Some((token, mut handle)) = service else {
+        return Ok(());
+    };
+    token.cancel();
+    match tokio::time::timeout(STOP_TIMEOUT, &mut handle).await {
+        Ok(Ok(result)) => result.with_context(|| format!("stopping the {name}")),
+        Ok(Err(join_error)) => Err(anyhow::anyhow!("the {name} panicked: {join_error}")),
+        Err(_) => {
+            handle.abort();
+            bail!("the {name} did not stop within {STOP_TIMEOUT:?}")
+        }
+    }
+}
+
+fn url_with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, format!("?{query}")),
+        None => (url, String::new()),
+    };
+    let root = base.rsplit_once('/').map_or(base, |(root, _)| root);
+    format!("{root}/{database}{query}")
+}
+
+fn noop_function(owner: &OrganizationId) -> Function {
+    let now = Utc::now();
+    Function {
+        key: FunctionKey(Uuid::new_v4()),
+        name: FUNCTION_NAME.into(),
+        display_name: None,
+        summary: None,
+        owner: owner.clone(),
+        creator: None,
+        project: None,
+        permissions: Permissions::new(Permission::public(owner)),
+        metadata: Metadata::new(),
+        description: None,
+        archive: None,
+        image: None,
+        inputs: Vec::new(),
+        outputs: Vec::new(),
+        steps: vec![Step {
+            timeout_secs: None,
+            name: "noop".into(),
+            command: vec!["true".into()],
+        }],
+        build_steps: Vec::new(),
+        parameters: Vec::new(),
+        parameter_schema: None,
+        workspace: None,
+        kind: None,
+        requirements: RequirementSet::any(),
+        retry: RetryPolicy::default(),
+        timeout_secs: None,
+        is_enabled: true,
+        status: FunctionStatus::Ready,
+        data: json!({}),
+        creation_date: now,
+        update_date: now,
+    }
+}
+
+/// Registers the organization, the user the worker connects as, and the `noop` function.
+async fn seed(
+    conn: &mut AsyncPgConnection,
+    organization: &OrganizationId,
+    worker_user: &str,
+) -> anyhow::Result<FunctionKey> {
+    let now = Utc::now();
+    catalog::insert_organization(
+        conn,
+        &Organization {
+            id: organization.clone(),
+            address: None,
+            is_current: true,
+            creation_date: now,
+        },
+    )
+    .await
+    .context("registering the benchmark's organization")?;
+    // A worker's owner is the RabbitMQ user it connects as, which must be a baton user.
+    catalog::insert_user(
+        conn,
+        &User {
+            identifier: worker_user.into(),
+            display_name: "benchmark worker".into(),
+            organization: organization.clone(),
+            roles: vec![Role::Worker, Role::Producer],
+            is_enabled: true,
+            creation_date: now,
+            update_date: now,
+        },
+    )
+    .await
+    .with_context(|| format!("registering the user {worker_user} the worker connects as"))?;
+    let function = noop_function(organization);
+    catalog::insert_function(conn, &function)
+        .await
+        .context("registering the noop function")?;
+    Ok(function.key)
+}
+
+/// `tasks` independent tasks of `function`, split as evenly as possible across `plans` plans.
+fn plans_of(
+    tasks: u32,
+    plans: u32,
+    function: FunctionKey,
+    owner: &OrganizationId,
+) -> Vec<PlanSubmission> {
+    let base = tasks / plans;
+    let extra = tasks % plans;
+    (0..plans)
+        .map(|plan| {
+            let size = base + u32::from(plan < extra);
+            PlanSubmission {
+                key: PlanKey(Uuid::new_v4()),
+                name: format!("throughput {}", plan + 1),
+                tag: "bench".into(),
+                metadata: Metadata::new(),
+                project: None,
+                tasks: (0..size)
+                    .map(|_| NewTask {
+                        key: TaskKey(Uuid::new_v4()),
+                        function_key: function,
+                        name: None,
+                        inputs: Vec::new(),
+                        outputs: Default::default(),
+                        parameters: serde_json::Map::new(),
+                        metadata: Metadata::new(),
+                        tag: String::new(),
+                        worker: Some(owner.clone()),
+                        requirements: RequirementSet::any(),
+                        input_type: None,
+                        input: serde_json::Value::Null,
+                    })
+                    .collect(),
+            }
+        })
+        .filter(|plan| !plan.tasks.is_empty())
+        .collect()
+}
+
+/// What one run measured.
+struct RunTimes {
+    /// From the first submission to every plan DONE.
+    total: Duration,
+    /// From the first submission to every plan accepted.
+    submitted: Duration,
+}
+
+/// Submits `plans` over AMQP and waits until all are DONE in PostgreSQL.
+async fn run_plans(
+    plans: &[PlanSubmission],
+    rpc: &RpcClient,
+    conn: &mut AsyncPgConnection,
+    services: &mut Services,
+    run_timeout: Duration,
+) -> anyhow::Result<RunTimes> {
+    let tasks: usize = plans.iter().map(|plan| plan.tasks.len()).sum();
+    let started = Instant::now();
+    let replies = futures::future::join_all(plans.iter().map(|plan| {
+        rpc.call::<_, SubmissionReply>(SUBMIT_EXCHANGE, PlanSubmission::KIND, plan, SUBMIT_TIMEOUT)
+    }))
+    .await;
+    for (plan, reply) in plans.iter().zip(replies) {
+        match reply.with_context(|| format!("submitting plan {}", plan.key))? {
+            SubmissionReply::Accepted { .. } => {}
+            SubmissionReply::Rejected { error, details, .. } => {
+                let problems = details
+                    .iter()
+                    .map(|detail| format!("{}: {}", detail.path, detail.message))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                bail!("plan {} was rejected ({error}): {problems}", plan.key)
+            }
+        }
+    }
+    let submitted = started.elapsed();
+
+    let mut pending: Vec<PlanKey> = plans.iter().map(|plan| plan.key).collect();
+    let mut finished = PlanCounters::default();
+    loop {
+        let mut unfinished = PlanCounters::default();
+        let mut still_pending = Vec::with_capacity(pending.len());
+        for key in pending {
+            let plan = plans::find_plan(conn, key)
+                .await
+                .with_context(|| format!("reading plan {key}"))?
+                .with_context(|| format!("plan {key} was accepted but is not stored"))?;
+            match plan.status {
+                PlanStatus::Done => add(&mut finished, &plan.counters),
+                PlanStatus::Failed | PlanStatus::Canceled => bail!(
+                    "plan {key} ended {}: {}",
+                    plan.status,
+                    describe(&plan.counters)
+                ),
+                _ => {
+                    add(&mut unfinished, &plan.counters);
+                    still_pending.push(key);
+                }
+            }
+        }
+        pending = still_pending;
+        if pending.is_empty() {
+            return Ok(RunTimes {
+                total: started.elapsed(),
+                submitted,
+            });
+        }
+        if started.elapsed() > run_timeout {
+            add(&mut unfinished, &finished);
+            bail!(
+                "the run did not end within {run_timeout:?}: {} of {tasks} tasks DONE ({})",
+                unfinished.done_count,
+                describe(&unfinished)
+            );
+        }
+        services.check().await?;
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+fn add(total: &mut PlanCounters, counters: &PlanCounters) {
+    total.task_count += counters.task_count;
+    total.waiting_count += counters.waiting_count;
+    total.todo_count += counters.todo_count;
+    total.doing_count += counters.doing_count;
+    total.done_count += counters.done_count;
+    total.failed_count += counters.failed_count;
+    total.canceled_count += counters.canceled_count;
+}
+
+fn describe(counters: &PlanCounters) -> String {
+    format!(
+        "{} waiting, {} todo, {} doing, {} done, {} failed, {} canceled",
+        counters.waiting_count,
+        counters.todo_count,
+        counters.doing_count,
+        counters.done_count,
+        counters.failed_count,
+        counters.canceled_count
+    )
+}
+
+/// Starts in-process worker number `index` running tasks on `device`.
+fn start_worker(
+    amqp_url: &str,
+    device: Device,
+    index: u32,
+    executor_limit: u32,
+    dir: &Path,
+) -> anyhow::Result<Service> {
+    // One identifier per device: the dispatcher refuses a worker whose identifier is still
+    // active, and the previous device's worker stopped only a moment ago.
+    let id = match index {
+        0 => format!("bench-worker-{}", device.name()),
+        _ => format!("bench-worker-{}-{index}", device.name()),
+    };
+    let mut config = worker::WorkerConfig::new(
+        BrokerConfig::new(amqp_url, format!("baton-{id}")),
+        id.as_str().into(),
+        ORGANIZATION.into(),
+    );
+    config.executor_limit = executor_limit;
+    config.work_root = dir.join(format!("work-{id}"));
+    let artifacts_dir = dir.join("artifacts");
+    let artifacts = worker::artifacts::LocalStore::new(&artifacts_dir).with_context(|| {
+        format!(
+            "opening the benchmark's artifact store {}",
+            artifacts_dir.display()
+        )
+    })?;
+    let mut builder = worker::Worker::builder(config, Arc::new(artifacts));
+    if device == Device::Handler {
+        builder = builder.handler(FUNCTION_NAME, |_context| async { Ok(()) });
+    }
+    let token = CancellationToken::new();
+    let handle = tokio::spawn(builder.build().run(token.clone()));
+    Ok((token, handle))
+}
+
+/// Runs the lapin baseline with `count` messages, once more if it fails: its connections are
+/// new each run and now and then one is closed under it, which says nothing about the speed.
+async fn lapin_with_retry(amqp_url: &str, count: u32) -> anyhow::Result<Duration> {
+    match run_lapin(amqp_url, count).await {
+        Ok(elapsed) => Ok(elapsed),
+        Err(error) => {
+            tracing::warn!("the lapin baseline failed, running it again: {error:#}");
+            run_lapin(amqp_url, count)
+                .await
+                .context("running the lapin baseline")
+        }
+    }
+}
+
+/// Everything one benchmark needs once its vhost and database exist.
+struct Setup<'a> {
+    options: &'a ThroughputBench,
+    amqp_url: String,
+    database_url: String,
+    dir: PathBuf,
+    plans: u32,
+}
+
+impl Setup<'_> {
+    async fn measure(&self, services: &mut Services) -> anyhow::Result<Vec<DeviceFigures>> {
+        store::run_migrations(&self.database_url)
+            .await
+            .context("migrating the benchmark database")?;
+        let mut conn = AsyncPgConnection::establish(&self.database_url)
+            .await
+            .context("connecting to the benchmark database")?;
+        let client = Broker::connect(BrokerConfig::new(&self.amqp_url, "baton-bench-producer"))
+            .await
+            .context("connecting the benchmark's producer to RabbitMQ")?;
+        // Declared here too (the same topology the dispatcher declares), so submissions sent
+        // while the dispatcher starts wait in their queue.
+        client
+            .declare_topology()
+            .await
+            .context("declaring the RabbitMQ topology")?;
+        let rpc = RpcClient::new(&client).await?;
+        let organization = OrganizationId::from(ORGANIZATION);
+        let function = seed(&mut conn, &organization, client.user()).await?;
+
+        let dispatcher_token = CancellationToken::new();
+        let config = dispatcher::service::DispatcherConfig::new(
+            self.database_url.clone(),
+            BrokerConfig::new(&self.amqp_url, "baton-dispatcher"),
+            organization.clone(),
+        );
+        services.dispatcher = Some((
+            dispatcher_token.clone(),
+            tokio::spawn(dispatcher::service::run(config, dispatcher_token)),
+        ));
+
+        let devices = match self.options.devices {
+            ThroughputDevices::Handler => vec![Device::Handler],
+            ThroughputDevices::Subprocess => vec![Device::Subprocess],
+            ThroughputDevices::Both => vec![Device::Handler, Device::Subprocess],
+        };
+        let mut figures = Vec::new();
+        let outcome = async {
+            // The baseline's queue and code paths warmed up, not counted.
+            lapin_with_retry(&self.amqp_url, self.options.tasks.min(2_000))
+                .await
+                .context("warming up")?;
+            for device in devices {
+                figures.push(
+                    self.measure_device(device, function, &rpc, &mut conn, services)
+                        .await
+                        .with_context(|| format!("measuring the {} device", device.name()))?,
+                );
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(error) = client.close().await {
+            tracing::debug!("closing the producer's connection: {error}");
+        }
+        outcome.map(|()| figures)
+    }
+
+    async fn measure_device(
+        &self,
+        device: Device,
+        function: FunctionKey,
+        rpc: &RpcClient,
+        conn: &mut AsyncPgConnection,
+        services: &mut Services,
+    ) -> anyhow::Result<DeviceFigures> {
+        let options = self.options;
+        let organization = OrganizationId::from(ORGANIZATION);
+        for index in 0..options.workers {
+            services.workers.push(start_worker(
+                &self.amqp_url,
+                device,
+                index,
+                options.executor_limit,
+                &self.dir,
+            )?);
+        }
+        // Waits for the dispatcher to start and the workers to register; not counted.
+        let warm_up = plans_of(options.tasks.min(WARM_UP_TASKS), 1, function, &organization);
+        let started = Instant::now();
+        run_plans(&warm_up, rpc, conn, services, SUBMIT_TIMEOUT)
+            .await
+            .context("running the warm-up plan")?;
+        tracing::info!(
+            "{} device: warm-up done in {:.2} s",
+            device.name(),
+            started.elapsed().as_secs_f64()
+        );
+
+        let mut run_secs = Vec::new();
+        let mut submit_secs = Vec::new();
+        let mut ceiling_runs = Vec::new();
+        let tasks = f64::from(options.tasks);
+        for run in 0..options.runs {
+            let plans = plans_of(options.tasks, self.plans, function, &organization);
+            let lapin = || async {
+                let elapsed = lapin_with_retry(&self.amqp_url, options.tasks).await?;
+                anyhow::Ok(tasks / elapsed.as_secs_f64())
+            };
+            // Alternate the order, so neither side always runs on a warmer machine.
+            let times = if run.is_multiple_of(2) {
+                ceiling_runs.push(lapin().await?);
+                run_plans(&plans, rpc, conn, services, options.run_timeout).await
+            } else {
+                let times = run_plans(&plans, rpc, conn, services, options.run_timeout).await;
+                if times.is_ok() {
+                    ceiling_runs.push(lapin().await?);
+                }
+                times
+            }
+            .with_context(|| format!("run {}", run + 1))?;
+            run_secs.push(times.total.as_secs_f64());
+            submit_secs.push(times.submitted.as_secs_f64());
+            tracing::info!(
+                "{} device, run {}: {:.0} tasks/s (plans accepted after {:.2} s), lapin {:.0} msgs/s",
+                device.name(),
+                run + 1,
+                tasks / times.total.as_secs_f64(),
+                times.submitted.as_secs_f64(),
+                ceiling_runs[ceiling_runs.len() - 1],
+            );
+        }
+        services.stop_workers().await?;
+
+        let tasks_per_sec = median(run_secs.iter().map(|secs| tasks / secs).collect());
+        let ceiling_msgs_per_sec = median(ceiling_runs.clone());
+        Ok(DeviceFigures {
+            device,
+            run_secs,
+            submit_secs,
+            tasks_per_sec,
+            per_task_ms: 1_000.0 / tasks_per_sec,
+            ceiling_runs,
+            ceiling_msgs_per_sec,
+            ratio: tasks_per_sec / ceiling_msgs_per_sec,
+        })
+    }
+}
+
+/// Runs the throughput benchmark in a vhost and a database of its own, both removed afterwards.
+pub(crate) async fn throughput(options: ThroughputBench) -> anyhow::Result<ThroughputFigures> {
+    anyhow::ensure!(options.tasks >= 1, "--tasks must be at least 1");
+    anyhow::ensure!(options.runs >= 1, "--runs must be at least 1");
+    anyhow::ensure!(
+        options.executor_limit >= 1,
+        "--executor-limit must be at least 1"
+    );
+    anyhow::ensure!(options.workers >= 1, "--workers must be at least 1");
+    let max_tasks = u32::try_from(Limits::DEFAULT.max_tasks).unwrap_or(u32::MAX);
+    let plans = options
+        .plans
+        .unwrap_or_else(|| options.tasks.div_ceil(max_tasks));
+    anyhow::ensure!(
+        (1..=options.tasks).contains(&plans),
+        "--plans must be between 1 and --tasks ({})",
+        options.tasks
+    );
+    anyhow::ensure!(
+        options.tasks.div_ceil(plans) <= max_tasks,
+        "--plans {plans} puts more than {max_tasks} tasks in a plan, the submission batch limit"
+    );
+
+    let name = format!("baton_bench_{}", Uuid::new_v4().simple());
+    let mut admin = AsyncPgConnection::establish(&options.database_url)
+        .await
+        .with_context(|| {
+            format!(
+                "connecting to PostgreSQL at {} (set --database-url or BATON_DATABASE_URL)",
+                crate::output::redact_url(&options.database_url)
+            )
+        })?;
+    let vhost = BenchVhost::create(&options.broker).await?;
+    let dir = std::env::temp_dir().join(&name);
+    let created = async {
+        sql_query(format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .context("creating the benchmark database (the role needs CREATEDB)")?;
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating the benchmark directory {}", dir.display()))
+    }
+    .await;
+
+    let mut services = Services::default();
+    let outcome = match created {
+        Ok(()) => {
+            let setup = Setup {
+                options: &options,
+                amqp_url: vhost.amqp_url(),
+                database_url: url_with_database(&options.database_url, &name),
+                dir: dir.clone(),
+                plans,
+            };
+            setup.measure(&mut services).await
+        }
+        Err(error) => Err(error),
+    };
+
+    // Clean up whatever happened; the first error is the one reported, the others logged.
+    let cleanups = [
+        services.stop_all().await,
+        sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut admin)
+            .await
+            .map(drop)
+            .context("dropping the benchmark database"),
+        vhost.delete().await,
+        match std::fs::remove_dir_all(&dir) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                Err(anyhow::Error::from(error).context(format!(
+                    "removing the benchmark directory {}",
+                    dir.display()
+                )))
+            }
+            _ => Ok(()),
+        },
+    ];
+    let devices = match outcome {
+        Ok(devices) => {
+            for cleanup in cleanups {
+                cleanup?;
+            }
+            devices
+        }
+        Err(error) => {
+            for cleanup in cleanups {
+                if let Err(cleanup_error) = cleanup {
+                    tracing::warn!("cleaning up after a failed benchmark: {cleanup_error:#}");
+                }
+            }
+            return Err(error);
+        }
+    };
+    Ok(ThroughputFigures {
+        tasks: options.tasks,
+        plans,
+        runs: options.runs,
+        executor_limit: options.executor_limit,
+        workers: options.workers,
+        devices,
+    })
+}
+
+// The CLI's purpose is to print for its user.
+#[allow(clippy::print_stdout)]
+fn print(text: impl std::fmt::Display) {
+    println!("{text}");
+}
+
+/// Prints the throughput benchmark: a table for people, then one JSON line per device.
+pub(crate) fn print_throughput_bench(
+    format: OutputFormat,
+    figures: &ThroughputFigures,
+) -> anyhow::Result<()> {
+    if format == OutputFormat::Table {
+        let mut summary = Table::new();
+        summary
+            .load_style(UTF8_FULL_CONDENSED)
+            .set_content_arrangement(ContentArrangement::Dynamic)
+            .set_header(vec![
+                format!(
+                    "throughput: {} no-op tasks in {} plan(s), {} worker(s) × {} slots",
+                    figures.tasks, figures.plans, figures.workers, figures.executor_limit
+                ),
+                "median tasks/s".to_owned(),
+                "ms per task".to_owned(),
+                "lapin msgs/s".to_owned(),
+                "ratio".to_owned(),
+                "runs (tasks/s)".to_owned(),
+                "plans accepted after (s)".to_owned(),
+            ]);
+        for device in &figures.devices {
+            let rates = device
+                .run_secs
+                .iter()
+                .map(|secs| format!("{:.0}", f64::from(figures.tasks) / secs))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let submits = device
+                .submit_secs
+                .iter()
+                .map(|secs| format!("{secs:.2}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            summary.add_row(vec![
+                device.device.name().to_owned(),
+                format!("{:.0}", device.tasks_per_sec),
+                format!("{:.2}", device.per_task_ms),
+                format!("{:.0}", device.ceiling_msgs_per_sec),
+                format!("{:.3}", device.ratio),
+                rates,
+                submits,
+            ]);
+        }
+        print(summary);
+    }
+    for device in &figures.devices {
+        let line = json!({
+            "scenario": "throughput",
+            "device": device.device,
+            "tasks": figures.tasks,
+            "plans": figures.plans,
+            "runs": figures.runs,
+            "executor_limit": figures.executor_limit,
+            "workers": figures.workers,
+            "tasks_per_sec": device.tasks_per_sec,
+            "per_task_ms": device.per_task_ms,
+            "ceiling_msgs_per_sec": device.ceiling_msgs_per_sec,
+            "ratio": device.ratio,
+            "run_secs": device.run_secs,
+            "submit_secs": device.submit_secs,
+        });
+        print(serde_json::to_string(&line)?);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{plans_of, url_with_database};
+    use models::{FunctionKey, OrganizationId};
+
+    #[test]
+    fn tasks_are_split_evenly_across_plans() {
+        let owner = OrganizationId::from("bench");
+        let sizes = |tasks, plans| {
+            plans_of(tasks, plans, FunctionKey(uuid::Uuid::nil()), &owner)
+                .iter()
+                .map(|plan| plan.tasks.len())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(sizes(10, 3), vec![4, 3, 3]);
+        assert_eq!(sizes(2, 2), vec![1, 1]);
+        assert_eq!(sizes(5, 1), vec![5]);
+    }
+
+    #[test]
+    fn database_is_replaced_in_the_url() {
+        assert_eq!(
+            url_with_database("postgres://u:p@h:5432/baton?sslmode=disable", "x"),
+            "postgres://u:p@h:5432/x?sslmode=disable"
+        );
+    }
+}
