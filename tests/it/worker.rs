@@ -1231,3 +1231,88 @@ async fn a_disconnect_order_lets_running_work_finish_then_the_worker_leaves() {
         .await;
     assert_eq!(done.status, TaskStatus::Done);
 }
+
+/// The local device, with a parameter schema of its own.
+struct Lab(worker::LocalDevice);
+
+impl worker::Device for Lab {
+    fn info(&self) -> models::wire::DeviceInfo {
+        models::wire::DeviceInfo {
+            id: "lab-1".into(),
+            device_type: "lab".into(),
+            input_type: None,
+            parameter_schema: Some(serde_json::json!({
+                "type": "object",
+                "properties": {"voltage": {"type": "number", "maximum": 10}},
+                "required": ["voltage"],
+            })),
+        }
+    }
+
+    fn run(
+        &self,
+        job: worker::device::Job,
+    ) -> futures::future::BoxFuture<'_, worker::device::DeviceRun> {
+        self.0.run(job)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameters_are_checked_against_the_device_schema_before_anything_runs() {
+    let setup = Setup::new(chrono::Duration::seconds(10), &[]).await;
+    let marker = setup.dir.path().join("ran");
+    let lab = function(
+        721,
+        "lab",
+        &[
+            &["touch", "{parameters.marker}"],
+            &["true", "{parameters.voltage}"],
+        ],
+        Vec::new(),
+        Vec::new(),
+    );
+    setup.cluster.seed(&[lab]).await;
+    let store = LocalStore::new(setup.artifacts()).unwrap();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(
+        Worker::builder(setup.config("lab-host"), Arc::new(store))
+            .device(Arc::new(Lab(worker::LocalDevice::default())))
+            .build()
+            .run(stop.clone()),
+    );
+    let marker_of = |n: u32| format!("{}-{n}", marker.display());
+    for (n, voltage) in [(1u128, 230), (2, 5)] {
+        setup
+            .submit(&plan(
+                720 + n * 10,
+                vec![task(
+                    n,
+                    721,
+                    &[],
+                    &[],
+                    serde_json::json!({"voltage": voltage, "marker": marker_of(n as u32)}),
+                )],
+            ))
+            .await;
+    }
+    let refused = setup
+        .wait_for_task(1, "FAILED", |t| t.status.is_terminal())
+        .await;
+    assert_eq!(refused.status, TaskStatus::Failed);
+    let message = refused.error_message.unwrap_or_default();
+    assert!(
+        message.contains("device lab-1") && message.contains("/voltage"),
+        "{message}"
+    );
+    let done = setup
+        .wait_for_task(2, "DONE", |t| t.status.is_terminal())
+        .await;
+    assert_eq!(done.status, TaskStatus::Done);
+    assert!(
+        !Path::new(&marker_of(1)).exists(),
+        "no step of the refused task ran"
+    );
+    assert!(Path::new(&marker_of(2)).exists());
+    stop.cancel();
+    running.await.unwrap().unwrap();
+}
