@@ -419,6 +419,33 @@ fn set_stop(stop: &mut Option<Stop>, order: Stop) -> bool {
     }
 }
 
+/// Stops the attempt with [`Stop::TaskTimeout`] after `secs`, if it has a timeout.
+fn timeout_timer(
+    secs: Option<u64>,
+    stop: &Arc<watch::Sender<Option<Stop>>>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    secs.map(|secs| {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            stop.send_if_modified(|order| set_stop(order, Stop::TaskTimeout));
+        })
+    })
+}
+
+/// The outcome to report: an attempt this worker stopped to shut down is handed back, not
+/// canceled.
+fn reported(shared: &Shared, outcome: ReportedOutcome, handing_back: bool) -> ReportedOutcome {
+    match outcome {
+        ReportedOutcome::Canceled if handing_back => ReportedOutcome::Failed {
+            error_type: TaskErrorType::CanceledByWorker,
+            message: format!("worker {} is shutting down", shared.config.worker_id),
+            retryable: true,
+        },
+        outcome => outcome,
+    }
+}
+
 /// Registers, retrying while the dispatcher still sees an earlier run of this worker as
 /// active; returns the heartbeat interval and the queues to consume, or `None` on shutdown.
 async fn register(
@@ -684,13 +711,7 @@ async fn attempt(
     permit: OwnedSemaphorePermit,
 ) {
     let task = grant.task_key;
-    let timer = assignment.timeout_secs.map(|secs| {
-        let stop = stop_tx.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(secs)).await;
-            stop.send_if_modified(|order| set_stop(order, Stop::TaskTimeout));
-        })
-    });
+    let timer = timeout_timer(assignment.timeout_secs, &stop_tx);
     tracing::info!(task.key = %task, task.attempt = %grant.attempt, "running task {task} ({})", assignment.function_name);
     let device = choose_device(&shared, &assignment);
     let ended = match device {
@@ -739,14 +760,7 @@ async fn attempt(
         drop(permit);
         return;
     }
-    let outcome = match ended.outcome {
-        ReportedOutcome::Canceled if handing_back => ReportedOutcome::Failed {
-            error_type: TaskErrorType::CanceledByWorker,
-            message: format!("worker {} is shutting down", shared.config.worker_id),
-            retryable: true,
-        },
-        outcome => outcome,
-    };
+    let outcome = reported(&shared, ended.outcome, handing_back);
     let report = TaskStatusReport {
         task_key: task,
         attempt: grant.attempt,
@@ -864,13 +878,7 @@ async fn build(
             lease_deadline: Instant::now() + lease,
         },
     );
-    let timer = assignment.timeout_secs.map(|secs| {
-        let stop = stop_tx.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(secs)).await;
-            stop.send_if_modified(|order| set_stop(order, Stop::TaskTimeout));
-        })
-    });
+    let timer = timeout_timer(assignment.timeout_secs, &stop_tx);
     tracing::info!(
         "building function {function} ({})",
         assignment.function_name
@@ -902,14 +910,7 @@ async fn build(
         drop(permit);
         return;
     }
-    let outcome = match ended.outcome {
-        ReportedOutcome::Canceled if handing_back => ReportedOutcome::Failed {
-            error_type: TaskErrorType::CanceledByWorker,
-            message: format!("worker {} is shutting down", shared.config.worker_id),
-            retryable: true,
-        },
-        outcome => outcome,
-    };
+    let outcome = reported(&shared, ended.outcome, handing_back);
     tracing::info!("build of function {function} ended: {outcome:?}");
     let report = BuildReport {
         function_key: function,

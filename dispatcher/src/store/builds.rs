@@ -135,6 +135,26 @@ pub async fn finish_build(
     Ok(updated == 1)
 }
 
+/// The columns of a build put back to WAITING, to be published again.
+#[allow(clippy::type_complexity)]
+fn back_to_waiting(
+    now: Timestamp,
+) -> (
+    diesel::dsl::Eq<functions::status, &'static str>,
+    diesel::dsl::Eq<functions::build_token, Option<Uuid>>,
+    diesel::dsl::Eq<functions::build_lease_expires_at, Option<Timestamp>>,
+    diesel::dsl::Eq<functions::build_published_at, Option<Timestamp>>,
+    diesel::dsl::Eq<functions::update_date, Timestamp>,
+) {
+    (
+        functions::status.eq(FunctionStatus::Waiting.as_str()),
+        functions::build_token.eq(None),
+        functions::build_lease_expires_at.eq(None),
+        functions::build_published_at.eq(None),
+        functions::update_date.eq(now),
+    )
+}
+
 /// The holder of the build of `key` gives it up (shutting down, or a failure another attempt
 /// may not have): it goes back to WAITING, to be published again. False when not held.
 pub async fn release_build(
@@ -149,13 +169,7 @@ pub async fn release_build(
             .filter(functions::status.eq(FunctionStatus::Building.as_str()))
             .filter(functions::build_token.eq(token)),
     )
-    .set((
-        functions::status.eq(FunctionStatus::Waiting.as_str()),
-        functions::build_token.eq(None::<Uuid>),
-        functions::build_lease_expires_at.eq(None::<Timestamp>),
-        functions::build_published_at.eq(None::<Timestamp>),
-        functions::update_date.eq(now),
-    ))
+    .set(back_to_waiting(now))
     .execute(conn)
     .await?;
     Ok(updated == 1)
@@ -172,13 +186,7 @@ pub async fn lapse_builds(
             .filter(functions::status.eq(FunctionStatus::Building.as_str()))
             .filter(functions::build_lease_expires_at.lt(now)),
     )
-    .set((
-        functions::status.eq(FunctionStatus::Waiting.as_str()),
-        functions::build_token.eq(None::<Uuid>),
-        functions::build_lease_expires_at.eq(None::<Timestamp>),
-        functions::build_published_at.eq(None::<Timestamp>),
-        functions::update_date.eq(now),
-    ))
+    .set(back_to_waiting(now))
     .returning(functions::key)
     .get_results(conn)
     .await?;
