@@ -198,40 +198,12 @@ impl Broker {
         Ok(queue)
     }
 
-    /// A channel kept for binding and unbinding a worker's control queue as tasks come and go.
-    pub async fn control_bindings(&self, queue: &str) -> Result<ControlBindings, BrokerError> {
-        Ok(ControlBindings {
-            channel: self.channel().await?,
-            queue: queue.to_owned(),
-        })
-    }
-
     /// Closes the connection cleanly; its consumers' unacked messages go back to their queues.
     pub async fn close(&self) -> Result<(), BrokerError> {
         self.connection
             .close(200, "closed by baton".into())
             .await
             .map_err(|e| BrokerError::Channel(Box::new(e)))
-    }
-}
-
-/// Binds and unbinds routing keys of [`topology::CONTROL_EXCHANGE`] to one queue: a worker's
-/// control queue follows the tasks it runs (`task.<key>`).
-#[derive(Clone)]
-pub struct ControlBindings {
-    channel: Channel,
-    queue: String,
-}
-
-impl ControlBindings {
-    /// Routes control messages with `routing_key` to the queue.
-    pub async fn bind(&self, routing_key: &str) -> Result<(), BrokerError> {
-        topology::bind_control(&self.channel, &self.queue, routing_key).await
-    }
-
-    /// Stops routing control messages with `routing_key` to the queue.
-    pub async fn unbind(&self, routing_key: &str) -> Result<(), BrokerError> {
-        topology::unbind_control(&self.channel, &self.queue, routing_key).await
     }
 }
 

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use lapin::Channel;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
 use lapin::types::{FieldTable, ShortString};
 
 use models::wire::WireMessage;
@@ -156,6 +158,8 @@ pub enum Received<M> {
 /// A consumer of one queue, reading messages of the set `M`.
 pub struct Consumer<M> {
     queue: Arc<str>,
+    /// Prefixes consumer tags, so the RabbitMQ UI shows which program consumes.
+    app_id: Arc<str>,
     channel: Channel,
     inner: lapin::Consumer,
     dead: Publisher,
@@ -175,33 +179,10 @@ impl<M: MessageSet> Consumer<M> {
         prefetch: u16,
     ) -> Result<Consumer<M>, BrokerError> {
         let channel = broker.channel().await?;
-        channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await
-            .map_err(|e| BrokerError::Channel(Box::new(e)))?;
-        let queue_name = ShortString::try_new(queue).map_err(|_| BrokerError::Consume {
-            queue: queue.to_owned(),
-            source: None,
-        })?;
-        let tag = format!(
-            "{}-{}",
-            broker.config().app_id,
-            uuid::Uuid::new_v4().simple()
-        );
-        let inner = channel
-            .basic_consume(
-                queue_name,
-                ShortString::try_new(tag.as_str()).unwrap_or_else(|_| "baton".into()),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|source| BrokerError::Consume {
-                queue: queue.to_owned(),
-                source: Some(Box::new(source)),
-            })?;
+        let inner = start(&channel, queue, &broker.config().app_id, prefetch).await?;
         Ok(Consumer {
             queue: Arc::from(queue),
+            app_id: Arc::from(broker.config().app_id.as_str()),
             channel,
             inner,
             dead: Publisher::new(broker).await?,
@@ -209,6 +190,31 @@ impl<M: MessageSet> Consumer<M> {
             dead_lettering: None,
             _messages: PhantomData,
         })
+    }
+
+    /// Stops the broker's deliveries (`basic.cancel`) and returns the messages it had already
+    /// sent and nobody read yet. They stay unacked, held by this consumer's channel, which stays
+    /// open: every delivery read before or returned here is still acked or requeued as usual.
+    /// [`Consumer::next`] returns `None` until [`Consumer::resume`].
+    pub async fn pause(&mut self) -> Result<Vec<Delivery<M>>, BrokerError> {
+        let tag = self.inner.tag();
+        self.channel
+            .basic_cancel(tag, BasicCancelOptions::default())
+            .await
+            .map_err(|e| BrokerError::Channel(Box::new(e)))?;
+        // The cancel's answer ends the stream after the deliveries that preceded it.
+        let mut buffered = Vec::new();
+        while let Some(next) = self.next().await {
+            buffered.push(next?);
+        }
+        Ok(buffered)
+    }
+
+    /// Consumes the queue again, now with at most `prefetch` unacked messages from this
+    /// consumer (those still unacked from before count too).
+    pub async fn resume(&mut self, prefetch: u16) -> Result<(), BrokerError> {
+        self.inner = start(&self.channel, &self.queue, &self.app_id, prefetch).await?;
+        Ok(())
     }
 
     /// Stops consuming and closes the consumer's channel: messages delivered to it and not yet
@@ -303,4 +309,34 @@ impl<M: MessageSet> Consumer<M> {
             }
         }
     }
+}
+
+/// Sets `channel`'s per-consumer prefetch to `prefetch` and starts a consumer of `queue` on it.
+async fn start(
+    channel: &Channel,
+    queue: &str,
+    app_id: &str,
+    prefetch: u16,
+) -> Result<lapin::Consumer, BrokerError> {
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .map_err(|e| BrokerError::Channel(Box::new(e)))?;
+    let queue_name = ShortString::try_new(queue).map_err(|_| BrokerError::Consume {
+        queue: queue.to_owned(),
+        source: None,
+    })?;
+    let tag = format!("{app_id}-{}", uuid::Uuid::new_v4().simple());
+    channel
+        .basic_consume(
+            queue_name,
+            ShortString::try_new(tag.as_str()).unwrap_or_else(|_| "baton".into()),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|source| BrokerError::Consume {
+            queue: queue.to_owned(),
+            source: Some(Box::new(source)),
+        })
 }

@@ -14,7 +14,7 @@ pub mod publisher;
 pub mod rpc;
 pub mod topology;
 
-pub use connection::{Broker, BrokerConfig, BrokerState, ControlBindings};
+pub use connection::{Broker, BrokerConfig, BrokerState};
 pub use consumer::{Consumer, Delivery, MessageSet, Received, Refusal};
 pub use envelope::Meta;
 pub use publisher::{PendingConfirm, Publisher};

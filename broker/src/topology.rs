@@ -220,19 +220,14 @@ pub fn worker_queue(worker: &models::WorkerId) -> String {
     format!("{WORKER_QUEUE_PREFIX}{worker}")
 }
 
-/// The control routing key of orders about task `task`: `task.<key>`.
-pub fn task_control_key(task: models::TaskKey) -> String {
-    format!("task.{task}")
-}
-
 /// The control routing key of orders to worker `worker`: `worker.<id>`.
 pub fn worker_control_key(worker: &models::WorkerId) -> String {
     format!("worker.{worker}")
 }
 
 /// Declares worker `worker`'s control queue, a classic queue that expires once unused for
-/// [`WORKER_QUEUE_EXPIRES_MS`], bound to its own orders and to queue announcements; orders
-/// about tasks are bound per task while the worker runs them ([`bind_control`]).
+/// [`WORKER_QUEUE_EXPIRES_MS`], bound to its own orders (including the cancel and abort
+/// orders of the tasks it holds) and to queue announcements.
 pub async fn declare_worker_queue(
     channel: &Channel,
     worker: &models::WorkerId,
@@ -254,35 +249,6 @@ pub async fn declare_worker_queue(
     .await?;
     bind(channel, &queue, CONTROL_EXCHANGE, QUEUE_ANNOUNCE_KEY).await?;
     Ok(queue)
-}
-
-/// Binds `queue` to control orders with `routing_key` (e.g. [`task_control_key`]).
-pub async fn bind_control(
-    channel: &Channel,
-    queue: &str,
-    routing_key: &str,
-) -> Result<(), BrokerError> {
-    bind(channel, queue, CONTROL_EXCHANGE, routing_key).await
-}
-
-/// Unbinds `queue` from control orders with `routing_key`.
-pub async fn unbind_control(
-    channel: &Channel,
-    queue: &str,
-    routing_key: &str,
-) -> Result<(), BrokerError> {
-    channel
-        .queue_unbind(
-            ShortString::from(queue),
-            ShortString::from(CONTROL_EXCHANGE),
-            ShortString::from(routing_key),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|source| BrokerError::Declare {
-            what: format!("unbinding {CONTROL_EXCHANGE} -> {queue} ({routing_key})"),
-            source: Box::new(source),
-        })
 }
 
 #[cfg(test)]

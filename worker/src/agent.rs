@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures::future::BoxFuture;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use broker::consumer::MessageSet;
 use broker::envelope::{DecodeError, Envelope};
 use broker::topology::{self, EVENTS_EXCHANGE};
-use broker::{Broker, BrokerConfig, Consumer, ControlBindings, Delivery, Publisher, RpcClient};
+use broker::{Broker, BrokerConfig, Consumer, Delivery, Publisher, RpcClient};
 use models::wire::{
     Assignment, BuildClaim, BuildClaimReply, BuildReady, BuildReport, ClaimReply, ClaimRequest,
     ControlOrder, Grant, HeldBuild, HeldLease, QueueAnnouncement, RegistrationReply,
@@ -223,7 +223,6 @@ struct Shared {
     broker: Broker,
     publisher: Publisher,
     rpc: RpcClient,
-    bindings: ControlBindings,
     artifacts: Arc<dyn ArtifactStore>,
     devices: Mutex<Vec<Arc<dyn Device>>>,
     handlers: Arc<Handlers>,
@@ -231,8 +230,10 @@ struct Shared {
     slots: Arc<Semaphore>,
     running: Mutex<HashMap<TaskKey, Running>>,
     builds: Mutex<HashMap<FunctionKey, RunningBuild>>,
-    /// Orders for tasks granted but not yet registered as running.
-    early_orders: Mutex<HashMap<TaskKey, Stop>>,
+    /// Orders for tasks granted but not yet registered as running, with when they came.
+    early_orders: Mutex<HashMap<TaskKey, (Stop, Instant)>>,
+    /// Told whenever a slot is released.
+    slot_freed: Arc<Notify>,
     consumed: Mutex<HashSet<String>>,
     /// Cancelled when the worker stops taking work.
     taking: CancellationToken,
@@ -275,7 +276,6 @@ impl Worker {
         let rpc = RpcClient::new(&broker).await?;
         // The control queue exists before registering, so no announcement is missed.
         let control_queue = broker.declare_worker_queue(&config.worker_id).await?;
-        let bindings = broker.control_bindings(&control_queue).await?;
         let mut control = Consumer::<Control>::new(&broker, &control_queue, 32).await?;
 
         let mut properties = config.properties.clone();
@@ -290,7 +290,6 @@ impl Worker {
             broker,
             publisher,
             rpc,
-            bindings,
             artifacts: self.artifacts,
             devices: Mutex::new(self.devices),
             handlers: Arc::new(self.handlers),
@@ -298,6 +297,7 @@ impl Worker {
             running: Mutex::default(),
             builds: Mutex::default(),
             early_orders: Mutex::default(),
+            slot_freed: Arc::new(Notify::new()),
             consumed: Mutex::default(),
             taking: CancellationToken::new(),
             lease: Mutex::new(Duration::from_secs(30)),
@@ -535,11 +535,14 @@ fn stop_task(shared: &Shared, task: TaskKey, order: Stop, reason: &str) {
             run.stop.send_if_modified(|stop| set_stop(stop, order));
         }
         None => {
-            // Granted, not started yet: it takes effect at the start.
+            // Granted, not started yet: it takes effect at the start. An order for a task
+            // this worker no longer runs is dropped once no claim answer can be that late.
+            let now = Instant::now();
             let mut early = lock(&shared.early_orders);
-            let entry = early.entry(task).or_insert(order);
+            early.retain(|_, (_, at)| now.duration_since(*at) < 2 * shared.config.claim_timeout);
+            let entry = early.entry(task).or_insert((order, now));
             if matches!(order, Stop::Abort) {
-                *entry = order;
+                entry.0 = order;
             }
         }
     }
@@ -559,58 +562,215 @@ fn consume(shared: &Arc<Shared>, requirements: RequirementSet) {
         .spawn(consume_loop(shared.clone(), requirements));
 }
 
+/// A task slot, held from the claim of a delivery to the end of its attempt (or build).
+/// Releasing it tells the queue consumers, which may take more work.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    freed: Arc<Notify>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.freed.notify_waiters();
+    }
+}
+
+impl Shared {
+    /// A free slot, waiting for one; `None` once the worker stops taking work.
+    async fn slot(&self) -> Option<Slot> {
+        let permit = tokio::select! {
+            () = self.taking.cancelled() => return None,
+            permit = self.slots.clone().acquire_owned() => permit.ok()?,
+        };
+        Some(self.wrap(permit))
+    }
+
+    /// A free slot if there is one now.
+    fn try_slot(&self) -> Option<Slot> {
+        self.slots
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .map(|p| self.wrap(p))
+    }
+
+    fn wrap(&self, permit: OwnedSemaphorePermit) -> Slot {
+        Slot {
+            _permit: permit,
+            freed: self.slot_freed.clone(),
+        }
+    }
+
+    /// How many slots are free.
+    fn free_slots(&self) -> usize {
+        self.slots.available_permits()
+    }
+}
+
+/// How long a round of consumption keeps the acks of answered claims waiting before it ends
+/// (and sends them) although the worker could take more.
+const ROUND_IDLE: Duration = Duration::from_secs(5);
+
+/// Consumes one task queue, never holding more messages than the worker has free slots.
+///
+/// RabbitMQ's prefetch is per consumer (quorum queues have no channel-wide prefetch), and it
+/// counts unacked messages. So the loop consumes in rounds: a round starts a consumer whose
+/// prefetch is the number of free slots, takes each delivery into a slot and claims it, and
+/// holds back the acks of the answered claims until the round ends. It ends when the worker
+/// is full (or the round's prefetch is used up): the consumer is canceled first, then the
+/// acks go out, so the broker never sent more than there were slots. Deliveries that arrived
+/// when another queue's consumer took the last slot are kept and taken first as slots free up.
+/// A round also ends when enough slots freed up to raise the prefetch, or after
+/// [`ROUND_IDLE`] without a delivery while acks wait.
 async fn consume_loop(shared: Arc<Shared>, requirements: RequirementSet) {
     let routing_key = requirements.routing_key();
-    let opened = async {
-        let queue = shared.broker.declare_task_queue(&requirements).await?;
-        let prefetch = u16::try_from(shared.config.executor_limit).unwrap_or(u16::MAX);
-        Consumer::<Work>::new(&shared.broker, &queue, prefetch).await
-    };
-    let mut consumer = match opened.await {
-        Ok(consumer) => consumer,
+    let queue = match shared.broker.declare_task_queue(&requirements).await {
+        Ok(queue) => queue,
         Err(error) => {
             tracing::error!("cannot consume the tasks of `{routing_key}`: {error}");
             lock(&shared.consumed).remove(&routing_key);
             return;
         }
     };
-    tracing::info!("consuming {}", consumer.queue());
+    let mut consumer: Option<Consumer<Work>> = None;
+    let mut kept = std::collections::VecDeque::new();
+    let mut takes = tokio::task::JoinSet::new();
+    // Kept deliveries come from ended rounds: their acks need not wait.
+    let (_always_open, opened) = watch::channel(true);
+    let canceled = loop {
+        let Some(slot) = shared.slot().await else {
+            break false;
+        };
+        if let Some(delivery) = kept.pop_front() {
+            takes.spawn(take_work(shared.clone(), delivery, slot, opened.clone()));
+            continue;
+        }
+        let prefetch = 1 + shared.free_slots();
+        let started = match &mut consumer {
+            Some(consumer) => consumer.resume(prefetch_count(prefetch)).await,
+            None => Consumer::new(&shared.broker, &queue, prefetch_count(prefetch))
+                .await
+                .map(|opened| {
+                    tracing::info!("consuming {queue}");
+                    consumer = Some(opened);
+                }),
+        };
+        let Some(current) = consumer.as_mut().filter(|_| started.is_ok()) else {
+            if let Err(error) = started {
+                tracing::warn!("cannot consume {queue}: {error}");
+            }
+            drop(slot);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        };
+        let (gate, acks) = watch::channel(false);
+        let round = round(&shared, current, slot, prefetch, &acks, &mut takes).await;
+        match current.pause().await {
+            Ok(buffered) => kept.extend(buffered),
+            Err(error) => tracing::warn!("pausing the consumer of {queue}: {error}"),
+        }
+        gate.send_replace(true);
+        match round {
+            Round::Ended => {}
+            Round::Stopped => break false,
+            Round::Canceled => break true,
+        }
+    };
+    // Claims under way finish (and ack) before the channel closes.
+    while takes.join_next().await.is_some() {}
+    if canceled {
+        tracing::warn!("the consumer of {queue} was canceled");
+        lock(&shared.consumed).remove(&routing_key);
+    }
+    // Kept deliveries go back to the queue, for other workers.
+    if let Some(consumer) = consumer {
+        consumer.close().await;
+    }
+}
+
+/// How a round of consumption ended.
+enum Round {
+    /// The worker is full, the prefetch is used up, or it should change: start another.
+    Ended,
+    /// The worker stops taking work.
+    Stopped,
+    /// RabbitMQ canceled the consumer (its queue is gone).
+    Canceled,
+}
+
+/// Runs one round of [`consume_loop`] on `consumer`, whose prefetch is `prefetch`, starting
+/// with `slot`.
+async fn round(
+    shared: &Arc<Shared>,
+    consumer: &mut Consumer<Work>,
+    slot: Slot,
+    prefetch: usize,
+    acks: &watch::Receiver<bool>,
+    takes: &mut tokio::task::JoinSet<()>,
+) -> Round {
+    let mut slot = slot;
+    let mut taken = 0;
     loop {
-        let permit = tokio::select! {
-            () = shared.taking.cancelled() => break,
-            permit = shared.slots.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
-        let next = tokio::select! {
-            () = shared.taking.cancelled() => break,
-            next = consumer.next() => next,
-        };
-        match next {
-            None => {
-                tracing::warn!("the consumer of {} was canceled", consumer.queue());
-                lock(&shared.consumed).remove(&routing_key);
-                return;
-            }
-            Some(Err(error)) => {
-                tracing::warn!("reading {}: {error}", consumer.queue());
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Some(Ok(delivery)) => match &delivery.message {
-                Work::Task(ready) => {
-                    let task = ready.task_key;
-                    take(&shared, delivery, task, permit).await;
+        let freed = shared.slot_freed.notified();
+        tokio::select! {
+            () = shared.taking.cancelled() => return Round::Stopped,
+            next = consumer.next() => match next {
+                None => return Round::Canceled,
+                Some(Err(error)) => {
+                    tracing::warn!("reading {}: {error}", consumer.queue());
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
-                Work::Build(ready) => {
-                    let function = ready.function_key;
-                    take_build(&shared, delivery, function, permit).await;
+                Some(Ok(delivery)) => {
+                    taken += 1;
+                    let next_slot = if taken < prefetch { shared.try_slot() } else { None };
+                    takes.spawn(take_work(shared.clone(), delivery, slot, acks.clone()));
+                    match next_slot {
+                        Some(next) => slot = next,
+                        None => return Round::Ended,
+                    }
                 }
             },
+            // Many more slots than the round can fill: raise the prefetch.
+            () = freed, if 1 + shared.free_slots() > 2 * (prefetch - taken) => {
+                return Round::Ended;
+            }
+            () = tokio::time::sleep(ROUND_IDLE), if taken > 0 => return Round::Ended,
         }
     }
-    // Messages delivered but not taken go back to the queue for other workers.
-    consumer.close().await;
+}
+
+fn prefetch_count(slots: usize) -> u16 {
+    u16::try_from(slots).unwrap_or(u16::MAX)
+}
+
+/// Claims the work of `delivery` in `slot`, acking it once the claim is answered and `acks`
+/// opens.
+async fn take_work(
+    shared: Arc<Shared>,
+    delivery: Delivery<Work>,
+    slot: Slot,
+    acks: watch::Receiver<bool>,
+) {
+    match &delivery.message {
+        Work::Task(ready) => {
+            let task = ready.task_key;
+            take(&shared, delivery, task, slot, acks).await;
+        }
+        Work::Build(ready) => {
+            let function = ready.function_key;
+            take_build(&shared, delivery, function, slot, acks).await;
+        }
+    }
+}
+
+/// Acks `delivery` once `acks` opens: a claimed message leaves the queue, and its place in the
+/// consumer's prefetch frees up, only when its round of consumption ended.
+async fn ack_when_open(delivery: Delivery<Work>, mut acks: watch::Receiver<bool>, what: &str) {
+    // A closed gate (its round is gone) counts as open.
+    let _ = acks.wait_for(|open| *open).await;
+    if let Err(error) = delivery.ack().await {
+        tracing::debug!("ack of {what} lost: {error}");
+    }
 }
 
 /// Claims the task of `delivery`; acks the message once the claim is answered, and runs the
@@ -619,15 +779,9 @@ async fn take(
     shared: &Arc<Shared>,
     delivery: Delivery<Work>,
     task: TaskKey,
-    permit: OwnedSemaphorePermit,
+    slot: Slot,
+    acks: watch::Receiver<bool>,
 ) {
-    let control_key = topology::task_control_key(task);
-    // Orders about the task reach this worker from before the claim is granted.
-    if let Err(error) = shared.bindings.bind(&control_key).await {
-        tracing::warn!("binding orders of task {task}: {error}");
-        let _ = delivery.requeue().await;
-        return;
-    }
     let request = ClaimRequest {
         task_key: task,
         worker_id: shared.config.worker_id.clone(),
@@ -646,23 +800,14 @@ async fn take(
         Err(error) => {
             // Unanswered: another delivery (here or elsewhere) claims it again.
             tracing::warn!(task.key = %task, "claim of task {task} not answered: {error}");
-            let _ = shared.bindings.unbind(&control_key).await;
             let _ = delivery.requeue().await;
             return;
         }
     };
-    // From here on PostgreSQL, not the broker, owns the task.
-    if let Err(error) = delivery.ack().await {
-        tracing::debug!("ack of task {task} lost: {error}");
-    }
     match reply {
         ClaimReply::Refused { reason, .. } => {
             tracing::debug!(task.key = %task, "claim of task {task} refused: {reason}");
-            // A duplicate of a task this worker runs keeps the running attempt's orders.
-            if !lock(&shared.running).contains_key(&task) {
-                let _ = shared.bindings.unbind(&control_key).await;
-                lock(&shared.early_orders).remove(&task);
-            }
+            drop(slot);
         }
         ClaimReply::Granted { grant, assignment } => {
             // Running from now on, so orders and duplicates find it.
@@ -671,7 +816,7 @@ async fn take(
             let lease = *lock(&shared.lease);
             {
                 let mut running = lock(&shared.running);
-                if let Some(order) = lock(&shared.early_orders).remove(&task) {
+                if let Some((order, _)) = lock(&shared.early_orders).remove(&task) {
                     stop_tx.send_replace(Some(order));
                 }
                 running.insert(
@@ -690,10 +835,12 @@ async fn take(
                 grant,
                 Arc::from(assignment),
                 (stop_tx, stop_rx),
-                permit,
+                slot,
             ));
         }
     }
+    // From here on PostgreSQL, not the broker, owns the task.
+    ack_when_open(delivery, acks, &format!("task {task}")).await;
 }
 
 /// The stop orders of one attempt: the sender shared with the running registry.
@@ -708,7 +855,7 @@ async fn attempt(
     grant: Grant,
     assignment: Arc<Assignment>,
     (stop_tx, stop_rx): StopChannel,
-    permit: OwnedSemaphorePermit,
+    slot: Slot,
 ) {
     let task = grant.task_key;
     let timer = timeout_timer(assignment.timeout_secs, &stop_tx);
@@ -750,14 +897,10 @@ async fn attempt(
     let handing_back = lock(&shared.running)
         .remove(&task)
         .is_some_and(|run| run.handing_back);
-    let _ = shared
-        .bindings
-        .unbind(&topology::task_control_key(task))
-        .await;
     if ended.stopped == Some(Stop::LeaseLost) {
         // Another attempt may run already; this one's report would be refused.
         tracing::warn!(task.key = %task, "task {task}: lease lost, step killed, nothing reported");
-        drop(permit);
+        drop(slot);
         return;
     }
     let outcome = reported(&shared, ended.outcome, handing_back);
@@ -778,7 +921,7 @@ async fn attempt(
         &report,
     )
     .await;
-    drop(permit);
+    drop(slot);
 }
 
 /// Claims the build of `function`; acks the message once the claim is answered, and builds
@@ -787,7 +930,8 @@ async fn take_build(
     shared: &Arc<Shared>,
     delivery: Delivery<Work>,
     function: FunctionKey,
-    permit: OwnedSemaphorePermit,
+    slot: Slot,
+    acks: watch::Receiver<bool>,
 ) {
     let request = BuildClaim {
         function_key: function,
@@ -810,12 +954,10 @@ async fn take_build(
             return;
         }
     };
-    if let Err(error) = delivery.ack().await {
-        tracing::debug!("ack of build {function} lost: {error}");
-    }
     match reply {
         BuildClaimReply::Refused { reason, .. } => {
             tracing::debug!("build claim of function {function} refused: {reason}");
+            drop(slot);
         }
         BuildClaimReply::Granted {
             function_key,
@@ -853,18 +995,14 @@ async fn take_build(
             shared
                 .attempts
                 .clone()
-                .spawn(build(shared, grant, Arc::new(assignment), permit));
+                .spawn(build(shared, grant, Arc::new(assignment), slot));
         }
     }
+    ack_when_open(delivery, acks, &format!("build {function}")).await;
 }
 
 /// Runs a granted build on the local device and reports its end.
-async fn build(
-    shared: Arc<Shared>,
-    grant: Grant,
-    assignment: Arc<Assignment>,
-    permit: OwnedSemaphorePermit,
-) {
+async fn build(shared: Arc<Shared>, grant: Grant, assignment: Arc<Assignment>, slot: Slot) {
     let function = assignment.function_key;
     let (stop_tx, stop_rx) = watch::channel(None);
     let stop_tx = Arc::new(stop_tx);
@@ -907,7 +1045,7 @@ async fn build(
         .is_some_and(|run| run.handing_back);
     if ended.stopped == Some(Stop::LeaseLost) {
         tracing::warn!("build of function {function}: lease lost, nothing reported");
-        drop(permit);
+        drop(slot);
         return;
     }
     let outcome = reported(&shared, ended.outcome, handing_back);
@@ -926,7 +1064,7 @@ async fn build(
         &report,
     )
     .await;
-    drop(permit);
+    drop(slot);
 }
 
 /// The device an assignment runs on: the one it names, else the handler of its function,

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use broker::consumer::MessageSet;
 use broker::envelope::{DecodeError, Envelope};
-use broker::topology::{CONTROL_EXCHANGE, DISPATCHER_QUEUE};
+use broker::topology::{self, CONTROL_EXCHANGE, DISPATCHER_QUEUE};
 use broker::{Consumer, Delivery, Meta, Publisher};
 use models::wire::{
     AddTasks, BuildClaim, BuildClaimReply, BuildReport, CancelReply, CancelRequest, ClaimReply,
@@ -1237,6 +1237,11 @@ async fn announce(context: &Context, publisher: &Publisher, work: &Work) {
                 worker,
                 order,
             } => {
+                // A DOING task always has a holder; its orders go to that worker's queue.
+                let Some(worker) = worker else {
+                    tracing::warn!("order for task {task} not sent: no worker holds it");
+                    continue;
+                };
                 let message = match order {
                     Order::Cancel => ControlOrder::Cancel {
                         task_key: *task,
@@ -1247,15 +1252,14 @@ async fn announce(context: &Context, publisher: &Publisher, work: &Work) {
                         reason: "aborted".to_owned(),
                     },
                 };
-                let key = format!("task.{task}");
+                let key = topology::worker_control_key(worker);
                 if let Err(error) = publisher
                     .publish(CONTROL_EXCHANGE, &key, &message, Meta::default())
                     .await
                 {
-                    // No worker listens for it; the lease lapses and the task ends then.
+                    // The lease lapses and the task ends then.
                     tracing::warn!(
-                        "order for task {task} (worker {}) not delivered: {error}",
-                        worker.as_ref().map(ToString::to_string).unwrap_or_default()
+                        "order for task {task} (worker {worker}) not delivered: {error}"
                     );
                 }
             }
