@@ -23,7 +23,7 @@ use models::{
     Permissions, PlanKey, PlanStatus, RequirementSet, Step, Task, TaskErrorType, TaskInput,
     TaskKey, TaskOutput, TaskStatus,
 };
-use worker::artifacts::LocalStore;
+use worker::artifacts::{ArtifactError, ArtifactStore, LocalStore};
 use worker::{Worker, WorkerConfig};
 
 use crate::support::cluster::{ORGANIZATION, TestCluster};
@@ -203,9 +203,7 @@ impl Setup {
     /// Starts an in-process worker `id`; it stops with the returned token.
     fn start_worker(&self, id: &str) -> (CancellationToken, JoinHandle<anyhow::Result<()>>) {
         let store = LocalStore::new(self.artifacts()).unwrap();
-        let worker = Worker::builder(self.config(id), Arc::new(store)).build();
-        let stop = CancellationToken::new();
-        (stop.clone(), tokio::spawn(worker.run(stop)))
+        spawn_worker(self.config(id), Arc::new(store))
     }
 
     async fn submit(&self, submission: &PlanSubmission) {
@@ -255,6 +253,16 @@ impl Setup {
             .unwrap();
         assert_eq!(reply, CancelReply::Accepted);
     }
+}
+
+/// Starts an in-process worker with `config` and `store`; it stops with the returned token.
+fn spawn_worker(
+    config: WorkerConfig,
+    store: Arc<dyn ArtifactStore>,
+) -> (CancellationToken, JoinHandle<anyhow::Result<()>>) {
+    let worker = Worker::builder(config, store).build();
+    let stop = CancellationToken::new();
+    (stop.clone(), tokio::spawn(worker.run(stop)))
 }
 
 /// Waits until a step wrote its process id to `file`; returns it.
@@ -1315,4 +1323,265 @@ async fn parameters_are_checked_against_the_device_schema_before_anything_runs()
     assert!(Path::new(&marker_of(2)).exists());
     stop.cancel();
     running.await.unwrap().unwrap();
+}
+
+/// A local store whose fetches wait until the test opens the gate; it counts the fetches that
+/// began.
+struct GatedStore {
+    inner: LocalStore,
+    gate: tokio::sync::watch::Sender<bool>,
+    fetches: std::sync::atomic::AtomicUsize,
+}
+
+impl GatedStore {
+    fn new(inner: LocalStore) -> GatedStore {
+        GatedStore {
+            inner,
+            gate: tokio::sync::watch::Sender::new(false),
+            fetches: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn open(&self) {
+        self.gate.send_replace(true);
+    }
+}
+
+impl ArtifactStore for GatedStore {
+    fn put<'a>(
+        &'a self,
+        address: &'a str,
+        source: &'a Path,
+    ) -> futures::future::BoxFuture<'a, Result<models::File, ArtifactError>> {
+        self.inner.put(address, source)
+    }
+
+    fn fetch<'a>(
+        &'a self,
+        file: &'a models::File,
+        dest: &'a Path,
+    ) -> futures::future::BoxFuture<'a, Result<(), ArtifactError>> {
+        Box::pin(async move {
+            self.fetches
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut gate = self.gate.subscribe();
+            // The sender lives as long as the store: this returns once the gate is open.
+            let _ = gate.wait_for(|open| *open).await;
+            self.inner.fetch(file, dest).await
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("gated {}", self.inner.describe())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abort_ordered_before_start_ends_the_attempt_before_any_step() {
+    let produce = function(
+        731,
+        "produce",
+        &[&["sh", "-c", "echo weights > \"$1\"", "sh", "{outputs.model}"]],
+        Vec::new(),
+        vec![output("model", OutputKind::Model)],
+    );
+    let consume = function(
+        732,
+        "consume",
+        &[
+            &["touch", "{parameters.marker}"],
+            &["cat", "{inputs.model}"],
+        ],
+        vec![FunctionInput {
+            identifier: "model".into(),
+            kind: InputKind::Model,
+            multiple: false,
+            optional: false,
+        }],
+        Vec::new(),
+    );
+    let setup = Setup::new(chrono::Duration::seconds(10), &[produce, consume]).await;
+    let marker = setup.dir.path().join("started");
+    let store = Arc::new(GatedStore::new(LocalStore::new(setup.artifacts()).unwrap()));
+    let (stop, worker) = spawn_worker(setup.config("w1"), store.clone());
+    setup
+        .submit(&plan(
+            730,
+            vec![
+                task(1, 731, &[], &["model"], serde_json::json!({})),
+                task(
+                    2,
+                    732,
+                    &[("model", 1, "model")],
+                    &[],
+                    serde_json::json!({"marker": marker.display().to_string()}),
+                ),
+            ],
+        ))
+        .await;
+    // The parent has no input: it runs through the gate.
+    let t1 = setup
+        .wait_for_task(1, "DONE", |t| t.status.is_terminal())
+        .await;
+    assert_eq!(t1.status, TaskStatus::Done, "{:?}", t1.error_message);
+    // The child is claimed, and its worker waits for its input at the gate.
+    let claimed = setup
+        .wait_for_task(2, "DOING", |t| t.status == TaskStatus::Doing)
+        .await;
+    assert_eq!(claimed.worker_id.as_ref().map(|w| w.as_str()), Some("w1"));
+    let deadline = Instant::now() + WAIT;
+    while store.fetches() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the child's input is not fetched"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    setup
+        .cancel(&CancelRequest::Abort {
+            task_key: TaskKey(key(2)),
+            reason: "aborted before it started".into(),
+        })
+        .await;
+    setup
+        .wait_for_task(2, "abort requested", |t| t.abort_requested)
+        .await;
+    // The abort interrupts the blocked fetch: the attempt ends before any step starts, while
+    // the store still holds the input back.
+    let t2 = setup
+        .wait_for_task(2, "CANCELED", |t| t.status.is_terminal())
+        .await;
+    store.open();
+    assert_eq!(t2.status, TaskStatus::Canceled, "{:?}", t2.error_message);
+    assert!(t2.abort_requested);
+    assert_eq!(t2.attempt_count, 1);
+    assert!(t2.lease.is_none());
+    // No step ran, nor says it started.
+    assert!(!marker.exists(), "the first step ran");
+    for step in &t2.steps {
+        assert!(
+            matches!(step.status.as_str(), "WAITING" | "SKIPPED")
+                && step.start_date.is_none()
+                && step.exit_code.is_none(),
+            "step {} says it ran: {:?}",
+            step.index,
+            t2.steps
+        );
+    }
+    let mut conn = setup.cluster.db.connect().await;
+    let lines = execution::list_log_lines(&mut conn, TaskKey(key(2)), 100, 0)
+        .await
+        .unwrap();
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.text.starts_with("step `") && l.text.ends_with("` started")),
+        "a step is logged as started: {lines:?}"
+    );
+    let history = tasks::list_state_changes(&mut conn, TaskKey(key(2)))
+        .await
+        .unwrap();
+    let ends: Vec<_> = history.iter().filter(|c| c.status.is_terminal()).collect();
+    assert_eq!(ends.len(), 1, "{history:?}");
+    assert_eq!(ends[0].status, TaskStatus::Canceled, "{history:?}");
+    assert_eq!(ends[0].attempt, Some(models::Attempt(1)), "{history:?}");
+    drop(conn);
+    let plan = setup
+        .cluster
+        .wait_for_plan(PlanKey(key(730)), WAIT, "ended", |p| p.status.is_terminal())
+        .await;
+    assert_eq!(plan.status, PlanStatus::Canceled);
+    // Nothing is left behind: the attempt ended (it reported), and its workspace is gone.
+    let prefix = format!("{}-", TaskKey(key(2)));
+    let left: Vec<_> = std::fs::read_dir(setup.dir.path().join("work-w1"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(&prefix))
+        .collect();
+    assert!(left.is_empty(), "workspaces left: {left:?}");
+    assert!(!marker.exists(), "the first step ran late");
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_worker_does_not_hoard_tasks_an_idle_worker_could_run() {
+    let setup = Setup::new(chrono::Duration::seconds(10), &[sleeper(741, false, None)]).await;
+    let pidfile = |n: u128| setup.dir.path().join(format!("pid-{n}"));
+    let one = |n: u128| {
+        task(
+            n,
+            741,
+            &[],
+            &[],
+            serde_json::json!({"pidfile": pidfile(n).display().to_string()}),
+        )
+    };
+    let single = |id: &str| {
+        let mut config = setup.config(id);
+        config.executor_limit = 1;
+        let store = LocalStore::new(setup.artifacts()).unwrap();
+        spawn_worker(config, Arc::new(store))
+    };
+    let (stop_busy, busy) = single("busy");
+    setup.submit(&plan(740, vec![one(1), one(2)])).await;
+    // The busy worker runs one of the two, whichever the queue gave it first.
+    let deadline = Instant::now() + WAIT;
+    let (first, second) = loop {
+        if pidfile(1).exists() {
+            break (1, 2);
+        }
+        if pidfile(2).exists() {
+            break (2, 1);
+        }
+        assert!(Instant::now() < deadline, "no task started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let first_pid = wait_for_pid(&pidfile(first)).await;
+    let running = setup.task(first).await;
+    assert_eq!(running.status, TaskStatus::Doing);
+    assert_eq!(running.worker_id.as_ref().map(|w| w.as_str()), Some("busy"));
+    // Time enough for RabbitMQ to deliver the other task to the busy worker, were it
+    // consuming beyond its free slots.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let queued = setup.task(second).await;
+    assert_eq!(queued.status, TaskStatus::Todo, "one slot, one task");
+    assert!(!pidfile(second).exists());
+
+    // An idle worker arrives: it gets the other task while the busy one still runs the first.
+    let (stop_idle, idle) = single("idle");
+    let taken = setup
+        .wait_for_task(second, "DOING on the idle worker", |t| {
+            t.status == TaskStatus::Doing
+                && t.worker_id.as_ref().map(|w| w.as_str()) == Some("idle")
+        })
+        .await;
+    assert_eq!(taken.attempt_count, 1);
+    let second_pid = wait_for_pid(&pidfile(second)).await;
+    let still = setup.task(first).await;
+    assert_eq!(still.status, TaskStatus::Doing);
+    assert_eq!(still.worker_id.as_ref().map(|w| w.as_str()), Some("busy"));
+    assert_eq!(still.attempt_count, 1);
+
+    setup
+        .cancel(&CancelRequest::Plan {
+            compute_plan_key: PlanKey(key(740)),
+            reason: "end of test".into(),
+        })
+        .await;
+    for n in [first, second] {
+        setup
+            .wait_for_task(n, "CANCELED", |t| t.status == TaskStatus::Canceled)
+            .await;
+    }
+    assert_group_gone(first_pid).await;
+    assert_group_gone(second_pid).await;
+    stop_busy.cancel();
+    stop_idle.cancel();
+    busy.await.unwrap().unwrap();
+    idle.await.unwrap().unwrap();
 }

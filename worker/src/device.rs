@@ -132,18 +132,7 @@ impl Device for LocalDevice {
 /// The steps of `job`, in order; after the first that does not succeed, the rest are SKIPPED.
 async fn run_steps(mut job: Job) -> DeviceRun {
     let steps = &job.assignment.steps;
-    let mut states: Vec<StepState> = steps
-        .iter()
-        .enumerate()
-        .map(|(index, step)| StepState {
-            index: u32::try_from(index).unwrap_or(u32::MAX),
-            name: step.name.clone(),
-            status: StepStatus::Waiting,
-            exit_code: None,
-            start_date: None,
-            end_date: None,
-        })
-        .collect();
+    let mut states = waiting_states(steps);
     // Every placeholder is resolved before anything runs.
     let mut commands = Vec::with_capacity(steps.len());
     for (index, step) in steps.iter().enumerate() {
@@ -178,6 +167,15 @@ async fn run_steps(mut job: Job) -> DeviceRun {
                 .map(Duration::from_secs),
             grace: job.grace,
         };
+        // A stop ordered before the step starts: it never starts, nor do the next ones.
+        if let Some(order) = *job.stop.borrow() {
+            skip_from(&mut states, index);
+            return DeviceRun {
+                steps: states,
+                end: RunEnd::Stopped(order),
+                output: serde_json::Value::Null,
+            };
+        }
         states[index].status = StepStatus::Running;
         states[index].start_date = Some(now());
         job.log
@@ -251,6 +249,22 @@ async fn run_steps(mut job: Job) -> DeviceRun {
 }
 
 /// Marks every step from `first` on that has not run as SKIPPED.
+/// The states of `steps` before any runs: all WAITING.
+pub(crate) fn waiting_states(steps: &[models::Step]) -> Vec<StepState> {
+    steps
+        .iter()
+        .enumerate()
+        .map(|(index, step)| StepState {
+            index: u32::try_from(index).unwrap_or(u32::MAX),
+            name: step.name.clone(),
+            status: StepStatus::Waiting,
+            exit_code: None,
+            start_date: None,
+            end_date: None,
+        })
+        .collect()
+}
+
 fn skip_from(states: &mut [StepState], first: usize) {
     for state in states.iter_mut().skip(first) {
         if state.status == StepStatus::Waiting {
@@ -364,14 +378,13 @@ async fn run_handler(handler: Option<Handler>, mut job: Job) -> DeviceRun {
     let mut state = StepState {
         index: 0,
         name: name.clone(),
-        status: StepStatus::Running,
+        status: StepStatus::Waiting,
         exit_code: None,
-        start_date: Some(now()),
+        start_date: None,
         end_date: None,
     };
     let Some(handler) = handler else {
         state.status = StepStatus::Exception;
-        state.end_date = Some(now());
         return DeviceRun {
             steps: vec![state],
             end: RunEnd::Failed {
@@ -384,13 +397,14 @@ async fn run_handler(handler: Option<Handler>, mut job: Job) -> DeviceRun {
     };
     if let Some(order) = *job.stop.borrow_and_update() {
         state.status = StepStatus::Skipped;
-        state.end_date = Some(now());
         return DeviceRun {
             steps: vec![state],
             end: RunEnd::Stopped(order),
             output: serde_json::Value::Null,
         };
     }
+    state.status = StepStatus::Running;
+    state.start_date = Some(now());
     let cancelled = CancellationToken::new();
     let path_map = |map: &std::collections::BTreeMap<String, String>| {
         map.iter()

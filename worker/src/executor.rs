@@ -191,23 +191,40 @@ async fn in_workspace(
             }
         }
     }
-    let inputs = match fetch_inputs(attempt, workspace).await {
-        Ok(inputs) => inputs,
-        Err(message) => {
-            log.system(None, &message);
-            // A store that cannot be read now may be readable on another attempt.
-            return Ended::failed(TaskErrorType::Execution, message, true);
+    // Fetching inputs stops as soon as a stop is ordered.
+    let mut stop = attempt.stop.clone();
+    let fetched = async {
+        let inputs = fetch_inputs(attempt, workspace).await?;
+        let mut env = workspace.env();
+        if let Some(image) = &assignment.image {
+            let path = workspace.root().join("image");
+            attempt
+                .artifacts
+                .fetch(image, &path)
+                .await
+                .map_err(|error| format!("the function's built image: {error}"))?;
+            env.push(("BATON_IMAGE".to_owned(), path.display().to_string()));
+        }
+        Ok::<_, String>((inputs, env))
+    };
+    let (inputs, env) = tokio::select! {
+        fetched = fetched => match fetched {
+            Ok(fetched) => fetched,
+            Err(message) => {
+                log.system(None, &message);
+                // A store that cannot be read now may be readable on another attempt.
+                return Ended::failed(TaskErrorType::Execution, message, true);
+            }
+        },
+        Ok(order) = stop.wait_for(Option::is_some) => {
+            let order = (*order).unwrap_or(Stop::Abort);
+            return stopped_before_start(assignment, order);
         }
     };
-    let mut env = workspace.env();
-    if let Some(image) = &assignment.image {
-        let path = workspace.root().join("image");
-        if let Err(error) = attempt.artifacts.fetch(image, &path).await {
-            let message = format!("the function's built image: {error}");
-            log.system(None, &message);
-            return Ended::failed(TaskErrorType::Execution, message, true);
-        }
-        env.push(("BATON_IMAGE".to_owned(), path.display().to_string()));
+    // Ordered before anything started (while the claim was answered, or during the fetch):
+    // no step starts.
+    if let Some(order) = *attempt.stop.borrow() {
+        return stopped_before_start(assignment, order);
     }
     let mut outputs = BTreeMap::new();
     if attempt.build_image.is_some() {
@@ -273,20 +290,7 @@ async fn in_workspace(
             Vec::new(),
             None,
         ),
-        RunEnd::Stopped(order) => {
-            let outcome = match order {
-                Stop::TaskTimeout => ReportedOutcome::Failed {
-                    error_type: TaskErrorType::Timeout,
-                    message: format!(
-                        "the task ran out of time ({} s)",
-                        assignment.timeout_secs.unwrap_or_default()
-                    ),
-                    retryable: false,
-                },
-                Stop::Cancel | Stop::Abort | Stop::LeaseLost => ReportedOutcome::Canceled,
-            };
-            (outcome, Vec::new(), Some(order))
-        }
+        RunEnd::Stopped(order) => (stop_outcome(assignment, order), Vec::new(), Some(order)),
     };
     Ended {
         outcome,
@@ -299,6 +303,37 @@ async fn in_workspace(
 }
 
 /// Fetches every input into the workspace; returns each identifier's path for placeholders.
+/// What a stop order means for the report.
+fn stop_outcome(assignment: &Assignment, order: Stop) -> ReportedOutcome {
+    match order {
+        Stop::TaskTimeout => ReportedOutcome::Failed {
+            error_type: TaskErrorType::Timeout,
+            message: format!(
+                "the task ran out of time ({} s)",
+                assignment.timeout_secs.unwrap_or_default()
+            ),
+            retryable: false,
+        },
+        Stop::Cancel | Stop::Abort | Stop::LeaseLost => ReportedOutcome::Canceled,
+    }
+}
+
+/// The end of an attempt stopped before its first step: every step SKIPPED, none started.
+fn stopped_before_start(assignment: &Assignment, order: Stop) -> Ended {
+    let mut steps = crate::device::waiting_states(&assignment.steps);
+    for step in &mut steps {
+        step.status = models::StepStatus::Skipped;
+    }
+    Ended {
+        outcome: stop_outcome(assignment, order),
+        steps,
+        output: serde_json::Value::Null,
+        outputs: Vec::new(),
+        stopped: Some(order),
+        image: None,
+    }
+}
+
 async fn fetch_inputs(
     attempt: &Attempt<'_>,
     workspace: &Workspace,
