@@ -116,6 +116,8 @@ pub(crate) struct DeviceFigures {
     pub(crate) tasks_per_sec: f64,
     /// Milliseconds of wall time per task at that rate.
     pub(crate) per_task_ms: f64,
+    /// Median over runs of the median time from a task's claim grant to its DONE (ms).
+    pub(crate) attempt_ms: f64,
     /// The baseline's msgs/s per run, measured between this device's runs.
     pub(crate) ceiling_runs: Vec<f64>,
     /// Median of `ceiling_runs`.
@@ -349,6 +351,9 @@ struct RunTimes {
     total: Duration,
     /// From the first submission to every plan accepted.
     submitted: Duration,
+    /// Median of each task's claim grant to its DONE, in PostgreSQL's clock: the worker's
+    /// time per attempt plus the report's way back.
+    attempt_ms: f64,
 }
 
 /// Submits `plans` over AMQP and waits until all are DONE in PostgreSQL.
@@ -405,9 +410,12 @@ async fn run_plans(
         }
         pending = still_pending;
         if pending.is_empty() {
+            let total = started.elapsed();
+            let keys: Vec<PlanKey> = plans.iter().map(|plan| plan.key).collect();
             return Ok(RunTimes {
-                total: started.elapsed(),
+                total,
                 submitted,
+                attempt_ms: median_attempt_ms(conn, &keys).await?,
             });
         }
         if started.elapsed() > run_timeout {
@@ -421,6 +429,27 @@ async fn run_plans(
         services.check().await?;
         tokio::time::sleep(POLL_INTERVAL).await;
     }
+}
+
+/// The median, over the tasks of `plans`, of the time from the grant of their claim to their
+/// end, in milliseconds.
+async fn median_attempt_ms(conn: &mut AsyncPgConnection, plans: &[PlanKey]) -> anyhow::Result<f64> {
+    #[derive(diesel::QueryableByName)]
+    struct Median {
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Double>)]
+        ms: Option<f64>,
+    }
+    let keys: Vec<Uuid> = plans.iter().map(|plan| plan.0).collect();
+    let median = sql_query(
+        "SELECT percentile_cont(0.5) WITHIN GROUP \
+         (ORDER BY extract(epoch FROM end_date - start_date) * 1000) AS ms \
+         FROM tasks WHERE compute_plan_key = ANY($1) AND start_date IS NOT NULL",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(keys)
+    .get_result::<Median>(conn)
+    .await
+    .context("reading the tasks' attempt times")?;
+    Ok(median.ms.unwrap_or(f64::NAN))
 }
 
 fn add(total: &mut PlanCounters, counters: &PlanCounters) {
@@ -597,6 +626,7 @@ impl Setup<'_> {
 
         let mut run_secs = Vec::new();
         let mut submit_secs = Vec::new();
+        let mut attempt_ms = Vec::new();
         let mut ceiling_runs = Vec::new();
         let tasks = f64::from(options.tasks);
         for run in 0..options.runs {
@@ -619,6 +649,7 @@ impl Setup<'_> {
             .with_context(|| format!("run {}", run + 1))?;
             run_secs.push(times.total.as_secs_f64());
             submit_secs.push(times.submitted.as_secs_f64());
+            attempt_ms.push(times.attempt_ms);
             tracing::info!(
                 "{} device, run {}: {:.0} tasks/s (plans accepted after {:.2} s), lapin {:.0} msgs/s",
                 device.name(),
@@ -638,6 +669,7 @@ impl Setup<'_> {
             submit_secs,
             tasks_per_sec,
             per_task_ms: 1_000.0 / tasks_per_sec,
+            attempt_ms: median(attempt_ms),
             ceiling_runs,
             ceiling_msgs_per_sec,
             ratio: tasks_per_sec / ceiling_msgs_per_sec,
@@ -772,6 +804,7 @@ pub(crate) fn print_throughput_bench(
                 ),
                 "median tasks/s".to_owned(),
                 "ms per task".to_owned(),
+                "claim → DONE ms (median)".to_owned(),
                 "lapin msgs/s".to_owned(),
                 "ratio".to_owned(),
                 "runs (tasks/s)".to_owned(),
@@ -794,6 +827,7 @@ pub(crate) fn print_throughput_bench(
                 device.device.name().to_owned(),
                 format!("{:.0}", device.tasks_per_sec),
                 format!("{:.2}", device.per_task_ms),
+                format!("{:.1}", device.attempt_ms),
                 format!("{:.0}", device.ceiling_msgs_per_sec),
                 format!("{:.3}", device.ratio),
                 rates,
@@ -813,6 +847,7 @@ pub(crate) fn print_throughput_bench(
             "workers": figures.workers,
             "tasks_per_sec": device.tasks_per_sec,
             "per_task_ms": device.per_task_ms,
+            "attempt_ms": device.attempt_ms,
             "ceiling_msgs_per_sec": device.ceiling_msgs_per_sec,
             "ratio": device.ratio,
             "run_secs": device.run_secs,

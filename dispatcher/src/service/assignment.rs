@@ -52,8 +52,13 @@ pub(crate) async fn prepare(
     conn: &mut AsyncPgConnection,
     functions: &mut Functions,
     task_key: TaskKey,
+    stored: Option<Task>,
 ) -> Result<Result<Assignment, String>, StoreError> {
-    let Some(task) = tasks::find_task(conn, task_key).await? else {
+    let task = match stored {
+        Some(task) => Some(task),
+        None => tasks::find_task(conn, task_key).await?,
+    };
+    let Some(task) = task else {
         return Ok(Err(format!("task {task_key} does not exist")));
     };
     let Some(function) = functions.get(conn, task.function_key).await? else {

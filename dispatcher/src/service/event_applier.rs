@@ -316,6 +316,8 @@ struct Work {
     submission_rows: Vec<crate::store::rows::SubmissionRow>,
     submission_replies: Vec<(Meta, SubmissionReply)>,
     build_replies: Vec<(Meta, BuildClaimReply)>,
+    /// The stored tasks the batch's claims name, read in one query before the batch.
+    claimed_tasks: HashMap<TaskKey, Task>,
 }
 
 impl Work {
@@ -606,7 +608,8 @@ async fn claim(
         .is_some_and(|task| task.status == TaskStatus::Todo);
     // Only a claim the core may grant is worth reading the store for.
     let prepared = if claimable {
-        Some(assignment::prepare(conn, &mut plans.functions, request.task_key).await?)
+        let stored = work.claimed_tasks.remove(&request.task_key);
+        Some(assignment::prepare(conn, &mut plans.functions, request.task_key, stored).await?)
     } else {
         None
     };
@@ -1138,36 +1141,32 @@ async fn commit(
         for row in &work.submission_rows {
             crate::store::submissions::insert_submission(conn, row).await?;
         }
-        for task in last_task.values() {
-            tasks::update_task_state(
-                conn,
-                &TaskStateUpdate {
-                    key: task.key,
-                    status: task.status,
-                    waiting_reason: task.waiting_reason,
-                    error_type: task.error_type,
-                    error_message: task.error_message.as_deref(),
-                    cancel_requested: task.cancel_requested,
-                    abort_requested: task.abort_requested,
-                    attempt_count: task.attempt_count,
-                    lease: task.lease.as_ref(),
-                    not_before: task.not_before,
-                    worker_id: task.worker_id.as_ref(),
-                    start_date: task.start_date,
-                    end_date: task.end_date,
-                    update_date: now,
-                },
-            )
-            .await?;
-        }
+        let updates: Vec<TaskStateUpdate<'_>> = last_task
+            .values()
+            .map(|task| TaskStateUpdate {
+                key: task.key,
+                status: task.status,
+                waiting_reason: task.waiting_reason,
+                error_type: task.error_type,
+                error_message: task.error_message.as_deref(),
+                cancel_requested: task.cancel_requested,
+                abort_requested: task.abort_requested,
+                attempt_count: task.attempt_count,
+                lease: task.lease.as_ref(),
+                not_before: task.not_before,
+                worker_id: task.worker_id.as_ref(),
+                start_date: task.start_date,
+                end_date: task.end_date,
+                update_date: now,
+            })
+            .collect();
+        tasks::update_task_states(conn, &updates).await?;
         for plan in last_plan.values() {
             plans::update_plan(conn, plan).await?;
         }
         tasks::insert_state_changes(conn, &history).await?;
         tasks::insert_outbox_rows(conn, &outbox).await?;
-        for (task, steps, output) in &work.results {
-            tasks::set_task_result(conn, *task, steps, output).await?;
-        }
+        tasks::set_task_results(conn, &work.results).await?;
         for model in &work.registered.models {
             execution::insert_model(conn, model).await?;
         }
@@ -1223,8 +1222,15 @@ async fn announce(context: &Context, publisher: &Publisher, work: &Work) {
             tracing::warn!("answering build claim {}: {error}", meta.message_id);
         }
     }
-    for (meta, reply) in &work.replies {
-        if let Err(error) = broker::rpc::reply(publisher, meta, reply).await {
+    // Claim replies are many: sent together, their confirms awaited together.
+    let answered = futures::future::join_all(
+        work.replies
+            .iter()
+            .map(|(meta, reply)| broker::rpc::reply(publisher, meta, reply)),
+    )
+    .await;
+    for ((meta, _), answer) in work.replies.iter().zip(answered) {
+        if let Err(error) = answer {
             // The worker went away; its claim, if granted, lapses with its lease.
             tracing::warn!("answering claim {}: {error}", meta.message_id);
         }
@@ -1280,10 +1286,27 @@ async fn apply_batch(
     batch: Vec<Delivery<Incoming>>,
 ) -> anyhow::Result<()> {
     let now = Utc::now();
+    let started = std::time::Instant::now();
     let mut conn = store::connection(&context.pool).await?;
     let mut work = Work::default();
     let mut failure = None;
+    let claimed: Vec<TaskKey> = batch
+        .iter()
+        .filter_map(|delivery| match &delivery.message {
+            Incoming::Claim(request) => Some(request.task_key),
+            _ => None,
+        })
+        .collect();
+    if !claimed.is_empty() {
+        match tasks::find_tasks(&mut conn, &claimed).await {
+            Ok(found) => work.claimed_tasks = found.into_iter().map(|t| (t.key, t)).collect(),
+            Err(error) => failure = Some(error),
+        }
+    }
     for delivery in &batch {
+        if failure.is_some() {
+            break;
+        }
         if let Err(error) = take(context, &mut conn, plans, &mut work, delivery, now).await {
             failure = Some(error);
             break;
@@ -1294,6 +1317,7 @@ async fn apply_batch(
     {
         failure = Some(error);
     }
+    let read = started.elapsed();
     if failure.is_none()
         && let Err(error) = commit(&mut conn, plans, &work, now).await
     {
@@ -1311,7 +1335,13 @@ async fn apply_batch(
         }
         return Ok(());
     }
+    let committed = started.elapsed();
     announce(context, publisher, &work).await;
+    tracing::debug!(
+        "applied {} events: read and decided in {read:?}, committed at {committed:?}, answered at {:?}",
+        batch.len(),
+        started.elapsed()
+    );
     for delivery in batch {
         // An ack lost with a connection means a redelivery, which the core refuses harmlessly.
         if let Err(error) = delivery.ack().await {

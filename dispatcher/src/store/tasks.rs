@@ -141,53 +141,123 @@ fn count(what: &'static str, value: u32) -> StoreResult<i32> {
     })
 }
 
-/// Saves the running state of a task (see [`TaskStateUpdate`]).
-pub async fn update_task_state(
+/// Saves the running state of many tasks in one statement (see [`TaskStateUpdate`]): the
+/// dispatcher writes every task a batch of events changed at once.
+pub async fn update_task_states(
     conn: &mut AsyncPgConnection,
-    update: &TaskStateUpdate<'_>,
+    updates: &[TaskStateUpdate<'_>],
 ) -> StoreResult<()> {
-    let lease_attempt = update
-        .lease
-        .map(|lease| count("lease attempt", lease.attempt.get()))
-        .transpose()?;
-    diesel::update(tasks::table.find(update.key.0))
-        .set((
-            tasks::status.eq(update.status.as_str()),
-            tasks::waiting_reason.eq(update.waiting_reason.map(|r| r.as_str())),
-            tasks::error_type.eq(update.error_type.map(|e| e.as_str())),
-            tasks::error_message.eq(update.error_message),
-            tasks::cancel_requested.eq(update.cancel_requested),
-            tasks::abort_requested.eq(update.abort_requested),
-            tasks::attempt_count.eq(count("attempt count", update.attempt_count)?),
-            tasks::lease_attempt.eq(lease_attempt),
-            tasks::lease_token.eq(update.lease.map(|lease| lease.token)),
-            tasks::lease_expires_at.eq(update.lease.map(|lease| lease.expires_at)),
-            tasks::not_before.eq(update.not_before),
-            tasks::worker_id.eq(update.worker_id.map(|w| w.as_str())),
-            tasks::start_date.eq(update.start_date),
-            tasks::end_date.eq(update.end_date),
-            tasks::update_date.eq(update.update_date),
-        ))
-        .execute(conn)
-        .await?;
+    use diesel::sql_types::{Array, Bool, Integer, Nullable, Text, Timestamptz};
+    type Stamp = chrono::DateTime<chrono::Utc>;
+    if updates.is_empty() {
+        return Ok(());
+    }
+    let mut keys = Vec::with_capacity(updates.len());
+    let mut statuses = Vec::with_capacity(updates.len());
+    let mut waiting_reasons = Vec::with_capacity(updates.len());
+    let mut error_types = Vec::with_capacity(updates.len());
+    let mut error_messages = Vec::with_capacity(updates.len());
+    let mut cancels = Vec::with_capacity(updates.len());
+    let mut aborts = Vec::with_capacity(updates.len());
+    let mut attempt_counts = Vec::with_capacity(updates.len());
+    let mut lease_attempts = Vec::with_capacity(updates.len());
+    let mut lease_tokens = Vec::with_capacity(updates.len());
+    let mut lease_expiries: Vec<Option<Stamp>> = Vec::with_capacity(updates.len());
+    let mut not_befores = Vec::with_capacity(updates.len());
+    let mut workers = Vec::with_capacity(updates.len());
+    let mut start_dates = Vec::with_capacity(updates.len());
+    let mut end_dates = Vec::with_capacity(updates.len());
+    let mut update_dates = Vec::with_capacity(updates.len());
+    for update in updates {
+        keys.push(update.key.0);
+        statuses.push(update.status.as_str());
+        waiting_reasons.push(update.waiting_reason.map(|r| r.as_str()));
+        error_types.push(update.error_type.map(|e| e.as_str()));
+        error_messages.push(update.error_message);
+        cancels.push(update.cancel_requested);
+        aborts.push(update.abort_requested);
+        attempt_counts.push(count("attempt count", update.attempt_count)?);
+        lease_attempts.push(
+            update
+                .lease
+                .map(|lease| count("lease attempt", lease.attempt.get()))
+                .transpose()?,
+        );
+        lease_tokens.push(update.lease.map(|lease| lease.token));
+        lease_expiries.push(update.lease.map(|lease| lease.expires_at));
+        not_befores.push(update.not_before);
+        workers.push(update.worker_id.map(|w| w.as_str()));
+        start_dates.push(update.start_date);
+        end_dates.push(update.end_date);
+        update_dates.push(update.update_date);
+    }
+    diesel::sql_query(
+        "UPDATE tasks SET status = u.status, waiting_reason = u.waiting_reason, \
+         error_type = u.error_type, error_message = u.error_message, \
+         cancel_requested = u.cancel_requested, abort_requested = u.abort_requested, \
+         attempt_count = u.attempt_count, lease_attempt = u.lease_attempt, \
+         lease_token = u.lease_token, lease_expires_at = u.lease_expires_at, \
+         not_before = u.not_before, worker_id = u.worker_id, start_date = u.start_date, \
+         end_date = u.end_date, update_date = u.update_date \
+         FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+         AS u(key, status, waiting_reason, error_type, error_message, cancel_requested, \
+         abort_requested, attempt_count, lease_attempt, lease_token, lease_expires_at, \
+         not_before, worker_id, start_date, end_date, update_date) \
+         WHERE tasks.key = u.key",
+    )
+    .bind::<Array<diesel::sql_types::Uuid>, _>(keys)
+    .bind::<Array<Text>, _>(statuses)
+    .bind::<Array<Nullable<Text>>, _>(waiting_reasons)
+    .bind::<Array<Nullable<Text>>, _>(error_types)
+    .bind::<Array<Nullable<Text>>, _>(error_messages)
+    .bind::<Array<Bool>, _>(cancels)
+    .bind::<Array<Bool>, _>(aborts)
+    .bind::<Array<Integer>, _>(attempt_counts)
+    .bind::<Array<Nullable<Integer>>, _>(lease_attempts)
+    .bind::<Array<Nullable<diesel::sql_types::Uuid>>, _>(lease_tokens)
+    .bind::<Array<Nullable<Timestamptz>>, _>(lease_expiries)
+    .bind::<Array<Nullable<Timestamptz>>, _>(not_befores)
+    .bind::<Array<Nullable<Text>>, _>(workers)
+    .bind::<Array<Nullable<Timestamptz>>, _>(start_dates)
+    .bind::<Array<Nullable<Timestamptz>>, _>(end_dates)
+    .bind::<Array<Timestamptz>, _>(update_dates)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
-/// Saves what a worker reported with the end of an attempt: step statuses and output data.
-pub async fn set_task_result(
+/// Saves what workers reported with the end of attempts: each task's step statuses and
+/// output data, in one statement.
+pub async fn set_task_results(
     conn: &mut AsyncPgConnection,
-    key: TaskKey,
-    steps: &[models::StepState],
-    output: &serde_json::Value,
+    results: &[(TaskKey, Vec<models::StepState>, serde_json::Value)],
 ) -> StoreResult<()> {
-    let steps = serde_json::to_value(steps).map_err(|error| super::StoreError::Encode {
-        what: "step states",
-        reason: error.to_string(),
-    })?;
-    diesel::update(tasks::table.find(key.0))
-        .set((tasks::steps.eq(steps), tasks::output.eq(output)))
-        .execute(conn)
-        .await?;
+    use diesel::sql_types::{Array, Jsonb};
+    if results.is_empty() {
+        return Ok(());
+    }
+    let mut keys = Vec::with_capacity(results.len());
+    let mut steps = Vec::with_capacity(results.len());
+    let mut outputs = Vec::with_capacity(results.len());
+    for (key, states, output) in results {
+        keys.push(key.0);
+        steps.push(
+            serde_json::to_value(states).map_err(|error| super::StoreError::Encode {
+                what: "step states",
+                reason: error.to_string(),
+            })?,
+        );
+        outputs.push(output.clone());
+    }
+    diesel::sql_query(
+        "UPDATE tasks SET steps = u.steps, output = u.output \
+         FROM unnest($1, $2, $3) AS u(key, steps, output) WHERE tasks.key = u.key",
+    )
+    .bind::<Array<diesel::sql_types::Uuid>, _>(keys)
+    .bind::<Array<Jsonb>, _>(steps)
+    .bind::<Array<Jsonb>, _>(outputs)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
