@@ -198,6 +198,38 @@ impl Broker {
         Ok(queue)
     }
 
+    /// How many ready messages each of `queues` holds, `None` for a queue that does not exist,
+    /// read by passive declarations (which change nothing). A missing queue closes the channel
+    /// it was asked on, so the next one is asked on a new channel.
+    pub async fn message_counts(
+        &self,
+        queues: &[String],
+    ) -> Result<Vec<(String, Option<u32>)>, BrokerError> {
+        let mut counts = Vec::with_capacity(queues.len());
+        let mut channel = self.channel().await?;
+        for queue in queues {
+            let declared = channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..lapin::options::QueueDeclareOptions::default()
+                    },
+                    lapin::types::FieldTable::default(),
+                )
+                .await;
+            match declared {
+                Ok(declared) => counts.push((queue.clone(), Some(declared.message_count()))),
+                Err(_) => {
+                    counts.push((queue.clone(), None));
+                    channel = self.channel().await?;
+                }
+            }
+        }
+        close_quietly(&channel).await;
+        Ok(counts)
+    }
+
     /// Closes the connection cleanly; its consumers' unacked messages go back to their queues.
     pub async fn close(&self) -> Result<(), BrokerError> {
         self.connection
@@ -240,6 +272,11 @@ async fn watch_events(
                 state.send_modify(|s| s.blocked = None);
             }
             Event::SendFlow(_) => {}
+            Event::Error(error) if error.is_amqp_soft_error() => {
+                // A channel-level error (a passive declaration of a missing queue, …) closes
+                // that channel only: the connection is still up.
+                tracing::debug!("{app_id}: RabbitMQ closed a channel: {error}");
+            }
             Event::Error(error) => {
                 let recovering = error.can_be_recovered();
                 if recovering {

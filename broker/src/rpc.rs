@@ -195,7 +195,23 @@ impl RpcClient {
         request: &Req,
         timeout: Duration,
     ) -> Result<Rep, BrokerError> {
+        self.call_with_message_id(exchange, routing_key, request, String::new(), timeout)
+            .await
+    }
+
+    /// Like [`RpcClient::call`], with the request's `message_id` chosen by the caller (a fresh
+    /// one when empty): a resubmission under the same id gets the answer recorded for the
+    /// first. Two calls in flight at once must not share an id, or one of them times out.
+    pub async fn call_with_message_id<Req: WireMessage, Rep: WireMessage>(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        request: &Req,
+        message_id: String,
+        timeout: Duration,
+    ) -> Result<Rep, BrokerError> {
         let meta = self.publisher.complete(Meta {
+            message_id,
             reply_to: Some(REPLY_TO.to_owned()),
             ..Meta::default()
         });

@@ -98,6 +98,13 @@ pub enum Command {
         /// Seconds a granted claim lasts unless its worker renews it.
         #[arg(long, env = "BATON_LEASE_SECS", default_value_t = 30)]
         lease_secs: u32,
+        /// Where the HTTP API (REST under `/api/v1`, `/healthz`, `/metrics`) listens.
+        #[arg(long, env = "BATON_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+        http_addr: std::net::SocketAddr,
+        /// The artifact store the HTTP API serves model files from: the local directory the
+        /// workers upload to.
+        #[arg(long, env = "BATON_ARTIFACTS", default_value = "/tmp/baton-artifacts")]
+        artifacts: std::path::PathBuf,
     },
     /// Run a worker: register, take tasks from the queues its properties satisfy, run their
     /// steps on the local device, report back.
@@ -355,24 +362,66 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 amqp_url,
                 organization,
                 lease_secs,
+                http_addr,
+                artifacts,
             } => {
                 let mut config = dispatcher::service::DispatcherConfig::new(
                     cli.database_url.clone(),
-                    broker::BrokerConfig::new(amqp_url, "baton-dispatcher"),
-                    organization.into(),
+                    broker::BrokerConfig::new(amqp_url.clone(), "baton-dispatcher"),
+                    organization.as_str().into(),
                 );
                 config.lease_duration = chrono::Duration::seconds(i64::from(lease_secs));
-                let shutdown = tokio_util::sync::CancellationToken::new();
-                let on_signal = shutdown.clone();
-                tokio::spawn(async move {
-                    wait_for_signal().await;
-                    tracing::info!("stopping on signal");
-                    on_signal.cancel();
-                });
-                dispatcher::service::run(config, shutdown).await
+                let mut api_config = api::ApiConfig::new(
+                    cli.database_url.clone(),
+                    broker::BrokerConfig::new(amqp_url, "baton-api"),
+                    organization.into(),
+                    artifacts,
+                );
+                api_config.metrics = config.metrics.clone();
+                run_dispatcher(config, api_config, http_addr).await
             }
         }
     })
+}
+
+/// Runs `baton dispatcher`: the dispatcher's loops and, beside them, the HTTP API, until SIGINT
+/// or SIGTERM or until either fails; both stop together.
+async fn run_dispatcher(
+    config: dispatcher::service::DispatcherConfig,
+    api_config: api::ApiConfig,
+    http_addr: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    // Applied before the API reads anything; the dispatcher finds nothing left to apply.
+    apply_migrations(&config.database_url).await?;
+    let listener = tokio::net::TcpListener::bind(http_addr)
+        .await
+        .with_context(|| {
+            format!("listening on {http_addr} (set --http-addr or BATON_HTTP_ADDR)")
+        })?;
+    let state = api::ApiState::connect(api_config)
+        .await
+        .context("starting the HTTP API")?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("stopping on signal");
+        on_signal.cancel();
+    });
+    let api_shutdown = shutdown.clone();
+    let server = tokio::spawn(async move {
+        let served = api::serve(listener, state, api_shutdown.clone()).await;
+        // The API stopped (by itself only on an error): the dispatcher stops with it.
+        api_shutdown.cancel();
+        served
+    });
+    let outcome = dispatcher::service::run(config, shutdown.clone()).await;
+    shutdown.cancel();
+    let served = server
+        .await
+        .map_err(|error| anyhow::anyhow!("the HTTP API panicked: {error}"))?;
+    outcome?;
+    served.context("serving the HTTP API")
 }
 
 /// Runs `baton worker` until SIGINT or SIGTERM (then stops gracefully) or a disconnect order.

@@ -4,9 +4,10 @@
 //! Layout: `core` decides (pure: events in, effects out); `store` is the only module that speaks
 //! SQL (one documented function per query, on a deadpool pool of diesel-async connections);
 //! `submission` validates and stores plans; `service` runs the loops that connect them to
-//! RabbitMQ (`service::run`).
+//! RabbitMQ (`service::run`); `metrics` holds what those loops measure.
 
 pub mod core;
+pub mod metrics;
 pub mod registration;
 pub mod service;
 pub mod store;

@@ -1,5 +1,6 @@
 //! Datasets (Substra's data managers) and the data samples attached to them.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -7,7 +8,7 @@ use crate::{
 };
 
 /// A data manager: an opener that reads its samples, with permissions (Substra's `Dataset`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Dataset {
     /// Its key.
     pub key: DatasetKey,
@@ -35,7 +36,7 @@ pub struct Dataset {
 }
 
 /// One data sample: a directory of data owned by an organization (Substra's `DataSample`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct DataSample {
     /// Its key.
     pub key: DataSampleKey,

@@ -52,7 +52,7 @@ pub struct StepState {
 }
 
 /// One entry of a task's append-only state-change history.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct TaskStateChange {
     /// The task.
     pub task_key: TaskKey,
@@ -79,7 +79,7 @@ word_enum! {
 }
 
 /// One line of a task's log.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct LogLine {
     /// The task.
     pub task_key: TaskKey,
@@ -100,7 +100,7 @@ pub struct LogLine {
 }
 
 /// One sample of a measurement channel: LuciHub's per-channel time series.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Measurement {
     /// The task.
     pub task_key: TaskKey,

@@ -162,7 +162,7 @@ impl RetryPolicy {
 }
 
 /// A reusable definition of work: steps to run, inputs and outputs, parameters, requirements.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Function {
     /// Its key.
     pub key: FunctionKey,

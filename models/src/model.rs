@@ -23,7 +23,7 @@ impl File {
 }
 
 /// A file a task produced for one of its MODEL outputs (Substra's `OutModel`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Model {
     /// The model's key.
     pub key: ModelKey,

@@ -1,11 +1,12 @@
 //! Organizations: who owns assets, runs tasks and appears in permissions.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{OrganizationId, Timestamp};
 
 /// An organization of the federation (Substra's `Organization`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Organization {
     /// Its identifier.
     pub id: OrganizationId,

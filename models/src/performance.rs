@@ -1,12 +1,13 @@
 //! Performances: the floats tasks report for their PERFORMANCE outputs, and the seed's
 //! `Performances` table of a plan (a query over plans, tasks and performances, not stored twice).
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{Metadata, OrganizationId, PlanKey, PlanStatus, TaskKey, Timestamp};
 
 /// One performance: the value a task reported for one PERFORMANCE output.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Performance {
     /// The task that reported it.
     pub compute_task_key: TaskKey,
@@ -28,7 +29,7 @@ pub fn round_idx(metadata: &Metadata, rank: u32) -> i64 {
 }
 
 /// One row of a plan's performance table.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PerformanceRow {
     /// The plan.
     pub compute_plan_key: PlanKey,
@@ -59,7 +60,7 @@ pub struct PerformanceRow {
 }
 
 /// A plan's performance table in the seed's columnar form: equal-length columns.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Performances {
     /// Plan key per row.
     pub compute_plan_key: Vec<PlanKey>,

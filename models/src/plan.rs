@@ -1,6 +1,7 @@
 //! Compute plans: a DAG of tasks with counters, a derived status and dates (Substra's
 //! `ComputePlan`).
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{Metadata, OrganizationId, PlanKey, ProjectId, TaskKey, TaskStatus, Timestamp, UserId};
@@ -33,7 +34,7 @@ impl PlanStatus {
 }
 
 /// How many of a plan's tasks are in each status, kept exact in the transaction of each change.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PlanCounters {
     /// All tasks.
     pub task_count: u32,
@@ -129,7 +130,7 @@ impl PlanCounters {
 }
 
 /// A DAG of tasks submitted together, or extended later by its owner.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ComputePlan {
     /// Its key.
     pub key: PlanKey,

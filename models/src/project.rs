@@ -1,11 +1,12 @@
 //! Projects: namespaces of functions, plans and schedules (Orchestra's `Project`).
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{JsonObject, ProjectId, Timestamp};
 
 /// A namespace of functions, compute plans and schedules.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Project {
     /// Its unique identifier.
     pub identifier: ProjectId,

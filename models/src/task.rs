@@ -310,7 +310,7 @@ pub struct TaskOutput {
 }
 
 /// What triggered a task (Orchestra's run `source`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum TaskSource {
     /// A user submitted it, through the CLI, AMQP or HTTP.
@@ -337,7 +337,7 @@ pub enum TaskSource {
 
 /// The lease of a running attempt: the worker that holds it must renew it before it expires,
 /// and every report it sends carries the token.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Lease {
     /// The attempt the lease belongs to.
     pub attempt: Attempt,
@@ -348,7 +348,7 @@ pub struct Lease {
 }
 
 /// One execution of a function in a compute plan.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Task {
     /// Its key.
     pub key: TaskKey,

@@ -1,11 +1,12 @@
 //! Workers (Orchestra's `Worker`) and the devices they run steps on (LuciHub's devices).
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{DeviceId, OrganizationId, Properties, Timestamp, UserId, WorkerId};
 
 /// A worker process on a device host.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Worker {
     /// Its unique identifier.
     pub identifier: WorkerId,
@@ -36,7 +37,7 @@ pub struct Worker {
 }
 
 /// A device a worker runs steps on (`local`, an analog computer, …).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Device {
     /// The worker it is attached to.
     pub worker: WorkerId,

@@ -21,6 +21,8 @@ mod schemas;
 mod submit;
 // The `baton` command end to end.
 mod cli;
+// The HTTP API: every route against an in-process dispatcher.
+mod api;
 // Checked invariants of the code base (no IO in `models`).
 mod tidy;
 // Every field of the seed documents has a home in baton's model.

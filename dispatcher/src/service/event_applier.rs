@@ -1284,6 +1284,7 @@ async fn apply_batch(
     publisher: &Publisher,
     plans: &mut Plans,
     batch: Vec<Delivery<Incoming>>,
+    received: std::time::Instant,
 ) -> anyhow::Result<()> {
     let now = Utc::now();
     let started = std::time::Instant::now();
@@ -1342,6 +1343,11 @@ async fn apply_batch(
         batch.len(),
         started.elapsed()
     );
+    let metrics = &context.config.metrics;
+    metrics.observe_event_batch(batch.len());
+    for _ in &work.replies {
+        metrics.observe_claim_latency(received.elapsed());
+    }
     for delivery in batch {
         // An ack lost with a connection means a redelivery, which the core refuses harmlessly.
         if let Err(error) = delivery.ack().await {
@@ -1459,6 +1465,7 @@ pub async fn run(context: Arc<Context>, shutdown: CancellationToken) -> anyhow::
             }
             next = consumer.next() => next,
         };
+        let received = std::time::Instant::now();
         let mut batch = match first {
             None => anyhow::bail!("the event consumer was canceled by RabbitMQ"),
             Some(delivery) => vec![delivery?],
@@ -1471,6 +1478,6 @@ pub async fn run(context: Arc<Context>, shutdown: CancellationToken) -> anyhow::
                 Err(_) => break,
             }
         }
-        apply_batch(&context, &publisher, &mut plans, batch).await?;
+        apply_batch(&context, &publisher, &mut plans, batch, received).await?;
     }
 }

@@ -45,10 +45,14 @@ pub struct DispatcherConfig {
     /// How long a worker's registration is trusted before it is read again, so that a worker
     /// an operator disabled stops getting claims.
     pub registration_cache: Duration,
+    /// Where the loops record what they measure (claim latency, event batch sizes); share a
+    /// clone with whoever serves them.
+    pub metrics: crate::metrics::DispatcherMetrics,
 }
 
 impl DispatcherConfig {
-    /// A configuration with the defaults: a 30 s lease, a 1 s outbox poll, 10 s heartbeats.
+    /// A configuration with the defaults: a 30 s lease, a 1 s outbox poll, 10 s heartbeats, fresh
+    /// metrics.
     pub fn new(
         database_url: impl Into<String>,
         broker: BrokerConfig,
@@ -63,6 +67,7 @@ impl DispatcherConfig {
             outbox_poll: Duration::from_secs(1),
             heartbeat_interval: Duration::from_secs(10),
             registration_cache: Duration::from_secs(10),
+            metrics: crate::metrics::DispatcherMetrics::new(),
         }
     }
 }

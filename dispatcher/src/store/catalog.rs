@@ -1,13 +1,15 @@
 //! Queries on what producers register: organizations, users and credentials, projects,
 //! functions, datasets and data samples, schedules.
 
+use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use models::{
     Credential, DataSample, DataSampleKey, Dataset, DatasetKey, Function, FunctionKey,
-    Organization, OrganizationId, Project, ProjectId, Schedule, ScheduleId, User, UserId,
+    FunctionStatus, Organization, OrganizationId, Project, ProjectId, Schedule, ScheduleId, User,
+    UserId,
 };
 
 use super::rows::{
@@ -18,7 +20,7 @@ use super::schema::{
     credentials, data_samples, dataset_samples, datasets, functions, organizations, projects,
     schedules, users,
 };
-use super::{StoreResult, rows_per_insert};
+use super::{Page, StoreResult, rows_per_insert};
 
 /// Registers `organization`.
 pub async fn insert_organization(
@@ -61,6 +63,28 @@ pub async fn list_organizations(
         .into_iter()
         .map(|row| row.into_model(current))
         .collect())
+}
+
+/// Organizations by identifier: `limit` rows after skipping `offset`, with how many there are
+/// in all; `is_current` is set on `current`.
+pub async fn list_organizations_page(
+    conn: &mut AsyncPgConnection,
+    current: Option<&OrganizationId>,
+    limit: i64,
+    offset: i64,
+) -> StoreResult<Page<Organization>> {
+    let total = organizations::table.count().get_result(conn).await?;
+    let rows = organizations::table
+        .order(organizations::id)
+        .limit(limit)
+        .offset(offset)
+        .select(OrganizationRow::as_select())
+        .load(conn)
+        .await?
+        .into_iter()
+        .map(|row| row.into_model(current))
+        .collect();
+    Ok(Page { rows, total })
 }
 
 /// Registers `user`.
@@ -137,6 +161,74 @@ pub async fn find_project(
         .optional()?
         .map(ProjectRow::into_model)
         .transpose()
+}
+
+/// Projects by identifier: `limit` rows after skipping `offset`, with how many there are in
+/// all.
+pub async fn list_projects_page(
+    conn: &mut AsyncPgConnection,
+    limit: i64,
+    offset: i64,
+) -> StoreResult<Page<Project>> {
+    let total = projects::table.count().get_result(conn).await?;
+    let rows = projects::table
+        .order(projects::identifier)
+        .limit(limit)
+        .offset(offset)
+        .select(ProjectRow::as_select())
+        .load(conn)
+        .await?
+        .into_iter()
+        .map(ProjectRow::into_model)
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok(Page { rows, total })
+}
+
+/// Which functions a listing shows: those matching every filter given.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FunctionFilter {
+    /// Only functions of this project.
+    pub project: Option<ProjectId>,
+    /// Only functions in this build status.
+    pub status: Option<FunctionStatus>,
+    /// Only functions owned by this organization.
+    pub owner: Option<OrganizationId>,
+}
+
+fn filtered_functions(filter: &FunctionFilter) -> functions::BoxedQuery<'_, Pg> {
+    let mut query = functions::table.into_boxed();
+    if let Some(project) = &filter.project {
+        query = query.filter(functions::project.eq(project.as_str()));
+    }
+    if let Some(status) = filter.status {
+        query = query.filter(functions::status.eq(status.as_str()));
+    }
+    if let Some(owner) = &filter.owner {
+        query = query.filter(functions::owner.eq(owner.as_str()));
+    }
+    query
+}
+
+/// The functions matching `filter`, newest first: `limit` rows after skipping `offset`, with
+/// how many match in all.
+pub async fn list_functions_page(
+    conn: &mut AsyncPgConnection,
+    filter: &FunctionFilter,
+    limit: i64,
+    offset: i64,
+) -> StoreResult<Page<Function>> {
+    let total = filtered_functions(filter).count().get_result(conn).await?;
+    let rows = filtered_functions(filter)
+        .order((functions::creation_date.desc(), functions::key))
+        .limit(limit)
+        .offset(offset)
+        .select(FunctionRow::as_select())
+        .load(conn)
+        .await?
+        .into_iter()
+        .map(FunctionRow::into_model)
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok(Page { rows, total })
 }
 
 /// Registers `function`.
@@ -251,6 +343,54 @@ pub async fn find_datasets(
             row.into_model(samples)
         })
         .collect()
+}
+
+/// Data managers, newest first, each with its samples in attachment order: `limit` rows after
+/// skipping `offset`, with how many there are in all.
+pub async fn list_datasets_page(
+    conn: &mut AsyncPgConnection,
+    limit: i64,
+    offset: i64,
+) -> StoreResult<Page<Dataset>> {
+    let total = datasets::table.count().get_result(conn).await?;
+    let keys: Vec<Uuid> = datasets::table
+        .order((datasets::creation_date.desc(), datasets::key))
+        .limit(limit)
+        .offset(offset)
+        .select(datasets::key)
+        .load(conn)
+        .await?;
+    let keys: Vec<DatasetKey> = keys.into_iter().map(DatasetKey).collect();
+    let mut found = find_datasets(conn, &keys).await?;
+    found.sort_by_key(|dataset| keys.iter().position(|key| *key == dataset.key));
+    Ok(Page { rows: found, total })
+}
+
+/// The samples attached to data manager `dataset`, in attachment order, each with its data
+/// managers: `limit` rows after skipping `offset`, with how many there are in all.
+pub async fn list_dataset_samples_page(
+    conn: &mut AsyncPgConnection,
+    dataset: DatasetKey,
+    limit: i64,
+    offset: i64,
+) -> StoreResult<Page<DataSample>> {
+    let total = dataset_samples::table
+        .filter(dataset_samples::dataset_key.eq(dataset.0))
+        .count()
+        .get_result(conn)
+        .await?;
+    let keys: Vec<Uuid> = dataset_samples::table
+        .filter(dataset_samples::dataset_key.eq(dataset.0))
+        .order(dataset_samples::position)
+        .limit(limit)
+        .offset(offset)
+        .select(dataset_samples::data_sample_key)
+        .load(conn)
+        .await?;
+    let keys: Vec<DataSampleKey> = keys.into_iter().map(DataSampleKey).collect();
+    let mut found = find_data_samples(conn, &keys).await?;
+    found.sort_by_key(|sample| keys.iter().position(|key| *key == sample.key));
+    Ok(Page { rows: found, total })
 }
 
 /// Registers `samples` and attaches each to the already registered data managers it lists.

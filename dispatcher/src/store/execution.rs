@@ -1,17 +1,18 @@
 //! Queries on what running tasks produce: models, performances, log lines and measurements.
 //! Logs and measurements arrive in batches and are inserted in chunks.
 
+use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use ::models::{LogLine, Measurement, Model, ModelKey, Performance, TaskKey};
+use ::models::{LogLine, Measurement, Model, ModelKey, Performance, PlanKey, TaskKey};
 
 use super::rows::{
     LOG_LINE_COLUMNS, LogLineRow, MEASUREMENT_COLUMNS, MeasurementRow, ModelRow, NewMeasurementRow,
     PerformanceRecord,
 };
-use super::schema::{log_lines, measurements, models, performances};
-use super::{StoreResult, rows_per_insert};
+use super::schema::{log_lines, measurements, models, performances, tasks};
+use super::{Page, StoreResult, rows_per_insert};
 
 /// Registers `model`.
 pub async fn insert_model(conn: &mut AsyncPgConnection, model: &Model) -> StoreResult<()> {
@@ -64,6 +65,54 @@ pub async fn list_task_models(
         .into_iter()
         .map(ModelRow::into_model)
         .collect()
+}
+
+/// Which models a listing shows: those matching every filter given.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModelFilter {
+    /// Only models produced by tasks of this plan.
+    pub compute_plan_key: Option<PlanKey>,
+    /// Only models produced by this task.
+    pub compute_task_key: Option<TaskKey>,
+}
+
+fn filtered_models(
+    filter: &ModelFilter,
+) -> diesel::helper_types::IntoBoxed<
+    'static,
+    diesel::helper_types::InnerJoin<models::table, tasks::table>,
+    Pg,
+> {
+    let mut query = models::table.inner_join(tasks::table).into_boxed();
+    if let Some(plan) = filter.compute_plan_key {
+        query = query.filter(tasks::compute_plan_key.eq(plan.0));
+    }
+    if let Some(task) = filter.compute_task_key {
+        query = query.filter(models::compute_task_key.eq(task.0));
+    }
+    query
+}
+
+/// The models matching `filter`, oldest first: `limit` rows after skipping `offset`, with how
+/// many match in all.
+pub async fn list_models_page(
+    conn: &mut AsyncPgConnection,
+    filter: &ModelFilter,
+    limit: i64,
+    offset: i64,
+) -> StoreResult<Page<Model>> {
+    let total = filtered_models(filter).count().get_result(conn).await?;
+    let rows = filtered_models(filter)
+        .select(ModelRow::as_select())
+        .order((models::creation_date, models::key))
+        .limit(limit)
+        .offset(offset)
+        .load(conn)
+        .await?
+        .into_iter()
+        .map(ModelRow::into_model)
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok(Page { rows, total })
 }
 
 /// Registers `performance`; a second value for the same task output is a duplicate.
@@ -132,6 +181,15 @@ pub async fn list_log_lines(
         .collect()
 }
 
+/// How many log lines `task` has, every attempt.
+pub async fn count_log_lines(conn: &mut AsyncPgConnection, task: TaskKey) -> StoreResult<i64> {
+    Ok(log_lines::table
+        .filter(log_lines::task_key.eq(task.0))
+        .count()
+        .get_result(conn)
+        .await?)
+}
+
 /// Appends measurement samples.
 pub async fn insert_measurements(
     conn: &mut AsyncPgConnection,
@@ -170,6 +228,42 @@ pub async fn list_measurements(
         .into_iter()
         .map(MeasurementRow::into_model)
         .collect()
+}
+
+fn filtered_measurements(task: TaskKey, channel: Option<&str>) -> measurements::BoxedQuery<'_, Pg> {
+    let mut query = measurements::table
+        .filter(measurements::task_key.eq(task.0))
+        .into_boxed();
+    if let Some(channel) = channel {
+        query = query.filter(measurements::channel.eq(channel));
+    }
+    query
+}
+
+/// The samples of `task`, optionally of one `channel`, in arrival order: `limit` rows after
+/// skipping `offset`, with how many there are in all.
+pub async fn list_measurements_page(
+    conn: &mut AsyncPgConnection,
+    task: TaskKey,
+    channel: Option<&str>,
+    limit: i64,
+    offset: i64,
+) -> StoreResult<Page<Measurement>> {
+    let total = filtered_measurements(task, channel)
+        .count()
+        .get_result(conn)
+        .await?;
+    let rows = filtered_measurements(task, channel)
+        .order(measurements::id)
+        .limit(limit)
+        .offset(offset)
+        .select(MeasurementRow::as_select())
+        .load(conn)
+        .await?
+        .into_iter()
+        .map(MeasurementRow::into_model)
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok(Page { rows, total })
 }
 
 /// The measurement channels of `task`, by name (LuciHub's "number of channels" is its length).

@@ -137,6 +137,16 @@ impl From<diesel::result::Error> for StoreError {
 /// A result of the store.
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// One page of a listing: the rows asked for (at most the limit, after the offset) and how many
+/// rows match in all, counted by a second statement.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Page<T> {
+    /// The rows of the page, in the listing's order.
+    pub rows: Vec<T>,
+    /// How many rows match the listing's filters, on every page.
+    pub total: i64,
+}
+
 /// The largest pool a dispatcher opens by default: enough for the event applier, the outbox
 /// relay, claims and the API on 2 cores, without crowding PostgreSQL's default 100 connections.
 pub const DEFAULT_POOL_SIZE: usize = 16;

@@ -1,15 +1,18 @@
 //! Queries on compute plans: insert, read, save counters and dates, list, and the performance
 //! table of a plan.
 
+use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use models::performance::round_idx;
-use models::{ComputePlan, Metadata, PerformanceRow, PlanKey, PlanStatus};
+use models::{
+    ComputePlan, Metadata, OrganizationId, PerformanceRow, PlanKey, PlanStatus, ProjectId,
+};
 
 use super::rows::PlanRow;
 use super::schema::{compute_plans, functions, performances, tasks};
-use super::{StoreError, StoreResult};
+use super::{Page, StoreError, StoreResult};
 
 /// Stores a new `plan`.
 pub async fn insert_plan(conn: &mut AsyncPgConnection, plan: &ComputePlan) -> StoreResult<()> {
@@ -87,6 +90,58 @@ pub async fn list_plans(
         .into_iter()
         .map(PlanRow::into_model)
         .collect()
+}
+
+/// Which plans a listing shows: those matching every filter given.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PlanFilter {
+    /// Only plans in this status.
+    pub status: Option<PlanStatus>,
+    /// Only plans owned by this organization.
+    pub owner: Option<OrganizationId>,
+    /// Only plans of this project.
+    pub project: Option<ProjectId>,
+    /// Only plans with exactly this tag.
+    pub tag: Option<String>,
+}
+
+fn filtered_plans(filter: &PlanFilter) -> compute_plans::BoxedQuery<'_, Pg> {
+    let mut query = compute_plans::table.into_boxed();
+    if let Some(status) = filter.status {
+        query = query.filter(compute_plans::status.eq(status.as_str()));
+    }
+    if let Some(owner) = &filter.owner {
+        query = query.filter(compute_plans::owner.eq(owner.as_str()));
+    }
+    if let Some(project) = &filter.project {
+        query = query.filter(compute_plans::project.eq(project.as_str()));
+    }
+    if let Some(tag) = &filter.tag {
+        query = query.filter(compute_plans::tag.eq(tag.as_str()));
+    }
+    query
+}
+
+/// The plans matching `filter`, newest first: `limit` rows after skipping `offset`, with how
+/// many match in all.
+pub async fn list_plans_page(
+    conn: &mut AsyncPgConnection,
+    filter: &PlanFilter,
+    limit: i64,
+    offset: i64,
+) -> StoreResult<Page<ComputePlan>> {
+    let total = filtered_plans(filter).count().get_result(conn).await?;
+    let rows = filtered_plans(filter)
+        .select(PlanRow::as_select())
+        .order((compute_plans::creation_date.desc(), compute_plans::key))
+        .limit(limit)
+        .offset(offset)
+        .load(conn)
+        .await?
+        .into_iter()
+        .map(PlanRow::into_model)
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok(Page { rows, total })
 }
 
 /// The performance table of plan `key` (the seed's `Performances` columns): one row per

@@ -1,10 +1,16 @@
-//! Counts for operators: how many rows each table holds.
+//! Counts for operators: how many rows each table holds, plans and tasks by status, and a
+//! trivial query for health checks.
 
-use diesel::sql_types::{BigInt, Text};
+use diesel::dsl::count_star;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Integer, Text};
 use diesel::{QueryableByName, sql_query};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use super::StoreResult;
+use models::{PlanStatus, TaskStatus};
+
+use super::schema::{compute_plans, tasks};
+use super::{StoreError, StoreResult};
 
 /// The tables [`row_counts`] reports on, in the order it reports them.
 pub const COUNTED_TABLES: &[&str] = &[
@@ -50,4 +56,67 @@ pub async fn row_counts(conn: &mut AsyncPgConnection) -> StoreResult<Vec<(String
         .into_iter()
         .map(|row| (row.table_name, row.count))
         .collect())
+}
+
+#[derive(QueryableByName)]
+struct One {
+    #[diesel(sql_type = Integer)]
+    one: i32,
+}
+
+/// Runs `SELECT 1`: whether PostgreSQL answers.
+pub async fn ping(conn: &mut AsyncPgConnection) -> StoreResult<()> {
+    let answer: One = sql_query("SELECT 1 AS one").get_result(conn).await?;
+    debug_assert_eq!(answer.one, 1);
+    Ok(())
+}
+
+/// How many plans are in each status; statuses without a plan are left out.
+pub async fn count_plans_by_status(
+    conn: &mut AsyncPgConnection,
+) -> StoreResult<Vec<(PlanStatus, i64)>> {
+    let rows: Vec<(String, i64)> = compute_plans::table
+        .group_by(compute_plans::status)
+        .select((compute_plans::status, count_star()))
+        .order(compute_plans::status)
+        .load(conn)
+        .await?;
+    rows.into_iter()
+        .map(|(status, count)| {
+            let status =
+                status
+                    .parse()
+                    .map_err(|error: models::ParseWordError| StoreError::Corrupt {
+                        table: "compute_plans",
+                        key: "(status)".to_owned(),
+                        reason: error.to_string(),
+                    })?;
+            Ok((status, count))
+        })
+        .collect()
+}
+
+/// How many tasks are in each status; statuses without a task are left out.
+pub async fn count_tasks_by_status(
+    conn: &mut AsyncPgConnection,
+) -> StoreResult<Vec<(TaskStatus, i64)>> {
+    let rows: Vec<(String, i64)> = tasks::table
+        .group_by(tasks::status)
+        .select((tasks::status, count_star()))
+        .order(tasks::status)
+        .load(conn)
+        .await?;
+    rows.into_iter()
+        .map(|(status, count)| {
+            let status =
+                status
+                    .parse()
+                    .map_err(|error: models::ParseWordError| StoreError::Corrupt {
+                        table: "tasks",
+                        key: "(status)".to_owned(),
+                        reason: error.to_string(),
+                    })?;
+            Ok((status, count))
+        })
+        .collect()
 }

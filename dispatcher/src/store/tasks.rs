@@ -1,18 +1,22 @@
 //! Queries on tasks: batch insert with their DAG edges, reads by key, plan and status, children
 //! and parents, the state-change history, and the outbox of ready tasks.
 
+use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use models::{PlanKey, RequirementSet, Task, TaskKey, TaskStateChange, TaskStatus};
+use models::{
+    FunctionKey, OrganizationId, PlanKey, RequirementSet, Task, TaskKey, TaskStateChange,
+    TaskStatus, WorkerId,
+};
 
 use super::rows::{
     NewOutboxRow, NewStateChangeRow, OutboxRow, StateChangeRow, TASK_COLUMNS, TaskEdgeRow, TaskRow,
     TaskState, TaskStateRow,
 };
 use super::schema::{outbox, task_edges, task_state_changes, tasks};
-use super::{StoreError, StoreResult, rows_per_insert};
+use super::{Page, StoreError, StoreResult, rows_per_insert};
 
 /// Stores `tasks` and the DAG edges their parent-output inputs name, in chunks that fit
 /// PostgreSQL's bind-parameter limit. Parents must be stored already or be among `tasks`.
@@ -294,6 +298,27 @@ pub async fn pending_requirement_sets(
         .collect()
 }
 
+/// The distinct requirement sets of ready (TODO) tasks: the task queues that hold messages.
+pub async fn ready_requirement_sets(
+    conn: &mut AsyncPgConnection,
+) -> StoreResult<Vec<RequirementSet>> {
+    let sets: Vec<serde_json::Value> = tasks::table
+        .filter(tasks::status.eq(TaskStatus::Todo.as_str()))
+        .select(tasks::requirements)
+        .distinct()
+        .load(conn)
+        .await?;
+    sets.into_iter()
+        .map(|set| {
+            serde_json::from_value(set).map_err(|error| StoreError::Corrupt {
+                table: "tasks",
+                key: "(requirements)".to_owned(),
+                reason: error.to_string(),
+            })
+        })
+        .collect()
+}
+
 /// What the dispatcher's core holds of each task of plan `plan`, by rank then key, with the
 /// parents of each (from the DAG edges, parents in other plans included).
 pub async fn load_task_states(
@@ -345,6 +370,69 @@ pub async fn list_plan_tasks(
         .into_iter()
         .map(TaskRow::into_model)
         .collect()
+}
+
+/// Which tasks a listing shows: those matching every filter given.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TaskFilter {
+    /// Only tasks of this plan.
+    pub compute_plan_key: Option<PlanKey>,
+    /// Only tasks in one of these statuses; every status when empty.
+    pub statuses: Vec<TaskStatus>,
+    /// Only tasks run by workers of this organization.
+    pub worker: Option<OrganizationId>,
+    /// Only tasks run (or last run) by this worker process.
+    pub worker_id: Option<WorkerId>,
+    /// Only tasks of this function.
+    pub function_key: Option<FunctionKey>,
+}
+
+fn filtered_tasks(filter: &TaskFilter) -> tasks::BoxedQuery<'_, Pg> {
+    let mut query = tasks::table.into_boxed();
+    if let Some(plan) = filter.compute_plan_key {
+        query = query.filter(tasks::compute_plan_key.eq(plan.0));
+    }
+    if !filter.statuses.is_empty() {
+        let statuses: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
+        query = query.filter(tasks::status.eq_any(statuses));
+    }
+    if let Some(worker) = &filter.worker {
+        query = query.filter(tasks::worker.eq(worker.as_str()));
+    }
+    if let Some(worker_id) = &filter.worker_id {
+        query = query.filter(tasks::worker_id.eq(worker_id.as_str()));
+    }
+    if let Some(function) = filter.function_key {
+        query = query.filter(tasks::function_key.eq(function.0));
+    }
+    query
+}
+
+/// The tasks matching `filter`, newest plans first and by rank then key within a plan: `limit`
+/// rows after skipping `offset`, with how many match in all.
+pub async fn list_tasks_page(
+    conn: &mut AsyncPgConnection,
+    filter: &TaskFilter,
+    limit: i64,
+    offset: i64,
+) -> StoreResult<Page<Task>> {
+    let total = filtered_tasks(filter).count().get_result(conn).await?;
+    let rows = filtered_tasks(filter)
+        .select(TaskRow::as_select())
+        .order((
+            tasks::creation_date.desc(),
+            tasks::compute_plan_key,
+            tasks::rank,
+            tasks::key,
+        ))
+        .limit(limit)
+        .offset(offset)
+        .load(conn)
+        .await?
+        .into_iter()
+        .map(TaskRow::into_model)
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok(Page { rows, total })
 }
 
 /// The keys of the tasks that take an input from `parent`.

@@ -6,9 +6,9 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use models::{Device, Worker, WorkerId};
 
-use super::StoreResult;
 use super::rows::{DeviceRow, WorkerRow};
 use super::schema::{devices, workers};
+use super::{Page, StoreResult};
 
 /// Registers `worker`, or updates every field of the worker with the same identifier except
 /// its creation date.
@@ -148,4 +148,53 @@ pub async fn list_devices(
         .into_iter()
         .map(DeviceRow::into_model)
         .collect())
+}
+
+/// Workers by identifier: `limit` rows after skipping `offset`, with how many there are in all.
+pub async fn list_workers_page(
+    conn: &mut AsyncPgConnection,
+    limit: i64,
+    offset: i64,
+) -> StoreResult<Page<Worker>> {
+    let total = workers::table.count().get_result(conn).await?;
+    let rows = workers::table
+        .order(workers::identifier)
+        .limit(limit)
+        .offset(offset)
+        .select(WorkerRow::as_select())
+        .load(conn)
+        .await?
+        .into_iter()
+        .map(WorkerRow::into_model)
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok(Page { rows, total })
+}
+
+/// Devices by worker then id, optionally only those of `worker`: `limit` rows after skipping
+/// `offset`, with how many match in all.
+pub async fn list_devices_page(
+    conn: &mut AsyncPgConnection,
+    worker: Option<&WorkerId>,
+    limit: i64,
+    offset: i64,
+) -> StoreResult<Page<Device>> {
+    let filtered = || {
+        let mut query = devices::table.into_boxed();
+        if let Some(worker) = worker {
+            query = query.filter(devices::worker.eq(worker.as_str()));
+        }
+        query
+    };
+    let total = filtered().count().get_result(conn).await?;
+    let rows = filtered()
+        .order((devices::worker, devices::id))
+        .limit(limit)
+        .offset(offset)
+        .select(DeviceRow::as_select())
+        .load(conn)
+        .await?
+        .into_iter()
+        .map(DeviceRow::into_model)
+        .collect();
+    Ok(Page { rows, total })
 }

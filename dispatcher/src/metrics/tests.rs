@@ -1,0 +1,29 @@
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+
+use super::DispatcherMetrics;
+
+fn render(metrics: &DispatcherMetrics) -> String {
+    let mut registry = Registry::with_prefix("baton");
+    metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encoding to a String");
+    text
+}
+
+#[test]
+fn clones_record_into_the_same_histograms() {
+    let metrics = DispatcherMetrics::new();
+    let clone = metrics.clone();
+    clone.observe_claim_latency(Duration::from_millis(3));
+    clone.observe_event_batch(7);
+    metrics.observe_event_batch(1);
+    let text = render(&metrics);
+    assert!(
+        text.contains("baton_claim_latency_seconds_count 1"),
+        "{text}"
+    );
+    assert!(text.contains("baton_event_batch_size_count 2"), "{text}");
+    assert!(text.contains("baton_event_batch_size_sum 8.0"), "{text}");
+}
