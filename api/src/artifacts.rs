@@ -7,12 +7,6 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-/// The longest address: what the worker's store accepts.
-pub const MAX_ADDRESS_BYTES: usize = 1024;
-
-/// The longest component of an address (a file name on Linux).
-pub const MAX_COMPONENT_BYTES: usize = 255;
-
 /// Why a file is not served.
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
@@ -44,35 +38,13 @@ pub enum ArtifactError {
 /// (no empty, `.` or `..` component, no backslash, NUL or control character), bounded in
 /// length. Pure.
 pub fn check_address(address: &str) -> Result<(), ArtifactError> {
-    let refuse = |reason| {
-        Err(ArtifactError::Refused {
+    match models::model::address_problem(address) {
+        Some(reason) => Err(ArtifactError::Refused {
             address: address.to_owned(),
             reason,
-        })
-    };
-    if address.is_empty() {
-        return refuse("it is empty");
+        }),
+        None => Ok(()),
     }
-    if address.len() > MAX_ADDRESS_BYTES {
-        return refuse("it is longer than 1024 bytes");
-    }
-    if address.starts_with('/') {
-        return refuse("it must be relative, not start with `/`");
-    }
-    if address.contains('\\') || address.contains('\0') || address.chars().any(char::is_control) {
-        return refuse("it holds a backslash, NUL or control character");
-    }
-    for component in address.split('/') {
-        match component {
-            "" => return refuse("it has an empty component"),
-            "." | ".." => return refuse("it has a `.` or `..` component"),
-            _ if component.len() > MAX_COMPONENT_BYTES => {
-                return refuse("a component is longer than 255 bytes");
-            }
-            _ => {}
-        }
-    }
-    Ok(())
 }
 
 /// An open file of the store, checked to be the regular file the address names.

@@ -40,3 +40,43 @@ pub struct Model {
     /// When it was registered.
     pub creation_date: Timestamp,
 }
+
+/// The longest artifact address, in bytes.
+pub const MAX_ADDRESS_BYTES: usize = 1024;
+
+/// The longest component of an artifact address, in bytes (a file name on Linux).
+pub const MAX_ADDRESS_COMPONENT_BYTES: usize = 255;
+
+/// Why `address` is not an artifact address, or `None` if it is one: a relative,
+/// `/`-separated path of normal components (no empty, `.` or `..` component, no backslash,
+/// NUL or control character), at most [`MAX_ADDRESS_BYTES`] long. Every artifact store and
+/// the API's downloads check it before anything else, so an address never names a file
+/// outside the store.
+pub fn address_problem(address: &str) -> Option<&'static str> {
+    if address.is_empty() {
+        return Some("it is empty");
+    }
+    if address.len() > MAX_ADDRESS_BYTES {
+        return Some("it is longer than 1024 bytes");
+    }
+    if address.starts_with('/') {
+        return Some("it must be relative, not start with `/`");
+    }
+    if address.contains('\\') {
+        return Some("it must not contain a backslash");
+    }
+    if address.contains('\0') {
+        return Some("it must not contain NUL");
+    }
+    if address.chars().any(char::is_control) {
+        return Some("it must not contain control characters");
+    }
+    address.split('/').find_map(|component| match component {
+        "" => Some("it must not have an empty component (`//` or a trailing `/`)"),
+        "." | ".." => Some("it must not have a `.` or `..` component"),
+        _ if component.len() > MAX_ADDRESS_COMPONENT_BYTES => {
+            Some("each component must be at most 255 bytes long")
+        }
+        _ => None,
+    })
+}

@@ -26,10 +26,7 @@ mod tests;
 
 /// The longest store address accepted, in bytes: room for any layout of keys and names,
 /// short enough for every backend (S3 keys stop at 1024 bytes).
-pub const MAX_ADDRESS_BYTES: usize = 1024;
-
-/// The longest component of a store address, in bytes: a file name on Linux file systems.
-const MAX_COMPONENT_BYTES: usize = 255;
+pub const MAX_ADDRESS_BYTES: usize = models::model::MAX_ADDRESS_BYTES;
 
 /// The size of the buffer files are copied and hashed through.
 const COPY_BUFFER_BYTES: usize = 64 * 1024;
@@ -138,36 +135,10 @@ impl ArtifactError {
 /// Every store calls it before anything else, so an address can never name a file outside
 /// the store, whatever the backend.
 pub fn check_address(address: &str) -> Result<(), ArtifactError> {
-    let refuse = |reason| Err(ArtifactError::invalid(address, reason));
-    if address.is_empty() {
-        return refuse("it is empty");
+    match models::model::address_problem(address) {
+        Some(reason) => Err(ArtifactError::invalid(address, reason)),
+        None => Ok(()),
     }
-    if address.len() > MAX_ADDRESS_BYTES {
-        return refuse("it is longer than 1024 bytes");
-    }
-    if address.starts_with('/') {
-        return refuse("it must be relative, not start with `/`");
-    }
-    if address.contains('\\') {
-        return refuse("it must not contain a backslash");
-    }
-    if address.contains('\0') {
-        return refuse("it must not contain NUL");
-    }
-    if address.chars().any(char::is_control) {
-        return refuse("it must not contain control characters");
-    }
-    for component in address.split('/') {
-        match component {
-            "" => return refuse("it must not have an empty component (`//` or a trailing `/`)"),
-            "." | ".." => return refuse("it must not have a `.` or `..` component"),
-            _ if component.len() > MAX_COMPONENT_BYTES => {
-                return refuse("each component must be at most 255 bytes long");
-            }
-            _ => {}
-        }
-    }
-    Ok(())
 }
 
 /// The sha256 of the file at `path`, as 64 lowercase hex digits, read in a streaming fashion.
