@@ -162,12 +162,13 @@ impl ApiError {
     }
 
     /// The dispatcher refused a submission or registration with `error` (its word: `invalid`,
-    /// `invalid_submission`, `already_exists`, `forbidden`, `not_found`, `malformed`,
-    /// `internal`) and `details`.
+    /// `invalid_submission`, `already_exists`, `message_id_reused`, `forbidden`, `not_found`,
+    /// `malformed`, `internal`) and `details`.
     pub fn refusal(error: &str, details: Vec<ErrorDetail>) -> ApiError {
         let kind = match error {
             "invalid" | "invalid_submission" => ErrorKind::InvalidSubmission,
             "already_exists" => ErrorKind::AlreadyExists,
+            "message_id_reused" => ErrorKind::Conflict,
             "forbidden" => ErrorKind::Forbidden,
             "not_found" => ErrorKind::NotFound,
             "malformed" => ErrorKind::InvalidRequest,

@@ -275,6 +275,26 @@ impl SubmissionRecord {
     }
 }
 
+/// The error word of a refusal for a message id already used by another request.
+pub const MESSAGE_ID_REUSED: &str = "message_id_reused";
+
+/// Why `record` cannot be answered with the reply recorded in `row`, found by its message
+/// id: `None` when it is the same request again; otherwise the message id was reused for
+/// another request (another kind, or another body), which is refused rather than answered
+/// with someone else's reply.
+pub fn reused_message_id(
+    row: &SubmissionRow,
+    record: &SubmissionRecord,
+) -> Option<models::wire::ErrorDetail> {
+    (row.digest != record.digest).then(|| models::wire::ErrorDetail {
+        path: "message_id".to_owned(),
+        message: format!(
+            "message id `{}` was already used for a different request: send this one with a new id",
+            record.message_id
+        ),
+    })
+}
+
 /// The reply recorded in `row`.
 pub fn recorded_reply<R: serde::de::DeserializeOwned>(row: SubmissionRow) -> Result<R, StoreError> {
     serde_json::from_value(row.reply).map_err(|error| StoreError::Corrupt {

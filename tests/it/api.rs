@@ -1439,17 +1439,22 @@ async fn workers_and_devices_are_listed_and_read() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn idempotency_keys_return_the_first_answer() {
+async fn idempotency_keys_return_the_first_answer_and_refuse_another_body() {
     let api = Api::start().await;
     let first = api
         .post_once("/api/v1/organizations", &json!({"id": "org-c"}), "k-1")
         .await;
     assert_eq!(first.status, 201, "{first:#?}");
-    // The same key again, even with another body: the first answer, nothing else stored.
+    // The same key and body again: the first answer.
     let again = api
-        .post_once("/api/v1/organizations", &json!({"id": "org-d"}), "k-1")
+        .post_once("/api/v1/organizations", &json!({"id": "org-c"}), "k-1")
         .await;
     assert_eq!((again.status, &again.body["id"]), (201, &json!("org-c")));
+    // The same key with another body: refused, nothing else stored.
+    let reused = api
+        .post_once("/api/v1/organizations", &json!({"id": "org-d"}), "k-1")
+        .await;
+    assert_error(&reused, 409, "conflict", "message_id");
     assert_error(
         &api.get("/api/v1/organizations/org-d").await,
         404,

@@ -1393,3 +1393,93 @@ async fn a_worker_disabled_by_an_operator_gets_no_more_claims() {
         "{second:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_id_reused_for_another_request_is_refused_and_stores_nothing() {
+    let cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
+    cluster.seed(&[function(1, no_retry())]).await;
+    let client = cluster.client("producer").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+    let id = "producer-request-1".to_owned();
+    let timeout = Duration::from_secs(10);
+    let first = plan(108, vec![task(1, 1, &[])]);
+    let reply: SubmissionReply = rpc
+        .call_with_message_id(
+            SUBMIT_EXCHANGE,
+            PlanSubmission::KIND,
+            &first,
+            id.clone(),
+            timeout,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(reply, SubmissionReply::Accepted { .. }),
+        "{reply:?}"
+    );
+    // The same request again gets the same answer.
+    let again: SubmissionReply = rpc
+        .call_with_message_id(
+            SUBMIT_EXCHANGE,
+            PlanSubmission::KIND,
+            &first,
+            id.clone(),
+            timeout,
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply, again);
+
+    // Another plan under the same id is refused, not answered with the first plan's reply.
+    let second = plan(109, vec![task(2, 1, &[])]);
+    let reused: SubmissionReply = rpc
+        .call_with_message_id(
+            SUBMIT_EXCHANGE,
+            PlanSubmission::KIND,
+            &second,
+            id.clone(),
+            timeout,
+        )
+        .await
+        .unwrap();
+    let SubmissionReply::Rejected { error, details, .. } = &reused else {
+        panic!("accepted: {reused:?}");
+    };
+    assert_eq!(error, "message_id_reused");
+    assert_eq!(details[0].path, "message_id", "{details:?}");
+
+    // Another kind of request under the same id: answered (not requeued until dead-lettered)
+    // with a refusal of its own kind.
+    let org = NewOrganization {
+        id: "org-reused".into(),
+        address: None,
+    };
+    let other_kind: AssetReply = rpc
+        .call_with_message_id(
+            SUBMIT_EXCHANGE,
+            NewOrganization::KIND,
+            &org,
+            id.clone(),
+            timeout,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(&other_kind, AssetReply::Rejected { error, .. } if error == "message_id_reused"),
+        "{other_kind:?}"
+    );
+
+    let mut conn = cluster.db.connect().await;
+    assert!(
+        dispatcher::store::plans::find_plan(&mut conn, second.key)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        dispatcher::store::catalog::find_organization(&mut conn, &"org-reused".into(), None)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}

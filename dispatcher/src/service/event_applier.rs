@@ -738,6 +738,9 @@ async fn add_tasks(
         None => crate::store::submissions::find_by_content(conn, plan_key, &record.digest).await?,
     };
     if let Some(row) = earlier {
+        if let Some(detail) = crate::submission::reused_message_id(&row, &record) {
+            return Ok(rejected(crate::submission::MESSAGE_ID_REUSED, vec![detail]));
+        }
         return crate::submission::recorded_reply(row);
     }
     let loaded = plans.states.contains_key(&plan_key) || load_plan(conn, plans, plan_key).await?;

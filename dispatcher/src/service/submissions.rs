@@ -24,7 +24,8 @@ use super::Context;
 use crate::registration::{self, RegistrationError};
 use crate::store::{self, StoreError, submissions};
 use crate::submission::{
-    SubmissionError, SubmissionRecord, accepted_reply, recorded_reply, submit_plan,
+    MESSAGE_ID_REUSED, SubmissionError, SubmissionRecord, accepted_reply, recorded_reply,
+    reused_message_id, submit_plan,
 };
 
 /// What arrives on `baton.submissions`.
@@ -91,6 +92,9 @@ async fn answer(
     let record = SubmissionRecord::of(submission, message_id)?;
     let mut conn = store::connection(&context.pool).await?;
     if let Some(row) = submissions::find_by_message(&mut conn, &record.message_id).await? {
+        if let Some(detail) = reused_message_id(&row, &record) {
+            return Ok(rejected(submission, MESSAGE_ID_REUSED, vec![detail]));
+        }
         return recorded_reply(row);
     }
     let creator = user.map(models::UserId::from);
@@ -161,6 +165,12 @@ async fn answer_asset(
     }?;
     let mut conn = store::connection(&context.pool).await?;
     if let Some(row) = submissions::find_by_message(&mut conn, &record.message_id).await? {
+        if let Some(detail) = reused_message_id(&row, &record) {
+            return Ok(AssetReply::Rejected {
+                error: MESSAGE_ID_REUSED.to_owned(),
+                details: vec![detail],
+            });
+        }
         return recorded_reply(row);
     }
     let owner = &context.config.organization;
