@@ -244,36 +244,56 @@ async fn get_measurements(
 }
 
 async fn cancel_task(
-    State(state): State<ApiState>,
-    Key(key): Key<TaskKey>,
+    state: State<ApiState>,
+    key: Key<TaskKey>,
     idempotency: IdempotencyKey,
     query: Query,
-    OptionalJsonBody(body): OptionalJsonBody<CancelBody>,
+    body: OptionalJsonBody<CancelBody>,
 ) -> Result<Json<Value>, ApiError> {
-    query.only(&[])?;
-    let reason = body.reason_or("canceled through the HTTP API")?;
-    find_task(&state, key).await?;
-    let request = CancelRequest::Task {
-        task_key: key,
-        reason,
-    };
-    cancel_outcome(state.request(&request, &idempotency).await?)?;
-    Ok(Json(public_task(find_task(&state, key).await?)?))
+    stop_task(state, key, idempotency, query, body, Stop::Cancel).await
 }
 
 async fn abort_task(
+    state: State<ApiState>,
+    key: Key<TaskKey>,
+    idempotency: IdempotencyKey,
+    query: Query,
+    body: OptionalJsonBody<CancelBody>,
+) -> Result<Json<Value>, ApiError> {
+    stop_task(state, key, idempotency, query, body, Stop::Abort).await
+}
+
+/// A cancel or an abort of one task.
+#[derive(Clone, Copy)]
+enum Stop {
+    Cancel,
+    Abort,
+}
+
+/// Orders `stop` of the task, through the dispatcher, and answers with the task as it is then.
+async fn stop_task(
     State(state): State<ApiState>,
     Key(key): Key<TaskKey>,
     idempotency: IdempotencyKey,
     query: Query,
     OptionalJsonBody(body): OptionalJsonBody<CancelBody>,
+    stop: Stop,
 ) -> Result<Json<Value>, ApiError> {
     query.only(&[])?;
-    let reason = body.reason_or("aborted through the HTTP API")?;
+    let reason = body.reason_or(match stop {
+        Stop::Cancel => "canceled through the HTTP API",
+        Stop::Abort => "aborted through the HTTP API",
+    })?;
     find_task(&state, key).await?;
-    let request = CancelRequest::Abort {
-        task_key: key,
-        reason,
+    let request = match stop {
+        Stop::Cancel => CancelRequest::Task {
+            task_key: key,
+            reason,
+        },
+        Stop::Abort => CancelRequest::Abort {
+            task_key: key,
+            reason,
+        },
     };
     cancel_outcome(state.request(&request, &idempotency).await?)?;
     Ok(Json(public_task(find_task(&state, key).await?)?))

@@ -81,19 +81,7 @@ pub async fn count_plans_by_status(
         .order(compute_plans::status)
         .load(conn)
         .await?;
-    rows.into_iter()
-        .map(|(status, count)| {
-            let status =
-                status
-                    .parse()
-                    .map_err(|error: models::ParseWordError| StoreError::Corrupt {
-                        table: "compute_plans",
-                        key: "(status)".to_owned(),
-                        reason: error.to_string(),
-                    })?;
-            Ok((status, count))
-        })
-        .collect()
+    parse_statuses(rows, "compute_plans")
 }
 
 /// How many tasks are in each status; statuses without a task are left out.
@@ -106,13 +94,21 @@ pub async fn count_tasks_by_status(
         .order(tasks::status)
         .load(conn)
         .await?;
+    parse_statuses(rows, "tasks")
+}
+
+/// Reads the status words of counted `rows` of `table`.
+fn parse_statuses<S>(rows: Vec<(String, i64)>, table: &'static str) -> StoreResult<Vec<(S, i64)>>
+where
+    S: std::str::FromStr<Err = models::ParseWordError>,
+{
     rows.into_iter()
         .map(|(status, count)| {
             let status =
                 status
                     .parse()
                     .map_err(|error: models::ParseWordError| StoreError::Corrupt {
-                        table: "tasks",
+                        table,
                         key: "(status)".to_owned(),
                         reason: error.to_string(),
                     })?;
