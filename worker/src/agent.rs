@@ -710,6 +710,8 @@ async fn round(
 ) -> Round {
     let mut slot = slot;
     let mut taken = 0;
+    // Acks wait at most ROUND_IDLE after the last delivery.
+    let mut idle_deadline = tokio::time::Instant::now() + ROUND_IDLE;
     loop {
         let freed = shared.slot_freed.notified();
         tokio::select! {
@@ -722,6 +724,7 @@ async fn round(
                 }
                 Some(Ok(delivery)) => {
                     taken += 1;
+                    idle_deadline = tokio::time::Instant::now() + ROUND_IDLE;
                     let next_slot = if taken < prefetch { shared.try_slot() } else { None };
                     takes.spawn(take_work(shared.clone(), delivery, slot, acks.clone()));
                     match next_slot {
@@ -730,11 +733,14 @@ async fn round(
                     }
                 }
             },
-            // Many more slots than the round can fill: raise the prefetch.
-            () = freed, if 1 + shared.free_slots() > 2 * (prefetch - taken) => {
-                return Round::Ended;
+            // Many more slots than the round can fill: raise the prefetch. (Checked when a
+            // slot frees, not as a `select!` precondition, which is read only on entry.)
+            () = freed => {
+                if 1 + shared.free_slots() > 2 * (prefetch - taken) {
+                    return Round::Ended;
+                }
             }
-            () = tokio::time::sleep(ROUND_IDLE), if taken > 0 => return Round::Ended,
+            () = tokio::time::sleep_until(idle_deadline), if taken > 0 => return Round::Ended,
         }
     }
 }
