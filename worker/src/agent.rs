@@ -659,6 +659,12 @@ async fn consume_loop(shared: Arc<Shared>, requirements: RequirementSet) {
             if let Err(error) = started {
                 tracing::warn!("cannot consume {queue}: {error}");
             }
+            // A consumer whose channel cannot consume again is replaced by a new one; what
+            // it kept goes back to the queue with its channel.
+            if let Some(broken) = consumer.take() {
+                kept.clear();
+                broken.close().await;
+            }
             drop(slot);
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
