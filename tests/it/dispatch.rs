@@ -1402,46 +1402,31 @@ async fn a_message_id_reused_for_another_request_is_refused_and_stores_nothing()
     let rpc = RpcClient::new(&client).await.unwrap();
     let id = "producer-request-1".to_owned();
     let timeout = Duration::from_secs(10);
-    let first = plan(108, vec![task(1, 1, &[])]);
-    let reply: SubmissionReply = rpc
-        .call_with_message_id(
+    // Every plan here is sent under the same message id.
+    let submit_as_one = async |plan: &PlanSubmission| -> SubmissionReply {
+        rpc.call_with_message_id(
             SUBMIT_EXCHANGE,
             PlanSubmission::KIND,
-            &first,
+            plan,
             id.clone(),
             timeout,
         )
         .await
-        .unwrap();
+        .unwrap()
+    };
+    let first = plan(108, vec![task(1, 1, &[])]);
+    let reply = submit_as_one(&first).await;
     assert!(
         matches!(reply, SubmissionReply::Accepted { .. }),
         "{reply:?}"
     );
     // The same request again gets the same answer.
-    let again: SubmissionReply = rpc
-        .call_with_message_id(
-            SUBMIT_EXCHANGE,
-            PlanSubmission::KIND,
-            &first,
-            id.clone(),
-            timeout,
-        )
-        .await
-        .unwrap();
+    let again = submit_as_one(&first).await;
     assert_eq!(reply, again);
 
     // Another plan under the same id is refused, not answered with the first plan's reply.
     let second = plan(109, vec![task(2, 1, &[])]);
-    let reused: SubmissionReply = rpc
-        .call_with_message_id(
-            SUBMIT_EXCHANGE,
-            PlanSubmission::KIND,
-            &second,
-            id.clone(),
-            timeout,
-        )
-        .await
-        .unwrap();
+    let reused = submit_as_one(&second).await;
     let SubmissionReply::Rejected { error, details, .. } = &reused else {
         panic!("accepted: {reused:?}");
     };

@@ -281,29 +281,24 @@ pub async fn plans_with_running_tasks(conn: &mut AsyncPgConnection) -> StoreResu
 pub async fn pending_requirement_sets(
     conn: &mut AsyncPgConnection,
 ) -> StoreResult<Vec<RequirementSet>> {
-    let sets: Vec<serde_json::Value> = tasks::table
-        .filter(tasks::status.eq_any([TaskStatus::Todo.as_str(), TaskStatus::Waiting.as_str()]))
-        .select(tasks::requirements)
-        .distinct()
-        .load(conn)
-        .await?;
-    sets.into_iter()
-        .map(|set| {
-            serde_json::from_value(set).map_err(|error| StoreError::Corrupt {
-                table: "tasks",
-                key: "(requirements)".to_owned(),
-                reason: error.to_string(),
-            })
-        })
-        .collect()
+    requirement_sets_of(conn, &[TaskStatus::Todo, TaskStatus::Waiting]).await
 }
 
 /// The distinct requirement sets of ready (TODO) tasks: the task queues that hold messages.
 pub async fn ready_requirement_sets(
     conn: &mut AsyncPgConnection,
 ) -> StoreResult<Vec<RequirementSet>> {
+    requirement_sets_of(conn, &[TaskStatus::Todo]).await
+}
+
+/// The distinct requirement sets of the tasks in one of `statuses`.
+async fn requirement_sets_of(
+    conn: &mut AsyncPgConnection,
+    statuses: &[TaskStatus],
+) -> StoreResult<Vec<RequirementSet>> {
+    let statuses: Vec<&str> = statuses.iter().map(|status| status.as_str()).collect();
     let sets: Vec<serde_json::Value> = tasks::table
-        .filter(tasks::status.eq(TaskStatus::Todo.as_str()))
+        .filter(tasks::status.eq_any(statuses))
         .select(tasks::requirements)
         .distinct()
         .load(conn)
