@@ -6,6 +6,7 @@
 //! `submission` validates and stores plans; `service` runs the loops that connect them to
 //! RabbitMQ (`service::run`); `metrics` holds what those loops measure.
 
+pub mod auth;
 pub mod core;
 pub mod metrics;
 pub mod registration;

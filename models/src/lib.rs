@@ -11,6 +11,7 @@
 #[macro_use]
 mod macros;
 
+pub mod access;
 pub mod dataset;
 pub mod execution;
 pub mod function;

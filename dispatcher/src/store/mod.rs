@@ -23,6 +23,7 @@ pub mod schema;
 pub mod stats;
 pub mod submissions;
 pub mod tasks;
+pub mod users;
 pub mod workers;
 
 /// A pool of PostgreSQL connections.
