@@ -20,6 +20,9 @@ use crate::error::ApiError;
 use crate::extract::{IdempotencyKey, JsonBody, Key, Query};
 use crate::pagination::{PAGE, PAGE_SIZE, Paginated, Pagination};
 use crate::routes::{Param, Route, get, post};
+use models::access::Action;
+
+use crate::auth::Caller;
 use crate::state::ApiState;
 
 const ORGANIZATION_ID: Param = Param::path::<String>("id", "The organization's identifier.");
@@ -46,6 +49,7 @@ pub(crate) fn routes() -> Vec<Route> {
             "listOrganizations",
             list_organizations,
         )
+        .requires(Action::ReadProjects)
         .summary("organizations", "List organizations, by identifier")
         .params(PAGES)
         .returns::<Paginated<Organization>>(200, "A page of organizations"),
@@ -54,6 +58,7 @@ pub(crate) fn routes() -> Vec<Route> {
             "registerOrganization",
             register_organization,
         )
+        .requires(Action::RegisterOrganizations)
         .summary("organizations", "Register an organization")
         .body::<NewOrganization>()
         .returns::<Organization>(201, "Registered"),
@@ -62,42 +67,52 @@ pub(crate) fn routes() -> Vec<Route> {
             "getOrganization",
             get_organization,
         )
+        .requires(Action::ReadProjects)
         .summary("organizations", "Get an organization")
         .params(&[ORGANIZATION_ID])
         .returns::<Organization>(200, "The organization"),
         get("/api/v1/projects", "listProjects", list_projects)
+            .requires(Action::ReadProjects)
             .summary("projects", "List projects, by identifier")
             .params(PAGES)
             .returns::<Paginated<Project>>(200, "A page of projects"),
         post("/api/v1/projects", "registerProject", register_project)
+            .requires(Action::RegisterAssets)
             .summary("projects", "Register a project")
             .body::<NewProject>()
             .returns::<Project>(201, "Registered"),
         get("/api/v1/projects/{identifier}", "getProject", get_project)
+            .requires(Action::ReadProjects)
             .summary("projects", "Get a project")
             .params(&[PROJECT_ID])
             .returns::<Project>(200, "The project"),
         get("/api/v1/functions", "listFunctions", list_functions)
+            .requires(Action::ReadAssets)
             .summary("functions", "List functions, newest first")
             .params(FUNCTION_FILTERS)
             .returns::<Paginated<Function>>(200, "A page of functions"),
         post("/api/v1/functions", "registerFunction", register_function)
+            .requires(Action::RegisterAssets)
             .summary("functions", "Register a function")
             .body::<NewFunction>()
             .returns::<Function>(201, "Registered"),
         get("/api/v1/functions/{key}", "getFunction", get_function)
+            .requires(Action::ReadAssets)
             .summary("functions", "Get a function")
             .params(&[FUNCTION_KEY])
             .returns::<Function>(200, "The function"),
         get("/api/v1/datasets", "listDatasets", list_datasets)
+            .requires(Action::ReadAssets)
             .summary("datasets", "List datasets (data managers), newest first")
             .params(PAGES)
             .returns::<Paginated<Dataset>>(200, "A page of datasets"),
         post("/api/v1/datasets", "registerDataset", register_dataset)
+            .requires(Action::RegisterAssets)
             .summary("datasets", "Register a dataset (data manager)")
             .body::<NewDataset>()
             .returns::<Dataset>(201, "Registered"),
         get("/api/v1/datasets/{key}", "getDataset", get_dataset)
+            .requires(Action::ReadAssets)
             .summary("datasets", "Get a dataset, with its sample keys")
             .params(&[DATASET_KEY])
             .returns::<Dataset>(200, "The dataset"),
@@ -106,6 +121,7 @@ pub(crate) fn routes() -> Vec<Route> {
             "listDatasetSamples",
             list_dataset_samples,
         )
+        .requires(Action::ReadAssets)
         .summary(
             "datasets",
             "List the data samples of a dataset, in attachment order",
@@ -117,6 +133,7 @@ pub(crate) fn routes() -> Vec<Route> {
             "registerDataSamples",
             register_data_samples,
         )
+        .requires(Action::RegisterAssets)
         .summary(
             "data samples",
             "Register data samples, attached to datasets",
@@ -128,6 +145,7 @@ pub(crate) fn routes() -> Vec<Route> {
             "getDataSample",
             get_data_sample,
         )
+        .requires(Action::ReadAssets)
         .summary("data samples", "Get a data sample")
         .params(&[SAMPLE_KEY])
         .returns::<DataSample>(200, "The data sample"),
@@ -198,10 +216,11 @@ async fn get_organization(
 
 async fn register_organization(
     State(state): State<ApiState>,
+    caller: Caller,
     idempotency: IdempotencyKey,
     JsonBody(new): JsonBody<NewOrganization>,
 ) -> Result<Response, ApiError> {
-    let reply = state.request(&new, &idempotency).await?;
+    let reply = state.request(&caller, &new, &idempotency).await?;
     let id = OrganizationId(accepted_key::<String>(reply)?);
     let organization = find_organization(&state, &id)
         .await
@@ -239,10 +258,11 @@ async fn get_project(
 
 async fn register_project(
     State(state): State<ApiState>,
+    caller: Caller,
     idempotency: IdempotencyKey,
     JsonBody(new): JsonBody<NewProject>,
 ) -> Result<Response, ApiError> {
-    let reply = state.request(&new, &idempotency).await?;
+    let reply = state.request(&caller, &new, &idempotency).await?;
     let identifier = ProjectId(accepted_key::<String>(reply)?);
     let project = find_project(&state, &identifier)
         .await
@@ -286,10 +306,11 @@ async fn get_function(
 
 async fn register_function(
     State(state): State<ApiState>,
+    caller: Caller,
     idempotency: IdempotencyKey,
     JsonBody(new): JsonBody<NewFunction>,
 ) -> Result<Response, ApiError> {
-    let reply = state.request(&new, &idempotency).await?;
+    let reply = state.request(&caller, &new, &idempotency).await?;
     let key: FunctionKey = accepted_key(reply)?;
     let function = find_function(&state, key)
         .await
@@ -327,10 +348,11 @@ async fn get_dataset(
 
 async fn register_dataset(
     State(state): State<ApiState>,
+    caller: Caller,
     idempotency: IdempotencyKey,
     JsonBody(new): JsonBody<NewDataset>,
 ) -> Result<Response, ApiError> {
-    let reply = state.request(&new, &idempotency).await?;
+    let reply = state.request(&caller, &new, &idempotency).await?;
     let key: DatasetKey = accepted_key(reply)?;
     let dataset = find_dataset(&state, key)
         .await
@@ -371,10 +393,11 @@ async fn get_data_sample(
 
 async fn register_data_samples(
     State(state): State<ApiState>,
+    caller: Caller,
     idempotency: IdempotencyKey,
     JsonBody(new): JsonBody<NewDataSamples>,
 ) -> Result<Response, ApiError> {
-    let reply = state.request(&new, &idempotency).await?;
+    let reply = state.request(&caller, &new, &idempotency).await?;
     let keys = accepted_keys(reply)?
         .iter()
         .map(|key| key.parse().map(DataSampleKey))

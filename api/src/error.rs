@@ -29,6 +29,9 @@ pub enum ErrorKind {
     InvalidSubmission,
     /// Something with this key exists already, with other content.
     AlreadyExists,
+    /// The caller did not authenticate (no token, or one that does not authenticate) and an
+    /// anonymous caller may not do this.
+    Unauthenticated,
     /// The caller may not do this (e.g. add tasks to another organization's plan).
     Forbidden,
     /// The dispatcher refused the order (e.g. canceling a plan that already ended).
@@ -54,6 +57,7 @@ impl ErrorKind {
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::InvalidSubmission => "invalid_submission",
             ErrorKind::AlreadyExists => "already_exists",
+            ErrorKind::Unauthenticated => "unauthenticated",
             ErrorKind::Forbidden => "forbidden",
             ErrorKind::Refused => "refused",
             ErrorKind::Conflict => "conflict",
@@ -75,6 +79,7 @@ impl ErrorKind {
             ErrorKind::AlreadyExists | ErrorKind::Refused | ErrorKind::Conflict => {
                 StatusCode::CONFLICT
             }
+            ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
             ErrorKind::Forbidden => StatusCode::FORBIDDEN,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -87,7 +92,8 @@ impl ErrorKind {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorBody {
     /// The kind: `invalid_request`, `unsupported_media_type`, `payload_too_large`,
-    /// `not_found`, `method_not_allowed`, `invalid_submission`, `already_exists`, `forbidden`,
+    /// `not_found`, `method_not_allowed`, `invalid_submission`, `already_exists`,
+    /// `unauthenticated`, `forbidden`,
     /// `refused`, `conflict`, `unavailable`, `timeout` or `internal`.
     pub error: String,
     /// Every problem found, each with where it is (a JSON path into the body, or the name of
@@ -162,7 +168,8 @@ impl ApiError {
     }
 
     /// The dispatcher refused a submission or registration with `error` (its word: `invalid`,
-    /// `invalid_submission`, `already_exists`, `message_id_reused`, `forbidden`, `not_found`,
+    /// `invalid_submission`, `already_exists`, `message_id_reused`, `forbidden`,
+    /// `unauthenticated`, `not_found`,
     /// `malformed`, `internal`) and `details`.
     pub fn refusal(error: &str, details: Vec<ErrorDetail>) -> ApiError {
         let kind = match error {
@@ -170,6 +177,7 @@ impl ApiError {
             "already_exists" => ErrorKind::AlreadyExists,
             "message_id_reused" => ErrorKind::Conflict,
             "forbidden" => ErrorKind::Forbidden,
+            "unauthenticated" => ErrorKind::Unauthenticated,
             "not_found" => ErrorKind::NotFound,
             "malformed" => ErrorKind::InvalidRequest,
             "internal" => {
@@ -228,7 +236,14 @@ impl IntoResponse for ApiError {
                 _ => tracing::warn!("HTTP request failed ({}): {cause}", self.kind.as_str()),
             }
         }
-        (self.kind.status(), axum::Json(self.body())).into_response()
+        let mut response = (self.kind.status(), axum::Json(self.body())).into_response();
+        if self.kind == ErrorKind::Unauthenticated {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"baton\""),
+            );
+        }
+        response
     }
 }
 

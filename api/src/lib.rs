@@ -21,6 +21,7 @@ use axum::http::{Method, Uri};
 use tokio_util::sync::CancellationToken;
 
 pub mod artifacts;
+pub mod auth;
 mod catalog;
 pub mod error;
 pub mod extract;
@@ -32,12 +33,14 @@ mod plans;
 pub mod routes;
 mod state;
 mod tasks;
+mod users;
 mod workers;
 
 pub use error::{ApiError, ErrorBody, ErrorKind};
 pub use ops::Health;
 pub use plans::{CancelBody, NewTasks};
 pub use state::{ApiConfig, ApiState, DEFAULT_POOL_SIZE, DEFAULT_RPC_TIMEOUT};
+pub use users::{IssuedToken, Login, NewToken, NewUser, PasswordChange, TokenInfo, UserUpdate};
 
 /// The largest request body accepted: RabbitMQ takes messages up to 128 MiB by default, and a
 /// plan of the largest batch the dispatcher validates (200 000 tasks) fits.
@@ -66,7 +69,20 @@ async fn wrong_method(method: Method, uri: Uri) -> ApiError {
 pub fn router(state: ApiState) -> Router {
     let mut router = Router::new();
     for route in routes::table() {
-        router = router.route(route.path, route.handler);
+        let handler = match route.access {
+            Some(auth::Access::Public) => route.handler,
+            Some(auth::Access::Requires(action)) => route.handler.layer(
+                axum::middleware::from_fn_with_state(state.clone(), move |state, request, next| {
+                    auth::authorize(state, action, request, next)
+                }),
+            ),
+            // A route that does not say who may call it is served to nobody (a unit test
+            // keeps the table from having one).
+            None => axum::routing::any(|| async {
+                ApiError::new(ErrorKind::Forbidden, "", "this route has no access rule")
+            }),
+        };
+        router = router.route(route.path, handler);
     }
     router
         .fallback(no_route)

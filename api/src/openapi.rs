@@ -7,6 +7,7 @@ use schemars::generate::{SchemaGenerator, SchemaSettings};
 use serde_json::{Map, Value, json};
 
 use crate::error::{ErrorBody, ErrorKind};
+use crate::auth::Access;
 use crate::routes::{Body, Location, Route, schema_of};
 
 /// The error responses a route may give besides its success.
@@ -25,7 +26,11 @@ fn error_kinds(route: &Route) -> Vec<ErrorKind> {
             ErrorKind::Timeout,
         ]);
     }
+    if let Some(Access::Requires(_)) = route.access {
+        kinds.extend([ErrorKind::Unauthenticated, ErrorKind::Forbidden]);
+    }
     kinds.extend([ErrorKind::Unavailable, ErrorKind::Internal]);
+    kinds.dedup();
     kinds
 }
 
@@ -80,6 +85,13 @@ fn operation(route: &Route, generator: &mut SchemaGenerator) -> Value {
         "parameters": parameters,
         "responses": responses,
     });
+    match route.access {
+        Some(Access::Requires(action)) => {
+            operation["security"] = json!([{"bearer": []}]);
+            operation["x-baton-action"] = json!(action.as_str());
+        }
+        Some(Access::Public) | None => operation["security"] = json!([]),
+    }
     if let Some((schema, required)) = route.request {
         operation["requestBody"] = json!({
             "required": required,
@@ -115,7 +127,19 @@ pub fn document(routes: &[Route]) -> Value {
                 are paginated with `page` and `page_size`.",
         },
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A baton token (`baton_…`), from `POST /api/v1/login`, \
+                        `baton tokens create` or `baton migrate --admin`; each operation's \
+                        `x-baton-action` is the action the caller's roles must allow \
+                        (docs/security.md).",
+                },
+            },
+        },
     })
 }
 

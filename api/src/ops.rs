@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 use broker::topology::{self, DISPATCHER_QUEUE, SUBMISSIONS_QUEUE};
 use dispatcher::store::{stats, tasks};
 
+use models::access::Action;
+
 use crate::error::ApiError;
 use crate::extract::Query;
 use crate::routes::{Body, Route, get};
@@ -29,18 +31,21 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 pub(crate) fn routes() -> Vec<Route> {
     vec![
         get("/healthz", "health", health)
+            .public()
             .summary(
                 "operations",
                 "Whether PostgreSQL answers and RabbitMQ is connected",
             )
             .returns::<Health>(200, "Healthy (503 with the same body when not)"),
         get("/metrics", "metrics", metrics)
+            .requires(Action::ReadMetrics)
             .summary(
                 "operations",
                 "Prometheus metrics, in the OpenMetrics text format",
             )
             .returns_body(200, "The metrics", Body::Text(OPENMETRICS)),
         get("/api/v1/openapi.json", "openapi", openapi)
+            .public()
             .summary("operations", "This document")
             .returns_body(
                 200,

@@ -12,7 +12,10 @@ use axum::response::{IntoResponse, Response};
 use dispatcher::store::execution::{self, ModelFilter};
 use models::{Model, ModelKey, PlanKey, TaskKey};
 
+use models::access::Action;
+
 use crate::artifacts::{self, ArtifactError};
+use crate::auth::Caller;
 use crate::error::{ApiError, ErrorKind};
 use crate::extract::{Key, Query};
 use crate::pagination::{PAGE, PAGE_SIZE, Paginated, Pagination};
@@ -35,10 +38,12 @@ pub(crate) const CHECKSUM_HEADER: &str = "x-checksum-sha256";
 pub(crate) fn routes() -> Vec<Route> {
     vec![
         get("/api/v1/models", "listModels", list_models)
+            .requires(Action::ReadAssets)
             .summary("models", "List models, oldest first")
             .params(MODEL_FILTERS)
             .returns::<Paginated<Model>>(200, "A page of models"),
         get("/api/v1/models/{key}", "getModel", get_model)
+            .requires(Action::ReadAssets)
             .summary("models", "Get a model's metadata")
             .params(&[MODEL_KEY])
             .returns::<Model>(200, "The model"),
@@ -47,6 +52,7 @@ pub(crate) fn routes() -> Vec<Route> {
             "downloadModel",
             download_model,
         )
+        .requires(Action::DownloadModels)
         .summary(
             "models",
             "Download a model's file; its SHA-256 is in `X-Checksum-Sha256` and the ETag",
@@ -91,11 +97,35 @@ async fn get_model(
 
 async fn download_model(
     State(state): State<ApiState>,
+    caller: Caller,
     Key(key): Key<ModelKey>,
     query: Query,
 ) -> Result<Response, ApiError> {
     query.only(&[])?;
     let model = find_model(&state, key).await?;
+    // SPEC.md §3: downloading needs the model's process permission, whatever the role, but an
+    // administrator's.
+    let permitted = caller.0.has_role(models::Role::Administrator)
+        || model.permissions.process.public
+        || caller
+            .0
+            .organization
+            .as_ref()
+            .is_some_and(|org| model.permissions.can_download(org));
+    if !permitted {
+        return Err(ApiError::new(
+            ErrorKind::Forbidden,
+            "key",
+            format!(
+                "model {key} is not shared with {}",
+                caller
+                    .0
+                    .organization
+                    .as_ref()
+                    .map_or("anonymous callers", |org| org.as_str())
+            ),
+        ));
+    }
     let Some(file) = model.address else {
         return Err(ApiError::new(
             ErrorKind::NotFound,

@@ -15,6 +15,9 @@ use models::submission::{NewTask, PlanSubmission};
 use models::wire::{AddTasks, CancelReply, CancelRequest, SubmissionReply};
 use models::{ComputePlan, OrganizationId, Performances, PlanKey, PlanStatus, ProjectId};
 
+use models::access::Action;
+
+use crate::auth::Caller;
 use crate::catalog::created;
 use crate::error::{ApiError, ErrorKind};
 use crate::extract::{IdempotencyKey, JsonBody, Key, OptionalJsonBody, Query};
@@ -71,10 +74,12 @@ impl CancelBody {
 pub(crate) fn routes() -> Vec<Route> {
     vec![
         get("/api/v1/compute_plans", "listComputePlans", list_plans)
+            .requires(Action::ReadPlans)
             .summary("compute plans", "List compute plans, newest first")
             .params(PLAN_FILTERS)
             .returns::<Paginated<ComputePlan>>(200, "A page of compute plans"),
         post("/api/v1/compute_plans", "submitComputePlan", submit_plan)
+            .requires(Action::SubmitPlans)
             .summary(
                 "compute plans",
                 "Submit a compute plan with its tasks (validated as a whole: every problem is \
@@ -83,6 +88,7 @@ pub(crate) fn routes() -> Vec<Route> {
             .body::<PlanSubmission>()
             .returns::<ComputePlan>(201, "Stored"),
         get("/api/v1/compute_plans/{key}", "getComputePlan", get_plan)
+            .requires(Action::ReadPlans)
             .summary(
                 "compute plans",
                 "Get a compute plan, with its counters and status",
@@ -90,6 +96,7 @@ pub(crate) fn routes() -> Vec<Route> {
             .params(&[PLAN_KEY])
             .returns::<ComputePlan>(200, "The compute plan"),
         post("/api/v1/compute_plans/{key}/tasks", "addTasks", add_tasks)
+            .requires(Action::SubmitPlans)
             .summary(
                 "compute plans",
                 "Add tasks to a stored compute plan (by its owner; a plan that ended runs again)",
@@ -102,6 +109,7 @@ pub(crate) fn routes() -> Vec<Route> {
             "cancelComputePlan",
             cancel_plan,
         )
+        .requires(Action::CancelPlans)
         .summary(
             "compute plans",
             "Cancel a compute plan: waiting and ready tasks at once, running ones through \
@@ -115,6 +123,7 @@ pub(crate) fn routes() -> Vec<Route> {
             "getPerformances",
             get_performances,
         )
+        .requires(Action::ReadPlans)
         .summary(
             "compute plans",
             "The plan's performance table, in columns (the seed's `Performances`)",
@@ -132,15 +141,55 @@ pub(crate) async fn find_plan(state: &ApiState, key: PlanKey) -> Result<ComputeP
         .ok_or_else(|| ApiError::not_found("key", format!("compute plan {key}")))
 }
 
+/// The stored plan `key` if `caller` may read it; a plan of another organization is as absent
+/// as a plan that does not exist (a 404), so its existence is not revealed.
+pub(crate) async fn readable_plan(
+    state: &ApiState,
+    caller: &Caller,
+    key: PlanKey,
+) -> Result<ComputePlan, ApiError> {
+    let plan = find_plan(state, key).await?;
+    if caller.may(Action::ReadPlans, &plan.owner) {
+        Ok(plan)
+    } else {
+        Err(ApiError::not_found("key", format!("compute plan {key}")))
+    }
+}
+
+/// The stored plan `key` if `caller` may do `action` on it: 404 when it may not even read
+/// it, 403 when it may read it but not do `action`.
+pub(crate) async fn plan_for(
+    state: &ApiState,
+    caller: &Caller,
+    key: PlanKey,
+    action: Action,
+) -> Result<ComputePlan, ApiError> {
+    let plan = readable_plan(state, caller, key).await?;
+    if caller.may(action, &plan.owner) {
+        Ok(plan)
+    } else {
+        Err(caller.refusal(action, Some(&plan.owner)))
+    }
+}
+
 async fn list_plans(
     State(state): State<ApiState>,
+    caller: Caller,
     query: Query,
 ) -> Result<Json<Paginated<ComputePlan>>, ApiError> {
     query.only(PLAN_FILTERS)?;
     let pagination = Pagination::from_query(&query)?;
+    let asked = query.get("owner").map(OrganizationId::from);
+    let owner = match (caller.limited_to(Action::ReadPlans), asked) {
+        (Some(own), Some(asked)) if own != asked => {
+            return Ok(Json(pagination.page_of(0, Vec::new())));
+        }
+        (Some(own), _) => Some(own),
+        (None, asked) => asked,
+    };
     let filter = PlanFilter {
         status: query.parse("status")?,
-        owner: query.get("owner").map(OrganizationId::from),
+        owner,
         project: query.get("project").map(ProjectId::from),
         tag: query.get("tag").map(str::to_owned),
     };
@@ -152,11 +201,12 @@ async fn list_plans(
 
 async fn get_plan(
     State(state): State<ApiState>,
+    caller: Caller,
     Key(key): Key<PlanKey>,
     query: Query,
 ) -> Result<Json<ComputePlan>, ApiError> {
     query.only(&[])?;
-    Ok(Json(find_plan(&state, key).await?))
+    Ok(Json(readable_plan(&state, &caller, key).await?))
 }
 
 /// The plan an accepted submission names, read back; a refusal becomes the error.
@@ -175,25 +225,28 @@ async fn accepted_plan(state: &ApiState, reply: SubmissionReply) -> Result<Compu
 
 async fn submit_plan(
     State(state): State<ApiState>,
+    caller: Caller,
     idempotency: IdempotencyKey,
     JsonBody(submission): JsonBody<PlanSubmission>,
 ) -> Result<Response, ApiError> {
-    let reply = state.request(&submission, &idempotency).await?;
+    let reply = state.request(&caller, &submission, &idempotency).await?;
     let plan = accepted_plan(&state, reply).await?;
     Ok(created(format!("/api/v1/compute_plans/{}", plan.key), plan))
 }
 
 async fn add_tasks(
     State(state): State<ApiState>,
+    caller: Caller,
     Key(key): Key<PlanKey>,
     idempotency: IdempotencyKey,
     JsonBody(new): JsonBody<NewTasks>,
 ) -> Result<Response, ApiError> {
+    plan_for(&state, &caller, key, Action::SubmitPlans).await?;
     let message = AddTasks {
         compute_plan_key: key,
         tasks: new.tasks,
     };
-    let reply = state.request(&message, &idempotency).await?;
+    let reply = state.request(&caller, &message, &idempotency).await?;
     let plan = accepted_plan(&state, reply).await?;
     Ok(created(format!("/api/v1/compute_plans/{key}"), plan))
 }
@@ -208,6 +261,7 @@ pub(crate) fn cancel_outcome(reply: CancelReply) -> Result<(), ApiError> {
 
 async fn cancel_plan(
     State(state): State<ApiState>,
+    caller: Caller,
     Key(key): Key<PlanKey>,
     idempotency: IdempotencyKey,
     query: Query,
@@ -215,22 +269,23 @@ async fn cancel_plan(
 ) -> Result<Json<ComputePlan>, ApiError> {
     query.only(&[])?;
     let reason = body.reason_or("canceled through the HTTP API")?;
-    find_plan(&state, key).await?;
+    plan_for(&state, &caller, key, Action::CancelPlans).await?;
     let request = CancelRequest::Plan {
         compute_plan_key: key,
         reason,
     };
-    cancel_outcome(state.request(&request, &idempotency).await?)?;
+    cancel_outcome(state.request(&caller, &request, &idempotency).await?)?;
     Ok(Json(find_plan(&state, key).await?))
 }
 
 async fn get_performances(
     State(state): State<ApiState>,
+    caller: Caller,
     Key(key): Key<PlanKey>,
     query: Query,
 ) -> Result<Json<Performances>, ApiError> {
     query.only(&[])?;
-    find_plan(&state, key).await?;
+    readable_plan(&state, &caller, key).await?;
     let mut conn = state.conn().await?;
     let rows = plans::performance_table(&mut conn, key).await?;
     Ok(Json(rows.into_iter().collect()))

@@ -8,6 +8,9 @@ use axum::routing::{MethodFilter, MethodRouter};
 use schemars::generate::SchemaGenerator;
 use schemars::{JsonSchema, Schema};
 
+use models::access::Action;
+
+use crate::auth::Access;
 use crate::state::ApiState;
 
 /// Writes the JSON Schema of a type, as a `$ref` to the document's components when it is named.
@@ -126,6 +129,8 @@ pub struct Route {
     pub request: Option<(SchemaFn, bool)>,
     /// Its success status, what it means, and its body.
     pub response: (u16, &'static str, Body),
+    /// Who may call it; every route must say (a unit test checks).
+    pub access: Option<Access>,
     /// Its handler.
     pub handler: MethodRouter<ApiState>,
 }
@@ -158,6 +163,7 @@ where
         params: Vec::new(),
         request: None,
         response: (200, "OK", Body::Binary),
+        access: None,
         handler: axum::routing::on(filter, handler),
     }
 }
@@ -181,6 +187,18 @@ where
 }
 
 impl Route {
+    /// Only callers allowed to do `action` may call it.
+    pub fn requires(mut self, action: Action) -> Route {
+        self.access = Some(Access::Requires(action));
+        self
+    }
+
+    /// Anyone may call it, without credentials.
+    pub fn public(mut self) -> Route {
+        self.access = Some(Access::Public);
+        self
+    }
+
     /// Says what it does, listed under `tag`.
     pub fn summary(mut self, tag: &'static str, summary: &'static str) -> Route {
         self.tag = tag;
@@ -238,6 +256,7 @@ pub fn table() -> Vec<Route> {
         crate::tasks::routes(),
         crate::outputs::routes(),
         crate::workers::routes(),
+        crate::users::routes(),
     ]
     .into_iter()
     .flatten()

@@ -15,6 +15,7 @@ use dispatcher::store::{self, Pool, PooledConnection};
 use models::OrganizationId;
 use models::wire::WireMessage;
 
+use crate::auth::Caller;
 use crate::error::{ApiError, ErrorKind};
 use crate::extract::IdempotencyKey;
 
@@ -44,6 +45,9 @@ pub struct ApiConfig {
     pub metrics: DispatcherMetrics,
     /// How long a write waits for the dispatcher's answer.
     pub rpc_timeout: Duration,
+    /// The roles of callers without a token (or whose user is disabled): none unless the
+    /// deployment grants some.
+    pub anonymous_roles: Vec<models::Role>,
 }
 
 impl ApiConfig {
@@ -63,6 +67,7 @@ impl ApiConfig {
             artifacts: artifacts.into(),
             metrics: DispatcherMetrics::new(),
             rpc_timeout: DEFAULT_RPC_TIMEOUT,
+            anonymous_roles: Vec::new(),
         }
     }
 }
@@ -81,6 +86,7 @@ struct Inner {
     artifacts: PathBuf,
     metrics: DispatcherMetrics,
     rpc_timeout: Duration,
+    anonymous_roles: Vec<models::Role>,
     /// AMQP message ids of writes waiting for their answer: replies are matched by that id, so
     /// two requests in flight with the same `Idempotency-Key` cannot both wait.
     in_flight: Mutex<HashSet<String>>,
@@ -147,6 +153,7 @@ impl ApiState {
                 artifacts,
                 metrics: config.metrics,
                 rpc_timeout: config.rpc_timeout,
+                anonymous_roles: config.anonymous_roles,
                 in_flight: Mutex::new(HashSet::new()),
             }),
         })
@@ -177,16 +184,28 @@ impl ApiState {
         &self.inner.artifacts
     }
 
+    /// The roles of anonymous callers.
+    pub(crate) fn anonymous_roles(&self) -> &[models::Role] {
+        &self.inner.anonymous_roles
+    }
+
+    /// The pool, for work that spans blocking steps (logins).
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
     /// The dispatcher's histograms.
     pub(crate) fn metrics(&self) -> &DispatcherMetrics {
         &self.inner.metrics
     }
 
     /// Publishes `request` on `baton.submit` with its kind as routing key, as any producer
-    /// does, and waits for the dispatcher's answer. With an idempotency key, the AMQP
+    /// does, on behalf of `caller` (whom the dispatcher authorizes again, as it does every
+    /// sender), and waits for the dispatcher's answer. With an idempotency key, the AMQP
     /// `message_id` is `<kind>:<key>`, which the dispatcher recognises when it comes again.
     pub(crate) async fn request<Req: WireMessage, Rep: WireMessage>(
         &self,
+        caller: &Caller,
         request: &Req,
         idempotency: &IdempotencyKey,
     ) -> Result<Rep, ApiError> {
@@ -212,11 +231,12 @@ impl ApiState {
         Ok(self
             .inner
             .rpc
-            .call_with_message_id(
+            .call_as(
                 SUBMIT_EXCHANGE,
                 Req::KIND,
                 request,
                 message_id,
+                caller.0.user.as_ref().map(models::UserId::as_str),
                 self.inner.rpc_timeout,
             )
             .await?)

@@ -17,6 +17,9 @@ use models::{
     TaskStatus, WorkerId,
 };
 
+use models::access::Action;
+
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{IdempotencyKey, Key, OptionalJsonBody, Query};
 use crate::pagination::{PAGE, PAGE_SIZE, Paginated, Pagination};
@@ -73,6 +76,7 @@ fn task_page_schema(generator: &mut SchemaGenerator) -> Schema {
 pub(crate) fn routes() -> Vec<Route> {
     vec![
         get("/api/v1/tasks", "listTasks", list_tasks)
+            .requires(Action::ReadPlans)
             .summary(
                 "tasks",
                 "List tasks, newest plans first, by rank within a plan",
@@ -80,14 +84,17 @@ pub(crate) fn routes() -> Vec<Route> {
             .params(TASK_FILTERS)
             .returns_schema(200, "A page of tasks", task_page_schema),
         get("/api/v1/tasks/{key}", "getTask", get_task)
+            .requires(Action::ReadPlans)
             .summary("tasks", "Get a task")
             .params(&[TASK_KEY])
             .returns_schema(200, "The task", task_schema),
         get("/api/v1/tasks/{key}/history", "getTaskHistory", get_history)
+            .requires(Action::ReadPlans)
             .summary("tasks", "A task's state changes, oldest first")
             .params(&[TASK_KEY])
             .returns::<Vec<TaskStateChange>>(200, "Every state change"),
         get("/api/v1/tasks/{key}/logs", "getTaskLogs", get_logs)
+            .requires(Action::ReadLogs)
             .summary(
                 "tasks",
                 "A task's log lines, every attempt, in writing order",
@@ -99,10 +106,12 @@ pub(crate) fn routes() -> Vec<Route> {
             "getTaskMeasurements",
             get_measurements,
         )
+        .requires(Action::ReadPlans)
         .summary("tasks", "A task's measurement samples, in arrival order")
         .params(MEASUREMENT_FILTERS)
         .returns::<Paginated<Measurement>>(200, "A page of samples"),
         post("/api/v1/tasks/{key}/cancel", "cancelTask", cancel_task)
+            .requires(Action::CancelPlans)
             .summary(
                 "tasks",
                 "Cancel a task: at once if it has not started, else its step gets SIGTERM, then \
@@ -116,6 +125,7 @@ pub(crate) fn routes() -> Vec<Route> {
                 task_schema,
             ),
         post("/api/v1/tasks/{key}/abort", "abortTask", abort_task)
+            .requires(Action::CancelPlans)
             .summary("tasks", "Abort a task: its processes are killed at once")
             .params(&[TASK_KEY])
             .optional_body::<CancelBody>()
@@ -144,6 +154,24 @@ async fn find_task(state: &ApiState, key: TaskKey) -> Result<Task, ApiError> {
         .ok_or_else(|| ApiError::not_found("key", format!("task {key}")))
 }
 
+/// The stored task `key` if `caller` may do `action` on it: 404 when it may not even read
+/// it (its existence is not revealed), 403 when it may read it but not do `action`.
+async fn task_for(
+    state: &ApiState,
+    caller: &Caller,
+    key: TaskKey,
+    action: Action,
+) -> Result<Task, ApiError> {
+    let task = find_task(state, key).await?;
+    if !caller.may(Action::ReadPlans, &task.owner) {
+        return Err(ApiError::not_found("key", format!("task {key}")));
+    }
+    if !caller.may(action, &task.owner) {
+        return Err(caller.refusal(action, Some(&task.owner)));
+    }
+    Ok(task)
+}
+
 /// The statuses `text` names: a status word, or an alias standing for several.
 fn parse_statuses(text: &str) -> Result<Vec<TaskStatus>, ApiError> {
     TaskStatus::from_alias(text)
@@ -162,6 +190,7 @@ fn parse_statuses(text: &str) -> Result<Vec<TaskStatus>, ApiError> {
 
 async fn list_tasks(
     State(state): State<ApiState>,
+    caller: Caller,
     query: Query,
 ) -> Result<Json<Paginated<Value>>, ApiError> {
     query.only(TASK_FILTERS)?;
@@ -176,6 +205,7 @@ async fn list_tasks(
         worker: query.get("worker").map(OrganizationId::from),
         worker_id: query.get("worker_id").map(WorkerId::from),
         function_key: query.parse::<uuid::Uuid>("function_key")?.map(FunctionKey),
+        owner: caller.limited_to(Action::ReadPlans),
     };
     let mut conn = state.conn().await?;
     let page =
@@ -190,32 +220,60 @@ async fn list_tasks(
 
 async fn get_task(
     State(state): State<ApiState>,
+    caller: Caller,
     Key(key): Key<TaskKey>,
     query: Query,
 ) -> Result<Json<Value>, ApiError> {
     query.only(&[])?;
-    Ok(Json(public_task(find_task(&state, key).await?)?))
+    Ok(Json(public_task(
+        task_for(&state, &caller, key, Action::ReadPlans).await?,
+    )?))
 }
 
 async fn get_history(
     State(state): State<ApiState>,
+    caller: Caller,
     Key(key): Key<TaskKey>,
     query: Query,
 ) -> Result<Json<Vec<TaskStateChange>>, ApiError> {
     query.only(&[])?;
-    find_task(&state, key).await?;
+    task_for(&state, &caller, key, Action::ReadPlans).await?;
     let mut conn = state.conn().await?;
     Ok(Json(tasks::list_state_changes(&mut conn, key).await?))
 }
 
 async fn get_logs(
     State(state): State<ApiState>,
+    caller: Caller,
     Key(key): Key<TaskKey>,
     query: Query,
 ) -> Result<Json<Paginated<LogLine>>, ApiError> {
     query.only(LOG_PARAMS)?;
     let pagination = Pagination::from_query(&query)?;
-    find_task(&state, key).await?;
+    let task = task_for(&state, &caller, key, Action::ReadLogs).await?;
+    // SPEC.md §3: reading a task's logs needs its logs permission, whatever the role, but an
+    // administrator's.
+    let permitted = caller.0.has_role(models::Role::Administrator)
+        || caller
+            .0
+            .organization
+            .as_ref()
+            .is_some_and(|org| task.logs_permission.allows(org))
+        || task.logs_permission.public;
+    if !permitted {
+        return Err(ApiError::new(
+            crate::error::ErrorKind::Forbidden,
+            "",
+            format!(
+                "the logs of task {key} are not shared with {}",
+                caller
+                    .0
+                    .organization
+                    .as_ref()
+                    .map_or("anonymous callers", |org| org.as_str())
+            ),
+        ));
+    }
     let mut conn = state.conn().await?;
     let count = execution::count_log_lines(&mut conn, key).await?;
     let lines =
@@ -225,12 +283,13 @@ async fn get_logs(
 
 async fn get_measurements(
     State(state): State<ApiState>,
+    caller: Caller,
     Key(key): Key<TaskKey>,
     query: Query,
 ) -> Result<Json<Paginated<Measurement>>, ApiError> {
     query.only(MEASUREMENT_FILTERS)?;
     let pagination = Pagination::from_query(&query)?;
-    find_task(&state, key).await?;
+    task_for(&state, &caller, key, Action::ReadPlans).await?;
     let mut conn = state.conn().await?;
     let page = execution::list_measurements_page(
         &mut conn,
@@ -245,22 +304,24 @@ async fn get_measurements(
 
 async fn cancel_task(
     state: State<ApiState>,
+    caller: Caller,
     key: Key<TaskKey>,
     idempotency: IdempotencyKey,
     query: Query,
     body: OptionalJsonBody<CancelBody>,
 ) -> Result<Json<Value>, ApiError> {
-    stop_task(state, key, idempotency, query, body, Stop::Cancel).await
+    stop_task(state, caller, key, idempotency, query, body, Stop::Cancel).await
 }
 
 async fn abort_task(
     state: State<ApiState>,
+    caller: Caller,
     key: Key<TaskKey>,
     idempotency: IdempotencyKey,
     query: Query,
     body: OptionalJsonBody<CancelBody>,
 ) -> Result<Json<Value>, ApiError> {
-    stop_task(state, key, idempotency, query, body, Stop::Abort).await
+    stop_task(state, caller, key, idempotency, query, body, Stop::Abort).await
 }
 
 /// A cancel or an abort of one task.
@@ -273,6 +334,7 @@ enum Stop {
 /// Orders `stop` of the task, through the dispatcher, and answers with the task as it is then.
 async fn stop_task(
     State(state): State<ApiState>,
+    caller: Caller,
     Key(key): Key<TaskKey>,
     idempotency: IdempotencyKey,
     query: Query,
@@ -284,7 +346,7 @@ async fn stop_task(
         Stop::Cancel => "canceled through the HTTP API",
         Stop::Abort => "aborted through the HTTP API",
     })?;
-    find_task(&state, key).await?;
+    task_for(&state, &caller, key, Action::CancelPlans).await?;
     let request = match stop {
         Stop::Cancel => CancelRequest::Task {
             task_key: key,
@@ -295,6 +357,6 @@ async fn stop_task(
             reason,
         },
     };
-    cancel_outcome(state.request(&request, &idempotency).await?)?;
+    cancel_outcome(state.request(&caller, &request, &idempotency).await?)?;
     Ok(Json(public_task(find_task(&state, key).await?)?))
 }

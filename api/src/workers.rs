@@ -10,6 +10,8 @@ use crate::error::ApiError;
 use crate::extract::{Key, Query};
 use crate::pagination::{PAGE, PAGE_SIZE, Paginated, Pagination};
 use crate::routes::{Param, Route, get};
+use models::access::Action;
+
 use crate::state::ApiState;
 
 const WORKER_ID: Param = Param::path::<String>("identifier", "The worker's identifier.");
@@ -26,14 +28,17 @@ const DEVICE_FILTERS: &[Param] = &[
 pub(crate) fn routes() -> Vec<Route> {
     vec![
         get("/api/v1/workers", "listWorkers", list_workers)
+            .requires(Action::ReadWorkers)
             .summary("workers", "List workers, by identifier")
             .params(PAGES)
             .returns::<Paginated<Worker>>(200, "A page of workers"),
         get("/api/v1/workers/{identifier}", "getWorker", get_worker)
+            .requires(Action::ReadWorkers)
             .summary("workers", "Get a worker")
             .params(&[WORKER_ID])
             .returns::<Worker>(200, "The worker"),
         get("/api/v1/devices", "listDevices", list_devices)
+            .requires(Action::ReadWorkers)
             .summary("workers", "List devices, by worker then id")
             .params(DEVICE_FILTERS)
             .returns::<Paginated<Device>>(200, "A page of devices"),

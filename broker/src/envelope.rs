@@ -19,6 +19,9 @@ pub const SCHEMA_VERSION_HEADER: &str = "x-baton-schema-version";
 pub const DEAD_REASON_HEADER: &str = "x-baton-dead-reason";
 /// The header naming the queue a dead-lettered message was taken from.
 pub const DEAD_QUEUE_HEADER: &str = "x-baton-dead-queue";
+/// The header naming the baton user a trusted service (the dispatcher's own HTTP API) sends a
+/// request for; honoured only from the dispatcher's own RabbitMQ user.
+pub const ON_BEHALF_OF_HEADER: &str = "x-baton-on-behalf-of";
 /// AMQP's delivery mode for messages that survive a broker restart.
 pub const PERSISTENT: u8 = 2;
 
@@ -38,6 +41,8 @@ pub struct Meta {
     pub app_id: Option<String>,
     /// When it was sent, in seconds since the Unix epoch.
     pub timestamp: Option<u64>,
+    /// The baton user a trusted service sends it for ([`ON_BEHALF_OF_HEADER`]).
+    pub on_behalf_of: Option<String>,
 }
 
 /// Why a message could not be encoded.
@@ -115,6 +120,12 @@ pub fn encode<M: WireMessage>(
         SCHEMA_VERSION_HEADER.into(),
         AMQPValue::LongLongInt(i64::from(SCHEMA_VERSION)),
     );
+    if let Some(user) = &meta.on_behalf_of {
+        headers.insert(
+            ON_BEHALF_OF_HEADER.into(),
+            AMQPValue::LongString(LongString::from(user.as_str())),
+        );
+    }
     let mut properties = BasicProperties::default()
         .with_content_type(CONTENT_TYPE.into())
         .with_delivery_mode(PERSISTENT)
@@ -165,6 +176,15 @@ pub fn meta_of(properties: &BasicProperties) -> Meta {
         user_id: text(properties.user_id()),
         app_id: text(properties.app_id()),
         timestamp: *properties.timestamp(),
+        on_behalf_of: properties
+            .headers()
+            .as_ref()
+            .and_then(|headers| headers.inner().get(ON_BEHALF_OF_HEADER))
+            .and_then(|value| match value {
+                AMQPValue::LongString(text) => Some(String::from_utf8_lossy(text.as_bytes()).into_owned()),
+                AMQPValue::ShortString(text) => Some(text.as_str().to_owned()),
+                _ => None,
+            }),
     }
 }
 

@@ -210,9 +210,25 @@ impl RpcClient {
         message_id: String,
         timeout: Duration,
     ) -> Result<Rep, BrokerError> {
+        self.call_as(exchange, routing_key, request, message_id, None, timeout)
+            .await
+    }
+
+    /// Like [`RpcClient::call_with_message_id`], sent on behalf of baton user `on_behalf_of`:
+    /// the dispatcher honours that only from its own RabbitMQ user (its HTTP API).
+    pub async fn call_as<Req: WireMessage, Rep: WireMessage>(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        request: &Req,
+        message_id: String,
+        on_behalf_of: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Rep, BrokerError> {
         let meta = self.publisher.complete(Meta {
             message_id,
             reply_to: Some(REPLY_TO.to_owned()),
+            on_behalf_of: on_behalf_of.map(str::to_owned),
             ..Meta::default()
         });
         let (body, properties) = crate::envelope::encode(request, &meta)?;

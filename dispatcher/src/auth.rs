@@ -401,6 +401,76 @@ pub async fn login(
     }
 }
 
+/// Who sent an AMQP message, as authorization sees it.
+///
+/// RabbitMQ vouches for the `user_id` property (it refuses a message whose `user_id` is not the
+/// connection's user), so that user is the sender, looked up as a baton user of the same
+/// identifier. A message from `trusted_user` (the dispatcher's own RabbitMQ user, which its
+/// HTTP API publishes as) may instead name the baton user it is sent for in
+/// [`broker::envelope::ON_BEHALF_OF_HEADER`]; from anyone else that header is ignored. A
+/// message without `user_id`, or from a RabbitMQ user that is not a baton user, is anonymous
+/// and gets `anonymous_roles`; a disabled user too.
+pub async fn principal_of_message(
+    conn: &mut AsyncPgConnection,
+    meta: &broker::Meta,
+    trusted_user: &str,
+    anonymous_roles: &[Role],
+) -> Result<Principal, StoreError> {
+    let sender = match (&meta.user_id, &meta.on_behalf_of) {
+        (Some(user), Some(for_user)) if user == trusted_user => Some(for_user),
+        (Some(user), _) => Some(user),
+        (None, _) => None,
+    };
+    let Some(sender) = sender else {
+        return Ok(Principal::anonymous(anonymous_roles.to_vec()));
+    };
+    Ok(
+        match catalog::find_user(conn, &UserId::from(sender.as_str())).await? {
+            Some(user) => Principal::of_user(&user, anonymous_roles),
+            None => Principal::anonymous(anonymous_roles.to_vec()),
+        },
+    )
+}
+
+/// Why `principal` may not do `action` (on something `owner` owns, when given), as the error
+/// word and message a refusal carries: `unauthenticated` for an anonymous caller, `forbidden`
+/// for a user. `None` when it may.
+pub fn refusal(
+    principal: &Principal,
+    action: models::access::Action,
+    owner: Option<&models::OrganizationId>,
+) -> Option<(&'static str, String)> {
+    let allowed = match owner {
+        Some(owner) => principal.may(action, owner),
+        None => principal.scope(action) != models::access::Scope::None,
+    };
+    if allowed {
+        return None;
+    }
+    Some(match &principal.user {
+        None => (
+            UNAUTHENTICATED,
+            format!("an anonymous caller may not {}", action.describe()),
+        ),
+        Some(user) => (
+            FORBIDDEN,
+            match owner {
+                Some(owner) if principal.scope(action) != models::access::Scope::None => format!(
+                    "user {user} may not {} of organization {owner}",
+                    action.describe()
+                ),
+                _ => format!("user {user} may not {}", action.describe()),
+            },
+        ),
+    })
+}
+
+/// The error word of a refusal to an anonymous caller.
+pub const UNAUTHENTICATED: &str = "unauthenticated";
+
+/// The error word of a refusal to an authenticated caller without the right.
+pub const FORBIDDEN: &str = "forbidden";
+
 #[cfg(test)]
 mod tests {
     use super::*;

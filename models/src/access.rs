@@ -48,6 +48,29 @@ word_enum! {
     }
 }
 
+impl Action {
+    /// The action in words, for refusals: "user bob may not submit plans".
+    pub const fn describe(self) -> &'static str {
+        match self {
+            Action::ReadProjects => "read organizations and projects",
+            Action::RegisterOrganizations => "register organizations",
+            Action::ReadAssets => "read functions, datasets and models",
+            Action::RegisterAssets => "register projects, functions, datasets and data samples",
+            Action::DownloadModels => "download models",
+            Action::ReadPlans => "read compute plans and tasks",
+            Action::ReadLogs => "read task logs",
+            Action::SubmitPlans => "submit compute plans",
+            Action::CancelPlans => "cancel compute plans and tasks",
+            Action::ReadWorkers => "read workers and devices",
+            Action::ConnectWorker => "connect as a worker",
+            Action::ReadMetrics => "read metrics",
+            Action::ReadUsers => "read users",
+            Action::ManageUsers => "manage users",
+            Action::OwnAccount => "manage an account",
+        }
+    }
+}
+
 /// How far an allowed action reaches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -68,7 +91,7 @@ pub enum Scope {
 /// | register organizations | all | — | — | — | — | — |
 /// | read assets | all | all | all | all | — | — |
 /// | register assets | all | all | — | — | — | — |
-/// | download models | all | all | own | all | — | — |
+/// | download models | all | all | all | all | — | — |
 /// | read plans and tasks | all | all | own | all | all | — |
 /// | read logs | all | all | own | all | — | — |
 /// | submit plans | all | all | own | — | — | — |
@@ -89,8 +112,8 @@ pub const fn grant(role: Role, action: Action) -> Scope {
         (R::Operator, A::ReadProjects | A::ReadAssets | A::RegisterAssets | A::DownloadModels)
         | (R::Operator, A::ReadPlans | A::ReadLogs | A::SubmitPlans | A::CancelPlans)
         | (R::Operator, A::ReadWorkers | A::ReadMetrics) => Scope::All,
-        (R::Producer, A::ReadProjects | A::ReadAssets) => Scope::All,
-        (R::Producer, A::DownloadModels | A::ReadPlans | A::ReadLogs) => Scope::Own,
+        (R::Producer, A::ReadProjects | A::ReadAssets | A::DownloadModels) => Scope::All,
+        (R::Producer, A::ReadPlans | A::ReadLogs) => Scope::Own,
         (R::Producer, A::SubmitPlans | A::CancelPlans) => Scope::Own,
         (R::Auditor, A::ReadProjects | A::ReadAssets | A::DownloadModels | A::ReadPlans)
         | (R::Auditor, A::ReadLogs | A::ReadWorkers | A::ReadMetrics | A::ReadUsers) => Scope::All,
@@ -229,7 +252,7 @@ mod tests {
             | `register_organizations` | all | — | — | — | — | — |
             | `read_assets` | all | all | all | all | — | — |
             | `register_assets` | all | all | — | — | — | — |
-            | `download_models` | all | all | own | all | — | — |
+            | `download_models` | all | all | all | all | — | — |
             | `read_plans` | all | all | own | all | all | — |
             | `read_logs` | all | all | own | all | — | — |
             | `submit_plans` | all | all | own | — | — | — |

@@ -25,7 +25,7 @@ word_enum! {
 }
 
 /// Someone who calls baton.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct User {
     /// Unique identifier matching `^[a-zA-Z0-9_.-]{3,32}$`.
     pub identifier: UserId,
@@ -41,6 +41,21 @@ pub struct User {
     pub creation_date: Timestamp,
     /// When it was last updated.
     pub update_date: Timestamp,
+}
+
+/// Why `identifier` cannot name a user, if it cannot: it must match `^[a-zA-Z0-9_.-]{3,32}$`
+/// (Orchestra's rule).
+pub fn identifier_problem(identifier: &str) -> Option<String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+    if !(3..=32).contains(&identifier.len()) {
+        Some("must be 3 to 32 characters long".to_owned())
+    } else if let Some(bad) = identifier.chars().find(|c| !allowed(*c)) {
+        Some(format!(
+            "{bad:?} is not allowed: only ASCII letters, digits, `_`, `.` and `-`"
+        ))
+    } else {
+        None
+    }
 }
 
 word_enum! {
@@ -105,5 +120,20 @@ impl Credential {
     /// Whether it may still authenticate at `now`: not revoked and not expired.
     pub fn is_usable(&self, now: Timestamp) -> bool {
         self.revocation_date.is_none() && self.expiration_date.is_none_or(|expiry| expiry > now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::identifier_problem;
+
+    #[test]
+    fn user_identifiers_follow_orchestras_rule() {
+        for good in ["bob", "alice.smith-2", "a_b", &"x".repeat(32)] {
+            assert_eq!(identifier_problem(good), None, "{good}");
+        }
+        for bad in ["ab", "", &"x".repeat(33), "bob smith", "zoë", "bob/.."] {
+            assert!(identifier_problem(bad).is_some(), "{bad}");
+        }
     }
 }

@@ -70,3 +70,21 @@ fn every_schema_reference_resolves() {
     assert!(lease.get("token").is_none(), "{lease}");
     assert!(lease.get("attempt").is_some());
 }
+
+#[test]
+fn every_route_says_who_may_call_it_and_only_health_login_and_this_document_are_public() {
+    let mut public = BTreeSet::new();
+    for route in table() {
+        match route.access {
+            None => panic!("{} {} has no access rule", route.method, route.path),
+            Some(crate::auth::Access::Public) => {
+                public.insert(route.path);
+            }
+            Some(crate::auth::Access::Requires(_)) => {}
+        }
+    }
+    assert_eq!(
+        public,
+        BTreeSet::from(["/healthz", "/api/v1/openapi.json", "/api/v1/login"])
+    );
+}

@@ -19,6 +19,7 @@ fn meta() -> Meta {
         user_id: Some("baton-worker".into()),
         app_id: Some("baton-worker".into()),
         timestamp: Some(1_790_000_000),
+        on_behalf_of: Some("alice".into()),
     }
 }
 

@@ -32,8 +32,11 @@ use models::{
     TaskKey, TaskStateChange, TaskStatus, Timestamp, WorkerId,
 };
 
+use models::access::{Action, Principal};
+
 use super::Context;
 use super::assignment::{self, Functions, Registered};
+use crate::auth;
 use super::builds;
 use crate::core::{self, ClaimDecision, Effect, Event, Order, Outcome, PlanState, TaskNode};
 use crate::store::rows::{NewOutboxRow, TaskState};
@@ -552,7 +555,7 @@ async fn take(
             work.submission_replies.push((delivery.meta.clone(), reply));
         }
         Incoming::Cancel(request) => {
-            let reply = cancel(conn, plans, work, request, &delivery.meta, now).await?;
+            let reply = cancel(context, conn, plans, work, request, &delivery.meta, now).await?;
             work.cancel_replies.push((delivery.meta.clone(), reply));
         }
         Incoming::Register(registration) => {
@@ -730,6 +733,10 @@ async fn add_tasks(
         error: error.to_owned(),
         details,
     };
+    let principal = sender(context, conn, meta).await?;
+    if let Some((error, message)) = auth::refusal(&principal, Action::SubmitPlans, None) {
+        return Ok(rejected(error, vec![ErrorDetail { path: String::new(), message }]));
+    }
     let record = crate::submission::SubmissionRecord::of(message, &meta.message_id)?;
     // The same message, or the same tasks for the same plan again: the same answer.
     let earlier = match crate::store::submissions::find_by_message(conn, &record.message_id).await?
@@ -761,14 +768,17 @@ async fn add_tasks(
         else {
             break 'reply rejected("internal", Vec::new());
         };
-        if plan.owner != context.config.organization {
-            break 'reply rejected(
-                "forbidden",
+        if let Some((error, message)) =
+            auth::refusal(&principal, Action::SubmitPlans, Some(&plan.owner))
+        {
+            // Not recorded: the same message may succeed once its sender has the right.
+            return Ok(rejected(
+                error,
                 vec![ErrorDetail {
                     path: "compute_plan_key".into(),
-                    message: format!("only {} may add tasks to plan {plan_key}", plan.owner),
+                    message,
                 }],
-            );
+            ));
         }
         let known = crate::submission::load_known_assets(conn, &message.tasks).await?;
         let limits = models::validation::plan::Limits::DEFAULT;
@@ -834,9 +844,10 @@ async fn add_tasks(
     Ok(reply)
 }
 
-/// Applies a cancel request. Until callers authenticate (issue 7), anyone who may publish to
-/// `baton.submit` may cancel.
+/// Applies a cancel request from a sender allowed to cancel the plan's tasks (its owner's
+/// producers, operators, administrators).
 async fn cancel(
+    context: &Context,
     conn: &mut AsyncPgConnection,
     plans: &mut Plans,
     work: &mut Work,
@@ -881,18 +892,39 @@ async fn cancel(
             (plan, event)
         }
     };
-    tracing::info!(
-        "cancel requested by {}: {request:?}",
-        meta.user_id.as_deref().unwrap_or("?")
-    );
+    let principal = sender(context, conn, meta).await?;
+    let owner = plans.states.get(&plan).map(|state| state.plan().owner.clone());
+    if let Some((error, message)) = auth::refusal(&principal, Action::CancelPlans, owner.as_ref())
+    {
+        return Ok(CancelReply::Refused {
+            reason: format!("{error}: {message}"),
+        });
+    }
+    tracing::info!("cancel requested by {}: {request:?}", principal.name());
     Ok(match work.apply_or_refusal(plans, plan, event, now, None) {
         None => CancelReply::Accepted,
         Some(reason) => CancelReply::Refused { reason },
     })
 }
 
+/// Who sent `meta`'s message (see [`auth::principal_of_message`]).
+async fn sender(
+    context: &Context,
+    conn: &mut AsyncPgConnection,
+    meta: &Meta,
+) -> Result<Principal, StoreError> {
+    auth::principal_of_message(
+        conn,
+        meta,
+        context.broker.user(),
+        &context.config.anonymous_roles,
+    )
+    .await
+}
+
 /// Decides a worker's registration (SPEC.md §8): its owner is the RabbitMQ user it connects
-/// as, which RabbitMQ vouches for, and must be a baton user; a worker still active under the
+/// as, which RabbitMQ vouches for, and must be an enabled baton user with the `worker` role,
+/// acting for the organization the worker registers for; a worker still active under the
 /// same identifier, or one that belongs to another owner, is refused.
 async fn register(
     context: &Context,
@@ -908,11 +940,23 @@ async fn register(
         worker_id: worker_id.clone(),
         reason,
     };
-    let Some(owner) = meta.user_id.as_deref().map(models::UserId::from) else {
-        return Ok(refuse("the message carries no user_id".to_owned()));
+    let principal = sender(context, conn, meta).await?;
+    if let Some((_, message)) = auth::refusal(&principal, Action::ConnectWorker, None) {
+        return Ok(refuse(message));
+    }
+    let Some(owner) = principal.user.clone() else {
+        return Ok(refuse(
+            "a worker's owner must be a baton user: connect as one".to_owned(),
+        ));
     };
-    if catalog::find_user(conn, &owner).await?.is_none() {
-        return Ok(refuse(format!("owner {owner} is not a registered user")));
+    if principal.organization.as_ref() != Some(&registration.organization)
+        && !principal.has_role(models::Role::Administrator)
+    {
+        return Ok(refuse(format!(
+            "user {owner} acts for organization {}, not {}",
+            principal.organization.as_ref().map_or("none", |org| org.as_str()),
+            registration.organization
+        )));
     }
     if catalog::find_organization(conn, &registration.organization, None)
         .await?

@@ -33,9 +33,12 @@ pub struct DispatcherConfig {
     pub pool_size: usize,
     /// RabbitMQ.
     pub broker: BrokerConfig,
-    /// The organization this deployment acts as. Until callers authenticate (issue 7), plans
-    /// submitted over AMQP are owned by it; it is registered on start if missing.
+    /// The organization this deployment acts as (`is_current`); it is registered on start if
+    /// missing, and owns what an anonymous caller allowed to register or submit sends.
     pub organization: OrganizationId,
+    /// The roles of callers that are not baton users (or are disabled): none unless the
+    /// deployment grants some.
+    pub anonymous_roles: Vec<models::Role>,
     /// How long a granted claim lasts unless the worker renews it.
     pub lease_duration: chrono::Duration,
     /// How often the outbox is polled when nothing wakes the relay.
@@ -67,6 +70,7 @@ impl DispatcherConfig {
             outbox_poll: Duration::from_secs(1),
             heartbeat_interval: Duration::from_secs(10),
             registration_cache: Duration::from_secs(10),
+            anonymous_roles: Vec::new(),
             metrics: crate::metrics::DispatcherMetrics::new(),
         }
     }

@@ -20,7 +20,11 @@ use models::submission::{
 };
 use models::wire::{AssetReply, ErrorDetail, SubmissionReply, WireMessage};
 
+use models::OrganizationId;
+use models::access::{Action, Principal};
+
 use super::Context;
+use crate::auth;
 use crate::registration::{self, RegistrationError};
 use crate::store::{self, StoreError, submissions};
 use crate::submission::{
@@ -87,7 +91,7 @@ async fn answer(
     context: &Context,
     submission: &PlanSubmission,
     message_id: &str,
-    user: Option<&str>,
+    principal: &Principal,
 ) -> Result<SubmissionReply, StoreError> {
     let record = SubmissionRecord::of(submission, message_id)?;
     let mut conn = store::connection(&context.pool).await?;
@@ -97,23 +101,11 @@ async fn answer(
         }
         return recorded_reply(row);
     }
-    let creator = user.map(models::UserId::from);
-    // A producer's RabbitMQ user names a baton user only once users are registered.
-    let creator = match &creator {
-        Some(user)
-            if crate::store::catalog::find_user(&mut conn, user)
-                .await?
-                .is_some() =>
-        {
-            Some(user.clone())
-        }
-        _ => None,
-    };
     let outcome = submit_plan(
         &mut conn,
         submission,
-        &context.config.organization,
-        creator.as_ref(),
+        owner_of(context, principal),
+        principal.user.as_ref(),
         chrono::Utc::now(),
         Some(&record),
     )
@@ -154,6 +146,7 @@ async fn answer_asset(
     context: &Context,
     submission: &Submission,
     meta: &Meta,
+    principal: &Principal,
 ) -> Result<AssetReply, StoreError> {
     let record = match submission {
         Submission::Function(new) => SubmissionRecord::of(new.as_ref(), &meta.message_id),
@@ -173,7 +166,7 @@ async fn answer_asset(
         }
         return recorded_reply(row);
     }
-    let owner = &context.config.organization;
+    let owner = owner_of(context, principal);
     let now = chrono::Utc::now();
     let outcome: Result<Vec<String>, RegistrationError> = match submission {
         Submission::Function(new) => {
@@ -217,21 +210,112 @@ async fn answer_asset(
     Ok(reply)
 }
 
+/// The organization that owns what `principal` registers or submits: its own, or the
+/// deployment's for an anonymous caller the deployment allows to.
+fn owner_of<'a>(context: &'a Context, principal: &'a Principal) -> &'a OrganizationId {
+    principal
+        .organization
+        .as_ref()
+        .unwrap_or(&context.config.organization)
+}
+
+/// What a submission asks to do, for authorization.
+fn action_of(submission: &Submission) -> Action {
+    match submission {
+        Submission::Plan(_) => Action::SubmitPlans,
+        Submission::Organization(_) => Action::RegisterOrganizations,
+        Submission::Function(_)
+        | Submission::Dataset(_)
+        | Submission::DataSamples(_)
+        | Submission::Project(_) => Action::RegisterAssets,
+    }
+}
+
+/// The principal that sent `delivery`, or the refusal (error word and message) to answer when
+/// it may not do what it asks.
+async fn authorize(
+    context: &Context,
+    delivery: &Delivery<Submission>,
+) -> Result<Result<Principal, (&'static str, String)>, StoreError> {
+    let mut conn = store::connection(&context.pool).await?;
+    let principal = auth::principal_of_message(
+        &mut conn,
+        &delivery.meta,
+        context.broker.user(),
+        &context.config.anonymous_roles,
+    )
+    .await?;
+    Ok(
+        match auth::refusal(&principal, action_of(&delivery.message), None) {
+            None => Ok(principal),
+            Some(refusal) => Err(refusal),
+        },
+    )
+}
+
+/// Answers a submission its sender may not make, in the reply its kind expects; nothing is
+/// stored or recorded, so the same message may succeed once the sender has the right.
+async fn refuse(replies: &Publisher, delivery: &Delivery<Submission>, error: &str, message: String) {
+    tracing::info!(
+        "submission {} ({}) refused: {message}",
+        delivery.meta.message_id,
+        action_of(&delivery.message)
+    );
+    let details = vec![ErrorDetail {
+        path: String::new(),
+        message,
+    }];
+    match &delivery.message {
+        Submission::Plan(plan) => {
+            send_reply(replies, &delivery.meta, &rejected(plan, error, details)).await;
+        }
+        _ => {
+            let reply = AssetReply::Rejected {
+                error: error.to_owned(),
+                details,
+            };
+            send_reply(replies, &delivery.meta, &reply).await;
+        }
+    }
+}
+
 async fn handle(
     context: &Context,
     replies: &Publisher,
     delivery: Delivery<Submission>,
 ) -> anyhow::Result<()> {
-    let sent = match &delivery.message {
+    let sent = match authorize(context, &delivery).await {
+        Err(error) => Err(error),
+        Ok(Err((error, message))) => {
+            refuse(replies, &delivery, error, message).await;
+            Ok(())
+        }
+        Ok(Ok(principal)) => answer_authorized(context, replies, &delivery, &principal).await,
+    };
+    if let Err(error) = sent {
+        // The database failed: nothing was stored; try the message again shortly.
+        tracing::warn!(
+            "submission {} not handled, retrying: {error}",
+            delivery.meta.message_id
+        );
+        tokio::time::sleep(RETRY_DELAY).await;
+        delivery.requeue().await?;
+        return Ok(());
+    }
+    delivery.ack().await?;
+    Ok(())
+}
+
+/// Answers a submission its sender may make.
+async fn answer_authorized(
+    context: &Context,
+    replies: &Publisher,
+    delivery: &Delivery<Submission>,
+    principal: &Principal,
+) -> Result<(), StoreError> {
+    match &delivery.message {
         Submission::Plan(plan) => {
-            match answer(
-                context,
-                plan,
-                &delivery.meta.message_id,
-                delivery.meta.user_id.as_deref(),
-            )
-            .await
-            {
+            match answer(context, plan, &delivery.meta.message_id, principal).await {
                 Ok(reply) => {
                     if let SubmissionReply::Rejected { error, details, .. } = &reply {
                         tracing::info!(
@@ -247,26 +331,14 @@ async fn handle(
                 Err(error) => Err(error),
             }
         }
-        other => match answer_asset(context, other, &delivery.meta).await {
+        other => match answer_asset(context, other, &delivery.meta, principal).await {
             Ok(reply) => {
                 send_reply(replies, &delivery.meta, &reply).await;
                 Ok(())
             }
             Err(error) => Err(error),
         },
-    };
-    if let Err(error) = sent {
-        // The database failed: nothing was stored; try the message again shortly.
-        tracing::warn!(
-            "submission {} not handled, retrying: {error}",
-            delivery.meta.message_id
-        );
-        tokio::time::sleep(RETRY_DELAY).await;
-        delivery.requeue().await?;
-        return Ok(());
     }
-    delivery.ack().await?;
-    Ok(())
 }
 
 /// Tells the sender of a submission that could not be read why (it was dead-lettered), in the

@@ -380,6 +380,8 @@ pub struct TaskFilter {
     pub worker_id: Option<WorkerId>,
     /// Only tasks of this function.
     pub function_key: Option<FunctionKey>,
+    /// Only tasks owned by this organization (the owner of their plan).
+    pub owner: Option<OrganizationId>,
 }
 
 fn filtered_tasks(filter: &TaskFilter) -> tasks::BoxedQuery<'_, Pg> {
@@ -393,6 +395,9 @@ fn filtered_tasks(filter: &TaskFilter) -> tasks::BoxedQuery<'_, Pg> {
     }
     if let Some(worker) = &filter.worker {
         query = query.filter(tasks::worker.eq(worker.as_str()));
+    }
+    if let Some(owner) = &filter.owner {
+        query = query.filter(tasks::owner.eq(owner.as_str()));
     }
     if let Some(worker_id) = &filter.worker_id {
         query = query.filter(tasks::worker_id.eq(worker_id.as_str()));
