@@ -30,12 +30,16 @@ use crate::support::fixtures::{self as fx, key};
 /// The organization the dispatcher and the API act as.
 const ORGANIZATION: &str = "org-a";
 
-/// A dispatcher and the HTTP API beside it, on a database and a vhost of their own.
-struct Api {
-    db: TestDb,
-    broker: TestBroker,
-    base: String,
+/// A dispatcher and the HTTP API beside it, on a database and a vhost of their own. Requests
+/// carry the token of `root`, an administrator of [`ORGANIZATION`], unless sent with
+/// [`Api::as_token`] or [`Api::anonymous`].
+pub(crate) struct Api {
+    pub(crate) db: TestDb,
+    pub(crate) broker: TestBroker,
+    pub(crate) base: String,
     http: reqwest::Client,
+    /// The administrator's token.
+    pub(crate) root_token: String,
     artifacts: tempfile::TempDir,
     dispatcher_stop: CancellationToken,
     api_stop: CancellationToken,
@@ -45,10 +49,36 @@ struct Api {
 
 /// A response: its status, headers and body (JSON when it parses, else the text).
 #[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: Value,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) headers: reqwest::header::HeaderMap,
+    pub(crate) body: Value,
+}
+
+/// Makes user `identifier` of `organization` with `roles` and a token, stored directly; answers
+/// the token.
+pub(crate) async fn user_with_token(
+    conn: &mut AsyncPgConnection,
+    identifier: &str,
+    organization: &str,
+    roles: &[models::Role],
+) -> String {
+    if catalog::find_organization(conn, &organization.into(), None)
+        .await
+        .unwrap()
+        .is_none()
+    {
+        catalog::insert_organization(conn, &fx::organization(organization))
+            .await
+            .unwrap();
+    }
+    let mut user = fx::user(identifier, organization);
+    user.roles = roles.to_vec();
+    catalog::insert_user(conn, &user).await.unwrap();
+    let (credential, token) =
+        dispatcher::auth::new_token(&user.identifier, None, None, chrono::Utc::now()).unwrap();
+    catalog::insert_credential(conn, &credential).await.unwrap();
+    token.expose().to_owned()
 }
 
 impl Api {
@@ -101,11 +131,19 @@ impl Api {
         let base = format!("http://{}", listener.local_addr().unwrap());
         let api_stop = CancellationToken::new();
         let server = tokio::spawn(api::serve(listener, state, api_stop.clone()));
+        let root_token = user_with_token(
+            &mut db.connect().await,
+            "root",
+            ORGANIZATION,
+            &[models::Role::Administrator],
+        )
+        .await;
         Api {
             db,
             broker,
             base,
             http: reqwest::Client::new(),
+            root_token,
             artifacts,
             dispatcher_stop,
             api_stop,
@@ -114,15 +152,29 @@ impl Api {
         }
     }
 
-    async fn start() -> Api {
+    pub(crate) async fn start() -> Api {
         Api::start_with(Duration::from_secs(20)).await
     }
 
-    async fn conn(&self) -> AsyncPgConnection {
+    pub(crate) async fn conn(&self) -> AsyncPgConnection {
         self.db.connect().await
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+    /// Sends `request` with the administrator's token.
+    pub(crate) async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+        self.send_as(Some(&self.root_token), request).await
+    }
+
+    /// Sends `request` with `token` (none: anonymously).
+    pub(crate) async fn send_as(
+        &self,
+        token: Option<&str>,
+        request: reqwest::RequestBuilder,
+    ) -> Reply {
+        let request = match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
         let response = request.send().await.expect("the API answers");
         let status = response.status().as_u16();
         let headers = response.headers().clone();
@@ -135,12 +187,17 @@ impl Api {
         }
     }
 
-    async fn get(&self, path: &str) -> Reply {
+    /// A request builder for `method` on `path`.
+    pub(crate) fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base))
+    }
+
+    pub(crate) async fn get(&self, path: &str) -> Reply {
         self.send(self.http.get(format!("{}{path}", self.base)))
             .await
     }
 
-    async fn post(&self, path: &str, body: &Value) -> Reply {
+    pub(crate) async fn post(&self, path: &str, body: &Value) -> Reply {
         self.send(self.http.post(format!("{}{path}", self.base)).json(body))
             .await
     }
@@ -170,7 +227,7 @@ impl Api {
     /// Stores what the read-only routes show: organizations, users, a project, function 1,
     /// dataset 20 with samples 21 and 22, workers and devices, plan 30 with task 31 (running,
     /// with a lease) and its child 32, models, performances, logs and measurements.
-    async fn seed(&self) {
+    pub(crate) async fn seed(&self) {
         let mut conn = self.conn().await;
         catalog::insert_organization(&mut conn, &fx::organization("org-b"))
             .await
@@ -257,7 +314,7 @@ impl Drop for Api {
 /// Checks that `reply` is the structured error: exactly `error` and `details`, each detail
 /// exactly a string `path` and `message`, of `kind` with `status`, one detail at `path`.
 #[track_caller]
-fn assert_error(reply: &Reply, status: u16, kind: &str, path: &str) {
+pub(crate) fn assert_error(reply: &Reply, status: u16, kind: &str, path: &str) {
     assert_eq!(reply.status, status, "{reply:#?}");
     let object = reply
         .body
@@ -342,7 +399,7 @@ async fn assert_page_bounds(api: &Api, path: &str) {
 }
 
 /// A function whose tasks take models from their parents and produce one.
-fn noop_function(n: u128) -> Value {
+pub(crate) fn noop_function(n: u128) -> Value {
     json!({
         "key": key(n),
         "name": format!("step {n}"),
@@ -355,7 +412,7 @@ fn noop_function(n: u128) -> Value {
 }
 
 /// Task `n` of function `function` after `parents`.
-fn new_task(n: u128, function: u128, parents: &[u128]) -> Value {
+pub(crate) fn new_task(n: u128, function: u128, parents: &[u128]) -> Value {
     let inputs: Vec<Value> = parents
         .iter()
         .map(|parent| {
@@ -376,12 +433,12 @@ fn new_task(n: u128, function: u128, parents: &[u128]) -> Value {
     })
 }
 
-fn new_plan(n: u128, tag: &str, tasks: Vec<Value>) -> Value {
+pub(crate) fn new_plan(n: u128, tag: &str, tasks: Vec<Value>) -> Value {
     json!({"key": key(n), "name": format!("plan {n}"), "tag": tag, "project": "fl", "tasks": tasks})
 }
 
 /// Registers project `fl` and function `n` through the API.
-async fn register_function(api: &Api, n: u128) {
+pub(crate) async fn register_function(api: &Api, n: u128) {
     let reply = api
         .post(
             "/api/v1/projects",
@@ -874,7 +931,7 @@ async fn plans_are_submitted_listed_read_and_extended() {
         .await,
         404,
         "not_found",
-        "compute_plan_key",
+        "key",
     );
     assert_error(
         &api.post(&tasks_path, &json!({"tasks": [new_task(9, 404, &[])]}))
@@ -1276,6 +1333,7 @@ async fn models_are_listed_read_and_downloaded_from_the_store_only() {
     let response = api
         .http
         .get(format!("{}/api/v1/models/{}/download", api.base, key(40)))
+        .bearer_auth(&api.root_token)
         .send()
         .await
         .unwrap();
@@ -1543,7 +1601,7 @@ async fn the_openapi_document_lists_exactly_the_routes_served() {
             assert!(answer.status < 500, "{method} {path}: {answer:#?}");
         }
     }
-    assert_eq!(operations, 37, "the document's operations");
+    assert_eq!(operations, 47, "the document's operations");
     // And nothing else is served.
     assert_error(&api.get("/api/v1/nothing").await, 404, "not_found", "");
     let reply = api.get("/api/v1/compute_plans/x/y/z").await;
@@ -1633,6 +1691,7 @@ async fn health_and_metrics_report_the_dispatcher() {
     let response = api
         .http
         .get(format!("{}/metrics", api.base))
+        .bearer_auth(&api.root_token)
         .send()
         .await
         .unwrap();

@@ -55,7 +55,7 @@ pub(crate) fn user(identifier: &str, organization: &str) -> User {
         identifier: identifier.into(),
         display_name: "Zoë Ångström-Łukasz 🚀".into(),
         organization: organization.into(),
-        roles: vec![Role::Operator, Role::Producer],
+        roles: vec![Role::Operator, Role::Producer, Role::Worker],
         is_enabled: true,
         creation_date: at(1),
         update_date: at(2),
