@@ -131,13 +131,24 @@ impl RpcClient {
                 len: kind.len(),
             })
         })?;
-        let properties = BasicProperties::default()
+        let mut properties = BasicProperties::default()
             .with_content_type(crate::envelope::CONTENT_TYPE.into())
             .with_delivery_mode(crate::envelope::PERSISTENT)
             .with_type(kind)
             .with_message_id(meta.message_id.as_str().into())
             .with_reply_to(REPLY_TO.into())
             .with_headers(headers);
+        // The sender, as every baton message names it: RabbitMQ checks `user_id`, and the
+        // dispatcher authorizes the message as that user.
+        if let Some(user_id) = &meta.user_id {
+            properties = properties.with_user_id(user_id.as_str().into());
+        }
+        if let Some(app_id) = &meta.app_id {
+            properties = properties.with_app_id(app_id.as_str().into());
+        }
+        if let Some(timestamp) = meta.timestamp {
+            properties = properties.with_timestamp(timestamp);
+        }
         self.exchange(
             exchange,
             routing_key,

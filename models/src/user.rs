@@ -48,14 +48,11 @@ pub struct User {
 pub fn identifier_problem(identifier: &str) -> Option<String> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
     if !(3..=32).contains(&identifier.len()) {
-        Some("must be 3 to 32 characters long".to_owned())
-    } else if let Some(bad) = identifier.chars().find(|c| !allowed(*c)) {
-        Some(format!(
-            "{bad:?} is not allowed: only ASCII letters, digits, `_`, `.` and `-`"
-        ))
-    } else {
-        None
+        return Some("must be 3 to 32 characters long".to_owned());
     }
+    identifier.chars().find(|c| !allowed(*c)).map(|bad| {
+        format!("{bad:?} is not allowed: only ASCII letters, digits, `_`, `.` and `-`")
+    })
 }
 
 word_enum! {

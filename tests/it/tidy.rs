@@ -93,3 +93,13 @@ fn models_source_does_no_io() {
         }
     }
 }
+
+#[test]
+fn the_documented_role_table_is_the_one_in_the_code() {
+    let documented = std::fs::read_to_string(workspace_root().join("docs/security.md")).unwrap();
+    let table = models::access::markdown_table();
+    assert!(
+        documented.contains(&table),
+        "docs/security.md must hold models::access::markdown_table() as it is:\n{table}"
+    );
+}

@@ -5,13 +5,13 @@
 use broker::BrokerConfig;
 
 /// The management API, with credentials. Override with `BATON_TEST_RABBITMQ_API`.
-fn api_base() -> String {
+pub(crate) fn api_base() -> String {
     std::env::var("BATON_TEST_RABBITMQ_API")
         .unwrap_or_else(|_| "http://127.0.0.1:15672/api".to_owned())
 }
 
 /// The AMQP server, without a vhost. Override with `BATON_TEST_AMQP_URL`.
-fn amqp_base() -> String {
+pub(crate) fn amqp_base() -> String {
     std::env::var("BATON_TEST_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672".to_owned())
 }
@@ -60,6 +60,11 @@ impl TestBroker {
         )
         .await;
         TestBroker { vhost }
+    }
+
+    /// The vhost's name.
+    pub(crate) fn vhost(&self) -> &str {
+        &self.vhost
     }
 
     /// The AMQP URL of the vhost.
