@@ -1101,6 +1101,8 @@ async fn tasks_added_to_a_finished_plan_run_it_again() {
 async fn assets_registered_over_amqp_are_used_by_a_plan() {
     let cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
     cluster.seed(&[]).await;
+    // Registering organizations is an administrator's.
+    cluster.grant("guest", &[models::Role::Administrator]).await;
     let client = cluster.client("producer").await;
     let rpc = RpcClient::new(&client).await.unwrap();
     async fn register<M: WireMessage>(rpc: &RpcClient, message: &M) -> AssetReply {
@@ -1398,6 +1400,8 @@ async fn a_worker_disabled_by_an_operator_gets_no_more_claims() {
 async fn a_message_id_reused_for_another_request_is_refused_and_stores_nothing() {
     let cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
     cluster.seed(&[function(1, no_retry())]).await;
+    // It registers an organization, which is an administrator's.
+    cluster.grant("guest", &[models::Role::Administrator]).await;
     let client = cluster.client("producer").await;
     let rpc = RpcClient::new(&client).await.unwrap();
     let id = "producer-request-1".to_owned();

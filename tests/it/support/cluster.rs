@@ -168,6 +168,19 @@ impl TestCluster {
         }
     }
 
+    /// Gives user `user` exactly `roles`.
+    pub(crate) async fn grant(&self, user: &str, roles: &[models::Role]) {
+        let mut conn = self.db.connect().await;
+        let change = dispatcher::store::users::UserChange {
+            roles: Some(roles.to_vec()),
+            ..Default::default()
+        };
+        dispatcher::store::users::update_user(&mut conn, &user.into(), &change, chrono::Utc::now())
+            .await
+            .unwrap()
+            .expect("the user exists");
+    }
+
     /// Registers the catalog the tests submit against: organizations and `functions`.
     pub(crate) async fn seed(&self, functions: &[models::Function]) {
         let mut conn = self.db.connect().await;
