@@ -39,6 +39,7 @@ use models::{
 };
 
 use crate::bench::{BenchVhost, BrokerBench, median, run_lapin};
+use crate::output::Output;
 use crate::{OutputFormat, ThroughputDevices};
 
 /// The organization the benchmark's dispatcher acts as.
@@ -781,14 +782,9 @@ pub(crate) async fn throughput(options: ThroughputBench) -> anyhow::Result<Throu
     })
 }
 
-// The CLI's purpose is to print for its user.
-#[allow(clippy::print_stdout)]
-fn print(text: impl std::fmt::Display) {
-    println!("{text}");
-}
-
 /// Prints the throughput benchmark: a table for people, then one JSON line per device.
 pub(crate) fn print_throughput_bench(
+    out: &Output,
     format: OutputFormat,
     figures: &ThroughputFigures,
 ) -> anyhow::Result<()> {
@@ -834,7 +830,7 @@ pub(crate) fn print_throughput_bench(
                 submits,
             ]);
         }
-        print(summary);
+        out.line(summary);
     }
     for device in &figures.devices {
         let line = json!({
@@ -853,7 +849,7 @@ pub(crate) fn print_throughput_bench(
             "run_secs": device.run_secs,
             "submit_secs": device.submit_secs,
         });
-        print(serde_json::to_string(&line)?);
+        out.line(serde_json::to_string(&line)?);
     }
     Ok(())
 }

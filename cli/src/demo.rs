@@ -19,8 +19,6 @@ use anyhow::{Context, bail};
 use chrono::Utc;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use serde_json::json;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use dispatcher::registration::{self, RegistrationError};
@@ -30,14 +28,15 @@ use models::submission::PlanSubmission;
 use models::submission::{NewDataSample, NewDataSamples, NewDataset, NewFunction, NewTask};
 use models::{
     ComputePlan, DataSampleKey, DatasetKey, File, FunctionInput, FunctionKey, FunctionOutput,
-    InputKind, InputRef, Metadata, Organization, OrganizationId, OutputKind, ParameterDecl,
-    Permission, Permissions, PlanCounters, PlanStatus, Project, RequirementSet, RetryPolicy, Role,
-    Step, TaskInput, TaskKey, TaskOutput, User, UserId, WorkerId,
+    InputKind, InputRef, Metadata, OrganizationId, OutputKind, ParameterDecl, Permission,
+    Permissions, PlanCounters, PlanStatus, Project, RequirementSet, RetryPolicy, Role, Step,
+    TaskInput, TaskKey, TaskOutput, UserId, WorkerId,
 };
 use worker::artifacts::{ArtifactStore, LocalStore};
 
 use crate::OutputFormat;
-use crate::output::redact_url;
+use crate::output::Output;
+use crate::services::{Service, Services, ensure_organization, ensure_user, prepare_broker};
 
 /// How many rounds of training the demo plan runs.
 const ROUNDS: u32 = 3;
@@ -50,12 +49,6 @@ const ORG_PROPERTY: &str = "org";
 
 /// How often the plan is read while it runs.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
-
-/// How long the first connection to RabbitMQ may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long a stopping worker or dispatcher may take before it is reported as stuck.
-const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The heartbeat interval of the demo's dispatcher: short, so that a second demo run soon
 /// after the first can register its workers under the same identifiers (a worker silent for
@@ -392,57 +385,6 @@ async fn put_site_files(
     Ok(files)
 }
 
-/// Connects to RabbitMQ once before anything runs: declares the topology (so the workers find
-/// their exchanges before the dispatcher has declared them) and returns the user the URL
-/// connects as, which owns the demo's workers.
-async fn prepare_broker(amqp_url: &str) -> anyhow::Result<UserId> {
-    let target = || {
-        format!(
-            "connecting to RabbitMQ at {} (set --amqp-url or BATON_AMQP_URL)",
-            redact_url(amqp_url)
-        )
-    };
-    // A plain TCP connection first: lapin retries an unreachable server for ever.
-    let uri = <lapin::uri::AMQPUri as std::str::FromStr>::from_str(amqp_url)
-        .map_err(|reason| anyhow::anyhow!("invalid AMQP URL: {reason}"))
-        .with_context(target)?;
-    let address = (uri.authority.host.as_str(), uri.authority.port);
-    match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address)).await {
-        Ok(Ok(_probe)) => {}
-        Ok(Err(error)) => return Err(anyhow::Error::new(error).context(target())),
-        Err(_) => bail!(
-            "{}: no answer within {} s",
-            target(),
-            CONNECT_TIMEOUT.as_secs()
-        ),
-    }
-    let connecting = broker::Broker::connect(broker::BrokerConfig::new(amqp_url, "baton-demo"));
-    let client = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
-        Ok(connected) => connected.map_err(anyhow::Error::new),
-        Err(_) => Err(anyhow::anyhow!(
-            "no answer within {} s",
-            CONNECT_TIMEOUT.as_secs()
-        )),
-    }
-    .with_context(target)?;
-    let declared = client
-        .declare_topology()
-        .await
-        .context("declaring the RabbitMQ topology");
-    let user = UserId::from(client.user());
-    if let Err(error) = client.close().await {
-        tracing::debug!("closing the demo's RabbitMQ connection: {error}");
-    }
-    declared?;
-    if user.as_str().is_empty() {
-        bail!(
-            "the AMQP URL {} names no user: the demo's workers are owned by it",
-            redact_url(amqp_url)
-        );
-    }
-    Ok(user)
-}
-
 /// A registration refused, with every problem it named.
 fn refused(what: &str, error: RegistrationError) -> anyhow::Error {
     match error {
@@ -468,36 +410,24 @@ async fn register_federation(
     conn.transaction(async |conn| {
         let now = Utc::now();
         for id in [HOSPITAL_A, HOSPITAL_B] {
-            if catalog::find_organization(conn, &org(id), None)
-                .await?
-                .is_none()
-            {
-                let organization = Organization {
-                    id: org(id),
-                    address: None,
-                    is_current: false,
-                    creation_date: now,
-                };
-                catalog::insert_organization(conn, &organization).await?;
-            }
+            ensure_organization(conn, &org(id), false).await?;
         }
+        // One RabbitMQ user runs both hospitals' workers: acting for an organization other
+        // than its own (hospital-b) takes the administrator role.
         let users = [
-            (UserId::from("demo"), "Demo operator", Role::Administrator),
-            (worker_owner.clone(), "The demo's workers", Role::Worker),
+            (
+                UserId::from("demo"),
+                "Demo operator",
+                &[Role::Administrator][..],
+            ),
+            (
+                worker_owner.clone(),
+                "The demo's workers",
+                &[Role::Worker, Role::Administrator][..],
+            ),
         ];
-        for (identifier, display_name, role) in users {
-            if catalog::find_user(conn, &identifier).await?.is_none() {
-                let user = User {
-                    identifier,
-                    display_name: display_name.into(),
-                    organization: org(HOSPITAL_A),
-                    roles: vec![role],
-                    is_enabled: true,
-                    creation_date: now,
-                    update_date: now,
-                };
-                catalog::insert_user(conn, &user).await?;
-            }
+        for (identifier, display_name, roles) in users {
+            ensure_user(conn, &identifier, display_name, &org(HOSPITAL_A), roles).await?;
         }
         if catalog::find_project(conn, &"demo".into()).await?.is_none() {
             let project = Project {
@@ -751,79 +681,6 @@ fn plan_submission() -> PlanSubmission {
     }
 }
 
-/// A dispatcher or worker running in this process.
-struct Service {
-    name: String,
-    stop: CancellationToken,
-    handle: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Service {
-    /// Cancels its token and waits for it to stop (aborting it after [`STOP_TIMEOUT`]).
-    async fn stop(mut self) -> anyhow::Result<()> {
-        self.stop.cancel();
-        match tokio::time::timeout(STOP_TIMEOUT, &mut self.handle).await {
-            Ok(Ok(result)) => result.with_context(|| format!("stopping the {}", self.name)),
-            Ok(Err(join_error)) => Err(anyhow::anyhow!("the {} panicked: {join_error}", self.name)),
-            Err(_) => {
-                self.handle.abort();
-                bail!("the {} did not stop within {STOP_TIMEOUT:?}", self.name)
-            }
-        }
-    }
-}
-
-/// The demo's dispatcher and workers.
-#[derive(Default)]
-struct Services {
-    dispatcher: Option<Service>,
-    workers: Vec<Service>,
-}
-
-impl Services {
-    /// An error if a service stopped on its own.
-    async fn check(&mut self) -> anyhow::Result<()> {
-        let finished = self
-            .dispatcher
-            .as_ref()
-            .is_some_and(|service| service.handle.is_finished());
-        let service = if finished {
-            self.dispatcher.take()
-        } else {
-            match self
-                .workers
-                .iter()
-                .position(|service| service.handle.is_finished())
-            {
-                Some(index) => Some(self.workers.remove(index)),
-                None => None,
-            }
-        };
-        let Some(service) = service else {
-            return Ok(());
-        };
-        match service.handle.await {
-            Ok(Ok(())) => bail!("the {} stopped while the demo ran", service.name),
-            Ok(Err(error)) => Err(error.context(format!("the {} stopped", service.name))),
-            Err(join_error) => bail!("the {} panicked: {join_error}", service.name),
-        }
-    }
-
-    /// Stops the workers, then the dispatcher; returns the first problem.
-    async fn stop(mut self) -> anyhow::Result<()> {
-        let mut outcome = Ok(());
-        for service in self.workers.drain(..).chain(self.dispatcher.take()) {
-            let stopped = service.stop().await;
-            if outcome.is_ok() {
-                outcome = stopped;
-            } else if let Err(error) = stopped {
-                tracing::warn!("{error:#}");
-            }
-        }
-        outcome
-    }
-}
-
 /// The identifier of `site`'s worker.
 fn worker_id(site: &Site) -> WorkerId {
     format!("{}-worker", site.organization).as_str().into()
@@ -867,12 +724,9 @@ fn start_services(options: &DemoOptions, store: &LocalStore) -> Services {
     config.heartbeat_interval = HEARTBEAT_INTERVAL;
     config.outbox_poll = POLL_INTERVAL;
     config.registration_cache = HEARTBEAT_INTERVAL;
-    let stop = CancellationToken::new();
-    services.dispatcher = Some(Service {
-        name: "dispatcher".to_owned(),
-        handle: tokio::spawn(dispatcher::service::run(config, stop.clone())),
-        stop,
-    });
+    services.push(Service::spawn("dispatcher", |stop| {
+        dispatcher::service::run(config, stop)
+    }));
     for site in &SITES {
         let id = worker_id(site);
         let mut config = worker::WorkerConfig::new(
@@ -887,12 +741,9 @@ fn start_services(options: &DemoOptions, store: &LocalStore) -> Services {
         config.grace = Duration::from_secs(2);
         config.shutdown_deadline = Duration::from_secs(5);
         let worker = worker::Worker::builder(config, Arc::new(store.clone())).build();
-        let stop = CancellationToken::new();
-        services.workers.push(Service {
-            name: format!("worker {id}"),
-            handle: tokio::spawn(worker.run(stop.clone())),
-            stop,
-        });
+        services.push(Service::spawn(format!("worker {id}"), |stop| {
+            worker.run(stop)
+        }));
     }
     services
 }
@@ -904,32 +755,10 @@ async fn wait_for_workers(
     since: chrono::DateTime<Utc>,
     deadline: tokio::time::Instant,
 ) -> anyhow::Result<()> {
-    loop {
-        let mut missing = Vec::new();
-        for site in &SITES {
-            let id = worker_id(site);
-            let registered = workers::find_worker(conn, &id)
-                .await
-                .with_context(|| format!("reading worker {id}"))?
-                .is_some_and(|worker| worker.is_active && worker.update_date >= since);
-            if !registered {
-                missing.push(id.to_string());
-            }
-        }
-        if missing.is_empty() {
-            tracing::info!("workers registered: hospital-a-worker, hospital-b-worker");
-            return Ok(());
-        }
-        services.check().await?;
-        if tokio::time::Instant::now() > deadline {
-            bail!(
-                "worker(s) {} did not register with the demo's dispatcher in time (is RabbitMQ \
-                 reachable?)",
-                missing.join(", ")
-            );
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
+    let ids: Vec<WorkerId> = SITES.iter().map(worker_id).collect();
+    crate::services::wait_for_workers(conn, &ids, services, since, deadline).await?;
+    tracing::info!("workers registered: hospital-a-worker, hospital-b-worker");
+    Ok(())
 }
 
 /// The plan's counters, in one line.
@@ -1003,7 +832,11 @@ async fn run_plan(
 }
 
 /// Runs the demo.
-pub(crate) async fn run(options: DemoOptions, format: OutputFormat) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    options: DemoOptions,
+    out: &Output,
+    format: OutputFormat,
+) -> anyhow::Result<()> {
     let applied = crate::apply_migrations(&options.database_url).await?;
     tracing::info!("{} migration(s) applied", applied.len());
     let pool = dispatcher::store::connect(&options.database_url, 2)?;
@@ -1061,7 +894,7 @@ pub(crate) async fn run(options: DemoOptions, format: OutputFormat) -> anyhow::R
     let performances = plans::performance_table(&mut conn, plan.key)
         .await
         .context("reading the plan's performances")?;
-    crate::output::print_plan_run(format, &plan, &stored_tasks, &names, &performances)?;
+    crate::output::print_plan_run(out, format, &plan, &stored_tasks, &names, &performances)?;
     if plan.status != PlanStatus::Done {
         bail!("{}", failure(&mut conn, &plan, &stored_tasks).await);
     }

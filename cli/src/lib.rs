@@ -8,16 +8,29 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
 
 mod bench;
 mod bench_plan;
 mod bench_throughput;
+mod client;
+mod commands;
 mod demo;
 mod output;
+pub mod rabbitmq;
+mod services;
+
+pub use output::Output;
 
 /// The default database URL: the `baton` database on the local PostgreSQL, as `.ci/services`
 /// sets it up.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://baton:baton@127.0.0.1:5432/baton";
+
+/// The default URL of the HTTP API: `baton dispatcher`'s default `--http-addr`.
+pub const DEFAULT_API_URL: &str = "http://127.0.0.1:8080";
+
+/// The default AMQP URL: the local RabbitMQ's default vhost, as `guest`.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// baton: a distributed task runner for fleets of device hosts.
 #[derive(Debug, Parser)]
@@ -41,6 +54,20 @@ pub struct Cli {
     #[arg(long, global = true, env = "BATON_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// The HTTP API of `baton dispatcher`, which the client commands (`submit`, `plans`,
+    /// `tasks`, `logs`, `perf`, `cancel`, `abort`, `workers`, `devices`) talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "BATON_API_URL",
+        default_value = DEFAULT_API_URL
+    )]
+    pub api_url: String,
+
+    /// A bearer token sent with every request to the HTTP API.
+    #[arg(long, global = true, env = "BATON_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -60,7 +87,7 @@ pub enum Command {
         #[arg(
             long,
             env = "BATON_AMQP_URL",
-            default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+            default_value = DEFAULT_AMQP_URL,
             hide_env_values = true
         )]
         amqp_url: String,
@@ -72,13 +99,13 @@ pub enum Command {
         #[arg(long, env = "BATON_ARTIFACTS")]
         artifacts: Option<std::path::PathBuf>,
         /// Seconds the plan may take to end, from the start of the workers.
-        #[arg(long, default_value_t = 120)]
+        #[arg(long, env = "BATON_DEMO_TIMEOUT_SECS", default_value_t = 120)]
         timeout_secs: u64,
     },
     /// Show what is stored: how many rows of each kind, and the latest compute plans.
     Status {
         /// How many plans to list.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, env = "BATON_STATUS_LIMIT", default_value_t = 10)]
         limit: i64,
     },
     /// Run the dispatcher: take submissions, publish ready tasks, apply workers' reports.
@@ -87,7 +114,7 @@ pub enum Command {
         #[arg(
             long,
             env = "BATON_AMQP_URL",
-            default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+            default_value = DEFAULT_AMQP_URL,
             hide_env_values = true
         )]
         amqp_url: String,
@@ -115,6 +142,270 @@ pub enum Command {
         #[command(subcommand)]
         scenario: BenchScenario,
     },
+    /// Try baton on one machine: migrations, then a dispatcher, its HTTP API and local workers
+    /// in this process, until Ctrl-C or SIGTERM.
+    Dev(DevArgs),
+    /// Submit a compute plan from a YAML (`.yaml`, `.yml`) or JSON file through the HTTP API;
+    /// print it as stored.
+    Submit(SubmitArgs),
+    /// List, show and watch compute plans.
+    Plans {
+        /// What to do.
+        #[command(subcommand)]
+        command: PlansCommand,
+    },
+    /// List and show tasks.
+    Tasks {
+        /// What to do.
+        #[command(subcommand)]
+        command: TasksCommand,
+    },
+    /// Print a task's log lines; with `-f`, follow them live until the task ends.
+    Logs(LogsArgs),
+    /// Print a plan's performances as a table or CSV; draw them to a PNG or SVG file.
+    Perf(PerfArgs),
+    /// Cancel a compute plan or a task: what has not started never runs, running steps get
+    /// SIGTERM, then SIGKILL after the worker's grace period.
+    Cancel(CancelArgs),
+    /// Abort a task: its processes are killed at once.
+    Abort(AbortArgs),
+    /// List workers.
+    Workers {
+        /// What to do.
+        #[command(subcommand)]
+        command: WorkersCommand,
+    },
+    /// List devices.
+    Devices {
+        /// What to do.
+        #[command(subcommand)]
+        command: DevicesCommand,
+    },
+}
+
+/// Which page of a listing to print.
+#[derive(Clone, Copy, Debug, clap::Args)]
+pub struct PageArgs {
+    /// The page, from 1.
+    #[arg(long, env = "BATON_PAGE", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub page: u32,
+    /// Results per page, from 1 to 1000.
+    #[arg(long, env = "BATON_PAGE_SIZE", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub page_size: u32,
+}
+
+/// How `plans watch` (and `submit --watch`) follows a plan.
+#[derive(Clone, Copy, Debug, clap::Args)]
+pub struct WatchArgs {
+    /// Milliseconds between two reads of the plan.
+    #[arg(long, env = "BATON_WATCH_INTERVAL_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(50..))]
+    pub interval_ms: u64,
+}
+
+/// The settings of `baton submit`.
+#[derive(Debug, clap::Args)]
+pub struct SubmitArgs {
+    /// The plan: a `PlanSubmission` (docs/api.md, `schemas/`) in YAML (`.yaml`, `.yml`) or
+    /// JSON (any other name).
+    pub file: std::path::PathBuf,
+    /// Makes the submission safe to retry: a second submission with the same key gets the
+    /// first one's answer and stores nothing (1 to 200 visible ASCII characters).
+    #[arg(long, env = "BATON_IDEMPOTENCY_KEY")]
+    pub idempotency_key: Option<String>,
+    /// Then watch the plan until it ends, as `baton plans watch`.
+    #[arg(long, env = "BATON_SUBMIT_WATCH")]
+    pub watch: bool,
+    /// How to watch.
+    #[command(flatten)]
+    pub watching: WatchArgs,
+}
+
+/// `baton plans …`.
+#[derive(Debug, Subcommand)]
+pub enum PlansCommand {
+    /// List compute plans, newest first.
+    Ls {
+        /// Only plans in this status (WAITING, TODO, DOING, DONE, FAILED, CANCELED, EMPTY).
+        #[arg(long, env = "BATON_PLANS_STATUS")]
+        status: Option<String>,
+        /// Only plans owned by this organization.
+        #[arg(long, env = "BATON_PLANS_OWNER")]
+        owner: Option<String>,
+        /// Only plans of this project.
+        #[arg(long, env = "BATON_PLANS_PROJECT")]
+        project: Option<String>,
+        /// Only plans with exactly this tag.
+        #[arg(long, env = "BATON_PLANS_TAG")]
+        tag: Option<String>,
+        /// Which page.
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Show a compute plan and its tasks.
+    Show {
+        /// The plan's key.
+        key: uuid::Uuid,
+    },
+    /// Show a plan's progress (one bar per task status) until it ends, then the plan; fails
+    /// when the plan ends FAILED or CANCELED.
+    Watch {
+        /// The plan's key.
+        key: uuid::Uuid,
+        /// How to watch.
+        #[command(flatten)]
+        watching: WatchArgs,
+    },
+}
+
+/// `baton tasks …`.
+#[derive(Debug, Subcommand)]
+pub enum TasksCommand {
+    /// List tasks, newest plans first, by rank within a plan.
+    Ls {
+        /// Only tasks of this compute plan.
+        #[arg(long, env = "BATON_TASKS_PLAN")]
+        plan: Option<uuid::Uuid>,
+        /// Only tasks in this status (a status word, or an alias such as `pending`).
+        #[arg(long, env = "BATON_TASKS_STATUS")]
+        status: Option<String>,
+        /// Only tasks run by workers of this organization.
+        #[arg(long, env = "BATON_TASKS_WORKER")]
+        worker: Option<String>,
+        /// Only tasks run (or last run) by this worker.
+        #[arg(long, env = "BATON_TASKS_WORKER_ID")]
+        worker_id: Option<String>,
+        /// Only tasks of this function.
+        #[arg(long, env = "BATON_TASKS_FUNCTION")]
+        function: Option<uuid::Uuid>,
+        /// Which page.
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Show a task and its state changes.
+    Show {
+        /// The task's key.
+        key: uuid::Uuid,
+    },
+}
+
+/// The settings of `baton logs`.
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    /// The task's key.
+    pub task: uuid::Uuid,
+    /// Follow the log live (from RabbitMQ's `baton.events`) until the task ends.
+    #[arg(short, long, env = "BATON_LOGS_FOLLOW")]
+    pub follow: bool,
+    /// RabbitMQ, with its vhost: where `-f` listens for the task's log lines.
+    #[arg(
+        long,
+        env = "BATON_AMQP_URL",
+        default_value = DEFAULT_AMQP_URL,
+        hide_env_values = true
+    )]
+    pub amqp_url: String,
+    /// Milliseconds between two checks of the task's status while following.
+    #[arg(long, env = "BATON_LOGS_INTERVAL_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(50..))]
+    pub interval_ms: u64,
+}
+
+/// The settings of `baton perf`.
+#[derive(Debug, clap::Args)]
+pub struct PerfArgs {
+    /// The plan's key.
+    pub plan: uuid::Uuid,
+    /// Print CSV instead of a table.
+    #[arg(long, env = "BATON_PERF_CSV")]
+    pub csv: bool,
+    /// Also draw performance per round, one line per metric and worker, to this file (`.png`
+    /// or `.svg`).
+    #[arg(long, env = "BATON_PERF_PLOT")]
+    pub plot: Option<std::path::PathBuf>,
+}
+
+/// The settings of `baton cancel`.
+#[derive(Debug, clap::Args)]
+pub struct CancelArgs {
+    /// The key of a compute plan or of a task.
+    pub key: uuid::Uuid,
+    /// Why, recorded in the tasks' history.
+    #[arg(long, env = "BATON_CANCEL_REASON")]
+    pub reason: Option<String>,
+}
+
+/// The settings of `baton abort`.
+#[derive(Debug, clap::Args)]
+pub struct AbortArgs {
+    /// The task's key.
+    pub task: uuid::Uuid,
+    /// Why, recorded in the task's history.
+    #[arg(long, env = "BATON_ABORT_REASON")]
+    pub reason: Option<String>,
+}
+
+/// `baton workers …`.
+#[derive(Debug, Subcommand)]
+pub enum WorkersCommand {
+    /// List workers, by identifier.
+    Ls {
+        /// Which page.
+        #[command(flatten)]
+        page: PageArgs,
+    },
+}
+
+/// `baton devices …`.
+#[derive(Debug, Subcommand)]
+pub enum DevicesCommand {
+    /// List devices, by worker then id.
+    Ls {
+        /// Only devices of this worker.
+        #[arg(long, env = "BATON_DEVICES_WORKER")]
+        worker: Option<String>,
+        /// Which page.
+        #[command(flatten)]
+        page: PageArgs,
+    },
+}
+
+/// The settings of `baton dev`.
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {
+    /// RabbitMQ, with its vhost; the workers' owner is the user it connects as, which `dev`
+    /// registers in baton.
+    #[arg(
+        long,
+        env = "BATON_AMQP_URL",
+        default_value = DEFAULT_AMQP_URL,
+        hide_env_values = true
+    )]
+    pub amqp_url: String,
+    /// The organization the dispatcher acts as and the workers belong to.
+    #[arg(long, env = "BATON_ORGANIZATION", default_value = "local")]
+    pub organization: String,
+    /// How many workers to run.
+    #[arg(long, env = "BATON_DEV_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub workers: u32,
+    /// How many tasks each worker runs at once.
+    #[arg(long, env = "BATON_EXECUTOR_LIMIT", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pub executor_limit: u32,
+    /// A property of every worker, as KEY=VALUE; repeat for several.
+    #[arg(long = "property", env = "BATON_WORKER_PROPERTIES", value_delimiter = ',', value_parser = parse_property)]
+    pub properties: Vec<(String, String)>,
+    /// The artifact store: a local directory the workers upload models to and the API serves
+    /// them from.
+    #[arg(long, env = "BATON_ARTIFACTS", default_value = "/tmp/baton-artifacts")]
+    pub artifacts: std::path::PathBuf,
+    /// Where attempt workspaces are made (default: `baton-dev` in the system's temporary
+    /// directory), one directory per worker.
+    #[arg(long, env = "BATON_WORK_DIR")]
+    pub work_dir: Option<std::path::PathBuf>,
+    /// Where the HTTP API listens (port 0: any free port, printed at start).
+    #[arg(long, env = "BATON_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: std::net::SocketAddr,
+    /// Seconds a granted claim lasts unless its worker renews it.
+    #[arg(long, env = "BATON_LEASE_SECS", default_value_t = 30)]
+    pub lease_secs: u32,
 }
 
 /// The settings of `baton worker`.
@@ -124,7 +415,7 @@ pub struct WorkerArgs {
     #[arg(
         long,
         env = "BATON_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        default_value = DEFAULT_AMQP_URL,
         hide_env_values = true
     )]
     pub amqp_url: String,
@@ -170,10 +461,10 @@ pub enum BenchScenario {
     /// Validate, store and load a layered DAG of many tasks (in a database of its own).
     LargePlan {
         /// Tasks in the plan.
-        #[arg(long, default_value_t = 100_000)]
+        #[arg(long, env = "BATON_BENCH_TASKS", default_value_t = 100_000)]
         tasks: u32,
         /// Tasks per layer.
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, env = "BATON_BENCH_WIDTH", default_value_t = 100)]
         width: u32,
     },
     /// Load one plan's dispatcher state and report its cost (run by `large-plan` in a fresh
@@ -187,10 +478,10 @@ pub enum BenchScenario {
     /// Confirmed publish + consume throughput of the broker layer, against plain lapin.
     Broker {
         /// Messages per run.
-        #[arg(long, default_value_t = 20_000)]
+        #[arg(long, env = "BATON_BENCH_MESSAGES", default_value_t = 20_000)]
         messages: u32,
         /// Runs of each side; medians are reported.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, env = "BATON_BENCH_RUNS", default_value_t = 5)]
         runs: u32,
         /// RabbitMQ, without a vhost: the benchmark makes and deletes its own.
         #[arg(
@@ -223,26 +514,26 @@ pub enum BenchScenario {
     /// claim, run, report, DONE), with an in-process dispatcher and worker, against plain lapin.
     Throughput {
         /// Tasks per run.
-        #[arg(long, default_value_t = 2_000)]
+        #[arg(long, env = "BATON_BENCH_TASKS", default_value_t = 2_000)]
         tasks: u32,
         /// How the worker runs the no-op step.
-        #[arg(long, value_enum, default_value_t = ThroughputDevices::Both)]
+        #[arg(long, env = "BATON_BENCH_DEVICE", value_enum, default_value_t = ThroughputDevices::Both)]
         device: ThroughputDevices,
         /// Runs of each device; medians are reported.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, env = "BATON_BENCH_RUNS", default_value_t = 3)]
         runs: u32,
         /// Tasks each worker runs at once.
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, env = "BATON_BENCH_EXECUTOR_LIMIT", default_value_t = 8)]
         executor_limit: u32,
         /// In-process workers, each with `--executor-limit` slots.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, env = "BATON_BENCH_WORKERS", default_value_t = 1)]
         workers: u32,
         /// Plans the tasks of a run are split across (default: as few as the submission batch
         /// limit allows).
-        #[arg(long)]
+        #[arg(long, env = "BATON_BENCH_PLANS")]
         plans: Option<u32>,
         /// Seconds a run may take before it is reported as hung.
-        #[arg(long, default_value_t = 120)]
+        #[arg(long, env = "BATON_BENCH_TIMEOUT_SECS", default_value_t = 120)]
         timeout_secs: u64,
         /// RabbitMQ, without a vhost: the benchmark makes and deletes its own.
         #[arg(
@@ -316,7 +607,18 @@ fn install_tracing(format: LogFormat) {
 
 /// Runs `baton` with the process's arguments and prints any error with its causes.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    main_from(std::env::args_os())
+}
+
+/// Runs `baton` with `args` (the first names the program), as `main` does with the process's
+/// arguments: results on stdout, logs and any error with its causes on stderr, and an exit code
+/// that says whether it succeeded.
+pub fn main_from<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::parse_from(args);
     install_tracing(cli.log_format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -330,15 +632,25 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Runs the parsed command line.
+/// Runs the parsed command line, printing results to standard output.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    run_with(cli, &Output::stdout(), &CancellationToken::new())
+}
+
+/// Runs the parsed command line, printing results to `out`. The commands that run until they
+/// are told to stop (`dispatcher`, `worker`, `dev`) stop on SIGINT or SIGTERM, or when `stop`
+/// is cancelled; `plans watch` and `logs -f` stop early (with an error) when it is.
+pub fn run_with(cli: Cli, out: &Output, stop: &CancellationToken) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let stop = stop.clone();
     runtime.block_on(async move {
+        let format = cli.output;
+        let client = || client::ApiClient::new(&cli.api_url, cli.token.clone());
         match cli.command {
-            Command::Migrate => migrate(&cli.database_url, cli.output).await,
+            Command::Migrate => migrate(out, &cli.database_url, format).await,
             Command::Demo {
                 amqp_url,
                 demo_dir,
@@ -353,11 +665,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     dir,
                     timeout: std::time::Duration::from_secs(timeout_secs),
                 };
-                demo::run(options, cli.output).await
+                demo::run(options, out, format).await
             }
-            Command::Status { limit } => status(&cli.database_url, cli.output, limit).await,
-            Command::Bench { scenario } => bench(scenario, cli.output, &cli.database_url).await,
-            Command::Worker(args) => run_worker(args).await,
+            Command::Status { limit } => status(out, &cli.database_url, format, limit).await,
+            Command::Bench { scenario } => bench(out, scenario, format, &cli.database_url).await,
+            Command::Worker(args) => run_worker(args, stop_on_signal(&stop)).await,
             Command::Dispatcher {
                 amqp_url,
                 organization,
@@ -378,10 +690,49 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     artifacts,
                 );
                 api_config.metrics = config.metrics.clone();
-                run_dispatcher(config, api_config, http_addr).await
+                run_dispatcher(config, api_config, http_addr, stop_on_signal(&stop)).await
+            }
+            Command::Dev(args) => {
+                commands::dev::run(out, format, &cli.database_url, args, stop_on_signal(&stop))
+                    .await
+            }
+            Command::Submit(args) => {
+                commands::plans::submit(out, format, &client()?, args, &stop).await
+            }
+            Command::Plans { command } => {
+                commands::plans::run(out, format, &client()?, command, &stop).await
+            }
+            Command::Tasks { command } => {
+                commands::tasks::run(out, format, &client()?, command).await
+            }
+            Command::Logs(args) => commands::logs::run(out, format, &client()?, args, &stop).await,
+            Command::Perf(args) => commands::perf::run(out, format, &client()?, args).await,
+            Command::Cancel(args) => commands::tasks::cancel(out, format, &client()?, args).await,
+            Command::Abort(args) => commands::tasks::abort(out, format, &client()?, args).await,
+            Command::Workers { command } => {
+                commands::fleet::workers(out, format, &client()?, command).await
+            }
+            Command::Devices { command } => {
+                commands::fleet::devices(out, format, &client()?, command).await
             }
         }
     })
+}
+
+/// A token cancelled on SIGINT or SIGTERM, or when `stop` is.
+fn stop_on_signal(stop: &CancellationToken) -> CancellationToken {
+    let shutdown = stop.child_token();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = wait_for_signal() => {
+                tracing::info!("stopping on signal");
+                on_signal.cancel();
+            }
+            () = on_signal.cancelled() => {}
+        }
+    });
+    shutdown
 }
 
 /// Runs `baton dispatcher`: the dispatcher's loops and, beside them, the HTTP API, until SIGINT
@@ -390,6 +741,7 @@ async fn run_dispatcher(
     config: dispatcher::service::DispatcherConfig,
     api_config: api::ApiConfig,
     http_addr: std::net::SocketAddr,
+    shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     // Applied before the API reads anything; the dispatcher finds nothing left to apply.
     apply_migrations(&config.database_url).await?;
@@ -401,13 +753,6 @@ async fn run_dispatcher(
     let state = api::ApiState::connect(api_config)
         .await
         .context("starting the HTTP API")?;
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let on_signal = shutdown.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("stopping on signal");
-        on_signal.cancel();
-    });
     let api_shutdown = shutdown.clone();
     let server = tokio::spawn(async move {
         let served = api::serve(listener, state, api_shutdown.clone()).await;
@@ -425,7 +770,7 @@ async fn run_dispatcher(
 }
 
 /// Runs `baton worker` until SIGINT or SIGTERM (then stops gracefully) or a disconnect order.
-async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
+async fn run_worker(args: WorkerArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let id = match args.id {
         Some(id) => id,
         None => std::fs::read_to_string("/etc/hostname")
@@ -449,13 +794,6 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     config.shutdown_deadline = std::time::Duration::from_secs(args.shutdown_secs);
     let store = worker::artifacts::LocalStore::new(&args.artifacts)
         .with_context(|| format!("opening the artifact store {}", args.artifacts.display()))?;
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let on_signal = shutdown.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("stopping on signal: finishing running tasks");
-        on_signal.cancel();
-    });
     worker::Worker::builder(config, std::sync::Arc::new(store))
         .build()
         .run(shutdown)
@@ -463,7 +801,7 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
 }
 
 /// Returns on SIGINT or SIGTERM.
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -487,9 +825,9 @@ async fn wait_for_signal() {
 }
 
 /// Applies pending migrations and says which.
-async fn migrate(database_url: &str, format: OutputFormat) -> anyhow::Result<()> {
+async fn migrate(out: &Output, database_url: &str, format: OutputFormat) -> anyhow::Result<()> {
     let applied = apply_migrations(database_url).await?;
-    output::print_migrations(format, &applied)
+    output::print_migrations(out, format, &applied)
 }
 
 /// Applies pending migrations, with an error that names the database.
@@ -506,6 +844,7 @@ pub(crate) async fn apply_migrations(database_url: &str) -> anyhow::Result<Vec<S
 
 /// Runs a benchmark scenario and prints its figures.
 async fn bench(
+    out: &Output,
     scenario: BenchScenario,
     format: OutputFormat,
     database_url: &str,
@@ -518,11 +857,11 @@ async fn bench(
                 width,
             })
             .await?;
-            output::print_large_plan_bench(format, &figures)
+            output::print_large_plan_bench(out, format, &figures)
         }
         BenchScenario::LoadPlanState { plan } => {
             let loaded = bench_plan::load_plan_state(database_url, plan.into()).await?;
-            output::print_json_value(&serde_json::to_value(&loaded)?)
+            output::print_json_value(out, &serde_json::to_value(&loaded)?)
         }
         BenchScenario::Broker {
             messages,
@@ -540,7 +879,7 @@ async fn bench(
                 runs,
             })
             .await?;
-            output::print_broker_bench(format, &figures)
+            output::print_broker_bench(out, format, &figures)
         }
         BenchScenario::Throughput {
             tasks,
@@ -573,13 +912,18 @@ async fn bench(
                 run_timeout: std::time::Duration::from_secs(timeout_secs),
             })
             .await?;
-            bench_throughput::print_throughput_bench(format, &figures)
+            bench_throughput::print_throughput_bench(out, format, &figures)
         }
     }
 }
 
 /// Prints the stored state.
-async fn status(database_url: &str, format: OutputFormat, limit: i64) -> anyhow::Result<()> {
+async fn status(
+    out: &Output,
+    database_url: &str,
+    format: OutputFormat,
+    limit: i64,
+) -> anyhow::Result<()> {
     let pool = dispatcher::store::connect(database_url, 2)?;
     let mut conn = dispatcher::store::connection(&pool)
         .await
@@ -591,5 +935,5 @@ async fn status(database_url: &str, format: OutputFormat, limit: i64) -> anyhow:
         })?;
     let counts = dispatcher::store::stats::row_counts(&mut conn).await?;
     let plans = dispatcher::store::plans::list_plans(&mut conn, None, limit, 0).await?;
-    output::print_status(format, &counts, &plans)
+    output::print_status(out, format, &counts, &plans)
 }

@@ -21,8 +21,14 @@ mod schemas;
 mod submit;
 // The `baton` command end to end.
 mod cli;
+// The `baton` client commands against `baton dev`: submit, watch, perf, logs -f, errors.
+mod cli_client;
 // The HTTP API: every route against an in-process dispatcher.
 mod api;
+// Per-principal RabbitMQ users and what RabbitMQ lets each do.
+mod rabbitmq;
+// Producers in any language: the Python example over AMQP, followed through the HTTP API.
+mod producers;
 // Checked invariants of the code base (no IO in `models`).
 mod tidy;
 // Every field of the seed documents has a home in baton's model.

@@ -135,9 +135,13 @@ async fn producers_and_workers_may_only_do_what_their_part_needs() {
         .declare_task_queue(&RequirementSet::any())
         .await
         .expect("a worker declares the task queues it consumes");
-    publish(&as_worker, "baton.events", &format!("worker.{worker}.heartbeat"))
-        .await
-        .expect("a worker reports for itself");
+    publish(
+        &as_worker,
+        "baton.events",
+        &format!("worker.{worker}.heartbeat"),
+    )
+    .await
+    .expect("a worker reports for itself");
     publish(&as_worker, "baton.events", "task.0190.status")
         .await
         .expect("a worker reports on tasks");
