@@ -102,10 +102,13 @@ fn bearer(parts: &Parts) -> Result<Option<&str>, ApiError> {
     Ok(Some(token.trim()))
 }
 
-/// The principal a request's credentials authenticate as.
-pub(crate) async fn principal_of(state: &ApiState, parts: &Parts) -> Result<Principal, ApiError> {
+/// The principal a request's credentials authenticate as, and whether it presented a token.
+pub(crate) async fn principal_of(
+    state: &ApiState,
+    parts: &Parts,
+) -> Result<(Principal, bool), ApiError> {
     let Some(token) = bearer(parts)? else {
-        return Ok(Principal::anonymous(state.anonymous_roles().to_vec()));
+        return Ok((Principal::anonymous(state.anonymous_roles().to_vec()), false));
     };
     let mut conn = state.conn().await?;
     match dispatcher::auth::authenticate_token(
@@ -116,7 +119,7 @@ pub(crate) async fn principal_of(state: &ApiState, parts: &Parts) -> Result<Prin
     )
     .await
     {
-        Ok(principal) => Ok(principal),
+        Ok(principal) => Ok((principal, true)),
         Err(AuthError::Store(error)) => Err(error.into()),
         Err(_) => Err(ApiError::new(
             ErrorKind::Unauthenticated,
@@ -135,12 +138,23 @@ pub(crate) async fn authorize(
     next: Next,
 ) -> Response {
     let (mut parts, body) = request.into_parts();
-    let principal = match principal_of(&state, &parts).await {
-        Ok(principal) => principal,
+    let (principal, presented_token) = match principal_of(&state, &parts).await {
+        Ok(found) => found,
         Err(error) => return error.into_response(),
     };
     let caller = Caller(principal);
     if caller.0.scope(action) == Scope::None {
+        // A token of a disabled user authenticates as an anonymous caller: refused, it gets
+        // the answer every token that does not authenticate gets, so nobody learns that it
+        // is otherwise valid.
+        if presented_token && caller.0.user.is_none() {
+            return ApiError::new(
+                ErrorKind::Unauthenticated,
+                "Authorization",
+                INVALID_CREDENTIALS,
+            )
+            .into_response();
+        }
         return caller.refusal(action, None).into_response();
     }
     parts.extensions.insert(caller);

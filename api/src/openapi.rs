@@ -6,8 +6,8 @@ use std::sync::OnceLock;
 use schemars::generate::{SchemaGenerator, SchemaSettings};
 use serde_json::{Map, Value, json};
 
-use crate::error::{ErrorBody, ErrorKind};
 use crate::auth::Access;
+use crate::error::{ErrorBody, ErrorKind};
 use crate::routes::{Body, Location, Route, schema_of};
 
 /// The error responses a route may give besides its success.

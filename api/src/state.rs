@@ -236,7 +236,9 @@ impl ApiState {
                 Req::KIND,
                 request,
                 message_id,
-                caller.0.user.as_ref().map(models::UserId::as_str),
+                // An anonymous caller is named by the empty name, so the dispatcher never
+                // takes the request for one of the API's own.
+                Some(caller.0.user.as_ref().map_or("", models::UserId::as_str)),
                 self.inner.rpc_timeout,
             )
             .await?)

@@ -364,8 +364,8 @@ async fn login(
         .map_err(|error| auth_error(error, ""))?,
         Some(_) => {
             let password = login.password.clone();
-            let _ = tokio::task::spawn_blocking(move || auth::spend_a_password_check(&password))
-                .await;
+            let _ =
+                tokio::task::spawn_blocking(move || auth::spend_a_password_check(&password)).await;
             return Err(auth_error(AuthError::Refused, ""));
         }
     };
@@ -534,15 +534,25 @@ async fn set_password(
             let current = change.current_password.clone().unwrap_or_default();
             auth::login(state.pool(), &identifier, &current, now)
                 .await
-                .map_err(|error| auth_error(error, "current_password"))?;
+                .map_err(|error| match error {
+                    // The caller is authenticated: a wrong current password is a refusal of
+                    // the change, not of the caller.
+                    AuthError::Refused => ApiError::new(
+                        ErrorKind::Forbidden,
+                        "current_password",
+                        "the current password is not right",
+                    ),
+                    other => auth_error(other, "current_password"),
+                })?;
         }
     }
     let password = change.password.clone();
-    let hashed =
-        tokio::task::spawn_blocking(move || auth::hash_password(&password, PasswordParams::CURRENT))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(|error| auth_error(error, "password"))?;
+    let hashed = tokio::task::spawn_blocking(move || {
+        auth::hash_password(&password, PasswordParams::CURRENT)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(|error| auth_error(error, "password"))?;
     let mut conn = state.conn().await?;
     users::set_password(
         &mut conn,

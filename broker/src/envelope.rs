@@ -181,7 +181,9 @@ pub fn meta_of(properties: &BasicProperties) -> Meta {
             .as_ref()
             .and_then(|headers| headers.inner().get(ON_BEHALF_OF_HEADER))
             .and_then(|value| match value {
-                AMQPValue::LongString(text) => Some(String::from_utf8_lossy(text.as_bytes()).into_owned()),
+                AMQPValue::LongString(text) => {
+                    Some(String::from_utf8_lossy(text.as_bytes()).into_owned())
+                }
                 AMQPValue::ShortString(text) => Some(text.as_str().to_owned()),
                 _ => None,
             }),

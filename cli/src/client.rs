@@ -460,6 +460,81 @@ impl ApiClient {
         self.get(&["workers"], &page.query()).await
     }
 
+    /// `POST /login`: a password for a token.
+    pub(crate) async fn login(&self, login: &api::Login) -> anyhow::Result<api::IssuedToken> {
+        self.post(&["login"], login, None).await
+    }
+
+    /// `GET /me`.
+    pub(crate) async fn me(&self) -> anyhow::Result<models::User> {
+        self.get(&["me"], &[]).await
+    }
+
+    /// `GET /users`.
+    pub(crate) async fn users(&self, page: Page) -> anyhow::Result<Paginated<models::User>> {
+        self.get(&["users"], &page.query()).await
+    }
+
+    /// `GET /users/{identifier}`.
+    pub(crate) async fn user(&self, identifier: &str) -> anyhow::Result<models::User> {
+        self.get(&["users", identifier], &[]).await
+    }
+
+    /// `POST /users`.
+    pub(crate) async fn create_user(&self, new: &api::NewUser) -> anyhow::Result<models::User> {
+        self.post(&["users"], new, None).await
+    }
+
+    /// `POST /users/{identifier}`.
+    pub(crate) async fn update_user(
+        &self,
+        identifier: &str,
+        update: &api::UserUpdate,
+    ) -> anyhow::Result<models::User> {
+        self.post(&["users", identifier], update, None).await
+    }
+
+    /// `POST /users/{identifier}/password`.
+    pub(crate) async fn set_password(
+        &self,
+        identifier: &str,
+        change: &api::PasswordChange,
+    ) -> anyhow::Result<()> {
+        let _: serde_json::Value = self
+            .post(&["users", identifier, "password"], change, None)
+            .await?;
+        Ok(())
+    }
+
+    /// `GET /users/{identifier}/tokens`.
+    pub(crate) async fn tokens(&self, user: &str) -> anyhow::Result<Vec<api::TokenInfo>> {
+        self.get(&["users", user, "tokens"], &[]).await
+    }
+
+    /// `POST /users/{identifier}/tokens`.
+    pub(crate) async fn create_token(
+        &self,
+        user: &str,
+        new: &api::NewToken,
+    ) -> anyhow::Result<api::IssuedToken> {
+        self.post(&["users", user, "tokens"], new, None).await
+    }
+
+    /// `POST /users/{identifier}/tokens/{token}/revoke`.
+    pub(crate) async fn revoke_token(
+        &self,
+        user: &str,
+        token: uuid::Uuid,
+    ) -> anyhow::Result<api::TokenInfo> {
+        let token = token.to_string();
+        self.post(
+            &["users", user, "tokens", &token, "revoke"],
+            &serde_json::json!({}),
+            None,
+        )
+        .await
+    }
+
     /// `GET /devices`.
     pub(crate) async fn devices(
         &self,

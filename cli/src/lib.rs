@@ -76,8 +76,9 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Apply pending database migrations.
-    Migrate,
+    /// Apply pending database migrations; with `--admin`, also make the first administrator
+    /// and print its token once.
+    Migrate(MigrateArgs),
     /// Set up the database, register a sample federation, and run a three-round federated
     /// learning plan end to end with an in-process dispatcher and one worker per hospital; show
     /// its progress, then the plan, its tasks and its performances.
@@ -118,8 +119,8 @@ pub enum Command {
             hide_env_values = true
         )]
         amqp_url: String,
-        /// The organization this deployment acts as; it owns plans submitted over AMQP until
-        /// callers authenticate.
+        /// The organization this deployment acts as (registered if missing; `is_current` in
+        /// the API).
         #[arg(long, env = "BATON_ORGANIZATION", default_value = "local")]
         organization: String,
         /// Seconds a granted claim lasts unless its worker renews it.
@@ -132,6 +133,10 @@ pub enum Command {
         /// workers upload to.
         #[arg(long, env = "BATON_ARTIFACTS", default_value = "/tmp/baton-artifacts")]
         artifacts: std::path::PathBuf,
+        /// Roles of callers without credentials (none by default), e.g. `viewer` for a
+        /// read-only dashboard; comma-separated.
+        #[arg(long, env = "BATON_ANONYMOUS_ROLES", value_delimiter = ',')]
+        anonymous_roles: Vec<models::Role>,
     },
     /// Run a worker: register, take tasks from the queues its properties satisfy, run their
     /// steps on the local device, report back.
@@ -181,6 +186,195 @@ pub enum Command {
         #[command(subcommand)]
         command: DevicesCommand,
     },
+    /// Trade a password for a token (the password is read from standard input); print the
+    /// token once.
+    Login(LoginArgs),
+    /// List, show, create and change users (an administrator's; anyone may show itself).
+    Users {
+        /// What to do.
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+    /// List, make and revoke API tokens (one's own, or anyone's for an administrator).
+    Tokens {
+        /// What to do.
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
+    /// Set up RabbitMQ for baton.
+    Rabbitmq {
+        /// What to do.
+        #[command(subcommand)]
+        command: RabbitmqCommand,
+    },
+}
+
+/// The settings of `baton migrate`.
+#[derive(Debug, clap::Args)]
+pub struct MigrateArgs {
+    /// Also make this user an administrator (created if missing) and issue it a token, shown
+    /// once; an existing user is left as it is and gets no token.
+    #[arg(long, env = "BATON_ADMIN")]
+    pub admin: Option<String>,
+    /// The organization the administrator acts for (registered if missing).
+    #[arg(long, env = "BATON_ADMIN_ORGANIZATION", default_value = "local")]
+    pub admin_organization: String,
+    /// Write the administrator's token to this file (mode 0600) instead of printing it.
+    #[arg(long, env = "BATON_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<std::path::PathBuf>,
+}
+
+/// The settings of `baton login`.
+#[derive(Debug, clap::Args)]
+pub struct LoginArgs {
+    /// The user.
+    #[arg(long, env = "BATON_USER")]
+    pub user: String,
+    /// What the token is for.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Seconds the token lasts (default: a week).
+    #[arg(long)]
+    pub expires_in_secs: Option<u64>,
+}
+
+/// `baton users …`.
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// List users.
+    Ls {
+        /// Which page.
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Show a user (default: the one the token authenticates).
+    Show {
+        /// The user.
+        identifier: Option<String>,
+    },
+    /// Create a user; with `--password-stdin`, its password is the first line of standard
+    /// input.
+    Create {
+        /// Its identifier (3 to 32 of `a-z A-Z 0-9 _ . -`).
+        identifier: String,
+        /// The organization it acts for.
+        #[arg(long)]
+        organization: String,
+        /// A role; repeat for several (administrator, operator, producer, auditor, viewer,
+        /// worker).
+        #[arg(long = "role")]
+        roles: Vec<models::Role>,
+        /// Its full name.
+        #[arg(long)]
+        display_name: Option<String>,
+        /// Read its password from standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Change a user's roles, name or enabled flag.
+    Update {
+        /// The user.
+        identifier: String,
+        /// Its roles, replacing the old ones; repeat for several.
+        #[arg(long = "role")]
+        roles: Vec<models::Role>,
+        /// Take every role away.
+        #[arg(long, conflicts_with = "roles")]
+        no_roles: bool,
+        /// Its full name.
+        #[arg(long)]
+        display_name: Option<String>,
+        /// Enable it.
+        #[arg(long, conflicts_with = "disable")]
+        enable: bool,
+        /// Disable it: it keeps its tokens but has an anonymous caller's rights.
+        #[arg(long)]
+        disable: bool,
+    },
+    /// Set a user's password from standard input (first line: the new password; changing
+    /// one's own, second line: the current one).
+    Passwd {
+        /// The user.
+        identifier: String,
+    },
+}
+
+/// `baton tokens …`.
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// List a user's tokens, without their secrets.
+    Ls {
+        /// The user.
+        #[arg(long, env = "BATON_USER")]
+        user: String,
+    },
+    /// Make a token; it is printed once.
+    Create {
+        /// The user.
+        #[arg(long, env = "BATON_USER")]
+        user: String,
+        /// What it is for.
+        #[arg(long)]
+        description: Option<String>,
+        /// Seconds it lasts (default: forever).
+        #[arg(long)]
+        expires_in_secs: Option<u64>,
+    },
+    /// Revoke a token: it never authenticates again.
+    Revoke {
+        /// The user.
+        #[arg(long, env = "BATON_USER")]
+        user: String,
+        /// The token's identifier (as `tokens ls` shows it).
+        #[arg(value_name = "TOKEN_ID")]
+        id: uuid::Uuid,
+    },
+}
+
+/// `baton rabbitmq …`.
+#[derive(Debug, Subcommand)]
+pub enum RabbitmqCommand {
+    /// Make one RabbitMQ user per principal with only the permissions its part needs
+    /// (docs/security.md); new users' passwords are printed once.
+    Setup(RabbitmqSetupArgs),
+}
+
+/// The settings of `baton rabbitmq setup`.
+#[derive(Debug, clap::Args)]
+pub struct RabbitmqSetupArgs {
+    /// The vhost (made if missing).
+    #[arg(long, env = "BATON_RABBITMQ_VHOST", default_value = "/")]
+    pub vhost: String,
+    /// The dispatcher's user (it and its HTTP API publish as it).
+    #[arg(long)]
+    pub dispatcher: Option<String>,
+    /// A producer's user; repeat for several.
+    #[arg(long = "producer")]
+    pub producers: Vec<String>,
+    /// A worker's user, named like its worker id; repeat for several.
+    #[arg(long = "worker")]
+    pub workers: Vec<String>,
+    /// Give existing users a new password too.
+    #[arg(long)]
+    pub reset_passwords: bool,
+    /// RabbitMQ's management API.
+    #[arg(
+        long,
+        env = "BATON_RABBITMQ_API",
+        default_value = "http://127.0.0.1:15672/api"
+    )]
+    pub rabbitmq_api: String,
+    /// An administrator of the management API.
+    #[arg(long, env = "BATON_RABBITMQ_API_USER", default_value = "guest")]
+    pub rabbitmq_api_user: String,
+    /// Its password.
+    #[arg(
+        long,
+        env = "BATON_RABBITMQ_API_PASSWORD",
+        default_value = "guest",
+        hide_env_values = true
+    )]
+    pub rabbitmq_api_password: String,
 }
 
 /// Which page of a listing to print.
@@ -650,7 +844,9 @@ pub fn run_with(cli: Cli, out: &Output, stop: &CancellationToken) -> anyhow::Res
         let format = cli.output;
         let client = || client::ApiClient::new(&cli.api_url, cli.token.clone());
         match cli.command {
-            Command::Migrate => migrate(out, &cli.database_url, format).await,
+            Command::Migrate(args) => {
+                commands::users::migrate(out, format, &cli.database_url, args).await
+            }
             Command::Demo {
                 amqp_url,
                 demo_dir,
@@ -676,6 +872,7 @@ pub fn run_with(cli: Cli, out: &Output, stop: &CancellationToken) -> anyhow::Res
                 lease_secs,
                 http_addr,
                 artifacts,
+                anonymous_roles,
             } => {
                 let mut config = dispatcher::service::DispatcherConfig::new(
                     cli.database_url.clone(),
@@ -690,6 +887,8 @@ pub fn run_with(cli: Cli, out: &Output, stop: &CancellationToken) -> anyhow::Res
                     artifacts,
                 );
                 api_config.metrics = config.metrics.clone();
+                config.anonymous_roles.clone_from(&anonymous_roles);
+                api_config.anonymous_roles = anonymous_roles;
                 run_dispatcher(config, api_config, http_addr, stop_on_signal(&stop)).await
             }
             Command::Dev(args) => {
@@ -715,6 +914,16 @@ pub fn run_with(cli: Cli, out: &Output, stop: &CancellationToken) -> anyhow::Res
             Command::Devices { command } => {
                 commands::fleet::devices(out, format, &client()?, command).await
             }
+            Command::Login(args) => commands::users::login(out, format, &client()?, args).await,
+            Command::Users { command } => {
+                commands::users::users(out, format, &client()?, command).await
+            }
+            Command::Tokens { command } => {
+                commands::users::tokens(out, format, &client()?, command).await
+            }
+            Command::Rabbitmq {
+                command: RabbitmqCommand::Setup(args),
+            } => commands::users::rabbitmq_setup(out, format, args).await,
         }
     })
 }
@@ -822,12 +1031,6 @@ pub(crate) async fn wait_for_signal() {
     {
         let _ = interrupt.await;
     }
-}
-
-/// Applies pending migrations and says which.
-async fn migrate(out: &Output, database_url: &str, format: OutputFormat) -> anyhow::Result<()> {
-    let applied = apply_migrations(database_url).await?;
-    output::print_migrations(out, format, &applied)
 }
 
 /// Applies pending migrations, with an error that names the database.

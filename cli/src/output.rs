@@ -96,7 +96,8 @@ pub(crate) fn redact_url(url: &str) -> String {
     }
 }
 
-fn table(header: &[&str]) -> Table {
+/// A table with `header`, in the CLI's style.
+pub(crate) fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
     table
         .load_style(UTF8_FULL_CONDENSED)

@@ -407,7 +407,8 @@ pub async fn login(
 /// connection's user), so that user is the sender, looked up as a baton user of the same
 /// identifier. A message from `trusted_user` (the dispatcher's own RabbitMQ user, which its
 /// HTTP API publishes as) may instead name the baton user it is sent for in
-/// [`broker::envelope::ON_BEHALF_OF_HEADER`]; from anyone else that header is ignored. A
+/// [`broker::envelope::ON_BEHALF_OF_HEADER`] (the empty name for an anonymous HTTP caller);
+/// from anyone else that header is ignored. A
 /// message without `user_id`, or from a RabbitMQ user that is not a baton user, is anonymous
 /// and gets `anonymous_roles`; a disabled user too.
 pub async fn principal_of_message(
@@ -417,6 +418,8 @@ pub async fn principal_of_message(
     anonymous_roles: &[Role],
 ) -> Result<Principal, StoreError> {
     let sender = match (&meta.user_id, &meta.on_behalf_of) {
+        // The API sends an anonymous caller's requests for the empty name.
+        (Some(user), Some(for_user)) if user == trusted_user && for_user.is_empty() => None,
         (Some(user), Some(for_user)) if user == trusted_user => Some(for_user),
         (Some(user), _) => Some(user),
         (None, _) => None,

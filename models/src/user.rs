@@ -50,9 +50,10 @@ pub fn identifier_problem(identifier: &str) -> Option<String> {
     if !(3..=32).contains(&identifier.len()) {
         return Some("must be 3 to 32 characters long".to_owned());
     }
-    identifier.chars().find(|c| !allowed(*c)).map(|bad| {
-        format!("{bad:?} is not allowed: only ASCII letters, digits, `_`, `.` and `-`")
-    })
+    identifier
+        .chars()
+        .find(|c| !allowed(*c))
+        .map(|bad| format!("{bad:?} is not allowed: only ASCII letters, digits, `_`, `.` and `-`"))
 }
 
 word_enum! {

@@ -156,8 +156,14 @@ impl Api {
         Api::start_with(Duration::from_secs(20)).await
     }
 
+    /// A connection to the test's database.
     pub(crate) async fn conn(&self) -> AsyncPgConnection {
         self.db.connect().await
+    }
+
+    /// The artifact store's directory, which model downloads are served from.
+    pub(crate) fn artifacts_dir(&self) -> &std::path::Path {
+        self.artifacts.path()
     }
 
     /// Sends `request` with the administrator's token.

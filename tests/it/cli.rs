@@ -211,3 +211,49 @@ fn a_demo_without_rabbitmq_is_a_clear_error() {
         "the password is not shown: {message}"
     );
 }
+
+#[test]
+fn migrate_makes_the_first_administrator_once_with_a_private_token_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let runtime = runtime();
+    let db = runtime.block_on(TestDb::empty());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secrets/admin-token");
+    let migrate = || {
+        baton(&[
+            "migrate",
+            "--database-url",
+            db.url(),
+            "--admin",
+            "root",
+            "--admin-organization",
+            "org-x",
+            "--admin-token-file",
+            &file.display().to_string(),
+        ])
+    };
+    migrate().unwrap();
+    let token = std::fs::read_to_string(&file).unwrap().trim().to_owned();
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "only its owner reads the token file");
+    let user = runtime.block_on(async {
+        let mut conn = db.connect().await;
+        dispatcher::auth::user_of_token(&mut conn, &token, chrono::Utc::now())
+            .await
+            .expect("the token authenticates")
+    });
+    assert_eq!(user.identifier.as_str(), "root");
+    assert_eq!(user.organization.as_str(), "org-x");
+    assert_eq!(user.roles, vec![models::Role::Administrator]);
+
+    // Again: the administrator is kept, and no new token replaces the first.
+    migrate().unwrap();
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), token);
+    let credentials = runtime.block_on(async {
+        let mut conn = db.connect().await;
+        dispatcher::store::catalog::list_credentials(&mut conn, &"root".into())
+            .await
+            .unwrap()
+    });
+    assert_eq!(credentials.len(), 1);
+}

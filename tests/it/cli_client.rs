@@ -795,3 +795,79 @@ fn the_example_plan_file_in_the_readme_is_valid() {
     let message = outcome.unwrap_err().to_string();
     assert!(message.starts_with("submitting "), "{message}");
 }
+
+#[test]
+fn users_and_tokens_are_managed_from_the_command_line() {
+    let dev = Dev::start(&[]);
+    let made = dev.ok(&[
+        "users",
+        "create",
+        "carol",
+        "--organization",
+        ORGANIZATION,
+        "--role",
+        "producer",
+        "--display-name",
+        "Carol",
+    ]);
+    assert!(
+        made.contains("carol") && made.contains("producer"),
+        "{made}"
+    );
+
+    let issued: serde_json::Value = serde_json::from_str(&dev.ok(&[
+        "--output",
+        "json",
+        "tokens",
+        "create",
+        "--user",
+        "carol",
+        "--description",
+        "laptop",
+    ]))
+    .unwrap();
+    let token = issued["token"].as_str().unwrap().to_owned();
+    let id = issued["info"]["identifier"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("baton_"));
+
+    let as_carol = |args: &[&str]| run_baton(&dev.api_url, &["--token", &token], args);
+    let (shown, printed) = as_carol(&["users", "show"]);
+    shown.unwrap();
+    assert!(printed.contains("carol"), "{printed}");
+    let (listed, _) = as_carol(&["plans", "ls"]);
+    listed.expect("a producer lists its organization's plans");
+    let (refused, _) = as_carol(&["workers", "ls"]);
+    let refused = format!("{:#}", refused.unwrap_err());
+    assert!(
+        refused.contains("403") && refused.contains("forbidden"),
+        "{refused}"
+    );
+
+    // Listed without its secret, then revoked: it no longer authenticates.
+    let listed = dev.ok(&["tokens", "ls", "--user", "carol"]);
+    assert!(
+        listed.contains(&id) && listed.contains("laptop"),
+        "{listed}"
+    );
+    assert!(
+        !listed.contains(&token),
+        "a listing shows no secret: {listed}"
+    );
+    let revoked = dev.ok(&["tokens", "revoke", "--user", "carol", &id]);
+    assert!(revoked.contains(&id), "{revoked}");
+    let (after, _) = as_carol(&["users", "show"]);
+    let after = format!("{:#}", after.unwrap_err());
+    assert!(
+        after.contains("401") && after.contains("invalid credentials"),
+        "{after}"
+    );
+
+    // Roles change; a disabled user is anonymous.
+    let updated = dev.ok(&["users", "update", "carol", "--role", "viewer", "--disable"]);
+    assert!(
+        updated.contains("viewer") && updated.contains("no"),
+        "{updated}"
+    );
+    let users = dev.ok(&["users", "ls"]);
+    assert!(users.contains("carol") && users.contains("dev"), "{users}");
+}

@@ -25,6 +25,9 @@ mod cli;
 mod cli_client;
 // The HTTP API: every route against an in-process dispatcher.
 mod api;
+// Authentication and authorization: every route for every role, other organizations' assets,
+// refused credentials, AMQP senders, lease tokens, secrets kept out of the logs.
+mod auth;
 // Per-principal RabbitMQ users and what RabbitMQ lets each do.
 mod rabbitmq;
 // Producers in any language: the Python example over AMQP, followed through the HTTP API.

@@ -11,6 +11,7 @@ pub(crate) mod logs;
 pub(crate) mod perf;
 pub(crate) mod plans;
 pub(crate) mod tasks;
+pub(crate) mod users;
 
 use crate::PageArgs;
 use crate::client::Page;

@@ -36,8 +36,8 @@ use models::access::{Action, Principal};
 
 use super::Context;
 use super::assignment::{self, Functions, Registered};
-use crate::auth;
 use super::builds;
+use crate::auth;
 use crate::core::{self, ClaimDecision, Effect, Event, Order, Outcome, PlanState, TaskNode};
 use crate::store::rows::{NewOutboxRow, TaskState};
 use crate::store::tasks::TaskStateUpdate;
@@ -735,7 +735,13 @@ async fn add_tasks(
     };
     let principal = sender(context, conn, meta).await?;
     if let Some((error, message)) = auth::refusal(&principal, Action::SubmitPlans, None) {
-        return Ok(rejected(error, vec![ErrorDetail { path: String::new(), message }]));
+        return Ok(rejected(
+            error,
+            vec![ErrorDetail {
+                path: String::new(),
+                message,
+            }],
+        ));
     }
     let record = crate::submission::SubmissionRecord::of(message, &meta.message_id)?;
     // The same message, or the same tasks for the same plan again: the same answer.
@@ -893,9 +899,11 @@ async fn cancel(
         }
     };
     let principal = sender(context, conn, meta).await?;
-    let owner = plans.states.get(&plan).map(|state| state.plan().owner.clone());
-    if let Some((error, message)) = auth::refusal(&principal, Action::CancelPlans, owner.as_ref())
-    {
+    let owner = plans
+        .states
+        .get(&plan)
+        .map(|state| state.plan().owner.clone());
+    if let Some((error, message)) = auth::refusal(&principal, Action::CancelPlans, owner.as_ref()) {
         return Ok(CancelReply::Refused {
             reason: format!("{error}: {message}"),
         });
@@ -954,7 +962,10 @@ async fn register(
     {
         return Ok(refuse(format!(
             "user {owner} acts for organization {}, not {}",
-            principal.organization.as_ref().map_or("none", |org| org.as_str()),
+            principal
+                .organization
+                .as_ref()
+                .map_or("none", |org| org.as_str()),
             registration.organization
         )));
     }

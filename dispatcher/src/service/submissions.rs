@@ -255,7 +255,12 @@ async fn authorize(
 
 /// Answers a submission its sender may not make, in the reply its kind expects; nothing is
 /// stored or recorded, so the same message may succeed once the sender has the right.
-async fn refuse(replies: &Publisher, delivery: &Delivery<Submission>, error: &str, message: String) {
+async fn refuse(
+    replies: &Publisher,
+    delivery: &Delivery<Submission>,
+    error: &str,
+    message: String,
+) {
     tracing::info!(
         "submission {} ({}) refused: {message}",
         delivery.meta.message_id,

@@ -149,27 +149,93 @@ impl TestBroker {
     }
 }
 
+/// Deletes `path` through the management API from a thread of its own, so that it works from
+/// `Drop` inside a runtime; answers whether it was deleted.
+fn delete_blocking(path: String) -> bool {
+    let deleted = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime to call the management API");
+        runtime.block_on(async move {
+            client()
+                .delete(format!("{}{path}", api_base()))
+                .basic_auth("guest", Some("guest"))
+                .send()
+                .await
+                .map(|response| response.status().is_success())
+                .unwrap_or(false)
+        })
+    })
+    .join();
+    matches!(deleted, Ok(true))
+}
+
 impl Drop for TestBroker {
     fn drop(&mut self) {
-        let vhost = self.vhost.clone();
-        let deleted = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime to delete the test vhost");
-            runtime.block_on(async move {
-                client()
-                    .delete(format!("{}/vhosts/{vhost}", api_base()))
-                    .basic_auth("guest", Some("guest"))
-                    .send()
-                    .await
-                    .map(|response| response.status().is_success())
-                    .unwrap_or(false)
-            })
-        })
-        .join();
-        if !matches!(deleted, Ok(true)) {
+        if !delete_blocking(format!("/vhosts/{}", self.vhost)) {
             eprintln!("warning: could not delete test vhost {}", self.vhost);
+        }
+    }
+}
+
+/// A RabbitMQ user of a test, with every permission on its vhost, deleted on drop (users live
+/// outside vhosts, so deleting the vhost leaves them). Drop the connections made as it first.
+pub(crate) struct BrokerUser {
+    name: String,
+    password: String,
+    vhost: String,
+}
+
+impl TestBroker {
+    /// Makes RabbitMQ user `name` (with a random password) that may configure, write and read
+    /// everything in the vhost.
+    pub(crate) async fn user(&self, name: &str) -> BrokerUser {
+        let password = uuid::Uuid::new_v4().simple().to_string();
+        api(
+            reqwest::Method::PUT,
+            &format!("/users/{name}"),
+            Some(serde_json::json!({"password": password, "tags": ""})),
+        )
+        .await;
+        api(
+            reqwest::Method::PUT,
+            &format!("/permissions/{}/{name}", self.vhost),
+            Some(serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"})),
+        )
+        .await;
+        BrokerUser {
+            name: name.to_owned(),
+            password,
+            vhost: self.vhost.clone(),
+        }
+    }
+}
+
+impl BrokerUser {
+    /// The user's name, which RabbitMQ stamps on its messages as `user_id`.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A broker configuration connecting to the vhost as this user, sending as `app_id`.
+    pub(crate) fn config(&self, app_id: &str) -> BrokerConfig {
+        let base = amqp_base();
+        let host = base
+            .rsplit_once('@')
+            .map_or_else(|| base.trim_start_matches("amqp://"), |(_, host)| host);
+        let url = format!(
+            "amqp://{}:{}@{host}/{}",
+            self.name, self.password, self.vhost
+        );
+        BrokerConfig::new(url, app_id)
+    }
+}
+
+impl Drop for BrokerUser {
+    fn drop(&mut self) {
+        if !delete_blocking(format!("/users/{}", self.name)) {
+            eprintln!("warning: could not delete RabbitMQ user {}", self.name);
         }
     }
 }
