@@ -108,7 +108,10 @@ pub(crate) async fn principal_of(
     parts: &Parts,
 ) -> Result<(Principal, bool), ApiError> {
     let Some(token) = bearer(parts)? else {
-        return Ok((Principal::anonymous(state.anonymous_roles().to_vec()), false));
+        return Ok((
+            Principal::anonymous(state.anonymous_roles().to_vec()),
+            false,
+        ));
     };
     let mut conn = state.conn().await?;
     match dispatcher::auth::authenticate_token(

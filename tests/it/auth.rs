@@ -1234,7 +1234,9 @@ async fn amqp_messages_act_as_their_rabbitmq_user_and_nobody_else() {
     }
     // The dispatcher's own user (guest here, a baton user with roles) sends an anonymous HTTP
     // caller's request for the empty name: it is anonymous, not guest.
-    let own = Broker::connect(api.broker.config("baton-api")).await.unwrap();
+    let own = Broker::connect(api.broker.config("baton-api"))
+        .await
+        .unwrap();
     let as_api = RpcClient::new(&own).await.unwrap();
     let reply: SubmissionReply = send(&as_api, &submission(650), "", Some("")).await;
     assert_eq!(refusal(&reply), "unauthenticated", "{reply:?}");

@@ -36,3 +36,5 @@ mod producers;
 mod tidy;
 // Every field of the seed documents has a home in baton's model.
 mod seeds;
+// compose.yaml and the Dockerfile checked against the `baton` command, without Docker.
+mod compose;
