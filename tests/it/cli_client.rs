@@ -483,13 +483,8 @@ fn logs_follow_a_running_task_and_end_with_it() {
     // Followers started before the task exists in storage would get a 404: submit first, then
     // follow at once, while the task waits for or runs on the worker.
     dev.ok(&["submit", &file]);
-    let follow = |format: &'static str| {
-        let (api_url, token, amqp_url, task) = (
-            dev.api_url.clone(),
-            dev.token.clone(),
-            dev.amqp_url.clone(),
-            task.clone(),
-        );
+    let follow_through = |format: &'static str, amqp_url: String| {
+        let (api_url, token, task) = (dev.api_url.clone(), dev.token.clone(), task.clone());
         std::thread::spawn(move || {
             run_baton(
                 &api_url,
@@ -508,8 +503,11 @@ fn logs_follow_a_running_task_and_end_with_it() {
             )
         })
     };
+    let follow = |format: &'static str| follow_through(format, dev.amqp_url.clone());
     let as_json = follow("json");
     let as_table = follow("table");
+    // One that cannot reach RabbitMQ follows through the API alone.
+    let polling = follow_through("json", "amqp://guest:guest@127.0.0.1:1/%2f".to_owned());
     // A third follower joins once part of the log is stored: it gets the stored part, then
     // the rest live.
     let deadline = Instant::now() + WAIT;
@@ -527,7 +525,11 @@ fn logs_follow_a_running_task_and_end_with_it() {
     }
     let joining = follow("json");
     let deadline = Instant::now() + WAIT;
-    while !(as_json.is_finished() && as_table.is_finished() && joining.is_finished()) {
+    while !(as_json.is_finished()
+        && as_table.is_finished()
+        && joining.is_finished()
+        && polling.is_finished())
+    {
         assert!(
             Instant::now() < deadline,
             "logs -f did not end with the task"
@@ -536,7 +538,7 @@ fn logs_follow_a_running_task_and_end_with_it() {
     }
     let expected: Vec<String> = (1..=10).map(|i| format!("line {i} of round 4")).collect();
     let mut documents = Vec::new();
-    for follower in [as_json, joining] {
+    for follower in [as_json, joining, polling] {
         let (outcome, printed) = follower.join().unwrap();
         outcome.unwrap();
         let lines: Vec<LogLine> = printed
@@ -559,6 +561,10 @@ fn logs_follow_a_running_task_and_end_with_it() {
     assert_eq!(
         documents[0], documents[1],
         "both followers printed the same lines"
+    );
+    assert_eq!(
+        documents[0], documents[2],
+        "following through the API alone printed the same lines"
     );
     let lines = &documents[0];
 

@@ -7,6 +7,11 @@
 //! ahead of lines not yet seen waits until storage (which the dispatcher fills from the same
 //! events) has them. It ends when the task is DONE, FAILED or CANCELED; the stored log is then
 //! complete, since the dispatcher stores an attempt's lines before its end.
+//!
+//! The API decides who may read a log: following starts by reading it there, so a caller the
+//! API refuses gets its 403 before anything is taken from RabbitMQ. When RabbitMQ cannot be
+//! used (unreachable, or a user without the right to declare a queue), it follows by polling
+//! the API instead.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -199,11 +204,36 @@ async fn follow(
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
     let task = log.task;
-    // Fails early, with the API's 404, for a task that does not exist.
+    // Fails early, with the API's 404, for a task that does not exist, and with its 403 for a
+    // caller that may not read the log: the API decides who reads it, live lines included.
     client.task(task).await?;
-    let broker = crate::services::connect_broker(amqp_url, "baton-logs").await?;
+    client
+        .task_logs(
+            task,
+            Page {
+                page: 1,
+                page_size: 1,
+            },
+        )
+        .await
+        .with_context(|| format!("reading the log of task {task}"))?;
+    let broker = match crate::services::connect_broker(amqp_url, "baton-logs").await {
+        Ok(broker) => broker,
+        Err(error) => {
+            tracing::warn!("following task {task} through the API only: {error:#}");
+            return poll(log, client, interval, stop).await;
+        }
+    };
     let followed = async {
-        let mut events = subscribe(&broker, task).await?;
+        let mut events = match subscribe(&broker, task).await {
+            Ok(events) => events,
+            // A RabbitMQ user that may not declare or bind a queue (a producer's, set up by
+            // `baton rabbitmq setup`) still follows, by polling the API.
+            Err(error) => {
+                tracing::warn!("following task {task} through the API only: {error:#}");
+                return poll(log, client, interval, stop).await;
+            }
+        };
         let mut current = client.task(task).await?;
         log.catch_up(client).await?;
         let mut ticks = tokio::time::interval(interval);
@@ -257,6 +287,30 @@ async fn follow(
         tracing::debug!("closing the RabbitMQ connection: {error}");
     }
     followed
+}
+
+/// Follows the task's log by reading storage through the API every `interval`, until the task
+/// ends: for when RabbitMQ cannot be used.
+async fn poll(
+    log: &mut TaskLog<'_>,
+    client: &ApiClient,
+    interval: Duration,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let task = log.task;
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let current = client.task(task).await?;
+        log.catch_up(client).await?;
+        if current.status.is_terminal() {
+            return log.flush();
+        }
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = stop.cancelled() => bail!("stopped following task {task}, which is {}", current.status),
+        }
+    }
 }
 
 /// Declares an exclusive, server-named queue that RabbitMQ deletes with the connection, bound to
