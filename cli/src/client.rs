@@ -419,14 +419,7 @@ impl ApiClient {
         key: TaskKey,
         reason: Option<String>,
     ) -> anyhow::Result<Task> {
-        let task: PublicTask = self
-            .post(
-                &["tasks", &key.to_string(), "cancel"],
-                &CancelBody { reason },
-                None,
-            )
-            .await?;
-        Ok(task.0)
+        self.stop_task(key, "cancel", reason).await
     }
 
     /// `POST /tasks/{key}/abort`.
@@ -435,9 +428,19 @@ impl ApiClient {
         key: TaskKey,
         reason: Option<String>,
     ) -> anyhow::Result<Task> {
+        self.stop_task(key, "abort", reason).await
+    }
+
+    /// `POST /tasks/{key}/{verb}`: a cancel or an abort; answers the task as it is then.
+    async fn stop_task(
+        &self,
+        key: TaskKey,
+        verb: &str,
+        reason: Option<String>,
+    ) -> anyhow::Result<Task> {
         let task: PublicTask = self
             .post(
-                &["tasks", &key.to_string(), "abort"],
+                &["tasks", &key.to_string(), verb],
                 &CancelBody { reason },
                 None,
             )

@@ -315,6 +315,32 @@ fn page_footer<T>(page: &Paginated<T>, what: &str) -> Option<String> {
     })
 }
 
+/// Prints the table of a page of a listing: a line saying so when it is empty, else a table of
+/// `header` with `row` of each item, and a footer pointing at the other pages.
+pub(crate) fn print_page_table<T>(
+    out: &Output,
+    page: &Paginated<T>,
+    (singular, plural): (&str, &str),
+    header: &[&str],
+    row: impl Fn(&T) -> Vec<String>,
+) {
+    if page.results.is_empty() {
+        out.line(format!(
+            "no {singular} on page {} ({} in all)",
+            page.page, page.count
+        ));
+        return;
+    }
+    let mut listing = table(header);
+    for item in &page.results {
+        listing.add_row(row(item));
+    }
+    out.line(listing);
+    if let Some(footer) = page_footer(page, plural) {
+        out.line(footer);
+    }
+}
+
 /// A page of a listing as the API answered it, with `results` as given.
 fn page_json<T>(page: &Paginated<T>, results: serde_json::Value) -> serde_json::Value {
     json!({
@@ -352,21 +378,13 @@ pub(crate) fn print_plan_page(
     match format {
         OutputFormat::Json => out.json(page),
         OutputFormat::Table => {
-            if page.results.is_empty() {
-                out.line(format!(
-                    "no compute plan on page {} ({} in all)",
-                    page.page, page.count
-                ));
-                return Ok(());
-            }
-            let mut listing = table(&["plan", "name", "status", "tasks", "created"]);
-            for plan in &page.results {
-                listing.add_row(plan_row(plan));
-            }
-            out.line(listing);
-            if let Some(footer) = page_footer(page, "plans") {
-                out.line(footer);
-            }
+            print_page_table(
+                out,
+                page,
+                ("compute plan", "plans"),
+                &["plan", "name", "status", "tasks", "created"],
+                plan_row,
+            );
             Ok(())
         }
     }
@@ -384,32 +402,26 @@ pub(crate) fn print_task_page(
             serde_json::Value::Array(public_tasks(&page.results)?),
         )),
         OutputFormat::Table => {
-            if page.results.is_empty() {
-                out.line(format!(
-                    "no task on page {} ({} in all)",
-                    page.page, page.count
-                ));
-                return Ok(());
-            }
-            let mut listing = table(&[
-                "task", "name", "plan", "rank", "status", "worker", "ran on", "attempts",
-            ]);
-            for task in &page.results {
-                listing.add_row(vec![
-                    task.key.to_string(),
-                    task.name.clone().unwrap_or_else(|| "-".to_owned()),
-                    task.compute_plan_key.to_string(),
-                    task.rank.to_string(),
-                    task.status.to_string(),
-                    task.worker.to_string(),
-                    or_dash(task.worker_id.as_ref()),
-                    task.attempt_count.to_string(),
-                ]);
-            }
-            out.line(listing);
-            if let Some(footer) = page_footer(page, "tasks") {
-                out.line(footer);
-            }
+            print_page_table(
+                out,
+                page,
+                ("task", "tasks"),
+                &[
+                    "task", "name", "plan", "rank", "status", "worker", "ran on", "attempts",
+                ],
+                |task| {
+                    vec![
+                        task.key.to_string(),
+                        task.name.clone().unwrap_or_else(|| "-".to_owned()),
+                        task.compute_plan_key.to_string(),
+                        task.rank.to_string(),
+                        task.status.to_string(),
+                        task.worker.to_string(),
+                        or_dash(task.worker_id.as_ref()),
+                        task.attempt_count.to_string(),
+                    ]
+                },
+            );
             Ok(())
         }
     }
@@ -625,14 +637,7 @@ pub(crate) fn print_worker_page(
     match format {
         OutputFormat::Json => out.json(page),
         OutputFormat::Table => {
-            if page.results.is_empty() {
-                out.line(format!(
-                    "no worker on page {} ({} in all)",
-                    page.page, page.count
-                ));
-                return Ok(());
-            }
-            let mut listing = table(&[
+            let header = [
                 "worker",
                 "organization",
                 "owner",
@@ -640,8 +645,8 @@ pub(crate) fn print_worker_page(
                 "slots",
                 "properties",
                 "last heartbeat",
-            ]);
-            for worker in &page.results {
+            ];
+            print_page_table(out, page, ("worker", "workers"), &header, |worker| {
                 let properties: Vec<String> = worker
                     .properties
                     .iter()
@@ -652,7 +657,7 @@ pub(crate) fn print_worker_page(
                     (true, true) => "yes",
                     (false, true) => "no",
                 };
-                listing.add_row(vec![
+                vec![
                     worker.identifier.to_string(),
                     worker.organization.to_string(),
                     worker.owner.to_string(),
@@ -660,12 +665,8 @@ pub(crate) fn print_worker_page(
                     worker.executor_limit.to_string(),
                     properties.join(", "),
                     date(worker.last_heartbeat),
-                ]);
-            }
-            out.line(listing);
-            if let Some(footer) = page_footer(page, "workers") {
-                out.line(footer);
-            }
+                ]
+            });
             Ok(())
         }
     }
@@ -680,28 +681,17 @@ pub(crate) fn print_device_page(
     match format {
         OutputFormat::Json => out.json(page),
         OutputFormat::Table => {
-            if page.results.is_empty() {
-                out.line(format!(
-                    "no device on page {} ({} in all)",
-                    page.page, page.count
-                ));
-                return Ok(());
-            }
-            let mut listing = table(&["worker", "device", "type", "input", "active", "last seen"]);
-            for device in &page.results {
-                listing.add_row(vec![
+            let header = ["worker", "device", "type", "input", "active", "last seen"];
+            print_page_table(out, page, ("device", "devices"), &header, |device| {
+                vec![
                     device.worker.to_string(),
                     device.id.to_string(),
                     device.device_type.clone(),
                     or_dash(device.input_type.as_ref()),
                     if device.is_active { "yes" } else { "no" }.to_owned(),
                     date(device.last_seen),
-                ]);
-            }
-            out.line(listing);
-            if let Some(footer) = page_footer(page, "devices") {
-                out.line(footer);
-            }
+                ]
+            });
             Ok(())
         }
     }

@@ -37,11 +37,14 @@ fn date(value: Option<chrono::DateTime<Utc>>) -> String {
     value.map_or_else(|| "—".to_owned(), |date| date.to_rfc3339())
 }
 
+/// The columns of a user in a table.
+const USER_HEADER: [&str; 5] = ["user", "name", "organization", "roles", "enabled"];
+
 fn print_user(out: &Output, format: OutputFormat, user: &User) -> anyhow::Result<()> {
     match format {
         OutputFormat::Json => out.json(user),
         OutputFormat::Table => {
-            let mut listing = output::table(&["user", "name", "organization", "roles", "enabled"]);
+            let mut listing = output::table(&USER_HEADER);
             listing.add_row(user_row(user));
             out.line(listing);
             Ok(())
@@ -138,13 +141,13 @@ pub(crate) async fn users(
             match format {
                 OutputFormat::Json => out.json(&listed),
                 OutputFormat::Table => {
-                    let mut listing =
-                        output::table(&["user", "name", "organization", "roles", "enabled"]);
-                    for user in &listed.results {
-                        listing.add_row(user_row(user));
-                    }
-                    out.line(listing);
-                    out.line(format!("page {} of {} user(s)", listed.page, listed.count));
+                    output::print_page_table(
+                        out,
+                        &listed,
+                        ("user", "users"),
+                        &USER_HEADER,
+                        user_row,
+                    );
                     Ok(())
                 }
             }
