@@ -309,11 +309,16 @@ pub(crate) async fn migrate(
     let pool = store::connect(database_url, 1)?;
     let mut conn = store::connection(&pool).await?;
     if catalog::find_user(&mut conn, &identifier).await?.is_some() {
-        out.line(format!(
-            "user {identifier} exists already: left as it is, no token issued (`baton tokens \
-             create --user {identifier}` makes one)"
-        ));
-        return Ok(());
+        return match format {
+            OutputFormat::Json => out.json(&json!({"admin": identifier, "created": false})),
+            OutputFormat::Table => {
+                out.line(format!(
+                    "user {identifier} exists already: left as it is, no token issued (`baton \
+                     tokens create --user {identifier}` makes one)"
+                ));
+                Ok(())
+            }
+        };
     }
     crate::services::ensure_organization(&mut conn, &organization, false).await?;
     let now = Utc::now();
@@ -337,10 +342,17 @@ pub(crate) async fn migrate(
     match &args.admin_token_file {
         Some(path) => {
             write_token_file(path, token.expose())?;
-            out.line(format!(
-                "administrator {identifier} of {organization} made; its token is in {}",
-                path.display()
-            ));
+            match format {
+                OutputFormat::Json => out.json(&json!({
+                    "admin": identifier,
+                    "created": true,
+                    "token_file": path.display().to_string(),
+                }))?,
+                OutputFormat::Table => out.line(format!(
+                    "administrator {identifier} of {organization} made; its token is in {}",
+                    path.display()
+                )),
+            }
         }
         None => print_issued(
             out,
