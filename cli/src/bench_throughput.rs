@@ -10,6 +10,9 @@
 //!
 //! Each device gets a warm-up plan (not counted, it also waits for the workers' registration),
 //! then `runs` measured runs, each of fresh plans, alternating with runs of the baseline.
+//!
+//! The environment ([`BenchEnv`]) and the dispatcher with its producer ([`Harness`]) are shared
+//! with `bench chain`, `fan-in` and `latency` (`bench_dag`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -47,6 +50,14 @@ const ORGANIZATION: &str = "bench";
 
 /// The function every task runs, and the name of the worker's in-process handler.
 const FUNCTION_NAME: &str = "noop";
+
+/// The function of DAG benchmarks' tasks (`bench chain`, `bench fan-in`): a no-op that takes
+/// its parents' models and writes a one-byte model, so that tasks can depend on each other;
+/// also the name of its in-process handler.
+pub(crate) const LINK_FUNCTION_NAME: &str = "link";
+
+/// The output [`LINK_FUNCTION_NAME`] writes.
+pub(crate) const LINK_OUTPUT: &str = "model";
 
 /// How long one plan submission may wait for the dispatcher's answer: storing a plan of the
 /// largest allowed batch takes seconds, and the first one waits for the dispatcher to start.
@@ -147,16 +158,18 @@ pub(crate) struct ThroughputFigures {
 /// A service running in a task of this process, with its shutdown token.
 type Service = (CancellationToken, JoinHandle<anyhow::Result<()>>);
 
-/// The dispatcher and workers this benchmark runs in-process.
+/// The dispatcher and workers a benchmark runs in-process.
 #[derive(Default)]
-struct Services {
+pub(crate) struct Services {
+    /// The dispatcher, once started.
     dispatcher: Option<Service>,
-    workers: Vec<Service>,
+    /// The workers started.
+    pub(crate) workers: Vec<Service>,
 }
 
 impl Services {
     /// An error if the dispatcher or a worker stopped on its own.
-    async fn check(&mut self) -> anyhow::Result<()> {
+    pub(crate) async fn check(&mut self) -> anyhow::Result<()> {
         if let Some((_, handle)) = &self.dispatcher
             && handle.is_finished()
             && let Some((_, handle)) = self.dispatcher.take()
@@ -175,7 +188,7 @@ impl Services {
     }
 
     /// Stops the workers and waits for them.
-    async fn stop_workers(&mut self) -> anyhow::Result<()> {
+    pub(crate) async fn stop_workers(&mut self) -> anyhow::Result<()> {
         let mut outcome = Ok(());
         for worker in std::mem::take(&mut self.workers) {
             let stopped = stop("worker", Some(worker)).await;
@@ -267,7 +280,7 @@ fn noop_function(owner: &OrganizationId) -> Function {
 }
 
 /// Registers the organization, the user the worker connects as, and the `noop` function.
-async fn seed(
+pub(crate) async fn seed(
     conn: &mut AsyncPgConnection,
     organization: &OrganizationId,
     worker_user: &str,
@@ -307,7 +320,7 @@ async fn seed(
 }
 
 /// `tasks` independent tasks of `function`, split as evenly as possible across `plans` plans.
-fn plans_of(
+pub(crate) fn plans_of(
     tasks: u32,
     plans: u32,
     function: FunctionKey,
@@ -347,25 +360,31 @@ fn plans_of(
 }
 
 /// What one run measured.
-struct RunTimes {
-    /// From the first submission to every plan DONE.
-    total: Duration,
+pub(crate) struct RunTimes {
+    /// From the first submission to every plan DONE (as seen by polling).
+    pub(crate) total: Duration,
     /// From the first submission to every plan accepted.
-    submitted: Duration,
+    pub(crate) submitted: Duration,
     /// Median of each task's claim grant to its DONE, in PostgreSQL's clock: the worker's
     /// time per attempt plus the report's way back.
-    attempt_ms: f64,
+    pub(crate) attempt_ms: f64,
+    /// The wall-clock time just before the first submission was sent, to compare with the
+    /// dates the dispatcher stores.
+    pub(crate) sent_at: chrono::DateTime<Utc>,
 }
 
-/// Submits `plans` over AMQP and waits until all are DONE in PostgreSQL.
-async fn run_plans(
+/// Submits `plans` over AMQP and waits until all are DONE in PostgreSQL, reading them every
+/// `poll`.
+pub(crate) async fn run_plans(
     plans: &[PlanSubmission],
     rpc: &RpcClient,
     conn: &mut AsyncPgConnection,
     services: &mut Services,
     run_timeout: Duration,
+    poll: Duration,
 ) -> anyhow::Result<RunTimes> {
     let tasks: usize = plans.iter().map(|plan| plan.tasks.len()).sum();
+    let sent_at = Utc::now();
     let started = Instant::now();
     let replies = futures::future::join_all(plans.iter().map(|plan| {
         rpc.call::<_, SubmissionReply>(SUBMIT_EXCHANGE, PlanSubmission::KIND, plan, SUBMIT_TIMEOUT)
@@ -417,6 +436,7 @@ async fn run_plans(
                 total,
                 submitted,
                 attempt_ms: median_attempt_ms(conn, &keys).await?,
+                sent_at,
             });
         }
         if started.elapsed() > run_timeout {
@@ -428,13 +448,16 @@ async fn run_plans(
             );
         }
         services.check().await?;
-        tokio::time::sleep(POLL_INTERVAL).await;
+        tokio::time::sleep(poll).await;
     }
 }
 
 /// The median, over the tasks of `plans`, of the time from the grant of their claim to their
 /// end, in milliseconds.
-async fn median_attempt_ms(conn: &mut AsyncPgConnection, plans: &[PlanKey]) -> anyhow::Result<f64> {
+pub(crate) async fn median_attempt_ms(
+    conn: &mut AsyncPgConnection,
+    plans: &[PlanKey],
+) -> anyhow::Result<f64> {
     #[derive(diesel::QueryableByName)]
     struct Median {
         #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Double>)]
@@ -475,8 +498,9 @@ fn describe(counters: &PlanCounters) -> String {
     )
 }
 
-/// Starts in-process worker number `index` running tasks on `device`.
-fn start_worker(
+/// Starts in-process worker number `index` running tasks on `device`; with the handler
+/// device it also runs [`LINK_FUNCTION_NAME`] in-process, writing a one-byte model.
+pub(crate) fn start_worker(
     amqp_url: &str,
     device: Device,
     index: u32,
@@ -505,7 +529,16 @@ fn start_worker(
     })?;
     let mut builder = worker::Worker::builder(config, Arc::new(artifacts));
     if device == Device::Handler {
-        builder = builder.handler(FUNCTION_NAME, |_context| async { Ok(()) });
+        builder = builder
+            .handler(FUNCTION_NAME, |_context| async { Ok(()) })
+            .handler(LINK_FUNCTION_NAME, |context| async move {
+                let Some(path) = context.outputs.get(LINK_OUTPUT) else {
+                    return Err(format!("output `{LINK_OUTPUT}` is not declared"));
+                };
+                tokio::fs::write(path, b"0")
+                    .await
+                    .map_err(|error| format!("writing output `{LINK_OUTPUT}`: {error}"))
+            });
     }
     let token = CancellationToken::new();
     let handle = tokio::spawn(builder.build().run(token.clone()));
@@ -530,20 +563,34 @@ async fn lapin_with_retry(amqp_url: &str, count: u32) -> anyhow::Result<Duration
 struct Setup<'a> {
     options: &'a ThroughputBench,
     amqp_url: String,
-    database_url: String,
     dir: PathBuf,
     plans: u32,
 }
 
-impl Setup<'_> {
-    async fn measure(&self, services: &mut Services) -> anyhow::Result<Vec<DeviceFigures>> {
-        store::run_migrations(&self.database_url)
+/// A connection to the benchmark's database, a producer on its vhost and the seeded `noop`
+/// function, with the dispatcher started in the environment's services.
+pub(crate) struct Harness {
+    /// To the benchmark's database.
+    pub(crate) conn: AsyncPgConnection,
+    /// The producer's connection.
+    client: Broker,
+    /// Submits plans.
+    pub(crate) rpc: RpcClient,
+    /// The `noop` function.
+    pub(crate) function: FunctionKey,
+}
+
+impl Harness {
+    /// Migrates the environment's database, seeds it, connects a producer and starts the
+    /// dispatcher (no worker yet: see [`start_worker`]).
+    pub(crate) async fn start(env: &mut BenchEnv) -> anyhow::Result<Harness> {
+        store::run_migrations(&env.database_url)
             .await
             .context("migrating the benchmark database")?;
-        let mut conn = AsyncPgConnection::establish(&self.database_url)
+        let mut conn = AsyncPgConnection::establish(&env.database_url)
             .await
             .context("connecting to the benchmark database")?;
-        let client = Broker::connect(BrokerConfig::new(&self.amqp_url, "baton-bench-producer"))
+        let client = Broker::connect(BrokerConfig::new(&env.amqp_url, "baton-bench-producer"))
             .await
             .context("connecting the benchmark's producer to RabbitMQ")?;
         // Declared here too (the same topology the dispatcher declares), so submissions sent
@@ -558,15 +605,44 @@ impl Setup<'_> {
 
         let dispatcher_token = CancellationToken::new();
         let config = dispatcher::service::DispatcherConfig::new(
-            self.database_url.clone(),
-            BrokerConfig::new(&self.amqp_url, "baton-dispatcher"),
-            organization.clone(),
+            env.database_url.clone(),
+            BrokerConfig::new(&env.amqp_url, "baton-dispatcher"),
+            organization,
         );
-        services.dispatcher = Some((
+        env.services.dispatcher = Some((
             dispatcher_token.clone(),
             tokio::spawn(dispatcher::service::run(config, dispatcher_token)),
         ));
+        Ok(Harness {
+            conn,
+            client,
+            rpc,
+            function,
+        })
+    }
 
+    /// Closes the producer's connection.
+    pub(crate) async fn close(self) {
+        if let Err(error) = self.client.close().await {
+            tracing::debug!("closing the producer's connection: {error}");
+        }
+    }
+}
+
+/// The organization benchmark plans run as.
+pub(crate) fn organization() -> OrganizationId {
+    OrganizationId::from(ORGANIZATION)
+}
+
+impl Setup<'_> {
+    async fn measure(&self, env: &mut BenchEnv) -> anyhow::Result<Vec<DeviceFigures>> {
+        let Harness {
+            mut conn,
+            client,
+            rpc,
+            function,
+        } = Harness::start(env).await?;
+        let services = &mut env.services;
         let devices = match self.options.devices {
             ThroughputDevices::Handler => vec![Device::Handler],
             ThroughputDevices::Subprocess => vec![Device::Subprocess],
@@ -616,7 +692,7 @@ impl Setup<'_> {
         // Waits for the dispatcher to start and the workers to register; not counted.
         let warm_up = plans_of(options.tasks.min(WARM_UP_TASKS), 1, function, &organization);
         let started = Instant::now();
-        run_plans(&warm_up, rpc, conn, services, SUBMIT_TIMEOUT)
+        run_plans(&warm_up, rpc, conn, services, SUBMIT_TIMEOUT, POLL_INTERVAL)
             .await
             .context("running the warm-up plan")?;
         tracing::info!(
@@ -639,9 +715,25 @@ impl Setup<'_> {
             // Alternate the order, so neither side always runs on a warmer machine.
             let times = if run.is_multiple_of(2) {
                 ceiling_runs.push(lapin().await?);
-                run_plans(&plans, rpc, conn, services, options.run_timeout).await
+                run_plans(
+                    &plans,
+                    rpc,
+                    conn,
+                    services,
+                    options.run_timeout,
+                    POLL_INTERVAL,
+                )
+                .await
             } else {
-                let times = run_plans(&plans, rpc, conn, services, options.run_timeout).await;
+                let times = run_plans(
+                    &plans,
+                    rpc,
+                    conn,
+                    services,
+                    options.run_timeout,
+                    POLL_INTERVAL,
+                )
+                .await;
                 if times.is_ok() {
                     ceiling_runs.push(lapin().await?);
                 }
@@ -678,6 +770,107 @@ impl Setup<'_> {
     }
 }
 
+/// A RabbitMQ vhost, a PostgreSQL database and a directory of a benchmark's own, with the
+/// services it runs in them; [`BenchEnv::finish`] stops those and removes the rest.
+pub(crate) struct BenchEnv {
+    name: String,
+    admin: AsyncPgConnection,
+    vhost: BenchVhost,
+    /// The vhost's AMQP URL.
+    pub(crate) amqp_url: String,
+    /// The benchmark database's URL.
+    pub(crate) database_url: String,
+    /// A scratch directory (attempt workspaces, artifacts).
+    pub(crate) dir: PathBuf,
+    /// The dispatcher and workers running in this environment.
+    pub(crate) services: Services,
+}
+
+impl BenchEnv {
+    /// Makes a vhost, a database next to `database_url`'s and a directory; whatever was made
+    /// is removed again if a later step fails.
+    pub(crate) async fn create(
+        database_url: &str,
+        broker: &BrokerBench,
+    ) -> anyhow::Result<BenchEnv> {
+        let name = format!("baton_bench_{}", Uuid::new_v4().simple());
+        let admin = AsyncPgConnection::establish(database_url)
+            .await
+            .with_context(|| {
+                format!(
+                    "connecting to PostgreSQL at {} (set --database-url or BATON_DATABASE_URL)",
+                    crate::output::redact_url(database_url)
+                )
+            })?;
+        let vhost = BenchVhost::create(broker).await?;
+        let dir = std::env::temp_dir().join(&name);
+        let mut env = BenchEnv {
+            amqp_url: vhost.amqp_url(),
+            database_url: url_with_database(database_url, &name),
+            name,
+            admin,
+            vhost,
+            dir,
+            services: Services::default(),
+        };
+        let created = async {
+            sql_query(format!("CREATE DATABASE {}", env.name))
+                .execute(&mut env.admin)
+                .await
+                .context("creating the benchmark database (the role needs CREATEDB)")?;
+            std::fs::create_dir_all(&env.dir)
+                .with_context(|| format!("creating the benchmark directory {}", env.dir.display()))
+        }
+        .await;
+        match created {
+            Ok(()) => Ok(env),
+            Err(error) => env.finish(Err(error)).await,
+        }
+    }
+
+    /// Stops the services and removes the vhost, the database and the directory, whatever
+    /// `outcome` was; the first error is the one returned, the others are logged.
+    pub(crate) async fn finish<T>(mut self, outcome: anyhow::Result<T>) -> anyhow::Result<T> {
+        let cleanups = [
+            self.services.stop_all().await,
+            sql_query(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut self.admin)
+            .await
+            .map(drop)
+            .context("dropping the benchmark database"),
+            self.vhost.delete().await,
+            match std::fs::remove_dir_all(&self.dir) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                    Err(anyhow::Error::from(error).context(format!(
+                        "removing the benchmark directory {}",
+                        self.dir.display()
+                    )))
+                }
+                _ => Ok(()),
+            },
+        ];
+        match outcome {
+            Ok(value) => {
+                for cleanup in cleanups {
+                    cleanup?;
+                }
+                Ok(value)
+            }
+            Err(error) => {
+                for cleanup in cleanups {
+                    if let Err(cleanup_error) = cleanup {
+                        tracing::warn!("cleaning up after a failed benchmark: {cleanup_error:#}");
+                    }
+                }
+                Err(error)
+            }
+        }
+    }
+}
+
 /// Runs the throughput benchmark in a vhost and a database of its own, both removed afterwards.
 pub(crate) async fn throughput(options: ThroughputBench) -> anyhow::Result<ThroughputFigures> {
     anyhow::ensure!(options.tasks >= 1, "--tasks must be at least 1");
@@ -701,77 +894,15 @@ pub(crate) async fn throughput(options: ThroughputBench) -> anyhow::Result<Throu
         "--plans {plans} puts more than {max_tasks} tasks in a plan, the submission batch limit"
     );
 
-    let name = format!("baton_bench_{}", Uuid::new_v4().simple());
-    let mut admin = AsyncPgConnection::establish(&options.database_url)
-        .await
-        .with_context(|| {
-            format!(
-                "connecting to PostgreSQL at {} (set --database-url or BATON_DATABASE_URL)",
-                crate::output::redact_url(&options.database_url)
-            )
-        })?;
-    let vhost = BenchVhost::create(&options.broker).await?;
-    let dir = std::env::temp_dir().join(&name);
-    let created = async {
-        sql_query(format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .context("creating the benchmark database (the role needs CREATEDB)")?;
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("creating the benchmark directory {}", dir.display()))
-    }
-    .await;
-
-    let mut services = Services::default();
-    let outcome = match created {
-        Ok(()) => {
-            let setup = Setup {
-                options: &options,
-                amqp_url: vhost.amqp_url(),
-                database_url: url_with_database(&options.database_url, &name),
-                dir: dir.clone(),
-                plans,
-            };
-            setup.measure(&mut services).await
-        }
-        Err(error) => Err(error),
+    let mut env = BenchEnv::create(&options.database_url, &options.broker).await?;
+    let setup = Setup {
+        options: &options,
+        amqp_url: env.amqp_url.clone(),
+        dir: env.dir.clone(),
+        plans,
     };
-
-    // Clean up whatever happened; the first error is the one reported, the others logged.
-    let cleanups = [
-        services.stop_all().await,
-        sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&mut admin)
-            .await
-            .map(drop)
-            .context("dropping the benchmark database"),
-        vhost.delete().await,
-        match std::fs::remove_dir_all(&dir) {
-            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
-                Err(anyhow::Error::from(error).context(format!(
-                    "removing the benchmark directory {}",
-                    dir.display()
-                )))
-            }
-            _ => Ok(()),
-        },
-    ];
-    let devices = match outcome {
-        Ok(devices) => {
-            for cleanup in cleanups {
-                cleanup?;
-            }
-            devices
-        }
-        Err(error) => {
-            for cleanup in cleanups {
-                if let Err(cleanup_error) = cleanup {
-                    tracing::warn!("cleaning up after a failed benchmark: {cleanup_error:#}");
-                }
-            }
-            return Err(error);
-        }
-    };
+    let outcome = setup.measure(&mut env).await;
+    let devices = env.finish(outcome).await?;
     Ok(ThroughputFigures {
         tasks: options.tasks,
         plans,

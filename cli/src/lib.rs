@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 mod bench;
+mod bench_dag;
 mod bench_plan;
 mod bench_throughput;
 mod client;
@@ -756,6 +757,132 @@ pub enum BenchScenario {
         )]
         rabbitmq_api_password: String,
     },
+    /// A plan of no-op tasks, each the child of the one before: seconds from sending it to the
+    /// last DONE, with an in-process dispatcher and worker.
+    Chain {
+        /// Tasks in the chain.
+        #[arg(long, env = "BATON_BENCH_TASKS", default_value_t = 1_000)]
+        tasks: u32,
+        /// Measured runs; medians are reported.
+        #[arg(long, env = "BATON_BENCH_RUNS", default_value_t = 3)]
+        runs: u32,
+        /// Tasks the worker runs at once.
+        #[arg(long, env = "BATON_BENCH_EXECUTOR_LIMIT", default_value_t = 8)]
+        executor_limit: u32,
+        /// Seconds a run may take before it is reported as hung.
+        #[arg(long, env = "BATON_BENCH_TIMEOUT_SECS", default_value_t = 600)]
+        timeout_secs: u64,
+        /// RabbitMQ, without a vhost: the benchmark makes and deletes its own.
+        #[arg(
+            long,
+            env = "BATON_AMQP_URL",
+            default_value = "amqp://guest:guest@127.0.0.1:5672",
+            hide_env_values = true
+        )]
+        amqp_url: String,
+        /// RabbitMQ's management API, used to make the benchmark's vhost.
+        #[arg(
+            long,
+            env = "BATON_RABBITMQ_API",
+            default_value = "http://127.0.0.1:15672/api"
+        )]
+        rabbitmq_api: String,
+        /// User of the management API.
+        #[arg(long, env = "BATON_RABBITMQ_API_USER", default_value = "guest")]
+        rabbitmq_api_user: String,
+        /// Password of the management API.
+        #[arg(
+            long,
+            env = "BATON_RABBITMQ_API_PASSWORD",
+            default_value = "guest",
+            hide_env_values = true
+        )]
+        rabbitmq_api_password: String,
+    },
+    /// Parallel no-op tasks joined by one task: seconds from sending the plan to the last DONE,
+    /// with an in-process dispatcher and worker.
+    FanIn {
+        /// Parallel tasks (the joining task comes on top).
+        #[arg(long, env = "BATON_BENCH_TASKS", default_value_t = 1_000)]
+        tasks: u32,
+        /// Measured runs; medians are reported.
+        #[arg(long, env = "BATON_BENCH_RUNS", default_value_t = 3)]
+        runs: u32,
+        /// Tasks the worker runs at once.
+        #[arg(long, env = "BATON_BENCH_EXECUTOR_LIMIT", default_value_t = 8)]
+        executor_limit: u32,
+        /// Seconds a run may take before it is reported as hung.
+        #[arg(long, env = "BATON_BENCH_TIMEOUT_SECS", default_value_t = 600)]
+        timeout_secs: u64,
+        /// RabbitMQ, without a vhost: the benchmark makes and deletes its own.
+        #[arg(
+            long,
+            env = "BATON_AMQP_URL",
+            default_value = "amqp://guest:guest@127.0.0.1:5672",
+            hide_env_values = true
+        )]
+        amqp_url: String,
+        /// RabbitMQ's management API, used to make the benchmark's vhost.
+        #[arg(
+            long,
+            env = "BATON_RABBITMQ_API",
+            default_value = "http://127.0.0.1:15672/api"
+        )]
+        rabbitmq_api: String,
+        /// User of the management API.
+        #[arg(long, env = "BATON_RABBITMQ_API_USER", default_value = "guest")]
+        rabbitmq_api_user: String,
+        /// Password of the management API.
+        #[arg(
+            long,
+            env = "BATON_RABBITMQ_API_PASSWORD",
+            default_value = "guest",
+            hide_env_values = true
+        )]
+        rabbitmq_api_password: String,
+    },
+    /// One-task plans sent one after the other: percentiles of send → start and send → DONE,
+    /// with an in-process dispatcher and worker.
+    Latency {
+        /// One-task plans per run.
+        #[arg(long, env = "BATON_BENCH_TASKS", default_value_t = 500)]
+        tasks: u32,
+        /// Measured runs; medians are reported.
+        #[arg(long, env = "BATON_BENCH_RUNS", default_value_t = 3)]
+        runs: u32,
+        /// Tasks the worker runs at once.
+        #[arg(long, env = "BATON_BENCH_EXECUTOR_LIMIT", default_value_t = 8)]
+        executor_limit: u32,
+        /// Seconds a run may take before it is reported as hung.
+        #[arg(long, env = "BATON_BENCH_TIMEOUT_SECS", default_value_t = 600)]
+        timeout_secs: u64,
+        /// RabbitMQ, without a vhost: the benchmark makes and deletes its own.
+        #[arg(
+            long,
+            env = "BATON_AMQP_URL",
+            default_value = "amqp://guest:guest@127.0.0.1:5672",
+            hide_env_values = true
+        )]
+        amqp_url: String,
+        /// RabbitMQ's management API, used to make the benchmark's vhost.
+        #[arg(
+            long,
+            env = "BATON_RABBITMQ_API",
+            default_value = "http://127.0.0.1:15672/api"
+        )]
+        rabbitmq_api: String,
+        /// User of the management API.
+        #[arg(long, env = "BATON_RABBITMQ_API_USER", default_value = "guest")]
+        rabbitmq_api_user: String,
+        /// Password of the management API.
+        #[arg(
+            long,
+            env = "BATON_RABBITMQ_API_PASSWORD",
+            default_value = "guest",
+            hide_env_values = true
+        )]
+        rabbitmq_api_password: String,
+    },
 }
 
 /// The devices `baton bench throughput` measures.
@@ -1052,6 +1179,12 @@ async fn bench(
     format: OutputFormat,
     database_url: &str,
 ) -> anyhow::Result<()> {
+    // `chain` and `fan-in` differ from `latency` only in what they run; their flags are the same.
+    let dag_shape = match &scenario {
+        BenchScenario::Chain { .. } => Some(bench_dag::DagShape::Chain),
+        BenchScenario::FanIn { .. } => Some(bench_dag::DagShape::FanIn),
+        _ => None,
+    };
     match scenario {
         BenchScenario::LargePlan { tasks, width } => {
             let figures = bench_plan::large_plan(bench_plan::LargePlanBench {
@@ -1116,6 +1249,61 @@ async fn bench(
             })
             .await?;
             bench_throughput::print_throughput_bench(out, format, &figures)
+        }
+        BenchScenario::Chain {
+            tasks,
+            runs,
+            executor_limit,
+            timeout_secs,
+            amqp_url,
+            rabbitmq_api,
+            rabbitmq_api_user,
+            rabbitmq_api_password,
+        }
+        | BenchScenario::FanIn {
+            tasks,
+            runs,
+            executor_limit,
+            timeout_secs,
+            amqp_url,
+            rabbitmq_api,
+            rabbitmq_api_user,
+            rabbitmq_api_password,
+        }
+        | BenchScenario::Latency {
+            tasks,
+            runs,
+            executor_limit,
+            timeout_secs,
+            amqp_url,
+            rabbitmq_api,
+            rabbitmq_api_user,
+            rabbitmq_api_password,
+        } => {
+            let options = bench_dag::DagBench {
+                database_url: database_url.to_owned(),
+                broker: bench::BrokerBench {
+                    amqp_url: amqp_url.trim_end_matches('/').to_owned(),
+                    management_url: rabbitmq_api.trim_end_matches('/').to_owned(),
+                    management_user: (rabbitmq_api_user, rabbitmq_api_password),
+                    messages: tasks,
+                    runs,
+                },
+                tasks,
+                runs,
+                executor_limit,
+                run_timeout: std::time::Duration::from_secs(timeout_secs),
+            };
+            match dag_shape {
+                Some(shape) => {
+                    let figures = bench_dag::dag(shape, options).await?;
+                    bench_dag::print_dag_bench(out, format, &figures)
+                }
+                None => {
+                    let figures = bench_dag::latency(options).await?;
+                    bench_dag::print_latency_bench(out, format, &figures)
+                }
+            }
         }
     }
 }
