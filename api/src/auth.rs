@@ -64,6 +64,32 @@ impl Caller {
         }
     }
 
+    /// Whether an asset whose permission is `permission` is shared with the caller (SPEC.md
+    /// §3): public, allowing the caller's organization, or the caller an administrator; else
+    /// a 403 at `path` saying that `what` is not shared with it.
+    pub fn shares(
+        &self,
+        permission: &models::Permission,
+        path: &str,
+        what: impl std::fmt::Display,
+    ) -> Result<(), ApiError> {
+        let organization = self.0.organization.as_ref();
+        if self.0.has_role(models::Role::Administrator)
+            || permission.public
+            || organization.is_some_and(|org| permission.allows(org))
+        {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            ErrorKind::Forbidden,
+            path,
+            format!(
+                "{what} is not shared with {}",
+                organization.map_or("anonymous callers", |org| org.as_str())
+            ),
+        ))
+    }
+
     /// The error for a caller that may not do `action`: 401 for an anonymous caller, 403
     /// for a user.
     pub fn refusal(&self, action: Action, owner: Option<&OrganizationId>) -> ApiError {

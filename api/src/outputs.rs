@@ -103,29 +103,12 @@ async fn download_model(
 ) -> Result<Response, ApiError> {
     query.only(&[])?;
     let model = find_model(&state, key).await?;
-    // SPEC.md §3: downloading needs the model's process permission, whatever the role, but an
-    // administrator's.
-    let permitted = caller.0.has_role(models::Role::Administrator)
-        || model.permissions.process.public
-        || caller
-            .0
-            .organization
-            .as_ref()
-            .is_some_and(|org| model.permissions.can_download(org));
-    if !permitted {
-        return Err(ApiError::new(
-            ErrorKind::Forbidden,
-            "key",
-            format!(
-                "model {key} is not shared with {}",
-                caller
-                    .0
-                    .organization
-                    .as_ref()
-                    .map_or("anonymous callers", |org| org.as_str())
-            ),
-        ));
-    }
+    // SPEC.md §3: downloading needs the model's process permission, whatever the role.
+    caller.shares(
+        &model.permissions.process,
+        "key",
+        format_args!("model {key}"),
+    )?;
     let Some(file) = model.address else {
         return Err(ApiError::new(
             ErrorKind::NotFound,

@@ -251,29 +251,12 @@ async fn get_logs(
     query.only(LOG_PARAMS)?;
     let pagination = Pagination::from_query(&query)?;
     let task = task_for(&state, &caller, key, Action::ReadLogs).await?;
-    // SPEC.md §3: reading a task's logs needs its logs permission, whatever the role, but an
-    // administrator's.
-    let permitted = caller.0.has_role(models::Role::Administrator)
-        || caller
-            .0
-            .organization
-            .as_ref()
-            .is_some_and(|org| task.logs_permission.allows(org))
-        || task.logs_permission.public;
-    if !permitted {
-        return Err(ApiError::new(
-            crate::error::ErrorKind::Forbidden,
-            "",
-            format!(
-                "the logs of task {key} are not shared with {}",
-                caller
-                    .0
-                    .organization
-                    .as_ref()
-                    .map_or("anonymous callers", |org| org.as_str())
-            ),
-        ));
-    }
+    // SPEC.md §3: reading a task's logs needs its logs permission, whatever the role.
+    caller.shares(
+        &task.logs_permission,
+        "",
+        format_args!("the log of task {key}"),
+    )?;
     let mut conn = state.conn().await?;
     let count = execution::count_log_lines(&mut conn, key).await?;
     let lines =

@@ -678,32 +678,9 @@ pub enum BenchScenario {
         /// Runs of each side; medians are reported.
         #[arg(long, env = "BATON_BENCH_RUNS", default_value_t = 5)]
         runs: u32,
-        /// RabbitMQ, without a vhost: the benchmark makes and deletes its own.
-        #[arg(
-            long,
-            env = "BATON_AMQP_URL",
-            default_value = "amqp://guest:guest@127.0.0.1:5672",
-            hide_env_values = true
-        )]
-        amqp_url: String,
-        /// RabbitMQ's management API, used to make the benchmark's vhost.
-        #[arg(
-            long,
-            env = "BATON_RABBITMQ_API",
-            default_value = "http://127.0.0.1:15672/api"
-        )]
-        rabbitmq_api: String,
-        /// User of the management API.
-        #[arg(long, env = "BATON_RABBITMQ_API_USER", default_value = "guest")]
-        rabbitmq_api_user: String,
-        /// Password of the management API.
-        #[arg(
-            long,
-            env = "BATON_RABBITMQ_API_PASSWORD",
-            default_value = "guest",
-            hide_env_values = true
-        )]
-        rabbitmq_api_password: String,
+        /// Where the benchmark makes its own vhost.
+        #[command(flatten)]
+        rabbitmq: BenchRabbitmq,
     },
     /// Independent no-op tasks per second through the whole path (submit, store, publish,
     /// claim, run, report, DONE), with an in-process dispatcher and worker, against plain lapin.
@@ -730,32 +707,9 @@ pub enum BenchScenario {
         /// Seconds a run may take before it is reported as hung.
         #[arg(long, env = "BATON_BENCH_TIMEOUT_SECS", default_value_t = 120)]
         timeout_secs: u64,
-        /// RabbitMQ, without a vhost: the benchmark makes and deletes its own.
-        #[arg(
-            long,
-            env = "BATON_AMQP_URL",
-            default_value = "amqp://guest:guest@127.0.0.1:5672",
-            hide_env_values = true
-        )]
-        amqp_url: String,
-        /// RabbitMQ's management API, used to make the benchmark's vhost.
-        #[arg(
-            long,
-            env = "BATON_RABBITMQ_API",
-            default_value = "http://127.0.0.1:15672/api"
-        )]
-        rabbitmq_api: String,
-        /// User of the management API.
-        #[arg(long, env = "BATON_RABBITMQ_API_USER", default_value = "guest")]
-        rabbitmq_api_user: String,
-        /// Password of the management API.
-        #[arg(
-            long,
-            env = "BATON_RABBITMQ_API_PASSWORD",
-            default_value = "guest",
-            hide_env_values = true
-        )]
-        rabbitmq_api_password: String,
+        /// Where the benchmark makes its own vhost.
+        #[command(flatten)]
+        rabbitmq: BenchRabbitmq,
     },
     /// A plan of no-op tasks, each the child of the one before: seconds from sending it to the
     /// last DONE, with an in-process dispatcher and worker.
@@ -763,41 +717,9 @@ pub enum BenchScenario {
         /// Tasks in the chain.
         #[arg(long, env = "BATON_BENCH_TASKS", default_value_t = 1_000)]
         tasks: u32,
-        /// Measured runs; medians are reported.
-        #[arg(long, env = "BATON_BENCH_RUNS", default_value_t = 3)]
-        runs: u32,
-        /// Tasks the worker runs at once.
-        #[arg(long, env = "BATON_BENCH_EXECUTOR_LIMIT", default_value_t = 8)]
-        executor_limit: u32,
-        /// Seconds a run may take before it is reported as hung.
-        #[arg(long, env = "BATON_BENCH_TIMEOUT_SECS", default_value_t = 600)]
-        timeout_secs: u64,
-        /// RabbitMQ, without a vhost: the benchmark makes and deletes its own.
-        #[arg(
-            long,
-            env = "BATON_AMQP_URL",
-            default_value = "amqp://guest:guest@127.0.0.1:5672",
-            hide_env_values = true
-        )]
-        amqp_url: String,
-        /// RabbitMQ's management API, used to make the benchmark's vhost.
-        #[arg(
-            long,
-            env = "BATON_RABBITMQ_API",
-            default_value = "http://127.0.0.1:15672/api"
-        )]
-        rabbitmq_api: String,
-        /// User of the management API.
-        #[arg(long, env = "BATON_RABBITMQ_API_USER", default_value = "guest")]
-        rabbitmq_api_user: String,
-        /// Password of the management API.
-        #[arg(
-            long,
-            env = "BATON_RABBITMQ_API_PASSWORD",
-            default_value = "guest",
-            hide_env_values = true
-        )]
-        rabbitmq_api_password: String,
+        /// Runs, slots and RabbitMQ.
+        #[command(flatten)]
+        common: DagBenchArgs,
     },
     /// Parallel no-op tasks joined by one task: seconds from sending the plan to the last DONE,
     /// with an in-process dispatcher and worker.
@@ -805,41 +727,9 @@ pub enum BenchScenario {
         /// Parallel tasks (the joining task comes on top).
         #[arg(long, env = "BATON_BENCH_TASKS", default_value_t = 1_000)]
         tasks: u32,
-        /// Measured runs; medians are reported.
-        #[arg(long, env = "BATON_BENCH_RUNS", default_value_t = 3)]
-        runs: u32,
-        /// Tasks the worker runs at once.
-        #[arg(long, env = "BATON_BENCH_EXECUTOR_LIMIT", default_value_t = 8)]
-        executor_limit: u32,
-        /// Seconds a run may take before it is reported as hung.
-        #[arg(long, env = "BATON_BENCH_TIMEOUT_SECS", default_value_t = 600)]
-        timeout_secs: u64,
-        /// RabbitMQ, without a vhost: the benchmark makes and deletes its own.
-        #[arg(
-            long,
-            env = "BATON_AMQP_URL",
-            default_value = "amqp://guest:guest@127.0.0.1:5672",
-            hide_env_values = true
-        )]
-        amqp_url: String,
-        /// RabbitMQ's management API, used to make the benchmark's vhost.
-        #[arg(
-            long,
-            env = "BATON_RABBITMQ_API",
-            default_value = "http://127.0.0.1:15672/api"
-        )]
-        rabbitmq_api: String,
-        /// User of the management API.
-        #[arg(long, env = "BATON_RABBITMQ_API_USER", default_value = "guest")]
-        rabbitmq_api_user: String,
-        /// Password of the management API.
-        #[arg(
-            long,
-            env = "BATON_RABBITMQ_API_PASSWORD",
-            default_value = "guest",
-            hide_env_values = true
-        )]
-        rabbitmq_api_password: String,
+        /// Runs, slots and RabbitMQ.
+        #[command(flatten)]
+        common: DagBenchArgs,
     },
     /// One-task plans sent one after the other: percentiles of send → start and send → DONE,
     /// with an in-process dispatcher and worker.
@@ -847,42 +737,85 @@ pub enum BenchScenario {
         /// One-task plans per run.
         #[arg(long, env = "BATON_BENCH_TASKS", default_value_t = 500)]
         tasks: u32,
-        /// Measured runs; medians are reported.
-        #[arg(long, env = "BATON_BENCH_RUNS", default_value_t = 3)]
-        runs: u32,
-        /// Tasks the worker runs at once.
-        #[arg(long, env = "BATON_BENCH_EXECUTOR_LIMIT", default_value_t = 8)]
-        executor_limit: u32,
-        /// Seconds a run may take before it is reported as hung.
-        #[arg(long, env = "BATON_BENCH_TIMEOUT_SECS", default_value_t = 600)]
-        timeout_secs: u64,
-        /// RabbitMQ, without a vhost: the benchmark makes and deletes its own.
-        #[arg(
-            long,
-            env = "BATON_AMQP_URL",
-            default_value = "amqp://guest:guest@127.0.0.1:5672",
-            hide_env_values = true
-        )]
-        amqp_url: String,
-        /// RabbitMQ's management API, used to make the benchmark's vhost.
-        #[arg(
-            long,
-            env = "BATON_RABBITMQ_API",
-            default_value = "http://127.0.0.1:15672/api"
-        )]
-        rabbitmq_api: String,
-        /// User of the management API.
-        #[arg(long, env = "BATON_RABBITMQ_API_USER", default_value = "guest")]
-        rabbitmq_api_user: String,
-        /// Password of the management API.
-        #[arg(
-            long,
-            env = "BATON_RABBITMQ_API_PASSWORD",
-            default_value = "guest",
-            hide_env_values = true
-        )]
-        rabbitmq_api_password: String,
+        /// Runs, slots and RabbitMQ.
+        #[command(flatten)]
+        common: DagBenchArgs,
     },
+}
+
+/// Where a benchmark makes (and deletes) its own RabbitMQ vhost.
+#[derive(Debug, clap::Args)]
+pub struct BenchRabbitmq {
+    /// RabbitMQ, without a vhost: the benchmark makes and deletes its own.
+    #[arg(
+        long,
+        env = "BATON_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672",
+        hide_env_values = true
+    )]
+    pub amqp_url: String,
+    /// RabbitMQ's management API, used to make the benchmark's vhost.
+    #[arg(
+        long,
+        env = "BATON_RABBITMQ_API",
+        default_value = "http://127.0.0.1:15672/api"
+    )]
+    pub rabbitmq_api: String,
+    /// User of the management API.
+    #[arg(long, env = "BATON_RABBITMQ_API_USER", default_value = "guest")]
+    pub rabbitmq_api_user: String,
+    /// Password of the management API.
+    #[arg(
+        long,
+        env = "BATON_RABBITMQ_API_PASSWORD",
+        default_value = "guest",
+        hide_env_values = true
+    )]
+    pub rabbitmq_api_password: String,
+}
+
+impl BenchRabbitmq {
+    /// The broker settings of a benchmark sending `messages` per run over `runs` runs.
+    fn bench(self, messages: u32, runs: u32) -> bench::BrokerBench {
+        bench::BrokerBench {
+            amqp_url: self.amqp_url.trim_end_matches('/').to_owned(),
+            management_url: self.rabbitmq_api.trim_end_matches('/').to_owned(),
+            management_user: (self.rabbitmq_api_user, self.rabbitmq_api_password),
+            messages,
+            runs,
+        }
+    }
+}
+
+/// What `chain`, `fan-in` and `latency` share besides their size.
+#[derive(Debug, clap::Args)]
+pub struct DagBenchArgs {
+    /// Measured runs; medians are reported.
+    #[arg(long, env = "BATON_BENCH_RUNS", default_value_t = 3)]
+    pub runs: u32,
+    /// Tasks the worker runs at once.
+    #[arg(long, env = "BATON_BENCH_EXECUTOR_LIMIT", default_value_t = 8)]
+    pub executor_limit: u32,
+    /// Seconds a run may take before it is reported as hung.
+    #[arg(long, env = "BATON_BENCH_TIMEOUT_SECS", default_value_t = 600)]
+    pub timeout_secs: u64,
+    /// Where the benchmark makes its own vhost.
+    #[command(flatten)]
+    pub rabbitmq: BenchRabbitmq,
+}
+
+impl DagBenchArgs {
+    /// The options of a run of `tasks` tasks on `database_url`.
+    fn bench(self, tasks: u32, database_url: &str) -> bench_dag::DagBench {
+        bench_dag::DagBench {
+            database_url: database_url.to_owned(),
+            broker: self.rabbitmq.bench(tasks, self.runs),
+            tasks,
+            runs: self.runs,
+            executor_limit: self.executor_limit,
+            run_timeout: std::time::Duration::from_secs(self.timeout_secs),
+        }
+    }
 }
 
 /// The devices `baton bench throughput` measures.
@@ -1179,12 +1112,6 @@ async fn bench(
     format: OutputFormat,
     database_url: &str,
 ) -> anyhow::Result<()> {
-    // `chain` and `fan-in` differ from `latency` only in what they run; their flags are the same.
-    let dag_shape = match &scenario {
-        BenchScenario::Chain { .. } => Some(bench_dag::DagShape::Chain),
-        BenchScenario::FanIn { .. } => Some(bench_dag::DagShape::FanIn),
-        _ => None,
-    };
     match scenario {
         BenchScenario::LargePlan { tasks, width } => {
             let figures = bench_plan::large_plan(bench_plan::LargePlanBench {
@@ -1202,19 +1129,9 @@ async fn bench(
         BenchScenario::Broker {
             messages,
             runs,
-            amqp_url,
-            rabbitmq_api,
-            rabbitmq_api_user,
-            rabbitmq_api_password,
+            rabbitmq,
         } => {
-            let figures = bench::broker(bench::BrokerBench {
-                amqp_url: amqp_url.trim_end_matches('/').to_owned(),
-                management_url: rabbitmq_api.trim_end_matches('/').to_owned(),
-                management_user: (rabbitmq_api_user, rabbitmq_api_password),
-                messages,
-                runs,
-            })
-            .await?;
+            let figures = bench::broker(rabbitmq.bench(messages, runs)).await?;
             output::print_broker_bench(out, format, &figures)
         }
         BenchScenario::Throughput {
@@ -1225,20 +1142,11 @@ async fn bench(
             workers,
             plans,
             timeout_secs,
-            amqp_url,
-            rabbitmq_api,
-            rabbitmq_api_user,
-            rabbitmq_api_password,
+            rabbitmq,
         } => {
             let figures = bench_throughput::throughput(bench_throughput::ThroughputBench {
                 database_url: database_url.to_owned(),
-                broker: bench::BrokerBench {
-                    amqp_url: amqp_url.trim_end_matches('/').to_owned(),
-                    management_url: rabbitmq_api.trim_end_matches('/').to_owned(),
-                    management_user: (rabbitmq_api_user, rabbitmq_api_password),
-                    messages: tasks,
-                    runs,
-                },
+                broker: rabbitmq.bench(tasks, runs),
                 tasks,
                 devices: device,
                 runs,
@@ -1250,60 +1158,19 @@ async fn bench(
             .await?;
             bench_throughput::print_throughput_bench(out, format, &figures)
         }
-        BenchScenario::Chain {
-            tasks,
-            runs,
-            executor_limit,
-            timeout_secs,
-            amqp_url,
-            rabbitmq_api,
-            rabbitmq_api_user,
-            rabbitmq_api_password,
+        BenchScenario::Chain { tasks, common } => {
+            let options = common.bench(tasks, database_url);
+            let figures = bench_dag::dag(bench_dag::DagShape::Chain, options).await?;
+            bench_dag::print_dag_bench(out, format, &figures)
         }
-        | BenchScenario::FanIn {
-            tasks,
-            runs,
-            executor_limit,
-            timeout_secs,
-            amqp_url,
-            rabbitmq_api,
-            rabbitmq_api_user,
-            rabbitmq_api_password,
+        BenchScenario::FanIn { tasks, common } => {
+            let options = common.bench(tasks, database_url);
+            let figures = bench_dag::dag(bench_dag::DagShape::FanIn, options).await?;
+            bench_dag::print_dag_bench(out, format, &figures)
         }
-        | BenchScenario::Latency {
-            tasks,
-            runs,
-            executor_limit,
-            timeout_secs,
-            amqp_url,
-            rabbitmq_api,
-            rabbitmq_api_user,
-            rabbitmq_api_password,
-        } => {
-            let options = bench_dag::DagBench {
-                database_url: database_url.to_owned(),
-                broker: bench::BrokerBench {
-                    amqp_url: amqp_url.trim_end_matches('/').to_owned(),
-                    management_url: rabbitmq_api.trim_end_matches('/').to_owned(),
-                    management_user: (rabbitmq_api_user, rabbitmq_api_password),
-                    messages: tasks,
-                    runs,
-                },
-                tasks,
-                runs,
-                executor_limit,
-                run_timeout: std::time::Duration::from_secs(timeout_secs),
-            };
-            match dag_shape {
-                Some(shape) => {
-                    let figures = bench_dag::dag(shape, options).await?;
-                    bench_dag::print_dag_bench(out, format, &figures)
-                }
-                None => {
-                    let figures = bench_dag::latency(options).await?;
-                    bench_dag::print_latency_bench(out, format, &figures)
-                }
-            }
+        BenchScenario::Latency { tasks, common } => {
+            let figures = bench_dag::latency(common.bench(tasks, database_url)).await?;
+            bench_dag::print_latency_bench(out, format, &figures)
         }
     }
 }
