@@ -4,8 +4,11 @@
 //! `baton bench broker` publishes N persistent messages with pipelined publisher confirms and
 //! consumes them with acks, once through baton's broker layer (envelope, typed decoding, confirm
 //! checks) and once through plain lapin (the same bytes, the same queue arguments), alternating
-//! which goes first, in a RabbitMQ vhost of its own that is deleted afterwards. The baseline is
-//! the one place outside the `broker` crate that speaks AMQP, on purpose.
+//! which goes first, in a RabbitMQ vhost of its own that is deleted afterwards. The baseline
+//! (with `bench_ceiling`'s round trips) speaks AMQP outside the `broker` crate, on purpose.
+//!
+//! The plain-lapin side ([`run_lapin`]) is also the msgs/s figure of `baton bench ceiling`
+//! (`bench_ceiling`), and measured between the runs of `bench throughput`.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -27,6 +30,9 @@ use models::{FunctionKey, PlanKey, RequirementSet, TaskKey};
 
 /// Confirms kept in flight by both sides: enough to hide the round trip, as a real relay would.
 const WINDOW: usize = 1_000;
+
+/// The direct exchange plain-lapin baselines publish to.
+pub(crate) const BENCH_EXCHANGE: &str = "bench.raw";
 
 /// Options of `baton bench broker`.
 #[derive(Clone, Debug)]
@@ -101,7 +107,8 @@ impl BenchVhost {
             .basic_auth(user, Some(password))
             .send()
             .await
-            .context("deleting the benchmark vhost")?;
+            .and_then(reqwest::Response::error_for_status)
+            .with_context(|| format!("deleting the benchmark vhost {}", self.name))?;
         Ok(())
     }
 }
@@ -162,15 +169,22 @@ async fn run_baton(url: &str, count: u32) -> anyhow::Result<Duration> {
     Ok(elapsed)
 }
 
-/// The same work with plain lapin: same body bytes and properties, a quorum queue with the same
-/// arguments, pipelined confirms, acks one by one.
-pub(crate) async fn run_lapin(url: &str, count: u32) -> anyhow::Result<Duration> {
-    let publishing = Connection::connect(url, ConnectionProperties::default()).await?;
-    let consuming = Connection::connect(url, ConnectionProperties::default()).await?;
-    let channel = publishing.create_channel().await?;
+/// The bytes and properties baton would send for a task message, built once: plain-lapin
+/// baselines send them as they are and do no encoding.
+pub(crate) fn baseline_message() -> anyhow::Result<(Vec<u8>, BasicProperties)> {
+    Ok(broker::envelope::encode(&message(0), &Meta::default())?)
+}
+
+/// Declares the durable quorum queue `queue` (with the arguments of baton's task queues) and
+/// binds it to [`BENCH_EXCHANGE`] under `routing_key`, declaring the exchange first.
+pub(crate) async fn declare_bench_queue(
+    channel: &lapin::Channel,
+    queue: &str,
+    routing_key: &str,
+) -> anyhow::Result<()> {
     channel
         .exchange_declare(
-            "bench.raw".into(),
+            BENCH_EXCHANGE.into(),
             ExchangeKind::Direct,
             ExchangeDeclareOptions {
                 durable: true,
@@ -181,20 +195,30 @@ pub(crate) async fn run_lapin(url: &str, count: u32) -> anyhow::Result<Duration>
         .await?;
     channel
         .queue_declare(
-            "bench.raw".into(),
+            queue.into(),
             QueueDeclareOptions::durable(),
             topology::quorum_arguments(topology::DEFAULT_DELIVERY_LIMIT),
         )
         .await?;
     channel
         .queue_bind(
-            "bench.raw".into(),
-            "bench.raw".into(),
-            "any".into(),
+            queue.into(),
+            BENCH_EXCHANGE.into(),
+            routing_key.into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
         .await?;
+    Ok(())
+}
+
+/// The same work with plain lapin: same body bytes and properties, a quorum queue with the same
+/// arguments, pipelined confirms, acks one by one.
+pub(crate) async fn run_lapin(url: &str, count: u32) -> anyhow::Result<Duration> {
+    let publishing = Connection::connect(url, ConnectionProperties::default()).await?;
+    let consuming = Connection::connect(url, ConnectionProperties::default()).await?;
+    let channel = publishing.create_channel().await?;
+    declare_bench_queue(&channel, "bench.raw", "any").await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
@@ -211,9 +235,7 @@ pub(crate) async fn run_lapin(url: &str, count: u32) -> anyhow::Result<Duration>
             FieldTable::default(),
         )
         .await?;
-    // The bytes and properties baton would send, built once: the baseline does no encoding.
-    let (body, properties): (Vec<u8>, BasicProperties) =
-        broker::envelope::encode(&message(0), &Meta::default())?;
+    let (body, properties) = baseline_message()?;
 
     let started = Instant::now();
     let sending = tokio::spawn(async move {
@@ -222,7 +244,7 @@ pub(crate) async fn run_lapin(url: &str, count: u32) -> anyhow::Result<Duration>
             pending.push_back(
                 channel
                     .basic_publish(
-                        "bench.raw".into(),
+                        BENCH_EXCHANGE.into(),
                         "any".into(),
                         BasicPublishOptions {
                             mandatory: true,

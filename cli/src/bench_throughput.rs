@@ -1,6 +1,8 @@
 //! `baton bench throughput`: how many independent no-op tasks per second go through the whole
 //! path (submission over AMQP, storage, outbox relay, claim, run, report, DONE in PostgreSQL),
-//! with a plain-lapin confirmed publish + consume baseline measured in the same run.
+//! with the plain-lapin ceiling (`bench_ceiling`) measured in the same run: confirmed publish +
+//! consume msgs/s, and task → worker → status round trips/s with
+//! [`DEFAULT_IN_FLIGHT`] in flight.
 //!
 //! It brings up everything it needs on the local services and removes it afterwards: a RabbitMQ
 //! vhost and a PostgreSQL database of its own, a dispatcher and one worker (or more, with
@@ -42,6 +44,7 @@ use models::{
 };
 
 use crate::bench::{BenchVhost, BrokerBench, median, run_lapin};
+use crate::bench_ceiling::{DEFAULT_IN_FLIGHT, run_round_trips};
 use crate::output::Output;
 use crate::{OutputFormat, ThroughputDevices};
 
@@ -136,6 +139,13 @@ pub(crate) struct DeviceFigures {
     pub(crate) ceiling_msgs_per_sec: f64,
     /// `tasks_per_sec / ceiling_msgs_per_sec`.
     pub(crate) ratio: f64,
+    /// The ceiling's round trips/s per run ([`DEFAULT_IN_FLIGHT`] in flight, as many as
+    /// tasks), measured between this device's runs.
+    pub(crate) round_trip_runs: Vec<f64>,
+    /// Median of `round_trip_runs`.
+    pub(crate) ceiling_round_trips_per_sec: f64,
+    /// `tasks_per_sec / ceiling_round_trips_per_sec`: the figure issue 8's goal is set on.
+    pub(crate) round_trip_ratio: f64,
 }
 
 /// What `baton bench throughput` measured.
@@ -559,6 +569,20 @@ async fn lapin_with_retry(amqp_url: &str, count: u32) -> anyhow::Result<Duration
     }
 }
 
+/// Runs `count` plain-lapin round trips, once more if they fail, for the reason given at
+/// [`lapin_with_retry`].
+async fn round_trips_with_retry(amqp_url: &str, count: u32) -> anyhow::Result<Duration> {
+    match run_round_trips(amqp_url, count, DEFAULT_IN_FLIGHT).await {
+        Ok(elapsed) => Ok(elapsed),
+        Err(error) => {
+            tracing::warn!("the lapin round trips failed, running them again: {error:#}");
+            run_round_trips(amqp_url, count, DEFAULT_IN_FLIGHT)
+                .await
+                .context("running the lapin round trips")
+        }
+    }
+}
+
 /// Everything one benchmark needs once its vhost and database exist.
 struct Setup<'a> {
     options: &'a ThroughputBench,
@@ -654,6 +678,9 @@ impl Setup<'_> {
             lapin_with_retry(&self.amqp_url, self.options.tasks.min(2_000))
                 .await
                 .context("warming up")?;
+            round_trips_with_retry(&self.amqp_url, self.options.tasks.min(2_000))
+                .await
+                .context("warming up")?;
             for device in devices {
                 figures.push(
                     self.measure_device(device, function, &rpc, &mut conn, services)
@@ -705,16 +732,23 @@ impl Setup<'_> {
         let mut submit_secs = Vec::new();
         let mut attempt_ms = Vec::new();
         let mut ceiling_runs = Vec::new();
+        let mut round_trip_runs = Vec::new();
         let tasks = f64::from(options.tasks);
         for run in 0..options.runs {
             let plans = plans_of(options.tasks, self.plans, function, &organization);
+            // The ceiling's two figures, one after the other: msgs/s and round trips/s.
             let lapin = || async {
                 let elapsed = lapin_with_retry(&self.amqp_url, options.tasks).await?;
-                anyhow::Ok(tasks / elapsed.as_secs_f64())
+                let trips = round_trips_with_retry(&self.amqp_url, options.tasks).await?;
+                anyhow::Ok((tasks / elapsed.as_secs_f64(), tasks / trips.as_secs_f64()))
+            };
+            let mut push_ceiling = |(msgs, trips)| {
+                ceiling_runs.push(msgs);
+                round_trip_runs.push(trips);
             };
             // Alternate the order, so neither side always runs on a warmer machine.
             let times = if run.is_multiple_of(2) {
-                ceiling_runs.push(lapin().await?);
+                push_ceiling(lapin().await?);
                 run_plans(
                     &plans,
                     rpc,
@@ -735,7 +769,7 @@ impl Setup<'_> {
                 )
                 .await;
                 if times.is_ok() {
-                    ceiling_runs.push(lapin().await?);
+                    push_ceiling(lapin().await?);
                 }
                 times
             }
@@ -744,18 +778,20 @@ impl Setup<'_> {
             submit_secs.push(times.submitted.as_secs_f64());
             attempt_ms.push(times.attempt_ms);
             tracing::info!(
-                "{} device, run {}: {:.0} tasks/s (plans accepted after {:.2} s), lapin {:.0} msgs/s",
+                "{} device, run {}: {:.0} tasks/s (plans accepted after {:.2} s), lapin {:.0} msgs/s, {:.0} round trips/s",
                 device.name(),
                 run + 1,
                 tasks / times.total.as_secs_f64(),
                 times.submitted.as_secs_f64(),
                 ceiling_runs[ceiling_runs.len() - 1],
+                round_trip_runs[round_trip_runs.len() - 1],
             );
         }
         services.stop_workers().await?;
 
         let tasks_per_sec = median(run_secs.iter().map(|secs| tasks / secs).collect());
         let ceiling_msgs_per_sec = median(ceiling_runs.clone());
+        let ceiling_round_trips_per_sec = median(round_trip_runs.clone());
         Ok(DeviceFigures {
             device,
             run_secs,
@@ -766,6 +802,9 @@ impl Setup<'_> {
             ceiling_runs,
             ceiling_msgs_per_sec,
             ratio: tasks_per_sec / ceiling_msgs_per_sec,
+            round_trip_runs,
+            ceiling_round_trips_per_sec,
+            round_trip_ratio: tasks_per_sec / ceiling_round_trips_per_sec,
         })
     }
 }
@@ -934,6 +973,8 @@ pub(crate) fn print_throughput_bench(
                 "claim → DONE ms (median)".to_owned(),
                 "lapin msgs/s".to_owned(),
                 "ratio".to_owned(),
+                format!("lapin round trips/s ({DEFAULT_IN_FLIGHT} in flight)"),
+                "ratio to round trips".to_owned(),
                 "runs (tasks/s)".to_owned(),
                 "plans accepted after (s)".to_owned(),
             ]);
@@ -957,6 +998,8 @@ pub(crate) fn print_throughput_bench(
                 format!("{:.1}", device.attempt_ms),
                 format!("{:.0}", device.ceiling_msgs_per_sec),
                 format!("{:.3}", device.ratio),
+                format!("{:.0}", device.ceiling_round_trips_per_sec),
+                format!("{:.3}", device.round_trip_ratio),
                 rates,
                 submits,
             ]);
@@ -977,6 +1020,9 @@ pub(crate) fn print_throughput_bench(
             "attempt_ms": device.attempt_ms,
             "ceiling_msgs_per_sec": device.ceiling_msgs_per_sec,
             "ratio": device.ratio,
+            "ceiling_round_trips_per_sec": device.ceiling_round_trips_per_sec,
+            "ceiling_in_flight": DEFAULT_IN_FLIGHT,
+            "round_trip_ratio": device.round_trip_ratio,
             "run_secs": device.run_secs,
             "submit_secs": device.submit_secs,
         });

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 mod bench;
+mod bench_ceiling;
 mod bench_dag;
 mod bench_plan;
 mod bench_throughput;
@@ -682,8 +683,29 @@ pub enum BenchScenario {
         #[command(flatten)]
         rabbitmq: BenchRabbitmq,
     },
+    /// The physical limit every other figure is divided by, with plain lapin: persistent
+    /// confirmed publish + consume msgs/s, and task → worker → status round trips/s.
+    Ceiling {
+        /// Messages per run of the publish + consume figure.
+        #[arg(long, env = "BATON_BENCH_MESSAGES", default_value_t = 20_000)]
+        messages: u32,
+        /// Round trips per run: a task published, taken by the worker side, its status
+        /// published and confirmed, the task acked, the status taken and acked.
+        #[arg(long, env = "BATON_BENCH_ROUND_TRIPS", default_value_t = 20_000)]
+        round_trips: u32,
+        /// Round trips in flight at once (also the prefetch of both consumers).
+        #[arg(long, env = "BATON_BENCH_IN_FLIGHT", default_value_t = bench_ceiling::DEFAULT_IN_FLIGHT)]
+        in_flight: u32,
+        /// Runs of each figure; medians are reported.
+        #[arg(long, env = "BATON_BENCH_RUNS", default_value_t = 5)]
+        runs: u32,
+        /// Where the benchmark makes its own vhost.
+        #[command(flatten)]
+        rabbitmq: BenchRabbitmq,
+    },
     /// Independent no-op tasks per second through the whole path (submit, store, publish,
-    /// claim, run, report, DONE), with an in-process dispatcher and worker, against plain lapin.
+    /// claim, run, report, DONE), with an in-process dispatcher and worker, against plain
+    /// lapin's msgs/s and round trips/s (`ceiling`) measured in the same run.
     Throughput {
         /// Tasks per run.
         #[arg(long, env = "BATON_BENCH_TASKS", default_value_t = 2_000)]
@@ -1133,6 +1155,21 @@ async fn bench(
         } => {
             let figures = bench::broker(rabbitmq.bench(messages, runs)).await?;
             output::print_broker_bench(out, format, &figures)
+        }
+        BenchScenario::Ceiling {
+            messages,
+            round_trips,
+            in_flight,
+            runs,
+            rabbitmq,
+        } => {
+            let figures = bench_ceiling::ceiling(bench_ceiling::CeilingBench {
+                broker: rabbitmq.bench(messages, runs),
+                round_trips,
+                in_flight,
+            })
+            .await?;
+            bench_ceiling::print_ceiling_bench(out, format, &figures)
         }
         BenchScenario::Throughput {
             tasks,

@@ -1,14 +1,15 @@
 //! The `baton` command end to end: `migrate`, `demo` (with its in-process dispatcher and real
-//! workers, on the test's own database and RabbitMQ vhost) and `status`.
+//! workers, on the test's own database and RabbitMQ vhost), `status` and `bench ceiling`.
 
 use std::collections::HashMap;
 
 use clap::Parser;
+use tokio_util::sync::CancellationToken;
 
 use dispatcher::store::{execution, plans, stats, tasks};
 use models::{PlanStatus, TaskStatus};
 
-use crate::support::broker::TestBroker;
+use crate::support::broker::{TestBroker, amqp_base, api_base, delete_blocking};
 use crate::support::db::TestDb;
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -256,4 +257,126 @@ fn migrate_makes_the_first_administrator_once_with_a_private_token_file() {
             .unwrap()
     });
     assert_eq!(credentials.len(), 1);
+}
+
+/// A RabbitMQ administrator of one test, deleted on drop: benchmarks make their own vhost
+/// through the management API and give its user every permission there, so the vhosts this
+/// user may still use afterwards are the ones a benchmark left behind.
+struct BenchAdmin {
+    name: String,
+    password: String,
+}
+
+impl BenchAdmin {
+    async fn new() -> BenchAdmin {
+        let admin = BenchAdmin {
+            name: format!("baton-test-bench-{}", uuid::Uuid::new_v4().simple()),
+            password: uuid::Uuid::new_v4().simple().to_string(),
+        };
+        let response = reqwest::Client::new()
+            .put(format!("{}/users/{}", api_base(), admin.name))
+            .basic_auth("guest", Some("guest"))
+            .json(&serde_json::json!({"password": admin.password, "tags": "administrator"}))
+            .send()
+            .await
+            .expect("the RabbitMQ management API answers (.ci/services enables it)");
+        assert!(response.status().is_success(), "{}", response.status());
+        admin
+    }
+
+    /// RabbitMQ as this user, without a vhost.
+    fn amqp_url(&self) -> String {
+        let base = amqp_base();
+        let host = base
+            .rsplit_once('@')
+            .map_or_else(|| base.trim_start_matches("amqp://"), |(_, host)| host);
+        format!("amqp://{}:{}@{host}", self.name, self.password)
+    }
+
+    /// The vhosts this user has permissions on.
+    async fn vhosts(&self) -> Vec<String> {
+        let permissions: Vec<serde_json::Value> = reqwest::Client::new()
+            .get(format!("{}/users/{}/permissions", api_base(), self.name))
+            .basic_auth("guest", Some("guest"))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .expect("the management API lists the user's permissions")
+            .json()
+            .await
+            .expect("a JSON list of permissions");
+        permissions
+            .iter()
+            .filter_map(|permission| permission["vhost"].as_str().map(str::to_owned))
+            .collect()
+    }
+}
+
+impl Drop for BenchAdmin {
+    fn drop(&mut self) {
+        if !delete_blocking(format!("/users/{}", self.name)) {
+            eprintln!("warning: could not delete RabbitMQ user {}", self.name);
+        }
+    }
+}
+
+#[test]
+fn bench_ceiling_reports_both_figures_and_deletes_its_vhost() {
+    show_logs();
+    let runtime = runtime();
+    let admin = runtime.block_on(BenchAdmin::new());
+    let out = cli::Output::buffer();
+    let amqp_url = admin.amqp_url();
+    let api = api_base();
+    let cli = cli::Cli::parse_from([
+        "baton",
+        "--output",
+        "json",
+        "bench",
+        "ceiling",
+        "--messages",
+        "200",
+        "--round-trips",
+        "200",
+        "--in-flight",
+        "16",
+        "--runs",
+        "1",
+        "--amqp-url",
+        &amqp_url,
+        "--rabbitmq-api",
+        &api,
+        "--rabbitmq-api-user",
+        &admin.name,
+        "--rabbitmq-api-password",
+        &admin.password,
+    ]);
+    cli::run_with(cli, &out, &CancellationToken::new()).unwrap();
+
+    let printed = out.captured();
+    let figures: HashMap<String, serde_json::Value> = printed
+        .lines()
+        .map(|line| {
+            let line: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(line["scenario"], "ceiling", "{line}");
+            (line["figure"].as_str().unwrap().to_owned(), line)
+        })
+        .collect();
+    assert_eq!(figures.len(), 2, "{printed}");
+    for figure in ["msgs_per_s", "round_trips_per_s"] {
+        let line = &figures[figure];
+        assert!(
+            line["value"].as_f64().is_some_and(|value| value > 0.0),
+            "{line}"
+        );
+        let runs = line["run_values"].as_array().unwrap();
+        assert_eq!(runs.len(), 1, "{line}");
+        assert!(runs[0].as_f64().is_some_and(|value| value > 0.0), "{line}");
+    }
+    assert_eq!(figures["msgs_per_s"]["messages"], 200);
+    assert_eq!(figures["round_trips_per_s"]["round_trips"], 200);
+    assert_eq!(figures["round_trips_per_s"]["in_flight"], 16);
+
+    let left = runtime.block_on(admin.vhosts());
+    assert!(left.is_empty(), "the benchmark left its vhost: {left:?}");
 }

@@ -151,7 +151,7 @@ impl TestBroker {
 
 /// Deletes `path` through the management API from a thread of its own, so that it works from
 /// `Drop` inside a runtime; answers whether it was deleted.
-fn delete_blocking(path: String) -> bool {
+pub(crate) fn delete_blocking(path: String) -> bool {
     let deleted = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
