@@ -645,6 +645,7 @@ async fn consume_loop(shared: Arc<Shared>, requirements: RequirementSet) {
             takes.spawn(take_work(shared.clone(), delivery, slot, opened.clone()));
             continue;
         }
+        gather_slots(&shared).await;
         let prefetch = 1 + shared.free_slots();
         let started = match &mut consumer {
             Some(consumer) => consumer.resume(prefetch_count(prefetch)).await,
@@ -691,6 +692,35 @@ async fn consume_loop(shared: Arc<Shared>, requirements: RequirementSet) {
     // Kept deliveries go back to the queue, for other workers.
     if let Some(consumer) = consumer {
         consumer.close().await;
+    }
+}
+
+/// How long a nearly full worker waits for more slots to free before starting a round.
+const ROUND_GATHER: Duration = Duration::from_millis(5);
+
+/// The share of its slots a busy worker gathers, within [`ROUND_GATHER`], before a round: one
+/// slot of eight.
+const ROUND_SHARE: usize = 8;
+
+/// Waits, at most [`ROUND_GATHER`], until one slot in [`ROUND_SHARE`] is free (counting the one
+/// the caller holds). Every round costs RabbitMQ a consumer's start and cancelation (entries in
+/// a quorum queue's log), so a worker with many slots, freed one at a time as its attempts
+/// end, takes its work in rounds of several deliveries rather than one round per attempt. A
+/// worker with at most [`ROUND_SHARE`] slots, and so every idle one, does not wait.
+async fn gather_slots(shared: &Shared) {
+    let wanted = (shared.config.executor_limit as usize / ROUND_SHARE).max(1);
+    let deadline = tokio::time::Instant::now() + ROUND_GATHER;
+    loop {
+        // Registered before the check, so a slot freed in between is not missed.
+        let freed = shared.slot_freed.notified();
+        if 1 + shared.free_slots() >= wanted {
+            return;
+        }
+        tokio::select! {
+            () = freed => {}
+            () = tokio::time::sleep_until(deadline) => return,
+            () = shared.taking.cancelled() => return,
+        }
     }
 }
 

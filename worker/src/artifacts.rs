@@ -7,15 +7,16 @@
 //! content is written to a partial file next to it, synced, then renamed into place.
 //! This module does not choose addresses nor record models: the executor does.
 
-use std::io;
+use std::io::{self, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use futures::future::BoxFuture;
 use models::File;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tracing::debug;
 
 #[cfg(feature = "s3")]
@@ -182,17 +183,23 @@ impl LocalStore {
         &self.root
     }
 
-    async fn put_file(&self, address: &str, source: &Path) -> Result<File, ArtifactError> {
+    /// Stores the file at `source` under `address`; runs on a blocking thread.
+    fn put_file(
+        &self,
+        address: &str,
+        source: &Path,
+        abandoned: &Abandoned,
+    ) -> Result<File, ArtifactError> {
         check_address(address)?;
-        let dest = self.resolve(address, MissingDirectories::Create).await?;
-        let mut input = tokio::fs::File::open(source)
-            .await
-            .map_err(ArtifactError::io("open", source))?;
-        let mut partial = PartialFile::create_next_to(&dest).await?;
-        partial.copy_from(&mut input, source).await?;
-        let checksum = partial.sync().await?;
+        let dest = self.resolve(address, MissingDirectories::Create)?;
+        let mut input = std::fs::File::open(source).map_err(ArtifactError::io("open", source))?;
+        abandoned.check(&dest)?;
+        let mut partial = PartialFile::create_next_to(&dest)?;
+        partial.copy_from(&mut input, source, abandoned)?;
+        let checksum = partial.sync(Durability::Durable)?;
         let size_bytes = partial.size;
-        partial.persist(&dest).await?;
+        abandoned.check(&dest)?;
+        partial.persist(&dest, Durability::Durable)?;
         debug!(size_bytes, "stored artifact {address} locally");
         Ok(File {
             checksum,
@@ -200,11 +207,17 @@ impl LocalStore {
         })
     }
 
-    async fn fetch_file(&self, file: &File, dest: &Path) -> Result<(), ArtifactError> {
+    /// Fetches `file` to `dest`, verifying its sha256; runs on a blocking thread.
+    fn fetch_file(
+        &self,
+        file: &File,
+        dest: &Path,
+        abandoned: &Abandoned,
+    ) -> Result<(), ArtifactError> {
         let address = file.storage_address.as_str();
         check_address(address)?;
-        let source = self.resolve(address, MissingDirectories::Refuse).await?;
-        let before = match tokio::fs::symlink_metadata(&source).await {
+        let source = self.resolve(address, MissingDirectories::Refuse)?;
+        let before = match std::fs::symlink_metadata(&source) {
             Ok(metadata) => metadata,
             Err(error) if error.kind() == io::ErrorKind::NotFound => {
                 return Err(ArtifactError::NotFound {
@@ -222,14 +235,11 @@ impl LocalStore {
                 "it names something other than a file",
             ));
         }
-        let mut input = tokio::fs::File::open(&source)
-            .await
-            .map_err(ArtifactError::io("open", &source))?;
+        let mut input = std::fs::File::open(&source).map_err(ArtifactError::io("open", &source))?;
         // Without O_NOFOLLOW (no libc here), the file opened is checked to be the one
         // inspected, so a link swapped in between is never followed.
         let opened = input
             .metadata()
-            .await
             .map_err(ArtifactError::io("inspect", &source))?;
         if (opened.dev(), opened.ino()) != (before.dev(), before.ino()) {
             return Err(ArtifactError::invalid(
@@ -237,17 +247,16 @@ impl LocalStore {
                 "it changed while being opened",
             ));
         }
-        let mut partial = PartialFile::create_next_to(dest).await?;
-        partial.copy_from(&mut input, &source).await?;
-        partial
-            .verify_and_persist(address, &file.checksum, dest)
-            .await
+        abandoned.check(dest)?;
+        let mut partial = PartialFile::create_next_to(dest)?;
+        partial.copy_from(&mut input, &source, abandoned)?;
+        partial.verify_and_persist(address, &file.checksum, dest, abandoned)
     }
 
     /// The path of `address` under the root, its directories walked one at a time so that no
     /// symbolic link leads outside the root (and, when creating them, nothing is created
     /// outside it either).
-    async fn resolve(
+    fn resolve(
         &self,
         address: &str,
         missing: MissingDirectories,
@@ -259,12 +268,10 @@ impl LocalStore {
         let mut dir = self.root.clone();
         for component in directories.into_iter().flat_map(|path| path.split('/')) {
             dir.push(component);
-            self.enter(address, &dir, missing).await?;
+            self.enter(address, &dir, missing)?;
         }
         // What the OS resolves, checked once more as a whole.
-        let parent = tokio::fs::canonicalize(&dir)
-            .await
-            .map_err(ArtifactError::io("resolve", &dir))?;
+        let parent = std::fs::canonicalize(&dir).map_err(ArtifactError::io("resolve", &dir))?;
         if !parent.starts_with(&self.root) {
             return Err(escapes(address));
         }
@@ -272,14 +279,14 @@ impl LocalStore {
     }
 
     /// Checks that `dir` is a directory inside the root, creating it if missing and allowed.
-    async fn enter(
+    fn enter(
         &self,
         address: &str,
         dir: &Path,
         missing: MissingDirectories,
     ) -> Result<(), ArtifactError> {
         loop {
-            let metadata = match tokio::fs::symlink_metadata(dir).await {
+            let metadata = match std::fs::symlink_metadata(dir) {
                 Ok(metadata) => metadata,
                 Err(error) if error.kind() == io::ErrorKind::NotFound => {
                     if missing == MissingDirectories::Refuse {
@@ -287,7 +294,7 @@ impl LocalStore {
                             address: address.to_owned(),
                         });
                     }
-                    match tokio::fs::create_dir(dir).await {
+                    match std::fs::create_dir(dir) {
                         // Created by someone else meanwhile: inspected again.
                         Err(error) if error.kind() == io::ErrorKind::AlreadyExists => continue,
                         created => {
@@ -307,7 +314,7 @@ impl LocalStore {
                     "one of its directories is a file",
                 ));
             }
-            let target = match tokio::fs::canonicalize(dir).await {
+            let target = match std::fs::canonicalize(dir) {
                 Ok(target) => target,
                 Err(error) if error.kind() == io::ErrorKind::NotFound => {
                     return Err(ArtifactError::invalid(
@@ -320,8 +327,7 @@ impl LocalStore {
             if !target.starts_with(&self.root) {
                 return Err(escapes(address));
             }
-            let is_dir = tokio::fs::metadata(&target)
-                .await
+            let is_dir = std::fs::metadata(&target)
                 .map_err(ArtifactError::io("inspect", &target))?
                 .is_dir();
             if !is_dir {
@@ -335,13 +341,20 @@ impl LocalStore {
     }
 }
 
+/// Each method is one blocking task doing the whole job with `std::fs`: one thread hop per
+/// artifact, where `tokio::fs` takes one per call (a dozen or more even for a 1-byte file).
 impl ArtifactStore for LocalStore {
     fn put<'a>(
         &'a self,
         address: &'a str,
         source: &'a Path,
     ) -> BoxFuture<'a, Result<File, ArtifactError>> {
-        Box::pin(self.put_file(address, source))
+        let store = self.clone();
+        let address = address.to_owned();
+        let source = source.to_owned();
+        Box::pin(run_blocking(source.clone(), move |abandoned| {
+            store.put_file(&address, &source, abandoned)
+        }))
     }
 
     fn fetch<'a>(
@@ -349,7 +362,12 @@ impl ArtifactStore for LocalStore {
         file: &'a File,
         dest: &'a Path,
     ) -> BoxFuture<'a, Result<(), ArtifactError>> {
-        Box::pin(self.fetch_file(file, dest))
+        let store = self.clone();
+        let file = file.clone();
+        let dest = dest.to_owned();
+        Box::pin(run_blocking(dest.clone(), move |abandoned| {
+            store.fetch_file(&file, &dest, abandoned)
+        }))
     }
 
     fn describe(&self) -> String {
@@ -373,12 +391,60 @@ fn escapes(address: &str) -> ArtifactError {
     )
 }
 
+/// Set once nobody waits for a blocking store operation any more (its future was dropped: the
+/// task was stopped, or another input failed), so that the operation stops at its next check
+/// instead of copying the rest of a file into a workspace that may be removed meanwhile.
+///
+/// A dropped `tokio::fs` chain stopped at its next call; this keeps that.
+#[derive(Clone, Debug, Default)]
+struct Abandoned(Arc<AtomicBool>);
+
+impl Abandoned {
+    /// An error if the operation was abandoned; its text is never seen, since nobody waits.
+    fn check(&self, path: &Path) -> Result<(), ArtifactError> {
+        if self.0.load(Ordering::Relaxed) {
+            return Err(ArtifactError::io("finish writing", path)(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "the operation was abandoned",
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Marks its [`Abandoned`] when dropped: with the future that waits for the operation, whether
+/// the operation is over (then the mark is harmless) or not.
+struct AbandonOnDrop(Abandoned);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        self.0.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Runs `work` on a blocking thread and waits for it; `path` names the file in the error if the
+/// thread could not finish it (it panicked, or the runtime is shutting down).
+async fn run_blocking<T: Send + 'static>(
+    path: PathBuf,
+    work: impl FnOnce(&Abandoned) -> Result<T, ArtifactError> + Send + 'static,
+) -> Result<T, ArtifactError> {
+    let abandoned = Abandoned::default();
+    let _abandon_on_drop = AbandonOnDrop(abandoned.clone());
+    // The caller's span (its task's key), for what the operation logs.
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(|| work(&abandoned)))
+        .await
+        .map_err(|error| ArtifactError::io("copy", &path)(io::Error::other(error)))?
+}
+
 /// A file being written next to its final place under a name of its own, hashed as it is
-/// written; it is removed when dropped unless it was persisted, so neither an error nor a
-/// cancelled future leaves it behind.
+/// written; it is removed when dropped unless it was persisted, so neither an error nor an
+/// abandoned operation leaves it behind.
+///
+/// Its methods block: they run on a blocking thread.
 struct PartialFile {
     path: PathBuf,
-    file: tokio::fs::File,
+    file: std::fs::File,
     hasher: Sha256,
     size: u64,
     persisted: bool,
@@ -387,24 +453,21 @@ struct PartialFile {
 impl PartialFile {
     /// Creates a partial file in the directory of `dest` (creating the directory if needed),
     /// so the final rename stays on one file system.
-    async fn create_next_to(dest: &Path) -> Result<PartialFile, ArtifactError> {
+    fn create_next_to(dest: &Path) -> Result<PartialFile, ArtifactError> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         let dir = match dest.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => parent,
             _ => Path::new("."),
         };
-        tokio::fs::create_dir_all(dir)
-            .await
-            .map_err(ArtifactError::io("create the directory", dir))?;
+        std::fs::create_dir_all(dir).map_err(ArtifactError::io("create the directory", dir))?;
         let mut tries = 0;
         loop {
             let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
             let path = dir.join(format!(".baton-partial-{}-{id}", std::process::id()));
-            let created = tokio::fs::OpenOptions::new()
+            let created = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
-                .open(&path)
-                .await;
+                .open(&path);
             match created {
                 Ok(file) => {
                     return Ok(PartialFile {
@@ -426,56 +489,61 @@ impl PartialFile {
         }
     }
 
-    async fn write(&mut self, chunk: &[u8]) -> Result<(), ArtifactError> {
+    fn write(&mut self, chunk: &[u8]) -> Result<(), ArtifactError> {
         self.hasher.update(chunk);
         self.size += chunk.len() as u64;
         self.file
             .write_all(chunk)
-            .await
             .map_err(ArtifactError::io("write", &self.path))
     }
 
-    /// Copies everything `input` (the file at `source`) holds.
-    async fn copy_from(
+    /// Copies everything `input` (the file at `source`) holds, unless abandoned meanwhile.
+    fn copy_from(
         &mut self,
-        input: &mut (impl AsyncRead + Unpin),
+        input: &mut impl Read,
         source: &Path,
+        abandoned: &Abandoned,
     ) -> Result<(), ArtifactError> {
         let mut buffer = vec![0; COPY_BUFFER_BYTES];
         loop {
-            let n_read = input
-                .read(&mut buffer)
-                .await
-                .map_err(ArtifactError::io("read", source))?;
+            abandoned.check(&self.path)?;
+            let n_read = match input.read(&mut buffer) {
+                Ok(n_read) => n_read,
+                // What `tokio::io::AsyncRead` retries by itself.
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(ArtifactError::io("read", source)(error)),
+            };
             if n_read == 0 {
                 return Ok(());
             }
-            self.write(&buffer[..n_read]).await?;
+            self.write(&buffer[..n_read])?;
         }
     }
 
-    /// Flushes the content to disk and returns its sha256.
-    async fn sync(&mut self) -> Result<String, ArtifactError> {
+    /// Flushes the content (to disk if `durability` asks) and returns its sha256.
+    fn sync(&mut self, durability: Durability) -> Result<String, ArtifactError> {
         self.file
             .flush()
-            .await
             .map_err(ArtifactError::io("write", &self.path))?;
-        self.file
-            .sync_all()
-            .await
-            .map_err(ArtifactError::io("sync", &self.path))?;
+        if durability == Durability::Durable {
+            self.file
+                .sync_all()
+                .map_err(ArtifactError::io("sync", &self.path))?;
+        }
         Ok(hex::encode(self.hasher.clone().finalize()))
     }
 
-    /// Syncs the content and renames it to `dest` if its sha256 is `expected`; otherwise the
-    /// partial file is removed and nothing is left at `dest`.
-    async fn verify_and_persist(
+    /// Renames the content to `dest` if its sha256 is `expected` (and the operation was not
+    /// abandoned); otherwise the partial file is removed and nothing is left at `dest`. For a
+    /// fetch into an attempt's workspace, which a crash throws away: nothing is synced to disk.
+    fn verify_and_persist(
         mut self,
         address: &str,
         expected: &str,
         dest: &Path,
+        abandoned: &Abandoned,
     ) -> Result<(), ArtifactError> {
-        let actual = self.sync().await?;
+        let actual = self.sync(Durability::Volatile)?;
         if !actual.eq_ignore_ascii_case(expected) {
             return Err(ArtifactError::ChecksumMismatch {
                 address: address.to_owned(),
@@ -484,7 +552,8 @@ impl PartialFile {
             });
         }
         let size_bytes = self.size;
-        self.persist(dest).await?;
+        abandoned.check(dest)?;
+        self.persist(dest, Durability::Volatile)?;
         debug!(
             size_bytes,
             "fetched artifact {address} to {}",
@@ -493,24 +562,31 @@ impl PartialFile {
         Ok(())
     }
 
-    /// Renames the (synced) file to `dest`, then syncs the directory so the rename survives a
-    /// crash.
-    async fn persist(mut self, dest: &Path) -> Result<(), ArtifactError> {
-        tokio::fs::rename(&self.path, dest)
-            .await
-            .map_err(ArtifactError::io("rename into place", dest))?;
+    /// Renames the (synced) file to `dest`, then, if `durability` asks, syncs the directory so
+    /// the rename survives a crash.
+    fn persist(mut self, dest: &Path, durability: Durability) -> Result<(), ArtifactError> {
+        std::fs::rename(&self.path, dest).map_err(ArtifactError::io("rename into place", dest))?;
         self.persisted = true;
+        if durability == Durability::Volatile {
+            return Ok(());
+        }
         if let Some(dir) = dest.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-            let dir_handle = tokio::fs::File::open(dir)
-                .await
-                .map_err(ArtifactError::io("open", dir))?;
+            let dir_handle = std::fs::File::open(dir).map_err(ArtifactError::io("open", dir))?;
             dir_handle
                 .sync_all()
-                .await
                 .map_err(ArtifactError::io("sync", dir))?;
         }
         Ok(())
     }
+}
+
+/// Whether a written file must survive a crash once written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Durability {
+    /// Stored artifacts: synced to disk, file and directory, before they are reported.
+    Durable,
+    /// Copies fetched into a workspace: a crash discards the workspace anyway.
+    Volatile,
 }
 
 impl Drop for PartialFile {
@@ -519,6 +595,72 @@ impl Drop for PartialFile {
             // Best effort, and quick: a leftover is only a hidden file with a recognisable name.
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+/// A [`PartialFile`] written from async code (a download's chunks), each operation one
+/// blocking task, as `tokio::fs::File` does.
+///
+/// The partial file is removed if this is dropped, or if the future of an operation is dropped
+/// (the blocking task then drops it when it ends), unless it was persisted.
+#[cfg(feature = "s3")]
+struct AsyncPartialFile {
+    /// The partial file's path, for errors.
+    path: PathBuf,
+    /// `None` only while an operation runs, or after one was abandoned.
+    partial: Option<PartialFile>,
+}
+
+#[cfg(feature = "s3")]
+impl AsyncPartialFile {
+    /// [`PartialFile::create_next_to`].
+    async fn create_next_to(dest: &Path) -> Result<AsyncPartialFile, ArtifactError> {
+        let dest = dest.to_owned();
+        let partial =
+            run_blocking(dest.clone(), move |_| PartialFile::create_next_to(&dest)).await?;
+        Ok(AsyncPartialFile {
+            path: partial.path.clone(),
+            partial: Some(partial),
+        })
+    }
+
+    /// Takes the partial file out for an operation.
+    fn take(&mut self) -> Result<PartialFile, ArtifactError> {
+        self.partial.take().ok_or_else(|| {
+            ArtifactError::io("write", &self.path)(io::Error::other(
+                "an earlier write was abandoned",
+            ))
+        })
+    }
+
+    /// [`PartialFile::write`].
+    async fn write(&mut self, chunk: &[u8]) -> Result<(), ArtifactError> {
+        let mut partial = self.take()?;
+        let chunk = chunk.to_vec();
+        let (partial, written) = run_blocking(self.path.clone(), move |_| {
+            let written = partial.write(&chunk);
+            Ok((partial, written))
+        })
+        .await?;
+        self.partial = Some(partial);
+        written
+    }
+
+    /// [`PartialFile::verify_and_persist`].
+    async fn verify_and_persist(
+        mut self,
+        address: &str,
+        expected: &str,
+        dest: &Path,
+    ) -> Result<(), ArtifactError> {
+        let partial = self.take()?;
+        let address = address.to_owned();
+        let expected = expected.to_owned();
+        let dest = dest.to_owned();
+        run_blocking(self.path.clone(), move |abandoned| {
+            partial.verify_and_persist(&address, &expected, &dest, abandoned)
+        })
+        .await
     }
 }
 
@@ -539,7 +681,7 @@ mod object {
     use tokio::io::AsyncReadExt;
     use tracing::debug;
 
-    use super::{ArtifactError, ArtifactStore, COPY_BUFFER_BYTES, PartialFile, check_address};
+    use super::{ArtifactError, ArtifactStore, AsyncPartialFile, COPY_BUFFER_BYTES, check_address};
 
     /// The size of each part of a multipart upload, and the size up to which a file is
     /// uploaded in one request instead: above S3's 5 MiB minimum part size, and small enough
@@ -686,7 +828,7 @@ mod object {
                 Err(error) => return Err(backend(downloading())(error)),
             };
             let mut chunks = result.into_stream();
-            let mut partial = PartialFile::create_next_to(dest).await?;
+            let mut partial = AsyncPartialFile::create_next_to(dest).await?;
             while let Some(chunk) = chunks.next().await {
                 let chunk = chunk.map_err(backend(downloading()))?;
                 partial.write(&chunk).await?;

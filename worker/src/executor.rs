@@ -3,9 +3,11 @@
 //! streamed, outputs collected and uploaded, the workspace cleaned, and the report built.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use tokio::sync::mpsc::{self, UnboundedReceiver};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -13,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 use broker::topology::{EVENTS_EXCHANGE, task_event_key};
 use broker::{Meta, Publisher};
 use models::wire::{
-    Assignment, Grant, InputValue, LogBatch, LogRecord, MeasurementBatch, ReportedOutcome,
-    ReportedOutput, Sample,
+    AssignedInput, Assignment, Grant, InputValue, LogBatch, LogRecord, MeasurementBatch,
+    ReportedOutcome, ReportedOutput, Sample,
 };
 use models::{OutputKind, StepState, TaskErrorType};
 
@@ -29,6 +31,13 @@ use crate::workspace::Workspace;
 const BATCH: usize = 500;
 /// How long a batch waits for more lines once it has one.
 const LINGER: Duration = Duration::from_millis(100);
+/// How many inputs of one attempt are fetched at once: a task joining many parents (a fan-in)
+/// would otherwise wait for each fetch's thread hop or round trip in turn; a bound keeps one
+/// attempt from filling the blocking pool or the object store's connections.
+const CONCURRENT_FETCHES: usize = 16;
+
+#[cfg(test)]
+mod tests;
 
 /// What an attempt needs from its worker.
 pub(crate) struct Attempt<'a> {
@@ -194,7 +203,7 @@ async fn in_workspace(
     // Fetching inputs stops as soon as a stop is ordered.
     let mut stop = attempt.stop.clone();
     let fetched = async {
-        let inputs = fetch_inputs(attempt, workspace).await?;
+        let inputs = fetch_inputs(&assignment.inputs, attempt.artifacts, workspace).await?;
         let mut env = workspace.env();
         if let Some(image) = &assignment.image {
             let path = workspace.root().join("image");
@@ -302,7 +311,6 @@ async fn in_workspace(
     }
 }
 
-/// Fetches every input into the workspace; returns each identifier's path for placeholders.
 /// What a stop order means for the report.
 fn stop_outcome(assignment: &Assignment, order: Stop) -> ReportedOutcome {
     match order {
@@ -334,66 +342,94 @@ fn stopped_before_start(assignment: &Assignment, order: Stop) -> Ended {
     }
 }
 
+/// Fetches every input into the workspace, [`CONCURRENT_FETCHES`] at a time; returns each
+/// identifier's path for placeholders.
+///
+/// The error is that of the first input that fails, in the task's order, as if they were
+/// fetched one after the other; the fetches still running then are dropped.
 async fn fetch_inputs(
-    attempt: &Attempt<'_>,
+    inputs: &[AssignedInput],
+    artifacts: &dyn ArtifactStore,
     workspace: &Workspace,
 ) -> Result<BTreeMap<String, String>, String> {
-    let mut paths = BTreeMap::new();
+    // Each value of a multiple input goes to the next index of its identifier.
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-    for input in &attempt.assignment.inputs {
-        let index = counts.entry(input.identifier.as_str()).or_default();
-        let path = workspace
-            .input_path(&input.identifier, input.multiple, *index)
-            .await
-            .map_err(|error| error.to_string())?;
-        *index += 1;
-        match &input.value {
-            InputValue::Model { model_key, file } => attempt
-                .artifacts
-                .fetch(file, &path)
-                .await
-                .map_err(|error| {
-                    format!("input `{}` (model {model_key}): {error}", input.identifier)
-                })?,
-            InputValue::DataManager {
-                dataset_key,
-                opener,
-            } => attempt
-                .artifacts
-                .fetch(opener, &path)
-                .await
-                .map_err(|error| {
-                    format!(
-                        "input `{}` (opener of {dataset_key}): {error}",
-                        input.identifier
-                    )
-                })?,
-            InputValue::DataSample {
-                data_sample_key,
-                path: sample,
-            } => {
-                let Some(sample) = sample else {
-                    return Err(format!(
-                        "input `{}`: data sample {data_sample_key} has no path",
-                        input.identifier
-                    ));
-                };
-                tokio::fs::symlink(sample, &path).await.map_err(|error| {
-                    format!(
-                        "input `{}`: linking data sample {data_sample_key} at {sample}: {error}",
-                        input.identifier
-                    )
-                })?;
-            }
-        }
-        let shown = if input.multiple {
-            workspace.inputs_dir().join(&input.identifier)
-        } else {
-            path
-        };
-        paths.insert(input.identifier.clone(), shown.display().to_string());
+    let indexed: Vec<(&AssignedInput, usize)> = inputs
+        .iter()
+        .map(|input| {
+            let count = counts.entry(input.identifier.as_str()).or_default();
+            let index = *count;
+            *count += 1;
+            (input, index)
+        })
+        .collect();
+    // Made before they are streamed: with the `map` on the stream instead, rustc fails to prove
+    // the attempt's future `Send` ("implementation of `Send` is not general enough").
+    let fetches: Vec<_> = indexed
+        .into_iter()
+        .map(|(input, index)| fetch_input(input, index, artifacts, workspace))
+        .collect();
+    // `buffered` yields the results in the inputs' order, whichever fetch ends first.
+    let mut fetched = futures::stream::iter(fetches).buffered(CONCURRENT_FETCHES);
+    let mut paths = BTreeMap::new();
+    while let Some(result) = fetched.next().await {
+        let (identifier, shown) = result?;
+        paths.insert(identifier.to_owned(), shown.display().to_string());
     }
     Ok(paths)
+}
+
+/// Fetches value number `index` of `input` into the workspace; returns its identifier and the
+/// path placeholders show for it (a multiple input's directory).
+async fn fetch_input<'a>(
+    input: &'a AssignedInput,
+    index: usize,
+    artifacts: &dyn ArtifactStore,
+    workspace: &Workspace,
+) -> Result<(&'a str, PathBuf), String> {
+    let path = workspace
+        .input_path(&input.identifier, input.multiple, index)
+        .await
+        .map_err(|error| error.to_string())?;
+    match &input.value {
+        InputValue::Model { model_key, file } => {
+            artifacts.fetch(file, &path).await.map_err(|error| {
+                format!("input `{}` (model {model_key}): {error}", input.identifier)
+            })?
+        }
+        InputValue::DataManager {
+            dataset_key,
+            opener,
+        } => artifacts.fetch(opener, &path).await.map_err(|error| {
+            format!(
+                "input `{}` (opener of {dataset_key}): {error}",
+                input.identifier
+            )
+        })?,
+        InputValue::DataSample {
+            data_sample_key,
+            path: sample,
+        } => {
+            let Some(sample) = sample else {
+                return Err(format!(
+                    "input `{}`: data sample {data_sample_key} has no path",
+                    input.identifier
+                ));
+            };
+            tokio::fs::symlink(sample, &path).await.map_err(|error| {
+                format!(
+                    "input `{}`: linking data sample {data_sample_key} at {sample}: {error}",
+                    input.identifier
+                )
+            })?;
+        }
+    }
+    let shown = if input.multiple {
+        workspace.inputs_dir().join(&input.identifier)
+    } else {
+        path
+    };
+    Ok((&input.identifier, shown))
 }
 
 /// Reads every declared output from the workspace: models are uploaded, performances parsed.
@@ -478,16 +514,18 @@ async fn collect_outputs(
 }
 
 /// A performance file: one finite number, surrounding whitespace allowed.
-async fn read_performance(path: &std::path::Path) -> Result<f64, String> {
-    let metadata = tokio::fs::metadata(path)
-        .await
-        .map_err(|error| error.to_string())?;
-    if metadata.len() > 1024 {
-        return Err(format!("{} bytes is too long for a number", metadata.len()));
-    }
-    let text = tokio::fs::read_to_string(path)
-        .await
-        .map_err(|error| error.to_string())?;
+async fn read_performance(path: &Path) -> Result<f64, String> {
+    let path = path.to_owned();
+    // Inspected and read in one blocking task (`tokio::fs` takes one per call).
+    let text = tokio::task::spawn_blocking(move || {
+        let metadata = std::fs::metadata(&path).map_err(|error| error.to_string())?;
+        if metadata.len() > 1024 {
+            return Err(format!("{} bytes is too long for a number", metadata.len()));
+        }
+        std::fs::read_to_string(&path).map_err(|error| error.to_string())
+    })
+    .await
+    .map_err(|error| error.to_string())??;
     let value: f64 = text
         .trim()
         .parse()

@@ -114,8 +114,15 @@ impl Workspace {
     /// name is an error (`AlreadyExists`): an attempt runs once, so it is a leftover to look at,
     /// not something to reuse or delete.
     pub async fn create(base: &Path, task: TaskKey, attempt: Attempt) -> io::Result<Workspace> {
-        tokio::fs::create_dir_all(base).await?;
-        let base = tokio::fs::canonicalize(base).await?;
+        let base = base.to_owned();
+        let name = format!("{task}-{attempt}");
+        blocking(move || Workspace::create_blocking(&base, &name)).await?
+    }
+
+    /// [`Workspace::create`], on a blocking thread.
+    fn create_blocking(base: &Path, name: &str) -> io::Result<Workspace> {
+        std::fs::create_dir_all(base)?;
+        let base = std::fs::canonicalize(base)?;
         if base.to_str().is_none() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -125,26 +132,25 @@ impl Workspace {
                 ),
             ));
         }
-        let root = base.join(format!("{task}-{attempt}"));
-        tokio::fs::create_dir(&root).await?;
+        let root = base.join(name);
+        std::fs::create_dir(&root)?;
         let workspace = Workspace { root };
-        if let Err(error) = workspace.lay_out().await {
+        if let Err(error) = workspace.lay_out() {
             // Best effort: the error that matters is the layout's.
-            let _ = tokio::fs::remove_dir_all(&workspace.root).await;
+            let _ = std::fs::remove_dir_all(&workspace.root);
             return Err(error);
         }
         Ok(workspace)
     }
 
-    async fn lay_out(&self) -> io::Result<()> {
+    fn lay_out(&self) -> io::Result<()> {
         for dir in [WORK, INPUTS, OUTPUTS] {
-            tokio::fs::create_dir(self.root.join(dir)).await?;
+            std::fs::create_dir(self.root.join(dir))?;
         }
-        tokio::fs::OpenOptions::new()
+        std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .open(self.measurements_path())
-            .await?;
+            .open(self.measurements_path())?;
         Ok(())
     }
 
@@ -191,6 +197,9 @@ impl Workspace {
 
     /// Where input `identifier`'s value number `index` goes: `inputs/<identifier>` for a single
     /// value, `inputs/<identifier>/<index>` when `multiple` (creating the directory).
+    ///
+    /// Concurrent calls for the values of one multiple input are fine: whichever creates the
+    /// directory, the others find it there.
     pub async fn input_path(
         &self,
         identifier: &str,
@@ -198,25 +207,12 @@ impl Workspace {
         index: usize,
     ) -> Result<PathBuf, WorkspaceError> {
         check_identifier(identifier)?;
-        self.check_own_directory(INPUTS).await?;
-        let path = self.inputs_dir().join(identifier);
-        if !multiple {
-            return Ok(path);
-        }
+        let root = self.root.clone();
+        let identifier = identifier.to_owned();
         let relative = format!("{INPUTS}/{identifier}");
-        match tokio::fs::create_dir(&path).await {
-            Ok(()) => {}
-            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
-                let metadata = tokio::fs::symlink_metadata(&path)
-                    .await
-                    .map_err(io_error("inspect", &relative))?;
-                if !metadata.is_dir() {
-                    return Err(io_error("create the directory", &relative)(error));
-                }
-            }
-            Err(error) => return Err(io_error("create the directory", &relative)(error)),
-        }
-        Ok(path.join(index.to_string()))
+        blocking(move || input_path_blocking(&root, &identifier, multiple, index))
+            .await
+            .map_err(io_error("prepare", &relative))?
     }
 
     /// The files the steps left for output `identifier`: `outputs/<identifier>` must be a
@@ -231,78 +227,12 @@ impl Workspace {
         multiple: bool,
     ) -> Result<Vec<PathBuf>, WorkspaceError> {
         check_identifier(identifier)?;
-        self.check_own_directory(OUTPUTS).await?;
-        let path = self.outputs_dir().join(identifier);
+        let root = self.root.clone();
+        let identifier = identifier.to_owned();
         let relative = format!("{OUTPUTS}/{identifier}");
-        let expected = if multiple {
-            "a directory of files"
-        } else {
-            "a file"
-        };
-        let metadata = match tokio::fs::symlink_metadata(&path).await {
-            Ok(metadata) => metadata,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {
-                return Err(WorkspaceError::OutputMissing {
-                    identifier: identifier.to_owned(),
-                    path: relative,
-                    expected,
-                });
-            }
-            Err(error) => return Err(io_error("inspect", &relative)(error)),
-        };
-        let wrong_kind = |path: String, expected, found| WorkspaceError::OutputWrongKind {
-            identifier: identifier.to_owned(),
-            path,
-            expected,
-            found,
-        };
-        let symlink = |path: String| WorkspaceError::OutputIsSymlink {
-            identifier: identifier.to_owned(),
-            path,
-        };
-        let kind = kind_of(&metadata.file_type());
-        if !multiple {
-            return match kind {
-                Kind::File => Ok(vec![path]),
-                Kind::Symlink => Err(symlink(relative)),
-                other => Err(wrong_kind(relative, expected, other.described())),
-            };
-        }
-        match kind {
-            Kind::Directory => {}
-            Kind::Symlink => return Err(symlink(relative)),
-            other => return Err(wrong_kind(relative, expected, other.described())),
-        }
-        let mut entries = tokio::fs::read_dir(&path)
+        blocking(move || collect_output_blocking(&root, &identifier, multiple))
             .await
-            .map_err(io_error("read", &relative))?;
-        let mut files = Vec::new();
-        while let Some(entry) = entries
-            .next_entry()
-            .await
-            .map_err(io_error("read", &relative))?
-        {
-            let name = entry.file_name();
-            let entry_relative = format!("{relative}/{}", name.to_string_lossy());
-            // `DirEntry::file_type` does not follow symbolic links.
-            let file_type = entry
-                .file_type()
-                .await
-                .map_err(io_error("inspect", &entry_relative))?;
-            match kind_of(&file_type) {
-                Kind::File => files.push(entry.path()),
-                Kind::Symlink => return Err(symlink(entry_relative)),
-                other => return Err(wrong_kind(entry_relative, "a file", other.described())),
-            }
-        }
-        if files.is_empty() {
-            return Err(WorkspaceError::OutputEmpty {
-                identifier: identifier.to_owned(),
-                path: format!("{relative}/"),
-            });
-        }
-        files.sort();
-        Ok(files)
+            .map_err(io_error("inspect", &relative))?
     }
 
     /// Removes the directory unless `keep` (a failed attempt's, when configured, to look at);
@@ -314,31 +244,147 @@ impl Workspace {
         if keep {
             return Ok(Some(self.root));
         }
-        match tokio::fs::remove_dir_all(&self.root).await {
-            Err(error) if error.kind() == io::ErrorKind::PermissionDenied => {
-                let root = self.root.clone();
-                tokio::task::spawn_blocking(move || make_directories_writable(&root))
-                    .await
-                    .map_err(io::Error::other)??;
-                tokio::fs::remove_dir_all(&self.root).await?;
-            }
-            removed => removed?,
-        }
+        let root = self.root;
+        blocking(move || remove_tree(&root)).await??;
         Ok(None)
     }
+}
 
-    /// Checks that the workspace's directory `name` is still a directory, not a symbolic link a
-    /// step put in its place.
-    async fn check_own_directory(&self, name: &str) -> Result<(), WorkspaceError> {
-        let tampered = || WorkspaceError::Tampered {
-            path: format!("{name}/"),
-        };
-        match tokio::fs::symlink_metadata(self.root.join(name)).await {
-            Ok(metadata) if metadata.is_dir() => Ok(()),
-            Ok(_) => Err(tampered()),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => Err(tampered()),
-            Err(error) => Err(io_error("inspect", &format!("{name}/"))(error)),
+/// Runs `work`, a few `std::fs` calls, on a blocking thread: one thread hop for them all,
+/// where `tokio::fs` takes one per call.
+///
+/// A task that could not finish (it panicked, or the runtime is shutting down) is an IO error,
+/// as it is for `tokio::fs`.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(io::Error::other)
+}
+
+/// [`Workspace::input_path`], on a blocking thread.
+fn input_path_blocking(
+    root: &Path,
+    identifier: &str,
+    multiple: bool,
+    index: usize,
+) -> Result<PathBuf, WorkspaceError> {
+    check_own_directory(root, INPUTS)?;
+    let path = root.join(INPUTS).join(identifier);
+    if !multiple {
+        return Ok(path);
+    }
+    let relative = format!("{INPUTS}/{identifier}");
+    match std::fs::create_dir(&path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+            let metadata =
+                std::fs::symlink_metadata(&path).map_err(io_error("inspect", &relative))?;
+            if !metadata.is_dir() {
+                return Err(io_error("create the directory", &relative)(error));
+            }
         }
+        Err(error) => return Err(io_error("create the directory", &relative)(error)),
+    }
+    Ok(path.join(index.to_string()))
+}
+
+/// [`Workspace::collect_output`], on a blocking thread.
+fn collect_output_blocking(
+    root: &Path,
+    identifier: &str,
+    multiple: bool,
+) -> Result<Vec<PathBuf>, WorkspaceError> {
+    check_own_directory(root, OUTPUTS)?;
+    let path = root.join(OUTPUTS).join(identifier);
+    let relative = format!("{OUTPUTS}/{identifier}");
+    let expected = if multiple {
+        "a directory of files"
+    } else {
+        "a file"
+    };
+    let metadata = match std::fs::symlink_metadata(&path) {
+        Ok(metadata) => metadata,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            return Err(WorkspaceError::OutputMissing {
+                identifier: identifier.to_owned(),
+                path: relative,
+                expected,
+            });
+        }
+        Err(error) => return Err(io_error("inspect", &relative)(error)),
+    };
+    let wrong_kind = |path: String, expected, found| WorkspaceError::OutputWrongKind {
+        identifier: identifier.to_owned(),
+        path,
+        expected,
+        found,
+    };
+    let symlink = |path: String| WorkspaceError::OutputIsSymlink {
+        identifier: identifier.to_owned(),
+        path,
+    };
+    let kind = kind_of(&metadata.file_type());
+    if !multiple {
+        return match kind {
+            Kind::File => Ok(vec![path]),
+            Kind::Symlink => Err(symlink(relative)),
+            other => Err(wrong_kind(relative, expected, other.described())),
+        };
+    }
+    match kind {
+        Kind::Directory => {}
+        Kind::Symlink => return Err(symlink(relative)),
+        other => return Err(wrong_kind(relative, expected, other.described())),
+    }
+    let entries = std::fs::read_dir(&path).map_err(io_error("read", &relative))?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_error("read", &relative))?;
+        let name = entry.file_name();
+        let entry_relative = format!("{relative}/{}", name.to_string_lossy());
+        // `DirEntry::file_type` does not follow symbolic links.
+        let file_type = entry
+            .file_type()
+            .map_err(io_error("inspect", &entry_relative))?;
+        match kind_of(&file_type) {
+            Kind::File => files.push(entry.path()),
+            Kind::Symlink => return Err(symlink(entry_relative)),
+            other => return Err(wrong_kind(entry_relative, "a file", other.described())),
+        }
+    }
+    if files.is_empty() {
+        return Err(WorkspaceError::OutputEmpty {
+            identifier: identifier.to_owned(),
+            path: format!("{relative}/"),
+        });
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Checks that the workspace's directory `name` is still a directory, not a symbolic link a
+/// step put in its place.
+fn check_own_directory(root: &Path, name: &str) -> Result<(), WorkspaceError> {
+    let tampered = || WorkspaceError::Tampered {
+        path: format!("{name}/"),
+    };
+    match std::fs::symlink_metadata(root.join(name)) {
+        Ok(metadata) if metadata.is_dir() => Ok(()),
+        Ok(_) => Err(tampered()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Err(tampered()),
+        Err(error) => Err(io_error("inspect", &format!("{name}/"))(error)),
+    }
+}
+
+/// Removes the tree at `root`; when a directory a step made read-only stops it, makes every
+/// directory writable and tries once more.
+fn remove_tree(root: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(root) {
+        Err(error) if error.kind() == io::ErrorKind::PermissionDenied => {
+            make_directories_writable(root)?;
+            std::fs::remove_dir_all(root)
+        }
+        removed => removed,
     }
 }
 

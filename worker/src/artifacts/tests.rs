@@ -344,6 +344,51 @@ async fn a_missing_source_is_an_io_error_naming_it() {
     );
 }
 
+/// An [`Abandoned`] already set: nobody waits for the operation.
+fn abandoned() -> Abandoned {
+    let abandoned = Abandoned::default();
+    drop(AbandonOnDrop(abandoned.clone()));
+    abandoned
+}
+
+#[tokio::test]
+async fn an_abandoned_put_stores_nothing() {
+    let setup = setup();
+    let source = write(&setup.scratch.join("model.bin"), &vec![1; 200_000]);
+    let error = setup
+        .store
+        .put_file("a/b", &source, &abandoned())
+        .unwrap_err();
+    assert!(matches!(error, ArtifactError::Io { .. }), "{error:?}");
+    // The directory is made before the copy starts; no file is left in it.
+    assert_eq!(tree(&setup.root), ["a"]);
+}
+
+#[tokio::test]
+async fn an_abandoned_fetch_leaves_nothing() {
+    let setup = setup();
+    let source = write(&setup.scratch.join("model.bin"), &vec![1; 200_000]);
+    let file = setup.store.put("a/b", &source).await.unwrap();
+    let dest = setup.scratch.join("inputs/model");
+    let error = setup
+        .store
+        .fetch_file(&file, &dest, &abandoned())
+        .unwrap_err();
+    assert!(matches!(error, ArtifactError::Io { .. }), "{error:?}");
+    assert_eq!(tree(&setup.scratch), ["model.bin"]);
+}
+
+#[tokio::test]
+async fn a_fetch_waited_for_is_not_abandoned() {
+    let setup = setup();
+    let source = write(&setup.scratch.join("model.bin"), b"abc");
+    let file = setup.store.put("a/b", &source).await.unwrap();
+    let abandoned = Abandoned::default();
+    let dest = setup.scratch.join("fetched");
+    setup.store.fetch_file(&file, &dest, &abandoned).unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), b"abc");
+}
+
 #[test]
 fn local_store_describes_its_root() {
     let setup = setup();

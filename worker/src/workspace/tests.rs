@@ -123,6 +123,21 @@ async fn input_paths_are_under_inputs() {
 }
 
 #[tokio::test]
+async fn the_values_of_a_multiple_input_can_be_placed_at_once() {
+    let (_base, workspace) = setup().await;
+    let paths =
+        futures::future::join_all((0..32).map(|index| workspace.input_path("models", true, index)))
+            .await;
+    for (index, path) in paths.into_iter().enumerate() {
+        assert_eq!(
+            path.unwrap(),
+            workspace.inputs_dir().join(format!("models/{index}"))
+        );
+    }
+    assert!(workspace.inputs_dir().join("models").is_dir());
+}
+
+#[tokio::test]
 async fn identifiers_that_try_to_escape_are_refused() {
     let (_base, workspace) = setup().await;
     let long = "x".repeat(MAX_IDENTIFIER_CHARS + 1);
