@@ -148,12 +148,23 @@ impl Publisher {
         message: &M,
         meta: Meta,
     ) -> Result<(), BrokerError> {
-        let meta = self.complete(meta);
-        let (body, properties) = envelope::encode(message, &meta)?;
-        self.send_with("", reply_to, &body, properties, false)
+        self.send_reply(reply_to, message, meta)
             .await?
             .confirmed()
             .await
+    }
+
+    /// Like [`Publisher::publish_reply`], returning the pending confirm instead of waiting for
+    /// it.
+    pub async fn send_reply<M: WireMessage>(
+        &self,
+        reply_to: &str,
+        message: &M,
+        meta: Meta,
+    ) -> Result<PendingConfirm, BrokerError> {
+        let meta = self.complete(meta);
+        let (body, properties) = envelope::encode(message, &meta)?;
+        self.send_with("", reply_to, &body, properties, false).await
     }
 
     /// Publishes `message` without `mandatory` and waits for the confirm: for announcements

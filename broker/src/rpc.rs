@@ -263,6 +263,19 @@ pub async fn reply<Rep: WireMessage>(
     request: &Meta,
     reply: &Rep,
 ) -> Result<(), BrokerError> {
+    send_reply(publisher, request, reply)
+        .await?
+        .confirmed()
+        .await
+}
+
+/// Like [`reply`], returning the pending confirm instead of waiting for it: for a loop that
+/// answers many requests and should not wait for each answer's confirm.
+pub async fn send_reply<Rep: WireMessage>(
+    publisher: &Publisher,
+    request: &Meta,
+    reply: &Rep,
+) -> Result<crate::PendingConfirm, BrokerError> {
     let Some(reply_to) = &request.reply_to else {
         return Err(BrokerError::NoReplyTo {
             message_id: request.message_id.clone(),
@@ -272,5 +285,5 @@ pub async fn reply<Rep: WireMessage>(
         correlation_id: Some(request.message_id.clone()),
         ..Meta::default()
     };
-    publisher.publish_reply(reply_to, reply, meta).await
+    publisher.send_reply(reply_to, reply, meta).await
 }

@@ -23,7 +23,7 @@ use models::{
     TaskStatus, Timestamp, UserId,
 };
 
-use crate::store::rows::{NewOutboxRow, SubmissionRow};
+use crate::store::rows::{NewOutboxRow, OutboxRow, SubmissionRow};
 use crate::store::schema;
 use crate::store::{StoreError, StoreResult, catalog, execution, plans, submissions, tasks};
 
@@ -315,7 +315,7 @@ pub fn accepted_reply(plan: &ComputePlan) -> SubmissionReply {
 
 /// Validates `submission` by `owner` against what is stored and, if it is valid, stores it in
 /// one transaction, with `record` of the message when given. Returns the stored plan and its
-/// tasks in topological order.
+/// tasks in topological order. Its ready tasks' outbox rows are for a relay to find by polling.
 pub async fn submit_plan(
     conn: &mut AsyncPgConnection,
     submission: &PlanSubmission,
@@ -324,6 +324,35 @@ pub async fn submit_plan(
     now: Timestamp,
     record: Option<&SubmissionRecord>,
 ) -> Result<(ComputePlan, Vec<Task>), SubmissionError> {
+    let (plan, tasks, _) = store_plan(conn, submission, owner, creator, now, record, false).await?;
+    Ok((plan, tasks))
+}
+
+/// Like [`submit_plan`], for a caller that hands the ready tasks' outbox rows, returned, to its
+/// own relay once the plan is stored (`Context::hand_over`): they are stored hidden from polling
+/// for [`crate::service::outbox_relay::HANDOVER_GRACE`].
+pub async fn submit_plan_handing_over(
+    conn: &mut AsyncPgConnection,
+    submission: &PlanSubmission,
+    owner: &OrganizationId,
+    creator: Option<&UserId>,
+    now: Timestamp,
+    record: Option<&SubmissionRecord>,
+) -> Result<(ComputePlan, Vec<OutboxRow>), SubmissionError> {
+    let (plan, _, rows) = store_plan(conn, submission, owner, creator, now, record, true).await?;
+    Ok((plan, rows))
+}
+
+/// [`submit_plan`], its outbox rows handed over or not.
+async fn store_plan(
+    conn: &mut AsyncPgConnection,
+    submission: &PlanSubmission,
+    owner: &OrganizationId,
+    creator: Option<&UserId>,
+    now: Timestamp,
+    record: Option<&SubmissionRecord>,
+    handing_over: bool,
+) -> Result<(ComputePlan, Vec<Task>, Vec<OutboxRow>), SubmissionError> {
     // PostgreSQL keeps microseconds: return exactly what is stored.
     let now = now.trunc_subsecs(6);
     if plans::find_plan(conn, submission.key).await?.is_some() {
@@ -391,7 +420,8 @@ pub async fn submit_plan(
                 routing_key: task.requirements.routing_key(),
                 payload: task_ready_payload(task)?,
                 created_at: now,
-                available_at: None,
+                available_at: handing_over
+                    .then(|| now + crate::service::outbox_relay::HANDOVER_GRACE),
             })
         })
         .collect::<Result<_, StoreError>>()?;
@@ -408,7 +438,7 @@ pub async fn submit_plan(
             let tasks_ms = started.elapsed().as_millis();
             tasks::insert_state_changes(conn, &history).await?;
             let history_ms = started.elapsed().as_millis();
-            tasks::insert_outbox_rows(conn, &outbox).await?;
+            let outbox = tasks::insert_outbox_rows(conn, &outbox).await?;
             tracing::debug!(
                 duration_ms = started.elapsed().as_millis() as u64,
                 "stored {} tasks: tasks and edges by {tasks_ms} ms, history by {history_ms} ms",
@@ -417,11 +447,11 @@ pub async fn submit_plan(
             if let Some(row) = &submission_row {
                 submissions::insert_submission(conn, row).await?;
             }
-            Ok::<_, StoreError>(new_tasks)
+            Ok::<_, StoreError>((new_tasks, outbox))
         })
         .await;
     match result {
-        Ok(stored_tasks) => Ok((plan, stored_tasks)),
+        Ok((stored_tasks, outbox)) => Ok((plan, stored_tasks, outbox)),
         // Another submission of the same plan won the race.
         Err(StoreError::Duplicate {
             constraint: Some(constraint),

@@ -276,6 +276,78 @@ async fn a_four_level_dag_runs_to_done() {
     assert_eq!(ranks["t6"], 3);
 }
 
+/// The ready tasks of a submission, and those its DONE tasks make ready, are handed to the
+/// outbox relay in memory: the plan runs to its end although the relay reads the outbox only
+/// once, when it starts.
+#[tokio::test(flavor = "multi_thread")]
+async fn ready_tasks_are_published_by_hand_over_without_polling() {
+    let cluster =
+        TestCluster::start_polling(chrono::Duration::seconds(30), Duration::from_secs(3600)).await;
+    cluster.seed(&[function(1, no_retry())]).await;
+    let client = cluster.client("producer").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+    let levels = plan(
+        131,
+        vec![task(1, 1, &[]), task(2, 1, &[1]), task(3, 1, &[1, 2])],
+    );
+    submit(&cluster, &rpc, &levels).await;
+    let mut worker = ScriptedWorker::new(&cluster, "worker-1").await;
+    run_to_end(&cluster, &mut worker, levels.key, &Script::Succeed).await;
+    let done = cluster.plan(levels.key).await;
+    assert_eq!(
+        (done.status, done.counters.done_count),
+        (PlanStatus::Done, 3)
+    );
+    let mut conn = cluster.db.connect().await;
+    assert!(
+        tasks::next_outbox_rows(&mut conn, Utc::now() + chrono::Duration::hours(1), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "every published row was deleted"
+    );
+}
+
+/// A ready task whose outbox row was committed for hand-over but never handed to the relay (the
+/// dispatcher that stored it died in between) is published by polling once the hand-over grace
+/// lapses, and not before: until then another dispatcher may still publish it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ready_task_whose_hand_over_was_lost_is_published_after_the_grace() {
+    let cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
+    cluster.seed(&[function(1, no_retry())]).await;
+    let lost = plan(132, vec![task(1, 1, &[])]);
+    let stored_at = Utc::now();
+    let mut conn = cluster.db.connect().await;
+    let (_, rows) = dispatcher::submission::submit_plan_handing_over(
+        &mut conn,
+        &lost,
+        &ORGANIZATION.into(),
+        None,
+        stored_at,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 1, "one ready task");
+    // Never handed over.
+    let mut worker = ScriptedWorker::new(&cluster, "worker-1").await;
+    let granted = worker
+        .work_one(WAIT, &Script::Succeed)
+        .await
+        .expect("published after the grace, then granted");
+    assert_eq!(granted.task, TaskKey(key(1)));
+    let started = cluster.tasks(lost.key).await[0]
+        .start_date
+        .expect("claimed");
+    assert!(
+        started >= stored_at + dispatcher::service::outbox_relay::HANDOVER_GRACE,
+        "published at {started}, before the grace of the row stored at {stored_at} lapsed"
+    );
+    cluster
+        .wait_for_plan(lost.key, WAIT, "DONE", |p| p.status == PlanStatus::Done)
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_task_fails_the_plan_and_cancels_the_rest() {
     let cluster = TestCluster::start(chrono::Duration::seconds(30)).await;

@@ -67,6 +67,22 @@ pub(crate) async fn prepare(
             task.function_key
         )));
     };
+    // Every parent's models in one query: a task joining many parents reads them at once.
+    let parents: Vec<TaskKey> = task
+        .inputs
+        .iter()
+        .filter_map(|input| match &input.source {
+            InputRef::ParentOutput {
+                parent_task_key, ..
+            } => Some(*parent_task_key),
+            InputRef::Asset { .. } => None,
+        })
+        .collect();
+    let parent_models = if parents.is_empty() {
+        HashMap::new()
+    } else {
+        execution::list_models_of_tasks(conn, &parents).await?
+    };
     let mut inputs = Vec::with_capacity(task.inputs.len());
     for (position, input) in task.inputs.iter().enumerate() {
         let Some(declared) = function.input(&input.identifier) else {
@@ -121,10 +137,12 @@ pub(crate) async fn prepare(
                 },
                 _,
             ) => {
-                let models: Vec<Model> = execution::list_task_models(conn, *parent_task_key)
-                    .await?
+                let models: Vec<Model> = parent_models
+                    .get(parent_task_key)
                     .into_iter()
+                    .flatten()
                     .filter(|model| model.output_identifier == *parent_task_output_identifier)
+                    .cloned()
                     .collect();
                 if models.is_empty() {
                     return Ok(Err(format!(

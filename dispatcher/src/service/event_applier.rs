@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
+use futures::FutureExt as _;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -37,9 +38,10 @@ use models::access::{Action, Principal};
 use super::Context;
 use super::assignment::{self, Functions, Registered};
 use super::builds;
+use super::outbox_relay;
 use crate::auth;
 use crate::core::{self, ClaimDecision, Effect, Event, Order, Outcome, PlanState, TaskNode};
-use crate::store::rows::{NewOutboxRow, TaskState};
+use crate::store::rows::{NewOutboxRow, OutboxRow, TaskState};
 use crate::store::tasks::TaskStateUpdate;
 use crate::store::{self, StoreError, catalog, execution, plans, tasks, workers};
 
@@ -48,9 +50,6 @@ const BATCH: usize = 256;
 
 /// Unacked deliveries RabbitMQ hands over at once: two batches.
 const PREFETCH: u16 = 512;
-
-/// How long a batch waits for more deliveries once it has one.
-const LINGER: Duration = Duration::from_millis(2);
 
 /// How often leases and retry backoffs are checked.
 const TICK: Duration = Duration::from_millis(500);
@@ -319,8 +318,9 @@ struct Work {
     submission_rows: Vec<crate::store::rows::SubmissionRow>,
     submission_replies: Vec<(Meta, SubmissionReply)>,
     build_replies: Vec<(Meta, BuildClaimReply)>,
-    /// The stored tasks the batch's claims name, read in one query before the batch.
-    claimed_tasks: HashMap<TaskKey, Task>,
+    /// The stored tasks the batch's claims and DONE reports name, read in one query before the
+    /// batch.
+    stored_tasks: HashMap<TaskKey, Task>,
 }
 
 impl Work {
@@ -445,7 +445,8 @@ async fn take(
             let mut registered = Registered::default();
             let outcome = match &report.outcome {
                 ReportedOutcome::Done => {
-                    match check_outputs(conn, plans, report, now, &mut registered).await? {
+                    let stored = work.stored_tasks.remove(&report.task_key);
+                    match check_outputs(conn, plans, report, stored, now, &mut registered).await? {
                         Ok(()) => Outcome::Done,
                         Err(problem) => Outcome::Failed {
                             error_type: TaskErrorType::Execution,
@@ -611,7 +612,7 @@ async fn claim(
         .is_some_and(|task| task.status == TaskStatus::Todo);
     // Only a claim the core may grant is worth reading the store for.
     let prepared = if claimable {
-        let stored = work.claimed_tasks.remove(&request.task_key);
+        let stored = work.stored_tasks.remove(&request.task_key);
         Some(assignment::prepare(conn, &mut plans.functions, request.task_key, stored).await?)
     } else {
         None
@@ -661,12 +662,13 @@ async fn claim(
     Ok(())
 }
 
-/// Checks the outputs of a DONE report against its function; the models and performances go
-/// to `registered`, or the problems come back, all of them.
+/// Checks the outputs of a DONE report against its function (`stored`: its task, when already
+/// read); the models and performances go to `registered`, or the problems come back, all of them.
 async fn check_outputs(
     conn: &mut AsyncPgConnection,
     plans: &mut Plans,
     report: &TaskStatusReport,
+    stored: Option<Task>,
     now: Timestamp,
     registered: &mut Registered,
 ) -> Result<Result<(), String>, StoreError> {
@@ -674,7 +676,11 @@ async fn check_outputs(
     if !holds_lease(plans, report.task_key, report.attempt, report.lease_token) {
         return Ok(Ok(()));
     }
-    let Some(task) = tasks::find_task(conn, report.task_key).await? else {
+    let task = match stored {
+        Some(task) => Some(task),
+        None => tasks::find_task(conn, report.task_key).await?,
+    };
+    let Some(task) = task else {
         return Ok(Err(format!("task {} does not exist", report.task_key)));
     };
     let Some(function) = plans.functions.get(conn, task.function_key).await? else {
@@ -1103,13 +1109,13 @@ async fn propagate_to_other_plans(
     }
 }
 
-/// Writes a batch's effects in one transaction.
+/// Writes a batch's effects in one transaction; returns the outbox rows to hand to the relay.
 async fn commit(
     conn: &mut AsyncPgConnection,
     plans: &Plans,
     work: &Work,
     now: Timestamp,
-) -> Result<(), StoreError> {
+) -> Result<Vec<OutboxRow>, StoreError> {
     let mut history = Vec::new();
     let mut outbox = Vec::new();
     for effect in &work.effects {
@@ -1223,14 +1229,24 @@ async fn commit(
             plans::update_plan(conn, plan).await?;
         }
         tasks::insert_state_changes(conn, &history).await?;
-        tasks::insert_outbox_rows(conn, &outbox).await?;
+        // Rows ready now are handed to the relay after the commit, hidden from its polling
+        // meanwhile; a retry's backoff waits for polling.
+        let (ready, later): (Vec<NewOutboxRow>, Vec<NewOutboxRow>) = outbox
+            .iter()
+            .cloned()
+            .partition(|row| row.available_at.is_none_or(|at| at <= now));
+        let ready: Vec<NewOutboxRow> = ready
+            .into_iter()
+            .map(|row| NewOutboxRow {
+                available_at: Some(now + outbox_relay::HANDOVER_GRACE),
+                ..row
+            })
+            .collect();
+        tasks::insert_outbox_rows(conn, &later).await?;
+        let handed = tasks::insert_outbox_rows(conn, &ready).await?;
         tasks::set_task_results(conn, &work.results).await?;
-        for model in &work.registered.models {
-            execution::insert_model(conn, model).await?;
-        }
-        for performance in &work.registered.performances {
-            execution::insert_performance(conn, performance).await?;
-        }
+        execution::insert_models(conn, &work.registered.models).await?;
+        execution::insert_performances(conn, &work.registered.performances).await?;
         execution::insert_log_lines(conn, &work.log_lines).await?;
         execution::insert_measurements(conn, &work.samples).await?;
         for (worker, devices) in &work.registrations {
@@ -1245,13 +1261,16 @@ async fn commit(
             let ids: Vec<String> = devices.iter().map(|d| d.id.to_string()).collect();
             workers::deactivate_other_devices(conn, worker, &ids).await?;
         }
-        Ok::<_, StoreError>(())
+        Ok::<_, StoreError>(handed)
     })
     .await
 }
 
-/// After a commit: answers claims and registrations, sends orders, wakes the outbox relay.
-async fn announce(context: &Context, publisher: &Publisher, work: &Work) {
+/// After a commit: hands the ready tasks to the outbox relay, answers claims and registrations,
+/// sends orders.
+async fn announce(context: &Context, publisher: &Publisher, work: &Work, handed: Vec<OutboxRow>) {
+    // Ready tasks first: the relay publishes them while the replies go out.
+    context.hand_over(handed);
     for (meta, reply) in &work.submission_replies {
         if meta.reply_to.is_some()
             && let Err(error) = broker::rpc::reply(publisher, meta, reply).await
@@ -1280,59 +1299,56 @@ async fn announce(context: &Context, publisher: &Publisher, work: &Work) {
             tracing::warn!("answering build claim {}: {error}", meta.message_id);
         }
     }
-    // Claim replies are many: sent together, their confirms awaited together.
-    let answered = futures::future::join_all(
-        work.replies
-            .iter()
-            .map(|(meta, reply)| broker::rpc::reply(publisher, meta, reply)),
-    )
-    .await;
-    for ((meta, _), answer) in work.replies.iter().zip(answered) {
-        if let Err(error) = answer {
+    // Claim replies are many: handed to the connection in order, their confirms awaited off
+    // the loop, which goes on with the next batch meanwhile.
+    let mut confirms = Vec::with_capacity(work.replies.len());
+    for (meta, reply) in &work.replies {
+        match broker::rpc::send_reply(publisher, meta, reply).await {
+            Ok(confirm) => confirms.push((meta.message_id.clone(), confirm)),
             // The worker went away; its claim, if granted, lapses with its lease.
-            tracing::warn!("answering claim {}: {error}", meta.message_id);
+            Err(error) => tracing::warn!("answering claim {}: {error}", meta.message_id),
         }
     }
-    let mut enqueued = false;
-    for effect in &work.effects {
-        match effect {
-            Effect::SendOrder {
-                task,
-                worker,
-                order,
-            } => {
-                // A DOING task always has a holder; its orders go to that worker's queue.
-                let Some(worker) = worker else {
-                    tracing::warn!("order for task {task} not sent: no worker holds it");
-                    continue;
-                };
-                let message = match order {
-                    Order::Cancel => ControlOrder::Cancel {
-                        task_key: *task,
-                        reason: "canceled".to_owned(),
-                    },
-                    Order::Abort => ControlOrder::Abort {
-                        task_key: *task,
-                        reason: "aborted".to_owned(),
-                    },
-                };
-                let key = topology::worker_control_key(worker);
-                if let Err(error) = publisher
-                    .publish(CONTROL_EXCHANGE, &key, &message, Meta::default())
-                    .await
-                {
-                    // The lease lapses and the task ends then.
-                    tracing::warn!(
-                        "order for task {task} (worker {worker}) not delivered: {error}"
-                    );
+    if !confirms.is_empty() {
+        tokio::spawn(async move {
+            for (message_id, confirm) in confirms {
+                if let Err(error) = confirm.confirmed().await {
+                    tracing::warn!("answering claim {message_id}: {error}");
                 }
             }
-            Effect::Enqueue { .. } => enqueued = true,
-            _ => {}
-        }
+        });
     }
-    if enqueued {
-        context.outbox_wakeup.notify_one();
+    for effect in &work.effects {
+        if let Effect::SendOrder {
+            task,
+            worker,
+            order,
+        } = effect
+        {
+            // A DOING task always has a holder; its orders go to that worker's queue.
+            let Some(worker) = worker else {
+                tracing::warn!("order for task {task} not sent: no worker holds it");
+                continue;
+            };
+            let message = match order {
+                Order::Cancel => ControlOrder::Cancel {
+                    task_key: *task,
+                    reason: "canceled".to_owned(),
+                },
+                Order::Abort => ControlOrder::Abort {
+                    task_key: *task,
+                    reason: "aborted".to_owned(),
+                },
+            };
+            let key = topology::worker_control_key(worker);
+            if let Err(error) = publisher
+                .publish(CONTROL_EXCHANGE, &key, &message, Meta::default())
+                .await
+            {
+                // The lease lapses and the task ends then.
+                tracing::warn!("order for task {task} (worker {worker}) not delivered: {error}");
+            }
+        }
     }
 }
 
@@ -1349,16 +1365,20 @@ async fn apply_batch(
     let mut conn = store::connection(&context.pool).await?;
     let mut work = Work::default();
     let mut failure = None;
-    let claimed: Vec<TaskKey> = batch
+    // Claims and DONE reports read their stored task: all of them in one query.
+    let named: Vec<TaskKey> = batch
         .iter()
         .filter_map(|delivery| match &delivery.message {
             Incoming::Claim(request) => Some(request.task_key),
+            Incoming::Status(report) if report.outcome == ReportedOutcome::Done => {
+                Some(report.task_key)
+            }
             _ => None,
         })
         .collect();
-    if !claimed.is_empty() {
-        match tasks::find_tasks(&mut conn, &claimed).await {
-            Ok(found) => work.claimed_tasks = found.into_iter().map(|t| (t.key, t)).collect(),
+    if !named.is_empty() {
+        match tasks::find_tasks(&mut conn, &named).await {
+            Ok(found) => work.stored_tasks = found.into_iter().map(|t| (t.key, t)).collect(),
             Err(error) => failure = Some(error),
         }
     }
@@ -1377,10 +1397,12 @@ async fn apply_batch(
         failure = Some(error);
     }
     let read = started.elapsed();
-    if failure.is_none()
-        && let Err(error) = commit(&mut conn, plans, &work, now).await
-    {
-        failure = Some(error);
+    let mut handed = Vec::new();
+    if failure.is_none() {
+        match commit(&mut conn, plans, &work, now).await {
+            Ok(rows) => handed = rows,
+            Err(error) => failure = Some(error),
+        }
     }
     if let Some(error) = failure {
         // Memory may be ahead of the database: forget, rebuild later, and retry the batch.
@@ -1395,7 +1417,7 @@ async fn apply_batch(
         return Ok(());
     }
     let committed = started.elapsed();
-    announce(context, publisher, &work).await;
+    announce(context, publisher, &work, handed).await;
     tracing::debug!(
         "applied {} events: read and decided in {read:?}, committed at {committed:?}, answered at {:?}",
         batch.len(),
@@ -1478,14 +1500,17 @@ async fn tick(context: &Context, publisher: &Publisher, plans: &mut Plans) -> an
         Ok(()) => commit(&mut conn, plans, &work, now).await,
         Err(error) => Err(error),
     };
-    if let Err(error) = outcome {
-        tracing::warn!("applying lease expiries failed, retrying: {error}");
-        for plan in &work.touched {
-            plans.forget(*plan);
+    let handed = match outcome {
+        Ok(handed) => handed,
+        Err(error) => {
+            tracing::warn!("applying lease expiries failed, retrying: {error}");
+            for plan in &work.touched {
+                plans.forget(*plan);
+            }
+            return Ok(());
         }
-        return Ok(());
-    }
-    announce(context, publisher, &work).await;
+    };
+    announce(context, publisher, &work, handed).await;
     Ok(())
 }
 
@@ -1528,12 +1553,14 @@ pub async fn run(context: Arc<Context>, shutdown: CancellationToken) -> anyhow::
             None => anyhow::bail!("the event consumer was canceled by RabbitMQ"),
             Some(delivery) => vec![delivery?],
         };
-        // Take what is already there, up to a batch, waiting at most LINGER for more.
+        // Take what is already there, up to a batch, without waiting for more: what arrives
+        // while this batch commits makes the next one (group commit), so a lone event is
+        // applied at once and a busy queue still gets large batches.
         while batch.len() < BATCH {
-            match tokio::time::timeout(LINGER, consumer.next()).await {
-                Ok(Some(delivery)) => batch.push(delivery?),
-                Ok(None) => anyhow::bail!("the event consumer was canceled by RabbitMQ"),
-                Err(_) => break,
+            match consumer.next().now_or_never() {
+                Some(Some(delivery)) => batch.push(delivery?),
+                Some(None) => anyhow::bail!("the event consumer was canceled by RabbitMQ"),
+                None => break,
             }
         }
         apply_batch(&context, &publisher, &mut plans, batch, received).await?;

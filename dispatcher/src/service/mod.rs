@@ -86,6 +86,19 @@ pub struct Context {
     pub broker: Broker,
     /// Woken after a commit that wrote outbox rows, so they are published at once.
     pub outbox_wakeup: Notify,
+    /// Outbox rows committed by the other loops, waiting in memory for the relay.
+    pub handover: outbox_relay::Handover,
+}
+
+impl Context {
+    /// Hands committed outbox rows, stored with `available_at` [`outbox_relay::HANDOVER_GRACE`]
+    /// ahead, to the relay, which publishes them at once without reading them back.
+    pub fn hand_over(&self, rows: Vec<crate::store::rows::OutboxRow>) {
+        if !rows.is_empty() {
+            self.handover.push(rows);
+            self.outbox_wakeup.notify_one();
+        }
+    }
 }
 
 impl std::fmt::Debug for Context {
@@ -138,6 +151,7 @@ pub async fn start(config: DispatcherConfig) -> anyhow::Result<Arc<Context>> {
         pool,
         broker,
         outbox_wakeup: Notify::new(),
+        handover: outbox_relay::Handover::default(),
     }))
 }
 

@@ -1,9 +1,14 @@
 //! The outbox relay: publishes ready tasks recorded in the outbox, in order, with confirms, and
 //! deletes each row only once RabbitMQ confirmed it. A crash between the two publishes a task
 //! twice; claims make the duplicate harmless. Rows stay through broker outages.
+//!
+//! The dispatcher's own loops hand the rows they commit to the relay in memory ([`Handover`]),
+//! so a ready task is published without the relay reading it back; the relay reads the outbox
+//! only for rows nobody handed over: a retry's backoff that ended, a hand-over lost to a crash
+//! or a refused publish, rows other programs stored.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -14,6 +19,7 @@ use models::RequirementSet;
 use models::wire::{QueueAnnouncement, TaskReady};
 
 use super::Context;
+use crate::store::rows::OutboxRow;
 use crate::store::{self, tasks, workers};
 
 /// Rows published per round: enough to amortise a transaction, few enough to keep confirms
@@ -26,10 +32,47 @@ const RETRY_DELAY: Duration = Duration::from_millis(500);
 /// How often the same unsatisfiable requirement set is warned about.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
-/// Requirement sets no active worker satisfies, and when each was last warned about.
+/// How far ahead a row handed over in memory is stored as available: the relay publishes it at
+/// once and deletes it, so only a row whose hand-over was lost (its writer crashed, RabbitMQ
+/// refused it) is ever found by polling, this long after it was written. Another dispatcher's
+/// relay does not publish it meanwhile.
+pub const HANDOVER_GRACE: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
+
+/// Outbox rows committed by the other loops and handed to the relay in memory, so that it
+/// publishes them without reading them back (see [`HANDOVER_GRACE`]).
+#[derive(Debug, Default)]
+pub struct Handover {
+    rows: Mutex<Vec<OutboxRow>>,
+}
+
+impl Handover {
+    /// Adds committed rows, to be published after those already handed over.
+    pub(crate) fn push(&self, rows: Vec<OutboxRow>) {
+        self.lock().extend(rows);
+    }
+
+    /// Takes every row handed over so far.
+    fn take(&self) -> Vec<OutboxRow> {
+        std::mem::take(&mut *self.lock())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<OutboxRow>> {
+        // A panic while holding the lock leaves a plain Vec: still usable.
+        self.rows
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// How long a requirement set seen served by an active worker is not checked again.
+const SERVED_FRESH: Duration = Duration::from_secs(1);
+
+/// Requirement sets no active worker satisfies, and when each was last warned about; and those
+/// recently seen served, so that a busy relay does not list the workers for every round.
 #[derive(Default)]
 struct Unserved {
     warned: std::collections::HashMap<String, std::time::Instant>,
+    served: std::collections::HashMap<String, std::time::Instant>,
 }
 
 impl Unserved {
@@ -41,7 +84,16 @@ impl Unserved {
         context: &Context,
         published: &[(String, RequirementSet, models::TaskKey)],
     ) {
-        if published.is_empty() {
+        let fresh = |served: &std::collections::HashMap<String, std::time::Instant>,
+                     key: &String| {
+            served
+                .get(key)
+                .is_some_and(|at| at.elapsed() < SERVED_FRESH)
+        };
+        if published
+            .iter()
+            .all(|(routing_key, _, _)| fresh(&self.served, routing_key))
+        {
             return;
         }
         let mut conn = match store::connection(&context.pool).await {
@@ -67,6 +119,12 @@ impl Unserved {
             })
         };
         let now = chrono::Utc::now();
+        for (routing_key, requirements, _) in published {
+            if served(requirements) {
+                self.served
+                    .insert(routing_key.clone(), std::time::Instant::now());
+            }
+        }
         let unserved: Vec<models::TaskStateChange> = published
             .iter()
             .filter(|(_, requirements, _)| !served(requirements))
@@ -108,22 +166,19 @@ impl Unserved {
     }
 }
 
-/// Publishes one round of available outbox rows; returns how many were published.
-async fn relay_round(
+/// Publishes `rows` in order, with confirms, and deletes the confirmed ones; returns how many
+/// were published.
+async fn publish_rows(
     context: &Context,
     publisher: &Publisher,
     declared: &mut HashSet<String>,
     unserved: &mut Unserved,
+    rows: &[OutboxRow],
 ) -> anyhow::Result<usize> {
-    let mut conn = store::connection(&context.pool).await?;
-    let rows = tasks::next_outbox_rows(&mut conn, chrono::Utc::now(), BATCH).await?;
-    if rows.is_empty() {
-        return Ok(0);
-    }
     let mut pending = Vec::with_capacity(rows.len());
     let mut published = Vec::with_capacity(rows.len());
     let mut undecodable = Vec::new();
-    for row in &rows {
+    for row in rows {
         let message: TaskReady = match serde_json::from_value(row.payload.clone()) {
             Ok(message) => message,
             Err(error) => {
@@ -192,8 +247,10 @@ async fn relay_round(
             }
         }
     }
-    tasks::delete_outbox_rows(&mut conn, &confirmed).await?;
-    drop(conn);
+    if !confirmed.is_empty() {
+        let mut conn = store::connection(&context.pool).await?;
+        tasks::delete_outbox_rows(&mut conn, &confirmed).await?;
+    }
     unserved.check(context, &published).await;
     if let Some(error) = failure {
         return Err(error.into());
@@ -204,40 +261,73 @@ async fn relay_round(
     Ok(confirmed.len())
 }
 
+/// Publishes one round of outbox rows available at `now`, read from the database; returns how
+/// many were read.
+async fn relay_round(
+    context: &Context,
+    publisher: &Publisher,
+    declared: &mut HashSet<String>,
+    unserved: &mut Unserved,
+) -> anyhow::Result<usize> {
+    let rows = {
+        let mut conn = store::connection(&context.pool).await?;
+        tasks::next_outbox_rows(&mut conn, chrono::Utc::now(), BATCH).await?
+    };
+    publish_rows(context, publisher, declared, unserved, &rows).await?;
+    Ok(rows.len())
+}
+
+/// When the relay should next read the outbox: at the poll interval, or sooner when a row
+/// becomes available (a retry's backoff ends, a hand-over's grace lapses).
+async fn next_poll(context: &Context) -> tokio::time::Instant {
+    let mut wait = context.config.outbox_poll;
+    if let Ok(mut conn) = store::connection(&context.pool).await
+        && let Ok(Some(next)) = tasks::next_outbox_availability(&mut conn).await
+    {
+        let until = (next - chrono::Utc::now())
+            .to_std()
+            .unwrap_or(Duration::ZERO);
+        wait = wait.min(until).max(Duration::from_millis(10));
+    }
+    tokio::time::Instant::now() + wait
+}
+
 /// Runs the relay until `shutdown`.
+///
+/// Rows handed over in memory are published as soon as they come, without reading the
+/// database; the outbox is read at the poll interval and when a stored row becomes available.
 pub async fn run(context: Arc<Context>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let publisher = Publisher::new(&context.broker).await?;
     let mut declared = HashSet::new();
     let mut unserved = Unserved::default();
+    let mut poll_at = tokio::time::Instant::now();
     loop {
-        let published = match relay_round(&context, &publisher, &mut declared, &mut unserved).await
+        let handed = context.handover.take();
+        if !handed.is_empty()
+            && let Err(error) =
+                publish_rows(&context, &publisher, &mut declared, &mut unserved, &handed).await
         {
-            Ok(published) => published,
-            Err(error) => {
-                tracing::warn!("outbox relay round failed, retrying: {error:#}");
-                tokio::select! {
-                    () = shutdown.cancelled() => return Ok(()),
-                    () = tokio::time::sleep(RETRY_DELAY) => continue,
+            // Still stored: polling finds them once their grace lapses.
+            tracing::warn!(
+                "publishing {} handed-over outbox rows failed, polling retries them: {error:#}",
+                handed.len()
+            );
+        }
+        if tokio::time::Instant::now() >= poll_at {
+            match relay_round(&context, &publisher, &mut declared, &mut unserved).await {
+                // A full round: more may be waiting.
+                Ok(read) if read as i64 == BATCH => continue,
+                Ok(_) => poll_at = next_poll(&context).await,
+                Err(error) => {
+                    tracing::warn!("outbox relay round failed, retrying: {error:#}");
+                    poll_at = tokio::time::Instant::now() + RETRY_DELAY;
                 }
             }
-        };
-        if published as i64 == BATCH {
-            continue;
-        }
-        // Sleep until woken, the next retry becomes available, or the poll interval passes.
-        let mut wait = context.config.outbox_poll;
-        if let Ok(mut conn) = store::connection(&context.pool).await
-            && let Ok(Some(next)) = tasks::next_outbox_availability(&mut conn).await
-        {
-            let until = (next - chrono::Utc::now())
-                .to_std()
-                .unwrap_or(Duration::ZERO);
-            wait = wait.min(until).max(Duration::from_millis(10));
         }
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             () = context.outbox_wakeup.notified() => {}
-            () = tokio::time::sleep(wait) => {}
+            () = tokio::time::sleep_until(poll_at) => {}
         }
     }
 }

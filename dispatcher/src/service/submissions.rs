@@ -29,7 +29,7 @@ use crate::registration::{self, RegistrationError};
 use crate::store::{self, StoreError, submissions};
 use crate::submission::{
     MESSAGE_ID_REUSED, SubmissionError, SubmissionRecord, accepted_reply, recorded_reply,
-    reused_message_id, submit_plan,
+    reused_message_id, submit_plan_handing_over,
 };
 
 /// What arrives on `baton.submissions`.
@@ -101,7 +101,7 @@ async fn answer(
         }
         return recorded_reply(row);
     }
-    let outcome = submit_plan(
+    let outcome = submit_plan_handing_over(
         &mut conn,
         submission,
         owner_of(context, principal),
@@ -111,8 +111,8 @@ async fn answer(
     )
     .await;
     let reply = match outcome {
-        Ok((plan, _)) => {
-            context.outbox_wakeup.notify_one();
+        Ok((plan, outbox)) => {
+            context.hand_over(outbox);
             tracing::info!(plan.key = %plan.key, "compute plan {} stored with {} tasks", plan.key, plan.counters.task_count);
             return Ok(accepted_reply(&plan));
         }

@@ -7,19 +7,32 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use ::models::{LogLine, Measurement, Model, ModelKey, Performance, PlanKey, TaskKey};
 
+use std::collections::HashMap;
+
 use super::rows::{
-    LOG_LINE_COLUMNS, LogLineRow, MEASUREMENT_COLUMNS, MeasurementRow, ModelRow, NewMeasurementRow,
-    PerformanceRecord,
+    LOG_LINE_COLUMNS, LogLineRow, MEASUREMENT_COLUMNS, MODEL_COLUMNS, MeasurementRow, ModelRow,
+    NewMeasurementRow, PERFORMANCE_COLUMNS, PerformanceRecord,
 };
 use super::schema::{log_lines, measurements, models, performances, tasks};
 use super::{Page, StoreResult, rows_per_insert};
 
 /// Registers `model`.
 pub async fn insert_model(conn: &mut AsyncPgConnection, model: &Model) -> StoreResult<()> {
-    diesel::insert_into(models::table)
-        .values(ModelRow::from_model(model)?)
-        .execute(conn)
-        .await?;
+    insert_models(conn, std::slice::from_ref(model)).await
+}
+
+/// Registers `models`, in statements that fit PostgreSQL's bind-parameter limit.
+pub async fn insert_models(conn: &mut AsyncPgConnection, models: &[Model]) -> StoreResult<()> {
+    let rows = models
+        .iter()
+        .map(ModelRow::from_model)
+        .collect::<StoreResult<Vec<_>>>()?;
+    for chunk in rows.chunks(rows_per_insert(MODEL_COLUMNS)) {
+        diesel::insert_into(models::table)
+            .values(chunk)
+            .execute(conn)
+            .await?;
+    }
     Ok(())
 }
 
@@ -65,6 +78,30 @@ pub async fn list_task_models(
         .into_iter()
         .map(ModelRow::into_model)
         .collect()
+}
+
+/// The models produced by each of `tasks`, by task, each task's in the order of
+/// [`list_task_models`]; a task without models is absent.
+pub async fn list_models_of_tasks(
+    conn: &mut AsyncPgConnection,
+    tasks: &[TaskKey],
+) -> StoreResult<HashMap<TaskKey, Vec<Model>>> {
+    let keys: Vec<uuid::Uuid> = tasks.iter().map(|task| task.0).collect();
+    let mut by_task: HashMap<TaskKey, Vec<Model>> = HashMap::new();
+    for row in models::table
+        .filter(models::compute_task_key.eq_any(keys))
+        .order((models::creation_date, models::key))
+        .select(ModelRow::as_select())
+        .load(conn)
+        .await?
+    {
+        let model = row.into_model()?;
+        by_task
+            .entry(model.compute_task_key)
+            .or_default()
+            .push(model);
+    }
+    Ok(by_task)
 }
 
 /// Which models a listing shows: those matching every filter given.
@@ -120,10 +157,24 @@ pub async fn insert_performance(
     conn: &mut AsyncPgConnection,
     performance: &Performance,
 ) -> StoreResult<()> {
-    diesel::insert_into(performances::table)
-        .values(PerformanceRecord::from_model(performance))
-        .execute(conn)
-        .await?;
+    insert_performances(conn, std::slice::from_ref(performance)).await
+}
+
+/// Records `performances`, in statements that fit PostgreSQL's bind-parameter limit.
+pub async fn insert_performances(
+    conn: &mut AsyncPgConnection,
+    performances: &[Performance],
+) -> StoreResult<()> {
+    let rows: Vec<PerformanceRecord> = performances
+        .iter()
+        .map(PerformanceRecord::from_model)
+        .collect();
+    for chunk in rows.chunks(rows_per_insert(PERFORMANCE_COLUMNS)) {
+        diesel::insert_into(performances::table)
+            .values(chunk)
+            .execute(conn)
+            .await?;
+    }
     Ok(())
 }
 

@@ -1270,6 +1270,12 @@ pub struct LogLineRow {
 /// Columns of `log_lines`, for chunking batch inserts.
 pub const LOG_LINE_COLUMNS: usize = 8;
 
+/// Columns of `models`, for chunking batch inserts.
+pub const MODEL_COLUMNS: usize = 8;
+
+/// Columns of `performances`, for chunking batch inserts.
+pub const PERFORMANCE_COLUMNS: usize = 4;
+
 impl LogLineRow {
     /// The row storing `line`.
     pub fn from_model(line: &LogLine) -> StoreResult<LogLineRow> {

@@ -530,18 +530,24 @@ pub async fn list_state_changes(
         .collect()
 }
 
-/// Adds ready tasks to the outbox, to be published in the order given.
+/// Adds ready tasks to the outbox, to be published in the order given; returns the rows as
+/// stored (with their ids), so a writer can hand them to the relay.
 pub async fn insert_outbox_rows(
     conn: &mut AsyncPgConnection,
     rows: &[NewOutboxRow],
-) -> StoreResult<()> {
+) -> StoreResult<Vec<OutboxRow>> {
+    let mut stored = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(rows_per_insert(5)) {
-        diesel::insert_into(outbox::table)
+        let mut inserted: Vec<OutboxRow> = diesel::insert_into(outbox::table)
             .values(chunk)
-            .execute(conn)
+            .returning(OutboxRow::as_returning())
+            .get_results(conn)
             .await?;
+        // Publishing order is id order.
+        inserted.sort_unstable_by_key(|row| row.id);
+        stored.extend(inserted);
     }
-    Ok(())
+    Ok(stored)
 }
 
 /// The oldest `limit` outbox rows available at `now`, in publishing order.

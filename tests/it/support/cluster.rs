@@ -30,11 +30,21 @@ pub(crate) struct TestCluster {
     shutdown: CancellationToken,
     dispatcher: Option<JoinHandle<anyhow::Result<()>>>,
     lease: chrono::Duration,
+    outbox_poll: Duration,
 }
 
 impl TestCluster {
     /// A database seeded by `seed`, a vhost, and a dispatcher granting leases of `lease`.
     pub(crate) async fn start(lease: chrono::Duration) -> TestCluster {
+        TestCluster::start_polling(lease, Duration::from_millis(200)).await
+    }
+
+    /// Like [`TestCluster::start`], with the outbox relay reading the outbox every
+    /// `outbox_poll` (and when a stored row becomes available) rather than every 200 ms.
+    pub(crate) async fn start_polling(
+        lease: chrono::Duration,
+        outbox_poll: Duration,
+    ) -> TestCluster {
         // The dispatcher's logs, shown for failing tests (RUST_LOG to tune).
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
@@ -51,6 +61,7 @@ impl TestCluster {
             shutdown: CancellationToken::new(),
             dispatcher: None,
             lease,
+            outbox_poll,
         };
         cluster.start_dispatcher();
         cluster.wait_until_ready().await;
@@ -64,7 +75,7 @@ impl TestCluster {
             ORGANIZATION.into(),
         );
         config.lease_duration = self.lease;
-        config.outbox_poll = Duration::from_millis(200);
+        config.outbox_poll = self.outbox_poll;
         config.heartbeat_interval = Duration::from_secs(1);
         config.registration_cache = Duration::from_millis(200);
         config
