@@ -706,7 +706,7 @@ const ROUND_SHARE: usize = 8;
 /// the caller holds). Every round costs RabbitMQ a consumer's start and cancelation (entries in
 /// a quorum queue's log), so a worker with many slots, freed one at a time as its attempts
 /// end, takes its work in rounds of several deliveries rather than one round per attempt. A
-/// worker with at most [`ROUND_SHARE`] slots, and so every idle one, does not wait.
+/// worker with fewer than twice [`ROUND_SHARE`] slots, and so every idle one, does not wait.
 async fn gather_slots(shared: &Shared) {
     let wanted = (shared.config.executor_limit as usize / ROUND_SHARE).max(1);
     let deadline = tokio::time::Instant::now() + ROUND_GATHER;
