@@ -7,8 +7,14 @@
 //! hand the worker a symbolic link to a file elsewhere.
 //! This module neither fetches inputs nor uploads outputs: the executor does, through an
 //! artifact store.
+//!
+//! A finished workspace is emptied and kept, under a hidden name (`.spare-<pid>-<n>`) in its
+//! base directory, when the steps left its layout and permissions as they were made; the next
+//! attempt renames it into place instead of making four directories. Spares a stopped worker
+//! left are removed by the next worker process that uses the base directory.
 
 use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use models::{Attempt, TaskKey};
@@ -99,11 +105,45 @@ pub enum WorkspaceError {
 
 /// The directory of one task attempt.
 ///
-/// Dropping it keeps the directory; [`Workspace::finish`] removes it.
+/// Dropping it keeps the directory; [`Workspace::finish`] removes it (or keeps it, emptied, for
+/// the next attempt).
 #[derive(Debug)]
 pub struct Workspace {
     /// Absolute, canonical and valid UTF-8, so [`Workspace::env`] gives exact paths.
     root: PathBuf,
+    /// The permissions its directories were made with, which a reused one must still have.
+    mode: u32,
+}
+
+/// An emptied workspace kept for the next attempt in the same base directory: renaming it into
+/// place replaces the four `mkdir` a new workspace costs (on ext4, allocating their inodes was
+/// the largest cost of a no-op attempt), and keeping it replaces their removal.
+#[derive(Debug)]
+struct Spare {
+    path: PathBuf,
+    mode: u32,
+}
+
+/// The spares of this process, every base directory's.
+static SPARES: std::sync::Mutex<Vec<Spare>> = std::sync::Mutex::new(Vec::new());
+
+/// Spares kept at most, all base directories together; more finished workspaces are removed.
+const MAX_SPARES: usize = 256;
+
+/// The prefix of a spare's name; the process id and a number follow.
+const SPARE_PREFIX: &str = ".spare-";
+
+/// Numbers the spares of this process.
+static NEXT_SPARE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Base directories whose spares left by stopped processes were removed.
+static SWEPT: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+fn spares() -> std::sync::MutexGuard<'static, Vec<Spare>> {
+    // A panic while holding the lock leaves a plain Vec: still usable.
+    SPARES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Workspace {
@@ -133,8 +173,13 @@ impl Workspace {
             ));
         }
         let root = base.join(name);
+        sweep_stopped_spares(&base);
+        if let Some(workspace) = reuse_spare(&base, &root) {
+            return Ok(workspace);
+        }
         std::fs::create_dir(&root)?;
-        let workspace = Workspace { root };
+        let mode = permission_bits(&std::fs::symlink_metadata(&root)?);
+        let workspace = Workspace { root, mode };
         if let Err(error) = workspace.lay_out() {
             // Best effort: the error that matters is the layout's.
             let _ = std::fs::remove_dir_all(&workspace.root);
@@ -238,14 +283,22 @@ impl Workspace {
     /// Removes the directory unless `keep` (a failed attempt's, when configured, to look at);
     /// returns the path kept, if any.
     ///
-    /// Directories a step made read-only are made writable again first, so they do not stop
-    /// the removal.
+    /// A workspace whose layout the steps left as it was made (the three directories and the
+    /// measurements file, with their permissions) is emptied and kept, under a hidden name in
+    /// the same base directory, for the next attempt; any other is removed, directories a step
+    /// made read-only being made writable again first, so they do not stop the removal.
     pub async fn finish(self, keep: bool) -> io::Result<Option<PathBuf>> {
         if keep {
             return Ok(Some(self.root));
         }
-        let root = self.root;
-        blocking(move || remove_tree(&root)).await??;
+        let Workspace { root, mode } = self;
+        blocking(move || {
+            if !keep_as_spare(&root, mode) {
+                remove_tree(&root)?;
+            }
+            Ok::<_, io::Error>(())
+        })
+        .await??;
         Ok(None)
     }
 }
@@ -376,6 +429,150 @@ fn check_own_directory(root: &Path, name: &str) -> Result<(), WorkspaceError> {
     }
 }
 
+/// A spare of `base` renamed to `root`, if there is one and `root` does not exist (renaming
+/// would replace an empty directory: an existing one is the fresh path's `AlreadyExists`).
+fn reuse_spare(base: &Path, root: &Path) -> Option<Workspace> {
+    let spare = {
+        let mut spares = spares();
+        let position = spares
+            .iter()
+            .rposition(|spare| spare.path.parent() == Some(base))?;
+        spares.swap_remove(position)
+    };
+    let free = matches!(
+        std::fs::symlink_metadata(root),
+        Err(error) if error.kind() == io::ErrorKind::NotFound
+    );
+    if !free {
+        spares().push(spare);
+        return None;
+    }
+    if std::fs::rename(&spare.path, root).is_ok() {
+        return Some(Workspace {
+            root: root.to_owned(),
+            mode: spare.mode,
+        });
+    }
+    // Best effort: a spare that cannot be used is only an empty hidden directory.
+    let _ = remove_tree(&spare.path);
+    None
+}
+
+/// Empties the workspace at `root` and keeps it as a spare, if the steps left its layout as it
+/// was made with `mode`; answers whether it did. A workspace it does not keep may be emptied in
+/// part: the caller removes it.
+fn keep_as_spare(root: &Path, mode: u32) -> bool {
+    if spares().len() >= MAX_SPARES {
+        return false;
+    }
+    let Some(base) = root.parent() else {
+        return false;
+    };
+    let same_mode = |path: &Path, wanted: u32, is_dir: bool| {
+        std::fs::symlink_metadata(path).is_ok_and(|metadata| {
+            let kind = if is_dir {
+                metadata.is_dir()
+            } else {
+                metadata.is_file()
+            };
+            kind && permission_bits(&metadata) == wanted
+        })
+    };
+    // A file is made with the directories' permissions less the execute bits.
+    let file_mode = mode & !0o111;
+    let measurements = root.join(MEASUREMENTS);
+    let layout_kept = same_mode(root, mode, true)
+        && [WORK, INPUTS, OUTPUTS]
+            .iter()
+            .all(|dir| same_mode(&root.join(dir), mode, true))
+        && same_mode(&measurements, file_mode, false);
+    if !layout_kept {
+        return false;
+    }
+    let emptied = (|| -> io::Result<()> {
+        for entry in std::fs::read_dir(root)? {
+            let name = entry?.file_name();
+            if ![WORK, INPUTS, OUTPUTS, MEASUREMENTS]
+                .iter()
+                .any(|own| name == *own)
+            {
+                remove_entry(&root.join(&name))?;
+            }
+        }
+        for dir in [WORK, INPUTS, OUTPUTS] {
+            for entry in std::fs::read_dir(root.join(dir))? {
+                remove_entry(&entry?.path())?;
+            }
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&measurements)?;
+        Ok(())
+    })();
+    if emptied.is_err() {
+        return false;
+    }
+    let name = format!(
+        "{SPARE_PREFIX}{}-{}",
+        std::process::id(),
+        NEXT_SPARE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let path = base.join(name);
+    if std::fs::rename(root, &path).is_err() {
+        return false;
+    }
+    spares().push(Spare { path, mode });
+    true
+}
+
+/// The permission bits of `metadata` (with set-id and sticky bits), without the file type.
+fn permission_bits(metadata: &std::fs::Metadata) -> u32 {
+    metadata.permissions().mode() & 0o7777
+}
+
+/// Removes `path`, a directory tree or anything else, without following a symbolic link.
+fn remove_entry(path: &Path) -> io::Result<()> {
+    let metadata = std::fs::symlink_metadata(path)?;
+    if metadata.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    }
+}
+
+/// Removes, once per base directory and process, the spares of `base` that processes no longer
+/// running left (a worker that stopped keeps its spares on disk); those of running processes
+/// (several workers sharing a work directory) are theirs.
+fn sweep_stopped_spares(base: &Path) {
+    {
+        let mut swept = SWEPT
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if swept.iter().any(|done| done == base) {
+            return;
+        }
+        swept.push(base.to_owned());
+    }
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|name| name.strip_prefix(SPARE_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid).exists() {
+            // Best effort: what stays is an empty hidden directory.
+            let _ = remove_tree(&entry.path());
+        }
+    }
+}
+
 /// Removes the tree at `root`; when a directory a step made read-only stops it, makes every
 /// directory writable and tries once more.
 fn remove_tree(root: &Path) -> io::Result<()> {
@@ -459,8 +656,6 @@ fn io_error(action: &'static str, relative: &str) -> impl FnOnce(io::Error) -> W
 /// Gives the owner full access to every directory under `dir` (not following symbolic links),
 /// so that a tree a step made read-only can be removed.
 fn make_directories_writable(dir: &Path) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;

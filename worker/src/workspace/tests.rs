@@ -336,3 +336,89 @@ async fn finish_does_not_follow_symlinks_out_of_the_workspace() {
     workspace.finish(false).await.unwrap();
     assert!(outside.join("keep").exists());
 }
+
+/// The hidden spares in `base`.
+fn spares_in(base: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(base)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with(SPARE_PREFIX))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_finished_workspace_is_emptied_and_reused_by_the_next_attempt() {
+    use std::os::unix::fs::MetadataExt;
+
+    let (base, workspace) = setup().await;
+    let root = workspace.root().to_owned();
+    write(&workspace.work_dir().join("scratch"), b"x");
+    std::fs::create_dir_all(workspace.inputs_dir().join("data/nested")).unwrap();
+    write(&workspace.inputs_dir().join("data/nested/file"), b"x");
+    write(&workspace.outputs_dir().join("model"), b"x");
+    write(&workspace.measurements_path(), b"{\"channel\":\"loss\"}\n");
+    write(&root.join("left-at-the-root"), b"x");
+    std::os::unix::fs::symlink(base.path(), workspace.work_dir().join("link")).unwrap();
+    assert_eq!(workspace.finish(false).await.unwrap(), None);
+    assert!(!root.exists());
+    let spares = spares_in(base.path());
+    assert_eq!(spares.len(), 1, "kept as a spare: {spares:?}");
+    let work_inode = std::fs::metadata(spares[0].join("work")).unwrap().ino();
+
+    let next = Workspace::create(base.path(), TASK, Attempt(3))
+        .await
+        .unwrap();
+    assert!(spares_in(base.path()).is_empty(), "the spare was reused");
+    assert_eq!(
+        std::fs::metadata(next.work_dir()).unwrap().ino(),
+        work_inode,
+        "the same directory, renamed"
+    );
+    for dir in [next.work_dir(), next.inputs_dir(), next.outputs_dir()] {
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "{dir:?} empty");
+    }
+    assert_eq!(std::fs::read(next.measurements_path()).unwrap(), b"");
+    let mut names: Vec<String> = std::fs::read_dir(next.root())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["inputs", "measurements.jsonl", "outputs", "work"]);
+    assert!(base.path().exists(), "the symbolic link was not followed");
+}
+
+#[tokio::test]
+async fn a_workspace_whose_permissions_a_step_changed_is_removed_not_kept() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let (base, workspace) = setup().await;
+    let root = workspace.root().to_owned();
+    let mode = permission_bits(&std::fs::metadata(workspace.work_dir()).unwrap());
+    std::fs::set_permissions(
+        workspace.outputs_dir(),
+        std::fs::Permissions::from_mode(mode ^ 0o010),
+    )
+    .unwrap();
+    assert_eq!(workspace.finish(false).await.unwrap(), None);
+    assert!(!root.exists());
+    assert!(spares_in(base.path()).is_empty(), "not kept");
+}
+
+#[tokio::test]
+async fn a_spare_is_not_renamed_over_an_existing_directory() {
+    let (base, workspace) = setup().await;
+    workspace.finish(false).await.unwrap();
+    assert_eq!(spares_in(base.path()).len(), 1);
+    let taken = base.path().join(format!("{TASK}-3"));
+    std::fs::create_dir(&taken).unwrap();
+    let error = Workspace::create(base.path(), TASK, Attempt(3))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::AlreadyExists);
+    assert_eq!(std::fs::read_dir(&taken).unwrap().count(), 0, "untouched");
+    assert_eq!(spares_in(base.path()).len(), 1, "the spare is kept");
+}
