@@ -542,8 +542,9 @@ fn remove_entry(path: &Path) -> io::Result<()> {
 }
 
 /// Removes, once per base directory and process, the spares of `base` that processes no longer
-/// running left (a worker that stopped keeps its spares on disk); those of running processes
-/// (several workers sharing a work directory) are theirs.
+/// running left (a worker that stopped keeps its spares on disk), including those with this
+/// process's id; those of other running processes (several workers sharing a work directory)
+/// are theirs.
 fn sweep_stopped_spares(base: &Path) {
     {
         let mut swept = SWEPT
@@ -566,7 +567,10 @@ fn sweep_stopped_spares(base: &Path) {
         else {
             continue;
         };
-        if !Path::new("/proc").join(pid).exists() {
+        // Spares with this process's id are a previous process's (containers reuse ids):
+        // this one has kept none in `base` before its first sweep of it.
+        let ours = pid == std::process::id().to_string();
+        if ours || !Path::new("/proc").join(pid).exists() {
             // Best effort: what stays is an empty hidden directory.
             let _ = remove_tree(&entry.path());
         }

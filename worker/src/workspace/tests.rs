@@ -422,3 +422,27 @@ async fn a_spare_is_not_renamed_over_an_existing_directory() {
     assert_eq!(std::fs::read_dir(&taken).unwrap().count(), 0, "untouched");
     assert_eq!(spares_in(base.path()).len(), 1, "the spare is kept");
 }
+
+#[tokio::test]
+async fn spares_left_by_stopped_processes_are_swept_on_first_use() {
+    let base = tempfile::tempdir().unwrap();
+    // No process has this id (above the kernel's limit); this one's id is a previous run's.
+    let stale = [
+        base.path().join(format!("{SPARE_PREFIX}4194305-0")),
+        base.path()
+            .join(format!("{SPARE_PREFIX}{}-999999", std::process::id())),
+    ];
+    for spare in &stale {
+        std::fs::create_dir_all(spare.join("work")).unwrap();
+    }
+    let kept_failed = base.path().join("some-task-1");
+    std::fs::create_dir(&kept_failed).unwrap();
+    let workspace = Workspace::create(base.path(), TASK, Attempt(1))
+        .await
+        .unwrap();
+    for spare in &stale {
+        assert!(!spare.exists(), "{spare:?} swept");
+    }
+    assert!(kept_failed.exists(), "other directories are left alone");
+    workspace.finish(false).await.unwrap();
+}
