@@ -359,6 +359,14 @@ pub struct RabbitmqSetupArgs {
     /// Give existing users a new password too.
     #[arg(long)]
     pub reset_passwords: bool,
+    /// RabbitMQ's management API, as an administrator.
+    #[command(flatten)]
+    pub management: ManagementApiArgs,
+}
+
+/// RabbitMQ's management API and a user allowed what the command does there.
+#[derive(Debug, clap::Args)]
+pub struct ManagementApiArgs {
     /// RabbitMQ's management API.
     #[arg(
         long,
@@ -366,10 +374,10 @@ pub struct RabbitmqSetupArgs {
         default_value = "http://127.0.0.1:15672/api"
     )]
     pub rabbitmq_api: String,
-    /// An administrator of the management API.
+    /// User of the management API.
     #[arg(long, env = "BATON_RABBITMQ_API_USER", default_value = "guest")]
     pub rabbitmq_api_user: String,
-    /// Its password.
+    /// Password of the management API.
     #[arg(
         long,
         env = "BATON_RABBITMQ_API_PASSWORD",
@@ -777,23 +785,8 @@ pub struct BenchRabbitmq {
     )]
     pub amqp_url: String,
     /// RabbitMQ's management API, used to make the benchmark's vhost.
-    #[arg(
-        long,
-        env = "BATON_RABBITMQ_API",
-        default_value = "http://127.0.0.1:15672/api"
-    )]
-    pub rabbitmq_api: String,
-    /// User of the management API.
-    #[arg(long, env = "BATON_RABBITMQ_API_USER", default_value = "guest")]
-    pub rabbitmq_api_user: String,
-    /// Password of the management API.
-    #[arg(
-        long,
-        env = "BATON_RABBITMQ_API_PASSWORD",
-        default_value = "guest",
-        hide_env_values = true
-    )]
-    pub rabbitmq_api_password: String,
+    #[command(flatten)]
+    pub management: ManagementApiArgs,
 }
 
 impl BenchRabbitmq {
@@ -801,8 +794,15 @@ impl BenchRabbitmq {
     fn bench(self, messages: u32, runs: u32) -> bench::BrokerBench {
         bench::BrokerBench {
             amqp_url: self.amqp_url.trim_end_matches('/').to_owned(),
-            management_url: self.rabbitmq_api.trim_end_matches('/').to_owned(),
-            management_user: (self.rabbitmq_api_user, self.rabbitmq_api_password),
+            management_url: self
+                .management
+                .rabbitmq_api
+                .trim_end_matches('/')
+                .to_owned(),
+            management_user: (
+                self.management.rabbitmq_api_user,
+                self.management.rabbitmq_api_password,
+            ),
             messages,
             runs,
         }

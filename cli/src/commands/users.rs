@@ -390,9 +390,9 @@ pub(crate) async fn rabbitmq_setup(
         bail!("name at least one user: --dispatcher, --producer or --worker");
     }
     let api = ManagementApi {
-        url: args.rabbitmq_api,
-        user: args.rabbitmq_api_user,
-        password: args.rabbitmq_api_password,
+        url: args.management.rabbitmq_api,
+        user: args.management.rabbitmq_api_user,
+        password: args.management.rabbitmq_api_password,
     };
     let done = crate::rabbitmq::setup(&api, &args.vhost, &principals, args.reset_passwords).await?;
     match format {

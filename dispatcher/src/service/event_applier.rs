@@ -1199,6 +1199,14 @@ async fn commit(
             attempt: None,
         })
         .collect();
+    // Rows ready now are handed to the relay after the commit, hidden from its polling
+    // meanwhile; a retry's backoff waits for polling.
+    let (mut ready, later): (Vec<NewOutboxRow>, Vec<NewOutboxRow>) = outbox
+        .into_iter()
+        .partition(|row| row.available_at.is_none_or(|at| at <= now));
+    for row in &mut ready {
+        row.available_at = Some(now + outbox_relay::HANDOVER_GRACE);
+    }
     conn.transaction(async |conn| {
         tasks::insert_tasks(conn, &work.added_tasks).await?;
         tasks::insert_state_changes(conn, &added_history).await?;
@@ -1229,19 +1237,6 @@ async fn commit(
             plans::update_plan(conn, plan).await?;
         }
         tasks::insert_state_changes(conn, &history).await?;
-        // Rows ready now are handed to the relay after the commit, hidden from its polling
-        // meanwhile; a retry's backoff waits for polling.
-        let (ready, later): (Vec<NewOutboxRow>, Vec<NewOutboxRow>) = outbox
-            .iter()
-            .cloned()
-            .partition(|row| row.available_at.is_none_or(|at| at <= now));
-        let ready: Vec<NewOutboxRow> = ready
-            .into_iter()
-            .map(|row| NewOutboxRow {
-                available_at: Some(now + outbox_relay::HANDOVER_GRACE),
-                ..row
-            })
-            .collect();
         tasks::insert_outbox_rows(conn, &later).await?;
         let handed = tasks::insert_outbox_rows(conn, &ready).await?;
         tasks::set_task_results(conn, &work.results).await?;

@@ -84,16 +84,12 @@ impl Unserved {
         context: &Context,
         published: &[(String, RequirementSet, models::TaskKey)],
     ) {
-        let fresh = |served: &std::collections::HashMap<String, std::time::Instant>,
-                     key: &String| {
-            served
-                .get(key)
+        let all_fresh = published.iter().all(|(routing_key, _, _)| {
+            self.served
+                .get(routing_key)
                 .is_some_and(|at| at.elapsed() < SERVED_FRESH)
-        };
-        if published
-            .iter()
-            .all(|(routing_key, _, _)| fresh(&self.served, routing_key))
-        {
+        });
+        if all_fresh {
             return;
         }
         let mut conn = match store::connection(&context.pool).await {
