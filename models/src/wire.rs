@@ -412,6 +412,10 @@ pub struct TaskStatusReport {
     /// has its values here.
     #[serde(default)]
     pub outputs: Vec<ReportedOutput>,
+    /// The end of the attempt's log: the lines written since its last `task.log` batch (all of
+    /// them for a short attempt), recorded with the report rather than in a message of their own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logs: Vec<LogRecord>,
 }
 
 impl WireMessage for TaskStatusReport {

@@ -436,6 +436,81 @@ async fn duplicate_claims_and_stale_reports_are_refused() {
     assert_eq!(cluster.plan(single.key).await.status, PlanStatus::Done);
 }
 
+/// Lines `from..to` of a log, as a worker sends them.
+fn log_records(from: u64, to: u64) -> Vec<models::wire::LogRecord> {
+    (from..to)
+        .map(|seq| models::wire::LogRecord {
+            seq,
+            step: Some(0),
+            stream: models::LogStream::Stdout,
+            timestamp: Utc::now(),
+            text: format!("line {seq}"),
+            truncated: false,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_log_lines_of_a_report_are_kept_only_from_the_lease_holder() {
+    let cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
+    cluster.seed(&[function(1, no_retry())]).await;
+    let client = cluster.client("producer").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+    let single = plan(104, vec![task(1, 1, &[])]);
+    submit(&cluster, &rpc, &single).await;
+    let worker = ScriptedWorker::new(&cluster, "worker-1").await;
+    let task_key = TaskKey(key(1));
+    let Some(granted) = Granted::of(&worker.claim(task_key).await) else {
+        panic!("the claim is granted");
+    };
+    // A report under a forged token: neither its status nor its lines are kept.
+    let forged = Granted {
+        task: task_key,
+        attempt: granted.attempt,
+        token: uuid::Uuid::new_v4(),
+        outputs: Vec::new(),
+    };
+    worker
+        .report_with_logs(&forged, ReportedOutcome::Done, log_records(0, 3))
+        .await;
+    // The holder's report carries its last lines, after a batch published on its own.
+    let batch = models::wire::LogBatch {
+        task_key,
+        attempt: granted.attempt,
+        lease_token: granted.token,
+        lines: log_records(0, 2),
+    };
+    let events = broker::Publisher::new(&client).await.unwrap();
+    events
+        .publish(
+            broker::topology::EVENTS_EXCHANGE,
+            &broker::topology::task_event_key(task_key, "log"),
+            &batch,
+            broker::envelope::Meta::default(),
+        )
+        .await
+        .unwrap();
+    worker
+        .report_with_logs(&granted, ReportedOutcome::Done, log_records(2, 5))
+        .await;
+    cluster
+        .wait_for_plan(single.key, WAIT, "DONE", |p| p.status == PlanStatus::Done)
+        .await;
+    let mut conn = cluster.db.connect().await;
+    let lines = dispatcher::store::execution::list_log_lines(&mut conn, task_key, 100, 0)
+        .await
+        .unwrap();
+    let texts: Vec<(u64, String)> = lines.iter().map(|l| (l.seq, l.text.clone())).collect();
+    assert_eq!(
+        texts,
+        (0..5)
+            .map(|seq| (seq, format!("line {seq}")))
+            .collect::<Vec<_>>(),
+        "the batch's lines, then the report's, and none of the forged report's"
+    );
+    assert!(lines.iter().all(|l| l.attempt == granted.attempt));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lapsed_lease_requeues_the_task_for_another_worker() {
     let cluster = TestCluster::start(chrono::Duration::seconds(1)).await;

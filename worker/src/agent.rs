@@ -931,6 +931,7 @@ async fn attempt(
             outputs: Vec::new(),
             stopped: None,
             image: None,
+            log_tail: Vec::new(),
         },
     };
     if let Some(timer) = timer {
@@ -955,6 +956,7 @@ async fn attempt(
         steps: ended.steps,
         output: ended.output,
         outputs: ended.outputs,
+        logs: ended.log_tail,
     };
     tracing::info!(task.key = %task, "task {task} ended: {:?}", report.outcome);
     publish_until_confirmed(

@@ -80,6 +80,8 @@ pub(crate) struct Ended {
     pub(crate) stopped: Option<Stop>,
     /// A build's uploaded image, if it left one.
     pub(crate) image: Option<models::File>,
+    /// The end of the attempt's log, not published in a batch: it goes with the report.
+    pub(crate) log_tail: Vec<LogRecord>,
 }
 
 impl Ended {
@@ -95,6 +97,7 @@ impl Ended {
             outputs: Vec::new(),
             stopped: None,
             image: None,
+            log_tail: Vec::new(),
         }
     }
 }
@@ -147,10 +150,11 @@ pub(crate) async fn run(attempt: Attempt<'_>) -> Ended {
             ended
         }
     };
-    // Every writer gone: the publishers drain what is left and stop.
+    // Every writer gone: the publishers drain what is left and stop; the log's last lines come
+    // back, for the report.
     drop(log);
     drop(sample_tx);
-    let _ = logs.await;
+    let log_tail = logs.await.unwrap_or_default();
     let _ = samples.await;
     if let Some(workspace) = workspace {
         let keep = attempt.keep_failed && !matches!(ended.outcome, ReportedOutcome::Done);
@@ -162,7 +166,7 @@ pub(crate) async fn run(attempt: Attempt<'_>) -> Ended {
             Err(error) => tracing::warn!(task.key = %task, "removing the workspace: {error}"),
         }
     }
-    ended
+    Ended { log_tail, ..ended }
 }
 
 async fn in_workspace(
@@ -308,6 +312,7 @@ async fn in_workspace(
         outputs,
         stopped,
         image,
+        log_tail: Vec::new(),
     }
 }
 
@@ -339,6 +344,7 @@ fn stopped_before_start(assignment: &Assignment, order: Stop) -> Ended {
         outputs: Vec::new(),
         stopped: Some(order),
         image: None,
+        log_tail: Vec::new(),
     }
 }
 
@@ -537,10 +543,19 @@ async fn read_performance(path: &Path) -> Result<f64, String> {
     }
 }
 
-/// Publishes the attempt's log lines in batches until every writer is gone.
-async fn publish_logs(publisher: Publisher, grant: Grant, mut rx: UnboundedReceiver<LogRecord>) {
+/// Publishes the attempt's log lines in batches until every writer is gone, and returns the
+/// last batch unpublished: it goes with the status report, so a short attempt's log costs no
+/// message of its own.
+async fn publish_logs(
+    publisher: Publisher,
+    grant: Grant,
+    mut rx: UnboundedReceiver<LogRecord>,
+) -> Vec<LogRecord> {
     let key = task_event_key(grant.task_key, "log");
     while let Some(lines) = next_batch(&mut rx, BATCH, LINGER).await {
+        if rx.is_closed() && rx.is_empty() {
+            return lines;
+        }
         let batch = LogBatch {
             task_key: grant.task_key,
             attempt: grant.attempt,
@@ -549,10 +564,12 @@ async fn publish_logs(publisher: Publisher, grant: Grant, mut rx: UnboundedRecei
         };
         publish_until_confirmed(&publisher, &key, &batch).await;
     }
+    Vec::new()
 }
 
-/// Writes a build's log lines to the worker's own log until every writer is gone.
-async fn trace_logs(grant: Grant, mut rx: UnboundedReceiver<LogRecord>) {
+/// Writes a build's log lines to the worker's own log until every writer is gone; returns no
+/// lines for a report.
+async fn trace_logs(grant: Grant, mut rx: UnboundedReceiver<LogRecord>) -> Vec<LogRecord> {
     while let Some(line) = rx.recv().await {
         tracing::info!(
             "build of function {} [{}]: {}",
@@ -561,6 +578,7 @@ async fn trace_logs(grant: Grant, mut rx: UnboundedReceiver<LogRecord>) {
             line.text
         );
     }
+    Vec::new()
 }
 
 /// Drops a build's samples: there is no task to record them on.

@@ -24,9 +24,9 @@ use broker::topology::{self, CONTROL_EXCHANGE, DISPATCHER_QUEUE};
 use broker::{Consumer, Delivery, Meta, Publisher};
 use models::wire::{
     AddTasks, BuildClaim, BuildClaimReply, BuildReport, CancelReply, CancelRequest, ClaimReply,
-    ClaimRequest, ControlOrder, ErrorDetail, LogBatch, MeasurementBatch, RegistrationReply,
-    ReportedOutcome, SubmissionReply, TaskReady, TaskStatusReport, WireMessage, WorkerHeartbeat,
-    WorkerRegistration,
+    ClaimRequest, ControlOrder, ErrorDetail, LogBatch, LogRecord, MeasurementBatch,
+    RegistrationReply, ReportedOutcome, SubmissionReply, TaskReady, TaskStatusReport, WireMessage,
+    WorkerHeartbeat, WorkerRegistration,
 };
 use models::{
     Attempt, LogLine, Measurement, PlanKey, RequirementSet, RetryPolicy, Task, TaskErrorType,
@@ -324,6 +324,20 @@ struct Work {
 }
 
 impl Work {
+    /// Keeps `lines` of attempt `attempt` of `task` for the batch's transaction.
+    fn keep_log_lines(&mut self, task: TaskKey, attempt: Attempt, lines: &[LogRecord]) {
+        self.log_lines.extend(lines.iter().map(|line| LogLine {
+            task_key: task,
+            attempt,
+            seq: line.seq,
+            step: line.step,
+            stream: line.stream,
+            timestamp: line.timestamp,
+            text: line.text.clone(),
+            truncated: line.truncated,
+        }));
+    }
+
     /// Applies `event` to plan `plan` and keeps its effects; claim replies go to `meta`.
     fn apply(
         &mut self,
@@ -442,6 +456,13 @@ async fn take(
                 tracing::warn!("report for unknown task {}", report.task_key);
                 return Ok(());
             };
+            // The log's last lines come with the report: kept if the attempt still holds its
+            // lease, as a `task.log` batch would be, whatever the core makes of the report.
+            if !report.logs.is_empty()
+                && holds_lease(plans, report.task_key, report.attempt, report.lease_token)
+            {
+                work.keep_log_lines(report.task_key, report.attempt, &report.logs);
+            }
             let mut registered = Registered::default();
             let outcome = match &report.outcome {
                 ReportedOutcome::Done => {
@@ -533,17 +554,7 @@ async fn take(
         Incoming::Logs(batch) => {
             plan_of(conn, plans, batch.task_key).await?;
             if holds_lease(plans, batch.task_key, batch.attempt, batch.lease_token) {
-                work.log_lines
-                    .extend(batch.lines.iter().map(|line| LogLine {
-                        task_key: batch.task_key,
-                        attempt: batch.attempt,
-                        seq: line.seq,
-                        step: line.step,
-                        stream: line.stream,
-                        timestamp: line.timestamp,
-                        text: line.text.clone(),
-                        truncated: line.truncated,
-                    }));
+                work.keep_log_lines(batch.task_key, batch.attempt, &batch.lines);
             } else {
                 tracing::debug!(
                     "log lines of task {} from a stale attempt refused",
@@ -1294,11 +1305,18 @@ async fn announce(context: &Context, publisher: &Publisher, work: &Work, handed:
             tracing::warn!("answering build claim {}: {error}", meta.message_id);
         }
     }
-    // Claim replies are many: handed to the connection in order, their confirms awaited off
-    // the loop, which goes on with the next batch meanwhile.
-    let mut confirms = Vec::with_capacity(work.replies.len());
-    for (meta, reply) in &work.replies {
-        match broker::rpc::send_reply(publisher, meta, reply).await {
+    // Claim replies are many: handed to the connection all at once (one write, not one
+    // wake-up of lapin's I/O loop per reply), their confirms awaited off the loop, which goes
+    // on with the next batch meanwhile.
+    let sent = futures::future::join_all(
+        work.replies
+            .iter()
+            .map(|(meta, reply)| broker::rpc::send_reply(publisher, meta, reply)),
+    )
+    .await;
+    let mut confirms = Vec::with_capacity(sent.len());
+    for ((meta, _), sent) in work.replies.iter().zip(sent) {
+        match sent {
             Ok(confirm) => confirms.push((meta.message_id.clone(), confirm)),
             // The worker went away; its claim, if granted, lapses with its lease.
             Err(error) => tracing::warn!("answering claim {}: {error}", meta.message_id),
@@ -1423,9 +1441,10 @@ async fn apply_batch(
     for _ in &work.replies {
         metrics.observe_claim_latency(received.elapsed());
     }
-    for delivery in batch {
-        // An ack lost with a connection means a redelivery, which the core refuses harmlessly.
-        if let Err(error) = delivery.ack().await {
+    // All at once, so lapin writes them together rather than one wake-up and write per ack.
+    // An ack lost with a connection means a redelivery, which the core refuses harmlessly.
+    for acked in futures::future::join_all(batch.into_iter().map(Delivery::ack)).await {
+        if let Err(error) = acked {
             tracing::debug!("ack lost: {error}");
         }
     }

@@ -171,8 +171,7 @@ async fn publish_rows(
     unserved: &mut Unserved,
     rows: &[OutboxRow],
 ) -> anyhow::Result<usize> {
-    let mut pending = Vec::with_capacity(rows.len());
-    let mut published = Vec::with_capacity(rows.len());
+    let mut messages = Vec::with_capacity(rows.len());
     let mut undecodable = Vec::new();
     for row in rows {
         let message: TaskReady = match serde_json::from_value(row.payload.clone()) {
@@ -207,26 +206,31 @@ async fn publish_rows(
                 )
                 .await?;
         }
+        messages.push((row, message));
+    }
+    // Handed to the connection all at once and in order (lapin queues a publish's frames when
+    // it is first polled): one write for the round, not one wake-up of lapin's I/O loop per row.
+    let sent = futures::future::join_all(messages.iter().map(|(row, message)| {
         let meta = Meta {
             message_id: format!("task-{}-outbox-{}", message.task_key, row.id),
             ..Meta::default()
         };
-        match publisher
-            .send(TASKS_EXCHANGE, &row.routing_key, &message, meta)
-            .await
-        {
+        publisher.send(TASKS_EXCHANGE, &row.routing_key, message, meta)
+    }))
+    .await;
+    let mut pending = Vec::with_capacity(sent.len());
+    let mut published = Vec::with_capacity(sent.len());
+    for ((row, message), sent) in messages.into_iter().zip(sent) {
+        match sent {
             Ok(confirm) => {
                 published.push((
                     row.routing_key.clone(),
-                    message.requirements.clone(),
+                    message.requirements,
                     message.task_key,
                 ));
                 pending.push((row.id, confirm));
             }
-            Err(error) => {
-                tracing::warn!("publishing outbox row {}: {error}", row.id);
-                break;
-            }
+            Err(error) => tracing::warn!("publishing outbox row {}: {error}", row.id),
         }
     }
     let mut confirmed = Vec::with_capacity(pending.len());

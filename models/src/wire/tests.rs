@@ -104,6 +104,7 @@ fn a_status_report_reads_flat() {
         steps: Vec::new(),
         output: serde_json::Value::Null,
         outputs: Vec::new(),
+        logs: Vec::new(),
     };
     let value = serde_json::to_value(&report).unwrap();
     assert_eq!(value["outcome"], "failed");

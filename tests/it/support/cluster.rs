@@ -370,6 +370,16 @@ impl ScriptedWorker {
 
     /// Reports the end of `granted` with `outcome`.
     pub(crate) async fn report(&self, granted: &Granted, outcome: ReportedOutcome) {
+        self.report_with_logs(granted, outcome, Vec::new()).await;
+    }
+
+    /// Reports the end of `granted` with `outcome` and the log's last lines `logs`.
+    pub(crate) async fn report_with_logs(
+        &self,
+        granted: &Granted,
+        outcome: ReportedOutcome,
+        logs: Vec<models::wire::LogRecord>,
+    ) {
         let report = TaskStatusReport {
             task_key: granted.task,
             attempt: granted.attempt,
@@ -383,6 +393,7 @@ impl ScriptedWorker {
             } else {
                 Vec::new()
             },
+            logs,
         };
         self.events
             .publish(
