@@ -451,7 +451,15 @@ async fn store_plan(
         })
         .await;
     match result {
-        Ok((stored_tasks, outbox)) => Ok((plan, stored_tasks, outbox)),
+        Ok((stored_tasks, outbox)) => {
+            // Not the submission's business if it fails: autovacuum analyzes later.
+            match crate::store::stats::refresh_task_statistics(conn, stored_tasks.len()).await {
+                Ok(true) => tracing::debug!("analyzed tasks after storing plan {}", plan.key),
+                Ok(false) => {}
+                Err(error) => tracing::warn!("analyzing tasks after plan {}: {error}", plan.key),
+            }
+            Ok((plan, stored_tasks, outbox))
+        }
         // Another submission of the same plan won the race.
         Err(StoreError::Duplicate {
             constraint: Some(constraint),

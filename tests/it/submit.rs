@@ -249,3 +249,60 @@ async fn a_child_of_a_stored_failed_parent_is_born_canceled() {
             .is_empty()
     );
 }
+
+/// What PostgreSQL's statistics last counted in `tasks` (-1: never analyzed).
+async fn counted_tasks(conn: &mut AsyncPgConnection) -> f64 {
+    use diesel_async::RunQueryDsl as _;
+    #[derive(diesel::QueryableByName)]
+    struct Estimate {
+        #[diesel(sql_type = diesel::sql_types::Double)]
+        rows: f64,
+    }
+    let estimate: Estimate = diesel::sql_query(
+        "SELECT reltuples::float8 AS rows FROM pg_class WHERE oid = 'tasks'::regclass",
+    )
+    .get_result(conn)
+    .await
+    .unwrap();
+    estimate.rows
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn storing_a_large_plan_analyzes_the_tasks_table() {
+    let db = TestDb::new().await;
+    let mut conn = db.connect().await;
+    seed(&mut conn).await;
+    let owner = OrganizationId::from("org-a");
+    let small = PlanSubmission {
+        key: key(31).into(),
+        ..submission((100..110).map(|n| train(n, None)).collect())
+    };
+    submit_plan(&mut conn, &small, &owner, None, Utc::now(), None)
+        .await
+        .unwrap();
+    assert!(
+        counted_tasks(&mut conn).await < 10.0,
+        "ten tasks are not worth an ANALYZE"
+    );
+    let large = submission((1_000..2_000).map(|n| train(n, None)).collect());
+    submit_plan(&mut conn, &large, &owner, None, Utc::now(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        counted_tasks(&mut conn).await,
+        1_010.0,
+        "a thousand tasks stored at once: the statistics count them"
+    );
+    // Another thousand, more than a tenth of what is counted, is analyzed for; fewer than
+    // ANALYZED_TASKS never are.
+    assert!(
+        stats::refresh_task_statistics(&mut conn, 1_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !stats::refresh_task_statistics(&mut conn, 999)
+            .await
+            .unwrap()
+    );
+}
