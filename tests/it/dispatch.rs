@@ -509,6 +509,9 @@ async fn the_log_lines_of_a_report_are_kept_only_from_the_lease_holder() {
         "the batch's lines, then the report's, and none of the forged report's"
     );
     assert!(lines.iter().all(|l| l.attempt == granted.attempt));
+    // The report's output data is stored with its DONE status.
+    let done = &cluster.tasks(single.key).await[0];
+    assert_eq!(done.output, serde_json::json!({"by": "worker-1"}));
 }
 
 #[tokio::test(flavor = "multi_thread")]

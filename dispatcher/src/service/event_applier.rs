@@ -1224,9 +1224,16 @@ async fn commit(
         for row in &work.submission_rows {
             crate::store::submissions::insert_submission(conn, row).await?;
         }
+        // A task's result goes with its state, in the same row version.
+        let mut results: HashMap<TaskKey, (&[models::StepState], &serde_json::Value)> = work
+            .results
+            .iter()
+            .map(|(task, steps, output)| (*task, (steps.as_slice(), output)))
+            .collect();
         let updates: Vec<TaskStateUpdate<'_>> = last_task
             .values()
             .map(|task| TaskStateUpdate {
+                result: results.remove(&task.key),
                 key: task.key,
                 status: task.status,
                 waiting_reason: task.waiting_reason,
@@ -1250,7 +1257,14 @@ async fn commit(
         tasks::insert_state_changes(conn, &history).await?;
         tasks::insert_outbox_rows(conn, &later).await?;
         let handed = tasks::insert_outbox_rows(conn, &ready).await?;
-        tasks::set_task_results(conn, &work.results).await?;
+        // Results of tasks the batch did not otherwise change, if any.
+        let unchanged: Vec<_> = work
+            .results
+            .iter()
+            .filter(|(task, _, _)| results.contains_key(task))
+            .cloned()
+            .collect();
+        tasks::set_task_results(conn, &unchanged).await?;
         execution::insert_models(conn, &work.registered.models).await?;
         execution::insert_performances(conn, &work.registered.performances).await?;
         execution::insert_log_lines(conn, &work.log_lines).await?;

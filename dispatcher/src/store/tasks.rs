@@ -136,6 +136,9 @@ pub struct TaskStateUpdate<'a> {
     pub end_date: Option<chrono::DateTime<chrono::Utc>>,
     /// When this change happens.
     pub update_date: chrono::DateTime<chrono::Utc>,
+    /// What the worker reported with the end of the attempt, if it just ended: its step
+    /// statuses and output data. `None` keeps the stored ones.
+    pub result: Option<(&'a [models::StepState], &'a serde_json::Value)>,
 }
 
 fn count(what: &'static str, value: u32) -> StoreResult<i32> {
@@ -146,12 +149,13 @@ fn count(what: &'static str, value: u32) -> StoreResult<i32> {
 }
 
 /// Saves the running state of many tasks in one statement (see [`TaskStateUpdate`]): the
-/// dispatcher writes every task a batch of events changed at once.
+/// dispatcher writes every task a batch of events changed at once, each in one new row version
+/// (with its result, if it has one, rather than in a second update).
 pub async fn update_task_states(
     conn: &mut AsyncPgConnection,
     updates: &[TaskStateUpdate<'_>],
 ) -> StoreResult<()> {
-    use diesel::sql_types::{Array, Bool, Integer, Nullable, Text, Timestamptz};
+    use diesel::sql_types::{Array, Bool, Integer, Jsonb, Nullable, Text, Timestamptz};
     type Stamp = chrono::DateTime<chrono::Utc>;
     if updates.is_empty() {
         return Ok(());
@@ -172,6 +176,8 @@ pub async fn update_task_states(
     let mut start_dates = Vec::with_capacity(updates.len());
     let mut end_dates = Vec::with_capacity(updates.len());
     let mut update_dates = Vec::with_capacity(updates.len());
+    let mut steps = Vec::with_capacity(updates.len());
+    let mut outputs = Vec::with_capacity(updates.len());
     for update in updates {
         keys.push(update.key.0);
         statuses.push(update.status.as_str());
@@ -194,6 +200,12 @@ pub async fn update_task_states(
         start_dates.push(update.start_date);
         end_dates.push(update.end_date);
         update_dates.push(update.update_date);
+        let (step_states, output) = match update.result {
+            Some((states, output)) => (Some(encode_steps(states)?), Some(output)),
+            None => (None, None),
+        };
+        steps.push(step_states);
+        outputs.push(output);
     }
     diesel::sql_query(
         "UPDATE tasks SET status = u.status, waiting_reason = u.waiting_reason, \
@@ -202,11 +214,13 @@ pub async fn update_task_states(
          attempt_count = u.attempt_count, lease_attempt = u.lease_attempt, \
          lease_token = u.lease_token, lease_expires_at = u.lease_expires_at, \
          not_before = u.not_before, worker_id = u.worker_id, start_date = u.start_date, \
-         end_date = u.end_date, update_date = u.update_date \
-         FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+         end_date = u.end_date, update_date = u.update_date, \
+         steps = COALESCE(u.steps, tasks.steps), output = COALESCE(u.output, tasks.output) \
+         FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+         $17, $18) \
          AS u(key, status, waiting_reason, error_type, error_message, cancel_requested, \
          abort_requested, attempt_count, lease_attempt, lease_token, lease_expires_at, \
-         not_before, worker_id, start_date, end_date, update_date) \
+         not_before, worker_id, start_date, end_date, update_date, steps, output) \
          WHERE tasks.key = u.key",
     )
     .bind::<Array<diesel::sql_types::Uuid>, _>(keys)
@@ -225,6 +239,8 @@ pub async fn update_task_states(
     .bind::<Array<Nullable<Timestamptz>>, _>(start_dates)
     .bind::<Array<Nullable<Timestamptz>>, _>(end_dates)
     .bind::<Array<Timestamptz>, _>(update_dates)
+    .bind::<Array<Nullable<Jsonb>>, _>(steps)
+    .bind::<Array<Nullable<Jsonb>>, _>(outputs)
     .execute(conn)
     .await?;
     Ok(())
@@ -245,12 +261,7 @@ pub async fn set_task_results(
     let mut outputs = Vec::with_capacity(results.len());
     for (key, states, output) in results {
         keys.push(key.0);
-        steps.push(
-            serde_json::to_value(states).map_err(|error| super::StoreError::Encode {
-                what: "step states",
-                reason: error.to_string(),
-            })?,
-        );
+        steps.push(encode_steps(states)?);
         outputs.push(output.clone());
     }
     diesel::sql_query(
@@ -263,6 +274,14 @@ pub async fn set_task_results(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Step statuses as stored in `tasks.steps`.
+fn encode_steps(states: &[models::StepState]) -> StoreResult<serde_json::Value> {
+    serde_json::to_value(states).map_err(|error| super::StoreError::Encode {
+        what: "step states",
+        reason: error.to_string(),
+    })
 }
 
 /// The plans that have a running (DOING) task: their leases must be watched.
