@@ -172,6 +172,32 @@ impl WireMessage for ClaimRequest {
     const KIND: &'static str = "task.claim";
 }
 
+/// A worker asks to run several tasks it received at once, published on `baton.events` as
+/// `worker.<id>.claim`: one message and one reply for a round of deliveries rather than one
+/// each. Each task is claimed as by a [`ClaimRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ClaimBatch {
+    /// The worker asking.
+    pub worker_id: WorkerId,
+    /// The tasks, each once.
+    pub task_keys: Vec<TaskKey>,
+}
+
+impl WireMessage for ClaimBatch {
+    const KIND: &'static str = "task.claim_batch";
+}
+
+/// The dispatcher's answers to a [`ClaimBatch`]: one per task, each naming its task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ClaimBatchReply {
+    /// The answers, in the order of the batch's tasks.
+    pub replies: Vec<ClaimReply>,
+}
+
+impl WireMessage for ClaimBatchReply {
+    const KIND: &'static str = "task.claim_batch_reply";
+}
+
 /// An attempt granted to a worker: what every report of the attempt names.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Grant {
@@ -367,6 +393,16 @@ pub enum ClaimReply {
 
 impl WireMessage for ClaimReply {
     const KIND: &'static str = "task.claim_reply";
+}
+
+impl ClaimReply {
+    /// The task it answers for.
+    pub fn task_key(&self) -> TaskKey {
+        match self {
+            ClaimReply::Granted { grant, .. } => grant.task_key,
+            ClaimReply::Refused { task_key, .. } => *task_key,
+        }
+    }
 }
 
 /// How an attempt ended, as the worker that ran it reports it.
@@ -818,6 +854,8 @@ pub fn schemas() -> Vec<MessageSchema> {
         schema_of::<BuildReport>(),
         schema_of::<ClaimRequest>(),
         schema_of::<ClaimReply>(),
+        schema_of::<ClaimBatch>(),
+        schema_of::<ClaimBatchReply>(),
         schema_of::<TaskStatusReport>(),
         schema_of::<WorkerHeartbeat>(),
         schema_of::<LogBatch>(),

@@ -515,6 +515,74 @@ async fn the_log_lines_of_a_report_are_kept_only_from_the_lease_holder() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_claim_batch_is_answered_task_by_task_in_one_reply() {
+    let cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
+    cluster.seed(&[function(1, no_retry())]).await;
+    let client = cluster.client("producer").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+    let pair = plan(105, vec![task(1, 1, &[]), task(2, 1, &[])]);
+    submit(&cluster, &rpc, &pair).await;
+    // Registered (as ScriptedWorker does) so that its claims can be granted.
+    let _worker = ScriptedWorker::new(&cluster, "worker-1").await;
+    let worker_rpc = RpcClient::new(&cluster.client("worker-1").await)
+        .await
+        .unwrap();
+    let claim = |worker: &str, tasks: Vec<TaskKey>| models::wire::ClaimBatch {
+        worker_id: worker.into(),
+        task_keys: tasks,
+    };
+    let (t1, t2, unknown) = (TaskKey(key(1)), TaskKey(key(2)), TaskKey(key(99)));
+    let reply: models::wire::ClaimBatchReply = worker_rpc
+        .call(
+            broker::topology::EVENTS_EXCHANGE,
+            "worker.worker-1.claim",
+            &claim("worker-1", vec![t1, t2, t1, unknown]),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let answers: Vec<(TaskKey, bool)> = reply
+        .replies
+        .iter()
+        .map(|reply| {
+            (
+                reply.task_key(),
+                matches!(reply, ClaimReply::Granted { .. }),
+            )
+        })
+        .collect();
+    assert_eq!(
+        answers,
+        vec![(t1, true), (t2, true), (t1, false), (unknown, false)],
+        "in the batch's order: both tasks granted, the repeated one and the unknown one refused"
+    );
+    let statuses = statuses(&cluster, pair.key).await;
+    assert_eq!(
+        (statuses["t1"], statuses["t2"]),
+        (TaskStatus::Doing, TaskStatus::Doing)
+    );
+
+    // A worker that never registered is refused every task, still in one reply.
+    let stranger: models::wire::ClaimBatchReply = worker_rpc
+        .call(
+            broker::topology::EVENTS_EXCHANGE,
+            "worker.worker-1.claim",
+            &claim("worker-9", vec![t1, t2]),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(stranger.replies.len(), 2);
+    assert!(
+        stranger
+            .replies
+            .iter()
+            .all(|reply| matches!(reply, ClaimReply::Refused { reason, .. } if reason.contains("not registered"))),
+        "{stranger:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_lapsed_lease_requeues_the_task_for_another_worker() {
     let cluster = TestCluster::start(chrono::Duration::seconds(1)).await;
     cluster

@@ -19,15 +19,16 @@ use broker::envelope::{DecodeError, Envelope};
 use broker::topology::{self, EVENTS_EXCHANGE};
 use broker::{Broker, BrokerConfig, Consumer, Delivery, Publisher, RpcClient};
 use models::wire::{
-    Assignment, BuildClaim, BuildClaimReply, BuildReady, BuildReport, ClaimReply, ClaimRequest,
-    ControlOrder, Grant, HeldBuild, HeldLease, QueueAnnouncement, RegistrationReply,
-    ReportedOutcome, TaskReady, TaskStatusReport, WireMessage, WorkerHeartbeat, WorkerRegistration,
+    Assignment, BuildClaim, BuildClaimReply, BuildReady, BuildReport, ClaimReply, ControlOrder,
+    Grant, HeldBuild, HeldLease, QueueAnnouncement, RegistrationReply, ReportedOutcome, TaskReady,
+    TaskStatusReport, WireMessage, WorkerHeartbeat, WorkerRegistration,
 };
 use models::{
     FunctionKey, OrganizationId, Properties, RequirementSet, TaskErrorType, TaskKey, WorkerId,
 };
 
 use crate::artifacts::ArtifactStore;
+use crate::claims::Claims;
 use crate::device::{Device, DeviceScanner, Handler, HandlerContext, Handlers, LocalDevice};
 use crate::executor::{self, publish_until_confirmed};
 use crate::logs::LogLimits;
@@ -223,6 +224,8 @@ struct Shared {
     broker: Broker,
     publisher: Publisher,
     rpc: RpcClient,
+    /// Claims tasks, several in one message when they come together.
+    claims: Claims,
     artifacts: Arc<dyn ArtifactStore>,
     devices: Mutex<Vec<Arc<dyn Device>>>,
     handlers: Arc<Handlers>,
@@ -284,11 +287,13 @@ impl Worker {
                 .entry("device".to_owned())
                 .or_insert_with(|| device.info().device_type);
         }
+        let claims = Claims::start(rpc.clone(), config.worker_id.clone(), config.claim_timeout);
         let shared = Arc::new(Shared {
             slots: Arc::new(Semaphore::new(config.executor_limit as usize)),
             config,
             broker,
             publisher,
+            claims,
             rpc,
             artifacts: self.artifacts,
             devices: Mutex::new(self.devices),
@@ -824,20 +829,7 @@ async fn take(
     slot: Slot,
     acks: watch::Receiver<bool>,
 ) {
-    let request = ClaimRequest {
-        task_key: task,
-        worker_id: shared.config.worker_id.clone(),
-    };
-    let reply = shared
-        .rpc
-        .call::<_, ClaimReply>(
-            EVENTS_EXCHANGE,
-            &topology::task_event_key(task, "claim"),
-            &request,
-            shared.config.claim_timeout,
-        )
-        .await;
-    let reply = match reply {
+    let reply = match shared.claims.claim(task).await {
         Ok(reply) => reply,
         Err(error) => {
             // Unanswered: another delivery (here or elsewhere) claims it again.

@@ -19,6 +19,7 @@
 
 pub mod agent;
 pub mod artifacts;
+mod claims;
 pub mod device;
 mod executor;
 pub mod logs;

@@ -23,10 +23,10 @@ use broker::envelope::{DecodeError, Envelope};
 use broker::topology::{self, CONTROL_EXCHANGE, DISPATCHER_QUEUE};
 use broker::{Consumer, Delivery, Meta, Publisher};
 use models::wire::{
-    AddTasks, BuildClaim, BuildClaimReply, BuildReport, CancelReply, CancelRequest, ClaimReply,
-    ClaimRequest, ControlOrder, ErrorDetail, LogBatch, LogRecord, MeasurementBatch,
-    RegistrationReply, ReportedOutcome, SubmissionReply, TaskReady, TaskStatusReport, WireMessage,
-    WorkerHeartbeat, WorkerRegistration,
+    AddTasks, BuildClaim, BuildClaimReply, BuildReport, CancelReply, CancelRequest, ClaimBatch,
+    ClaimBatchReply, ClaimReply, ClaimRequest, ControlOrder, ErrorDetail, LogBatch, LogRecord,
+    MeasurementBatch, RegistrationReply, ReportedOutcome, SubmissionReply, TaskReady,
+    TaskStatusReport, WireMessage, WorkerHeartbeat, WorkerRegistration,
 };
 use models::{
     Attempt, LogLine, Measurement, PlanKey, RequirementSet, RetryPolicy, Task, TaskErrorType,
@@ -65,6 +65,8 @@ const RETRY_DELAY: Duration = Duration::from_millis(500);
 pub enum Incoming {
     /// A worker asks to run a task.
     Claim(ClaimRequest),
+    /// A worker asks to run several tasks.
+    Claims(ClaimBatch),
     /// A worker reports the end of an attempt.
     Status(TaskStatusReport),
     /// A worker is alive and renews its leases.
@@ -89,6 +91,7 @@ impl MessageSet for Incoming {
     fn kinds() -> Vec<&'static str> {
         vec![
             ClaimRequest::KIND,
+            ClaimBatch::KIND,
             TaskStatusReport::KIND,
             WorkerHeartbeat::KIND,
             LogBatch::KIND,
@@ -104,6 +107,7 @@ impl MessageSet for Incoming {
     fn decode(envelope: &Envelope<'_>) -> Result<Self, DecodeError> {
         Ok(match envelope.kind.as_str() {
             ClaimRequest::KIND => Incoming::Claim(envelope.decode()?),
+            ClaimBatch::KIND => Incoming::Claims(envelope.decode()?),
             TaskStatusReport::KIND => Incoming::Status(envelope.decode()?),
             WorkerHeartbeat::KIND => Incoming::Heartbeat(envelope.decode()?),
             LogBatch::KIND => Incoming::Logs(envelope.decode()?),
@@ -301,6 +305,8 @@ struct Work {
     effects: Vec<Effect>,
     touched: HashSet<PlanKey>,
     replies: Vec<(Meta, ClaimReply)>,
+    /// Answers to claim batches, each to its batch's sender.
+    batch_replies: Vec<(Meta, ClaimBatchReply)>,
     /// The core's answers to claims, before the shell completes them into `replies`.
     decisions: Vec<(Meta, ClaimDecision)>,
     /// Models and performances registered by DONE reports.
@@ -415,42 +421,31 @@ async fn take(
     now: Timestamp,
 ) -> Result<(), StoreError> {
     match &delivery.message {
-        Incoming::Claim(request)
-            if !is_registered(context, conn, plans, &request.worker_id).await? =>
-        {
-            work.replies.push((
-                delivery.meta.clone(),
-                ClaimReply::Refused {
-                    task_key: request.task_key,
-                    reason: format!(
-                        "worker {} is not registered, or is disabled or leaving",
-                        request.worker_id
-                    ),
-                },
-            ));
+        Incoming::Claim(request) => {
+            let reply = if is_registered(context, conn, plans, &request.worker_id).await? {
+                claim_task(context, conn, plans, work, request, &delivery.meta, now).await?
+            } else {
+                unregistered(request.task_key, &request.worker_id)
+            };
+            work.replies.push((delivery.meta.clone(), reply));
         }
-        Incoming::Claim(request) => match plan_of(conn, plans, request.task_key).await? {
-            None => work.replies.push((
-                delivery.meta.clone(),
-                ClaimReply::Refused {
-                    task_key: request.task_key,
-                    reason: format!("task {} does not exist", request.task_key),
-                },
-            )),
-            Some(plan) => {
-                claim(
-                    context,
-                    conn,
-                    plans,
-                    work,
-                    request,
-                    plan,
-                    &delivery.meta,
-                    now,
-                )
-                .await?
+        Incoming::Claims(batch) => {
+            let registered = is_registered(context, conn, plans, &batch.worker_id).await?;
+            let mut replies = Vec::with_capacity(batch.task_keys.len());
+            for task in &batch.task_keys {
+                let request = ClaimRequest {
+                    task_key: *task,
+                    worker_id: batch.worker_id.clone(),
+                };
+                replies.push(if registered {
+                    claim_task(context, conn, plans, work, &request, &delivery.meta, now).await?
+                } else {
+                    unregistered(*task, &batch.worker_id)
+                });
             }
-        },
+            work.batch_replies
+                .push((delivery.meta.clone(), ClaimBatchReply { replies }));
+        }
         Incoming::Status(report) => {
             let Some(plan) = plan_of(conn, plans, report.task_key).await? else {
                 tracing::warn!("report for unknown task {}", report.task_key);
@@ -602,6 +597,33 @@ async fn take(
     Ok(())
 }
 
+/// The refusal of a claim by a worker that is not registered (or disabled, or leaving).
+fn unregistered(task: TaskKey, worker: &WorkerId) -> ClaimReply {
+    ClaimReply::Refused {
+        task_key: task,
+        reason: format!("worker {worker} is not registered, or is disabled or leaving"),
+    }
+}
+
+/// Answers the claim `request` of a registered worker (see [`claim`]).
+async fn claim_task(
+    context: &Context,
+    conn: &mut AsyncPgConnection,
+    plans: &mut Plans,
+    work: &mut Work,
+    request: &ClaimRequest,
+    meta: &Meta,
+    now: Timestamp,
+) -> Result<ClaimReply, StoreError> {
+    match plan_of(conn, plans, request.task_key).await? {
+        None => Ok(ClaimReply::Refused {
+            task_key: request.task_key,
+            reason: format!("task {} does not exist", request.task_key),
+        }),
+        Some(plan) => claim(context, conn, plans, work, request, plan, meta, now).await,
+    }
+}
+
 /// Feeds a claim to the core with the assignment it would run: a grant is answered with the
 /// assignment; a task whose inputs are gone is granted and failed at once, so it does not wait
 /// forever, and the worker is refused.
@@ -615,7 +637,7 @@ async fn claim(
     plan: PlanKey,
     meta: &Meta,
     now: Timestamp,
-) -> Result<(), StoreError> {
+) -> Result<ClaimReply, StoreError> {
     let claimable = plans
         .states
         .get(&plan)
@@ -635,8 +657,11 @@ async fn claim(
         lease_duration: context.config.lease_duration,
     };
     work.apply(plans, plan, event, now, Some(meta));
-    let Some((meta, decision)) = work.decisions.pop() else {
-        return Ok(());
+    let Some((_, decision)) = work.decisions.pop() else {
+        return Ok(ClaimReply::Refused {
+            task_key: request.task_key,
+            reason: "the claim was not answered".to_owned(),
+        });
     };
     let reply = match (decision, prepared) {
         (ClaimDecision::Refused { task_key, reason }, _) => {
@@ -669,8 +694,7 @@ async fn claim(
             }
         }
     };
-    work.replies.push((meta, reply));
-    Ok(())
+    Ok(reply)
 }
 
 /// Checks the outputs of a DONE report against its function (`stored`: its task, when already
@@ -1322,14 +1346,19 @@ async fn announce(context: &Context, publisher: &Publisher, work: &Work, handed:
     // Claim replies are many: handed to the connection all at once (one write, not one
     // wake-up of lapin's I/O loop per reply), their confirms awaited off the loop, which goes
     // on with the next batch meanwhile.
-    let sent = futures::future::join_all(
-        work.replies
-            .iter()
-            .map(|(meta, reply)| broker::rpc::send_reply(publisher, meta, reply)),
-    )
-    .await;
+    let single = work
+        .replies
+        .iter()
+        .map(|(meta, reply)| broker::rpc::send_reply(publisher, meta, reply).boxed());
+    let batches = work
+        .batch_replies
+        .iter()
+        .map(|(meta, reply)| broker::rpc::send_reply(publisher, meta, reply).boxed());
+    let sent = futures::future::join_all(single.chain(batches)).await;
+    let metas = work.replies.iter().map(|(meta, _)| meta);
+    let batch_metas = work.batch_replies.iter().map(|(meta, _)| meta);
     let mut confirms = Vec::with_capacity(sent.len());
-    for ((meta, _), sent) in work.replies.iter().zip(sent) {
+    for (meta, sent) in metas.chain(batch_metas).zip(sent) {
         match sent {
             Ok(confirm) => confirms.push((meta.message_id.clone(), confirm)),
             // The worker went away; its claim, if granted, lapses with its lease.
@@ -1395,12 +1424,13 @@ async fn apply_batch(
     // Claims and DONE reports read their stored task: all of them in one query.
     let named: Vec<TaskKey> = batch
         .iter()
-        .filter_map(|delivery| match &delivery.message {
-            Incoming::Claim(request) => Some(request.task_key),
+        .flat_map(|delivery| match &delivery.message {
+            Incoming::Claim(request) => vec![request.task_key],
+            Incoming::Claims(batch) => batch.task_keys.clone(),
             Incoming::Status(report) if report.outcome == ReportedOutcome::Done => {
-                Some(report.task_key)
+                vec![report.task_key]
             }
-            _ => None,
+            _ => Vec::new(),
         })
         .collect();
     if !named.is_empty() {
@@ -1452,7 +1482,13 @@ async fn apply_batch(
     );
     let metrics = &context.config.metrics;
     metrics.observe_event_batch(batch.len());
-    for _ in &work.replies {
+    let claims = work.replies.len()
+        + work
+            .batch_replies
+            .iter()
+            .map(|(_, reply)| reply.replies.len())
+            .sum::<usize>();
+    for _ in 0..claims {
         metrics.observe_claim_latency(received.elapsed());
     }
     // All at once, so lapin writes them together rather than one wake-up and write per ack.
