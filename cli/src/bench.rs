@@ -237,6 +237,10 @@ pub(crate) async fn run_lapin(url: &str, count: u32) -> anyhow::Result<Duration>
         .await?;
     let (body, properties) = baseline_message()?;
 
+    // Held here and closed before the connections: lapin closes a channel on its own when its
+    // last handle goes, and a connection closed while one of its channels is still closing
+    // fails (`invalid channel state: Closing`).
+    let channels = [channel.clone(), consume_channel.clone()];
     let started = Instant::now();
     let sending = tokio::spawn(async move {
         let mut pending = VecDeque::with_capacity(WINDOW);
@@ -275,6 +279,9 @@ pub(crate) async fn run_lapin(url: &str, count: u32) -> anyhow::Result<Duration>
     }
     let elapsed = started.elapsed();
     sending.await??;
+    for channel in channels {
+        channel.close(200, "done".into()).await?;
+    }
     publishing.close(200, "done".into()).await?;
     consuming.close(200, "done".into()).await?;
     Ok(elapsed)
