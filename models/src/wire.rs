@@ -458,6 +458,19 @@ impl WireMessage for TaskStatusReport {
     const KIND: &'static str = "task.status";
 }
 
+/// The ends of several attempts, published on `baton.events` as `worker.<id>.status` by a
+/// worker whose attempts ended while its previous report was on its way: one message rather
+/// than one each. Each report is applied as a `task.status` would be.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StatusBatch {
+    /// The reports.
+    pub reports: Vec<TaskStatusReport>,
+}
+
+impl WireMessage for StatusBatch {
+    const KIND: &'static str = "task.status_batch";
+}
+
 /// A function is to be built: published on `baton.tasks` with its requirement set's routing
 /// key, beside that set's tasks.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -857,6 +870,7 @@ pub fn schemas() -> Vec<MessageSchema> {
         schema_of::<ClaimBatch>(),
         schema_of::<ClaimBatchReply>(),
         schema_of::<TaskStatusReport>(),
+        schema_of::<StatusBatch>(),
         schema_of::<WorkerHeartbeat>(),
         schema_of::<LogBatch>(),
         schema_of::<MeasurementBatch>(),

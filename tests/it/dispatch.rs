@@ -16,7 +16,7 @@ use models::submission::{
 };
 use models::wire::{
     AddTasks, AssetReply, CancelReply, CancelRequest, ClaimReply, RegistrationReply,
-    ReportedOutcome, SubmissionReply, WireMessage,
+    ReportedOutcome, SubmissionReply, TaskStatusReport, WireMessage,
 };
 use models::{
     Function, FunctionKey, FunctionStatus, InputKind, InputRef, Metadata, OutputKind, Permission,
@@ -515,7 +515,7 @@ async fn the_log_lines_of_a_report_are_kept_only_from_the_lease_holder() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_claim_batch_is_answered_task_by_task_in_one_reply() {
+async fn claim_and_status_batches_are_answered_and_applied_task_by_task() {
     let cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
     cluster.seed(&[function(1, no_retry())]).await;
     let client = cluster.client("producer").await;
@@ -579,6 +579,65 @@ async fn a_claim_batch_is_answered_task_by_task_in_one_reply() {
             .iter()
             .all(|reply| matches!(reply, ClaimReply::Refused { reason, .. } if reason.contains("not registered"))),
         "{stranger:?}"
+    );
+
+    // Both ends in one status batch, after a forged report that changes nothing.
+    let report = |granted: &Granted, logs| TaskStatusReport {
+        task_key: granted.task,
+        attempt: granted.attempt,
+        lease_token: granted.token,
+        worker_id: "worker-1".into(),
+        outcome: ReportedOutcome::Done,
+        steps: Vec::new(),
+        output: serde_json::json!({"task": granted.task.to_string()}),
+        outputs: granted.outputs(),
+        logs,
+    };
+    let first = Granted::of(&reply.replies[0]).unwrap();
+    let second = Granted::of(&reply.replies[1]).unwrap();
+    let forged = Granted {
+        token: uuid::Uuid::new_v4(),
+        ..Granted::of(&reply.replies[0]).unwrap()
+    };
+    let batch = models::wire::StatusBatch {
+        reports: vec![
+            TaskStatusReport {
+                outcome: ReportedOutcome::Canceled,
+                ..report(&forged, log_records(7, 8))
+            },
+            report(&first, log_records(0, 2)),
+            report(&second, Vec::new()),
+        ],
+    };
+    broker::Publisher::new(&cluster.client("worker-1").await)
+        .await
+        .unwrap()
+        .publish(
+            broker::topology::EVENTS_EXCHANGE,
+            "worker.worker-1.status",
+            &batch,
+            broker::envelope::Meta::default(),
+        )
+        .await
+        .unwrap();
+    cluster
+        .wait_for_plan(pair.key, WAIT, "DONE", |p| p.status == PlanStatus::Done)
+        .await;
+    for task in cluster.tasks(pair.key).await {
+        assert_eq!(
+            task.output,
+            serde_json::json!({"task": task.key.to_string()})
+        );
+    }
+    let mut conn = cluster.db.connect().await;
+    let lines = dispatcher::store::execution::list_log_lines(&mut conn, t1, 100, 0)
+        .await
+        .unwrap();
+    let seqs: Vec<u64> = lines.iter().map(|line| line.seq).collect();
+    assert_eq!(
+        seqs,
+        vec![0, 1],
+        "the holder's lines, not the forged report's"
     );
 }
 

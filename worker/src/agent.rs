@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use broker::consumer::MessageSet;
 use broker::envelope::{DecodeError, Envelope};
-use broker::topology::{self, EVENTS_EXCHANGE};
+use broker::topology::EVENTS_EXCHANGE;
 use broker::{Broker, BrokerConfig, Consumer, Delivery, Publisher, RpcClient};
 use models::wire::{
     Assignment, BuildClaim, BuildClaimReply, BuildReady, BuildReport, ClaimReply, ControlOrder,
@@ -33,6 +33,7 @@ use crate::device::{Device, DeviceScanner, Handler, HandlerContext, Handlers, Lo
 use crate::executor::{self, publish_until_confirmed};
 use crate::logs::LogLimits;
 use crate::process::Stop;
+use crate::reports::Reports;
 
 /// How a worker runs.
 #[derive(Clone, Debug)]
@@ -226,6 +227,8 @@ struct Shared {
     rpc: RpcClient,
     /// Claims tasks, several in one message when they come together.
     claims: Claims,
+    /// Sends status reports, several in one message when attempts end together.
+    reports: Reports,
     artifacts: Arc<dyn ArtifactStore>,
     devices: Mutex<Vec<Arc<dyn Device>>>,
     handlers: Arc<Handlers>,
@@ -288,12 +291,14 @@ impl Worker {
                 .or_insert_with(|| device.info().device_type);
         }
         let claims = Claims::start(rpc.clone(), config.worker_id.clone(), config.claim_timeout);
+        let reports = Reports::start(publisher.clone(), config.worker_id.clone());
         let shared = Arc::new(Shared {
             slots: Arc::new(Semaphore::new(config.executor_limit as usize)),
             config,
             broker,
             publisher,
             claims,
+            reports,
             rpc,
             artifacts: self.artifacts,
             devices: Mutex::new(self.devices),
@@ -951,12 +956,9 @@ async fn attempt(
         logs: ended.log_tail,
     };
     tracing::info!(task.key = %task, "task {task} ended: {:?}", report.outcome);
-    publish_until_confirmed(
-        &shared.publisher,
-        &topology::task_event_key(task, "status"),
-        &report,
-    )
-    .await;
+    if !shared.reports.send(report).await {
+        tracing::warn!(task.key = %task, "task {task}: the worker stopped before reporting it");
+    }
     drop(slot);
 }
 

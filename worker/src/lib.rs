@@ -25,6 +25,7 @@ mod executor;
 pub mod logs;
 pub mod measurements;
 pub mod process;
+mod reports;
 pub mod template;
 pub mod workspace;
 

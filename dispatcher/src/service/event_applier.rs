@@ -25,7 +25,7 @@ use broker::{Consumer, Delivery, Meta, Publisher};
 use models::wire::{
     AddTasks, BuildClaim, BuildClaimReply, BuildReport, CancelReply, CancelRequest, ClaimBatch,
     ClaimBatchReply, ClaimReply, ClaimRequest, ControlOrder, ErrorDetail, LogBatch, LogRecord,
-    MeasurementBatch, RegistrationReply, ReportedOutcome, SubmissionReply, TaskReady,
+    MeasurementBatch, RegistrationReply, ReportedOutcome, StatusBatch, SubmissionReply, TaskReady,
     TaskStatusReport, WireMessage, WorkerHeartbeat, WorkerRegistration,
 };
 use models::{
@@ -69,6 +69,8 @@ pub enum Incoming {
     Claims(ClaimBatch),
     /// A worker reports the end of an attempt.
     Status(TaskStatusReport),
+    /// A worker reports the end of several attempts.
+    Statuses(StatusBatch),
     /// A worker is alive and renews its leases.
     Heartbeat(WorkerHeartbeat),
     /// Log lines of a running attempt.
@@ -93,6 +95,7 @@ impl MessageSet for Incoming {
             ClaimRequest::KIND,
             ClaimBatch::KIND,
             TaskStatusReport::KIND,
+            StatusBatch::KIND,
             WorkerHeartbeat::KIND,
             LogBatch::KIND,
             MeasurementBatch::KIND,
@@ -109,6 +112,7 @@ impl MessageSet for Incoming {
             ClaimRequest::KIND => Incoming::Claim(envelope.decode()?),
             ClaimBatch::KIND => Incoming::Claims(envelope.decode()?),
             TaskStatusReport::KIND => Incoming::Status(envelope.decode()?),
+            StatusBatch::KIND => Incoming::Statuses(envelope.decode()?),
             WorkerHeartbeat::KIND => Incoming::Heartbeat(envelope.decode()?),
             LogBatch::KIND => Incoming::Logs(envelope.decode()?),
             MeasurementBatch::KIND => Incoming::Measurements(envelope.decode()?),
@@ -446,53 +450,10 @@ async fn take(
             work.batch_replies
                 .push((delivery.meta.clone(), ClaimBatchReply { replies }));
         }
-        Incoming::Status(report) => {
-            let Some(plan) = plan_of(conn, plans, report.task_key).await? else {
-                tracing::warn!("report for unknown task {}", report.task_key);
-                return Ok(());
-            };
-            // The log's last lines come with the report: kept if the attempt still holds its
-            // lease, as a `task.log` batch would be, whatever the core makes of the report.
-            if !report.logs.is_empty()
-                && holds_lease(plans, report.task_key, report.attempt, report.lease_token)
-            {
-                work.keep_log_lines(report.task_key, report.attempt, &report.logs);
-            }
-            let mut registered = Registered::default();
-            let outcome = match &report.outcome {
-                ReportedOutcome::Done => {
-                    let stored = work.stored_tasks.remove(&report.task_key);
-                    match check_outputs(conn, plans, report, stored, now, &mut registered).await? {
-                        Ok(()) => Outcome::Done,
-                        Err(problem) => Outcome::Failed {
-                            error_type: TaskErrorType::Execution,
-                            message: format!("invalid outputs: {problem}"),
-                            retryable: false,
-                        },
-                    }
-                }
-                ReportedOutcome::Failed {
-                    error_type,
-                    message,
-                    retryable,
-                } => Outcome::Failed {
-                    error_type: *error_type,
-                    message: message.clone(),
-                    retryable: *retryable,
-                },
-                ReportedOutcome::Canceled => Outcome::Canceled,
-            };
-            let event = Event::Finished {
-                task: report.task_key,
-                attempt: report.attempt,
-                lease_token: report.lease_token,
-                outcome,
-            };
-            if work.apply(plans, plan, event, now, None) {
-                work.results
-                    .push((report.task_key, report.steps.clone(), report.output.clone()));
-                work.registered.models.extend(registered.models);
-                work.registered.performances.extend(registered.performances);
+        Incoming::Status(report) => take_report(conn, plans, work, report, now).await?,
+        Incoming::Statuses(batch) => {
+            for report in &batch.reports {
+                take_report(conn, plans, work, report, now).await?;
             }
         }
         Incoming::BuildClaim(request) => {
@@ -593,6 +554,64 @@ async fn take(
                     }));
             }
         }
+    }
+    Ok(())
+}
+
+/// Feeds the end of an attempt, as its worker reported it, to the core.
+async fn take_report(
+    conn: &mut AsyncPgConnection,
+    plans: &mut Plans,
+    work: &mut Work,
+    report: &TaskStatusReport,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let Some(plan) = plan_of(conn, plans, report.task_key).await? else {
+        tracing::warn!("report for unknown task {}", report.task_key);
+        return Ok(());
+    };
+    // The log's last lines come with the report: kept if the attempt still holds its
+    // lease, as a `task.log` batch would be, whatever the core makes of the report.
+    if !report.logs.is_empty()
+        && holds_lease(plans, report.task_key, report.attempt, report.lease_token)
+    {
+        work.keep_log_lines(report.task_key, report.attempt, &report.logs);
+    }
+    let mut registered = Registered::default();
+    let outcome = match &report.outcome {
+        ReportedOutcome::Done => {
+            let stored = work.stored_tasks.remove(&report.task_key);
+            match check_outputs(conn, plans, report, stored, now, &mut registered).await? {
+                Ok(()) => Outcome::Done,
+                Err(problem) => Outcome::Failed {
+                    error_type: TaskErrorType::Execution,
+                    message: format!("invalid outputs: {problem}"),
+                    retryable: false,
+                },
+            }
+        }
+        ReportedOutcome::Failed {
+            error_type,
+            message,
+            retryable,
+        } => Outcome::Failed {
+            error_type: *error_type,
+            message: message.clone(),
+            retryable: *retryable,
+        },
+        ReportedOutcome::Canceled => Outcome::Canceled,
+    };
+    let event = Event::Finished {
+        task: report.task_key,
+        attempt: report.attempt,
+        lease_token: report.lease_token,
+        outcome,
+    };
+    if work.apply(plans, plan, event, now, None) {
+        work.results
+            .push((report.task_key, report.steps.clone(), report.output.clone()));
+        work.registered.models.extend(registered.models);
+        work.registered.performances.extend(registered.performances);
     }
     Ok(())
 }
@@ -1430,6 +1449,12 @@ async fn apply_batch(
             Incoming::Status(report) if report.outcome == ReportedOutcome::Done => {
                 vec![report.task_key]
             }
+            Incoming::Statuses(batch) => batch
+                .reports
+                .iter()
+                .filter(|report| report.outcome == ReportedOutcome::Done)
+                .map(|report| report.task_key)
+                .collect(),
             _ => Vec::new(),
         })
         .collect();
