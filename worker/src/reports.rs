@@ -16,6 +16,11 @@ use crate::executor::publish_until_confirmed;
 /// The most reports sent in one message.
 pub(crate) const MAX_BATCH: usize = 64;
 
+/// The most log text, in bytes, one message's reports carry together (one report carries what
+/// it carries): an attempt's whole log may ride in its report (8 MiB by default), and 64 of
+/// them would pass RabbitMQ's largest message.
+pub(crate) const MAX_LOG_BYTES: usize = 8 * 1024 * 1024;
+
 /// A report waiting for its message.
 struct Pending {
     report: TaskStatusReport,
@@ -57,17 +62,99 @@ async fn run(publisher: Publisher, worker: WorkerId, mut rx: mpsc::UnboundedRece
             .drain(..)
             .map(|waiting| (waiting.report, waiting.confirmed))
             .unzip();
-        match <[TaskStatusReport; 1]>::try_from(reports) {
-            Ok([report]) => {
-                let key = task_event_key(report.task_key, "status");
-                publish_until_confirmed(&publisher, &key, &report).await;
-            }
-            Err(reports) => {
-                publish_until_confirmed(&publisher, &batch_key, &StatusBatch { reports }).await;
+        for message in messages(reports) {
+            match <[TaskStatusReport; 1]>::try_from(message) {
+                Ok([report]) => {
+                    let key = task_event_key(report.task_key, "status");
+                    publish_until_confirmed(&publisher, &key, &report).await;
+                }
+                Err(reports) => {
+                    let batch = StatusBatch { reports };
+                    publish_until_confirmed(&publisher, &batch_key, &batch).await;
+                }
             }
         }
         for waiter in confirmed {
             let _ = waiter.send(());
         }
+    }
+}
+
+/// `reports` split, in order, into messages whose log text is at most [`MAX_LOG_BYTES`] (or
+/// one report).
+fn messages(reports: Vec<TaskStatusReport>) -> Vec<Vec<TaskStatusReport>> {
+    let mut messages = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0;
+    for report in reports {
+        let size: usize = report.logs.iter().map(|line| line.text.len()).sum();
+        if !current.is_empty() && bytes + size > MAX_LOG_BYTES {
+            messages.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += size;
+        current.push(report);
+    }
+    if !current.is_empty() {
+        messages.push(current);
+    }
+    messages
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use models::wire::{LogRecord, ReportedOutcome};
+    use models::{Attempt, LogStream, TaskKey};
+
+    fn report(n: u128, log_bytes: usize) -> TaskStatusReport {
+        TaskStatusReport {
+            task_key: TaskKey(uuid::Uuid::from_u128(n)),
+            attempt: Attempt(1),
+            lease_token: uuid::Uuid::from_u128(n),
+            worker_id: "w".into(),
+            outcome: ReportedOutcome::Done,
+            steps: Vec::new(),
+            output: serde_json::Value::Null,
+            outputs: Vec::new(),
+            logs: vec![LogRecord {
+                seq: 0,
+                step: Some(0),
+                stream: LogStream::Stdout,
+                timestamp: chrono::Utc::now(),
+                text: "x".repeat(log_bytes),
+                truncated: false,
+            }],
+        }
+    }
+
+    fn keys(messages: &[Vec<TaskStatusReport>]) -> Vec<Vec<u128>> {
+        messages
+            .iter()
+            .map(|message| message.iter().map(|r| r.task_key.0.as_u128()).collect())
+            .collect()
+    }
+
+    #[test]
+    fn small_reports_go_in_one_message_in_order() {
+        let messages = messages((1..=3).map(|n| report(n, 10)).collect());
+        assert_eq!(keys(&messages), vec![vec![1, 2, 3]]);
+    }
+
+    #[test]
+    fn long_logs_split_the_reports_into_several_messages() {
+        let half = MAX_LOG_BYTES / 2;
+        let reports = vec![
+            report(1, half),
+            report(2, half),
+            report(3, 1),
+            report(4, MAX_LOG_BYTES + 1),
+            report(5, 1),
+        ];
+        assert_eq!(
+            keys(&messages(reports)),
+            vec![vec![1, 2], vec![3], vec![4], vec![5]],
+            "a message holds at most MAX_LOG_BYTES of log text, or a single report"
+        );
     }
 }
