@@ -562,24 +562,35 @@ async fn claim_and_status_batches_are_answered_and_applied_task_by_task() {
         (TaskStatus::Doing, TaskStatus::Doing)
     );
 
-    // A worker that never registered is refused every task, still in one reply.
-    let stranger: models::wire::ClaimBatchReply = worker_rpc
-        .call(
-            broker::topology::EVENTS_EXCHANGE,
+    // A worker that never registered is refused every task, still in one reply; so is a batch
+    // naming a worker other than the one of its routing key.
+    for (routing_key, worker, refusal) in [
+        ("worker.worker-9.claim", "worker-9", "not registered"),
+        (
             "worker.worker-1.claim",
-            &claim("worker-9", vec![t1, t2]),
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
-    assert_eq!(stranger.replies.len(), 2);
-    assert!(
-        stranger
-            .replies
-            .iter()
-            .all(|reply| matches!(reply, ClaimReply::Refused { reason, .. } if reason.contains("not registered"))),
-        "{stranger:?}"
-    );
+            "worker-9",
+            "must be published as `worker.worker-9.claim`",
+        ),
+    ] {
+        let refused: models::wire::ClaimBatchReply = worker_rpc
+            .call(
+                broker::topology::EVENTS_EXCHANGE,
+                routing_key,
+                &claim(worker, vec![t1, t2]),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        let tasks: Vec<TaskKey> = refused.replies.iter().map(ClaimReply::task_key).collect();
+        assert_eq!(tasks, vec![t1, t2]);
+        assert!(
+            refused
+                .replies
+                .iter()
+                .all(|reply| matches!(reply, ClaimReply::Refused { reason, .. } if reason.contains(refusal))),
+            "{refused:?}"
+        );
+    }
 
     // Both ends in one status batch, after a forged report that changes nothing.
     let report = |granted: &Granted, logs| TaskStatusReport {

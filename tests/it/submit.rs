@@ -250,23 +250,6 @@ async fn a_child_of_a_stored_failed_parent_is_born_canceled() {
     );
 }
 
-/// What PostgreSQL's statistics last counted in `tasks` (-1: never analyzed).
-async fn counted_tasks(conn: &mut AsyncPgConnection) -> f64 {
-    use diesel_async::RunQueryDsl as _;
-    #[derive(diesel::QueryableByName)]
-    struct Estimate {
-        #[diesel(sql_type = diesel::sql_types::Double)]
-        rows: f64,
-    }
-    let estimate: Estimate = diesel::sql_query(
-        "SELECT reltuples::float8 AS rows FROM pg_class WHERE oid = 'tasks'::regclass",
-    )
-    .get_result(conn)
-    .await
-    .unwrap();
-    estimate.rows
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn storing_a_large_plan_analyzes_the_tasks_table() {
     let db = TestDb::new().await;
@@ -281,7 +264,7 @@ async fn storing_a_large_plan_analyzes_the_tasks_table() {
         .await
         .unwrap();
     assert!(
-        counted_tasks(&mut conn).await < 10.0,
+        stats::counted_tasks(&mut conn).await.unwrap() < 10.0,
         "ten tasks are not worth an ANALYZE"
     );
     let large = submission((1_000..2_000).map(|n| train(n, None)).collect());
@@ -289,7 +272,7 @@ async fn storing_a_large_plan_analyzes_the_tasks_table() {
         .await
         .unwrap();
     assert_eq!(
-        counted_tasks(&mut conn).await,
+        stats::counted_tasks(&mut conn).await.unwrap(),
         1_010.0,
         "a thousand tasks stored at once: the statistics count them"
     );

@@ -434,17 +434,34 @@ async fn take(
             work.replies.push((delivery.meta.clone(), reply));
         }
         Incoming::Claims(batch) => {
-            let registered = is_registered(context, conn, plans, &batch.worker_id).await?;
+            // RabbitMQ lets a worker's user publish only under its own `worker.<id>.` keys, so
+            // a batch on its worker's key comes from that worker (docs/security.md).
+            let key = format!("worker.{}.claim", batch.worker_id);
+            let refusal = if delivery.routing_key != key {
+                Some(format!(
+                    "claims for worker {} must be published as `{key}`, not `{}`",
+                    batch.worker_id, delivery.routing_key
+                ))
+            } else if !is_registered(context, conn, plans, &batch.worker_id).await? {
+                Some(unregistered_reason(&batch.worker_id))
+            } else {
+                None
+            };
             let mut replies = Vec::with_capacity(batch.task_keys.len());
             for task in &batch.task_keys {
                 let request = ClaimRequest {
                     task_key: *task,
                     worker_id: batch.worker_id.clone(),
                 };
-                replies.push(if registered {
-                    claim_task(context, conn, plans, work, &request, &delivery.meta, now).await?
-                } else {
-                    unregistered(*task, &batch.worker_id)
+                replies.push(match &refusal {
+                    None => {
+                        claim_task(context, conn, plans, work, &request, &delivery.meta, now)
+                            .await?
+                    }
+                    Some(reason) => ClaimReply::Refused {
+                        task_key: *task,
+                        reason: reason.clone(),
+                    },
                 });
             }
             work.batch_replies
@@ -620,8 +637,13 @@ async fn take_report(
 fn unregistered(task: TaskKey, worker: &WorkerId) -> ClaimReply {
     ClaimReply::Refused {
         task_key: task,
-        reason: format!("worker {worker} is not registered, or is disabled or leaving"),
+        reason: unregistered_reason(worker),
     }
+}
+
+/// Why a claim by `worker`, not registered (or disabled, or leaving), is refused.
+fn unregistered_reason(worker: &WorkerId) -> String {
+    format!("worker {worker} is not registered, or is disabled or leaving")
 }
 
 /// Answers the claim `request` of a registered worker (see [`claim`]).

@@ -123,6 +123,16 @@ struct Estimate {
     rows: f64,
 }
 
+/// How many rows of `tasks` PostgreSQL's statistics last counted (an estimate; -1 if the table
+/// was never analyzed).
+pub async fn counted_tasks(conn: &mut AsyncPgConnection) -> StoreResult<f64> {
+    let estimate: Estimate =
+        sql_query("SELECT reltuples::float8 AS rows FROM pg_class WHERE oid = 'tasks'::regclass")
+            .get_result(conn)
+            .await?;
+    Ok(estimate.rows)
+}
+
 /// The fewest tasks stored at once that [`refresh_task_statistics`] analyzes for.
 pub const ANALYZED_TASKS: usize = 1000;
 
@@ -143,11 +153,8 @@ pub async fn refresh_task_statistics(
     if added < ANALYZED_TASKS {
         return Ok(false);
     }
-    let estimate: Estimate =
-        sql_query("SELECT reltuples::float8 AS rows FROM pg_class WHERE oid = 'tasks'::regclass")
-            .get_result(conn)
-            .await?;
-    if estimate.rows >= 0.0 && (added as f64) < estimate.rows / 10.0 {
+    let counted = counted_tasks(conn).await?;
+    if counted >= 0.0 && (added as f64) < counted / 10.0 {
         return Ok(false);
     }
     sql_query("ANALYZE tasks, task_edges").execute(conn).await?;
