@@ -14,7 +14,7 @@ use models::wire::{ClaimBatch, ClaimBatchReply, ClaimReply};
 use models::{TaskKey, WorkerId};
 
 /// The most tasks claimed in one message.
-pub(crate) const MAX_BATCH: usize = 256;
+const MAX_BATCH: usize = 256;
 
 /// A claim waiting for its batch.
 struct Pending {

@@ -14,12 +14,12 @@ use models::wire::{StatusBatch, TaskStatusReport};
 use crate::executor::publish_until_confirmed;
 
 /// The most reports sent in one message.
-pub(crate) const MAX_BATCH: usize = 64;
+const MAX_BATCH: usize = 64;
 
 /// The most log text, in bytes, one message's reports carry together (one report carries what
 /// it carries): an attempt's whole log may ride in its report (8 MiB by default), and 64 of
 /// them would pass RabbitMQ's largest message.
-pub(crate) const MAX_LOG_BYTES: usize = 8 * 1024 * 1024;
+const MAX_LOG_BYTES: usize = 8 * 1024 * 1024;
 
 /// A report waiting for its message.
 struct Pending {

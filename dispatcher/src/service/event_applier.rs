@@ -311,8 +311,9 @@ struct Work {
     replies: Vec<(Meta, ClaimReply)>,
     /// Answers to claim batches, each to its batch's sender.
     batch_replies: Vec<(Meta, ClaimBatchReply)>,
-    /// The core's answers to claims, before the shell completes them into `replies`.
-    decisions: Vec<(Meta, ClaimDecision)>,
+    /// The core's answers to claims, before the shell completes them into replies (only a
+    /// claim's event yields one).
+    decisions: Vec<ClaimDecision>,
     /// Models and performances registered by DONE reports.
     registered: Registered,
     log_lines: Vec<LogLine>,
@@ -348,17 +349,9 @@ impl Work {
         }));
     }
 
-    /// Applies `event` to plan `plan` and keeps its effects; claim replies go to `meta`.
-    fn apply(
-        &mut self,
-        plans: &mut Plans,
-        plan: PlanKey,
-        event: Event,
-        now: Timestamp,
-        meta: Option<&Meta>,
-    ) -> bool {
-        self.apply_or_refusal(plans, plan, event, now, meta)
-            .is_none()
+    /// Applies `event` to plan `plan` and keeps its effects.
+    fn apply(&mut self, plans: &mut Plans, plan: PlanKey, event: Event, now: Timestamp) -> bool {
+        self.apply_or_refusal(plans, plan, event, now).is_none()
     }
 
     /// Like [`Work::apply`], returning the core's refusal, if any.
@@ -368,7 +361,6 @@ impl Work {
         plan: PlanKey,
         event: Event,
         now: Timestamp,
-        meta: Option<&Meta>,
     ) -> Option<String> {
         let Some(state) = plans.states.get_mut(&plan) else {
             return Some(format!("plan {plan} is not loaded"));
@@ -377,11 +369,7 @@ impl Work {
         let mut refusal = None;
         for effect in effects {
             match effect {
-                Effect::ReplyClaim { reply } => {
-                    if let Some(meta) = meta {
-                        self.decisions.push((meta.clone(), reply));
-                    }
-                }
+                Effect::ReplyClaim { reply } => self.decisions.push(reply),
                 Effect::Refused { task, reason } => {
                     tracing::debug!(
                         "refused for task {}: {reason}",
@@ -427,7 +415,7 @@ async fn take(
     match &delivery.message {
         Incoming::Claim(request) => {
             let reply = if is_registered(context, conn, plans, &request.worker_id).await? {
-                claim_task(context, conn, plans, work, request, &delivery.meta, now).await?
+                claim_task(context, conn, plans, work, request, now).await?
             } else {
                 unregistered(request.task_key, &request.worker_id)
             };
@@ -454,10 +442,7 @@ async fn take(
                     worker_id: batch.worker_id.clone(),
                 };
                 replies.push(match &refusal {
-                    None => {
-                        claim_task(context, conn, plans, work, &request, &delivery.meta, now)
-                            .await?
-                    }
+                    None => claim_task(context, conn, plans, work, &request, now).await?,
                     Some(reason) => ClaimReply::Refused {
                         task_key: *task,
                         reason: reason.clone(),
@@ -520,7 +505,7 @@ async fn take(
                         lease_token: lease.lease_token,
                         lease_duration: context.config.lease_duration,
                     };
-                    work.apply(plans, plan, event, now, None);
+                    work.apply(plans, plan, event, now);
                 }
             }
         }
@@ -624,7 +609,7 @@ async fn take_report(
         lease_token: report.lease_token,
         outcome,
     };
-    if work.apply(plans, plan, event, now, None) {
+    if work.apply(plans, plan, event, now) {
         work.results
             .push((report.task_key, report.steps.clone(), report.output.clone()));
         work.registered.models.extend(registered.models);
@@ -653,7 +638,6 @@ async fn claim_task(
     plans: &mut Plans,
     work: &mut Work,
     request: &ClaimRequest,
-    meta: &Meta,
     now: Timestamp,
 ) -> Result<ClaimReply, StoreError> {
     match plan_of(conn, plans, request.task_key).await? {
@@ -661,14 +645,13 @@ async fn claim_task(
             task_key: request.task_key,
             reason: format!("task {} does not exist", request.task_key),
         }),
-        Some(plan) => claim(context, conn, plans, work, request, plan, meta, now).await,
+        Some(plan) => claim(context, conn, plans, work, request, plan, now).await,
     }
 }
 
 /// Feeds a claim to the core with the assignment it would run: a grant is answered with the
 /// assignment; a task whose inputs are gone is granted and failed at once, so it does not wait
 /// forever, and the worker is refused.
-#[allow(clippy::too_many_arguments)]
 async fn claim(
     context: &Context,
     conn: &mut AsyncPgConnection,
@@ -676,7 +659,6 @@ async fn claim(
     work: &mut Work,
     request: &ClaimRequest,
     plan: PlanKey,
-    meta: &Meta,
     now: Timestamp,
 ) -> Result<ClaimReply, StoreError> {
     let claimable = plans
@@ -697,8 +679,8 @@ async fn claim(
         lease_token: Uuid::new_v4(),
         lease_duration: context.config.lease_duration,
     };
-    work.apply(plans, plan, event, now, Some(meta));
-    let Some((_, decision)) = work.decisions.pop() else {
+    work.apply(plans, plan, event, now);
+    let Some(decision) = work.decisions.pop() else {
         return Ok(ClaimReply::Refused {
             task_key: request.task_key,
             reason: "the claim was not answered".to_owned(),
@@ -728,7 +710,7 @@ async fn claim(
                     retryable: false,
                 },
             };
-            work.apply(plans, plan, failed, now, None);
+            work.apply(plans, plan, failed, now);
             ClaimReply::Refused {
                 task_key: grant.task_key,
                 reason: problem,
@@ -791,7 +773,6 @@ async fn apply_ended_builds(
             plan,
             Event::FunctionChanged { function, status },
             now,
-            None,
         );
     }
     Ok(())
@@ -898,7 +879,7 @@ async fn add_tasks(
             })
             .collect();
         let event = Event::TasksAdded { tasks: nodes };
-        if let Some(reason) = work.apply_or_refusal(plans, plan_key, event, now, None) {
+        if let Some(reason) = work.apply_or_refusal(plans, plan_key, event, now) {
             break 'reply rejected(
                 "invalid_submission",
                 vec![ErrorDetail {
@@ -991,7 +972,7 @@ async fn cancel(
         });
     }
     tracing::info!("cancel requested by {}: {request:?}", principal.name());
-    Ok(match work.apply_or_refusal(plans, plan, event, now, None) {
+    Ok(match work.apply_or_refusal(plans, plan, event, now) {
         None => CancelReply::Accepted,
         Some(reason) => CancelReply::Refused { reason },
     })
@@ -1179,7 +1160,6 @@ async fn propagate_to_other_plans(
                     status,
                 },
                 now,
-                None,
             );
         }
     }
@@ -1605,7 +1585,7 @@ async fn tick(context: &Context, publisher: &Publisher, plans: &mut Plans) -> an
         return Ok(());
     }
     for plan in due {
-        work.apply(plans, plan, Event::Tick, now, None);
+        work.apply(plans, plan, Event::Tick, now);
     }
     let outcome = match propagate_to_other_plans(&mut conn, plans, &mut work, now).await {
         Ok(()) => commit(&mut conn, plans, &work, now).await,
