@@ -1,9 +1,12 @@
-//! `baton bench large-plan`: validate, store and load a layered DAG of many tasks, in a
-//! PostgreSQL database of its own that is dropped afterwards.
+//! `baton bench large-plan`: validate, store, publish and load a layered DAG of many tasks, in
+//! a PostgreSQL database of its own per run and a RabbitMQ vhost of its own, removed afterwards.
 //!
 //! Phases: validation (loading what the plan references, then `models::validation::plan`), the
-//! storing transaction (plan, tasks, edges, history, outbox rows), and rebuilding the
-//! dispatcher's in-memory state of the plan, whose resident memory per task is measured.
+//! storing transaction (validation again, then plan, tasks, edges, history and outbox rows), the
+//! first ready task published and confirmed by RabbitMQ (the issue's "validate + store + first
+//! publish"), the planner statistics refreshed afterwards (not counted: the relay does not wait
+//! for it), and rebuilding the dispatcher's in-memory state of the plan, whose resident memory
+//! per task is measured.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -14,16 +17,24 @@ use diesel::sql_query;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
+use broker::topology::TASKS_EXCHANGE;
+use broker::{Broker, BrokerConfig, Meta, Publisher};
 use dispatcher::store::{self, catalog};
-use dispatcher::submission::{load_known_assets, submit_plan};
+use dispatcher::submission::{analyze_after, load_known_assets, submit_plan_handing_over};
 use models::function::{FunctionInput, FunctionOutput, RetryPolicy};
 use models::submission::{NewTask, PlanSubmission};
 use models::validation::plan::{Limits, validate_plan};
+use models::wire::TaskReady;
 use models::{
     Function, FunctionKey, FunctionStatus, InputKind, InputRef, Metadata, Organization,
     OrganizationId, OutputKind, Permission, Permissions, PlanKey, RequirementSet, Step, TaskInput,
     TaskKey, TaskOutput,
 };
+
+use crate::bench::{BenchVhost, BrokerBench, median};
+
+/// The issue's goal for validating, storing and first publishing 100,000 tasks.
+const GOAL_SECS: f64 = 5.0;
 
 /// Options of `baton bench large-plan`.
 #[derive(Clone, Debug)]
@@ -34,6 +45,10 @@ pub(crate) struct LargePlanBench {
     pub(crate) tasks: u32,
     /// Tasks per layer; each task takes the models of two tasks of the layer before.
     pub(crate) width: u32,
+    /// Runs, each of a new plan in a fresh database; medians are reported.
+    pub(crate) runs: u32,
+    /// Where the benchmark makes its vhost.
+    pub(crate) broker: BrokerBench,
 }
 
 /// What `baton bench large-plan` measured.
@@ -43,14 +58,25 @@ pub(crate) struct LargePlanFigures {
     pub(crate) tasks: u32,
     /// Layers of the DAG.
     pub(crate) layers: u32,
-    /// Seconds to load what the plan references and validate it.
+    /// Runs measured.
+    pub(crate) runs: u32,
+    /// Seconds to load what the plan references and validate it (median).
     pub(crate) validate_secs: f64,
-    /// Seconds of the storing transaction (which validates again first).
+    /// Seconds of validating again and storing in one transaction (median).
     pub(crate) store_secs: f64,
-    /// Seconds to rebuild the dispatcher's state of the plan from the database.
+    /// Seconds from the start of storing to RabbitMQ's confirm of the first ready task
+    /// (median): the issue's "validate + store + first publish".
+    pub(crate) first_publish_secs: f64,
+    /// Each run's `first_publish_secs`.
+    pub(crate) first_publish_runs: Vec<f64>,
+    /// Seconds of the statistics refresh after the store (median; not in the figures above).
+    pub(crate) analyze_secs: f64,
+    /// Seconds to rebuild the dispatcher's state of the plan from the database (last run).
     pub(crate) load_state_secs: f64,
-    /// Resident memory the plan's state added, in bytes per task.
+    /// Resident memory the plan's state added, in bytes per task (last run).
     pub(crate) state_bytes_per_task: f64,
+    /// The goal for `first_publish_secs`.
+    pub(crate) goal_secs: f64,
 }
 
 /// The process's resident set size in bytes, from `/proc/self/status`.
@@ -172,7 +198,22 @@ fn layered_plan(tasks: u32, width: u32, owner: &OrganizationId) -> PlanSubmissio
     }
 }
 
-async fn measure(url: &str, options: &LargePlanBench) -> anyhow::Result<LargePlanFigures> {
+/// One run's phases, in seconds.
+struct RunFigures {
+    validate_secs: f64,
+    store_secs: f64,
+    first_publish_secs: f64,
+    analyze_secs: f64,
+}
+
+/// One run in the fresh database `url`: validates a new plan, then stores it as the
+/// dispatcher's submission handler does and publishes its first ready task as the dispatcher's
+/// relay does, on `broker`.
+async fn run_once(
+    url: &str,
+    broker: &Broker,
+    options: &LargePlanBench,
+) -> anyhow::Result<(RunFigures, PlanKey)> {
     store::run_migrations(url).await?;
     let mut conn = AsyncPgConnection::establish(url).await?;
     let owner = OrganizationId::from("bench");
@@ -198,21 +239,42 @@ async fn measure(url: &str, options: &LargePlanBench) -> anyhow::Result<LargePla
         anyhow::bail!("the benchmark plan is invalid: {}", errors[0]);
     }
 
+    let publisher = Publisher::new(broker).await?;
     let started = Instant::now();
-    submit_plan(&mut conn, &submission, &owner, None, Utc::now(), None)
-        .await
-        .context("storing the benchmark plan")?;
+    let (plan, rows) =
+        submit_plan_handing_over(&mut conn, &submission, &owner, None, Utc::now(), None)
+            .await
+            .context("storing the benchmark plan")?;
     let store_secs = started.elapsed().as_secs_f64();
+    let first = <[_]>::first(&rows).context("the benchmark plan has no ready task")?;
+    let ready: TaskReady =
+        serde_json::from_value(first.payload.clone()).context("reading the first outbox row")?;
+    broker.declare_task_queue(&ready.requirements).await?;
+    publisher
+        .publish(TASKS_EXCHANGE, &first.routing_key, &ready, Meta::default())
+        .await
+        .context("publishing the first ready task")?;
+    let first_publish_secs = started.elapsed().as_secs_f64();
 
-    // Measured in a fresh process: in this one, the allocator reuses what the submission freed,
-    // so resident memory would not show the state's size.
+    let started = Instant::now();
+    analyze_after(&mut conn, &plan).await;
+    let analyze_secs = started.elapsed().as_secs_f64();
+    Ok((
+        RunFigures {
+            validate_secs,
+            store_secs,
+            first_publish_secs,
+            analyze_secs,
+        },
+        plan.key,
+    ))
+}
+
+/// Rebuilds the dispatcher's state of plan `key` in a fresh process (in this one, the allocator
+/// reuses what the submission freed, so resident memory would not show the state's size).
+async fn load_in_child(url: &str, key: PlanKey) -> anyhow::Result<LoadedState> {
     let output = tokio::process::Command::new(std::env::current_exe()?)
-        .args([
-            "bench",
-            "load-plan-state",
-            "--plan",
-            &submission.key.to_string(),
-        ])
+        .args(["bench", "load-plan-state", "--plan", &key.to_string()])
         .env("BATON_DATABASE_URL", url)
         .env("BATON_OUTPUT", "json")
         .stderr(std::process::Stdio::inherit())
@@ -220,16 +282,7 @@ async fn measure(url: &str, options: &LargePlanBench) -> anyhow::Result<LargePla
         .await
         .context("running the state-loading process")?;
     anyhow::ensure!(output.status.success(), "the state-loading process failed");
-    let loaded: LoadedState = serde_json::from_slice(&output.stdout)
-        .context("reading the state-loading process's figures")?;
-    Ok(LargePlanFigures {
-        tasks: options.tasks,
-        layers: options.tasks.div_ceil(options.width),
-        validate_secs,
-        store_secs,
-        load_state_secs: loaded.secs,
-        state_bytes_per_task: loaded.resident_bytes_added as f64 / f64::from(options.tasks),
-    })
+    serde_json::from_slice(&output.stdout).context("reading the state-loading process's figures")
 }
 
 /// What loading a plan's state cost, as the state-loading process reports it.
@@ -263,25 +316,76 @@ pub(crate) async fn load_plan_state(
     })
 }
 
-/// Runs the benchmark in a fresh database next to the one `database_url` names.
+/// Runs the benchmark: each run in a fresh database next to the one `database_url` names, all
+/// in one fresh vhost; everything is removed afterwards.
 pub(crate) async fn large_plan(options: LargePlanBench) -> anyhow::Result<LargePlanFigures> {
     anyhow::ensure!(options.width >= 2, "--width must be at least 2");
     anyhow::ensure!(
         options.tasks >= options.width,
         "--tasks must be at least --width"
     );
-    let name = format!("baton_bench_{}", Uuid::new_v4().simple());
+    anyhow::ensure!(options.runs >= 1, "--runs must be at least 1");
     let mut admin = AsyncPgConnection::establish(&options.database_url)
         .await
         .context("connecting to PostgreSQL")?;
-    sql_query(format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .context("creating the benchmark database (the role needs CREATEDB)")?;
-    let outcome = measure(&url_with_database(&options.database_url, &name), &options).await;
-    sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await
-        .context("dropping the benchmark database")?;
-    outcome
+    let vhost = BenchVhost::create(&options.broker).await?;
+    let outcome = async {
+        let broker = Broker::connect(BrokerConfig::new(vhost.amqp_url(), "baton-bench-relay"))
+            .await
+            .context("connecting to the benchmark's vhost")?;
+        broker.declare_topology().await?;
+        let mut runs = Vec::new();
+        let mut loaded = None;
+        for run in 0..options.runs {
+            let name = format!("baton_bench_{}", Uuid::new_v4().simple());
+            sql_query(format!("CREATE DATABASE {name}"))
+                .execute(&mut admin)
+                .await
+                .context("creating the benchmark database (the role needs CREATEDB)")?;
+            let url = url_with_database(&options.database_url, &name);
+            let outcome = async {
+                let (figures, plan) = run_once(&url, &broker, &options).await?;
+                tracing::info!(
+                    "run {}: validate + store {:.2} s, first publish {:.2} s",
+                    run + 1,
+                    figures.store_secs,
+                    figures.first_publish_secs
+                );
+                // The state is loaded once, after the last run.
+                if run + 1 == options.runs {
+                    loaded = Some(load_in_child(&url, plan).await?);
+                }
+                anyhow::Ok(figures)
+            }
+            .await;
+            sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut admin)
+                .await
+                .context("dropping the benchmark database")?;
+            runs.push(outcome?);
+        }
+        if let Err(error) = broker.close().await {
+            tracing::debug!("closing the benchmark's connection: {error}");
+        }
+        let loaded = loaded.context("no run loaded the plan's state")?;
+        let median_of = |phase: fn(&RunFigures) -> f64| median(runs.iter().map(phase).collect());
+        anyhow::Ok(LargePlanFigures {
+            tasks: options.tasks,
+            layers: options.tasks.div_ceil(options.width),
+            runs: options.runs,
+            validate_secs: median_of(|run| run.validate_secs),
+            store_secs: median_of(|run| run.store_secs),
+            first_publish_secs: median_of(|run| run.first_publish_secs),
+            first_publish_runs: runs.iter().map(|run| run.first_publish_secs).collect(),
+            analyze_secs: median_of(|run| run.analyze_secs),
+            load_state_secs: loaded.secs,
+            state_bytes_per_task: loaded.resident_bytes_added as f64 / f64::from(options.tasks),
+            goal_secs: GOAL_SECS,
+        })
+    }
+    .await;
+    let deleted = vhost.delete().await;
+    let figures = outcome?;
+    deleted?;
+    Ok(figures)
 }

@@ -662,7 +662,8 @@ fn parse_property(text: &str) -> Result<(String, String), String> {
 /// The benchmark scenarios.
 #[derive(Debug, Subcommand)]
 pub enum BenchScenario {
-    /// Validate, store and load a layered DAG of many tasks (in a database of its own).
+    /// Validate, store, first publish and load a layered DAG of many tasks (in a database and
+    /// a vhost of its own).
     LargePlan {
         /// Tasks in the plan.
         #[arg(long, env = "BATON_BENCH_TASKS", default_value_t = 100_000)]
@@ -670,6 +671,12 @@ pub enum BenchScenario {
         /// Tasks per layer.
         #[arg(long, env = "BATON_BENCH_WIDTH", default_value_t = 100)]
         width: u32,
+        /// Runs, each of a new plan in a fresh database; medians are reported.
+        #[arg(long, env = "BATON_BENCH_RUNS", default_value_t = 3)]
+        runs: u32,
+        /// Where the benchmark makes its own vhost (the first ready task is published there).
+        #[command(flatten)]
+        rabbitmq: BenchRabbitmq,
     },
     /// Load one plan's dispatcher state and report its cost (run by `large-plan` in a fresh
     /// process).
@@ -1135,11 +1142,18 @@ async fn bench(
     database_url: &str,
 ) -> anyhow::Result<()> {
     match scenario {
-        BenchScenario::LargePlan { tasks, width } => {
+        BenchScenario::LargePlan {
+            tasks,
+            width,
+            runs,
+            rabbitmq,
+        } => {
             let figures = bench_plan::large_plan(bench_plan::LargePlanBench {
                 database_url: database_url.to_owned(),
                 tasks,
                 width,
+                runs,
+                broker: rabbitmq.bench(1, runs),
             })
             .await?;
             output::print_large_plan_bench(out, format, &figures)

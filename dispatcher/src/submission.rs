@@ -325,12 +325,15 @@ pub async fn submit_plan(
     record: Option<&SubmissionRecord>,
 ) -> Result<(ComputePlan, Vec<Task>), SubmissionError> {
     let (plan, tasks, _) = store_plan(conn, submission, owner, creator, now, record, false).await?;
+    analyze_after(conn, &plan).await;
     Ok((plan, tasks))
 }
 
 /// Like [`submit_plan`], for a caller that hands the ready tasks' outbox rows, returned, to its
 /// own relay once the plan is stored (`Context::hand_over`): they are stored hidden from polling
-/// for [`crate::service::outbox_relay::HANDOVER_GRACE`].
+/// for [`crate::service::outbox_relay::HANDOVER_GRACE`]. Unlike [`submit_plan`], it leaves
+/// refreshing the planner's statistics after a large plan to the caller ([`analyze_after`]),
+/// so that the relay need not wait for it.
 pub async fn submit_plan_handing_over(
     conn: &mut AsyncPgConnection,
     submission: &PlanSubmission,
@@ -341,6 +344,18 @@ pub async fn submit_plan_handing_over(
 ) -> Result<(ComputePlan, Vec<OutboxRow>), SubmissionError> {
     let (plan, _, rows) = store_plan(conn, submission, owner, creator, now, record, true).await?;
     Ok((plan, rows))
+}
+
+/// Refreshes the planner's statistics of the tasks tables after `plan` was stored, if it is
+/// large enough to need it (`stats::refresh_task_statistics`). A failure is logged, not
+/// returned: it is not the submission's business, and autovacuum analyzes later.
+pub async fn analyze_after(conn: &mut AsyncPgConnection, plan: &ComputePlan) {
+    let added = plan.counters.task_count as usize;
+    match crate::store::stats::refresh_task_statistics(conn, added).await {
+        Ok(true) => tracing::debug!("analyzed tasks after storing plan {}", plan.key),
+        Ok(false) => {}
+        Err(error) => tracing::warn!("analyzing tasks after plan {}: {error}", plan.key),
+    }
 }
 
 /// [`submit_plan`], its outbox rows handed over or not.
@@ -451,15 +466,7 @@ async fn store_plan(
         })
         .await;
     match result {
-        Ok((stored_tasks, outbox)) => {
-            // Not the submission's business if it fails: autovacuum analyzes later.
-            match crate::store::stats::refresh_task_statistics(conn, stored_tasks.len()).await {
-                Ok(true) => tracing::debug!("analyzed tasks after storing plan {}", plan.key),
-                Ok(false) => {}
-                Err(error) => tracing::warn!("analyzing tasks after plan {}: {error}", plan.key),
-            }
-            Ok((plan, stored_tasks, outbox))
-        }
+        Ok((stored_tasks, outbox)) => Ok((plan, stored_tasks, outbox)),
         // Another submission of the same plan won the race.
         Err(StoreError::Duplicate {
             constraint: Some(constraint),

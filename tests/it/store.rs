@@ -529,6 +529,264 @@ async fn a_dangling_reference_is_refused_by_the_database() {
     );
 }
 
+/// The foreign key constraint `error` names, when it is a dangling reference.
+fn dangling_constraint(error: &StoreError) -> Option<&str> {
+    match error {
+        StoreError::DanglingReference { constraint, .. } => constraint.as_deref(),
+        _ => None,
+    }
+}
+
+/// Rows of `table`.
+async fn count_rows(conn: &mut AsyncPgConnection, table: &str) -> i64 {
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        count: i64,
+    }
+    let found: Count = diesel::sql_query(format!("SELECT count(*) AS count FROM {table}"))
+        .get_result(conn)
+        .await
+        .unwrap();
+    found.count
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_task_reference_is_checked_with_its_foreign_key_error() {
+    // The references of tasks, edges and history rows are checked per statement by triggers
+    // (migration 2026-11-24-000000), which raise what the foreign keys raised.
+    let db = TestDb::new().await;
+    let mut conn = db.connect().await;
+    seed(&mut conn).await;
+    let cases: [(fn(&mut models::Task), &str); 4] = [
+        (
+            |t| t.function_key = key(2).into(),
+            "tasks_function_key_fkey",
+        ),
+        (|t| t.owner = "org-z".into(), "tasks_owner_fkey"),
+        (|t| t.worker = "org-z".into(), "tasks_worker_fkey"),
+        (|t| t.creator = Some("mallory".into()), "tasks_creator_fkey"),
+    ];
+    for (change, constraint) in cases {
+        let mut task = fx::task(40, 30, 1, None);
+        change(&mut task);
+        // The bad task among good ones: one statement checks them all.
+        let batch = [fx::task(41, 30, 1, None), task, fx::task(42, 30, 1, None)];
+        let error = tasks::insert_tasks(&mut conn, &batch).await.unwrap_err();
+        assert_eq!(dangling_constraint(&error), Some(constraint), "{error:?}");
+        assert!(
+            error
+                .to_string()
+                .contains("insert or update on table \"tasks\" violates foreign key"),
+            "{error}"
+        );
+    }
+    assert_eq!(count_rows(&mut conn, "tasks").await, 0);
+
+    // A child that does not exist, and history of an unknown task.
+    tasks::insert_tasks(&mut conn, &[fx::task(40, 30, 1, None)])
+        .await
+        .unwrap();
+    let error = diesel::sql_query(format!(
+        "INSERT INTO task_edges (parent_key, child_key) VALUES ('{}', '{}')",
+        key(40),
+        key(77)
+    ))
+    .execute(&mut conn)
+    .await
+    .map_err(StoreError::from)
+    .unwrap_err();
+    assert_eq!(
+        dangling_constraint(&error),
+        Some("task_edges_child_key_fkey")
+    );
+    let error = tasks::insert_state_changes(
+        &mut conn,
+        &[
+            fx::state_change(40, TaskStatus::Todo, 1),
+            fx::state_change(77, TaskStatus::Todo, 1),
+        ],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        dangling_constraint(&error),
+        Some("task_state_changes_task_key_fkey")
+    );
+    assert_eq!(count_rows(&mut conn, "task_state_changes").await, 0);
+
+    // An update is checked as an insert is.
+    let error = diesel::sql_query(format!(
+        "UPDATE tasks SET worker = 'org-z' WHERE key = '{}'",
+        key(40)
+    ))
+    .execute(&mut conn)
+    .await
+    .map_err(StoreError::from)
+    .unwrap_err();
+    assert_eq!(dangling_constraint(&error), Some("tasks_worker_fkey"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deletes_keep_the_foreign_keys_behaviour() {
+    let db = TestDb::new().await;
+    let mut conn = db.connect().await;
+    seed(&mut conn).await;
+    tasks::insert_tasks(
+        &mut conn,
+        &[fx::task(40, 30, 1, None), fx::task(41, 30, 1, Some(40))],
+    )
+    .await
+    .unwrap();
+    tasks::insert_state_changes(&mut conn, &[fx::state_change(41, TaskStatus::Todo, 1)])
+        .await
+        .unwrap();
+    assert_eq!(count_rows(&mut conn, "task_edges").await, 1);
+
+    // A function or organization that tasks use cannot be deleted (NO ACTION). Organization
+    // org-c is only a task's worker.
+    catalog::insert_organization(&mut conn, &fx::organization("org-c"))
+        .await
+        .unwrap();
+    let mut task = fx::task(43, 30, 1, None);
+    task.worker = "org-c".into();
+    tasks::insert_tasks(&mut conn, &[task]).await.unwrap();
+    let refused = [
+        ("DELETE FROM functions", "tasks_function_key_fkey"),
+        (
+            "DELETE FROM organizations WHERE id = 'org-c'",
+            "tasks_worker_fkey",
+        ),
+    ];
+    for (statement, constraint) in refused {
+        let error = diesel::sql_query(statement)
+            .execute(&mut conn)
+            .await
+            .map_err(StoreError::from)
+            .unwrap_err();
+        assert_eq!(
+            dangling_constraint(&error),
+            Some(constraint),
+            "{statement}: {error:?}"
+        );
+        assert!(
+            error.to_string().contains("update or delete on table"),
+            "{error}"
+        );
+    }
+    // Nor can a referenced key change.
+    for statement in [
+        format!("UPDATE compute_plans SET key = '{}'", key(31)),
+        format!(
+            "UPDATE tasks SET key = '{}' WHERE key = '{}'",
+            key(49),
+            key(40)
+        ),
+    ] {
+        let error = diesel::sql_query(statement.as_str())
+            .execute(&mut conn)
+            .await
+            .map_err(StoreError::from)
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("cannot change"),
+            "{statement}: {error}"
+        );
+    }
+
+    // A deleted user leaves its tasks without creator (SET NULL); credentials and sessions
+    // keep their own foreign keys, so the user is a new one without any.
+    catalog::insert_user(&mut conn, &fx::user("bob", "org-a"))
+        .await
+        .unwrap();
+    let mut task = fx::task(42, 30, 1, None);
+    task.creator = Some("bob".into());
+    tasks::insert_tasks(&mut conn, &[task]).await.unwrap();
+    diesel::sql_query("DELETE FROM users WHERE identifier = 'bob'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let stored = tasks::find_task(&mut conn, key(42).into())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.creator, None);
+
+    // A deleted task takes its edges and history along; a deleted plan its tasks (CASCADE).
+    diesel::sql_query(format!("DELETE FROM tasks WHERE key = '{}'", key(40)))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(count_rows(&mut conn, "task_edges").await, 0);
+    assert_eq!(count_rows(&mut conn, "task_state_changes").await, 1);
+    diesel::sql_query("DELETE FROM compute_plans")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(count_rows(&mut conn, "tasks").await, 0);
+    assert_eq!(count_rows(&mut conn, "task_state_changes").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_function_being_used_by_an_open_transaction_cannot_be_deleted() {
+    // The checks lock what they find, as a foreign key does: a delete waits for the
+    // transaction storing tasks, then sees them.
+    let db = TestDb::new().await;
+    let mut storing = db.connect().await;
+    let mut deleting = db.connect().await;
+    seed(&mut storing).await;
+    diesel::sql_query("BEGIN")
+        .execute(&mut storing)
+        .await
+        .unwrap();
+    tasks::insert_tasks(&mut storing, &[fx::task(40, 30, 1, None)])
+        .await
+        .unwrap();
+    let delete = tokio::spawn(async move {
+        diesel::sql_query("DELETE FROM functions")
+            .execute(&mut deleting)
+            .await
+            .map_err(StoreError::from)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !delete.is_finished(),
+        "the delete did not wait for the lock"
+    );
+    diesel::sql_query("COMMIT")
+        .execute(&mut storing)
+        .await
+        .unwrap();
+    let error = delete.await.unwrap().unwrap_err();
+    assert_eq!(dangling_constraint(&error), Some("tasks_function_key_fkey"));
+
+    // The other way round: tasks stored while the function's delete is uncommitted wait, then
+    // find it gone.
+    catalog::insert_function(&mut storing, &fx::function(2, "org-a", "fl"))
+        .await
+        .unwrap();
+    let mut deleting = db.connect().await;
+    diesel::sql_query("BEGIN")
+        .execute(&mut deleting)
+        .await
+        .unwrap();
+    diesel::sql_query(format!("DELETE FROM functions WHERE key = '{}'", key(2)))
+        .execute(&mut deleting)
+        .await
+        .unwrap();
+    let store = tokio::spawn(async move {
+        tasks::insert_tasks(&mut storing, &[fx::task(41, 30, 2, None)]).await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!store.is_finished(), "the insert did not wait for the lock");
+    diesel::sql_query("COMMIT")
+        .execute(&mut deleting)
+        .await
+        .unwrap();
+    let error = store.await.unwrap().unwrap_err();
+    assert_eq!(dangling_constraint(&error), Some("tasks_function_key_fkey"));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn duplicate_keys_are_refused_by_the_database() {
     let db = TestDb::new().await;

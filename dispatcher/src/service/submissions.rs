@@ -28,8 +28,8 @@ use crate::auth;
 use crate::registration::{self, RegistrationError};
 use crate::store::{self, StoreError, submissions};
 use crate::submission::{
-    MESSAGE_ID_REUSED, SubmissionError, SubmissionRecord, accepted_reply, recorded_reply,
-    reused_message_id, submit_plan_handing_over,
+    MESSAGE_ID_REUSED, SubmissionError, SubmissionRecord, accepted_reply, analyze_after,
+    recorded_reply, reused_message_id, submit_plan_handing_over,
 };
 
 /// What arrives on `baton.submissions`.
@@ -113,6 +113,7 @@ async fn answer(
     let reply = match outcome {
         Ok((plan, outbox)) => {
             context.hand_over(outbox);
+            analyze_after(&mut conn, &plan).await;
             tracing::info!(plan.key = %plan.key, "compute plan {} stored with {} tasks", plan.key, plan.counters.task_count);
             return Ok(accepted_reply(&plan));
         }

@@ -10,11 +10,11 @@ use ::models::{LogLine, Measurement, Model, ModelKey, Performance, PlanKey, Task
 use std::collections::HashMap;
 
 use super::rows::{
-    LOG_LINE_COLUMNS, LogLineRow, MEASUREMENT_COLUMNS, MODEL_COLUMNS, MeasurementRow, ModelRow,
-    NewMeasurementRow, PERFORMANCE_COLUMNS, PerformanceRecord,
+    LogLineRow, MEASUREMENT_COLUMNS, MODEL_COLUMNS, MeasurementRow, ModelRow, NewMeasurementRow,
+    PERFORMANCE_COLUMNS, PerformanceRecord,
 };
 use super::schema::{log_lines, measurements, models, performances, tasks};
-use super::{Page, StoreResult, rows_per_insert};
+use super::{Page, StoreResult, insert_unnested, rows_per_insert};
 
 /// Registers `model`.
 pub async fn insert_model(conn: &mut AsyncPgConnection, model: &Model) -> StoreResult<()> {
@@ -201,13 +201,17 @@ pub async fn insert_log_lines(conn: &mut AsyncPgConnection, lines: &[LogLine]) -
         .iter()
         .map(LogLineRow::from_model)
         .collect::<StoreResult<Vec<_>>>()?;
-    for chunk in rows.chunks(rows_per_insert(LOG_LINE_COLUMNS)) {
-        diesel::insert_into(log_lines::table)
-            .values(chunk)
-            .on_conflict_do_nothing()
-            .execute(conn)
-            .await?;
-    }
+    use diesel::sql_types::{BigInt, Bool, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+    insert_unnested!(conn, "log_lines", rows, [
+        task_key: SqlUuid,
+        attempt: Integer,
+        seq: BigInt,
+        step: Nullable<Integer>,
+        stream: Text,
+        timestamp: Timestamptz,
+        text: Text,
+        truncated: Bool,
+    ], "ON CONFLICT DO NOTHING")?;
     Ok(())
 }
 

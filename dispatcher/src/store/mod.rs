@@ -44,6 +44,55 @@ pub const fn rows_per_insert(columns: usize) -> usize {
     MAX_BIND_PARAMETERS / columns
 }
 
+/// Rows one [`insert_unnested!`] statement carries: its arrays stay a few megabytes.
+pub const ROWS_PER_UNNEST: usize = 10_000;
+
+/// Inserts `rows` (a `Vec` of row structs, moved) into `table` with one statement per
+/// [`ROWS_PER_UNNEST`] rows, `INSERT … SELECT * FROM unnest($1, $2, …)`: one array parameter
+/// per column instead of a parameter per value. The statement's text does not change with the
+/// row count, and PostgreSQL parses and plans it in microseconds where a multi-row `VALUES` of
+/// thousands of rows costs milliseconds. Each `column: SqlType` names a field of the row struct
+/// and the column's diesel SQL type (`Nullable<…>` for an optional field); an optional last
+/// literal ends the statement (`"ON CONFLICT DO NOTHING"`).
+macro_rules! insert_unnested {
+    ($conn:expr, $table:literal, $rows:expr, [$($column:ident : $sql_type:ty),+ $(,)?]) => {
+        insert_unnested!($conn, $table, $rows, [$($column: $sql_type),+], "")
+    };
+    ($conn:expr, $table:literal, $rows:expr, [$($column:ident : $sql_type:ty),+ $(,)?],
+     $suffix:literal) => {{
+        use ::diesel::sql_types::Array;
+        use ::diesel_async::RunQueryDsl as _;
+        let sql = {
+            let columns = [$(stringify!($column)),+];
+            let parameters = (1..=columns.len())
+                .map(|n| format!("${n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(
+                "INSERT INTO {} ({}) SELECT * FROM unnest({parameters}) {}",
+                $table,
+                columns.join(", "),
+                $suffix
+            )
+        };
+        let rows: Vec<_> = $rows;
+        let mut rows = rows.into_iter().peekable();
+        let mut inserted: usize = 0;
+        while rows.peek().is_some() {
+            $(let mut $column = Vec::with_capacity($crate::store::ROWS_PER_UNNEST);)+
+            for row in rows.by_ref().take($crate::store::ROWS_PER_UNNEST) {
+                $($column.push(row.$column);)+
+            }
+            inserted += ::diesel::sql_query(sql.as_str())
+                $(.bind::<Array<$sql_type>, _>($column))+
+                .execute(&mut *$conn)
+                .await?;
+        }
+        Ok::<usize, $crate::store::StoreError>(inserted)
+    }};
+}
+pub(crate) use insert_unnested;
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

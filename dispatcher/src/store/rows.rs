@@ -738,9 +738,6 @@ pub struct TaskRow {
     pub end_date: Option<DateTime<Utc>>,
 }
 
-/// Columns of `tasks`, for chunking batch inserts.
-pub const TASK_COLUMNS: usize = 39;
-
 impl TaskRow {
     /// The row storing `task`.
     pub fn from_model(task: &Task) -> StoreResult<TaskRow> {
@@ -1266,9 +1263,6 @@ pub struct LogLineRow {
     /// Cut to the bound.
     pub truncated: bool,
 }
-
-/// Columns of `log_lines`, for chunking batch inserts.
-pub const LOG_LINE_COLUMNS: usize = 8;
 
 /// Columns of `models`, for chunking batch inserts.
 pub const MODEL_COLUMNS: usize = 8;

@@ -12,25 +12,61 @@ use models::{
 };
 
 use super::rows::{
-    NewOutboxRow, NewStateChangeRow, OutboxRow, StateChangeRow, TASK_COLUMNS, TaskEdgeRow, TaskRow,
-    TaskState, TaskStateRow,
+    NewOutboxRow, NewStateChangeRow, OutboxRow, StateChangeRow, TaskEdgeRow, TaskRow, TaskState,
+    TaskStateRow,
 };
 use super::schema::{outbox, task_edges, task_state_changes, tasks};
-use super::{Page, StoreError, StoreResult, rows_per_insert};
+use super::{Page, StoreError, StoreResult, insert_unnested, rows_per_insert};
 
 /// Stores `tasks` and the DAG edges their parent-output inputs name, in chunks that fit
 /// PostgreSQL's bind-parameter limit. Parents must be stored already or be among `tasks`.
 pub async fn insert_tasks(conn: &mut AsyncPgConnection, tasks: &[Task]) -> StoreResult<()> {
+    use diesel::sql_types::{Bool, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
     let rows = tasks
         .iter()
         .map(TaskRow::from_model)
         .collect::<StoreResult<Vec<_>>>()?;
-    for chunk in rows.chunks(rows_per_insert(TASK_COLUMNS)) {
-        diesel::insert_into(tasks::table)
-            .values(chunk)
-            .execute(conn)
-            .await?;
-    }
+    insert_unnested!(conn, "tasks", rows, [
+        key: SqlUuid,
+        compute_plan_key: SqlUuid,
+        function_key: SqlUuid,
+        name: Nullable<Text>,
+        owner: Text,
+        worker: Text,
+        creator: Nullable<Text>,
+        source: Jsonb,
+        rank: Integer,
+        tag: Text,
+        metadata: Jsonb,
+        inputs: Jsonb,
+        outputs: Jsonb,
+        parameters: Jsonb,
+        requirements: Jsonb,
+        status: Text,
+        waiting_reason: Nullable<Text>,
+        error_type: Nullable<Text>,
+        error_message: Nullable<Text>,
+        logs_address: Nullable<Text>,
+        logs_permission: Jsonb,
+        cancel_requested: Bool,
+        abort_requested: Bool,
+        attempt_count: Integer,
+        lease_attempt: Nullable<Integer>,
+        lease_token: Nullable<SqlUuid>,
+        lease_expires_at: Nullable<Timestamptz>,
+        not_before: Nullable<Timestamptz>,
+        worker_id: Nullable<Text>,
+        device_id: Nullable<Text>,
+        input_type: Nullable<Text>,
+        input: Jsonb,
+        output: Jsonb,
+        data: Jsonb,
+        steps: Jsonb,
+        creation_date: Timestamptz,
+        update_date: Timestamptz,
+        start_date: Nullable<Timestamptz>,
+        end_date: Nullable<Timestamptz>,
+    ])?;
     let edges: Vec<TaskEdgeRow> = tasks
         .iter()
         .flat_map(|task| {
@@ -40,12 +76,10 @@ pub async fn insert_tasks(conn: &mut AsyncPgConnection, tasks: &[Task]) -> Store
             })
         })
         .collect();
-    for chunk in edges.chunks(rows_per_insert(2)) {
-        diesel::insert_into(task_edges::table)
-            .values(chunk)
-            .execute(conn)
-            .await?;
-    }
+    insert_unnested!(conn, "task_edges", edges, [
+        parent_key: SqlUuid,
+        child_key: SqlUuid,
+    ])?;
     Ok(())
 }
 
@@ -524,12 +558,13 @@ pub async fn insert_state_changes(
         .iter()
         .map(NewStateChangeRow::from_model)
         .collect::<StoreResult<Vec<_>>>()?;
-    for chunk in rows.chunks(rows_per_insert(5)) {
-        diesel::insert_into(task_state_changes::table)
-            .values(chunk)
-            .execute(conn)
-            .await?;
-    }
+    insert_unnested!(conn, "task_state_changes", rows, [
+        task_key: diesel::sql_types::Uuid,
+        timestamp: diesel::sql_types::Timestamptz,
+        status: diesel::sql_types::Text,
+        reason: diesel::sql_types::Text,
+        attempt: diesel::sql_types::Nullable<diesel::sql_types::Integer>,
+    ])?;
     Ok(())
 }
 
