@@ -558,7 +558,8 @@ async fn every_task_reference_is_checked_with_its_foreign_key_error() {
     let db = TestDb::new().await;
     let mut conn = db.connect().await;
     seed(&mut conn).await;
-    let cases: [(fn(&mut models::Task), &str); 4] = [
+    type Change = fn(&mut models::Task);
+    let cases: [(Change, &str); 4] = [
         (
             |t| t.function_key = key(2).into(),
             "tasks_function_key_fkey",
