@@ -179,12 +179,12 @@ pub fn task_ready_payload(task: &Task) -> Result<serde_json::Value, StoreError> 
 /// The task stored for `validated`, submitted by `owner` (and `creator`) into plan `plan` at
 /// `now`.
 pub(crate) fn new_task(
-    validated: &ValidatedTask,
+    validated: ValidatedTask<'_>,
     plan: &ComputePlan,
     creator: Option<&UserId>,
     now: Timestamp,
 ) -> Task {
-    let submitted = &validated.task;
+    let submitted = validated.task;
     Task {
         key: submitted.key,
         compute_plan_key: plan.key,
@@ -200,15 +200,15 @@ pub(crate) fn new_task(
         tag: submitted.tag.clone(),
         metadata: submitted.metadata.clone(),
         inputs: submitted.inputs.clone(),
-        outputs: validated.outputs.clone(),
+        outputs: validated.outputs,
         parameters: submitted.parameters.clone(),
-        requirements: validated.requirements.clone(),
+        requirements: validated.requirements,
         status: validated.status,
         waiting_reason: validated.waiting_reason,
         error_type: None,
         error_message: None,
         logs_address: None,
-        logs_permission: validated.logs_permission.clone(),
+        logs_permission: validated.logs_permission,
         cancel_requested: false,
         abort_requested: false,
         attempt_count: 0,
@@ -402,7 +402,7 @@ async fn store_plan(
         cancelation_date: None,
     };
     let new_tasks: Vec<Task> = validated
-        .iter()
+        .into_iter()
         .map(|validated| new_task(validated, &plan, creator, now))
         .collect();
     for task in &new_tasks {

@@ -864,7 +864,7 @@ async fn add_tasks(
             }
         };
         let new_tasks: Vec<Task> = validated
-            .iter()
+            .into_iter()
             .map(|task| crate::submission::new_task(task, &plan, None, now))
             .collect();
         let nodes: Vec<TaskNode> = new_tasks

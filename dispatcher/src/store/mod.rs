@@ -47,6 +47,9 @@ pub const fn rows_per_insert(columns: usize) -> usize {
 /// Rows one [`insert_unnested!`] statement carries: its arrays stay a few megabytes.
 pub const ROWS_PER_UNNEST: usize = 10_000;
 
+/// Statements of one [`insert_unnested!`] sent before the first of them is answered.
+pub const PIPELINED_STATEMENTS: usize = 2;
+
 /// Inserts `rows` (a `Vec` of row structs, moved) into `table` with one statement per
 /// [`ROWS_PER_UNNEST`] rows, `INSERT … SELECT * FROM unnest($1, $2, …)`: one array parameter
 /// per column instead of a parameter per value. The statement's text does not change with the
@@ -76,19 +79,32 @@ macro_rules! insert_unnested {
             )
         };
         let rows: Vec<_> = $rows;
-        let mut rows = rows.into_iter().peekable();
-        let mut inserted: usize = 0;
-        while rows.peek().is_some() {
-            $(let mut $column = Vec::with_capacity($crate::store::ROWS_PER_UNNEST);)+
-            for row in rows.by_ref().take($crate::store::ROWS_PER_UNNEST) {
+        let mut rows = rows.into_iter();
+        let mut chunks = Vec::with_capacity(rows.len().div_ceil($crate::store::ROWS_PER_UNNEST));
+        while rows.len() > 0 {
+            chunks.push(rows.by_ref().take($crate::store::ROWS_PER_UNNEST).collect::<Vec<_>>());
+        }
+        // Pipelined (diesel-async sends a statement while the one before runs): the next chunk's
+        // arrays are encoded while PostgreSQL inserts the previous one.
+        let shared: &::diesel_async::AsyncPgConnection = &*$conn;
+        let sql = sql.as_str();
+        let statements = ::futures::StreamExt::map(::futures::stream::iter(chunks), |chunk| {
+            $(let mut $column = Vec::with_capacity(chunk.len());)+
+            for row in chunk {
                 $($column.push(row.$column);)+
             }
-            inserted += ::diesel::sql_query(sql.as_str())
+            let mut conn = shared;
+            ::diesel::sql_query(sql)
                 $(.bind::<Array<$sql_type>, _>($column))+
-                .execute(&mut *$conn)
-                .await?;
-        }
-        Ok::<usize, $crate::store::StoreError>(inserted)
+                .execute(&mut conn)
+        });
+        ::futures::TryStreamExt::try_fold(
+            ::futures::StreamExt::buffered(statements, $crate::store::PIPELINED_STATEMENTS),
+            0_usize,
+            |inserted, rows| async move { Ok(inserted + rows) },
+        )
+        .await
+        .map_err($crate::store::StoreError::from)
     }};
 }
 pub(crate) use insert_unnested;

@@ -97,9 +97,9 @@ impl Default for Limits {
 
 /// A task that passed validation, with everything the dispatcher stores besides it.
 #[derive(Clone, Debug, PartialEq)]
-pub struct ValidatedTask {
+pub struct ValidatedTask<'t> {
     /// The task as submitted (its `outputs` before normalization: store [`Self::outputs`]).
-    pub task: NewTask,
+    pub task: &'t NewTask,
     /// 0 without parents, else 1 + the highest parent rank.
     pub rank: u32,
     /// The organization that runs it: its data manager's owner, else the given worker.
@@ -122,10 +122,10 @@ pub struct ValidatedTask {
 /// Validates a new plan with its first tasks: the plan's own fields (`name`, `tag`,
 /// `metadata[...]`), then every task under `tasks[i]`. Returns the tasks in topological order
 /// (parents first; otherwise in submission order), or every problem found.
-pub fn validate_plan(
-    submission: &PlanSubmission,
+pub fn validate_plan<'t>(
+    submission: &'t PlanSubmission,
     context: &SubmissionContext<'_>,
-) -> Result<Vec<ValidatedTask>, Vec<ValidationError>> {
+) -> Result<Vec<ValidatedTask<'t>>, Vec<ValidationError>> {
     let root = FieldPath::root();
     let mut problems = Problems::default();
     check_name(&mut problems, root.field("name"), &submission.name);
@@ -137,10 +137,10 @@ pub fn validate_plan(
 
 /// Validates tasks added to an existing plan (whose ownership the caller has checked); paths
 /// start at `tasks[i]`. Returns the tasks in topological order, or every problem found.
-pub fn validate_tasks(
-    tasks: &[NewTask],
+pub fn validate_tasks<'t>(
+    tasks: &'t [NewTask],
     context: &SubmissionContext<'_>,
-) -> Result<Vec<ValidatedTask>, Vec<ValidationError>> {
+) -> Result<Vec<ValidatedTask<'t>>, Vec<ValidationError>> {
     let mut problems = Problems::default();
     let validated = check_batch(&mut problems, tasks, context);
     problems.into_result(validated)
@@ -233,11 +233,11 @@ struct Checked<'c> {
     worker: Option<OrganizationId>,
 }
 
-fn check_batch(
+fn check_batch<'t>(
     problems: &mut Problems,
-    tasks: &[NewTask],
+    tasks: &'t [NewTask],
     context: &SubmissionContext<'_>,
-) -> Vec<ValidatedTask> {
+) -> Vec<ValidatedTask<'t>> {
     let path = tasks_path();
     if tasks.is_empty() {
         problems.push(path, rule("no task to register"));
@@ -255,7 +255,7 @@ fn check_batch(
         );
         return Vec::new();
     }
-    let batch = Batch::new(tasks, context);
+    let mut batch = Batch::new(tasks, context);
     for (position, task) in tasks.iter().enumerate() {
         let key_path = path.index(position).field("key");
         if let Some(&first) = batch.index.get(&task.key)
@@ -279,7 +279,7 @@ fn check_batch(
         .map(|(position, task)| check_task(problems, &batch, position, task))
         .collect();
     let order = sort_tasks(problems, &batch);
-    finish(problems, &batch, &checked, &order)
+    finish(problems, tasks, &mut batch, &checked, &order)
 }
 
 /// The checks of one task that do not depend on its parents' ranks or statuses.
@@ -925,13 +925,15 @@ fn sort_tasks(problems: &mut Problems, batch: &Batch<'_, '_>) -> Vec<usize> {
 }
 
 /// In topological order: ranks, logs permissions and initial statuses, which depend on the
-/// parents'; then the validated tasks.
-fn finish(
+/// parents'; then the validated tasks (`tasks`, the batch's, borrowed; their normalized
+/// outputs moved out of `batch`).
+fn finish<'t>(
     problems: &mut Problems,
-    batch: &Batch<'_, '_>,
+    tasks: &'t [NewTask],
+    batch: &mut Batch<'_, '_>,
     checked: &[Checked<'_>],
     order: &[usize],
-) -> Vec<ValidatedTask> {
+) -> Vec<ValidatedTask<'t>> {
     let context = batch.context;
     let max_depth = context.limits.max_depth;
     let count = batch.tasks.len();
@@ -940,7 +942,7 @@ fn finish(
     let mut statuses: Vec<Option<InitialStatus>> = vec![None; count];
     let mut validated = Vec::with_capacity(order.len());
     for &position in order {
-        let (Some(task), Some(facts)) = (batch.tasks.get(position), checked.get(position)) else {
+        let (Some(task), Some(facts)) = (tasks.get(position), checked.get(position)) else {
             continue;
         };
         let parents = parent_keys(&task.inputs);
@@ -999,11 +1001,16 @@ fn finish(
             continue;
         };
         validated.push(ValidatedTask {
-            task: task.clone(),
+            task,
             rank,
             worker: worker.clone(),
             parents,
-            outputs: batch.outputs.get(position).cloned().unwrap_or_default(),
+            // Each position comes once in `order`.
+            outputs: batch
+                .outputs
+                .get_mut(position)
+                .map(std::mem::take)
+                .unwrap_or_default(),
             logs_permission,
             status: initial.status,
             waiting_reason: initial.waiting_reason,

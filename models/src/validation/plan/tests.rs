@@ -384,7 +384,7 @@ fn render_permission(permission: &Permission) -> String {
     }
 }
 
-fn render(result: Result<Vec<ValidatedTask>, Vec<ValidationError>>) -> String {
+fn render(result: Result<Vec<ValidatedTask<'_>>, Vec<ValidationError>>) -> String {
     let text: String = match result {
         Ok(tasks) => tasks
             .iter()
@@ -416,7 +416,8 @@ fn render(result: Result<Vec<ValidatedTask>, Vec<ValidationError>>) -> String {
 fn check_with(edit: impl FnOnce(&mut Fixture), tasks: Vec<Value>, expect: Expect) {
     let mut fixture = Fixture::new();
     edit(&mut fixture);
-    let result = validate_tasks(&decode(tasks), &fixture.context());
+    let tasks = decode(tasks);
+    let result = validate_tasks(&tasks, &fixture.context());
     expect.assert_eq(&render(result));
 }
 
@@ -864,7 +865,8 @@ fn outputs_are_normalized_and_requirements_merged() {
         "transient": true,
     });
     task["requirements"] = json!({"gpu": "a100", "zone": "eu"});
-    let validated = validate_tasks(&decode(vec![task]), &fixture.context()).expect("valid");
+    let tasks = decode(vec![task]);
+    let validated = validate_tasks(&tasks, &fixture.context()).expect("valid");
     let rendered: String = validated
         .iter()
         .flat_map(|t| {
