@@ -51,33 +51,39 @@ pub const ROWS_PER_UNNEST: usize = 10_000;
 pub const PIPELINED_STATEMENTS: usize = 2;
 
 /// Inserts `rows` (a `Vec` of row structs, moved) into `table` with one statement per
-/// [`ROWS_PER_UNNEST`] rows, `INSERT … SELECT * FROM unnest($1, $2, …)`: one array parameter
+/// [`ROWS_PER_UNNEST`] rows, `INSERT … SELECT … FROM unnest($1, $2, …)`: one array parameter
 /// per column instead of a parameter per value. The statement's text does not change with the
 /// row count, and PostgreSQL parses and plans it in microseconds where a multi-row `VALUES` of
 /// thousands of rows costs milliseconds. Each `column: SqlType` names a field of the row struct
-/// and the column's diesel SQL type (`Nullable<…>` for an optional field); an optional last
-/// literal ends the statement (`"ON CONFLICT DO NOTHING"`).
+/// and the column's diesel SQL type (`Nullable<…>` for an optional field).
+///
+/// Optionally, `json [column, …]` names `serde_json::Value` fields whose values repeat from row
+/// to row (a plan's tasks share their outputs' permissions, requirements, …): each is sent as
+/// one JSON array of its distinct values and a row's position in it ([`JsonColumn`]), so that
+/// PostgreSQL parses each distinct value once per statement instead of once per row. An
+/// optional last literal ends the statement (`"ON CONFLICT DO NOTHING"`).
 macro_rules! insert_unnested {
     ($conn:expr, $table:literal, $rows:expr, [$($column:ident : $sql_type:ty),+ $(,)?]) => {
-        insert_unnested!($conn, $table, $rows, [$($column: $sql_type),+], "")
+        insert_unnested!($conn, $table, $rows, [$($column: $sql_type),+], json [], "")
     };
     ($conn:expr, $table:literal, $rows:expr, [$($column:ident : $sql_type:ty),+ $(,)?],
-     $suffix:literal) => {{
+     $suffix:literal) => {
+        insert_unnested!($conn, $table, $rows, [$($column: $sql_type),+], json [], $suffix)
+    };
+    ($conn:expr, $table:literal, $rows:expr, [$($column:ident : $sql_type:ty),+ $(,)?],
+     json [$($json:ident),* $(,)?]) => {
+        insert_unnested!($conn, $table, $rows, [$($column: $sql_type),+], json [$($json),*], "")
+    };
+    ($conn:expr, $table:literal, $rows:expr, [$($column:ident : $sql_type:ty),+ $(,)?],
+     json [$($json:ident),* $(,)?], $suffix:literal) => {{
         use ::diesel::sql_types::Array;
         use ::diesel_async::RunQueryDsl as _;
-        let sql = {
-            let columns = [$(stringify!($column)),+];
-            let parameters = (1..=columns.len())
-                .map(|n| format!("${n}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            format!(
-                "INSERT INTO {} ({}) SELECT * FROM unnest({parameters}) {}",
-                $table,
-                columns.join(", "),
-                $suffix
-            )
-        };
+        let sql = $crate::store::unnest_insert_sql(
+            $table,
+            &[$(stringify!($column)),+],
+            &[$(stringify!($json)),*],
+            $suffix,
+        );
         let rows: Vec<_> = $rows;
         let mut rows = rows.into_iter();
         let mut chunks = Vec::with_capacity(rows.len().div_ceil($crate::store::ROWS_PER_UNNEST));
@@ -90,12 +96,17 @@ macro_rules! insert_unnested {
         let sql = sql.as_str();
         let statements = ::futures::StreamExt::map(::futures::stream::iter(chunks), |chunk| {
             $(let mut $column = Vec::with_capacity(chunk.len());)+
+            $(let mut $json = $crate::store::JsonColumn::with_capacity(chunk.len());)*
             for row in chunk {
                 $($column.push(row.$column);)+
+                $($json.push(row.$json);)*
             }
+            $(let $json = $json.finish();)*
             let mut conn = shared;
             ::diesel::sql_query(sql)
                 $(.bind::<Array<$sql_type>, _>($column))+
+                $(.bind::<Array<::diesel::sql_types::Integer>, _>($json.0))*
+                $(.bind::<::diesel::sql_types::Jsonb, _>($json.1))*
                 .execute(&mut conn)
         });
         ::futures::TryStreamExt::try_fold(
@@ -108,6 +119,83 @@ macro_rules! insert_unnested {
     }};
 }
 pub(crate) use insert_unnested;
+
+/// The statement of [`insert_unnested!`]: `columns` unnested as they are, then `json` columns
+/// unnested as positions (`$n`) into one JSON array parameter each (after all the unnested
+/// ones), then `suffix`.
+pub fn unnest_insert_sql(table: &str, columns: &[&str], json: &[&str], suffix: &str) -> String {
+    let unnested = columns.len() + json.len();
+    let parameters = (1..=unnested)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let names = columns.iter().chain(json).copied().collect::<Vec<_>>();
+    let selected = columns
+        .iter()
+        .map(|column| format!("u.{column}"))
+        .chain(
+            json.iter()
+                .enumerate()
+                .map(|(n, column)| format!("${} -> u.{column}", unnested + n + 1)),
+        )
+        .collect::<Vec<_>>()
+        .join(", ");
+    let names = names.join(", ");
+    format!(
+        "INSERT INTO {table} ({names}) SELECT {selected} FROM unnest({parameters}) AS u({names}) \
+         {suffix}"
+    )
+    .trim_end()
+    .to_owned()
+}
+
+/// A JSON column of an [`insert_unnested!`] statement: each row's position in the array of the
+/// column's distinct values.
+#[derive(Debug, Default)]
+pub struct JsonColumn {
+    positions: Vec<i32>,
+    values: Vec<serde_json::Value>,
+    /// Hash of a value → the positions of the distinct values with that hash.
+    by_hash: std::collections::HashMap<u64, Vec<i32>>,
+    hasher: std::hash::RandomState,
+}
+
+impl JsonColumn {
+    /// An empty column for `rows` rows.
+    pub fn with_capacity(rows: usize) -> JsonColumn {
+        JsonColumn {
+            positions: Vec::with_capacity(rows),
+            ..JsonColumn::default()
+        }
+    }
+
+    /// Adds the next row's value.
+    pub fn push(&mut self, value: serde_json::Value) {
+        use std::hash::BuildHasher;
+        let hash = self.hasher.hash_one(&value);
+        let candidates = self.by_hash.entry(hash).or_default();
+        let values = &mut self.values;
+        let position = match candidates
+            .iter()
+            .find(|&&position| values[position as usize] == value)
+        {
+            Some(&position) => position,
+            None => {
+                // At most ROWS_PER_UNNEST values, far below i32::MAX.
+                let position = values.len() as i32;
+                values.push(value);
+                candidates.push(position);
+                position
+            }
+        };
+        self.positions.push(position);
+    }
+
+    /// Each row's position, and the JSON array of the distinct values.
+    pub fn finish(self) -> (Vec<i32>, serde_json::Value) {
+        (self.positions, serde_json::Value::Array(self.values))
+    }
+}
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -286,4 +374,41 @@ async fn with_migration_connection<T: Send + 'static>(
     })
     .await
     .map_err(|error| StoreError::Migration(format!("migration thread failed: {error}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::{JsonColumn, unnest_insert_sql};
+
+    #[test]
+    fn an_unnest_insert_puts_json_columns_last_as_positions_into_their_arrays() {
+        assert_eq!(
+            unnest_insert_sql("t", &["a", "b"], &[], ""),
+            "INSERT INTO t (a, b) SELECT u.a, u.b FROM unnest($1, $2) AS u(a, b)"
+        );
+        assert_eq!(
+            unnest_insert_sql("t", &["a"], &["j", "k"], "ON CONFLICT DO NOTHING"),
+            "INSERT INTO t (a, j, k) SELECT u.a, $4 -> u.j, $5 -> u.k \
+             FROM unnest($1, $2, $3) AS u(a, j, k) ON CONFLICT DO NOTHING"
+        );
+    }
+
+    #[test]
+    fn a_json_column_sends_each_distinct_value_once() {
+        let mut column = JsonColumn::with_capacity(5);
+        for value in [
+            json!({"a": 1}),
+            json!([]),
+            json!({"a": 1}),
+            json!(null),
+            json!([]),
+        ] {
+            column.push(value);
+        }
+        let (positions, values) = column.finish();
+        assert_eq!(positions, [0, 1, 0, 2, 1]);
+        assert_eq!(values, json!([{"a": 1}, [], null]));
+    }
 }

@@ -21,7 +21,7 @@ use super::{Page, StoreError, StoreResult, insert_unnested, rows_per_insert};
 /// Stores `tasks` and the DAG edges their parent-output inputs name, in chunks that fit
 /// PostgreSQL's bind-parameter limit. Parents must be stored already or be among `tasks`.
 pub async fn insert_tasks(conn: &mut AsyncPgConnection, tasks: &[Task]) -> StoreResult<()> {
-    use diesel::sql_types::{Bool, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+    use diesel::sql_types::{Bool, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid};
     let rows = tasks
         .iter()
         .map(TaskRow::from_model)
@@ -34,20 +34,13 @@ pub async fn insert_tasks(conn: &mut AsyncPgConnection, tasks: &[Task]) -> Store
         owner: Text,
         worker: Text,
         creator: Nullable<Text>,
-        source: Jsonb,
         rank: Integer,
         tag: Text,
-        metadata: Jsonb,
-        inputs: Jsonb,
-        outputs: Jsonb,
-        parameters: Jsonb,
-        requirements: Jsonb,
         status: Text,
         waiting_reason: Nullable<Text>,
         error_type: Nullable<Text>,
         error_message: Nullable<Text>,
         logs_address: Nullable<Text>,
-        logs_permission: Jsonb,
         cancel_requested: Bool,
         abort_requested: Bool,
         attempt_count: Integer,
@@ -58,14 +51,22 @@ pub async fn insert_tasks(conn: &mut AsyncPgConnection, tasks: &[Task]) -> Store
         worker_id: Nullable<Text>,
         device_id: Nullable<Text>,
         input_type: Nullable<Text>,
-        input: Jsonb,
-        output: Jsonb,
-        data: Jsonb,
-        steps: Jsonb,
         creation_date: Timestamptz,
         update_date: Timestamptz,
         start_date: Nullable<Timestamptz>,
         end_date: Nullable<Timestamptz>,
+    ], json [
+        source,
+        metadata,
+        inputs,
+        outputs,
+        parameters,
+        requirements,
+        logs_permission,
+        input,
+        output,
+        data,
+        steps,
     ])?;
     let edges: Vec<TaskEdgeRow> = tasks
         .iter()
