@@ -66,6 +66,39 @@ BEGIN
     RETURN coalesce(missing, keys[1]::text);
 END $$;
 
+-- `baton_lock_referenced('tasks', 'key', keys)` in static SQL, whose plans PL/pgSQL keeps: it
+-- runs with every batch of state changes the dispatcher writes, where planning the dynamic
+-- statements anew each time more than doubled the check's cost (0.26 against 0.11 ms for 31 tasks).
+CREATE FUNCTION baton_lock_tasks(keys UUID[])
+RETURNS TEXT LANGUAGE plpgsql SET enable_seqscan = off AS $$
+DECLARE
+    found BIGINT;
+    others UUID[];
+    locked BIGINT;
+    missing UUID;
+BEGIN
+    IF keys IS NULL OR cardinality(keys) = 0 THEN
+        RETURN NULL;
+    END IF;
+    SELECT count(*), array_agg(key) FILTER (WHERE xmin <> pg_current_xact_id()::xid)
+        INTO found, others
+        FROM tasks WHERE key = ANY(keys);
+    IF found = cardinality(keys) THEN
+        IF others IS NULL THEN
+            RETURN NULL;
+        END IF;
+        SELECT count(*) INTO locked
+            FROM (SELECT FROM tasks WHERE key = ANY(others) FOR KEY SHARE) l;
+        IF locked = cardinality(others) THEN
+            RETURN NULL;
+        END IF;
+        keys := others;
+    END IF;
+    SELECT k INTO missing
+        FROM unnest(keys) k WHERE NOT EXISTS (SELECT FROM tasks WHERE key = k) LIMIT 1;
+    RETURN coalesce(missing, keys[1])::text;
+END $$;
+
 -- Raises the error of foreign key `constraint_name` on `child_table`.`column_name` for a `key`
 -- missing from `parent_table`, if `key` is not NULL.
 CREATE FUNCTION baton_refuse_missing(
@@ -156,9 +189,9 @@ DECLARE
 BEGIN
     SELECT array_agg(DISTINCT parent_key), array_agg(DISTINCT child_key)
         INTO parents, children FROM inserted;
-    PERFORM baton_refuse_missing(baton_lock_referenced('tasks', 'key', parents),
+    PERFORM baton_refuse_missing(baton_lock_tasks(parents),
         'task_edges', 'task_edges_parent_key_fkey', 'parent_key', 'tasks');
-    PERFORM baton_refuse_missing(baton_lock_referenced('tasks', 'key', children),
+    PERFORM baton_refuse_missing(baton_lock_tasks(children),
         'task_edges', 'task_edges_child_key_fkey', 'child_key', 'tasks');
     RETURN NULL;
 END $$;
@@ -175,7 +208,7 @@ DECLARE
     keys UUID[];
 BEGIN
     SELECT array_agg(DISTINCT task_key) INTO keys FROM inserted;
-    PERFORM baton_refuse_missing(baton_lock_referenced('tasks', 'key', keys),
+    PERFORM baton_refuse_missing(baton_lock_tasks(keys),
         'task_state_changes', 'task_state_changes_task_key_fkey', 'task_key', 'tasks');
     RETURN NULL;
 END $$;

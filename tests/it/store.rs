@@ -551,6 +551,20 @@ async fn count_rows(conn: &mut AsyncPgConnection, table: &str) -> i64 {
     found.count
 }
 
+/// Runs `statement`, which must succeed.
+async fn execute(conn: &mut AsyncPgConnection, statement: &str) {
+    diesel::sql_query(statement).execute(conn).await.unwrap();
+}
+
+/// Runs `statement`, which the database must refuse; returns the store's error for it.
+async fn refused(conn: &mut AsyncPgConnection, statement: &str) -> StoreError {
+    let error = diesel::sql_query(statement)
+        .execute(conn)
+        .await
+        .expect_err(statement);
+    StoreError::from(error)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_task_reference_is_checked_with_its_foreign_key_error() {
     // The references of tasks, edges and history rows are checked per statement by triggers
@@ -588,15 +602,15 @@ async fn every_task_reference_is_checked_with_its_foreign_key_error() {
     tasks::insert_tasks(&mut conn, &[fx::task(40, 30, 1, None)])
         .await
         .unwrap();
-    let error = diesel::sql_query(format!(
-        "INSERT INTO task_edges (parent_key, child_key) VALUES ('{}', '{}')",
-        key(40),
-        key(77)
-    ))
-    .execute(&mut conn)
-    .await
-    .map_err(StoreError::from)
-    .unwrap_err();
+    let error = refused(
+        &mut conn,
+        &format!(
+            "INSERT INTO task_edges (parent_key, child_key) VALUES ('{}', '{}')",
+            key(40),
+            key(77)
+        ),
+    )
+    .await;
     assert_eq!(
         dangling_constraint(&error),
         Some("task_edges_child_key_fkey")
@@ -617,14 +631,14 @@ async fn every_task_reference_is_checked_with_its_foreign_key_error() {
     assert_eq!(count_rows(&mut conn, "task_state_changes").await, 0);
 
     // An update is checked as an insert is.
-    let error = diesel::sql_query(format!(
-        "UPDATE tasks SET worker = 'org-z' WHERE key = '{}'",
-        key(40)
-    ))
-    .execute(&mut conn)
-    .await
-    .map_err(StoreError::from)
-    .unwrap_err();
+    let error = refused(
+        &mut conn,
+        &format!(
+            "UPDATE tasks SET worker = 'org-z' WHERE key = '{}'",
+            key(40)
+        ),
+    )
+    .await;
     assert_eq!(dangling_constraint(&error), Some("tasks_worker_fkey"));
 }
 
@@ -652,19 +666,15 @@ async fn deletes_keep_the_foreign_keys_behaviour() {
     let mut task = fx::task(43, 30, 1, None);
     task.worker = "org-c".into();
     tasks::insert_tasks(&mut conn, &[task]).await.unwrap();
-    let refused = [
+    let in_use = [
         ("DELETE FROM functions", "tasks_function_key_fkey"),
         (
             "DELETE FROM organizations WHERE id = 'org-c'",
             "tasks_worker_fkey",
         ),
     ];
-    for (statement, constraint) in refused {
-        let error = diesel::sql_query(statement)
-            .execute(&mut conn)
-            .await
-            .map_err(StoreError::from)
-            .unwrap_err();
+    for (statement, constraint) in in_use {
+        let error = refused(&mut conn, statement).await;
         assert_eq!(
             dangling_constraint(&error),
             Some(constraint),
@@ -684,11 +694,7 @@ async fn deletes_keep_the_foreign_keys_behaviour() {
             key(40)
         ),
     ] {
-        let error = diesel::sql_query(statement.as_str())
-            .execute(&mut conn)
-            .await
-            .map_err(StoreError::from)
-            .unwrap_err();
+        let error = refused(&mut conn, &statement).await;
         assert!(
             error.to_string().contains("cannot change"),
             "{statement}: {error}"
@@ -703,10 +709,7 @@ async fn deletes_keep_the_foreign_keys_behaviour() {
     let mut task = fx::task(42, 30, 1, None);
     task.creator = Some("bob".into());
     tasks::insert_tasks(&mut conn, &[task]).await.unwrap();
-    diesel::sql_query("DELETE FROM users WHERE identifier = 'bob'")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    execute(&mut conn, "DELETE FROM users WHERE identifier = 'bob'").await;
     let stored = tasks::find_task(&mut conn, key(42).into())
         .await
         .unwrap()
@@ -714,16 +717,14 @@ async fn deletes_keep_the_foreign_keys_behaviour() {
     assert_eq!(stored.creator, None);
 
     // A deleted task takes its edges and history along; a deleted plan its tasks (CASCADE).
-    diesel::sql_query(format!("DELETE FROM tasks WHERE key = '{}'", key(40)))
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    execute(
+        &mut conn,
+        &format!("DELETE FROM tasks WHERE key = '{}'", key(40)),
+    )
+    .await;
     assert_eq!(count_rows(&mut conn, "task_edges").await, 0);
     assert_eq!(count_rows(&mut conn, "task_state_changes").await, 1);
-    diesel::sql_query("DELETE FROM compute_plans")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    execute(&mut conn, "DELETE FROM compute_plans").await;
     assert_eq!(count_rows(&mut conn, "tasks").await, 0);
     assert_eq!(count_rows(&mut conn, "task_state_changes").await, 0);
 }
@@ -736,29 +737,18 @@ async fn a_function_being_used_by_an_open_transaction_cannot_be_deleted() {
     let mut storing = db.connect().await;
     let mut deleting = db.connect().await;
     seed(&mut storing).await;
-    diesel::sql_query("BEGIN")
-        .execute(&mut storing)
-        .await
-        .unwrap();
+    execute(&mut storing, "BEGIN").await;
     tasks::insert_tasks(&mut storing, &[fx::task(40, 30, 1, None)])
         .await
         .unwrap();
-    let delete = tokio::spawn(async move {
-        diesel::sql_query("DELETE FROM functions")
-            .execute(&mut deleting)
-            .await
-            .map_err(StoreError::from)
-    });
+    let delete = tokio::spawn(async move { refused(&mut deleting, "DELETE FROM functions").await });
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(
         !delete.is_finished(),
         "the delete did not wait for the lock"
     );
-    diesel::sql_query("COMMIT")
-        .execute(&mut storing)
-        .await
-        .unwrap();
-    let error = delete.await.unwrap().unwrap_err();
+    execute(&mut storing, "COMMIT").await;
+    let error = delete.await.unwrap();
     assert_eq!(dangling_constraint(&error), Some("tasks_function_key_fkey"));
 
     // The other way round: tasks stored while the function's delete is uncommitted wait, then
@@ -767,23 +757,18 @@ async fn a_function_being_used_by_an_open_transaction_cannot_be_deleted() {
         .await
         .unwrap();
     let mut deleting = db.connect().await;
-    diesel::sql_query("BEGIN")
-        .execute(&mut deleting)
-        .await
-        .unwrap();
-    diesel::sql_query(format!("DELETE FROM functions WHERE key = '{}'", key(2)))
-        .execute(&mut deleting)
-        .await
-        .unwrap();
+    execute(&mut deleting, "BEGIN").await;
+    execute(
+        &mut deleting,
+        &format!("DELETE FROM functions WHERE key = '{}'", key(2)),
+    )
+    .await;
     let store = tokio::spawn(async move {
         tasks::insert_tasks(&mut storing, &[fx::task(41, 30, 2, None)]).await
     });
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(!store.is_finished(), "the insert did not wait for the lock");
-    diesel::sql_query("COMMIT")
-        .execute(&mut deleting)
-        .await
-        .unwrap();
+    execute(&mut deleting, "COMMIT").await;
     let error = store.await.unwrap().unwrap_err();
     assert_eq!(dangling_constraint(&error), Some("tasks_function_key_fkey"));
 }
