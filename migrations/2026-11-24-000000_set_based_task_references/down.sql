@@ -28,7 +28,6 @@ DROP FUNCTION baton_check_task_references(UUID[], UUID[], TEXT[], TEXT[], TEXT[]
 DROP FUNCTION baton_refuse_referenced(TEXT, TEXT, TEXT, TEXT, TEXT);
 DROP FUNCTION baton_refuse_missing(TEXT, TEXT, TEXT, TEXT, TEXT);
 DROP FUNCTION baton_lock_tasks(UUID[]);
-DROP FUNCTION baton_lock_referenced(TEXT, TEXT, ANYARRAY);
 
 ALTER TABLE task_state_changes
     ADD CONSTRAINT task_state_changes_task_key_fkey
