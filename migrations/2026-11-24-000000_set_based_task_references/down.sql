@@ -27,7 +27,6 @@ DROP FUNCTION tasks_check_inserted_references();
 DROP FUNCTION baton_check_task_references(UUID[], UUID[], TEXT[], TEXT[], TEXT[]);
 DROP FUNCTION baton_refuse_referenced(TEXT, TEXT, TEXT, TEXT, TEXT);
 DROP FUNCTION baton_refuse_missing(TEXT, TEXT, TEXT, TEXT, TEXT);
-DROP FUNCTION baton_lock_tasks(UUID[]);
 
 ALTER TABLE task_state_changes
     ADD CONSTRAINT task_state_changes_task_key_fkey
