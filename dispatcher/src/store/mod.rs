@@ -91,7 +91,8 @@ macro_rules! insert_unnested {
             chunks.push(rows.by_ref().take($crate::store::ROWS_PER_UNNEST).collect::<Vec<_>>());
         }
         // Pipelined (diesel-async sends a statement while the one before runs): the next chunk's
-        // arrays are encoded while PostgreSQL inserts the previous one.
+        // arrays are encoded while PostgreSQL inserts the previous one. A table's chunks do not
+        // depend on each other, and the call ends before its caller's next statement is sent.
         let shared: &::diesel_async::AsyncPgConnection = &*$conn;
         let sql = sql.as_str();
         let statements = ::futures::StreamExt::map(::futures::stream::iter(chunks), |chunk| {
