@@ -774,6 +774,53 @@ async fn a_function_being_used_by_an_open_transaction_cannot_be_deleted() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn history_for_a_task_being_deleted_waits_and_is_refused() {
+    // A task's history written while another transaction deletes the task: the check locks
+    // the task, waits for the delete to commit, then finds the task gone.
+    let db = TestDb::new().await;
+    let mut writing = db.connect().await;
+    let mut deleting = db.connect().await;
+    seed(&mut writing).await;
+    tasks::insert_tasks(
+        &mut writing,
+        &[fx::task(40, 30, 1, None), fx::task(41, 30, 1, None)],
+    )
+    .await
+    .unwrap();
+    execute(&mut deleting, "BEGIN").await;
+    execute(
+        &mut deleting,
+        &format!("DELETE FROM tasks WHERE key = '{}'", key(40)),
+    )
+    .await;
+    let write = tokio::spawn(async move {
+        let history = [
+            fx::state_change(41, TaskStatus::Todo, 1),
+            fx::state_change(40, TaskStatus::Todo, 1),
+        ];
+        let outcome = tasks::insert_state_changes(&mut writing, &history).await;
+        (
+            outcome,
+            count_rows(&mut writing, "task_state_changes").await,
+        )
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !write.is_finished(),
+        "the history did not wait for the lock"
+    );
+    execute(&mut deleting, "COMMIT").await;
+    let (outcome, stored) = write.await.unwrap();
+    let error = outcome.unwrap_err();
+    assert_eq!(
+        dangling_constraint(&error),
+        Some("task_state_changes_task_key_fkey")
+    );
+    // Nothing half-written: task 41's row went with the refused statement.
+    assert_eq!(stored, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn duplicate_keys_are_refused_by_the_database() {
     let db = TestDb::new().await;
     let mut conn = db.connect().await;
