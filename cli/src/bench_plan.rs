@@ -1,5 +1,5 @@
-//! `baton bench large-plan`: validate, store, publish and load a layered DAG of many tasks, in
-//! a PostgreSQL database of its own per run and a RabbitMQ vhost of its own, removed afterwards.
+//! `baton bench large-plan`: validate, store, publish and load a layered DAG of many tasks,
+//! each run in a PostgreSQL database and a RabbitMQ vhost of its own, removed afterwards.
 //!
 //! Phases: validation (loading what the plan references, then `models::validation::plan`), the
 //! storing transaction (validation again, then plan, tasks, edges, history and outbox rows), the
@@ -13,8 +13,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use chrono::Utc;
-use diesel::sql_query;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use uuid::Uuid;
 
 use broker::topology::TASKS_EXCHANGE;
@@ -31,7 +30,8 @@ use models::{
     TaskKey, TaskOutput,
 };
 
-use crate::bench::{BenchVhost, BrokerBench, median};
+use crate::bench::{BrokerBench, median};
+use crate::bench_throughput::BenchEnv;
 
 /// The goal for validating, storing and first publishing 100,000 tasks.
 const GOAL_SECS: f64 = 5.0;
@@ -85,15 +85,6 @@ fn resident_bytes() -> Option<u64> {
     let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
     let kilobytes: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kilobytes * 1024)
-}
-
-fn url_with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, format!("?{query}")),
-        None => (url, String::new()),
-    };
-    let root = base.rsplit_once('/').map_or(base, |(root, _)| root);
-    format!("{root}/{database}{query}")
 }
 
 fn function(owner: &OrganizationId) -> Function {
@@ -206,16 +197,19 @@ struct RunFigures {
     analyze_secs: f64,
 }
 
-/// One run in the fresh database `url`: validates a new plan, then stores it as the
+/// One run in the fresh environment `env`: validates a new plan, then stores it as the
 /// dispatcher's submission handler does and publishes its first ready task as the dispatcher's
-/// relay does, on `broker`.
+/// relay does.
 async fn run_once(
-    url: &str,
-    broker: &Broker,
+    env: &BenchEnv,
     options: &LargePlanBench,
 ) -> anyhow::Result<(RunFigures, PlanKey)> {
-    store::run_migrations(url).await?;
-    let mut conn = AsyncPgConnection::establish(url).await?;
+    store::run_migrations(&env.database_url).await?;
+    let mut conn = AsyncPgConnection::establish(&env.database_url).await?;
+    let broker = Broker::connect(BrokerConfig::new(&env.amqp_url, "baton-bench-relay"))
+        .await
+        .context("connecting to the benchmark's vhost")?;
+    broker.declare_topology().await?;
     let owner = OrganizationId::from("bench");
     catalog::insert_organization(
         &mut conn,
@@ -239,7 +233,7 @@ async fn run_once(
         anyhow::bail!("the benchmark plan is invalid: {}", errors[0]);
     }
 
-    let publisher = Publisher::new(broker).await?;
+    let publisher = Publisher::new(&broker).await?;
     let started = Instant::now();
     let (plan, rows) =
         submit_plan_handing_over(&mut conn, &submission, &owner, None, Utc::now(), None)
@@ -255,6 +249,9 @@ async fn run_once(
         .await
         .context("publishing the first ready task")?;
     let first_publish_secs = started.elapsed().as_secs_f64();
+    if let Err(error) = broker.close().await {
+        tracing::debug!("closing the benchmark's connection: {error}");
+    }
 
     let started = Instant::now();
     analyze_after(&mut conn, &plan).await;
@@ -316,8 +313,8 @@ pub(crate) async fn load_plan_state(
     })
 }
 
-/// Runs the benchmark: each run in a fresh database next to the one `database_url` names, all
-/// in one fresh vhost; everything is removed afterwards.
+/// Runs the benchmark: each run in a database and a vhost of its own (`BenchEnv`), removed
+/// afterwards.
 pub(crate) async fn large_plan(options: LargePlanBench) -> anyhow::Result<LargePlanFigures> {
     anyhow::ensure!(options.width >= 2, "--width must be at least 2");
     anyhow::ensure!(
@@ -325,67 +322,40 @@ pub(crate) async fn large_plan(options: LargePlanBench) -> anyhow::Result<LargeP
         "--tasks must be at least --width"
     );
     anyhow::ensure!(options.runs >= 1, "--runs must be at least 1");
-    let mut admin = AsyncPgConnection::establish(&options.database_url)
-        .await
-        .context("connecting to PostgreSQL")?;
-    let vhost = BenchVhost::create(&options.broker).await?;
-    let outcome = async {
-        let broker = Broker::connect(BrokerConfig::new(vhost.amqp_url(), "baton-bench-relay"))
-            .await
-            .context("connecting to the benchmark's vhost")?;
-        broker.declare_topology().await?;
-        let mut runs = Vec::new();
-        let mut loaded = None;
-        for run in 0..options.runs {
-            let name = format!("baton_bench_{}", Uuid::new_v4().simple());
-            sql_query(format!("CREATE DATABASE {name}"))
-                .execute(&mut admin)
-                .await
-                .context("creating the benchmark database (the role needs CREATEDB)")?;
-            let url = url_with_database(&options.database_url, &name);
-            let outcome = async {
-                let (figures, plan) = run_once(&url, &broker, &options).await?;
-                tracing::info!(
-                    "run {}: validate + store {:.2} s, first publish {:.2} s",
-                    run + 1,
-                    figures.store_secs,
-                    figures.first_publish_secs
-                );
-                // The state is loaded once, after the last run.
-                if run + 1 == options.runs {
-                    loaded = Some(load_in_child(&url, plan).await?);
-                }
-                anyhow::Ok(figures)
+    let mut runs = Vec::new();
+    let mut loaded = None;
+    for run in 0..options.runs {
+        let env = BenchEnv::create(&options.database_url, &options.broker).await?;
+        let outcome = async {
+            let (figures, plan) = run_once(&env, &options).await?;
+            tracing::info!(
+                "run {}: validate + store {:.2} s, first publish {:.2} s",
+                run + 1,
+                figures.store_secs,
+                figures.first_publish_secs
+            );
+            // The state is loaded once, after the last run.
+            if run + 1 == options.runs {
+                loaded = Some(load_in_child(&env.database_url, plan).await?);
             }
-            .await;
-            sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .execute(&mut admin)
-                .await
-                .context("dropping the benchmark database")?;
-            runs.push(outcome?);
+            anyhow::Ok(figures)
         }
-        if let Err(error) = broker.close().await {
-            tracing::debug!("closing the benchmark's connection: {error}");
-        }
-        let loaded = loaded.context("no run loaded the plan's state")?;
-        let median_of = |phase: fn(&RunFigures) -> f64| median(runs.iter().map(phase).collect());
-        anyhow::Ok(LargePlanFigures {
-            tasks: options.tasks,
-            layers: options.tasks.div_ceil(options.width),
-            runs: options.runs,
-            validate_secs: median_of(|run| run.validate_secs),
-            store_secs: median_of(|run| run.store_secs),
-            first_publish_secs: median_of(|run| run.first_publish_secs),
-            first_publish_runs: runs.iter().map(|run| run.first_publish_secs).collect(),
-            analyze_secs: median_of(|run| run.analyze_secs),
-            load_state_secs: loaded.secs,
-            state_bytes_per_task: loaded.resident_bytes_added as f64 / f64::from(options.tasks),
-            goal_secs: GOAL_SECS,
-        })
+        .await;
+        runs.push(env.finish(outcome).await?);
     }
-    .await;
-    let deleted = vhost.delete().await;
-    let figures = outcome?;
-    deleted?;
-    Ok(figures)
+    let loaded = loaded.context("no run loaded the plan's state")?;
+    let median_of = |phase: fn(&RunFigures) -> f64| median(runs.iter().map(phase).collect());
+    Ok(LargePlanFigures {
+        tasks: options.tasks,
+        layers: options.tasks.div_ceil(options.width),
+        runs: options.runs,
+        validate_secs: median_of(|run| run.validate_secs),
+        store_secs: median_of(|run| run.store_secs),
+        first_publish_secs: median_of(|run| run.first_publish_secs),
+        first_publish_runs: runs.iter().map(|run| run.first_publish_secs).collect(),
+        analyze_secs: median_of(|run| run.analyze_secs),
+        load_state_secs: loaded.secs,
+        state_bytes_per_task: loaded.resident_bytes_added as f64 / f64::from(options.tasks),
+        goal_secs: GOAL_SECS,
+    })
 }

@@ -565,6 +565,19 @@ async fn refused(conn: &mut AsyncPgConnection, statement: &str) -> StoreError {
     StoreError::from(error)
 }
 
+/// Asserts that `waiting` (`what`) still waits for the lock that `holder`'s open transaction
+/// holds, then commits that transaction and returns what `waiting` ended with.
+async fn commit_once_waiting<T>(
+    waiting: tokio::task::JoinHandle<T>,
+    holder: &mut AsyncPgConnection,
+    what: &str,
+) -> T {
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "{what} did not wait for the lock");
+    execute(holder, "COMMIT").await;
+    waiting.await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_task_reference_is_checked_with_its_foreign_key_error() {
     // The references of tasks, edges and history rows are checked per statement by triggers
@@ -742,13 +755,7 @@ async fn a_function_being_used_by_an_open_transaction_cannot_be_deleted() {
         .await
         .unwrap();
     let delete = tokio::spawn(async move { refused(&mut deleting, "DELETE FROM functions").await });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert!(
-        !delete.is_finished(),
-        "the delete did not wait for the lock"
-    );
-    execute(&mut storing, "COMMIT").await;
-    let error = delete.await.unwrap();
+    let error = commit_once_waiting(delete, &mut storing, "the delete").await;
     assert_eq!(dangling_constraint(&error), Some("tasks_function_key_fkey"));
 
     // The other way round: tasks stored while the function's delete is uncommitted wait, then
@@ -766,10 +773,9 @@ async fn a_function_being_used_by_an_open_transaction_cannot_be_deleted() {
     let store = tokio::spawn(async move {
         tasks::insert_tasks(&mut storing, &[fx::task(41, 30, 2, None)]).await
     });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert!(!store.is_finished(), "the insert did not wait for the lock");
-    execute(&mut deleting, "COMMIT").await;
-    let error = store.await.unwrap().unwrap_err();
+    let error = commit_once_waiting(store, &mut deleting, "the insert")
+        .await
+        .unwrap_err();
     assert_eq!(dangling_constraint(&error), Some("tasks_function_key_fkey"));
 }
 
@@ -804,13 +810,7 @@ async fn history_for_a_task_being_deleted_waits_and_is_refused() {
             count_rows(&mut writing, "task_state_changes").await,
         )
     });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert!(
-        !write.is_finished(),
-        "the history did not wait for the lock"
-    );
-    execute(&mut deleting, "COMMIT").await;
-    let (outcome, stored) = write.await.unwrap();
+    let (outcome, stored) = commit_once_waiting(write, &mut deleting, "the history").await;
     let error = outcome.unwrap_err();
     assert_eq!(
         dangling_constraint(&error),
