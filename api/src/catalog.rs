@@ -382,8 +382,8 @@ async fn get_data_sample(
     query: Query,
 ) -> Result<Json<DataSample>, ApiError> {
     query.only(&[])?;
-    let mut conn = state.conn().await?;
-    catalog::find_data_samples(&mut conn, &[key])
+    let conn = state.conn().await?;
+    catalog::find_data_samples(&conn, &[key])
         .await?
         .into_iter()
         .next()
@@ -403,8 +403,8 @@ async fn register_data_samples(
         .map(|key| key.parse().map(DataSampleKey))
         .collect::<Result<Vec<_>, _>>()
         .map_err(ApiError::internal)?;
-    let mut conn = state.conn().await?;
-    let mut samples = catalog::find_data_samples(&mut conn, &keys).await?;
+    let conn = state.conn().await?;
+    let mut samples = catalog::find_data_samples(&conn, &keys).await?;
     if samples.len() != keys.len() {
         return Err(vanished("a data sample"));
     }

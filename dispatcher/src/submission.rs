@@ -104,46 +104,69 @@ pub async fn load_known_assets(
         }
     }
     let asset_keys: Vec<Uuid> = asset_keys.into_iter().collect();
-    let parents = tasks::find_tasks(conn, &parent_keys.into_iter().collect::<Vec<_>>()).await?;
-
+    let parent_keys: Vec<TaskKey> = parent_keys.into_iter().collect();
     let mut function_keys: BTreeSet<FunctionKey> =
         batch.iter().map(|task| task.function_key).collect();
-    function_keys.extend(parents.iter().map(|task| task.function_key));
-    let function_keys: Vec<FunctionKey> = function_keys.into_iter().collect();
+    let batch_functions: Vec<FunctionKey> = function_keys.iter().copied().collect();
+    // One query per kind, whatever the number of assets: the kind comes from the function.
+    let dataset_keys: Vec<DatasetKey> = asset_keys.iter().map(|k| DatasetKey(*k)).collect();
+    let sample_keys: Vec<DataSampleKey> = asset_keys.iter().map(|k| DataSampleKey(*k)).collect();
+    let model_keys: Vec<ModelKey> = asset_keys.iter().map(|k| ModelKey(*k)).collect();
+    // Pipelined: the lookups are sent together, one round trip in all.
+    let shared: &AsyncPgConnection = conn;
+    let (parents, organizations, functions, datasets, samples, models) = futures::try_join!(
+        unless_empty(&parent_keys, |keys| tasks::find_tasks(shared, keys)),
+        catalog::list_organizations(shared, None),
+        catalog::find_functions(shared, &batch_functions),
+        unless_empty(&dataset_keys, |keys| catalog::find_datasets(shared, keys)),
+        unless_empty(&sample_keys, |keys| catalog::find_data_samples(
+            shared, keys
+        )),
+        unless_empty(&model_keys, |keys| execution::find_models(shared, keys)),
+    )?;
+    // Then what the stored parents need: their functions, and whether they have disabled
+    // models.
+    let parent_functions: Vec<FunctionKey> = parents
+        .iter()
+        .map(|task| task.function_key)
+        .filter(|key| function_keys.insert(*key))
+        .collect();
+    let parent_uuids: Vec<Uuid> = parents.iter().map(|task| task.key.0).collect();
+    let (parent_functions, disabled) = futures::try_join!(
+        unless_empty(&parent_functions, |keys| catalog::find_functions(
+            shared, keys
+        )),
+        unless_empty(&parent_uuids, |keys| async move {
+            let mut conn = shared;
+            Ok(schema::models::table
+                .filter(schema::models::compute_task_key.eq_any(keys))
+                .filter(schema::models::checksum.is_null())
+                .select(schema::models::compute_task_key)
+                .load::<Uuid>(&mut conn)
+                .await?)
+        }),
+    )?;
+    let disabled: BTreeSet<Uuid> = disabled.into_iter().collect();
 
     let mut known = KnownAssets {
-        organizations: catalog::list_organizations(conn, None)
-            .await?
+        organizations: organizations
             .into_iter()
             .map(|organization| organization.id)
             .collect(),
         ..KnownAssets::default()
     };
-    for function in catalog::find_functions(conn, &function_keys).await? {
+    for function in functions.into_iter().chain(parent_functions) {
         known.functions.insert(function.key, function);
     }
-    // One query per kind, whatever the number of assets: the kind comes from the function.
-    let dataset_keys: Vec<DatasetKey> = asset_keys.iter().map(|k| DatasetKey(*k)).collect();
-    for dataset in catalog::find_datasets(conn, &dataset_keys).await? {
+    for dataset in datasets {
         known.datasets.insert(dataset.key, dataset);
     }
-    let sample_keys: Vec<DataSampleKey> = asset_keys.iter().map(|k| DataSampleKey(*k)).collect();
-    for sample in catalog::find_data_samples(conn, &sample_keys).await? {
+    for sample in samples {
         known.data_samples.insert(sample.key, sample);
     }
-    let model_keys: Vec<ModelKey> = asset_keys.iter().map(|k| ModelKey(*k)).collect();
-    for model in execution::find_models(conn, &model_keys).await? {
+    for model in models {
         known.models.insert(model.key, model);
     }
-    let parent_uuids: Vec<Uuid> = parents.iter().map(|task| task.key.0).collect();
-    let disabled: BTreeSet<Uuid> = schema::models::table
-        .filter(schema::models::compute_task_key.eq_any(&parent_uuids))
-        .filter(schema::models::checksum.is_null())
-        .select(schema::models::compute_task_key)
-        .load::<Uuid>(conn)
-        .await?
-        .into_iter()
-        .collect();
     for parent in parents {
         known.stored_tasks.insert(
             parent.key,
@@ -159,6 +182,21 @@ pub async fn load_known_assets(
         );
     }
     Ok(known)
+}
+
+/// `lookup(keys)`, or nothing without a query when there are no keys.
+async fn unless_empty<'k, K, T, F>(
+    keys: &'k [K],
+    lookup: impl FnOnce(&'k [K]) -> F,
+) -> StoreResult<Vec<T>>
+where
+    F: Future<Output = StoreResult<Vec<T>>>,
+{
+    if keys.is_empty() {
+        Ok(Vec::new())
+    } else {
+        lookup(keys).await
+    }
 }
 
 /// The body of the outbox row that announces a ready task: the `task.ready` wire message the
@@ -448,20 +486,29 @@ async fn store_plan(
     let result = conn
         .transaction(async |conn| {
             let started = std::time::Instant::now();
-            plans::insert_plan(conn, &stored_plan).await?;
-            tasks::insert_tasks(conn, &new_tasks).await?;
-            let tasks_ms = started.elapsed().as_millis();
-            tasks::insert_state_changes(conn, &history).await?;
-            let history_ms = started.elapsed().as_millis();
-            let outbox = tasks::insert_outbox_rows(conn, &outbox).await?;
+            // Pipelined in two rounds: PostgreSQL runs each statement after those sent before
+            // it, so the tasks' checks find the plan; the history's and the outbox's need every
+            // task stored, and a large plan's later chunks are sent as earlier ones finish.
+            let shared: &AsyncPgConnection = conn;
+            futures::try_join!(
+                plans::insert_plan(shared, &stored_plan),
+                tasks::insert_tasks(shared, &new_tasks),
+            )?;
+            let (_, outbox, _) = futures::try_join!(
+                tasks::insert_state_changes(shared, &history),
+                tasks::insert_outbox_rows(shared, &outbox),
+                async {
+                    match &submission_row {
+                        Some(row) => submissions::insert_submission(shared, row).await,
+                        None => Ok(()),
+                    }
+                },
+            )?;
             tracing::debug!(
                 duration_ms = started.elapsed().as_millis() as u64,
-                "stored {} tasks: tasks and edges by {tasks_ms} ms, history by {history_ms} ms",
+                "stored {} tasks",
                 new_tasks.len()
             );
-            if let Some(row) = &submission_row {
-                submissions::insert_submission(conn, row).await?;
-            }
             Ok::<_, StoreError>((new_tasks, outbox))
         })
         .await;

@@ -271,17 +271,17 @@ impl Api {
             let devices: Vec<_> = devices.iter().map(|id| fx::device(worker, id)).collect();
             workers::upsert_devices(&mut conn, &devices).await.unwrap();
         }
-        plans::insert_plan(&mut conn, &fx::plan(30, ORGANIZATION, "fl"))
+        plans::insert_plan(&conn, &fx::plan(30, ORGANIZATION, "fl"))
             .await
             .unwrap();
         tasks::insert_tasks(
-            &mut conn,
+            &conn,
             &[fx::task(31, 30, 1, None), fx::task(32, 30, 1, Some(31))],
         )
         .await
         .unwrap();
         tasks::insert_state_changes(
-            &mut conn,
+            &conn,
             &[
                 fx::state_change(31, models::TaskStatus::Todo, 1),
                 fx::state_change(31, models::TaskStatus::Doing, 2),
@@ -295,14 +295,12 @@ impl Api {
                 .unwrap();
         }
         let lines: Vec<_> = (0..5).map(|seq| fx::log_line(31, seq)).collect();
-        execution::insert_log_lines(&mut conn, &lines)
-            .await
-            .unwrap();
+        execution::insert_log_lines(&conn, &lines).await.unwrap();
         let samples: Vec<_> = (0..3)
             .map(|i| fx::measurement(31, "voltage", i))
             .chain((0..2).map(|i| fx::measurement(31, "current", i)))
             .collect();
-        execution::insert_measurements(&mut conn, &samples)
+        execution::insert_measurements(&conn, &samples)
             .await
             .unwrap();
     }

@@ -749,7 +749,7 @@ async fn another_organizations_plans_tasks_logs_and_models_are_out_of_reach() {
     // 34's is public.
     let only_a = Permission::new(&"org-a".into(), false, []);
     tasks::insert_tasks(
-        &mut api.conn().await,
+        &api.conn().await,
         &[
             models::Task {
                 logs_permission: only_a.clone(),

@@ -43,7 +43,7 @@ async fn organizations_round_trip_with_is_current_derived() {
             ..org_a.clone()
         }
     );
-    let all = catalog::list_organizations(&mut conn, Some(&current))
+    let all = catalog::list_organizations(&conn, Some(&current))
         .await
         .unwrap();
     assert_eq!(
@@ -110,7 +110,7 @@ async fn projects_functions_and_schedules_round_trip() {
         Some(function.clone())
     );
     assert_eq!(
-        catalog::find_functions(&mut conn, &[function.key, key(404).into()])
+        catalog::find_functions(&conn, &[function.key, key(404).into()])
             .await
             .unwrap(),
         vec![function]
@@ -143,7 +143,7 @@ async fn datasets_and_samples_link_both_ways() {
         .unwrap()
         .unwrap();
     assert_eq!(dataset, fx::dataset(20, "org-a", &[21, 22]));
-    let samples = catalog::find_data_samples(&mut conn, &[key(21).into(), key(22).into()])
+    let samples = catalog::find_data_samples(&conn, &[key(21).into(), key(22).into()])
         .await
         .unwrap();
     assert_eq!(
@@ -169,11 +169,11 @@ async fn plans_round_trip_update_and_list_by_status() {
     let mut other = fx::plan(31, "org-a", "fl");
     other.counters = models::PlanCounters::default();
     other.status = PlanStatus::Empty;
-    plans::insert_plan(&mut conn, &other).await.unwrap();
+    plans::insert_plan(&conn, &other).await.unwrap();
 
     // The failed-task reference is checked at commit, so the task may come in the same
     // transaction.
-    tasks::insert_tasks(&mut conn, &[fx::failed_task(40, 30, 1)])
+    tasks::insert_tasks(&conn, &[fx::failed_task(40, 30, 1)])
         .await
         .unwrap();
     plan.counters.doing_count = 0;
@@ -183,7 +183,7 @@ async fn plans_round_trip_update_and_list_by_status() {
     plan.status = plan
         .counters
         .status(plan.failure_date, plan.cancelation_date);
-    plans::update_plan(&mut conn, &plan).await.unwrap();
+    plans::update_plan(&conn, &plan).await.unwrap();
     assert_eq!(
         plans::lock_plan(&mut conn, plan.key).await.unwrap(),
         Some(plan.clone())
@@ -209,7 +209,7 @@ async fn tasks_round_trip_with_their_dag() {
     child.status = TaskStatus::Waiting;
     child.waiting_reason = Some(models::WaitingReason::Parents);
     child.lease = None;
-    tasks::insert_tasks(&mut conn, &[root.clone(), child.clone()])
+    tasks::insert_tasks(&conn, &[root.clone(), child.clone()])
         .await
         .unwrap();
 
@@ -253,7 +253,7 @@ async fn tasks_round_trip_with_their_dag() {
         Some(done)
     );
     assert_eq!(
-        tasks::find_tasks(&mut conn, &[child.key, key(404).into()])
+        tasks::find_tasks(&conn, &[child.key, key(404).into()])
             .await
             .unwrap(),
         vec![child]
@@ -265,7 +265,7 @@ async fn state_changes_and_outbox_keep_their_order() {
     let db = TestDb::new().await;
     let mut conn = db.connect().await;
     seed(&mut conn).await;
-    tasks::insert_tasks(&mut conn, &[fx::task(40, 30, 1, None)])
+    tasks::insert_tasks(&conn, &[fx::task(40, 30, 1, None)])
         .await
         .unwrap();
 
@@ -274,9 +274,7 @@ async fn state_changes_and_outbox_keep_their_order() {
         fx::state_change(40, TaskStatus::Doing, 2),
         fx::state_change(40, TaskStatus::Todo, 3),
     ];
-    tasks::insert_state_changes(&mut conn, &history)
-        .await
-        .unwrap();
+    tasks::insert_state_changes(&conn, &history).await.unwrap();
     assert_eq!(
         tasks::list_state_changes(&mut conn, key(40).into())
             .await
@@ -294,7 +292,7 @@ async fn state_changes_and_outbox_keep_their_order() {
             available_at: (i == 3).then(|| fx::at(50)),
         })
         .collect();
-    tasks::insert_outbox_rows(&mut conn, &rows).await.unwrap();
+    tasks::insert_outbox_rows(&conn, &rows).await.unwrap();
     let pending = tasks::next_outbox_rows(&mut conn, fx::at(30), 2)
         .await
         .unwrap();
@@ -320,6 +318,53 @@ async fn state_changes_and_outbox_keep_their_order() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn batch_writes_are_prepared_once_per_connection_whatever_their_size() {
+    #[derive(diesel::QueryableByName)]
+    struct Prepared {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        statement: String,
+    }
+    let db = TestDb::new().await;
+    let mut conn = db.connect().await;
+    seed(&mut conn).await;
+    tasks::insert_tasks(&conn, &[fx::task(40, 30, 1, None)])
+        .await
+        .unwrap();
+    for size in [1, 3, 2] {
+        let history: Vec<_> = (0..size)
+            .map(|n| fx::state_change(40, TaskStatus::Todo, n))
+            .collect();
+        tasks::insert_state_changes(&conn, &history).await.unwrap();
+        let rows: Vec<NewOutboxRow> = (0..size)
+            .map(|n| NewOutboxRow {
+                task_key: key(40),
+                routing_key: format!("n={n}"),
+                payload: serde_json::json!({ "n": n }),
+                created_at: fx::at(4),
+                available_at: None,
+            })
+            .collect();
+        let stored = tasks::insert_outbox_rows(&conn, &rows).await.unwrap();
+        let order: Vec<&str> = stored.iter().map(|row| row.routing_key.as_str()).collect();
+        let given: Vec<&str> = rows.iter().map(|row| row.routing_key.as_str()).collect();
+        assert_eq!(order, given, "ids follow the order given");
+    }
+    let prepared: Vec<Prepared> =
+        diesel::sql_query("SELECT statement FROM pg_prepared_statements ORDER BY statement")
+            .load(&mut conn)
+            .await
+            .unwrap();
+    let count = |start: &str| {
+        prepared
+            .iter()
+            .filter(|p| p.statement.starts_with(start))
+            .count()
+    };
+    assert_eq!(count("INSERT INTO task_state_changes"), 1);
+    assert_eq!(count("INSERT INTO outbox"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn models_and_performances_round_trip_into_the_performance_table() {
     let db = TestDb::new().await;
     let mut conn = db.connect().await;
@@ -327,9 +372,7 @@ async fn models_and_performances_round_trip_into_the_performance_table() {
     let mut first = fx::task(40, 30, 1, None);
     first.rank = 0;
     let second = fx::task(41, 30, 1, Some(40));
-    tasks::insert_tasks(&mut conn, &[first, second])
-        .await
-        .unwrap();
+    tasks::insert_tasks(&conn, &[first, second]).await.unwrap();
 
     let model = fx::model(50, 40);
     let mut disabled = fx::model(51, 40);
@@ -390,16 +433,14 @@ async fn logs_and_measurements_round_trip() {
     let db = TestDb::new().await;
     let mut conn = db.connect().await;
     seed(&mut conn).await;
-    tasks::insert_tasks(&mut conn, &[fx::task(40, 30, 1, None)])
+    tasks::insert_tasks(&conn, &[fx::task(40, 30, 1, None)])
         .await
         .unwrap();
 
     let lines: Vec<_> = (0..5).map(|seq| fx::log_line(40, seq)).collect();
-    execution::insert_log_lines(&mut conn, &lines)
-        .await
-        .unwrap();
+    execution::insert_log_lines(&conn, &lines).await.unwrap();
     // A redelivered batch stores nothing twice.
-    execution::insert_log_lines(&mut conn, &lines[2..])
+    execution::insert_log_lines(&conn, &lines[2..])
         .await
         .unwrap();
     assert_eq!(
@@ -418,7 +459,7 @@ async fn logs_and_measurements_round_trip() {
     let samples: Vec<_> = (0..4u32)
         .map(|i| fx::measurement(40, if i.is_multiple_of(2) { "x₁" } else { "y" }, i))
         .collect();
-    execution::insert_measurements(&mut conn, &samples)
+    execution::insert_measurements(&conn, &samples)
         .await
         .unwrap();
     assert_eq!(
@@ -479,7 +520,7 @@ async fn workers_and_devices_round_trip_and_upsert() {
     assert_eq!(devices, vec![device, fx::device("worker-1", "lucidac-1")]);
 
     // A task may name the worker that runs it.
-    tasks::insert_tasks(&mut conn, &[fx::task(40, 30, 1, None)])
+    tasks::insert_tasks(&conn, &[fx::task(40, 30, 1, None)])
         .await
         .unwrap();
 }
@@ -512,7 +553,7 @@ async fn a_dangling_reference_is_refused_by_the_database() {
     let mut conn = db.connect().await;
     seed(&mut conn).await;
     // Task 40 of plan 99, which does not exist.
-    let error = tasks::insert_tasks(&mut conn, &[fx::task(40, 99, 1, None)])
+    let error = tasks::insert_tasks(&conn, &[fx::task(40, 99, 1, None)])
         .await
         .unwrap_err();
     assert!(
@@ -520,7 +561,7 @@ async fn a_dangling_reference_is_refused_by_the_database() {
         "{error:?}"
     );
     // A parent that does not exist.
-    let error = tasks::insert_tasks(&mut conn, &[fx::task(41, 30, 1, Some(77))])
+    let error = tasks::insert_tasks(&conn, &[fx::task(41, 30, 1, Some(77))])
         .await
         .unwrap_err();
     assert!(
@@ -600,7 +641,7 @@ async fn every_task_reference_is_checked_with_its_foreign_key_error() {
         change(&mut task);
         // The bad task among good ones: one statement checks them all.
         let batch = [fx::task(41, 30, 1, None), task, fx::task(42, 30, 1, None)];
-        let error = tasks::insert_tasks(&mut conn, &batch).await.unwrap_err();
+        let error = tasks::insert_tasks(&conn, &batch).await.unwrap_err();
         assert_eq!(dangling_constraint(&error), Some(constraint), "{error:?}");
         assert!(
             error
@@ -612,7 +653,7 @@ async fn every_task_reference_is_checked_with_its_foreign_key_error() {
     assert_eq!(count_rows(&mut conn, "tasks").await, 0);
 
     // A child that does not exist, and history of an unknown task.
-    tasks::insert_tasks(&mut conn, &[fx::task(40, 30, 1, None)])
+    tasks::insert_tasks(&conn, &[fx::task(40, 30, 1, None)])
         .await
         .unwrap();
     let error = refused(
@@ -629,7 +670,7 @@ async fn every_task_reference_is_checked_with_its_foreign_key_error() {
         Some("task_edges_child_key_fkey")
     );
     let error = tasks::insert_state_changes(
-        &mut conn,
+        &conn,
         &[
             fx::state_change(40, TaskStatus::Todo, 1),
             fx::state_change(77, TaskStatus::Todo, 1),
@@ -661,12 +702,12 @@ async fn deletes_keep_the_foreign_keys_behaviour() {
     let mut conn = db.connect().await;
     seed(&mut conn).await;
     tasks::insert_tasks(
-        &mut conn,
+        &conn,
         &[fx::task(40, 30, 1, None), fx::task(41, 30, 1, Some(40))],
     )
     .await
     .unwrap();
-    tasks::insert_state_changes(&mut conn, &[fx::state_change(41, TaskStatus::Todo, 1)])
+    tasks::insert_state_changes(&conn, &[fx::state_change(41, TaskStatus::Todo, 1)])
         .await
         .unwrap();
     assert_eq!(count_rows(&mut conn, "task_edges").await, 1);
@@ -678,7 +719,7 @@ async fn deletes_keep_the_foreign_keys_behaviour() {
         .unwrap();
     let mut task = fx::task(43, 30, 1, None);
     task.worker = "org-c".into();
-    tasks::insert_tasks(&mut conn, &[task]).await.unwrap();
+    tasks::insert_tasks(&conn, &[task]).await.unwrap();
     let in_use = [
         ("DELETE FROM functions", "tasks_function_key_fkey"),
         (
@@ -721,7 +762,7 @@ async fn deletes_keep_the_foreign_keys_behaviour() {
         .unwrap();
     let mut task = fx::task(42, 30, 1, None);
     task.creator = Some("bob".into());
-    tasks::insert_tasks(&mut conn, &[task]).await.unwrap();
+    tasks::insert_tasks(&conn, &[task]).await.unwrap();
     execute(&mut conn, "DELETE FROM users WHERE identifier = 'bob'").await;
     let stored = tasks::find_task(&mut conn, key(42).into())
         .await
@@ -751,7 +792,7 @@ async fn a_function_being_used_by_an_open_transaction_cannot_be_deleted() {
     let mut deleting = db.connect().await;
     seed(&mut storing).await;
     execute(&mut storing, "BEGIN").await;
-    tasks::insert_tasks(&mut storing, &[fx::task(40, 30, 1, None)])
+    tasks::insert_tasks(&storing, &[fx::task(40, 30, 1, None)])
         .await
         .unwrap();
     let delete = tokio::spawn(async move { refused(&mut deleting, "DELETE FROM functions").await });
@@ -770,9 +811,10 @@ async fn a_function_being_used_by_an_open_transaction_cannot_be_deleted() {
         &format!("DELETE FROM functions WHERE key = '{}'", key(2)),
     )
     .await;
-    let store = tokio::spawn(async move {
-        tasks::insert_tasks(&mut storing, &[fx::task(41, 30, 2, None)]).await
-    });
+    let store =
+        tokio::spawn(
+            async move { tasks::insert_tasks(&storing, &[fx::task(41, 30, 2, None)]).await },
+        );
     let error = commit_once_waiting(store, &mut deleting, "the insert")
         .await
         .unwrap_err();
@@ -788,7 +830,7 @@ async fn history_for_a_task_being_deleted_waits_and_is_refused() {
     let mut deleting = db.connect().await;
     seed(&mut writing).await;
     tasks::insert_tasks(
-        &mut writing,
+        &writing,
         &[fx::task(40, 30, 1, None), fx::task(41, 30, 1, None)],
     )
     .await
@@ -804,7 +846,7 @@ async fn history_for_a_task_being_deleted_waits_and_is_refused() {
             fx::state_change(41, TaskStatus::Todo, 1),
             fx::state_change(40, TaskStatus::Todo, 1),
         ];
-        let outcome = tasks::insert_state_changes(&mut writing, &history).await;
+        let outcome = tasks::insert_state_changes(&writing, &history).await;
         (
             outcome,
             count_rows(&mut writing, "task_state_changes").await,
@@ -825,7 +867,7 @@ async fn duplicate_keys_are_refused_by_the_database() {
     let db = TestDb::new().await;
     let mut conn = db.connect().await;
     seed(&mut conn).await;
-    let error = plans::insert_plan(&mut conn, &fx::plan(30, "org-a", "fl"))
+    let error = plans::insert_plan(&conn, &fx::plan(30, "org-a", "fl"))
         .await
         .unwrap_err();
     assert!(
@@ -844,7 +886,7 @@ async fn duplicate_keys_are_refused_by_the_database() {
         "{error:?}"
     );
     // One performance per task output.
-    tasks::insert_tasks(&mut conn, &[fx::task(40, 30, 1, None)])
+    tasks::insert_tasks(&conn, &[fx::task(40, 30, 1, None)])
         .await
         .unwrap();
     execution::insert_performance(&mut conn, &fx::performance(40, 0.5))
@@ -861,7 +903,7 @@ async fn values_outside_the_models_rules_are_refused_by_the_database() {
     let db = TestDb::new().await;
     let mut conn = db.connect().await;
     seed(&mut conn).await;
-    tasks::insert_tasks(&mut conn, &[fx::task(40, 30, 1, None)])
+    tasks::insert_tasks(&conn, &[fx::task(40, 30, 1, None)])
         .await
         .unwrap();
     let error = execution::insert_performance(&mut conn, &fx::performance(40, f64::NAN))
@@ -871,7 +913,7 @@ async fn values_outside_the_models_rules_are_refused_by_the_database() {
 
     let mut plan = fx::plan(31, "org-a", "fl");
     plan.name = "x".repeat(101);
-    let error = plans::insert_plan(&mut conn, &plan).await.unwrap_err();
+    let error = plans::insert_plan(&conn, &plan).await.unwrap_err();
     assert!(
         matches!(&error, StoreError::CheckFailed { constraint: Some(c), .. } if c == "compute_plans_name_check"),
         "{error:?}"
@@ -880,7 +922,7 @@ async fn values_outside_the_models_rules_are_refused_by_the_database() {
     // Counters that do not add up.
     let mut plan = fx::plan(32, "org-a", "fl");
     plan.counters.todo_count += 1;
-    let error = plans::insert_plan(&mut conn, &plan).await.unwrap_err();
+    let error = plans::insert_plan(&conn, &plan).await.unwrap_err();
     assert!(
         matches!(&error, StoreError::CheckFailed { constraint: Some(c), .. } if c == "compute_plans_counts_add_up"),
         "{error:?}"
@@ -889,7 +931,7 @@ async fn values_outside_the_models_rules_are_refused_by_the_database() {
     // A lease on a task that is not running.
     let mut task = fx::task(41, 30, 1, None);
     task.status = TaskStatus::Todo;
-    let error = tasks::insert_tasks(&mut conn, &[task]).await.unwrap_err();
+    let error = tasks::insert_tasks(&conn, &[task]).await.unwrap_err();
     assert!(
         matches!(&error, StoreError::CheckFailed { constraint: Some(c), .. } if c == "tasks_lease_only_when_doing"),
         "{error:?}"
@@ -901,7 +943,7 @@ async fn a_corrupt_row_is_reported_not_panicked_on() {
     let db = TestDb::new().await;
     let mut conn = db.connect().await;
     seed(&mut conn).await;
-    tasks::insert_tasks(&mut conn, &[fx::task(40, 30, 1, None)])
+    tasks::insert_tasks(&conn, &[fx::task(40, 30, 1, None)])
         .await
         .unwrap();
     diesel::sql_query("UPDATE tasks SET source = '{\"type\": \"telepathy\"}'")
@@ -931,7 +973,7 @@ async fn batch_inserts_split_below_the_bind_parameter_limit() {
             task
         })
         .collect();
-    tasks::insert_tasks(&mut conn, &many).await.unwrap();
+    tasks::insert_tasks(&conn, &many).await.unwrap();
     let stored = tasks::list_plan_tasks(&mut conn, key(30).into(), Some(TaskStatus::Todo))
         .await
         .unwrap();
@@ -939,9 +981,7 @@ async fn batch_inserts_split_below_the_bind_parameter_limit() {
 
     // 10,000 log lines × 8 columns is 80,000 parameters.
     let lines: Vec<_> = (0..10_000).map(|seq| fx::log_line(10_000, seq)).collect();
-    execution::insert_log_lines(&mut conn, &lines)
-        .await
-        .unwrap();
+    execution::insert_log_lines(&conn, &lines).await.unwrap();
     let stored = execution::list_log_lines(&mut conn, key(10_000).into(), 20_000, 0)
         .await
         .unwrap();
@@ -952,7 +992,7 @@ async fn batch_inserts_split_below_the_bind_parameter_limit() {
     let samples: Vec<_> = (0..12_000)
         .map(|i| fx::measurement(10_000, "v", i))
         .collect();
-    execution::insert_measurements(&mut conn, &samples)
+    execution::insert_measurements(&conn, &samples)
         .await
         .unwrap();
     let stored = execution::list_measurements(&mut conn, key(10_000).into(), Some("v"))

@@ -227,12 +227,12 @@ async fn a_child_of_a_stored_failed_parent_is_born_canceled() {
     let db = TestDb::new().await;
     let mut conn = db.connect().await;
     seed(&mut conn).await;
-    plans::insert_plan(&mut conn, &fx::plan(31, "org-a", "fl"))
+    plans::insert_plan(&conn, &fx::plan(31, "org-a", "fl"))
         .await
         .unwrap();
     let mut failed = fx::failed_task(40, 31, 1);
     failed.worker_id = None;
-    tasks::insert_tasks(&mut conn, &[failed]).await.unwrap();
+    tasks::insert_tasks(&conn, &[failed]).await.unwrap();
 
     let plan = submission(vec![train(41, Some(40))]);
     let (stored, stored_tasks) =

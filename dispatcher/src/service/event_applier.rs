@@ -1295,13 +1295,6 @@ async fn commit(
                 update_date: now,
             })
             .collect();
-        tasks::update_task_states(conn, &updates).await?;
-        for plan in last_plan.values() {
-            plans::update_plan(conn, plan).await?;
-        }
-        tasks::insert_state_changes(conn, &history).await?;
-        tasks::insert_outbox_rows(conn, &later).await?;
-        let handed = tasks::insert_outbox_rows(conn, &ready).await?;
         // Results of tasks the batch did not otherwise change, if any.
         let unchanged: Vec<_> = work
             .results
@@ -1309,11 +1302,27 @@ async fn commit(
             .filter(|(task, _, _)| results.contains_key(task))
             .cloned()
             .collect();
-        tasks::set_task_results(conn, &unchanged).await?;
-        execution::insert_models(conn, &work.registered.models).await?;
-        execution::insert_performances(conn, &work.registered.performances).await?;
-        execution::insert_log_lines(conn, &work.log_lines).await?;
-        execution::insert_measurements(conn, &work.samples).await?;
+        // Pipelined: the statements below do not depend on each other's results, so they are
+        // all sent before the first answer is awaited (PostgreSQL still runs them one after
+        // the other, in this order), instead of a round trip each.
+        let shared: &AsyncPgConnection = conn;
+        let plan_updates = futures::future::try_join_all(
+            last_plan
+                .values()
+                .map(|plan| plans::update_plan(shared, plan)),
+        );
+        let (_, _, _, _, handed, _, _, _, _, _) = futures::try_join!(
+            tasks::update_task_states(shared, &updates),
+            plan_updates,
+            tasks::insert_state_changes(shared, &history),
+            tasks::insert_outbox_rows(shared, &later),
+            tasks::insert_outbox_rows(shared, &ready),
+            tasks::set_task_results(shared, &unchanged),
+            execution::insert_models(shared, &work.registered.models),
+            execution::insert_performances(shared, &work.registered.performances),
+            execution::insert_log_lines(shared, &work.log_lines),
+            execution::insert_measurements(shared, &work.samples),
+        )?;
         for (worker, devices) in &work.registrations {
             workers::upsert_worker(conn, worker).await?;
             workers::upsert_devices(conn, devices).await?;
@@ -1461,7 +1470,7 @@ async fn apply_batch(
         })
         .collect();
     if !named.is_empty() {
-        match tasks::find_tasks(&mut conn, &named).await {
+        match tasks::find_tasks(&conn, &named).await {
             Ok(found) => work.stored_tasks = found.into_iter().map(|t| (t.key, t)).collect(),
             Err(error) => failure = Some(error),
         }

@@ -134,7 +134,7 @@ impl Unserved {
                 attempt: None,
             })
             .collect();
-        if let Err(error) = tasks::insert_state_changes(&mut conn, &unserved).await {
+        if let Err(error) = tasks::insert_state_changes(&conn, &unserved).await {
             tracing::debug!("recording unserved tasks: {error}");
         }
         let mut counts: std::collections::BTreeMap<&str, (usize, &RequirementSet)> =

@@ -138,7 +138,7 @@ async fn answer(
         Err(SubmissionError::Store(error)) => return Err(error),
     };
     let row = record.row(Some(submission.key), &reply, chrono::Utc::now())?;
-    submissions::insert_submission(&mut conn, &row).await?;
+    submissions::insert_submission(&conn, &row).await?;
     Ok(reply)
 }
 
@@ -207,7 +207,7 @@ async fn answer_asset(
         Err(RegistrationError::Store(error)) => return Err(error),
     };
     let row = record.row(None, &reply, now)?;
-    submissions::insert_submission(&mut conn, &row).await?;
+    submissions::insert_submission(&conn, &row).await?;
     Ok(reply)
 }
 

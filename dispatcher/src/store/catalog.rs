@@ -51,13 +51,13 @@ pub async fn find_organization(
 
 /// Every organization, by identifier.
 pub async fn list_organizations(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     current: Option<&OrganizationId>,
 ) -> StoreResult<Vec<Organization>> {
     let rows = organizations::table
         .order(organizations::id)
         .select(OrganizationRow::as_select())
-        .load(conn)
+        .load(&mut conn)
         .await?;
     Ok(rows
         .into_iter()
@@ -257,14 +257,14 @@ pub async fn find_function(
 
 /// The functions among `keys` that exist, in no particular order (a submission's lookup).
 pub async fn find_functions(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     keys: &[FunctionKey],
 ) -> StoreResult<Vec<Function>> {
     let keys: Vec<Uuid> = keys.iter().map(|k| k.0).collect();
     functions::table
         .filter(functions::key.eq_any(keys))
         .select(FunctionRow::as_select())
-        .load(conn)
+        .load(&mut conn)
         .await?
         .into_iter()
         .map(FunctionRow::into_model)
@@ -313,7 +313,7 @@ pub async fn find_dataset(
 
 /// The data managers among `keys` that exist, each with its samples in attachment order.
 pub async fn find_datasets(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     keys: &[DatasetKey],
 ) -> StoreResult<Vec<Dataset>> {
     let keys: Vec<Uuid> = keys.iter().map(|k| k.0).collect();
@@ -321,7 +321,7 @@ pub async fn find_datasets(
         .filter(datasets::key.eq_any(&keys))
         .order(datasets::key)
         .select(DatasetRow::as_select())
-        .load(conn)
+        .load(&mut conn)
         .await?;
     let links: Vec<(Uuid, Uuid)> = dataset_samples::table
         .filter(dataset_samples::dataset_key.eq_any(&keys))
@@ -330,7 +330,7 @@ pub async fn find_datasets(
             dataset_samples::dataset_key,
             dataset_samples::data_sample_key,
         ))
-        .load(conn)
+        .load(&mut conn)
         .await?;
     let mut samples_of: std::collections::HashMap<Uuid, Vec<Uuid>> =
         std::collections::HashMap::new();
@@ -438,7 +438,7 @@ async fn insert_dataset_samples(
 
 /// The samples among `keys` that exist, each with its data managers.
 pub async fn find_data_samples(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     keys: &[DataSampleKey],
 ) -> StoreResult<Vec<DataSample>> {
     let keys: Vec<Uuid> = keys.iter().map(|k| k.0).collect();
@@ -446,7 +446,7 @@ pub async fn find_data_samples(
         .filter(data_samples::key.eq_any(&keys))
         .order(data_samples::key)
         .select(DataSampleRow::as_select())
-        .load(conn)
+        .load(&mut conn)
         .await?;
     let links: Vec<(Uuid, Uuid)> = dataset_samples::table
         .filter(dataset_samples::data_sample_key.eq_any(&keys))
@@ -455,7 +455,7 @@ pub async fn find_data_samples(
             dataset_samples::data_sample_key,
             dataset_samples::dataset_key,
         ))
-        .load(conn)
+        .load(&mut conn)
         .await?;
     let mut managers_of: std::collections::HashMap<Uuid, Vec<Uuid>> =
         std::collections::HashMap::new();

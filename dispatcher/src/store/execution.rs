@@ -9,30 +9,31 @@ use ::models::{LogLine, Measurement, Model, ModelKey, Performance, PlanKey, Task
 
 use std::collections::HashMap;
 
-use super::rows::{
-    LogLineRow, MEASUREMENT_COLUMNS, MODEL_COLUMNS, MeasurementRow, ModelRow, NewMeasurementRow,
-    PERFORMANCE_COLUMNS, PerformanceRecord,
-};
+use super::rows::{LogLineRow, MeasurementRow, ModelRow, NewMeasurementRow, PerformanceRecord};
 use super::schema::{log_lines, measurements, models, performances, tasks};
-use super::{Page, StoreResult, insert_unnested, rows_per_insert};
+use super::{Page, StoreResult, insert_unnested};
 
 /// Registers `model`.
 pub async fn insert_model(conn: &mut AsyncPgConnection, model: &Model) -> StoreResult<()> {
     insert_models(conn, std::slice::from_ref(model)).await
 }
 
-/// Registers `models`, in statements that fit PostgreSQL's bind-parameter limit.
-pub async fn insert_models(conn: &mut AsyncPgConnection, models: &[Model]) -> StoreResult<()> {
+/// Registers `models`, one array per column (`insert_unnested!`).
+pub async fn insert_models(conn: &AsyncPgConnection, models: &[Model]) -> StoreResult<()> {
     let rows = models
         .iter()
         .map(ModelRow::from_model)
         .collect::<StoreResult<Vec<_>>>()?;
-    for chunk in rows.chunks(rows_per_insert(MODEL_COLUMNS)) {
-        diesel::insert_into(models::table)
-            .values(chunk)
-            .execute(conn)
-            .await?;
-    }
+    use diesel::sql_types::{Nullable, Text, Timestamptz, Uuid as SqlUuid};
+    insert_unnested!(conn, "models", rows, [
+        key: SqlUuid,
+        compute_task_key: SqlUuid,
+        output_identifier: Text,
+        checksum: Nullable<Text>,
+        storage_address: Nullable<Text>,
+        owner: Text,
+        creation_date: Timestamptz,
+    ], json [permissions])?;
     Ok(())
 }
 
@@ -50,14 +51,14 @@ pub async fn find_model(conn: &mut AsyncPgConnection, key: ModelKey) -> StoreRes
 
 /// The models among `keys` that exist.
 pub async fn find_models(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     keys: &[ModelKey],
 ) -> StoreResult<Vec<Model>> {
     let keys: Vec<uuid::Uuid> = keys.iter().map(|k| k.0).collect();
     models::table
         .filter(models::key.eq_any(keys))
         .select(ModelRow::as_select())
-        .load(conn)
+        .load(&mut conn)
         .await?
         .into_iter()
         .map(ModelRow::into_model)
@@ -162,19 +163,20 @@ pub async fn insert_performance(
 
 /// Records `performances`, in statements that fit PostgreSQL's bind-parameter limit.
 pub async fn insert_performances(
-    conn: &mut AsyncPgConnection,
+    conn: &AsyncPgConnection,
     performances: &[Performance],
 ) -> StoreResult<()> {
     let rows: Vec<PerformanceRecord> = performances
         .iter()
         .map(PerformanceRecord::from_model)
         .collect();
-    for chunk in rows.chunks(rows_per_insert(PERFORMANCE_COLUMNS)) {
-        diesel::insert_into(performances::table)
-            .values(chunk)
-            .execute(conn)
-            .await?;
-    }
+    use diesel::sql_types::{Double, Text, Timestamptz, Uuid as SqlUuid};
+    insert_unnested!(conn, "performances", rows, [
+        compute_task_key: SqlUuid,
+        output_identifier: Text,
+        value: Double,
+        creation_date: Timestamptz,
+    ])?;
     Ok(())
 }
 
@@ -196,7 +198,7 @@ pub async fn list_task_performances(
 
 /// Appends log lines. A line already stored (same task, attempt and sequence number, as when a
 /// batch is redelivered) is kept as it is, so replays store nothing twice.
-pub async fn insert_log_lines(conn: &mut AsyncPgConnection, lines: &[LogLine]) -> StoreResult<()> {
+pub async fn insert_log_lines(conn: &AsyncPgConnection, lines: &[LogLine]) -> StoreResult<()> {
     let rows = lines
         .iter()
         .map(LogLineRow::from_model)
@@ -247,19 +249,22 @@ pub async fn count_log_lines(conn: &mut AsyncPgConnection, task: TaskKey) -> Sto
 
 /// Appends measurement samples.
 pub async fn insert_measurements(
-    conn: &mut AsyncPgConnection,
+    conn: &AsyncPgConnection,
     samples: &[Measurement],
 ) -> StoreResult<()> {
     let rows = samples
         .iter()
         .map(NewMeasurementRow::from_model)
         .collect::<StoreResult<Vec<_>>>()?;
-    for chunk in rows.chunks(rows_per_insert(MEASUREMENT_COLUMNS)) {
-        diesel::insert_into(measurements::table)
-            .values(chunk)
-            .execute(conn)
-            .await?;
-    }
+    use diesel::sql_types::{Double, Integer, Text, Timestamptz, Uuid as SqlUuid};
+    insert_unnested!(conn, "measurements", rows, [
+        task_key: SqlUuid,
+        attempt: Integer,
+        channel: Text,
+        t: Double,
+        value: Double,
+        timestamp: Timestamptz,
+    ])?;
     Ok(())
 }
 

@@ -44,6 +44,41 @@ pub const fn rows_per_insert(columns: usize) -> usize {
     MAX_BIND_PARAMETERS / columns
 }
 
+/// `query`, kept in the connection's prepared-statement cache under its SQL text.
+///
+/// diesel prepares every `UPDATE`, multi-row `INSERT` and `sql_query` anew on each execution
+/// (their text may vary with the values), which costs a round trip to PostgreSQL and a fresh
+/// parse and plan per statement. Statements whose text is fixed, or takes a few forms only, are
+/// worth keeping: the event applier runs the same few each batch. Never wrap a statement whose
+/// text grows with its input (a `VALUES` list, an `IN` list): each form would stay prepared.
+#[derive(Clone, Copy, Debug)]
+pub struct Cached<Q>(pub Q);
+
+impl<Q: diesel::query_builder::QueryFragment<diesel::pg::Pg>>
+    diesel::query_builder::QueryFragment<diesel::pg::Pg> for Cached<Q>
+{
+    fn walk_ast<'b>(
+        &'b self,
+        pass: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+    ) -> diesel::QueryResult<()> {
+        self.0.walk_ast(pass)
+    }
+
+    fn is_safe_to_cache_prepared(&self, _backend: &diesel::pg::Pg) -> diesel::QueryResult<bool> {
+        Ok(true)
+    }
+}
+
+// No static query id: the cache knows the statement by its text and bind types.
+impl<Q> diesel::query_builder::QueryId for Cached<Q> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<Q: diesel::query_builder::Query> diesel::query_builder::Query for Cached<Q> {
+    type SqlType = Q::SqlType;
+}
+
 /// Rows one [`insert_unnested!`] statement carries: its arrays stay a few megabytes.
 pub const ROWS_PER_UNNEST: usize = 10_000;
 
@@ -104,10 +139,10 @@ macro_rules! insert_unnested {
             }
             $(let $json = $json.finish();)*
             let mut conn = shared;
-            ::diesel::sql_query(sql)
+            $crate::store::Cached(::diesel::sql_query(sql)
                 $(.bind::<Array<$sql_type>, _>($column))+
                 $(.bind::<Array<::diesel::sql_types::Integer>, _>($json.0))*
-                $(.bind::<::diesel::sql_types::Jsonb, _>($json.1))*
+                $(.bind::<::diesel::sql_types::Jsonb, _>($json.1))*)
                 .execute(&mut conn)
         });
         ::futures::TryStreamExt::try_fold(

@@ -15,10 +15,10 @@ use super::schema::{compute_plans, functions, performances, tasks};
 use super::{Page, StoreError, StoreResult};
 
 /// Stores a new `plan`.
-pub async fn insert_plan(conn: &mut AsyncPgConnection, plan: &ComputePlan) -> StoreResult<()> {
+pub async fn insert_plan(mut conn: &AsyncPgConnection, plan: &ComputePlan) -> StoreResult<()> {
     diesel::insert_into(compute_plans::table)
         .values(PlanRow::from_model(plan)?)
-        .execute(conn)
+        .execute(&mut conn)
         .await?;
     Ok(())
 }
@@ -56,11 +56,14 @@ pub async fn lock_plan(
 }
 
 /// Saves every field of an existing `plan` (counters, status, dates, failed task).
-pub async fn update_plan(conn: &mut AsyncPgConnection, plan: &ComputePlan) -> StoreResult<()> {
-    let updated = diesel::update(compute_plans::table.find(plan.key.0))
-        .set(PlanRow::from_model(plan)?)
-        .execute(conn)
-        .await?;
+pub async fn update_plan(mut conn: &AsyncPgConnection, plan: &ComputePlan) -> StoreResult<()> {
+    // Cached: the event applier updates plans in every batch, and the statement takes one
+    // form per set of unset optional columns.
+    let updated = super::Cached(
+        diesel::update(compute_plans::table.find(plan.key.0)).set(PlanRow::from_model(plan)?),
+    )
+    .execute(&mut conn)
+    .await?;
     if updated == 0 {
         return Err(StoreError::Database(diesel::result::Error::NotFound));
     }

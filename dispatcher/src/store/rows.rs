@@ -1090,7 +1090,7 @@ impl StateChangeRow {
 }
 
 /// A stored row of `outbox`: a ready task waiting to be published.
-#[derive(Clone, Debug, PartialEq, Queryable, Selectable)]
+#[derive(Clone, Debug, PartialEq, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = schema::outbox, check_for_backend(diesel::pg::Pg))]
 pub struct OutboxRow {
     /// Its position in publishing order.
@@ -1264,12 +1264,6 @@ pub struct LogLineRow {
     pub truncated: bool,
 }
 
-/// Columns of `models`, for chunking batch inserts.
-pub const MODEL_COLUMNS: usize = 8;
-
-/// Columns of `performances`, for chunking batch inserts.
-pub const PERFORMANCE_COLUMNS: usize = 4;
-
 impl LogLineRow {
     /// The row storing `line`.
     pub fn from_model(line: &LogLine) -> StoreResult<LogLineRow> {
@@ -1346,9 +1340,6 @@ pub struct NewMeasurementRow {
     /// When read.
     pub timestamp: DateTime<Utc>,
 }
-
-/// Columns of a new `measurements` row, for chunking batch inserts.
-pub const MEASUREMENT_COLUMNS: usize = 6;
 
 impl NewMeasurementRow {
     /// The row storing `measurement`.

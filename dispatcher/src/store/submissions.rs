@@ -11,13 +11,13 @@ use super::schema::submissions;
 
 /// Records the answer to a submission; a second record of the same message keeps the first.
 pub async fn insert_submission(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     row: &SubmissionRow,
 ) -> StoreResult<()> {
     diesel::insert_into(submissions::table)
         .values(row)
         .on_conflict_do_nothing()
-        .execute(conn)
+        .execute(&mut conn)
         .await?;
     Ok(())
 }

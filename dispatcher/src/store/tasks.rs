@@ -16,11 +16,11 @@ use super::rows::{
     TaskStateRow,
 };
 use super::schema::{outbox, task_edges, task_state_changes, tasks};
-use super::{Page, StoreError, StoreResult, insert_unnested, rows_per_insert};
+use super::{Cached, Page, StoreError, StoreResult, insert_unnested};
 
 /// Stores `tasks` and the DAG edges their parent-output inputs name, in chunks that fit
 /// PostgreSQL's bind-parameter limit. Parents must be stored already or be among `tasks`.
-pub async fn insert_tasks(conn: &mut AsyncPgConnection, tasks: &[Task]) -> StoreResult<()> {
+pub async fn insert_tasks(conn: &AsyncPgConnection, tasks: &[Task]) -> StoreResult<()> {
     use diesel::sql_types::{Bool, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid};
     let rows = tasks
         .iter()
@@ -97,12 +97,12 @@ pub async fn find_task(conn: &mut AsyncPgConnection, key: TaskKey) -> StoreResul
 }
 
 /// The tasks among `keys` that exist, in no particular order.
-pub async fn find_tasks(conn: &mut AsyncPgConnection, keys: &[TaskKey]) -> StoreResult<Vec<Task>> {
+pub async fn find_tasks(mut conn: &AsyncPgConnection, keys: &[TaskKey]) -> StoreResult<Vec<Task>> {
     let keys: Vec<Uuid> = keys.iter().map(|k| k.0).collect();
     tasks::table
         .filter(tasks::key.eq_any(keys))
         .select(TaskRow::as_select())
-        .load(conn)
+        .load(&mut conn)
         .await?
         .into_iter()
         .map(TaskRow::into_model)
@@ -187,7 +187,7 @@ fn count(what: &'static str, value: u32) -> StoreResult<i32> {
 /// dispatcher writes every task a batch of events changed at once, each in one new row version
 /// (with its result, if it has one, rather than in a second update).
 pub async fn update_task_states(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     updates: &[TaskStateUpdate<'_>],
 ) -> StoreResult<()> {
     use diesel::sql_types::{Array, Bool, Integer, Jsonb, Nullable, Text, Timestamptz};
@@ -242,8 +242,9 @@ pub async fn update_task_states(
         steps.push(step_states);
         outputs.push(output);
     }
-    diesel::sql_query(
-        "UPDATE tasks SET status = u.status, waiting_reason = u.waiting_reason, \
+    Cached(
+        diesel::sql_query(
+            "UPDATE tasks SET status = u.status, waiting_reason = u.waiting_reason, \
          error_type = u.error_type, error_message = u.error_message, \
          cancel_requested = u.cancel_requested, abort_requested = u.abort_requested, \
          attempt_count = u.attempt_count, lease_attempt = u.lease_attempt, \
@@ -257,26 +258,27 @@ pub async fn update_task_states(
          abort_requested, attempt_count, lease_attempt, lease_token, lease_expires_at, \
          not_before, worker_id, start_date, end_date, update_date, steps, output) \
          WHERE tasks.key = u.key",
+        )
+        .bind::<Array<diesel::sql_types::Uuid>, _>(keys)
+        .bind::<Array<Text>, _>(statuses)
+        .bind::<Array<Nullable<Text>>, _>(waiting_reasons)
+        .bind::<Array<Nullable<Text>>, _>(error_types)
+        .bind::<Array<Nullable<Text>>, _>(error_messages)
+        .bind::<Array<Bool>, _>(cancels)
+        .bind::<Array<Bool>, _>(aborts)
+        .bind::<Array<Integer>, _>(attempt_counts)
+        .bind::<Array<Nullable<Integer>>, _>(lease_attempts)
+        .bind::<Array<Nullable<diesel::sql_types::Uuid>>, _>(lease_tokens)
+        .bind::<Array<Nullable<Timestamptz>>, _>(lease_expiries)
+        .bind::<Array<Nullable<Timestamptz>>, _>(not_befores)
+        .bind::<Array<Nullable<Text>>, _>(workers)
+        .bind::<Array<Nullable<Timestamptz>>, _>(start_dates)
+        .bind::<Array<Nullable<Timestamptz>>, _>(end_dates)
+        .bind::<Array<Timestamptz>, _>(update_dates)
+        .bind::<Array<Nullable<Jsonb>>, _>(steps)
+        .bind::<Array<Nullable<Jsonb>>, _>(outputs),
     )
-    .bind::<Array<diesel::sql_types::Uuid>, _>(keys)
-    .bind::<Array<Text>, _>(statuses)
-    .bind::<Array<Nullable<Text>>, _>(waiting_reasons)
-    .bind::<Array<Nullable<Text>>, _>(error_types)
-    .bind::<Array<Nullable<Text>>, _>(error_messages)
-    .bind::<Array<Bool>, _>(cancels)
-    .bind::<Array<Bool>, _>(aborts)
-    .bind::<Array<Integer>, _>(attempt_counts)
-    .bind::<Array<Nullable<Integer>>, _>(lease_attempts)
-    .bind::<Array<Nullable<diesel::sql_types::Uuid>>, _>(lease_tokens)
-    .bind::<Array<Nullable<Timestamptz>>, _>(lease_expiries)
-    .bind::<Array<Nullable<Timestamptz>>, _>(not_befores)
-    .bind::<Array<Nullable<Text>>, _>(workers)
-    .bind::<Array<Nullable<Timestamptz>>, _>(start_dates)
-    .bind::<Array<Nullable<Timestamptz>>, _>(end_dates)
-    .bind::<Array<Timestamptz>, _>(update_dates)
-    .bind::<Array<Nullable<Jsonb>>, _>(steps)
-    .bind::<Array<Nullable<Jsonb>>, _>(outputs)
-    .execute(conn)
+    .execute(&mut conn)
     .await?;
     Ok(())
 }
@@ -284,7 +286,7 @@ pub async fn update_task_states(
 /// Saves what workers reported with the end of attempts: each task's step statuses and
 /// output data, in one statement.
 pub async fn set_task_results(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     results: &[(TaskKey, Vec<models::StepState>, serde_json::Value)],
 ) -> StoreResult<()> {
     use diesel::sql_types::{Array, Jsonb};
@@ -299,14 +301,16 @@ pub async fn set_task_results(
         steps.push(encode_steps(states)?);
         outputs.push(output.clone());
     }
-    diesel::sql_query(
-        "UPDATE tasks SET steps = u.steps, output = u.output \
-         FROM unnest($1, $2, $3) AS u(key, steps, output) WHERE tasks.key = u.key",
+    Cached(
+        diesel::sql_query(
+            "UPDATE tasks SET steps = u.steps, output = u.output \
+             FROM unnest($1, $2, $3) AS u(key, steps, output) WHERE tasks.key = u.key",
+        )
+        .bind::<Array<diesel::sql_types::Uuid>, _>(keys)
+        .bind::<Array<Jsonb>, _>(steps)
+        .bind::<Array<Jsonb>, _>(outputs),
     )
-    .bind::<Array<diesel::sql_types::Uuid>, _>(keys)
-    .bind::<Array<Jsonb>, _>(steps)
-    .bind::<Array<Jsonb>, _>(outputs)
-    .execute(conn)
+    .execute(&mut conn)
     .await?;
     Ok(())
 }
@@ -552,7 +556,7 @@ pub async fn find_parents(
 
 /// Appends `changes` to the tasks' state-change histories.
 pub async fn insert_state_changes(
-    conn: &mut AsyncPgConnection,
+    conn: &AsyncPgConnection,
     changes: &[TaskStateChange],
 ) -> StoreResult<()> {
     let rows = changes
@@ -588,16 +592,41 @@ pub async fn list_state_changes(
 /// Adds ready tasks to the outbox, to be published in the order given; returns the rows as
 /// stored (with their ids), so a writer can hand them to the relay.
 pub async fn insert_outbox_rows(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     rows: &[NewOutboxRow],
 ) -> StoreResult<Vec<OutboxRow>> {
+    use diesel::sql_types::{Array, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
     let mut stored = Vec::with_capacity(rows.len());
-    for chunk in rows.chunks(rows_per_insert(5)) {
-        let mut inserted: Vec<OutboxRow> = diesel::insert_into(outbox::table)
-            .values(chunk)
-            .returning(OutboxRow::as_returning())
-            .get_results(conn)
-            .await?;
+    for chunk in rows.chunks(super::ROWS_PER_UNNEST) {
+        let mut task_keys = Vec::with_capacity(chunk.len());
+        let mut routing_keys = Vec::with_capacity(chunk.len());
+        let mut payloads = Vec::with_capacity(chunk.len());
+        let mut created = Vec::with_capacity(chunk.len());
+        let mut available = Vec::with_capacity(chunk.len());
+        for row in chunk {
+            task_keys.push(row.task_key);
+            routing_keys.push(row.routing_key.as_str());
+            payloads.push(&row.payload);
+            created.push(row.created_at);
+            available.push(row.available_at);
+        }
+        // `WITH ORDINALITY … ORDER BY`: ids follow the order given.
+        let mut inserted: Vec<OutboxRow> = Cached(
+            diesel::sql_query(
+                "INSERT INTO outbox (task_key, routing_key, payload, created_at, available_at) \
+                 SELECT u.task_key, u.routing_key, u.payload, u.created_at, u.available_at \
+                 FROM unnest($1, $2, $3, $4, $5) WITH ORDINALITY \
+                 AS u(task_key, routing_key, payload, created_at, available_at, n) ORDER BY u.n \
+                 RETURNING id, task_key, routing_key, payload, created_at, available_at",
+            )
+            .bind::<Array<SqlUuid>, _>(task_keys)
+            .bind::<Array<Text>, _>(routing_keys)
+            .bind::<Array<Jsonb>, _>(payloads)
+            .bind::<Array<Timestamptz>, _>(created)
+            .bind::<Array<Nullable<Timestamptz>>, _>(available),
+        )
+        .load(&mut conn)
+        .await?;
         // Publishing order is id order.
         inserted.sort_unstable_by_key(|row| row.id);
         stored.extend(inserted);

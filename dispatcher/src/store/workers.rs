@@ -54,18 +54,19 @@ pub async fn find_worker(
 /// Records a heartbeat of worker `identifier` at `now`; returns whether the worker is
 /// registered.
 pub async fn record_heartbeat(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     identifier: &WorkerId,
     now: chrono::DateTime<chrono::Utc>,
 ) -> StoreResult<bool> {
-    let updated = diesel::update(workers::table.find(identifier.as_str()))
-        .set((
+    let updated = super::Cached(
+        diesel::update(workers::table.find(identifier.as_str())).set((
             workers::last_heartbeat.eq(Some(now)),
             workers::is_active.eq(true),
             workers::update_date.eq(now),
-        ))
-        .execute(conn)
-        .await?;
+        )),
+    )
+    .execute(&mut conn)
+    .await?;
     Ok(updated > 0)
 }
 
