@@ -128,6 +128,11 @@ pub enum Command {
         /// Seconds a granted claim lasts unless its worker renews it.
         #[arg(long, env = "BATON_LEASE_SECS", default_value_t = 30)]
         lease_secs: u32,
+        /// Give a task a DONE report makes ready straight to the reporting worker, when it can
+        /// run it, instead of through the task queue (`false`: every task goes through its
+        /// queue, in order).
+        #[arg(long, env = "BATON_FOLLOW_UPS", default_value_t = true, action = clap::ArgAction::Set)]
+        follow_ups: bool,
         /// Where the HTTP API (REST under `/api/v1`, `/healthz`, `/metrics`) listens.
         #[arg(long, env = "BATON_HTTP_ADDR", default_value = "127.0.0.1:8080")]
         http_addr: std::net::SocketAddr,
@@ -959,6 +964,7 @@ pub fn run_with(cli: Cli, out: &Output, stop: &CancellationToken) -> anyhow::Res
                 amqp_url,
                 organization,
                 lease_secs,
+                follow_ups,
                 http_addr,
                 artifacts,
                 anonymous_roles,
@@ -969,6 +975,7 @@ pub fn run_with(cli: Cli, out: &Output, stop: &CancellationToken) -> anyhow::Res
                     organization.as_str().into(),
                 );
                 config.lease_duration = chrono::Duration::seconds(i64::from(lease_secs));
+                config.follow_ups = follow_ups;
                 let mut api_config = api::ApiConfig::new(
                     cli.database_url.clone(),
                     broker::BrokerConfig::new(amqp_url, "baton-api"),

@@ -405,6 +405,25 @@ impl ClaimReply {
     }
 }
 
+/// A task granted to a worker without a claim, published on `baton.control` as `worker.<id>`:
+/// a child that the worker's DONE report (offering a `follow_up`) made ready, whose requirements
+/// the worker satisfies. The worker runs it as it would a granted claim, or, with no free slot,
+/// hands it back at once (a `CANCELED_BY_WORKER` failure, re-queued without counting an attempt).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TaskAssigned {
+    /// The task whose report made this one ready.
+    pub after: TaskKey,
+    /// The attempt granted.
+    #[serde(flatten)]
+    pub grant: Grant,
+    /// What to run.
+    pub assignment: Box<Assignment>,
+}
+
+impl WireMessage for TaskAssigned {
+    const KIND: &'static str = "task.assigned";
+}
+
 /// How an attempt ended, as the worker that ran it reports it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
@@ -452,6 +471,11 @@ pub struct TaskStatusReport {
     /// them for a short attempt), recorded with the report rather than in a message of their own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub logs: Vec<LogRecord>,
+    /// With `done`: the worker can start at once a child this report makes ready, so the
+    /// dispatcher may grant it one without a claim (`task.assigned`), which spares the child
+    /// its trip through the task queue.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub follow_up: bool,
 }
 
 impl WireMessage for TaskStatusReport {
@@ -869,6 +893,7 @@ pub fn schemas() -> Vec<MessageSchema> {
         schema_of::<ClaimReply>(),
         schema_of::<ClaimBatch>(),
         schema_of::<ClaimBatchReply>(),
+        schema_of::<TaskAssigned>(),
         schema_of::<TaskStatusReport>(),
         schema_of::<StatusBatch>(),
         schema_of::<WorkerHeartbeat>(),

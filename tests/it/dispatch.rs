@@ -1,7 +1,7 @@
 //! The dispatcher end to end: plans submitted over AMQP run to their end with scripted workers,
 //! against real PostgreSQL and RabbitMQ.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -15,12 +15,13 @@ use models::submission::{
     PlanSubmission,
 };
 use models::wire::{
-    AddTasks, AssetReply, CancelReply, CancelRequest, ClaimReply, RegistrationReply,
-    ReportedOutcome, SubmissionReply, TaskStatusReport, WireMessage,
+    AddTasks, AssetReply, CancelReply, CancelRequest, ClaimReply, InputValue, RegistrationReply,
+    ReportedOutcome, SubmissionReply, TaskAssigned, TaskStatusReport, WireMessage,
 };
 use models::{
-    Function, FunctionKey, FunctionStatus, InputKind, InputRef, Metadata, OutputKind, Permission,
-    Permissions, PlanKey, PlanStatus, RequirementSet, TaskInput, TaskKey, TaskOutput, TaskStatus,
+    Function, FunctionKey, FunctionStatus, InputKind, InputRef, Metadata, ModelKey, OutputKind,
+    Permission, Permissions, PlanKey, PlanStatus, RequirementSet, TaskInput, TaskKey, TaskOutput,
+    TaskStatus,
 };
 
 use crate::support::cluster::{
@@ -306,6 +307,147 @@ async fn ready_tasks_are_published_by_hand_over_without_polling() {
             .is_empty(),
         "every published row was deleted"
     );
+}
+
+/// A DONE report that offers a follow-up gets the child it made ready on the worker's control
+/// queue, granted without a claim, with the parent's model (registered by the same batch) as
+/// its input; the child never goes through the task queue. A follow-up the worker hands back
+/// (as a worker without a free slot does) is re-queued for any worker, and the plan ends DONE.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follow_up_goes_to_the_reporting_worker_without_a_claim() {
+    let cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
+    cluster.seed(&[function(1, no_retry())]).await;
+    let client = cluster.client("producer").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+    let chain = plan(
+        141,
+        vec![task(1, 1, &[]), task(2, 1, &[1]), task(3, 1, &[2])],
+    );
+    submit(&cluster, &rpc, &chain).await;
+    let mut worker = ScriptedWorker::new(&cluster, "worker-1").await;
+    let mut assignments = worker.offer_follow_ups().await;
+    let next_assignment = async |assignments: &mut broker::Consumer<TaskAssigned>| {
+        let delivery = tokio::time::timeout(WAIT, assignments.next())
+            .await
+            .expect("an assignment comes")
+            .unwrap()
+            .unwrap();
+        let assigned = delivery.message.clone();
+        delivery.ack().await.unwrap();
+        assigned
+    };
+
+    let first = worker
+        .work_one(WAIT, &Script::Succeed)
+        .await
+        .expect("task 1 is granted from its queue");
+    let second = next_assignment(&mut assignments).await;
+    assert_eq!(
+        (second.after, second.grant.task_key),
+        (first.task, TaskKey(key(2)))
+    );
+    let mut conn = cluster.db.connect().await;
+    let model = dispatcher::store::execution::list_models_of_tasks(&mut conn, &[first.task])
+        .await
+        .unwrap()
+        .remove(&first.task)
+        .expect("task 1's model is stored")
+        .remove(0);
+    match &second.assignment.inputs[..] {
+        [input] => assert_eq!(
+            input.value,
+            InputValue::Model {
+                model_key: model.key,
+                file: model.address.clone().expect("the model has its file"),
+            }
+        ),
+        inputs => panic!("one input expected, got {inputs:?}"),
+    }
+    assert!(
+        worker
+            .work_one(Duration::from_millis(500), &Script::Succeed)
+            .await
+            .is_none(),
+        "task 2 was not published to the task queue"
+    );
+
+    // Handed back: the task queue gets it, and whoever takes it runs it.
+    worker
+        .report(
+            &Granted::assigned(&second),
+            ReportedOutcome::Failed {
+                error_type: models::TaskErrorType::CanceledByWorker,
+                message: "no free slot".into(),
+                retryable: true,
+            },
+        )
+        .await;
+    let retaken = worker
+        .work_one(WAIT, &Script::Succeed)
+        .await
+        .expect("task 2, handed back, is granted from its queue");
+    assert_eq!(retaken.task, TaskKey(key(2)));
+    let third = next_assignment(&mut assignments).await;
+    assert_eq!(
+        (third.after, third.grant.task_key),
+        (retaken.task, TaskKey(key(3)))
+    );
+    worker
+        .report(&Granted::assigned(&third), ReportedOutcome::Done)
+        .await;
+    let done = cluster
+        .wait_for_plan(chain.key, WAIT, "DONE", |plan| plan.status.is_terminal())
+        .await;
+    assert_eq!(
+        (done.status, done.counters.done_count),
+        (PlanStatus::Done, 3)
+    );
+
+    // Two parents reported DONE in one batch: the child's assignment has both their models,
+    // neither stored when it was granted.
+    let join = plan(
+        142,
+        vec![task(4, 1, &[]), task(5, 1, &[]), task(6, 1, &[4, 5])],
+    );
+    submit(&cluster, &rpc, &join).await;
+    let mut parents = Vec::new();
+    for _ in 0..2 {
+        let task = worker.take_ready(WAIT).await;
+        parents.push(Granted::of(&worker.claim(task).await).expect("a parent is granted"));
+    }
+    worker
+        .report_done_together(&parents.iter().collect::<Vec<_>>())
+        .await;
+    let joining = next_assignment(&mut assignments).await;
+    assert_eq!(joining.grant.task_key, TaskKey(key(6)));
+    let inputs: BTreeSet<ModelKey> = joining
+        .assignment
+        .inputs
+        .iter()
+        .map(|input| match &input.value {
+            InputValue::Model { model_key, .. } => *model_key,
+            other => panic!("a model expected, got {other:?}"),
+        })
+        .collect();
+    let mut conn = cluster.db.connect().await;
+    let stored: BTreeSet<ModelKey> = dispatcher::store::execution::list_models_of_tasks(
+        &mut conn,
+        &[key(4).into(), key(5).into()],
+    )
+    .await
+    .unwrap()
+    .into_values()
+    .flatten()
+    .map(|model| model.key)
+    .collect();
+    assert_eq!((inputs.len(), &inputs), (2, &stored));
+    worker
+        .report(&Granted::assigned(&joining), ReportedOutcome::Done)
+        .await;
+    let done = cluster
+        .wait_for_plan(join.key, WAIT, "DONE", |plan| plan.status.is_terminal())
+        .await;
+    assert_eq!(done.status, PlanStatus::Done);
 }
 
 /// A ready task whose outbox row was committed for hand-over but never handed to the relay (the
@@ -603,6 +745,7 @@ async fn claim_and_status_batches_are_answered_and_applied_task_by_task() {
         output: serde_json::json!({"task": granted.task.to_string()}),
         outputs: granted.outputs(),
         logs,
+        follow_up: false,
     };
     let first = Granted::of(&reply.replies[0]).unwrap();
     let second = Granted::of(&reply.replies[1]).unwrap();

@@ -20,8 +20,8 @@ use broker::topology::EVENTS_EXCHANGE;
 use broker::{Broker, BrokerConfig, Consumer, Delivery, Publisher, RpcClient};
 use models::wire::{
     Assignment, BuildClaim, BuildClaimReply, BuildReady, BuildReport, ClaimReply, ControlOrder,
-    Grant, HeldBuild, HeldLease, QueueAnnouncement, RegistrationReply, ReportedOutcome, TaskReady,
-    TaskStatusReport, WireMessage, WorkerHeartbeat, WorkerRegistration,
+    Grant, HeldBuild, HeldLease, QueueAnnouncement, RegistrationReply, ReportedOutcome,
+    TaskAssigned, TaskReady, TaskStatusReport, WireMessage, WorkerHeartbeat, WorkerRegistration,
 };
 use models::{
     FunctionKey, OrganizationId, Properties, RequirementSet, TaskErrorType, TaskKey, WorkerId,
@@ -154,17 +154,23 @@ pub struct Worker {
 enum Control {
     Order(ControlOrder),
     Announce(QueueAnnouncement),
+    Assigned(Box<TaskAssigned>),
 }
 
 impl MessageSet for Control {
     fn kinds() -> Vec<&'static str> {
-        vec![ControlOrder::KIND, QueueAnnouncement::KIND]
+        vec![
+            ControlOrder::KIND,
+            QueueAnnouncement::KIND,
+            TaskAssigned::KIND,
+        ]
     }
 
     fn decode(envelope: &Envelope<'_>) -> Result<Self, DecodeError> {
         Ok(match envelope.kind.as_str() {
             ControlOrder::KIND => Control::Order(envelope.decode()?),
             QueueAnnouncement::KIND => Control::Announce(envelope.decode()?),
+            TaskAssigned::KIND => Control::Assigned(Box::new(envelope.decode()?)),
             other => {
                 return Err(DecodeError::UnexpectedKind {
                     found: other.to_owned(),
@@ -523,6 +529,10 @@ fn obey(shared: &Arc<Shared>, delivery: &Delivery<Control>) -> bool {
             consume(shared, announcement.requirements.clone());
             false
         }
+        Control::Assigned(assigned) => {
+            run_assigned(shared, assigned);
+            false
+        }
         Control::Order(ControlOrder::Disconnect { worker_id }) => {
             *worker_id == shared.config.worker_id
         }
@@ -849,37 +859,85 @@ async fn take(
             drop(slot);
         }
         ClaimReply::Granted { grant, assignment } => {
-            // Running from now on, so orders and duplicates find it.
-            let (stop_tx, stop_rx) = watch::channel(None);
-            let stop_tx = Arc::new(stop_tx);
-            let lease = *lock(&shared.lease);
-            {
-                let mut running = lock(&shared.running);
-                if let Some((order, _)) = lock(&shared.early_orders).remove(&task) {
-                    stop_tx.send_replace(Some(order));
-                }
-                running.insert(
-                    task,
-                    Running {
-                        grant: grant.clone(),
-                        stop: stop_tx.clone(),
-                        handing_back: false,
-                        lease_deadline: Instant::now() + lease,
-                    },
-                );
-            }
-            let shared = shared.clone();
-            shared.attempts.clone().spawn(attempt(
-                shared,
-                grant,
-                Arc::from(assignment),
-                (stop_tx, stop_rx),
-                slot,
-            ));
+            start_attempt(shared, grant, Arc::from(assignment), slot);
         }
     }
     // From here on PostgreSQL, not the broker, owns the task.
     ack_when_open(delivery, acks, &format!("task {task}")).await;
+}
+
+/// Registers the granted attempt as running, so orders and duplicates find it, and runs it in
+/// `slot`.
+fn start_attempt(shared: &Arc<Shared>, grant: Grant, assignment: Arc<Assignment>, slot: Slot) {
+    let task = grant.task_key;
+    let (stop_tx, stop_rx) = watch::channel(None);
+    let stop_tx = Arc::new(stop_tx);
+    let lease = *lock(&shared.lease);
+    {
+        let mut running = lock(&shared.running);
+        if let Some((order, _)) = lock(&shared.early_orders).remove(&task) {
+            stop_tx.send_replace(Some(order));
+        }
+        running.insert(
+            task,
+            Running {
+                grant: grant.clone(),
+                stop: stop_tx.clone(),
+                handing_back: false,
+                lease_deadline: Instant::now() + lease,
+            },
+        );
+    }
+    let shared = shared.clone();
+    shared
+        .attempts
+        .clone()
+        .spawn(attempt(shared, grant, assignment, (stop_tx, stop_rx), slot));
+}
+
+/// Runs a task the dispatcher assigned without a claim (a follow-up of a task this worker
+/// ran) if a slot is free now; otherwise hands it back at once, re-queued for any worker
+/// without counting an attempt.
+fn run_assigned(shared: &Arc<Shared>, assigned: &TaskAssigned) {
+    let task = assigned.grant.task_key;
+    let slot = if shared.taking.is_cancelled() {
+        None
+    } else {
+        shared.try_slot()
+    };
+    if let Some(slot) = slot {
+        tracing::debug!(task.key = %task, "task {task} assigned after task {}", assigned.after);
+        start_attempt(
+            shared,
+            assigned.grant.clone(),
+            Arc::from(assigned.assignment.clone()),
+            slot,
+        );
+        return;
+    }
+    tracing::debug!(task.key = %task, "task {task} assigned without a free slot: handing it back");
+    let report = TaskStatusReport {
+        task_key: task,
+        attempt: assigned.grant.attempt,
+        lease_token: assigned.grant.lease_token,
+        worker_id: shared.config.worker_id.clone(),
+        outcome: ReportedOutcome::Failed {
+            error_type: TaskErrorType::CanceledByWorker,
+            message: format!("worker {} had no free slot for it", shared.config.worker_id),
+            retryable: true,
+        },
+        steps: Vec::new(),
+        output: serde_json::Value::Null,
+        outputs: Vec::new(),
+        logs: Vec::new(),
+        follow_up: false,
+    };
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        if !shared.reports.send(report).await {
+            tracing::warn!(task.key = %task, "task {task}: the worker stopped before handing it back");
+        }
+    });
 }
 
 /// The stop orders of one attempt: the sender shared with the running registry.
@@ -944,6 +1002,8 @@ async fn attempt(
         return;
     }
     let outcome = reported(&shared, ended.outcome, handing_back);
+    // This attempt's slot is free once the report is sent: a child it makes ready can have it.
+    let follow_up = outcome == ReportedOutcome::Done && !shared.taking.is_cancelled();
     let report = TaskStatusReport {
         task_key: task,
         attempt: grant.attempt,
@@ -954,6 +1014,7 @@ async fn attempt(
         output: ended.output,
         outputs: ended.outputs,
         logs: ended.log_tail,
+        follow_up,
     };
     tracing::info!(task.key = %task, "task {task} ended: {:?}", report.outcome);
     if !shared.reports.send(report).await {

@@ -125,6 +125,7 @@ mod tests {
                 text: "x".repeat(log_bytes),
                 truncated: false,
             }],
+            follow_up: false,
         }
     }
 

@@ -47,12 +47,14 @@ impl Functions {
     }
 }
 
-/// The assignment of `task`, or why it cannot run (an input whose value is gone).
+/// The assignment of `task`, or why it cannot run (an input whose value is gone). `pending` are
+/// models registered by the batch being applied, not stored yet, which a parent may have made.
 pub(crate) async fn prepare(
     conn: &mut AsyncPgConnection,
     functions: &mut Functions,
     task_key: TaskKey,
     stored: Option<Task>,
+    pending: &[Model],
 ) -> Result<Result<Assignment, String>, StoreError> {
     let task = match stored {
         Some(task) => Some(task),
@@ -78,11 +80,19 @@ pub(crate) async fn prepare(
             InputRef::Asset { .. } => None,
         })
         .collect();
-    let parent_models = if parents.is_empty() {
+    let mut parent_models = if parents.is_empty() {
         HashMap::new()
     } else {
         execution::list_models_of_tasks(conn, &parents).await?
     };
+    for model in pending {
+        if parents.contains(&model.compute_task_key) {
+            parent_models
+                .entry(model.compute_task_key)
+                .or_default()
+                .push(model.clone());
+        }
+    }
     let mut inputs = Vec::with_capacity(task.inputs.len());
     for (position, input) in task.inputs.iter().enumerate() {
         let Some(declared) = function.input(&input.identifier) else {

@@ -25,8 +25,8 @@ use broker::{Consumer, Delivery, Meta, Publisher};
 use models::wire::{
     AddTasks, BuildClaim, BuildClaimReply, BuildReport, CancelReply, CancelRequest, ClaimBatch,
     ClaimBatchReply, ClaimReply, ClaimRequest, ControlOrder, ErrorDetail, LogBatch, LogRecord,
-    MeasurementBatch, RegistrationReply, ReportedOutcome, StatusBatch, SubmissionReply, TaskReady,
-    TaskStatusReport, WireMessage, WorkerHeartbeat, WorkerRegistration,
+    MeasurementBatch, RegistrationReply, ReportedOutcome, StatusBatch, SubmissionReply,
+    TaskAssigned, TaskReady, TaskStatusReport, WireMessage, WorkerHeartbeat, WorkerRegistration,
 };
 use models::{
     Attempt, LogLine, Measurement, PlanKey, RequirementSet, RetryPolicy, Task, TaskErrorType,
@@ -138,7 +138,8 @@ struct Plans {
     states: HashMap<PlanKey, PlanState>,
     plan_of: HashMap<TaskKey, PlanKey>,
     requirements: HashMap<TaskKey, RequirementSet>,
-    registered: HashSet<WorkerId>,
+    /// The registered workers' properties.
+    registered: HashMap<WorkerId, models::Properties>,
     /// When `registered` was last emptied, so that a worker disabled or asked to disconnect by
     /// an operator is seen within the configured registration cache time.
     registered_since: Option<std::time::Instant>,
@@ -164,16 +165,17 @@ async fn is_registered(
         plans.registered.clear();
         plans.registered_since = Some(std::time::Instant::now());
     }
-    if plans.registered.contains(worker) {
+    if plans.registered.contains_key(worker) {
         return Ok(true);
     }
     let registered = workers::find_worker(conn, worker)
         .await?
-        .is_some_and(|stored| stored.is_enabled && !stored.should_disconnect);
-    if registered {
-        plans.registered.insert(worker.clone());
+        .filter(|stored| stored.is_enabled && !stored.should_disconnect);
+    let found = registered.is_some();
+    if let Some(stored) = registered {
+        plans.registered.insert(worker.clone(), stored.properties);
     }
-    Ok(registered)
+    Ok(found)
 }
 
 impl Plans {
@@ -332,6 +334,20 @@ struct Work {
     /// The stored tasks the batch's claims and DONE reports name, read in one query before the
     /// batch.
     stored_tasks: HashMap<TaskKey, Task>,
+    /// DONE reports that offered their worker for a follow-up, with the tasks they made ready.
+    follow_ups: Vec<FollowUp>,
+    /// Tasks granted without a claim, to send to their workers.
+    assigned: Vec<(WorkerId, TaskAssigned)>,
+}
+
+/// A DONE report whose worker can start a child at once (`TaskStatusReport::follow_up`).
+struct FollowUp {
+    /// The reported task.
+    after: TaskKey,
+    /// The worker that ran it.
+    worker: WorkerId,
+    /// The tasks the report made ready, in the core's order.
+    ready: Vec<TaskKey>,
 }
 
 impl Work {
@@ -452,10 +468,10 @@ async fn take(
             work.batch_replies
                 .push((delivery.meta.clone(), ClaimBatchReply { replies }));
         }
-        Incoming::Status(report) => take_report(conn, plans, work, report, now).await?,
+        Incoming::Status(report) => take_report(context, conn, plans, work, report, now).await?,
         Incoming::Statuses(batch) => {
             for report in &batch.reports {
-                take_report(conn, plans, work, report, now).await?;
+                take_report(context, conn, plans, work, report, now).await?;
             }
         }
         Incoming::BuildClaim(request) => {
@@ -562,6 +578,7 @@ async fn take(
 
 /// Feeds the end of an attempt, as its worker reported it, to the core.
 async fn take_report(
+    context: &Context,
     conn: &mut AsyncPgConnection,
     plans: &mut Plans,
     work: &mut Work,
@@ -603,17 +620,121 @@ async fn take_report(
         },
         ReportedOutcome::Canceled => Outcome::Canceled,
     };
+    let done = outcome == Outcome::Done;
     let event = Event::Finished {
         task: report.task_key,
         attempt: report.attempt,
         lease_token: report.lease_token,
         outcome,
     };
+    let first_effect = work.effects.len();
     if work.apply(plans, plan, event, now) {
         work.results
             .push((report.task_key, report.steps.clone(), report.output.clone()));
         work.registered.models.extend(registered.models);
         work.registered.performances.extend(registered.performances);
+        if done && report.follow_up && context.config.follow_ups {
+            let ready: Vec<TaskKey> = work.effects[first_effect..]
+                .iter()
+                .filter_map(|effect| match effect {
+                    Effect::Enqueue {
+                        task,
+                        not_before: None,
+                        ..
+                    } => Some(*task),
+                    _ => None,
+                })
+                .collect();
+            if !ready.is_empty() {
+                work.follow_ups.push(FollowUp {
+                    after: report.task_key,
+                    worker: report.worker_id.clone(),
+                    ready,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Grants each follow-up offer one task it made ready, if its worker is registered and
+/// satisfies the task's requirements: the task goes to that worker at once (`task.assigned`)
+/// instead of through its queue, where the worker would take and claim it one round trip
+/// and one batch later. The grant is the core's, as for a claim.
+async fn grant_follow_ups(
+    context: &Context,
+    conn: &mut AsyncPgConnection,
+    plans: &mut Plans,
+    work: &mut Work,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    // The batch's models are not stored yet: a ready task's parents may have made them.
+    let pending = std::mem::take(&mut work.registered.models);
+    let offers = std::mem::take(&mut work.follow_ups);
+    let granted = grant_each_follow_up(context, conn, plans, work, offers, &pending, now).await;
+    work.registered.models = pending;
+    granted
+}
+
+/// [`grant_follow_ups`] for `offers`, with the batch's models `pending`.
+async fn grant_each_follow_up(
+    context: &Context,
+    conn: &mut AsyncPgConnection,
+    plans: &mut Plans,
+    work: &mut Work,
+    offers: Vec<FollowUp>,
+    pending: &[models::Model],
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    for offer in offers {
+        // The lease was the worker's: the core accepted the report with its token.
+        let ran_it = plans
+            .plan_of
+            .get(&offer.after)
+            .and_then(|plan| plans.states.get(plan))
+            .and_then(|state| state.task(offer.after))
+            .is_some_and(|node| node.worker_id.as_ref() == Some(&offer.worker));
+        if !ran_it || !is_registered(context, conn, plans, &offer.worker).await? {
+            continue;
+        }
+        let Some(properties) = plans.registered.get(&offer.worker).cloned() else {
+            continue;
+        };
+        for task in offer.ready {
+            let Some(&plan) = plans.plan_of.get(&task) else {
+                continue;
+            };
+            let runnable = plans
+                .states
+                .get(&plan)
+                .and_then(|state| state.task(task))
+                .is_some_and(|node| node.status == TaskStatus::Todo)
+                && plans
+                    .requirements
+                    .get(&task)
+                    .is_some_and(|requirements| requirements.is_satisfied_by(&properties));
+            if !runnable {
+                continue;
+            }
+            let request = ClaimRequest {
+                task_key: task,
+                worker_id: offer.worker.clone(),
+            };
+            match claim(context, conn, plans, work, &request, plan, pending, now).await? {
+                ClaimReply::Granted { grant, assignment } => {
+                    work.assigned.push((
+                        offer.worker.clone(),
+                        TaskAssigned {
+                            after: offer.after,
+                            grant,
+                            assignment,
+                        },
+                    ));
+                    break;
+                }
+                ClaimReply::Refused { .. } => {}
+            }
+        }
     }
     Ok(())
 }
@@ -645,13 +766,14 @@ async fn claim_task(
             task_key: request.task_key,
             reason: format!("task {} does not exist", request.task_key),
         }),
-        Some(plan) => claim(context, conn, plans, work, request, plan, now).await,
+        Some(plan) => claim(context, conn, plans, work, request, plan, &[], now).await,
     }
 }
 
 /// Feeds a claim to the core with the assignment it would run: a grant is answered with the
 /// assignment; a task whose inputs are gone is granted and failed at once, so it does not wait
-/// forever, and the worker is refused.
+/// forever, and the worker is refused. `pending`: models of this batch, not stored yet.
+#[allow(clippy::too_many_arguments)]
 async fn claim(
     context: &Context,
     conn: &mut AsyncPgConnection,
@@ -659,6 +781,7 @@ async fn claim(
     work: &mut Work,
     request: &ClaimRequest,
     plan: PlanKey,
+    pending: &[models::Model],
     now: Timestamp,
 ) -> Result<ClaimReply, StoreError> {
     let claimable = plans
@@ -669,7 +792,16 @@ async fn claim(
     // Only a claim the core may grant is worth reading the store for.
     let prepared = if claimable {
         let stored = work.stored_tasks.remove(&request.task_key);
-        Some(assignment::prepare(conn, &mut plans.functions, request.task_key, stored).await?)
+        Some(
+            assignment::prepare(
+                conn,
+                &mut plans.functions,
+                request.task_key,
+                stored,
+                pending,
+            )
+            .await?,
+        )
     } else {
         None
     };
@@ -1174,6 +1306,11 @@ async fn commit(
 ) -> Result<Vec<OutboxRow>, StoreError> {
     let mut history = Vec::new();
     let mut outbox = Vec::new();
+    let granted: HashSet<TaskKey> = work
+        .assigned
+        .iter()
+        .map(|(_, assigned)| assigned.grant.task_key)
+        .collect();
     for effect in &work.effects {
         match effect {
             Effect::TaskChanged {
@@ -1191,6 +1328,8 @@ async fn commit(
                     .map(|lease| lease.attempt)
                     .or((task.attempt_count > 0).then_some(Attempt(task.attempt_count))),
             }),
+            // A task granted in this batch (a follow-up) does not go through its queue.
+            Effect::Enqueue { task, .. } if granted.contains(task) => {}
             Effect::Enqueue {
                 task,
                 routing_key,
@@ -1384,15 +1523,32 @@ async fn announce(context: &Context, publisher: &Publisher, work: &Work, handed:
         .batch_replies
         .iter()
         .map(|(meta, reply)| broker::rpc::send_reply(publisher, meta, reply).boxed());
-    let sent = futures::future::join_all(single.chain(batches)).await;
-    let metas = work.replies.iter().map(|(meta, _)| meta);
-    let batch_metas = work.batch_replies.iter().map(|(meta, _)| meta);
+    // Follow-ups go to their workers' control queues, with the replies.
+    let assigned = work.assigned.iter().map(|(worker, assigned)| {
+        let key = topology::worker_control_key(worker);
+        async move {
+            publisher
+                .send(CONTROL_EXCHANGE, &key, assigned, Meta::default())
+                .await
+        }
+        .boxed()
+    });
+    let sent = futures::future::join_all(single.chain(batches).chain(assigned)).await;
+    let metas = work.replies.iter().map(|(meta, _)| meta.message_id.clone());
+    let batch_metas = work
+        .batch_replies
+        .iter()
+        .map(|(meta, _)| meta.message_id.clone());
+    let assigned_tasks = work
+        .assigned
+        .iter()
+        .map(|(_, assigned)| format!("assignment of task {}", assigned.grant.task_key));
     let mut confirms = Vec::with_capacity(sent.len());
-    for (meta, sent) in metas.chain(batch_metas).zip(sent) {
+    for (what, sent) in metas.chain(batch_metas).chain(assigned_tasks).zip(sent) {
         match sent {
-            Ok(confirm) => confirms.push((meta.message_id.clone(), confirm)),
+            Ok(confirm) => confirms.push((what, confirm)),
             // The worker went away; its claim, if granted, lapses with its lease.
-            Err(error) => tracing::warn!("answering claim {}: {error}", meta.message_id),
+            Err(error) => tracing::warn!("answering claim {what}: {error}"),
         }
     }
     if !confirms.is_empty() {
@@ -1483,6 +1639,11 @@ async fn apply_batch(
             failure = Some(error);
             break;
         }
+    }
+    if failure.is_none()
+        && let Err(error) = grant_follow_ups(context, &mut conn, plans, &mut work, now).await
+    {
+        failure = Some(error);
     }
     if failure.is_none()
         && let Err(error) = propagate_to_other_plans(&mut conn, plans, &mut work, now).await

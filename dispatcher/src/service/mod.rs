@@ -48,6 +48,11 @@ pub struct DispatcherConfig {
     /// How long a worker's registration is trusted before it is read again, so that a worker
     /// an operator disabled stops getting claims.
     pub registration_cache: Duration,
+    /// Whether a task a DONE report makes ready goes straight to the reporting worker when that
+    /// worker offers to take it (`TaskStatusReport::follow_up`) and satisfies its requirements,
+    /// rather than through its task queue: a chain's next task starts one round trip and one
+    /// batch sooner, on the host that holds its parent's outputs, ahead of the queue.
+    pub follow_ups: bool,
     /// Where the loops record what they measure (claim latency, event batch sizes); share a
     /// clone with whoever serves them.
     pub metrics: crate::metrics::DispatcherMetrics,
@@ -70,6 +75,7 @@ impl DispatcherConfig {
             outbox_poll: Duration::from_secs(1),
             heartbeat_interval: Duration::from_secs(10),
             registration_cache: Duration::from_secs(10),
+            follow_ups: true,
             anonymous_roles: Vec::new(),
             metrics: crate::metrics::DispatcherMetrics::new(),
         }

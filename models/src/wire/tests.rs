@@ -105,6 +105,7 @@ fn a_status_report_reads_flat() {
         output: serde_json::Value::Null,
         outputs: Vec::new(),
         logs: Vec::new(),
+        follow_up: false,
     };
     let value = serde_json::to_value(&report).unwrap();
     assert_eq!(value["outcome"], "failed");

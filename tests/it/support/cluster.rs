@@ -13,7 +13,7 @@ use dispatcher::store::{catalog, plans, tasks};
 use models::submission::PlanSubmission;
 use models::wire::{
     ClaimReply, ClaimRequest, DeviceInfo, RegistrationReply, ReportedOutcome, ReportedOutput,
-    SubmissionReply, TaskReady, TaskStatusReport, WireMessage, WorkerRegistration,
+    SubmissionReply, TaskAssigned, TaskReady, TaskStatusReport, WireMessage, WorkerRegistration,
 };
 use models::{ComputePlan, PlanKey, RequirementSet, Task, TaskKey, WorkerId};
 
@@ -277,9 +277,12 @@ pub(crate) async fn register(rpc: &RpcClient, id: &str, organization: &str) -> R
 /// A worker that claims tasks from `baton.tasks.any` and reports as its script says.
 pub(crate) struct ScriptedWorker {
     pub(crate) id: WorkerId,
+    broker: Broker,
     rpc: RpcClient,
     events: Publisher,
     consumer: Consumer<TaskReady>,
+    /// Its DONE reports offer a follow-up (`TaskStatusReport::follow_up`).
+    follow_ups: bool,
 }
 
 /// A claim's outcome, for tests that look at them.
@@ -293,6 +296,16 @@ pub(crate) struct Granted {
 }
 
 impl Granted {
+    /// The grant of a task assigned without a claim.
+    pub(crate) fn assigned(assigned: &TaskAssigned) -> Granted {
+        Granted {
+            task: assigned.grant.task_key,
+            attempt: assigned.grant.attempt,
+            token: assigned.grant.lease_token,
+            outputs: assigned.assignment.outputs.clone(),
+        }
+    }
+
     /// The grant in a claim reply, if it is one.
     pub(crate) fn of(reply: &ClaimReply) -> Option<Granted> {
         match reply {
@@ -348,7 +361,29 @@ impl ScriptedWorker {
             consumer: Consumer::new(&broker, &topology::task_queue(&RequirementSet::any()), 1)
                 .await
                 .unwrap(),
+            broker,
+            follow_ups: false,
         }
+    }
+
+    /// From now on, its DONE reports offer a follow-up; the tasks the dispatcher assigns come
+    /// on the worker's control queue, read by the consumer returned.
+    pub(crate) async fn offer_follow_ups(&mut self) -> Consumer<TaskAssigned> {
+        self.follow_ups = true;
+        let queue = self.broker.declare_worker_queue(&self.id).await.unwrap();
+        Consumer::new(&self.broker, &queue, 8).await.unwrap()
+    }
+
+    /// Takes the next ready task's message (waiting at most `within`) and acks it.
+    pub(crate) async fn take_ready(&mut self, within: Duration) -> TaskKey {
+        let delivery = tokio::time::timeout(within, self.consumer.next())
+            .await
+            .expect("a task is ready")
+            .unwrap()
+            .unwrap();
+        let task = delivery.message.task_key;
+        delivery.ack().await.unwrap();
+        task
     }
 
     /// Claims `task` and returns the dispatcher's answer.
@@ -380,7 +415,45 @@ impl ScriptedWorker {
         outcome: ReportedOutcome,
         logs: Vec<models::wire::LogRecord>,
     ) {
-        let report = TaskStatusReport {
+        let report = self.status(granted, outcome, logs);
+        self.events
+            .publish(
+                EVENTS_EXCHANGE,
+                &topology::task_event_key(granted.task, "status"),
+                &report,
+                Meta::default(),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Reports the end of every one of `granted` as DONE, in one `task.status_batch`.
+    pub(crate) async fn report_done_together(&self, granted: &[&Granted]) {
+        let batch = models::wire::StatusBatch {
+            reports: granted
+                .iter()
+                .map(|granted| self.status(granted, ReportedOutcome::Done, Vec::new()))
+                .collect(),
+        };
+        self.events
+            .publish(
+                EVENTS_EXCHANGE,
+                &format!("worker.{}.status", self.id),
+                &batch,
+                Meta::default(),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// The report of the end of `granted`.
+    fn status(
+        &self,
+        granted: &Granted,
+        outcome: ReportedOutcome,
+        logs: Vec<models::wire::LogRecord>,
+    ) -> TaskStatusReport {
+        TaskStatusReport {
             task_key: granted.task,
             attempt: granted.attempt,
             lease_token: granted.token,
@@ -393,17 +466,9 @@ impl ScriptedWorker {
             } else {
                 Vec::new()
             },
+            follow_up: self.follow_ups && outcome == ReportedOutcome::Done,
             logs,
-        };
-        self.events
-            .publish(
-                EVENTS_EXCHANGE,
-                &topology::task_event_key(granted.task, "status"),
-                &report,
-                Meta::default(),
-            )
-            .await
-            .unwrap();
+        }
     }
 
     /// Takes the next ready task (waiting at most `within`), claims it, acks the message once the
