@@ -83,8 +83,8 @@ pub(crate) struct ThroughputBench {
     pub(crate) database_url: String,
     /// RabbitMQ and its management API; `messages` and `runs` are those of the baseline.
     pub(crate) broker: BrokerBench,
-    /// Tasks per run.
-    pub(crate) tasks: u32,
+    /// Tasks per run; by default [`Device::default_tasks`].
+    pub(crate) tasks: Option<u32>,
     /// Which devices to measure.
     pub(crate) devices: ThroughputDevices,
     /// Measured runs per device.
@@ -116,6 +116,46 @@ impl Device {
             Device::Subprocess => "subprocess",
         }
     }
+
+    /// Tasks per run without `--tasks`: issue 8's 20,000 for the in-process handler (the
+    /// throughput scenario), 2,000 for subprocesses (the subprocess scenario).
+    pub(crate) fn default_tasks(self) -> u32 {
+        match self {
+            Device::Handler => 20_000,
+            Device::Subprocess => 2_000,
+        }
+    }
+}
+
+impl ThroughputBench {
+    /// Tasks per run on `device`.
+    fn tasks_for(&self, device: Device) -> u32 {
+        self.tasks.unwrap_or_else(|| device.default_tasks())
+    }
+
+    /// The devices to measure.
+    fn devices(&self) -> Vec<Device> {
+        match self.devices {
+            ThroughputDevices::Handler => vec![Device::Handler],
+            ThroughputDevices::Subprocess => vec![Device::Subprocess],
+            ThroughputDevices::Both => vec![Device::Handler, Device::Subprocess],
+        }
+    }
+
+    /// Plans a run of `tasks` tasks is split across, or why `--plans` cannot be used.
+    fn plans_for(&self, tasks: u32) -> anyhow::Result<u32> {
+        let max_tasks = u32::try_from(Limits::DEFAULT.max_tasks).unwrap_or(u32::MAX);
+        let plans = self.plans.unwrap_or_else(|| tasks.div_ceil(max_tasks));
+        anyhow::ensure!(
+            (1..=tasks).contains(&plans),
+            "--plans must be between 1 and the tasks of a run ({tasks})"
+        );
+        anyhow::ensure!(
+            tasks.div_ceil(plans) <= max_tasks,
+            "--plans {plans} puts more than {max_tasks} tasks in a plan, the submission batch limit"
+        );
+        Ok(plans)
+    }
 }
 
 /// What one device measured.
@@ -123,6 +163,10 @@ impl Device {
 pub(crate) struct DeviceFigures {
     /// The device.
     pub(crate) device: Device,
+    /// Tasks per run.
+    pub(crate) tasks: u32,
+    /// Plans per run.
+    pub(crate) plans: u32,
     /// Seconds from the first submission to every plan DONE, per run.
     pub(crate) run_secs: Vec<f64>,
     /// Seconds until every plan of a run was accepted, per run.
@@ -151,10 +195,6 @@ pub(crate) struct DeviceFigures {
 /// What `baton bench throughput` measured.
 #[derive(Debug, serde::Serialize)]
 pub(crate) struct ThroughputFigures {
-    /// Tasks per run.
-    pub(crate) tasks: u32,
-    /// Plans per run.
-    pub(crate) plans: u32,
     /// Measured runs per device.
     pub(crate) runs: u32,
     /// Tasks each worker ran at once.
@@ -588,7 +628,6 @@ struct Setup<'a> {
     options: &'a ThroughputBench,
     amqp_url: String,
     dir: PathBuf,
-    plans: u32,
 }
 
 /// A connection to the benchmark's database, a producer on its vhost and the seeded `noop`
@@ -667,18 +706,20 @@ impl Setup<'_> {
             function,
         } = Harness::start(env).await?;
         let services = &mut env.services;
-        let devices = match self.options.devices {
-            ThroughputDevices::Handler => vec![Device::Handler],
-            ThroughputDevices::Subprocess => vec![Device::Subprocess],
-            ThroughputDevices::Both => vec![Device::Handler, Device::Subprocess],
-        };
+        let devices = self.options.devices();
+        let warm_up = devices
+            .iter()
+            .map(|device| self.options.tasks_for(*device))
+            .min()
+            .unwrap_or(1)
+            .min(2_000);
         let mut figures = Vec::new();
         let outcome = async {
             // The baseline's queue and code paths warmed up, not counted.
-            lapin_with_retry(&self.amqp_url, self.options.tasks.min(2_000))
+            lapin_with_retry(&self.amqp_url, warm_up)
                 .await
                 .context("warming up")?;
-            round_trips_with_retry(&self.amqp_url, self.options.tasks.min(2_000))
+            round_trips_with_retry(&self.amqp_url, warm_up)
                 .await
                 .context("warming up")?;
             for device in devices {
@@ -717,7 +758,9 @@ impl Setup<'_> {
             )?);
         }
         // Waits for the dispatcher to start and the workers to register; not counted.
-        let warm_up = plans_of(options.tasks.min(WARM_UP_TASKS), 1, function, &organization);
+        let task_count = options.tasks_for(device);
+        let plan_count = options.plans_for(task_count)?;
+        let warm_up = plans_of(task_count.min(WARM_UP_TASKS), 1, function, &organization);
         let started = Instant::now();
         run_plans(&warm_up, rpc, conn, services, SUBMIT_TIMEOUT, POLL_INTERVAL)
             .await
@@ -733,13 +776,13 @@ impl Setup<'_> {
         let mut attempt_ms = Vec::new();
         let mut ceiling_runs = Vec::new();
         let mut round_trip_runs = Vec::new();
-        let tasks = f64::from(options.tasks);
+        let tasks = f64::from(task_count);
         for run in 0..options.runs {
-            let plans = plans_of(options.tasks, self.plans, function, &organization);
+            let plans = plans_of(task_count, plan_count, function, &organization);
             // The ceiling's two figures, one after the other: msgs/s and round trips/s.
             let lapin = || async {
-                let elapsed = lapin_with_retry(&self.amqp_url, options.tasks).await?;
-                let trips = round_trips_with_retry(&self.amqp_url, options.tasks).await?;
+                let elapsed = lapin_with_retry(&self.amqp_url, task_count).await?;
+                let trips = round_trips_with_retry(&self.amqp_url, task_count).await?;
                 anyhow::Ok((tasks / elapsed.as_secs_f64(), tasks / trips.as_secs_f64()))
             };
             let mut push_ceiling = |(msgs, trips)| {
@@ -794,6 +837,8 @@ impl Setup<'_> {
         let ceiling_round_trips_per_sec = median(round_trip_runs.clone());
         Ok(DeviceFigures {
             device,
+            tasks: task_count,
+            plans: plan_count,
             run_secs,
             submit_secs,
             tasks_per_sec,
@@ -912,39 +957,27 @@ impl BenchEnv {
 
 /// Runs the throughput benchmark in a vhost and a database of its own, both removed afterwards.
 pub(crate) async fn throughput(options: ThroughputBench) -> anyhow::Result<ThroughputFigures> {
-    anyhow::ensure!(options.tasks >= 1, "--tasks must be at least 1");
+    anyhow::ensure!(options.tasks != Some(0), "--tasks must be at least 1");
     anyhow::ensure!(options.runs >= 1, "--runs must be at least 1");
     anyhow::ensure!(
         options.executor_limit >= 1,
         "--executor-limit must be at least 1"
     );
     anyhow::ensure!(options.workers >= 1, "--workers must be at least 1");
-    let max_tasks = u32::try_from(Limits::DEFAULT.max_tasks).unwrap_or(u32::MAX);
-    let plans = options
-        .plans
-        .unwrap_or_else(|| options.tasks.div_ceil(max_tasks));
-    anyhow::ensure!(
-        (1..=options.tasks).contains(&plans),
-        "--plans must be between 1 and --tasks ({})",
-        options.tasks
-    );
-    anyhow::ensure!(
-        options.tasks.div_ceil(plans) <= max_tasks,
-        "--plans {plans} puts more than {max_tasks} tasks in a plan, the submission batch limit"
-    );
+    // Refused before anything is set up.
+    for device in options.devices() {
+        options.plans_for(options.tasks_for(device))?;
+    }
 
     let mut env = BenchEnv::create(&options.database_url, &options.broker).await?;
     let setup = Setup {
         options: &options,
         amqp_url: env.amqp_url.clone(),
         dir: env.dir.clone(),
-        plans,
     };
     let outcome = setup.measure(&mut env).await;
     let devices = env.finish(outcome).await?;
     Ok(ThroughputFigures {
-        tasks: options.tasks,
-        plans,
         runs: options.runs,
         executor_limit: options.executor_limit,
         workers: options.workers,
@@ -965,9 +998,10 @@ pub(crate) fn print_throughput_bench(
             .set_content_arrangement(ContentArrangement::Dynamic)
             .set_header(vec![
                 format!(
-                    "throughput: {} no-op tasks in {} plan(s), {} worker(s) × {} slots",
-                    figures.tasks, figures.plans, figures.workers, figures.executor_limit
+                    "throughput: no-op tasks, {} worker(s) × {} slots",
+                    figures.workers, figures.executor_limit
                 ),
+                "tasks (plans) per run".to_owned(),
                 "median tasks/s".to_owned(),
                 "ms per task".to_owned(),
                 "claim → DONE ms (median)".to_owned(),
@@ -982,7 +1016,7 @@ pub(crate) fn print_throughput_bench(
             let rates = device
                 .run_secs
                 .iter()
-                .map(|secs| format!("{:.0}", f64::from(figures.tasks) / secs))
+                .map(|secs| format!("{:.0}", f64::from(device.tasks) / secs))
                 .collect::<Vec<_>>()
                 .join(" ");
             let submits = device
@@ -993,6 +1027,7 @@ pub(crate) fn print_throughput_bench(
                 .join(" ");
             summary.add_row(vec![
                 device.device.name().to_owned(),
+                format!("{} ({})", device.tasks, device.plans),
                 format!("{:.0}", device.tasks_per_sec),
                 format!("{:.2}", device.per_task_ms),
                 format!("{:.1}", device.attempt_ms),
@@ -1010,8 +1045,8 @@ pub(crate) fn print_throughput_bench(
         let line = json!({
             "scenario": "throughput",
             "device": device.device,
-            "tasks": figures.tasks,
-            "plans": figures.plans,
+            "tasks": device.tasks,
+            "plans": device.plans,
             "runs": figures.runs,
             "executor_limit": figures.executor_limit,
             "workers": figures.workers,
@@ -1033,7 +1068,10 @@ pub(crate) fn print_throughput_bench(
 
 #[cfg(test)]
 mod tests {
-    use super::{plans_of, url_with_database};
+    use std::time::Duration;
+
+    use super::{Device, ThroughputBench, ThroughputDevices, plans_of, url_with_database};
+    use crate::bench::BrokerBench;
     use models::{FunctionKey, OrganizationId};
 
     #[test]
@@ -1048,6 +1086,44 @@ mod tests {
         assert_eq!(sizes(10, 3), vec![4, 3, 3]);
         assert_eq!(sizes(2, 2), vec![1, 1]);
         assert_eq!(sizes(5, 1), vec![5]);
+    }
+
+    #[test]
+    fn each_device_has_its_scenarios_task_count_unless_one_is_given() {
+        let bench = |tasks, plans| ThroughputBench {
+            database_url: String::new(),
+            broker: BrokerBench {
+                amqp_url: String::new(),
+                management_url: String::new(),
+                management_user: (String::new(), String::new()),
+                messages: 1,
+                runs: 1,
+            },
+            tasks,
+            devices: ThroughputDevices::Both,
+            runs: 1,
+            executor_limit: 1,
+            workers: 1,
+            plans,
+            run_timeout: Duration::from_secs(1),
+        };
+        let defaults = bench(None, None);
+        assert_eq!(
+            (
+                defaults.tasks_for(Device::Handler),
+                defaults.tasks_for(Device::Subprocess)
+            ),
+            (20_000, 2_000)
+        );
+        assert_eq!(defaults.plans_for(20_000).unwrap(), 1);
+        let given = bench(Some(300), Some(3));
+        assert_eq!(given.tasks_for(Device::Subprocess), 300);
+        assert_eq!(given.plans_for(300).unwrap(), 3);
+        let error = given.plans_for(2).unwrap_err().to_string();
+        assert!(
+            error.contains("between 1 and the tasks of a run (2)"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -727,9 +727,9 @@ pub enum BenchScenario {
     /// claim, run, report, DONE), with an in-process dispatcher and worker, against plain
     /// lapin's msgs/s and round trips/s (`ceiling`) measured in the same run.
     Throughput {
-        /// Tasks per run.
-        #[arg(long, env = "BATON_BENCH_TASKS", default_value_t = 2_000)]
-        tasks: u32,
+        /// Tasks per run [default: 20000 with the handler device, 2000 with subprocesses].
+        #[arg(long, env = "BATON_BENCH_TASKS")]
+        tasks: Option<u32>,
         /// How the worker runs the no-op step.
         #[arg(long, env = "BATON_BENCH_DEVICE", value_enum, default_value_t = ThroughputDevices::Both)]
         device: ThroughputDevices,
@@ -1204,7 +1204,10 @@ async fn bench(
         } => {
             let figures = bench_throughput::throughput(bench_throughput::ThroughputBench {
                 database_url: database_url.to_owned(),
-                broker: rabbitmq.bench(tasks, runs),
+                broker: rabbitmq.bench(
+                    tasks.unwrap_or_else(|| bench_throughput::Device::Handler.default_tasks()),
+                    runs,
+                ),
                 tasks,
                 devices: device,
                 runs,
