@@ -135,8 +135,8 @@ pub(crate) fn routes() -> Vec<Route> {
 
 /// The stored plan `key`, or a 404.
 pub(crate) async fn find_plan(state: &ApiState, key: PlanKey) -> Result<ComputePlan, ApiError> {
-    let mut conn = state.conn().await?;
-    plans::find_plan(&mut conn, key)
+    let conn = state.conn().await?;
+    plans::find_plan(&conn, key)
         .await?
         .ok_or_else(|| ApiError::not_found("key", format!("compute plan {key}")))
 }

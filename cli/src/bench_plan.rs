@@ -225,7 +225,7 @@ async fn run_once(
     let submission = layered_plan(options.tasks, options.width, &owner);
 
     let started = Instant::now();
-    let known = load_known_assets(&mut conn, &submission.tasks).await?;
+    let known = load_known_assets(&conn, &submission.tasks).await?;
     let limits = Limits::DEFAULT;
     let validated = validate_plan(&submission, &known.context(&owner, &limits));
     let validate_secs = started.elapsed().as_secs_f64();

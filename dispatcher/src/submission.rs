@@ -82,7 +82,7 @@ impl KnownAssets {
 /// managers, samples and models at once, since the kind comes from the function), and the
 /// stored parents outside the batch with their functions.
 pub async fn load_known_assets(
-    conn: &mut AsyncPgConnection,
+    conn: &AsyncPgConnection,
     batch: &[NewTask],
 ) -> StoreResult<KnownAssets> {
     let in_batch: BTreeSet<TaskKey> = batch.iter().map(|task| task.key).collect();
@@ -408,11 +408,15 @@ async fn store_plan(
 ) -> Result<(ComputePlan, Vec<Task>, Vec<OutboxRow>), SubmissionError> {
     // PostgreSQL keeps microseconds: return exactly what is stored.
     let now = now.trunc_subsecs(6);
-    if plans::find_plan(conn, submission.key).await?.is_some() {
+    let started = std::time::Instant::now();
+    // Pipelined: whether the plan exists, and what it references.
+    let (existing, known) = futures::try_join!(
+        plans::find_plan(conn, submission.key),
+        load_known_assets(conn, &submission.tasks),
+    )?;
+    if existing.is_some() {
         return Err(SubmissionError::PlanExists(submission.key));
     }
-    let started = std::time::Instant::now();
-    let known = load_known_assets(conn, &submission.tasks).await?;
     let limits = Limits::DEFAULT;
     let validated = validate_plan(submission, &known.context(owner, &limits))
         .map_err(SubmissionError::Invalid)?;
@@ -486,24 +490,33 @@ async fn store_plan(
     let result = conn
         .transaction(async |conn| {
             let started = std::time::Instant::now();
-            // Pipelined in two rounds: PostgreSQL runs each statement after those sent before
-            // it, so the tasks' checks find the plan; the history's and the outbox's need every
-            // task stored, and a large plan's later chunks are sent as earlier ones finish.
+            // Pipelined: PostgreSQL runs each statement after those sent before it, so the
+            // tasks' checks find the plan, and the history's and the outbox's the tasks. A
+            // large plan's tasks take several statements, the later ones sent as the earlier
+            // ones finish: its history and outbox wait for all of them, in a second round.
             let shared: &AsyncPgConnection = conn;
-            futures::try_join!(
+            let rest = async {
+                futures::try_join!(
+                    tasks::insert_state_changes(shared, &history),
+                    tasks::insert_outbox_rows(shared, &outbox),
+                    async {
+                        match &submission_row {
+                            Some(row) => submissions::insert_submission(shared, row).await,
+                            None => Ok(()),
+                        }
+                    },
+                )
+            };
+            let first = futures::future::try_join(
                 plans::insert_plan(shared, &stored_plan),
                 tasks::insert_tasks(shared, &new_tasks),
-            )?;
-            let (_, outbox, _) = futures::try_join!(
-                tasks::insert_state_changes(shared, &history),
-                tasks::insert_outbox_rows(shared, &outbox),
-                async {
-                    match &submission_row {
-                        Some(row) => submissions::insert_submission(shared, row).await,
-                        None => Ok(()),
-                    }
-                },
-            )?;
+            );
+            let (_, outbox, _) = if new_tasks.len() <= crate::store::ROWS_PER_UNNEST {
+                futures::try_join!(first, rest)?.1
+            } else {
+                first.await?;
+                rest.await?
+            };
             tracing::debug!(
                 duration_ms = started.elapsed().as_millis() as u64,
                 "stored {} tasks",

@@ -1243,7 +1243,7 @@ async fn amqp_messages_act_as_their_rabbitmq_user_and_nobody_else() {
     assert_eq!(plan_count(&api).await, before, "nothing stored");
     for n in [600, 610, 620, 630, 650] {
         assert!(
-            plans::find_plan(&mut api.conn().await, PlanKey(key(n)))
+            plans::find_plan(&api.conn().await, PlanKey(key(n)))
                 .await
                 .unwrap()
                 .is_none()
@@ -1258,7 +1258,7 @@ async fn amqp_messages_act_as_their_rabbitmq_user_and_nobody_else() {
         matches!(reply, SubmissionReply::Accepted { .. }),
         "{reply:?}"
     );
-    let plan = plans::find_plan(&mut api.conn().await, PlanKey(key(640)))
+    let plan = plans::find_plan(&api.conn().await, PlanKey(key(640)))
         .await
         .unwrap()
         .unwrap();
@@ -1291,7 +1291,7 @@ async fn amqp_messages_act_as_their_rabbitmq_user_and_nobody_else() {
         let reply: SubmissionReply = send(rpc, &add, "", Some("root")).await;
         assert_eq!(refusal(&reply), expected, "{who}: {reply:?}");
     }
-    let plan = plans::find_plan(&mut api.conn().await, PlanKey(key(650)))
+    let plan = plans::find_plan(&api.conn().await, PlanKey(key(650)))
         .await
         .unwrap()
         .unwrap();

@@ -900,9 +900,9 @@ async fn invalid_submissions_are_answered_with_every_problem_and_resubmissions_a
         paths.iter().any(|p| p.starts_with("tasks[1].inputs[0]")),
         "{paths:?}"
     );
-    let mut conn = cluster.db.connect().await;
+    let conn = cluster.db.connect().await;
     assert!(
-        dispatcher::store::plans::find_plan(&mut conn, bad.key)
+        dispatcher::store::plans::find_plan(&conn, bad.key)
             .await
             .unwrap()
             .is_none()
@@ -1245,9 +1245,9 @@ async fn twenty_kinds_of_invalid_submission_are_each_answered_and_store_nothing(
                 .any(|d| d.path.starts_with(path) && d.message.contains(message)),
             "{name}: no error at {path} mentioning {message:?}: {details:#?}"
         );
-        let mut conn = cluster.db.connect().await;
+        let conn = cluster.db.connect().await;
         assert!(
-            dispatcher::store::plans::find_plan(&mut conn, submission.key)
+            dispatcher::store::plans::find_plan(&conn, submission.key)
                 .await
                 .unwrap()
                 .is_none(),
@@ -1891,7 +1891,7 @@ async fn a_message_id_reused_for_another_request_is_refused_and_stores_nothing()
 
     let mut conn = cluster.db.connect().await;
     assert!(
-        dispatcher::store::plans::find_plan(&mut conn, second.key)
+        dispatcher::store::plans::find_plan(&conn, second.key)
             .await
             .unwrap()
             .is_none()

@@ -162,7 +162,7 @@ async fn plans_round_trip_update_and_list_by_status() {
     seed(&mut conn).await;
     let mut plan = fx::plan(30, "org-a", "fl");
     assert_eq!(
-        plans::find_plan(&mut conn, plan.key).await.unwrap(),
+        plans::find_plan(&conn, plan.key).await.unwrap(),
         Some(plan.clone())
     );
 

@@ -117,7 +117,7 @@ async fn a_valid_plan_is_stored_whole_with_counters_history_and_outbox() {
     assert_eq!(order, vec![key(40).into(), key(41).into()]);
 
     assert_eq!(
-        plans::find_plan(&mut conn, plan.key).await.unwrap(),
+        plans::find_plan(&conn, plan.key).await.unwrap(),
         Some(stored)
     );
     let root = tasks::find_task(&mut conn, key(40).into())

@@ -25,13 +25,13 @@ pub async fn insert_plan(mut conn: &AsyncPgConnection, plan: &ComputePlan) -> St
 
 /// The plan `key`.
 pub async fn find_plan(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     key: PlanKey,
 ) -> StoreResult<Option<ComputePlan>> {
     compute_plans::table
         .find(key.0)
         .select(PlanRow::as_select())
-        .first(conn)
+        .first(&mut conn)
         .await
         .optional()?
         .map(PlanRow::into_model)

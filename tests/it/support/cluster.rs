@@ -145,8 +145,8 @@ impl TestCluster {
 
     /// The stored plan `key`.
     pub(crate) async fn plan(&self, key: PlanKey) -> ComputePlan {
-        let mut conn = self.db.connect().await;
-        plans::find_plan(&mut conn, key).await.unwrap().unwrap()
+        let conn = self.db.connect().await;
+        plans::find_plan(&conn, key).await.unwrap().unwrap()
     }
 
     /// The stored tasks of plan `key`.
