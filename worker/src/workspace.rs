@@ -504,10 +504,13 @@ fn keep_as_spare(root: &Path, mode: u32) -> bool {
                 remove_entry(&entry?.path())?;
             }
         }
-        std::fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(&measurements)?;
+        // Most steps write no measurements: an empty file needs no truncating.
+        if std::fs::symlink_metadata(&measurements)?.len() > 0 {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&measurements)?;
+        }
         Ok(())
     })();
     if emptied.is_err() {
