@@ -124,6 +124,34 @@ impl PlanState {
         children
     }
 
+    /// The children of `task` that would be ready were the tasks of `done` DONE: each of their
+    /// parents is DONE already or among `done`. What a batch of DONE reports will likely make
+    /// ready, for the shell to read ahead.
+    pub fn children_ready_after(
+        &self,
+        task: TaskKey,
+        done: &std::collections::HashSet<TaskKey>,
+    ) -> Vec<TaskKey> {
+        let Some(&idx) = self.index.get(&task) else {
+            return Vec::new();
+        };
+        self.children(idx)
+            .into_iter()
+            .map(|child| &self.graph[child])
+            .filter(|child| {
+                child.status == TaskStatus::Waiting
+                    && child.parents.iter().all(|parent| {
+                        done.contains(parent)
+                            || match self.index.get(parent) {
+                                Some(&idx) => self.graph[idx].status == TaskStatus::Done,
+                                None => self.external_done.contains(parent),
+                            }
+                    })
+            })
+            .map(|child| child.key)
+            .collect()
+    }
+
     /// Whether every parent of `task` is DONE: in-plan parents by their status, the others by
     /// `external_done`.
     pub(super) fn parents_done(&self, task: &TaskNode) -> bool {

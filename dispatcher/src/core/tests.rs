@@ -910,6 +910,35 @@ fn a_diamond_runs_to_done() {
 }
 
 #[test]
+fn children_ready_after_counts_the_given_tasks_as_done() {
+    let mut world = World::new("a -> b, c -> d");
+    let [a, b, c, d] = ["a", "b", "c", "d"].map(|name| world.key(name));
+    let ready = |world: &World, task, done: &[TaskKey]| {
+        world
+            .state
+            .children_ready_after(task, &done.iter().copied().collect())
+    };
+    let mut both = ready(&world, a, &[a]);
+    both.sort_unstable();
+    let mut expected = vec![b, c];
+    expected.sort_unstable();
+    assert_eq!(both, expected);
+    assert_eq!(
+        ready(&world, b, &[b]),
+        Vec::<TaskKey>::new(),
+        "c is not done"
+    );
+    assert_eq!(ready(&world, b, &[b, c]), vec![d]);
+    world.step("claim a w1");
+    world.step("+1s done a");
+    assert_eq!(
+        ready(&world, a, &[a]),
+        Vec::<TaskKey>::new(),
+        "b and c are ready already"
+    );
+}
+
+#[test]
 fn a_four_level_dag_runs_to_done() {
     check(
         "r -> x, y; x -> z; y -> z; z -> t; r -> t \

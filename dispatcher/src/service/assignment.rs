@@ -47,14 +47,23 @@ impl Functions {
     }
 }
 
-/// The assignment of `task`, or why it cannot run (an input whose value is gone). `pending` are
-/// models registered by the batch being applied, not stored yet, which a parent may have made.
+/// What the batch being applied registered and has not stored yet.
+#[derive(Default)]
+pub(crate) struct Pending {
+    /// The models its DONE reports registered.
+    pub(crate) models: Vec<Model>,
+    /// The tasks it made DONE, all of whose models are in `models`.
+    pub(crate) complete: std::collections::HashSet<TaskKey>,
+}
+
+/// The assignment of `task`, or why it cannot run (an input whose value is gone). A parent's
+/// models may be `pending`, registered by the batch being applied.
 pub(crate) async fn prepare(
     conn: &mut AsyncPgConnection,
     functions: &mut Functions,
     task_key: TaskKey,
     stored: Option<Task>,
-    pending: &[Model],
+    pending: &Pending,
 ) -> Result<Result<Assignment, String>, StoreError> {
     let task = match stored {
         Some(task) => Some(task),
@@ -80,12 +89,18 @@ pub(crate) async fn prepare(
             InputRef::Asset { .. } => None,
         })
         .collect();
-    let mut parent_models = if parents.is_empty() {
+    // Parents the batch made DONE have all their models pending: nothing to read for them.
+    let stored_parents: Vec<TaskKey> = parents
+        .iter()
+        .filter(|parent| !pending.complete.contains(parent))
+        .copied()
+        .collect();
+    let mut parent_models = if stored_parents.is_empty() {
         HashMap::new()
     } else {
-        execution::list_models_of_tasks(conn, &parents).await?
+        execution::list_models_of_tasks(conn, &stored_parents).await?
     };
-    for model in pending {
+    for model in &pending.models {
         if parents.contains(&model.compute_task_key) {
             parent_models
                 .entry(model.compute_task_key)

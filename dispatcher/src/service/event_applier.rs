@@ -338,6 +338,8 @@ struct Work {
     follow_ups: Vec<FollowUp>,
     /// Tasks granted without a claim, to send to their workers.
     assigned: Vec<(WorkerId, TaskAssigned)>,
+    /// Tasks this batch made DONE: every model they registered is in `registered`.
+    done: HashSet<TaskKey>,
 }
 
 /// A DONE report whose worker can start a child at once (`TaskStatusReport::follow_up`).
@@ -633,6 +635,9 @@ async fn take_report(
             .push((report.task_key, report.steps.clone(), report.output.clone()));
         work.registered.models.extend(registered.models);
         work.registered.performances.extend(registered.performances);
+        if done {
+            work.done.insert(report.task_key);
+        }
         if done && report.follow_up && context.config.follow_ups {
             let ready: Vec<TaskKey> = work.effects[first_effect..]
                 .iter()
@@ -657,6 +662,42 @@ async fn take_report(
     Ok(())
 }
 
+/// The tasks the batch's DONE reports offering a follow-up will likely make ready: read with
+/// the batch's other tasks, so that granting one costs no query of its own.
+fn follow_up_candidates(
+    context: &Context,
+    plans: &Plans,
+    batch: &[Delivery<Incoming>],
+) -> Vec<TaskKey> {
+    if !context.config.follow_ups {
+        return Vec::new();
+    }
+    let reports = || {
+        batch
+            .iter()
+            .flat_map(|delivery| match &delivery.message {
+                Incoming::Status(report) => std::slice::from_ref(report),
+                Incoming::Statuses(batch) => batch.reports.as_slice(),
+                _ => &[],
+            })
+            .filter(|report| report.outcome == ReportedOutcome::Done)
+    };
+    let done: HashSet<TaskKey> = reports().map(|report| report.task_key).collect();
+    let mut candidates = Vec::new();
+    for report in reports().filter(|report| report.follow_up) {
+        let state = plans
+            .plan_of
+            .get(&report.task_key)
+            .and_then(|plan| plans.states.get(plan));
+        if let Some(state) = state {
+            candidates.extend(state.children_ready_after(report.task_key, &done));
+        }
+    }
+    candidates.sort_unstable();
+    candidates.dedup();
+    candidates
+}
+
 /// Grants each follow-up offer one task it made ready, if its worker is registered and
 /// satisfies the task's requirements: the task goes to that worker at once (`task.assigned`)
 /// instead of through its queue, where the worker would take and claim it one round trip
@@ -669,10 +710,14 @@ async fn grant_follow_ups(
     now: Timestamp,
 ) -> Result<(), StoreError> {
     // The batch's models are not stored yet: a ready task's parents may have made them.
-    let pending = std::mem::take(&mut work.registered.models);
+    let pending = assignment::Pending {
+        models: std::mem::take(&mut work.registered.models),
+        complete: std::mem::take(&mut work.done),
+    };
     let offers = std::mem::take(&mut work.follow_ups);
     let granted = grant_each_follow_up(context, conn, plans, work, offers, &pending, now).await;
-    work.registered.models = pending;
+    work.registered.models = pending.models;
+    work.done = pending.complete;
     granted
 }
 
@@ -683,7 +728,7 @@ async fn grant_each_follow_up(
     plans: &mut Plans,
     work: &mut Work,
     offers: Vec<FollowUp>,
-    pending: &[models::Model],
+    pending: &assignment::Pending,
     now: Timestamp,
 ) -> Result<(), StoreError> {
     for offer in offers {
@@ -766,13 +811,16 @@ async fn claim_task(
             task_key: request.task_key,
             reason: format!("task {} does not exist", request.task_key),
         }),
-        Some(plan) => claim(context, conn, plans, work, request, plan, &[], now).await,
+        Some(plan) => {
+            let nothing = assignment::Pending::default();
+            claim(context, conn, plans, work, request, plan, &nothing, now).await
+        }
     }
 }
 
 /// Feeds a claim to the core with the assignment it would run: a grant is answered with the
 /// assignment; a task whose inputs are gone is granted and failed at once, so it does not wait
-/// forever, and the worker is refused. `pending`: models of this batch, not stored yet.
+/// forever, and the worker is refused. `pending`: what this batch registered, not stored yet.
 #[allow(clippy::too_many_arguments)]
 async fn claim(
     context: &Context,
@@ -781,7 +829,7 @@ async fn claim(
     work: &mut Work,
     request: &ClaimRequest,
     plan: PlanKey,
-    pending: &[models::Model],
+    pending: &assignment::Pending,
     now: Timestamp,
 ) -> Result<ClaimReply, StoreError> {
     let claimable = plans
@@ -1625,6 +1673,8 @@ async fn apply_batch(
             _ => Vec::new(),
         })
         .collect();
+    let mut named = named;
+    named.extend(follow_up_candidates(context, plans, &batch));
     if !named.is_empty() {
         match tasks::find_tasks(&conn, &named).await {
             Ok(found) => work.stored_tasks = found.into_iter().map(|t| (t.key, t)).collect(),
