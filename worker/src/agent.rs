@@ -932,8 +932,10 @@ fn run_assigned(shared: &Arc<Shared>, assigned: &TaskAssigned) {
         logs: Vec::new(),
         follow_up: false,
     };
+    // Tracked with the attempts, so a stopping worker waits for the hand-back to be sent.
+    let tracker = shared.attempts.clone();
     let shared = shared.clone();
-    tokio::spawn(async move {
+    tracker.spawn(async move {
         if !shared.reports.send(report).await {
             tracing::warn!(task.key = %task, "task {task}: the worker stopped before handing it back");
         }

@@ -1354,11 +1354,20 @@ async fn commit(
 ) -> Result<Vec<OutboxRow>, StoreError> {
     let mut history = Vec::new();
     let mut outbox = Vec::new();
-    let granted: HashSet<TaskKey> = work
-        .assigned
-        .iter()
-        .map(|(_, assigned)| assigned.grant.task_key)
-        .collect();
+    // A task or plan changed by several events of the batch is written once, in its last state.
+    let mut last_task: HashMap<TaskKey, &TaskNode> = HashMap::new();
+    let mut last_plan: HashMap<PlanKey, &models::ComputePlan> = HashMap::new();
+    for effect in &work.effects {
+        match effect {
+            Effect::TaskChanged { task, .. } => {
+                last_task.insert(task.key, task);
+            }
+            Effect::PlanChanged { plan } => {
+                last_plan.insert(plan.key, plan);
+            }
+            _ => {}
+        }
+    }
     for effect in &work.effects {
         match effect {
             Effect::TaskChanged {
@@ -1376,8 +1385,12 @@ async fn commit(
                     .map(|lease| lease.attempt)
                     .or((task.attempt_count > 0).then_some(Attempt(task.attempt_count))),
             }),
-            // A task granted in this batch (a follow-up) does not go through its queue.
-            Effect::Enqueue { task, .. } if granted.contains(task) => {}
+            // A task no longer ready by the end of the batch (granted as a follow-up, or
+            // failed when its assignment could not be read) does not go through its queue.
+            Effect::Enqueue { task, .. }
+                if last_task
+                    .get(task)
+                    .is_some_and(|node| node.status != TaskStatus::Todo) => {}
             Effect::Enqueue {
                 task,
                 routing_key,
@@ -1411,20 +1424,6 @@ async fn commit(
                     created_at: now,
                     available_at: *not_before,
                 });
-            }
-            _ => {}
-        }
-    }
-    // A task or plan changed by several events of the batch is written once, in its last state.
-    let mut last_task: HashMap<TaskKey, &TaskNode> = HashMap::new();
-    let mut last_plan: HashMap<PlanKey, &models::ComputePlan> = HashMap::new();
-    for effect in &work.effects {
-        match effect {
-            Effect::TaskChanged { task, .. } => {
-                last_task.insert(task.key, task);
-            }
-            Effect::PlanChanged { plan } => {
-                last_plan.insert(plan.key, plan);
             }
             _ => {}
         }
