@@ -468,27 +468,30 @@ fn keep_as_spare(root: &Path, mode: u32) -> bool {
     let Some(base) = root.parent() else {
         return false;
     };
-    let same_mode = |path: &Path, wanted: u32, is_dir: bool| {
-        std::fs::symlink_metadata(path).is_ok_and(|metadata| {
+    // The metadata of `path` if it is what the layout made, with the permissions `wanted`.
+    let as_made = |path: &Path, wanted: u32, is_dir: bool| {
+        std::fs::symlink_metadata(path).ok().filter(|metadata| {
             let kind = if is_dir {
                 metadata.is_dir()
             } else {
                 metadata.is_file()
             };
-            kind && permission_bits(&metadata) == wanted
+            kind && permission_bits(metadata) == wanted
         })
     };
     // A file is made with the directories' permissions less the execute bits.
     let file_mode = mode & !0o111;
     let measurements = root.join(MEASUREMENTS);
-    let layout_kept = same_mode(root, mode, true)
+    let dirs_kept = as_made(root, mode, true).is_some()
         && [WORK, INPUTS, OUTPUTS]
             .iter()
-            .all(|dir| same_mode(&root.join(dir), mode, true))
-        && same_mode(&measurements, file_mode, false);
-    if !layout_kept {
+            .all(|dir| as_made(&root.join(dir), mode, true).is_some());
+    if !dirs_kept {
         return false;
     }
+    let Some(measured) = as_made(&measurements, file_mode, false) else {
+        return false;
+    };
     let emptied = (|| -> io::Result<()> {
         for entry in std::fs::read_dir(root)? {
             let name = entry?.file_name();
@@ -505,7 +508,7 @@ fn keep_as_spare(root: &Path, mode: u32) -> bool {
             }
         }
         // Most steps write no measurements: an empty file needs no truncating.
-        if std::fs::symlink_metadata(&measurements)?.len() > 0 {
+        if measured.len() > 0 {
             std::fs::OpenOptions::new()
                 .write(true)
                 .truncate(true)

@@ -1655,7 +1655,7 @@ async fn apply_batch(
     let mut work = Work::default();
     let mut failure = None;
     // Claims and DONE reports read their stored task: all of them in one query.
-    let named: Vec<TaskKey> = batch
+    let mut named: Vec<TaskKey> = batch
         .iter()
         .flat_map(|delivery| match &delivery.message {
             Incoming::Claim(request) => vec![request.task_key],
@@ -1672,7 +1672,6 @@ async fn apply_batch(
             _ => Vec::new(),
         })
         .collect();
-    let mut named = named;
     named.extend(follow_up_candidates(context, plans, &batch));
     if !named.is_empty() {
         match tasks::find_tasks(&conn, &named).await {
