@@ -133,6 +133,11 @@ pub enum Command {
         /// queue, in order).
         #[arg(long, env = "BATON_FOLLOW_UPS", default_value_t = true, action = clap::ArgAction::Set)]
         follow_ups: bool,
+        /// Start a new plan's ready tasks, in the transaction that stores it, on workers that
+        /// said they are idle, instead of through the task queue (`false`: every new plan's
+        /// tasks go through their queues).
+        #[arg(long, env = "BATON_EAGER_STARTS", default_value_t = true, action = clap::ArgAction::Set)]
+        eager_starts: bool,
         /// Where the HTTP API (REST under `/api/v1`, `/healthz`, `/metrics`) listens.
         #[arg(long, env = "BATON_HTTP_ADDR", default_value = "127.0.0.1:8080")]
         http_addr: std::net::SocketAddr,
@@ -965,6 +970,7 @@ pub fn run_with(cli: Cli, out: &Output, stop: &CancellationToken) -> anyhow::Res
                 organization,
                 lease_secs,
                 follow_ups,
+                eager_starts,
                 http_addr,
                 artifacts,
                 anonymous_roles,
@@ -976,6 +982,7 @@ pub fn run_with(cli: Cli, out: &Output, stop: &CancellationToken) -> anyhow::Res
                 );
                 config.lease_duration = chrono::Duration::seconds(i64::from(lease_secs));
                 config.follow_ups = follow_ups;
+                config.eager_starts = eager_starts;
                 let mut api_config = api::ApiConfig::new(
                     cli.database_url.clone(),
                     broker::BrokerConfig::new(amqp_url, "baton-api"),

@@ -4,7 +4,7 @@
 //!
 //! Invalid input is rejected whole with every problem found; nothing is half-stored.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use chrono::SubsecRound;
 use diesel::prelude::*;
@@ -16,14 +16,18 @@ use models::validation::ValidationError;
 use models::validation::plan::{
     Limits, StoredTask, SubmissionContext, ValidatedTask, validate_plan,
 };
-use models::wire::{SubmissionReply, TaskReady};
+use models::wire::{SubmissionReply, TaskAssigned, TaskReady};
 use models::{
     ComputePlan, DataSample, DataSampleKey, Dataset, DatasetKey, Function, FunctionKey, InputRef,
     Model, ModelKey, OrganizationId, PlanCounters, Task, TaskKey, TaskSource, TaskStateChange,
-    TaskStatus, Timestamp, UserId,
+    TaskStatus, Timestamp, UserId, WorkerId,
 };
 
-use crate::store::rows::{NewOutboxRow, OutboxRow, SubmissionRow};
+use crate::core::{self, ClaimDecision, Effect, Event, PlanState};
+use crate::service::StartedPlan;
+use crate::service::assignment::{self, Functions, Pending};
+use crate::service::offers::Offers;
+use crate::store::rows::{NewOutboxRow, OutboxRow, SubmissionRow, TaskState};
 use crate::store::schema;
 use crate::store::{StoreError, StoreResult, catalog, execution, plans, submissions, tasks};
 
@@ -362,7 +366,8 @@ pub async fn submit_plan(
     now: Timestamp,
     record: Option<&SubmissionRecord>,
 ) -> Result<(ComputePlan, Vec<Task>), SubmissionError> {
-    let (plan, tasks, _) = store_plan(conn, submission, owner, creator, now, record, false).await?;
+    let (plan, tasks, _, _) =
+        store_plan(conn, submission, owner, creator, now, record, false, None).await?;
     analyze_after(conn, &plan).await;
     Ok((plan, tasks))
 }
@@ -380,8 +385,169 @@ pub async fn submit_plan_handing_over(
     now: Timestamp,
     record: Option<&SubmissionRecord>,
 ) -> Result<(ComputePlan, Vec<OutboxRow>), SubmissionError> {
-    let (plan, _, rows) = store_plan(conn, submission, owner, creator, now, record, true).await?;
+    let (plan, _, rows, _) =
+        store_plan(conn, submission, owner, creator, now, record, true, None).await?;
     Ok((plan, rows))
+}
+
+/// Like [`submit_plan_handing_over`], starting ready tasks at once on the idle workers `starts`
+/// offers (`DispatcherConfig::eager_starts`): each is granted, as a claim would be, in the
+/// transaction that stores the plan, and gets no outbox row. The caller sends what
+/// [`Started`] holds once the plan is stored.
+pub(crate) async fn submit_plan_starting(
+    conn: &mut AsyncPgConnection,
+    submission: &PlanSubmission,
+    owner: &OrganizationId,
+    creator: Option<&UserId>,
+    now: Timestamp,
+    record: Option<&SubmissionRecord>,
+    starts: &mut Starts<'_>,
+) -> Result<(ComputePlan, Vec<OutboxRow>, Started), SubmissionError> {
+    let (plan, _, rows, started) = store_plan(
+        conn,
+        submission,
+        owner,
+        creator,
+        now,
+        record,
+        true,
+        Some(starts),
+    )
+    .await?;
+    Ok((plan, rows, started))
+}
+
+/// What starting a new plan's ready tasks at once takes (see [`submit_plan_starting`]).
+pub(crate) struct Starts<'a> {
+    /// The idle workers' free slots.
+    pub(crate) offers: &'a Offers,
+    /// The lease of a granted attempt.
+    pub(crate) lease_duration: chrono::Duration,
+    /// Functions read for assignments, kept by the caller across submissions.
+    pub(crate) functions: &'a mut Functions,
+}
+
+/// The tasks a submission started at once.
+#[derive(Default)]
+pub(crate) struct Started {
+    /// Each granted task, for its worker.
+    pub(crate) assigned: Vec<(WorkerId, TaskAssigned)>,
+    /// The plan as the core holds it after the grants, when there were any.
+    pub(crate) plan: Option<StartedPlan>,
+}
+
+/// Grants ready tasks of the new `plan` to idle workers: updates `plan`, `new_tasks` and their
+/// `history` as the grants change them. A task the core refuses, or whose assignment cannot be
+/// read, is left ready, for its queue. A plan whose tasks have parents in other plans is left
+/// to the usual path (the event applier reads what it needs of those).
+async fn start_at_once(
+    conn: &mut AsyncPgConnection,
+    starts: &mut Starts<'_>,
+    (plan, new_tasks, history): (&mut ComputePlan, &mut [Task], &mut Vec<TaskStateChange>),
+    known_functions: &HashMap<FunctionKey, Function>,
+    now: Timestamp,
+) -> Result<Started, StoreError> {
+    let position: HashMap<TaskKey, usize> = new_tasks
+        .iter()
+        .enumerate()
+        .map(|(at, task)| (task.key, at))
+        .collect();
+    let parents: Vec<Vec<TaskKey>> = new_tasks.iter().map(Task::parent_keys).collect();
+    if parents
+        .iter()
+        .flatten()
+        .any(|parent| !position.contains_key(parent))
+    {
+        return Ok(Started::default());
+    }
+    let offered_at = std::time::Instant::now();
+    let mut chosen = Vec::new();
+    for task in new_tasks
+        .iter()
+        .filter(|task| task.status == TaskStatus::Todo)
+    {
+        if starts.offers.is_empty() {
+            break;
+        }
+        if let Some(worker) = starts.offers.take(&task.requirements, offered_at) {
+            chosen.push((task.key, worker));
+        }
+    }
+    let mut prepared = Vec::with_capacity(chosen.len());
+    for (key, worker) in chosen {
+        let task = new_tasks[position[&key]].clone();
+        let nothing = Pending::default();
+        match assignment::prepare(conn, starts.functions, key, Some(task), &nothing).await? {
+            Ok(assignment) => prepared.push((key, worker, assignment)),
+            // Its claim will meet the same problem, and fail it as usual.
+            Err(problem) => {
+                tracing::debug!(task.key = %key, "task {key} not started at once: {problem}")
+            }
+        }
+    }
+    if prepared.is_empty() {
+        return Ok(Started::default());
+    }
+    let nodes = new_tasks
+        .iter()
+        .zip(parents)
+        .map(|(task, parents)| {
+            let retry = known_functions
+                .get(&task.function_key)
+                .map(|function| function.retry.clone())
+                .unwrap_or_default();
+            crate::service::event_applier::to_node(TaskState::from(task), parents, retry)
+        })
+        .collect();
+    let mut state = PlanState::new(plan.clone(), nodes, HashSet::new());
+    let mut assigned = Vec::with_capacity(prepared.len());
+    for (key, worker, assignment) in prepared {
+        let event = Event::ClaimRequested {
+            task: key,
+            worker: worker.clone(),
+            lease_token: Uuid::new_v4(),
+            lease_duration: starts.lease_duration,
+        };
+        for effect in core::apply(&mut state, event, now, 0.0) {
+            match effect {
+                Effect::TaskChanged {
+                    task: node,
+                    reason,
+                    status_changed,
+                } => {
+                    if status_changed {
+                        history.push(crate::service::event_applier::state_change(
+                            &node, &reason, now,
+                        ));
+                    }
+                    node.write_to(&mut new_tasks[position[&node.key]]);
+                }
+                Effect::PlanChanged { plan: changed } => *plan = changed,
+                Effect::ReplyClaim {
+                    reply: ClaimDecision::Granted(grant),
+                } => assigned.push((
+                    worker.clone(),
+                    TaskAssigned {
+                        after: None,
+                        grant,
+                        assignment: Box::new(assignment.clone()),
+                    },
+                )),
+                _ => {}
+            }
+        }
+    }
+    let requirements = new_tasks
+        .iter()
+        .map(|task| (task.key, task.requirements.clone()))
+        .collect();
+    Ok(Started {
+        assigned,
+        plan: Some(StartedPlan {
+            state,
+            requirements,
+        }),
+    })
 }
 
 /// Refreshes the planner's statistics of the tasks tables after `plan` was stored, if it is
@@ -396,7 +562,9 @@ pub async fn analyze_after(conn: &mut AsyncPgConnection, plan: &ComputePlan) {
     }
 }
 
-/// [`submit_plan`], its outbox rows handed over or not.
+/// [`submit_plan`], its outbox rows handed over or not, its ready tasks started at once on
+/// idle workers when `starts` is given.
+#[allow(clippy::too_many_arguments)]
 async fn store_plan(
     conn: &mut AsyncPgConnection,
     submission: &PlanSubmission,
@@ -405,7 +573,8 @@ async fn store_plan(
     now: Timestamp,
     record: Option<&SubmissionRecord>,
     handing_over: bool,
-) -> Result<(ComputePlan, Vec<Task>, Vec<OutboxRow>), SubmissionError> {
+    starts: Option<&mut Starts<'_>>,
+) -> Result<(ComputePlan, Vec<Task>, Vec<OutboxRow>, Started), SubmissionError> {
     // PostgreSQL keeps microseconds: return exactly what is stored.
     let now = now.trunc_subsecs(6);
     let started = std::time::Instant::now();
@@ -443,7 +612,7 @@ async fn store_plan(
         failure_date: None,
         cancelation_date: None,
     };
-    let new_tasks: Vec<Task> = validated
+    let mut new_tasks: Vec<Task> = validated
         .into_iter()
         .map(|validated| new_task(validated, &plan, creator, now))
         .collect();
@@ -455,7 +624,7 @@ async fn store_plan(
         plan.end_date = Some(now);
     }
 
-    let history: Vec<TaskStateChange> = new_tasks
+    let mut history: Vec<TaskStateChange> = new_tasks
         .iter()
         .map(|task| TaskStateChange {
             task_key: task.key,
@@ -468,6 +637,14 @@ async fn store_plan(
             attempt: None,
         })
         .collect();
+    // After the registration rows: a task started at once is registered, then DOING.
+    let started = match starts {
+        Some(starts) if !starts.offers.is_empty() => {
+            let changed = (&mut plan, new_tasks.as_mut_slice(), &mut history);
+            start_at_once(conn, starts, changed, &known.functions, now).await?
+        }
+        _ => Started::default(),
+    };
     let outbox: Vec<NewOutboxRow> = new_tasks
         .iter()
         .filter(|task| task.status == TaskStatus::Todo)
@@ -526,7 +703,7 @@ async fn store_plan(
         })
         .await;
     match result {
-        Ok((stored_tasks, outbox)) => Ok((plan, stored_tasks, outbox)),
+        Ok((stored_tasks, outbox)) => Ok((plan, stored_tasks, outbox, started)),
         // Another submission of the same plan won the race.
         Err(StoreError::Duplicate {
             constraint: Some(constraint),

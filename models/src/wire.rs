@@ -406,13 +406,17 @@ impl ClaimReply {
 }
 
 /// A task granted to a worker without a claim, published on `baton.control` as `worker.<id>`:
-/// a child that the worker's DONE report (offering a `follow_up`) made ready, whose requirements
-/// the worker satisfies. The worker runs it as it would a granted claim, or, with no free slot,
-/// hands it back at once (a `CANCELED_BY_WORKER` failure, re-queued without counting an attempt).
+/// a child that the worker's DONE report (offering a `follow_up`) made ready, or a ready task of
+/// a plan just submitted while the worker said it was idle (`idle_slots`); either way one whose
+/// requirements the worker satisfies. The worker runs it as it would a granted claim, or, with
+/// no free slot, hands it back at once (a `CANCELED_BY_WORKER` failure, re-queued without
+/// counting an attempt).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct TaskAssigned {
-    /// The task whose report made this one ready.
-    pub after: TaskKey,
+    /// The task whose report made this one ready; none for a task started at its plan's
+    /// submission.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<TaskKey>,
     /// The attempt granted.
     #[serde(flatten)]
     pub grant: Grant,
@@ -476,6 +480,16 @@ pub struct TaskStatusReport {
     /// its trip through the task queue.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub follow_up: bool,
+    /// With `follow_up`: the worker runs and holds nothing else, so once this report is sent
+    /// all these slots (its executor limit) are free; the dispatcher may start that many tasks
+    /// of plans submitted meanwhile on it without a claim (`task.assigned`). 0 otherwise.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub idle_slots: u32,
+}
+
+/// Whether `value` is 0 (a field left out of a message when it is).
+fn is_zero(value: &u32) -> bool {
+    *value == 0
 }
 
 impl WireMessage for TaskStatusReport {
@@ -622,6 +636,11 @@ pub struct WorkerHeartbeat {
     /// devices not listed are inactive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub devices: Option<Vec<DeviceInfo>>,
+    /// Its free slots when it runs and holds nothing (all of them), else 0: the dispatcher may
+    /// start that many tasks of plans submitted meanwhile on it without a claim
+    /// (`task.assigned`). A worker with work, or one that stopped taking work, sends 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub idle_slots: u32,
 }
 
 impl WireMessage for WorkerHeartbeat {

@@ -326,16 +326,6 @@ async fn a_follow_up_goes_to_the_reporting_worker_without_a_claim() {
     submit(&cluster, &rpc, &chain).await;
     let mut worker = ScriptedWorker::new(&cluster, "worker-1").await;
     let mut assignments = worker.offer_follow_ups().await;
-    let next_assignment = async |assignments: &mut broker::Consumer<TaskAssigned>| {
-        let delivery = tokio::time::timeout(WAIT, assignments.next())
-            .await
-            .expect("an assignment comes")
-            .unwrap()
-            .unwrap();
-        let assigned = delivery.message.clone();
-        delivery.ack().await.unwrap();
-        assigned
-    };
 
     let first = worker
         .work_one(WAIT, &Script::Succeed)
@@ -344,7 +334,7 @@ async fn a_follow_up_goes_to_the_reporting_worker_without_a_claim() {
     let second = next_assignment(&mut assignments).await;
     assert_eq!(
         (second.after, second.grant.task_key),
-        (first.task, TaskKey(key(2)))
+        (Some(first.task), TaskKey(key(2)))
     );
     let mut conn = cluster.db.connect().await;
     let model = dispatcher::store::execution::list_models_of_tasks(&mut conn, &[first.task])
@@ -390,7 +380,7 @@ async fn a_follow_up_goes_to_the_reporting_worker_without_a_claim() {
     let third = next_assignment(&mut assignments).await;
     assert_eq!(
         (third.after, third.grant.task_key),
-        (retaken.task, TaskKey(key(3)))
+        (Some(retaken.task), TaskKey(key(3)))
     );
     worker
         .report(&Granted::assigned(&third), ReportedOutcome::Done)
@@ -446,6 +436,158 @@ async fn a_follow_up_goes_to_the_reporting_worker_without_a_claim() {
         .await;
     let done = cluster
         .wait_for_plan(join.key, WAIT, "DONE", |plan| plan.status.is_terminal())
+        .await;
+    assert_eq!(done.status, PlanStatus::Done);
+}
+
+/// The next task assigned to a worker without a claim, acked.
+async fn next_assignment(assignments: &mut broker::Consumer<TaskAssigned>) -> TaskAssigned {
+    let delivery = tokio::time::timeout(WAIT, assignments.next())
+        .await
+        .expect("an assignment comes")
+        .unwrap()
+        .unwrap();
+    let assigned = delivery.message.clone();
+    delivery.ack().await.unwrap();
+    assigned
+}
+
+/// Whether an assignment comes within half a second.
+async fn no_assignment(assignments: &mut broker::Consumer<TaskAssigned>) -> bool {
+    tokio::time::timeout(Duration::from_millis(500), assignments.next())
+        .await
+        .is_err()
+}
+
+/// A plan submitted while a worker says it is idle (`idle_slots`) has ready tasks granted to
+/// that worker in the transaction that stores it, one per idle slot: they come as
+/// `task.assigned`, without a claim, are DOING with their history from the start, and never go
+/// through the task queue, which gets the tasks beyond the slots. A hand-back re-queues its
+/// task and withdraws the offer; an idle DONE report renews it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_plan_starts_on_an_idle_worker_without_a_claim() {
+    let cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
+    cluster.seed(&[function(1, no_retry())]).await;
+    let client = cluster.client("producer").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+    let mut worker = ScriptedWorker::new(&cluster, "worker-1").await;
+    let mut assignments = worker.offer_idle_slots(2).await;
+
+    let three = plan(151, vec![task(1, 1, &[]), task(2, 1, &[]), task(3, 1, &[])]);
+    submit(&cluster, &rpc, &three).await;
+    let first = next_assignment(&mut assignments).await;
+    let second = next_assignment(&mut assignments).await;
+    let started: BTreeSet<TaskKey> = [first.grant.task_key, second.grant.task_key].into();
+    assert_eq!(started, [TaskKey(key(1)), TaskKey(key(2))].into());
+    assert_eq!(
+        (first.after, first.grant.attempt),
+        (None, models::Attempt(1))
+    );
+    let mut conn = cluster.db.connect().await;
+    let stored = tasks::find_task(&mut conn, first.grant.task_key)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (stored.status, stored.worker_id.as_ref()),
+        (TaskStatus::Doing, Some(&worker.id))
+    );
+    let history: Vec<TaskStatus> = tasks::list_state_changes(&mut conn, stored.key)
+        .await
+        .unwrap()
+        .iter()
+        .map(|change| change.status)
+        .collect();
+    assert_eq!(history, [TaskStatus::Todo, TaskStatus::Doing]);
+    let queued = worker
+        .work_one(WAIT, &Script::Succeed)
+        .await
+        .expect("the task beyond the idle slots goes through the queue");
+    assert_eq!(queued.task, TaskKey(key(3)));
+
+    // A hand-back: re-queued for any worker, and the worker offers nothing until it says so.
+    worker
+        .report(
+            &Granted::assigned(&second),
+            ReportedOutcome::Failed {
+                error_type: models::TaskErrorType::CanceledByWorker,
+                message: "no free slot".into(),
+                retryable: true,
+            },
+        )
+        .await;
+    // Claimed, not reported yet: a DONE report would offer the slots again.
+    let retaken = worker.take_ready(WAIT).await;
+    assert_eq!(retaken, second.grant.task_key);
+    let retaken =
+        Granted::of(&worker.claim(retaken).await).expect("the handed-back task is granted");
+    let one = plan(152, vec![task(4, 1, &[])]);
+    submit(&cluster, &rpc, &one).await;
+    assert!(
+        no_assignment(&mut assignments).await,
+        "no task is started on a worker that handed one back"
+    );
+    let queued = worker.take_ready(WAIT).await;
+    assert_eq!(
+        queued,
+        TaskKey(key(4)),
+        "the new plan's task goes through its queue"
+    );
+    let queued = Granted::of(&worker.claim(queued).await).expect("task 4 is granted");
+    for granted in [&retaken, &queued] {
+        worker.report(granted, ReportedOutcome::Done).await;
+    }
+
+    // An idle DONE report offers the slots again.
+    worker
+        .report(&Granted::assigned(&first), ReportedOutcome::Done)
+        .await;
+    worker.applied().await;
+    let again = plan(153, vec![task(5, 1, &[])]);
+    submit(&cluster, &rpc, &again).await;
+    let fifth = next_assignment(&mut assignments).await;
+    assert_eq!(fifth.grant.task_key, TaskKey(key(5)));
+    worker
+        .report(&Granted::assigned(&fifth), ReportedOutcome::Done)
+        .await;
+    for plan in [&three, &one, &again] {
+        let done = cluster
+            .wait_for_plan(plan.key, WAIT, "DONE", |plan| plan.status.is_terminal())
+            .await;
+        assert_eq!(done.status, PlanStatus::Done, "{done:?}");
+    }
+}
+
+/// A task started at its plan's submission whose assignment never reaches its worker lapses
+/// with its lease, though no report ever named its plan: the event applier holds the plan from
+/// the submission on. It is then re-queued and run as any other.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_started_at_submission_and_lost_lapses_with_its_lease() {
+    let cluster = TestCluster::start(chrono::Duration::seconds(1)).await;
+    let twice = RetryPolicy {
+        max_attempts: 2,
+        ..no_retry()
+    };
+    cluster.seed(&[function(1, twice)]).await;
+    let client = cluster.client("producer").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+    let mut worker = ScriptedWorker::new(&cluster, "worker-1").await;
+    let mut assignments = worker.offer_idle_slots(1).await;
+    let lost = plan(154, vec![task(1, 1, &[])]);
+    submit(&cluster, &rpc, &lost).await;
+    // Received and dropped, as by a worker that died.
+    let dropped = next_assignment(&mut assignments).await;
+    assert_eq!(dropped.grant.task_key, TaskKey(key(1)));
+    let retaken = worker
+        .work_one(Duration::from_secs(15), &Script::Succeed)
+        .await
+        .expect("the lapsed task is re-queued and granted from its queue");
+    assert_eq!(
+        (retaken.task, retaken.attempt),
+        (TaskKey(key(1)), models::Attempt(2))
+    );
+    let done = cluster
+        .wait_for_plan(lost.key, WAIT, "DONE", |plan| plan.status.is_terminal())
         .await;
     assert_eq!(done.status, PlanStatus::Done);
 }
@@ -746,6 +888,7 @@ async fn claim_and_status_batches_are_answered_and_applied_task_by_task() {
         outputs: granted.outputs(),
         logs,
         follow_up: false,
+        idle_slots: 0,
     };
     let first = Granted::of(&reply.replies[0]).unwrap();
     let second = Granted::of(&reply.replies[1]).unwrap();

@@ -621,6 +621,11 @@ impl Shared {
         }
     }
 
+    /// How many slots there are.
+    fn slot_count(&self) -> usize {
+        self.config.executor_limit as usize
+    }
+
     /// How many slots are free.
     fn free_slots(&self) -> usize {
         self.slots.available_permits()
@@ -896,7 +901,7 @@ fn start_attempt(shared: &Arc<Shared>, grant: Grant, assignment: Arc<Assignment>
 }
 
 /// Runs a task the dispatcher assigned without a claim (a follow-up of a task this worker
-/// ran) if a slot is free now; otherwise hands it back at once, re-queued for any worker
+/// ran, or a task of a plan submitted while it was idle) if a slot is free now; otherwise hands it back at once, re-queued for any worker
 /// without counting an attempt.
 fn run_assigned(shared: &Arc<Shared>, assigned: &TaskAssigned) {
     let task = assigned.grant.task_key;
@@ -906,7 +911,12 @@ fn run_assigned(shared: &Arc<Shared>, assigned: &TaskAssigned) {
         shared.try_slot()
     };
     if let Some(slot) = slot {
-        tracing::debug!(task.key = %task, "task {task} assigned after task {}", assigned.after);
+        match assigned.after {
+            Some(after) => {
+                tracing::debug!(task.key = %task, "task {task} assigned after task {after}")
+            }
+            None => tracing::debug!(task.key = %task, "task {task} assigned at its submission"),
+        }
         start_attempt(
             shared,
             assigned.grant.clone(),
@@ -931,6 +941,7 @@ fn run_assigned(shared: &Arc<Shared>, assigned: &TaskAssigned) {
         outputs: Vec::new(),
         logs: Vec::new(),
         follow_up: false,
+        idle_slots: 0,
     };
     // Tracked with the attempts, so a stopping worker waits for the hand-back to be sent.
     let tracker = shared.attempts.clone();
@@ -1006,6 +1017,12 @@ async fn attempt(
     let outcome = reported(&shared, ended.outcome, handing_back);
     // This attempt's slot is free once the report is sent: a child it makes ready can have it.
     let follow_up = outcome == ReportedOutcome::Done && !shared.taking.is_cancelled();
+    // Idle once it is sent, if this attempt's slot is the only one taken.
+    let idle_slots = if follow_up && shared.free_slots() + 1 == shared.slot_count() {
+        shared.config.executor_limit
+    } else {
+        0
+    };
     let report = TaskStatusReport {
         task_key: task,
         attempt: grant.attempt,
@@ -1017,6 +1034,7 @@ async fn attempt(
         outputs: ended.outputs,
         logs: ended.log_tail,
         follow_up,
+        idle_slots,
     };
     tracing::info!(task.key = %task, "task {task} ended: {:?}", report.outcome);
     if !shared.reports.send(report).await {
@@ -1194,10 +1212,13 @@ async fn heartbeat_loop(shared: Arc<Shared>, interval: Duration, stop: Cancellat
     let key = format!("worker.{}.heartbeat", shared.config.worker_id);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Once the worker stops taking work, one heartbeat says so at once (no idle slots).
+    let mut told_stopping = false;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = ticker.tick() => {}
+            () = shared.taking.cancelled(), if !told_stopping => told_stopping = true,
         }
         let sent_at = Instant::now();
         let leases: Vec<HeldLease> = lock(&shared.running)
@@ -1220,11 +1241,17 @@ async fn heartbeat_loop(shared: Arc<Shared>, interval: Duration, stop: Cancellat
             .swap(false, std::sync::atomic::Ordering::SeqCst);
         let devices =
             devices_changed.then(|| lock(&shared.devices).iter().map(|d| d.info()).collect());
+        let idle = !shared.taking.is_cancelled() && shared.free_slots() == shared.slot_count();
         let heartbeat = WorkerHeartbeat {
             worker_id: shared.config.worker_id.clone(),
             leases,
             builds,
             devices,
+            idle_slots: if idle {
+                shared.config.executor_limit
+            } else {
+                0
+            },
         };
         let confirmed = shared
             .publisher

@@ -126,6 +126,7 @@ mod tests {
                 truncated: false,
             }],
             follow_up: false,
+            idle_slots: 0,
         }
     }
 

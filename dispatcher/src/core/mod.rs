@@ -92,6 +92,24 @@ pub struct TaskNode {
     pub parents: Vec<TaskKey>,
 }
 
+impl TaskNode {
+    /// Copies the state the core keeps onto `task`, the full record of the same task.
+    pub fn write_to(&self, task: &mut models::Task) {
+        task.status = self.status;
+        task.waiting_reason = self.waiting_reason;
+        task.attempt_count = self.attempt_count;
+        task.lease.clone_from(&self.lease);
+        task.worker_id.clone_from(&self.worker_id);
+        task.not_before = self.not_before;
+        task.cancel_requested = self.cancel_requested;
+        task.abort_requested = self.abort_requested;
+        task.error_type = self.error_type;
+        task.error_message.clone_from(&self.error_message);
+        task.start_date = self.start_date;
+        task.end_date = self.end_date;
+    }
+}
+
 /// What happened to a plan, as reported by a worker, the owner, an operator or the clock.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {

@@ -35,10 +35,10 @@ use models::{
 
 use models::access::{Action, Principal};
 
-use super::Context;
 use super::assignment::{self, Functions, Registered};
 use super::builds;
 use super::outbox_relay;
+use super::{Context, StartedPlan};
 use crate::auth;
 use crate::core::{self, ClaimDecision, Effect, Event, Order, Outcome, PlanState, TaskNode};
 use crate::store::rows::{NewOutboxRow, OutboxRow, TaskState};
@@ -190,7 +190,7 @@ impl Plans {
 }
 
 /// The core's view of a stored task with its `parents`, run under `retry`.
-fn to_node(task: TaskState, parents: Vec<TaskKey>, retry: RetryPolicy) -> TaskNode {
+pub(crate) fn to_node(task: TaskState, parents: Vec<TaskKey>, retry: RetryPolicy) -> TaskNode {
     TaskNode {
         key: task.key,
         function_key: task.function_key,
@@ -497,6 +497,18 @@ async fn take(
             }
         }
         Incoming::Heartbeat(heartbeat) => {
+            // RabbitMQ lets a worker's user publish only under its own `worker.<id>.` keys.
+            let own = delivery.routing_key == format!("worker.{}.heartbeat", heartbeat.worker_id);
+            if own {
+                offer(
+                    context,
+                    conn,
+                    plans,
+                    &heartbeat.worker_id,
+                    heartbeat.idle_slots,
+                )
+                .await?;
+            }
             builds::renew(context, conn, &heartbeat.builds, now).await?;
             work.heartbeats.push(heartbeat.worker_id.clone());
             if let Some(devices) = &heartbeat.devices {
@@ -623,6 +635,13 @@ async fn take_report(
         ReportedOutcome::Canceled => Outcome::Canceled,
     };
     let done = outcome == Outcome::Done;
+    let handed_back = matches!(
+        &outcome,
+        Outcome::Failed {
+            error_type: TaskErrorType::CanceledByWorker,
+            ..
+        }
+    );
     let event = Event::Finished {
         task: report.task_key,
         attempt: report.attempt,
@@ -638,6 +657,15 @@ async fn take_report(
         if done {
             work.done.insert(report.task_key);
         }
+        // The report's token was the lease holder's: it speaks for its worker. Idle after a
+        // DONE, it offers its slots; otherwise (busy, or handing back a task it had no slot
+        // for) it offers none.
+        let idle = if done && report.follow_up && !handed_back {
+            report.idle_slots
+        } else {
+            0
+        };
+        offer(context, conn, plans, &report.worker_id, idle).await?;
         if done && report.follow_up && context.config.follow_ups {
             let ready: Vec<TaskKey> = work.effects[first_effect..]
                 .iter()
@@ -660,6 +688,55 @@ async fn take_report(
         }
     }
     Ok(())
+}
+
+/// Records that `worker` is idle with `slots` free slots (0: not idle) for eager starts, if
+/// they are on and the worker is registered.
+async fn offer(
+    context: &Context,
+    conn: &mut AsyncPgConnection,
+    plans: &mut Plans,
+    worker: &WorkerId,
+    slots: u32,
+) -> Result<(), StoreError> {
+    if slots == 0 || !context.config.eager_starts {
+        context.offers.withdraw(worker);
+        return Ok(());
+    }
+    if is_registered(context, conn, plans, worker).await?
+        && let Some(properties) = plans.registered.get(worker)
+    {
+        let now = std::time::Instant::now();
+        context.offers.idle(worker, properties, slots, now);
+    }
+    Ok(())
+}
+
+/// Takes the plans the submission consumer started tasks of (`Context::started`), so that
+/// their leases are watched and their reports need not read them.
+fn hold_started(context: &Context, plans: &mut Plans) {
+    let started = std::mem::take(
+        &mut *context
+            .started
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    for StartedPlan {
+        state,
+        requirements,
+    } in started
+    {
+        let key = state.plan().key;
+        // Read from the store already (a claim of another of its tasks came first).
+        if plans.states.contains_key(&key) {
+            continue;
+        }
+        for (task, requirements) in requirements {
+            plans.plan_of.insert(task, key);
+            plans.requirements.insert(task, requirements);
+        }
+        plans.states.insert(key, state);
+    }
 }
 
 /// The tasks the batch's DONE reports offering a follow-up will likely make ready: read with
@@ -770,7 +847,7 @@ async fn grant_each_follow_up(
                     work.assigned.push((
                         offer.worker.clone(),
                         TaskAssigned {
-                            after: offer.after,
+                            after: Some(offer.after),
                             grant,
                             assignment,
                         },
@@ -870,10 +947,14 @@ async fn claim(
         (ClaimDecision::Refused { task_key, reason }, _) => {
             ClaimReply::Refused { task_key, reason }
         }
-        (ClaimDecision::Granted(grant), Some(Ok(assignment))) => ClaimReply::Granted {
-            grant,
-            assignment: Box::new(assignment),
-        },
+        (ClaimDecision::Granted(grant), Some(Ok(assignment))) => {
+            // Granted otherwise than at a submission: one slot fewer to start tasks on.
+            context.offers.took(&request.worker_id);
+            ClaimReply::Granted {
+                grant,
+                assignment: Box::new(assignment),
+            }
+        }
         (ClaimDecision::Granted(grant), prepared) => {
             let problem = match prepared {
                 Some(Err(problem)) => problem,
@@ -1374,17 +1455,7 @@ async fn commit(
                 task,
                 reason,
                 status_changed,
-            } if *status_changed => history.push(TaskStateChange {
-                task_key: task.key,
-                timestamp: now,
-                status: task.status,
-                reason: reason.clone(),
-                attempt: task
-                    .lease
-                    .as_ref()
-                    .map(|lease| lease.attempt)
-                    .or((task.attempt_count > 0).then_some(Attempt(task.attempt_count))),
-            }),
+            } if *status_changed => history.push(state_change(task, reason, now)),
             // A task no longer ready by the end of the batch (granted as a follow-up, or
             // failed when its assignment could not be read) does not go through its queue.
             Effect::Enqueue { task, .. }
@@ -1526,6 +1597,21 @@ async fn commit(
     .await
 }
 
+/// The history row of `task`'s change of status at `now`, for `reason`.
+pub(crate) fn state_change(task: &TaskNode, reason: &str, now: Timestamp) -> TaskStateChange {
+    TaskStateChange {
+        task_key: task.key,
+        timestamp: now,
+        status: task.status,
+        reason: reason.to_owned(),
+        attempt: task
+            .lease
+            .as_ref()
+            .map(|lease| lease.attempt)
+            .or((task.attempt_count > 0).then_some(Attempt(task.attempt_count))),
+    }
+}
+
 /// After a commit: hands the ready tasks to the outbox relay, answers claims and registrations,
 /// sends orders.
 async fn announce(context: &Context, publisher: &Publisher, work: &Work, handed: Vec<OutboxRow>) {
@@ -1649,6 +1735,7 @@ async fn apply_batch(
     batch: Vec<Delivery<Incoming>>,
     received: std::time::Instant,
 ) -> anyhow::Result<()> {
+    hold_started(context, plans);
     let now = Utc::now();
     let started = std::time::Instant::now();
     let mut conn = store::connection(&context.pool).await?;
@@ -1762,6 +1849,7 @@ async fn apply_batch(
 
 /// Lapses expired leases in every cached plan.
 async fn tick(context: &Context, publisher: &Publisher, plans: &mut Plans) -> anyhow::Result<()> {
+    hold_started(context, plans);
     let now = Utc::now();
     let silent_after = chrono::Duration::from_std(context.config.heartbeat_interval * 3)
         .unwrap_or_else(|_| chrono::Duration::seconds(30));
@@ -1774,6 +1862,7 @@ async fn tick(context: &Context, publisher: &Publisher, plans: &mut Plans) -> an
         plans.silence_checked = Some(std::time::Instant::now());
         for worker in workers::mark_silent_workers_inactive(&mut conn, now - silent_after).await? {
             tracing::warn!(worker.id = %worker, "worker {worker} is silent: marked inactive");
+            context.offers.withdraw(&worker);
             plans.registered.remove(&worker);
         }
     }

@@ -18,9 +18,10 @@ use models::OrganizationId;
 
 use crate::store::{self, Pool, catalog};
 
-mod assignment;
+pub(crate) mod assignment;
 mod builds;
 pub mod event_applier;
+pub mod offers;
 pub mod outbox_relay;
 pub mod submissions;
 
@@ -53,6 +54,11 @@ pub struct DispatcherConfig {
     /// rather than through its task queue: a chain's next task starts one round trip and one
     /// batch sooner, on the host that holds its parent's outputs, ahead of the queue.
     pub follow_ups: bool,
+    /// Whether a new plan's ready tasks are granted, in the transaction that stores the plan,
+    /// to workers that said they are idle (`idle_slots` in their DONE reports and heartbeats)
+    /// and satisfy their requirements, rather than published to their task queues: such a
+    /// task starts without the outbox's publish, the queue and a claim's round trip and batch.
+    pub eager_starts: bool,
     /// Where the loops record what they measure (claim latency, event batch sizes); share a
     /// clone with whoever serves them.
     pub metrics: crate::metrics::DispatcherMetrics,
@@ -76,6 +82,7 @@ impl DispatcherConfig {
             heartbeat_interval: Duration::from_secs(10),
             registration_cache: Duration::from_secs(10),
             follow_ups: true,
+            eager_starts: true,
             anonymous_roles: Vec::new(),
             metrics: crate::metrics::DispatcherMetrics::new(),
         }
@@ -94,6 +101,20 @@ pub struct Context {
     pub outbox_wakeup: Notify,
     /// Outbox rows committed by the other loops, waiting in memory for the relay.
     pub handover: outbox_relay::Handover,
+    /// Idle workers' free slots, recorded by the event applier, taken by eager starts.
+    pub offers: offers::Offers,
+    /// Plans whose tasks the submission consumer started at once, for the event applier to
+    /// hold (and watch the leases of) from its next batch on.
+    pub started: std::sync::Mutex<Vec<StartedPlan>>,
+}
+
+/// A plan stored with tasks already started on idle workers: its state as the core holds it,
+/// and its tasks' requirements, handed to the event applier so that it need not read them.
+pub struct StartedPlan {
+    /// The plan and its DAG, after the grants.
+    pub state: crate::core::PlanState,
+    /// Every task's requirement set.
+    pub requirements: Vec<(models::TaskKey, models::RequirementSet)>,
 }
 
 impl Context {
@@ -152,12 +173,16 @@ pub async fn start(config: DispatcherConfig) -> anyhow::Result<Arc<Context>> {
         .declare_topology()
         .await
         .context("declaring the RabbitMQ topology")?;
+    // Idle workers renew their offers with every heartbeat.
+    let offers = offers::Offers::new(config.heartbeat_interval * 3 / 2);
     Ok(Arc::new(Context {
         config,
         pool,
         broker,
         outbox_wakeup: Notify::new(),
         handover: outbox_relay::Handover::default(),
+        offers,
+        started: std::sync::Mutex::default(),
     }))
 }
 

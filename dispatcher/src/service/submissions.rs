@@ -13,23 +13,24 @@ use tokio_util::sync::CancellationToken;
 
 use broker::consumer::MessageSet;
 use broker::envelope::{DecodeError, Envelope};
-use broker::topology::SUBMISSIONS_QUEUE;
+use broker::topology::{self, CONTROL_EXCHANGE, SUBMISSIONS_QUEUE};
 use broker::{Consumer, Delivery, Meta, Publisher, Received, Refusal};
 use models::submission::{
     NewDataSamples, NewDataset, NewFunction, NewOrganization, NewProject, PlanSubmission,
 };
-use models::wire::{AssetReply, ErrorDetail, SubmissionReply, WireMessage};
+use models::wire::{AssetReply, ErrorDetail, SubmissionReply, TaskAssigned, WireMessage};
 
-use models::OrganizationId;
 use models::access::{Action, Principal};
+use models::{OrganizationId, WorkerId};
 
 use super::Context;
+use super::assignment::Functions;
 use crate::auth;
 use crate::registration::{self, RegistrationError};
 use crate::store::{self, StoreError, submissions};
 use crate::submission::{
-    MESSAGE_ID_REUSED, SubmissionError, SubmissionRecord, accepted_reply, analyze_after,
-    recorded_reply, reused_message_id, submit_plan_handing_over,
+    MESSAGE_ID_REUSED, Starts, SubmissionError, SubmissionRecord, accepted_reply, analyze_after,
+    recorded_reply, reused_message_id, submit_plan_starting,
 };
 
 /// What arrives on `baton.submissions`.
@@ -86,9 +87,12 @@ fn rejected(plan: &PlanSubmission, error: &str, details: Vec<ErrorDetail>) -> Su
     }
 }
 
-/// The answer to `submission`, stored with the plan when accepted.
+/// The answer to `submission`, stored with the plan when accepted; the tasks it started at once
+/// are sent to their workers with `publisher`.
 async fn answer(
     context: &Context,
+    publisher: &Publisher,
+    functions: &mut Functions,
     submission: &PlanSubmission,
     message_id: &str,
     principal: &Principal,
@@ -101,17 +105,32 @@ async fn answer(
         }
         return recorded_reply(row);
     }
-    let outcome = submit_plan_handing_over(
+    let mut starts = Starts {
+        offers: &context.offers,
+        lease_duration: context.config.lease_duration,
+        functions,
+    };
+    let outcome = submit_plan_starting(
         &mut conn,
         submission,
         owner_of(context, principal),
         principal.user.as_ref(),
         chrono::Utc::now(),
         Some(&record),
+        &mut starts,
     )
     .await;
     let reply = match outcome {
-        Ok((plan, outbox)) => {
+        Ok((plan, outbox, started)) => {
+            // The event applier holds the plan before any report of its started tasks.
+            if let Some(state) = started.plan {
+                context
+                    .started
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(state);
+            }
+            send_assigned(publisher, started.assigned).await;
             context.hand_over(outbox);
             analyze_after(&mut conn, &plan).await;
             tracing::info!(plan.key = %plan.key, "compute plan {} stored with {} tasks", plan.key, plan.counters.task_count);
@@ -140,6 +159,35 @@ async fn answer(
     let row = record.row(Some(submission.key), &reply, chrono::Utc::now())?;
     submissions::insert_submission(&conn, &row).await?;
     Ok(reply)
+}
+
+/// Sends each task started at once to its worker's control queue; their confirms are awaited
+/// off the loop. One that does not arrive lapses with its lease, which the event applier
+/// watches (`Context::started`).
+async fn send_assigned(publisher: &Publisher, assigned: Vec<(WorkerId, TaskAssigned)>) {
+    let mut confirms = Vec::with_capacity(assigned.len());
+    for (worker, assigned) in assigned {
+        let key = topology::worker_control_key(&worker);
+        let task = assigned.grant.task_key;
+        match publisher
+            .send(CONTROL_EXCHANGE, &key, &assigned, Meta::default())
+            .await
+        {
+            Ok(confirm) => confirms.push((task, confirm)),
+            Err(error) => {
+                tracing::warn!(task.key = %task, "assignment of task {task} not sent: {error}")
+            }
+        }
+    }
+    if !confirms.is_empty() {
+        tokio::spawn(async move {
+            for (task, confirm) in confirms {
+                if let Err(error) = confirm.confirmed().await {
+                    tracing::warn!(task.key = %task, "assignment of task {task}: {error}");
+                }
+            }
+        });
+    }
 }
 
 /// The answer to a registration, recorded by message id so a resubmission gets it again.
@@ -288,6 +336,7 @@ async fn refuse(
 async fn handle(
     context: &Context,
     replies: &Publisher,
+    functions: &mut Functions,
     delivery: Delivery<Submission>,
 ) -> anyhow::Result<()> {
     let sent = match authorize(context, &delivery).await {
@@ -296,7 +345,9 @@ async fn handle(
             refuse(replies, &delivery, error, message).await;
             Ok(())
         }
-        Ok(Ok(principal)) => answer_authorized(context, replies, &delivery, &principal).await,
+        Ok(Ok(principal)) => {
+            answer_authorized(context, replies, functions, &delivery, &principal).await
+        }
     };
     if let Err(error) = sent {
         // The database failed: nothing was stored; try the message again shortly.
@@ -316,12 +367,14 @@ async fn handle(
 async fn answer_authorized(
     context: &Context,
     replies: &Publisher,
+    functions: &mut Functions,
     delivery: &Delivery<Submission>,
     principal: &Principal,
 ) -> Result<(), StoreError> {
     match &delivery.message {
         Submission::Plan(plan) => {
-            match answer(context, plan, &delivery.meta.message_id, principal).await {
+            let message_id = &delivery.meta.message_id;
+            match answer(context, replies, functions, plan, message_id, principal).await {
                 Ok(reply) => {
                     if let SubmissionReply::Rejected { error, details, .. } = &reply {
                         tracing::info!(
@@ -385,6 +438,8 @@ pub async fn run(context: Arc<Context>, shutdown: CancellationToken) -> anyhow::
     let mut consumer =
         Consumer::<Submission>::new(&context.broker, SUBMISSIONS_QUEUE, PREFETCH).await?;
     let replies = Publisher::new(&context.broker).await?;
+    // The functions of the tasks started at once, kept while READY.
+    let mut functions = Functions::default();
     loop {
         let next = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
@@ -393,7 +448,9 @@ pub async fn run(context: Arc<Context>, shutdown: CancellationToken) -> anyhow::
         match next {
             None => anyhow::bail!("the submission consumer was canceled by RabbitMQ"),
             Some(Err(error)) => return Err(error.into()),
-            Some(Ok(Received::Message(delivery))) => handle(&context, &replies, delivery).await?,
+            Some(Ok(Received::Message(delivery))) => {
+                handle(&context, &replies, &mut functions, delivery).await?;
+            }
             Some(Ok(Received::Refused(refusal))) => answer_refusal(&replies, &refusal).await,
         }
     }

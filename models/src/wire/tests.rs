@@ -106,6 +106,7 @@ fn a_status_report_reads_flat() {
         outputs: Vec::new(),
         logs: Vec::new(),
         follow_up: false,
+        idle_slots: 0,
     };
     let value = serde_json::to_value(&report).unwrap();
     assert_eq!(value["outcome"], "failed");

@@ -283,6 +283,8 @@ pub(crate) struct ScriptedWorker {
     consumer: Consumer<TaskReady>,
     /// Its DONE reports offer a follow-up (`TaskStatusReport::follow_up`).
     follow_ups: bool,
+    /// The idle slots its DONE reports offering a follow-up give (`TaskStatusReport::idle_slots`).
+    idle_slots: u32,
 }
 
 /// A claim's outcome, for tests that look at them.
@@ -363,6 +365,7 @@ impl ScriptedWorker {
                 .unwrap(),
             broker,
             follow_ups: false,
+            idle_slots: 0,
         }
     }
 
@@ -372,6 +375,48 @@ impl ScriptedWorker {
         self.follow_ups = true;
         let queue = self.broker.declare_worker_queue(&self.id).await.unwrap();
         Consumer::new(&self.broker, &queue, 8).await.unwrap()
+    }
+
+    /// Offers follow-ups and, idle, `slots` free slots (in a heartbeat now and in its DONE
+    /// reports), so the dispatcher may start new plans' tasks on it; returns the consumer of
+    /// its control queue, where those arrive.
+    pub(crate) async fn offer_idle_slots(&mut self, slots: u32) -> Consumer<TaskAssigned> {
+        let assignments = self.offer_follow_ups().await;
+        self.idle_slots = slots;
+        self.heartbeat(slots).await;
+        self.applied().await;
+        assignments
+    }
+
+    /// Returns once the dispatcher applied what this worker sent before: a claim of no task,
+    /// sent after them to the same queue, is answered only after its batch.
+    pub(crate) async fn applied(&self) {
+        let nothing = TaskKey(uuid::Uuid::new_v4());
+        let reply = self.claim(nothing).await;
+        assert!(
+            matches!(reply, ClaimReply::Refused { .. }),
+            "a claim of no task is refused: {reply:?}"
+        );
+    }
+
+    /// Sends a heartbeat renewing no lease, with `idle_slots`.
+    pub(crate) async fn heartbeat(&self, idle_slots: u32) {
+        let heartbeat = models::wire::WorkerHeartbeat {
+            worker_id: self.id.clone(),
+            leases: Vec::new(),
+            builds: Vec::new(),
+            devices: None,
+            idle_slots,
+        };
+        self.events
+            .publish(
+                EVENTS_EXCHANGE,
+                &format!("worker.{}.heartbeat", self.id),
+                &heartbeat,
+                Meta::default(),
+            )
+            .await
+            .unwrap();
     }
 
     /// Takes the next ready task's message (waiting at most `within`) and acks it.
@@ -467,6 +512,11 @@ impl ScriptedWorker {
                 Vec::new()
             },
             follow_up: self.follow_ups && outcome == ReportedOutcome::Done,
+            idle_slots: if self.follow_ups && outcome == ReportedOutcome::Done {
+                self.idle_slots
+            } else {
+                0
+            },
             logs,
         }
     }
