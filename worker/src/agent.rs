@@ -621,9 +621,19 @@ impl Shared {
         }
     }
 
-    /// How many slots there are.
-    fn slot_count(&self) -> usize {
-        self.config.executor_limit as usize
+    /// The slots the worker offers for tasks to start without a claim (`idle_slots`): the free
+    /// ones plus `freeing` (held by what is ending) if it runs and builds nothing else, else 0.
+    /// A slot a consumer holds while it waits for a delivery counts as taken: an empty queue's
+    /// delivery would need it.
+    fn idle_slots(&self, freeing: usize) -> u32 {
+        let idle = !self.taking.is_cancelled()
+            && lock(&self.running).is_empty()
+            && lock(&self.builds).is_empty();
+        if idle {
+            u32::try_from(self.free_slots() + freeing).unwrap_or(u32::MAX)
+        } else {
+            0
+        }
     }
 
     /// How many slots are free.
@@ -1017,12 +1027,8 @@ async fn attempt(
     let outcome = reported(&shared, ended.outcome, handing_back);
     // This attempt's slot is free once the report is sent: a child it makes ready can have it.
     let follow_up = outcome == ReportedOutcome::Done && !shared.taking.is_cancelled();
-    // Idle once it is sent, if this attempt's slot is the only one taken.
-    let idle_slots = if follow_up && shared.free_slots() + 1 == shared.slot_count() {
-        shared.config.executor_limit
-    } else {
-        0
-    };
+    // Idle once it is sent if nothing else runs: its slot and the free ones are offered.
+    let idle_slots = if follow_up { shared.idle_slots(1) } else { 0 };
     let report = TaskStatusReport {
         task_key: task,
         attempt: grant.attempt,
@@ -1241,17 +1247,12 @@ async fn heartbeat_loop(shared: Arc<Shared>, interval: Duration, stop: Cancellat
             .swap(false, std::sync::atomic::Ordering::SeqCst);
         let devices =
             devices_changed.then(|| lock(&shared.devices).iter().map(|d| d.info()).collect());
-        let idle = !shared.taking.is_cancelled() && shared.free_slots() == shared.slot_count();
         let heartbeat = WorkerHeartbeat {
             worker_id: shared.config.worker_id.clone(),
             leases,
             builds,
             devices,
-            idle_slots: if idle {
-                shared.config.executor_limit
-            } else {
-                0
-            },
+            idle_slots: shared.idle_slots(0),
         };
         let confirmed = shared
             .publisher
