@@ -700,6 +700,41 @@ async fn an_in_process_handler_runs_a_task_end_to_end() {
         .await
         .unwrap();
     assert_eq!(samples.len(), 1);
+
+    // Idle now (its DONE report said so): a new plan's task starts on it in the transaction
+    // that stores the plan, without going through the task queue or a claim.
+    setup
+        .submit(&plan(
+            642,
+            vec![task(
+                2,
+                641,
+                &[],
+                &["sum"],
+                serde_json::json!({"a": 2, "b": 2}),
+            )],
+        ))
+        .await;
+    setup
+        .wait_for_task(2, "DONE", |t| t.status.is_terminal())
+        .await;
+    let t2 = setup.task(2).await;
+    assert_eq!(t2.status, TaskStatus::Done, "{:?}", t2.error_message);
+    assert_eq!(t2.start_date, Some(t2.creation_date), "started when stored");
+    let history: Vec<TaskStatus> = tasks::list_state_changes(&mut conn, t2.key)
+        .await
+        .unwrap()
+        .iter()
+        .map(|change| change.status)
+        .collect();
+    assert_eq!(
+        history,
+        [TaskStatus::Todo, TaskStatus::Doing, TaskStatus::Done]
+    );
+    let performances = execution::list_task_performances(&mut conn, t2.key)
+        .await
+        .unwrap();
+    assert_eq!(performances[0].value, 4.0);
     stop.cancel();
     running.await.unwrap().unwrap();
 }
