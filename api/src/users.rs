@@ -291,8 +291,8 @@ fn user_id(text: String) -> Result<UserId, ApiError> {
 }
 
 async fn find_user(state: &ApiState, identifier: &UserId) -> Result<User, ApiError> {
-    let mut conn = state.conn().await?;
-    catalog::find_user(&mut conn, identifier)
+    let conn = state.conn().await?;
+    catalog::find_user(&conn, identifier)
         .await?
         .ok_or_else(|| ApiError::not_found("identifier", format!("user {identifier}")))
 }

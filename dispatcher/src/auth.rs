@@ -363,7 +363,7 @@ pub async fn login(
     now: DateTime<Utc>,
 ) -> Result<User, AuthError> {
     let mut conn = store::connection(pool).await?;
-    let user = catalog::find_user(&mut conn, identifier).await?;
+    let user = catalog::find_user(&conn, identifier).await?;
     let credential = match &user {
         Some(_) => users::password_of(&mut conn, identifier).await?,
         None => None,
@@ -412,7 +412,7 @@ pub async fn login(
 /// message without `user_id`, or from a RabbitMQ user that is not a baton user, is anonymous
 /// and gets `anonymous_roles`; a disabled user too.
 pub async fn principal_of_message(
-    conn: &mut AsyncPgConnection,
+    conn: &AsyncPgConnection,
     meta: &broker::Meta,
     trusted_user: &str,
     anonymous_roles: &[Role],

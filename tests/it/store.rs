@@ -71,9 +71,7 @@ async fn users_and_credentials_round_trip() {
     seed(&mut conn).await;
     let alice = fx::user("alice", "org-a");
     assert_eq!(
-        catalog::find_user(&mut conn, &"alice".into())
-            .await
-            .unwrap(),
+        catalog::find_user(&conn, &"alice".into()).await.unwrap(),
         Some(alice)
     );
 

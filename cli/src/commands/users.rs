@@ -308,7 +308,7 @@ pub(crate) async fn migrate(
     let organization = OrganizationId(args.admin_organization);
     let pool = store::connect(database_url, 1)?;
     let mut conn = store::connection(&pool).await?;
-    if catalog::find_user(&mut conn, &identifier).await?.is_some() {
+    if catalog::find_user(&conn, &identifier).await?.is_some() {
         return match format {
             OutputFormat::Json => out.json(&json!({"admin": identifier, "created": false})),
             OutputFormat::Table => {

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use diesel_async::AsyncPgConnection;
 use tokio_util::sync::CancellationToken;
 
 use broker::consumer::MessageSet;
@@ -27,6 +28,7 @@ use super::Context;
 use super::assignment::Functions;
 use crate::auth;
 use crate::registration::{self, RegistrationError};
+use crate::store::rows::SubmissionRow;
 use crate::store::{self, StoreError, submissions};
 use crate::submission::{
     MESSAGE_ID_REUSED, Starts, SubmissionError, SubmissionRecord, accepted_reply, analyze_after,
@@ -93,14 +95,13 @@ async fn answer(
     context: &Context,
     publisher: &Publisher,
     functions: &mut Functions,
+    conn: &mut AsyncPgConnection,
     submission: &PlanSubmission,
-    message_id: &str,
+    (record, recorded): (&SubmissionRecord, Option<SubmissionRow>),
     principal: &Principal,
 ) -> Result<SubmissionReply, StoreError> {
-    let record = SubmissionRecord::of(submission, message_id)?;
-    let mut conn = store::connection(&context.pool).await?;
-    if let Some(row) = submissions::find_by_message(&mut conn, &record.message_id).await? {
-        if let Some(detail) = reused_message_id(&row, &record) {
+    if let Some(row) = recorded {
+        if let Some(detail) = reused_message_id(&row, record) {
             return Ok(rejected(submission, MESSAGE_ID_REUSED, vec![detail]));
         }
         return recorded_reply(row);
@@ -111,12 +112,12 @@ async fn answer(
         functions,
     };
     let outcome = submit_plan_starting(
-        &mut conn,
+        conn,
         submission,
         owner_of(context, principal),
         principal.user.as_ref(),
         chrono::Utc::now(),
-        Some(&record),
+        Some(record),
         &mut starts,
     )
     .await;
@@ -132,7 +133,7 @@ async fn answer(
             }
             send_assigned(publisher, started.assigned).await;
             context.hand_over(outbox);
-            analyze_after(&mut conn, &plan).await;
+            analyze_after(conn, &plan).await;
             tracing::info!(plan.key = %plan.key, "compute plan {} stored with {} tasks", plan.key, plan.counters.task_count);
             return Ok(accepted_reply(&plan));
         }
@@ -142,7 +143,7 @@ async fn answer(
             errors.iter().map(ErrorDetail::from).collect(),
         ),
         Err(SubmissionError::PlanExists(key)) => {
-            if let Some(row) = submissions::find_by_content(&mut conn, key, &record.digest).await? {
+            if let Some(row) = submissions::find_by_content(conn, key, &record.digest).await? {
                 return recorded_reply(row);
             }
             rejected(
@@ -157,7 +158,7 @@ async fn answer(
         Err(SubmissionError::Store(error)) => return Err(error),
     };
     let row = record.row(Some(submission.key), &reply, chrono::Utc::now())?;
-    submissions::insert_submission(&conn, &row).await?;
+    submissions::insert_submission(conn, &row).await?;
     Ok(reply)
 }
 
@@ -190,24 +191,28 @@ async fn send_assigned(publisher: &Publisher, assigned: Vec<(WorkerId, TaskAssig
     }
 }
 
-/// The answer to a registration, recorded by message id so a resubmission gets it again.
-async fn answer_asset(
-    context: &Context,
-    submission: &Submission,
-    meta: &Meta,
-    principal: &Principal,
-) -> Result<AssetReply, StoreError> {
-    let record = match submission {
+/// The record of `submission`'s message, by which a resubmission is recognized.
+fn record_of(submission: &Submission, meta: &Meta) -> Result<SubmissionRecord, StoreError> {
+    match submission {
         Submission::Function(new) => SubmissionRecord::of(new.as_ref(), &meta.message_id),
         Submission::Dataset(new) => SubmissionRecord::of(new, &meta.message_id),
         Submission::DataSamples(new) => SubmissionRecord::of(new, &meta.message_id),
         Submission::Organization(new) => SubmissionRecord::of(new, &meta.message_id),
         Submission::Project(new) => SubmissionRecord::of(new, &meta.message_id),
         Submission::Plan(new) => SubmissionRecord::of(new, &meta.message_id),
-    }?;
-    let mut conn = store::connection(&context.pool).await?;
-    if let Some(row) = submissions::find_by_message(&mut conn, &record.message_id).await? {
-        if let Some(detail) = reused_message_id(&row, &record) {
+    }
+}
+
+/// The answer to a registration, recorded by message id so a resubmission gets it again.
+async fn answer_asset(
+    context: &Context,
+    conn: &mut AsyncPgConnection,
+    submission: &Submission,
+    (record, recorded): (&SubmissionRecord, Option<SubmissionRow>),
+    principal: &Principal,
+) -> Result<AssetReply, StoreError> {
+    if let Some(row) = recorded {
+        if let Some(detail) = reused_message_id(&row, record) {
             return Ok(AssetReply::Rejected {
                 error: MESSAGE_ID_REUSED.to_owned(),
                 details: vec![detail],
@@ -218,23 +223,19 @@ async fn answer_asset(
     let owner = owner_of(context, principal);
     let now = chrono::Utc::now();
     let outcome: Result<Vec<String>, RegistrationError> = match submission {
-        Submission::Function(new) => {
-            registration::register_function(&mut conn, new, owner, None, now)
-                .await
-                .map(|function| vec![function.key.to_string()])
-        }
-        Submission::Dataset(new) => registration::register_dataset(&mut conn, new, owner, now)
+        Submission::Function(new) => registration::register_function(conn, new, owner, None, now)
+            .await
+            .map(|function| vec![function.key.to_string()]),
+        Submission::Dataset(new) => registration::register_dataset(conn, new, owner, now)
             .await
             .map(|dataset| vec![dataset.key.to_string()]),
-        Submission::DataSamples(new) => {
-            registration::register_data_samples(&mut conn, new, owner, now)
-                .await
-                .map(|samples| samples.iter().map(|s| s.key.to_string()).collect())
-        }
-        Submission::Organization(new) => registration::register_organization(&mut conn, new, now)
+        Submission::DataSamples(new) => registration::register_data_samples(conn, new, owner, now)
+            .await
+            .map(|samples| samples.iter().map(|s| s.key.to_string()).collect()),
+        Submission::Organization(new) => registration::register_organization(conn, new, now)
             .await
             .map(|organization| vec![organization.id.to_string()]),
-        Submission::Project(new) => registration::register_project(&mut conn, new, now)
+        Submission::Project(new) => registration::register_project(conn, new, now)
             .await
             .map(|project| vec![project.identifier.to_string()]),
         Submission::Plan(_) => Ok(Vec::new()),
@@ -255,7 +256,7 @@ async fn answer_asset(
         Err(RegistrationError::Store(error)) => return Err(error),
     };
     let row = record.row(None, &reply, now)?;
-    submissions::insert_submission(&conn, &row).await?;
+    submissions::insert_submission(conn, &row).await?;
     Ok(reply)
 }
 
@@ -280,26 +281,35 @@ fn action_of(submission: &Submission) -> Action {
     }
 }
 
-/// The principal that sent `delivery`, or the refusal (error word and message) to answer when
-/// it may not do what it asks.
-async fn authorize(
+/// The sender of `delivery`, or the refusal (error word and message) to answer when it may
+/// not do what it asks; and the answer recorded for `record`'s message, if any. Both are read
+/// together, on `conn`.
+async fn look_up(
     context: &Context,
+    conn: &AsyncPgConnection,
     delivery: &Delivery<Submission>,
-) -> Result<Result<Principal, (&'static str, String)>, StoreError> {
-    let mut conn = store::connection(&context.pool).await?;
-    let principal = auth::principal_of_message(
-        &mut conn,
-        &delivery.meta,
-        context.broker.user(),
-        &context.config.anonymous_roles,
-    )
-    .await?;
-    Ok(
-        match auth::refusal(&principal, action_of(&delivery.message), None) {
-            None => Ok(principal),
-            Some(refusal) => Err(refusal),
-        },
-    )
+    record: &SubmissionRecord,
+) -> Result<
+    (
+        Result<Principal, (&'static str, String)>,
+        Option<SubmissionRow>,
+    ),
+    StoreError,
+> {
+    let (principal, recorded) = futures::try_join!(
+        auth::principal_of_message(
+            conn,
+            &delivery.meta,
+            context.broker.user(),
+            &context.config.anonymous_roles,
+        ),
+        submissions::find_by_message(conn, &record.message_id),
+    )?;
+    let allowed = match auth::refusal(&principal, action_of(&delivery.message), None) {
+        None => Ok(principal),
+        Some(refusal) => Err(refusal),
+    };
+    Ok((allowed, recorded))
 }
 
 /// Answers a submission its sender may not make, in the reply its kind expects; nothing is
@@ -339,16 +349,22 @@ async fn handle(
     functions: &mut Functions,
     delivery: Delivery<Submission>,
 ) -> anyhow::Result<()> {
-    let sent = match authorize(context, &delivery).await {
-        Err(error) => Err(error),
-        Ok(Err((error, message))) => {
-            refuse(replies, &delivery, error, message).await;
-            Ok(())
+    let sent = async {
+        let record = record_of(&delivery.message, &delivery.meta)?;
+        let mut conn = store::connection(&context.pool).await?;
+        match look_up(context, &conn, &delivery, &record).await? {
+            (Err((error, message)), _) => {
+                refuse(replies, &delivery, error, message).await;
+                Ok(())
+            }
+            (Ok(principal), recorded) => {
+                let known = (&record, recorded);
+                let asked = (&delivery, &principal);
+                answer_authorized(context, replies, functions, &mut conn, asked, known).await
+            }
         }
-        Ok(Ok(principal)) => {
-            answer_authorized(context, replies, functions, &delivery, &principal).await
-        }
-    };
+    }
+    .await;
     if let Err(error) = sent {
         // The database failed: nothing was stored; try the message again shortly.
         tracing::warn!(
@@ -364,17 +380,18 @@ async fn handle(
 }
 
 /// Answers a submission its sender may make.
+/// `known`: the record of its message, and the answer recorded for it, if any.
 async fn answer_authorized(
     context: &Context,
     replies: &Publisher,
     functions: &mut Functions,
-    delivery: &Delivery<Submission>,
-    principal: &Principal,
+    conn: &mut AsyncPgConnection,
+    (delivery, principal): (&Delivery<Submission>, &Principal),
+    known: (&SubmissionRecord, Option<SubmissionRow>),
 ) -> Result<(), StoreError> {
     match &delivery.message {
         Submission::Plan(plan) => {
-            let message_id = &delivery.meta.message_id;
-            match answer(context, replies, functions, plan, message_id, principal).await {
+            match answer(context, replies, functions, conn, plan, known, principal).await {
                 Ok(reply) => {
                     if let SubmissionReply::Rejected { error, details, .. } = &reply {
                         tracing::info!(
@@ -390,7 +407,7 @@ async fn answer_authorized(
                 Err(error) => Err(error),
             }
         }
-        other => match answer_asset(context, other, &delivery.meta, principal).await {
+        other => match answer_asset(context, conn, other, known, principal).await {
             Ok(reply) => {
                 send_reply(replies, &delivery.meta, &reply).await;
                 Ok(())

@@ -98,13 +98,13 @@ pub async fn insert_user(conn: &mut AsyncPgConnection, user: &User) -> StoreResu
 
 /// The user `identifier`.
 pub async fn find_user(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     identifier: &UserId,
 ) -> StoreResult<Option<User>> {
     users::table
         .find(identifier.as_str())
         .select(UserRow::as_select())
-        .first(conn)
+        .first(&mut conn)
         .await
         .optional()?
         .map(UserRow::into_model)

@@ -24,13 +24,13 @@ pub async fn insert_submission(
 
 /// The answer given to the submission message `message_id`.
 pub async fn find_by_message(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     message_id: &str,
 ) -> StoreResult<Option<SubmissionRow>> {
     Ok(submissions::table
         .find(message_id)
         .select(SubmissionRow::as_select())
-        .first(conn)
+        .first(&mut conn)
         .await
         .optional()?)
 }

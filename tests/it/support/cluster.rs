@@ -210,7 +210,7 @@ impl TestCluster {
         // `guest` is the RabbitMQ user the tests connect as: workers registering over AMQP
         // are owned by it.
         for user in ["alice", "guest"] {
-            if catalog::find_user(&mut conn, &user.into())
+            if catalog::find_user(&conn, &user.into())
                 .await
                 .unwrap()
                 .is_none()
