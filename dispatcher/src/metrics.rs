@@ -1,11 +1,13 @@
-//! What the dispatcher's loops measure for operators: how long a claim waits for its answer and
-//! how many events each applied batch holds.
+//! What the dispatcher's loops measure for operators: how long a claim waits for its answer, how
+//! many events each applied batch holds, and how many tasks went to a worker without a claim
+//! (follow-ups and eager starts) or were handed back.
 //!
-//! Histograms only, recorded by the service and registered by whoever serves them (the HTTP
+//! Recorded by the service and registered by whoever serves them (the HTTP
 //! API's `/metrics`): no global registry, so each dispatcher, and each test, has its own.
 
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
@@ -20,11 +22,26 @@ fn event_batch_buckets() -> impl Iterator<Item = f64> {
     exponential_buckets(1.0, 2.0, 9)
 }
 
-/// The dispatcher's histograms; clones share them (each histogram is behind an `Arc`).
+/// The dispatcher's histograms and counters; clones share them (each is behind an `Arc`).
 #[derive(Clone, Debug)]
 pub struct DispatcherMetrics {
     claim_latency: Histogram,
     event_batch_size: Histogram,
+    follow_ups: Counter,
+    eager_starts: Counter,
+    hand_backs: Counter,
+}
+
+/// How many tasks went to workers without a claim, and came back, since the dispatcher started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DirectGrants {
+    /// Children granted to the worker that reported their parent DONE.
+    pub follow_ups: u64,
+    /// Tasks granted at their plan's submission to an idle worker.
+    pub eager_starts: u64,
+    /// Attempts a worker handed back (`CANCELED_BY_WORKER`): no free slot for an assignment,
+    /// or the worker stopping.
+    pub hand_backs: u64,
 }
 
 impl Default for DispatcherMetrics {
@@ -39,6 +56,33 @@ impl DispatcherMetrics {
         DispatcherMetrics {
             claim_latency: Histogram::new(claim_latency_buckets()),
             event_batch_size: Histogram::new(event_batch_buckets()),
+            follow_ups: Counter::default(),
+            eager_starts: Counter::default(),
+            hand_backs: Counter::default(),
+        }
+    }
+
+    /// Counts `tasks` granted as follow-ups.
+    pub fn count_follow_ups(&self, tasks: usize) {
+        self.follow_ups.inc_by(tasks as u64);
+    }
+
+    /// Counts `tasks` started at their plan's submission.
+    pub fn count_eager_starts(&self, tasks: usize) {
+        self.eager_starts.inc_by(tasks as u64);
+    }
+
+    /// Counts `attempts` handed back by their workers.
+    pub fn count_hand_backs(&self, attempts: usize) {
+        self.hand_backs.inc_by(attempts as u64);
+    }
+
+    /// The counts of tasks granted without a claim and handed back, so far.
+    pub fn direct_grants(&self) -> DirectGrants {
+        DirectGrants {
+            follow_ups: self.follow_ups.get(),
+            eager_starts: self.eager_starts.get(),
+            hand_backs: self.hand_backs.get(),
         }
     }
 
@@ -53,8 +97,9 @@ impl DispatcherMetrics {
         self.event_batch_size.observe(events as f64);
     }
 
-    /// Registers the histograms in `registry` (as `claim_latency_seconds` and
-    /// `event_batch_size`, under the registry's prefix); they keep being recorded into.
+    /// Registers the histograms and counters in `registry` (as `claim_latency_seconds`,
+    /// `event_batch_size`, `follow_ups_total`, `eager_starts_total` and `hand_backs_total`,
+    /// under the registry's prefix); they keep being recorded into.
     pub fn register(&self, registry: &mut Registry) {
         registry.register_with_unit(
             "claim_latency",
@@ -66,6 +111,21 @@ impl DispatcherMetrics {
             "event_batch_size",
             "Events applied per transaction by the event applier",
             self.event_batch_size.clone(),
+        );
+        registry.register(
+            "follow_ups",
+            "Tasks granted without a claim to the worker whose DONE report made them ready",
+            self.follow_ups.clone(),
+        );
+        registry.register(
+            "eager_starts",
+            "Tasks granted without a claim, at their plan's submission, to an idle worker",
+            self.eager_starts.clone(),
+        );
+        registry.register(
+            "hand_backs",
+            "Attempts handed back by their worker (CANCELED_BY_WORKER), re-queued",
+            self.hand_backs.clone(),
         );
     }
 }

@@ -438,6 +438,14 @@ async fn a_follow_up_goes_to_the_reporting_worker_without_a_claim() {
         .wait_for_plan(join.key, WAIT, "DONE", |plan| plan.status.is_terminal())
         .await;
     assert_eq!(done.status, PlanStatus::Done);
+    assert_eq!(
+        cluster.metrics.direct_grants(),
+        dispatcher::metrics::DirectGrants {
+            follow_ups: 3,
+            eager_starts: 0,
+            hand_backs: 1,
+        }
+    );
 }
 
 /// The next task assigned to a worker without a claim, acked.
@@ -499,6 +507,7 @@ async fn a_new_plan_starts_on_an_idle_worker_without_a_claim() {
         .map(|change| change.status)
         .collect();
     assert_eq!(history, [TaskStatus::Todo, TaskStatus::Doing]);
+    assert_eq!(cluster.metrics.direct_grants().eager_starts, 2);
     let queued = worker
         .work_one(WAIT, &Script::Succeed)
         .await
@@ -537,6 +546,13 @@ async fn a_new_plan_starts_on_an_idle_worker_without_a_claim() {
     for granted in [&retaken, &queued] {
         worker.report(granted, ReportedOutcome::Done).await;
     }
+    assert_eq!(
+        (
+            cluster.metrics.direct_grants().eager_starts,
+            cluster.metrics.direct_grants().hand_backs
+        ),
+        (2, 1)
+    );
 
     // An idle DONE report offers the slots again.
     worker

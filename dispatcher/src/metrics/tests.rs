@@ -27,3 +27,28 @@ fn clones_record_into_the_same_histograms() {
     assert!(text.contains("baton_event_batch_size_count 2"), "{text}");
     assert!(text.contains("baton_event_batch_size_sum 8.0"), "{text}");
 }
+
+#[test]
+fn direct_grants_are_counted_and_rendered_as_totals() {
+    let metrics = DispatcherMetrics::new();
+    metrics.count_follow_ups(1);
+    metrics.clone().count_eager_starts(3);
+    metrics.count_hand_backs(1);
+    metrics.count_hand_backs(1);
+    assert_eq!(
+        metrics.direct_grants(),
+        super::DirectGrants {
+            follow_ups: 1,
+            eager_starts: 3,
+            hand_backs: 2,
+        }
+    );
+    let text = render(&metrics);
+    for line in [
+        "baton_follow_ups_total 1",
+        "baton_eager_starts_total 3",
+        "baton_hand_backs_total 2",
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
+}

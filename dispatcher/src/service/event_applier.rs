@@ -340,6 +340,8 @@ struct Work {
     assigned: Vec<(WorkerId, TaskAssigned)>,
     /// Tasks this batch made DONE: every model they registered is in `registered`.
     done: HashSet<TaskKey>,
+    /// Attempts handed back by their workers.
+    hand_backs: usize,
 }
 
 /// A DONE report whose worker can start a child at once (`TaskStatusReport::follow_up`).
@@ -656,6 +658,9 @@ async fn take_report(
         work.registered.performances.extend(registered.performances);
         if done {
             work.done.insert(report.task_key);
+        }
+        if handed_back {
+            work.hand_backs += 1;
         }
         // The report's token was the lease holder's: it speaks for its worker. Idle after a
         // DONE, it offers its slots; otherwise (busy, or handing back a task it had no slot
@@ -1814,6 +1819,8 @@ async fn apply_batch(
     );
     let metrics = &context.config.metrics;
     metrics.observe_event_batch(batch.len());
+    metrics.count_follow_ups(work.assigned.len());
+    metrics.count_hand_backs(work.hand_backs);
     let claims = work.replies.len()
         + work
             .batch_replies

@@ -131,6 +131,10 @@ async fn answer(
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .push(state);
             }
+            context
+                .config
+                .metrics
+                .count_eager_starts(started.assigned.len());
             send_assigned(publisher, started.assigned).await;
             context.hand_over(outbox);
             analyze_after(conn, &plan).await;

@@ -31,6 +31,8 @@ pub(crate) struct TestCluster {
     dispatcher: Option<JoinHandle<anyhow::Result<()>>>,
     lease: chrono::Duration,
     outbox_poll: Duration,
+    /// What the dispatcher (and any restart of it) records for operators.
+    pub(crate) metrics: dispatcher::metrics::DispatcherMetrics,
 }
 
 impl TestCluster {
@@ -62,6 +64,7 @@ impl TestCluster {
             dispatcher: None,
             lease,
             outbox_poll,
+            metrics: dispatcher::metrics::DispatcherMetrics::new(),
         };
         cluster.start_dispatcher();
         cluster.wait_until_ready().await;
@@ -78,6 +81,7 @@ impl TestCluster {
         config.outbox_poll = self.outbox_poll;
         config.heartbeat_interval = Duration::from_secs(1);
         config.registration_cache = Duration::from_millis(200);
+        config.metrics = self.metrics.clone();
         config
     }
 
