@@ -554,7 +554,9 @@ async fn a_new_plan_starts_on_an_idle_worker_without_a_claim() {
         (2, 1)
     );
 
-    // An idle DONE report offers the slots again.
+    // A heartbeat without idle slots keeps the offer withdrawn (and the worker from looking
+    // silent); an idle DONE report offers the slots again.
+    worker.heartbeat(0).await;
     worker
         .report(&Granted::assigned(&first), ReportedOutcome::Done)
         .await;
