@@ -71,13 +71,7 @@ impl Offers {
 
     /// One of `worker`'s slots was taken by a task granted otherwise (a claim, a follow-up).
     pub fn took(&self, worker: &WorkerId) {
-        let mut offers = self.lock();
-        if let Some(offer) = offers.get_mut(worker) {
-            offer.slots -= 1;
-            if offer.slots == 0 {
-                offers.remove(worker);
-            }
-        }
+        take_slot(&mut self.lock(), worker);
     }
 
     /// Whether no worker offers a slot (a cheap check before looking at a plan's tasks).
@@ -96,13 +90,18 @@ impl Offers {
             .filter(|(_, offer)| requirements.is_satisfied_by(&offer.properties))
             .max_by(|(a_id, a), (b_id, b)| a.slots.cmp(&b.slots).then_with(|| b_id.cmp(a_id)))
             .map(|(worker, _)| worker.clone())?;
-        if let Some(offer) = offers.get_mut(&chosen) {
-            offer.slots -= 1;
-            if offer.slots == 0 {
-                offers.remove(&chosen);
-            }
-        }
+        take_slot(&mut offers, &chosen);
         Some(chosen)
+    }
+}
+
+/// Takes one of `worker`'s offered slots, forgetting its offer when none is left.
+fn take_slot(offers: &mut HashMap<WorkerId, Offer>, worker: &WorkerId) {
+    if let Some(offer) = offers.get_mut(worker) {
+        offer.slots -= 1;
+        if offer.slots == 0 {
+            offers.remove(worker);
+        }
     }
 }
 

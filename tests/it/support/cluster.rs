@@ -412,11 +412,16 @@ impl ScriptedWorker {
             devices: None,
             idle_slots,
         };
+        self.publish_as_worker("heartbeat", &heartbeat).await;
+    }
+
+    /// Publishes `message` under the worker's own key `worker.<id>.<kind>`.
+    async fn publish_as_worker<M: models::wire::WireMessage>(&self, kind: &str, message: &M) {
         self.events
             .publish(
                 EVENTS_EXCHANGE,
-                &format!("worker.{}.heartbeat", self.id),
-                &heartbeat,
+                &format!("worker.{}.{kind}", self.id),
+                message,
                 Meta::default(),
             )
             .await
@@ -484,15 +489,7 @@ impl ScriptedWorker {
                 .map(|granted| self.status(granted, ReportedOutcome::Done, Vec::new()))
                 .collect(),
         };
-        self.events
-            .publish(
-                EVENTS_EXCHANGE,
-                &format!("worker.{}.status", self.id),
-                &batch,
-                Meta::default(),
-            )
-            .await
-            .unwrap();
+        self.publish_as_worker("status", &batch).await;
     }
 
     /// The report of the end of `granted`.
