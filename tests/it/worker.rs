@@ -739,6 +739,177 @@ async fn an_in_process_handler_runs_a_task_end_to_end() {
     running.await.unwrap().unwrap();
 }
 
+/// Batches of events whose transaction fails go back to the queue and are applied again, with
+/// the batches decided while they were committing: with the first three transactions that
+/// store DONE reports refused by PostgreSQL, every task of a fan-in is still done once, each of
+/// its models registered once and handed to its child.
+#[tokio::test]
+async fn events_whose_commit_fails_are_applied_again_and_nothing_is_lost_or_doubled() {
+    const PARENTS: u128 = 48;
+    const CHILDREN: u128 = 4;
+    let make = function(
+        661,
+        "make",
+        &[],
+        Vec::new(),
+        vec![output("model", OutputKind::Model)],
+    );
+    let join = function(
+        662,
+        "join",
+        &[],
+        vec![FunctionInput {
+            identifier: "models".into(),
+            kind: InputKind::Model,
+            multiple: true,
+            optional: false,
+        }],
+        vec![output("count", OutputKind::Performance)],
+    );
+    let (mut make, mut join) = (make, join);
+    make.steps.clear();
+    join.steps.clear();
+    let setup = Setup::new(chrono::Duration::seconds(10), &[make, join]).await;
+    // A sequence is not rolled back with the transaction that advanced it: the first three
+    // statements inserting DONE history fail, and only those.
+    let mut conn = setup.cluster.db.connect().await;
+    for statement in [
+        "CREATE SEQUENCE injected_failures",
+        "CREATE FUNCTION fail_first_done_batches() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF EXISTS (SELECT 1 FROM inserted WHERE status = 'DONE')
+                 AND nextval('injected_failures') <= 3 THEN
+                 RAISE EXCEPTION 'injected failure';
+             END IF;
+             RETURN NULL;
+         END $$",
+        "CREATE TRIGGER fail_first_done_batches AFTER INSERT ON task_state_changes
+         REFERENCING NEW TABLE AS inserted
+         FOR EACH STATEMENT EXECUTE FUNCTION fail_first_done_batches()",
+    ] {
+        diesel_async::RunQueryDsl::execute(diesel::sql_query(statement), &mut conn)
+            .await
+            .unwrap();
+    }
+    let store = LocalStore::new(setup.artifacts()).unwrap();
+    let mut config = setup.config("w1");
+    config.executor_limit = 8;
+    // How many times each task ran.
+    let runs: Arc<std::sync::Mutex<BTreeMap<TaskKey, usize>>> = Arc::default();
+    let ran = |runs: &Arc<std::sync::Mutex<BTreeMap<TaskKey, usize>>>, task| {
+        *runs.lock().unwrap().entry(task).or_default() += 1;
+    };
+    let (make_runs, join_runs) = (runs.clone(), runs.clone());
+    let worker = Worker::builder(config, Arc::new(store))
+        .handler("make", move |ctx| {
+            ran(&make_runs, ctx.task_key);
+            async move {
+                tokio::fs::write(&ctx.outputs["model"], ctx.task_key.to_string())
+                    .await
+                    .map_err(|error| error.to_string())
+            }
+        })
+        .handler("join", move |ctx| {
+            ran(&join_runs, ctx.task_key);
+            async move {
+                let mut entries = tokio::fs::read_dir(&ctx.inputs["models"])
+                    .await
+                    .map_err(|error| error.to_string())?;
+                let mut count = 0;
+                while entries
+                    .next_entry()
+                    .await
+                    .map_err(|error| error.to_string())?
+                    .is_some()
+                {
+                    count += 1;
+                }
+                ctx.set_performance("count", f64::from(count)).await
+            }
+        })
+        .build();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.run(stop.clone()));
+    let per_child = PARENTS / CHILDREN;
+    let mut tasks_of_plan: Vec<NewTask> = (1..=PARENTS)
+        .map(|n| task(n, 661, &[], &["model"], serde_json::json!({})))
+        .collect();
+    for child in 0..CHILDREN {
+        let inputs: Vec<(&str, u128, &str)> = (1..=per_child)
+            .map(|i| ("models", child * per_child + i, "model"))
+            .collect();
+        tasks_of_plan.push(task(
+            1000 + child,
+            662,
+            &inputs,
+            &["count"],
+            serde_json::json!({}),
+        ));
+    }
+    setup.submit(&plan(660, tasks_of_plan)).await;
+    for child in 0..CHILDREN {
+        setup
+            .wait_for_task(1000 + child, "DONE", |t| t.status.is_terminal())
+            .await;
+    }
+    let failed: i64 = {
+        #[derive(diesel::QueryableByName)]
+        struct Value {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            last_value: i64,
+        }
+        let value: Value = diesel_async::RunQueryDsl::get_result(
+            diesel::sql_query("SELECT last_value FROM injected_failures"),
+            &mut conn,
+        )
+        .await
+        .unwrap();
+        value.last_value
+    };
+    assert!(failed > 3, "the failures were injected ({failed})");
+    let keys: Vec<u128> = (1..=PARENTS)
+        .chain((0..CHILDREN).map(|c| 1000 + c))
+        .collect();
+    for n in keys {
+        let stored = setup.task(n).await;
+        assert_eq!(
+            stored.status,
+            TaskStatus::Done,
+            "t{n}: {:?}",
+            stored.error_message
+        );
+        let changes = tasks::list_state_changes(&mut conn, stored.key)
+            .await
+            .unwrap();
+        let ran = runs.lock().unwrap().get(&stored.key).copied();
+        assert_eq!(ran, Some(1), "t{n} ran once: {changes:?}");
+        // Done once; a follow-up its worker had no slot for was handed back and started again.
+        let done = changes
+            .iter()
+            .filter(|c| c.status == TaskStatus::Done)
+            .count();
+        assert_eq!(done, 1, "t{n}: {changes:?}");
+        assert_eq!(changes.last().map(|c| c.status), Some(TaskStatus::Done));
+        if n <= PARENTS {
+            let models = execution::list_task_models(&mut conn, stored.key)
+                .await
+                .unwrap();
+            assert_eq!(models.len(), 1, "t{n}: one model");
+        } else {
+            let performances = execution::list_task_performances(&mut conn, stored.key)
+                .await
+                .unwrap();
+            assert_eq!(performances.len(), 1, "t{n}: one performance");
+            assert_eq!(
+                performances[0].value, per_child as f64,
+                "t{n} got every model"
+            );
+        }
+    }
+    stop.cancel();
+    running.await.unwrap().unwrap();
+}
+
 /// The environment variable that makes [`child_worker_process`] run a worker.
 const CHILD_CONFIG: &str = "BATON_TEST_CHILD_WORKER";
 
