@@ -47,8 +47,7 @@ impl Functions {
     }
 }
 
-/// What the batch being applied registered, and the batch before it while that one commits:
-/// models that may not be stored yet.
+/// What the batch being applied registered and has not stored yet.
 #[derive(Default)]
 pub(crate) struct Pending {
     /// The models its DONE reports registered.

@@ -3,11 +3,6 @@
 //! measurements to the pure `core` in batches, writes every batch's effects in one transaction,
 //! and only after the commit answers claims, sends orders and acks the batch.
 //!
-//! A batch of claims, reports and heartbeats is decided while the batch before it commits (off
-//! the loop, in [`finish`]); it is committed only once that one is, and if that one fails both go
-//! back to the queue. Batches that touch the store otherwise (added tasks, cancels,
-//! registrations, builds) wait for the one before them ([`overlaps`]).
-//!
 //! Plans live in memory while they are active, rebuilt from PostgreSQL when first needed (and,
 //! on start, every plan with a running task, so that leases keep being watched after a
 //! restart). A failed commit forgets the plans it touched, which are rebuilt from the database,
@@ -347,9 +342,6 @@ struct Work {
     done: HashSet<TaskKey>,
     /// Attempts handed back by their workers.
     hand_backs: usize,
-    /// What the batch before this one registered, which may not be stored yet when this one
-    /// is decided: the models its claims' and follow-ups' assignments may need.
-    carried: assignment::Pending,
 }
 
 /// A DONE report whose worker can start a child at once (`TaskStatusReport::follow_up`).
@@ -363,15 +355,6 @@ struct FollowUp {
 }
 
 impl Work {
-    /// The models this batch registered and the tasks it made DONE, for the batch decided
-    /// while it commits.
-    fn pending(&self) -> assignment::Pending {
-        assignment::Pending {
-            models: self.registered.models.clone(),
-            complete: self.done.clone(),
-        }
-    }
-
     /// Keeps `lines` of attempt `attempt` of `task` for the batch's transaction.
     fn keep_log_lines(&mut self, task: TaskKey, attempt: Attempt, lines: &[LogRecord]) {
         self.log_lines.extend(lines.iter().map(|line| LogLine {
@@ -808,26 +791,15 @@ async fn grant_follow_ups(
     work: &mut Work,
     now: Timestamp,
 ) -> Result<(), StoreError> {
-    if work.follow_ups.is_empty() {
-        return Ok(());
-    }
-    // The batch's models are not stored yet, nor perhaps the previous batch's: a ready task's
-    // parents may have made them.
-    let own = work.registered.models.len();
-    let done = work.done.clone();
-    let carried = std::mem::take(&mut work.carried);
-    let mut pending = assignment::Pending {
+    // The batch's models are not stored yet: a ready task's parents may have made them.
+    let pending = assignment::Pending {
         models: std::mem::take(&mut work.registered.models),
         complete: std::mem::take(&mut work.done),
     };
-    pending.models.extend(carried.models.iter().cloned());
-    pending.complete.extend(carried.complete.iter().copied());
     let offers = std::mem::take(&mut work.follow_ups);
     let granted = grant_each_follow_up(context, conn, plans, work, offers, &pending, now).await;
-    pending.models.truncate(own);
     work.registered.models = pending.models;
-    work.done = done;
-    work.carried = carried;
+    work.done = pending.complete;
     granted
 }
 
@@ -922,10 +894,8 @@ async fn claim_task(
             reason: format!("task {} does not exist", request.task_key),
         }),
         Some(plan) => {
-            let carried = std::mem::take(&mut work.carried);
-            let reply = claim(context, conn, plans, work, request, plan, &carried, now).await;
-            work.carried = carried;
-            reply
+            let nothing = assignment::Pending::default();
+            claim(context, conn, plans, work, request, plan, &nothing, now).await
         }
     }
 }
@@ -1468,118 +1438,9 @@ async fn commit(
     work: &Work,
     now: Timestamp,
 ) -> Result<Vec<OutboxRow>, StoreError> {
-    let rows = Rows::of(plans, work, now)?;
-    write(conn, work, &rows, now).await
-}
-
-/// The rows a batch writes besides its tasks' and plans' new states, which [`write`] takes
-/// from the effects: computed while the plans are at hand, so the write needs only the batch.
-struct Rows {
-    /// The history of the tasks whose status changed.
-    history: Vec<TaskStateChange>,
-    /// Outbox rows of tasks ready now, handed to the relay after the commit.
-    ready: Vec<NewOutboxRow>,
-    /// Outbox rows of tasks ready later (a retry's backoff), left to the relay's polling.
-    later: Vec<NewOutboxRow>,
-    /// The registration of the tasks added to stored plans, in their history.
-    added_history: Vec<TaskStateChange>,
-}
-
-impl Rows {
-    /// The rows of `work`, whose plans are in `plans`, decided at `now`.
-    fn of(plans: &Plans, work: &Work, now: Timestamp) -> Result<Rows, StoreError> {
-        let mut history = Vec::new();
-        let mut outbox = Vec::new();
-        let (last_task, _) = last_states(work);
-        for effect in &work.effects {
-            match effect {
-                Effect::TaskChanged {
-                    task,
-                    reason,
-                    status_changed,
-                } if *status_changed => history.push(state_change(task, reason, now)),
-                // A task no longer ready by the end of the batch (granted as a follow-up, or
-                // failed when its assignment could not be read) does not go through its queue.
-                Effect::Enqueue { task, .. }
-                    if last_task
-                        .get(task)
-                        .is_some_and(|node| node.status != TaskStatus::Todo) => {}
-                Effect::Enqueue {
-                    task,
-                    routing_key,
-                    not_before,
-                } => {
-                    let Some(plan_key) = plans.plan_of.get(task) else {
-                        continue;
-                    };
-                    let Some(node) = plans
-                        .states
-                        .get(plan_key)
-                        .and_then(|state| state.task(*task))
-                    else {
-                        continue;
-                    };
-                    let message = TaskReady {
-                        task_key: *task,
-                        compute_plan_key: *plan_key,
-                        function_key: node.function_key,
-                        requirements: plans.requirements.get(task).cloned().unwrap_or_default(),
-                    };
-                    outbox.push(NewOutboxRow {
-                        task_key: task.0,
-                        routing_key: routing_key.clone(),
-                        payload: serde_json::to_value(&message).map_err(|error| {
-                            StoreError::Encode {
-                                what: "task.ready message",
-                                reason: error.to_string(),
-                            }
-                        })?,
-                        created_at: now,
-                        available_at: *not_before,
-                    });
-                }
-                _ => {}
-            }
-        }
-        // Added tasks are stored first, with their registration in the history; the core's
-        // changes to them follow.
-        let added_history: Vec<TaskStateChange> = work
-            .added_tasks
-            .iter()
-            .map(|task| TaskStateChange {
-                task_key: task.key,
-                timestamp: now,
-                status: task.status,
-                reason: "registered".to_owned(),
-                attempt: None,
-            })
-            .collect();
-        // Rows ready now are handed to the relay after the commit, hidden from its polling
-        // meanwhile; a retry's backoff waits for polling.
-        let (mut ready, later): (Vec<NewOutboxRow>, Vec<NewOutboxRow>) = outbox
-            .into_iter()
-            .partition(|row| row.available_at.is_none_or(|at| at <= now));
-        for row in &mut ready {
-            row.available_at = Some(now + outbox_relay::HANDOVER_GRACE);
-        }
-        Ok(Rows {
-            history,
-            ready,
-            later,
-            added_history,
-        })
-    }
-}
-
-/// The last state of each task and plan `work` changed: a task or plan changed by several
-/// events of a batch is written once, in its last state.
-#[allow(clippy::type_complexity)]
-fn last_states(
-    work: &Work,
-) -> (
-    HashMap<TaskKey, &TaskNode>,
-    HashMap<PlanKey, &models::ComputePlan>,
-) {
+    let mut history = Vec::new();
+    let mut outbox = Vec::new();
+    // A task or plan changed by several events of the batch is written once, in its last state.
     let mut last_task: HashMap<TaskKey, &TaskNode> = HashMap::new();
     let mut last_plan: HashMap<PlanKey, &models::ComputePlan> = HashMap::new();
     for effect in &work.effects {
@@ -1593,27 +1454,80 @@ fn last_states(
             _ => {}
         }
     }
-    (last_task, last_plan)
-}
-
-/// Writes `work`'s effects and `rows` in one transaction; returns the outbox rows to hand to
-/// the relay.
-async fn write(
-    conn: &mut AsyncPgConnection,
-    work: &Work,
-    rows: &Rows,
-    now: Timestamp,
-) -> Result<Vec<OutboxRow>, StoreError> {
-    let (last_task, last_plan) = last_states(work);
-    let Rows {
-        history,
-        ready,
-        later,
-        added_history,
-    } = rows;
+    for effect in &work.effects {
+        match effect {
+            Effect::TaskChanged {
+                task,
+                reason,
+                status_changed,
+            } if *status_changed => history.push(state_change(task, reason, now)),
+            // A task no longer ready by the end of the batch (granted as a follow-up, or
+            // failed when its assignment could not be read) does not go through its queue.
+            Effect::Enqueue { task, .. }
+                if last_task
+                    .get(task)
+                    .is_some_and(|node| node.status != TaskStatus::Todo) => {}
+            Effect::Enqueue {
+                task,
+                routing_key,
+                not_before,
+            } => {
+                let Some(plan_key) = plans.plan_of.get(task) else {
+                    continue;
+                };
+                let Some(node) = plans
+                    .states
+                    .get(plan_key)
+                    .and_then(|state| state.task(*task))
+                else {
+                    continue;
+                };
+                let message = TaskReady {
+                    task_key: *task,
+                    compute_plan_key: *plan_key,
+                    function_key: node.function_key,
+                    requirements: plans.requirements.get(task).cloned().unwrap_or_default(),
+                };
+                outbox.push(NewOutboxRow {
+                    task_key: task.0,
+                    routing_key: routing_key.clone(),
+                    payload: serde_json::to_value(&message).map_err(|error| {
+                        StoreError::Encode {
+                            what: "task.ready message",
+                            reason: error.to_string(),
+                        }
+                    })?,
+                    created_at: now,
+                    available_at: *not_before,
+                });
+            }
+            _ => {}
+        }
+    }
+    // Added tasks are stored first, with their registration in the history; the core's
+    // changes to them follow.
+    let added_history: Vec<TaskStateChange> = work
+        .added_tasks
+        .iter()
+        .map(|task| TaskStateChange {
+            task_key: task.key,
+            timestamp: now,
+            status: task.status,
+            reason: "registered".to_owned(),
+            attempt: None,
+        })
+        .collect();
+    // Rows ready now are handed to the relay after the commit, hidden from its polling
+    // meanwhile; a retry's backoff waits for polling.
+    let (mut ready, later): (Vec<NewOutboxRow>, Vec<NewOutboxRow>) = outbox
+        .into_iter()
+        .partition(|row| row.available_at.is_none_or(|at| at <= now));
+    for row in &mut ready {
+        row.available_at = Some(now + outbox_relay::HANDOVER_GRACE);
+    }
     conn.transaction(async |conn| {
         tasks::insert_tasks(conn, &work.added_tasks).await?;
-        tasks::insert_state_changes(conn, added_history).await?;
+        tasks::insert_state_changes(conn, &added_history).await?;
         for row in &work.submission_rows {
             crate::store::submissions::insert_submission(conn, row).await?;
         }
@@ -1662,9 +1576,9 @@ async fn write(
         let (_, _, _, _, handed, _, _, _, _, _) = futures::try_join!(
             tasks::update_task_states(shared, &updates),
             plan_updates,
-            tasks::insert_state_changes(shared, history),
-            tasks::insert_outbox_rows(shared, later),
-            tasks::insert_outbox_rows(shared, ready),
+            tasks::insert_state_changes(shared, &history),
+            tasks::insert_outbox_rows(shared, &later),
+            tasks::insert_outbox_rows(shared, &ready),
             tasks::set_task_results(shared, &unchanged),
             execution::insert_models(shared, &work.registered.models),
             execution::insert_performances(shared, &work.registered.performances),
@@ -1818,78 +1732,19 @@ async fn announce(context: &Context, publisher: &Publisher, work: &Work, handed:
     }
 }
 
-/// A batch decided: its effects are in the plans in memory and in `work`, not stored yet.
-struct Decided {
-    batch: Vec<Delivery<Incoming>>,
-    work: Work,
-    rows: Rows,
-    /// The connection it was read on, which writes it.
-    conn: store::PooledConnection,
-    now: Timestamp,
-    /// When its first delivery arrived.
-    received: std::time::Instant,
-    /// When it began to be decided.
-    started: std::time::Instant,
-    /// How long reading and deciding it took.
-    read: Duration,
-}
-
-/// A batch that could not be decided: the plans it touched may be ahead of the database.
-struct Undecided {
-    batch: Vec<Delivery<Incoming>>,
-    touched: HashSet<PlanKey>,
-    error: StoreError,
-}
-
-/// A decided batch being committed, answered and acked off the loop ([`finish`]), while the
-/// loop decides the next one.
-struct InFlight {
-    /// Its effects: the plans it touched, and the models it registered, which the next batch's
-    /// assignments may need before they are stored.
-    work: Arc<Work>,
-    /// Whether the next batch may be decided before it commits ([`overlaps`]).
-    overlaps: bool,
-    /// Whether it committed.
-    handle: tokio::task::JoinHandle<bool>,
-}
-
-/// Whether a batch holding `message` may be decided while the batch before it commits, and the
-/// next one while it commits: only if it reads nothing that batch may have written but plans
-/// in memory and its registered models. Claims, reports, heartbeats, logs and measurements
-/// qualify (what they read from the store, a task's inputs and outputs or a worker, is never
-/// written by a batch they could follow); added tasks, cancels, registrations and builds, which
-/// validate against or write to the store beside the plans, wait for the batch before them
-/// and make the next one wait.
-fn overlaps(message: &Incoming) -> bool {
-    matches!(
-        message,
-        Incoming::Claim(_)
-            | Incoming::Claims(_)
-            | Incoming::Status(_)
-            | Incoming::Statuses(_)
-            | Incoming::Heartbeat(_)
-            | Incoming::Logs(_)
-            | Incoming::Measurements(_)
-    )
-}
-
-/// Reads what a batch of deliveries needs and feeds it to the core. `carried`: what the batch
-/// before it registered, if that one may not be committed yet.
-async fn decide(
+/// Applies a batch of deliveries: core, one transaction, announcements, acks.
+async fn apply_batch(
     context: &Context,
+    publisher: &Publisher,
     plans: &mut Plans,
     batch: Vec<Delivery<Incoming>>,
     received: std::time::Instant,
-    carried: assignment::Pending,
-) -> anyhow::Result<Result<Decided, Undecided>> {
+) -> anyhow::Result<()> {
     hold_started(context, plans);
     let now = Utc::now();
     let started = std::time::Instant::now();
     let mut conn = store::connection(&context.pool).await?;
-    let mut work = Work {
-        carried,
-        ..Work::default()
-    };
+    let mut work = Work::default();
     let mut failure = None;
     // Claims and DONE reports read their stored task: all of them in one query.
     let mut named: Vec<TaskKey> = batch
@@ -1935,61 +1790,28 @@ async fn decide(
     {
         failure = Some(error);
     }
-    let rows = match failure {
-        None => Rows::of(plans, &work, now),
-        Some(error) => Err(error),
-    };
-    Ok(match rows {
-        Ok(rows) => Ok(Decided {
-            batch,
-            work,
-            rows,
-            conn,
-            now,
-            received,
-            started,
-            read: started.elapsed(),
-        }),
-        Err(error) => Err(Undecided {
-            batch,
-            touched: work.touched,
-            error,
-        }),
-    })
-}
-
-/// Commits a decided batch, then answers claims, hands ready tasks to the relay, sends orders
-/// and acks its deliveries; if the commit fails, requeues them after [`RETRY_DELAY`]. Whether
-/// it committed.
-async fn finish(
-    context: Arc<Context>,
-    publisher: Publisher,
-    decided: Decided,
-    work: Arc<Work>,
-) -> bool {
-    let Decided {
-        batch,
-        rows,
-        mut conn,
-        now,
-        received,
-        started,
-        read,
-        ..
-    } = decided;
-    let written = write(&mut conn, &work, &rows, now).await;
-    drop(conn);
-    let handed = match written {
-        Ok(handed) => handed,
-        Err(error) => {
-            tracing::warn!("applying {} events failed, retrying: {error}", batch.len());
-            tokio::time::sleep(RETRY_DELAY).await;
-            requeue(batch).await;
-            return false;
+    let read = started.elapsed();
+    let mut handed = Vec::new();
+    if failure.is_none() {
+        match commit(&mut conn, plans, &work, now).await {
+            Ok(rows) => handed = rows,
+            Err(error) => failure = Some(error),
         }
-    };
+    }
+    if let Some(error) = failure {
+        // Memory may be ahead of the database: forget, rebuild later, and retry the batch.
+        tracing::warn!("applying {} events failed, retrying: {error}", batch.len());
+        for plan in &work.touched {
+            plans.forget(*plan);
+        }
+        tokio::time::sleep(RETRY_DELAY).await;
+        for delivery in batch {
+            delivery.requeue().await?;
+        }
+        return Ok(());
+    }
     let committed = started.elapsed();
-    announce(&context, &publisher, &work, handed).await;
+    announce(context, publisher, &work, handed).await;
     tracing::debug!(
         "applied {} events: read and decided in {read:?}, committed at {committed:?}, answered at {:?}",
         batch.len(),
@@ -2015,68 +1837,21 @@ async fn finish(
             tracing::debug!("ack lost: {error}");
         }
     }
-    true
-}
-
-/// Puts `batch` back in its queue, to be applied again.
-async fn requeue(batch: Vec<Delivery<Incoming>>) {
-    for delivery in batch {
-        if let Err(error) = delivery.requeue().await {
-            // Its channel is gone, and RabbitMQ redelivers it with the channel's other
-            // unacked deliveries.
-            tracing::warn!("requeuing an event: {error}");
-        }
-    }
-}
-
-/// Commits `decided` off the loop ([`finish`]).
-fn spawn_finish(
-    context: &Arc<Context>,
-    publisher: &Publisher,
-    mut decided: Decided,
-    overlaps: bool,
-) -> InFlight {
-    let work = Arc::new(std::mem::take(&mut decided.work));
-    let handle = tokio::spawn(finish(
-        Arc::clone(context),
-        publisher.clone(),
-        decided,
-        Arc::clone(&work),
-    ));
-    InFlight {
-        work,
-        overlaps,
-        handle,
-    }
-}
-
-/// Waits until `inflight` is committed (or failed), then forgets the plans it finished, except
-/// those `next` (the batch decided after it) touched, which that batch's own settling checks;
-/// if it failed, forgets every plan it touched, to be rebuilt from the store. Whether it
-/// committed.
-async fn settle(plans: &mut Plans, inflight: InFlight, next: Option<&HashSet<PlanKey>>) -> bool {
-    let committed = inflight.handle.await.unwrap_or_else(|error| {
-        tracing::error!("committing a batch of events: {error}");
-        false
-    });
-    let forgotten: Vec<PlanKey> = inflight
-        .work
+    let finished: Vec<PlanKey> = work
         .touched
         .iter()
         .filter(|plan| {
-            !committed
-                || (next.is_none_or(|next| !next.contains(plan))
-                    && plans
-                        .states
-                        .get(plan)
-                        .is_some_and(|state| !state.is_active()))
+            plans
+                .states
+                .get(plan)
+                .is_some_and(|state| !state.is_active())
         })
         .copied()
         .collect();
-    for plan in forgotten {
+    for plan in finished {
         plans.forget(plan);
     }
-    committed
+    Ok(())
 }
 
 /// Lapses expired leases in every cached plan.
@@ -2169,20 +1944,10 @@ pub async fn run(context: Arc<Context>, shutdown: CancellationToken) -> anyhow::
     let publisher = Publisher::new(&context.broker).await?;
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The batch being committed while the next is decided.
-    let mut inflight: Option<InFlight> = None;
     loop {
         let first = tokio::select! {
-            () = shutdown.cancelled() => {
-                if let Some(last) = inflight.take() {
-                    settle(&mut plans, last, None).await;
-                }
-                return Ok(());
-            }
+            () = shutdown.cancelled() => return Ok(()),
             _ = ticker.tick() => {
-                if let Some(last) = inflight.take() {
-                    settle(&mut plans, last, None).await;
-                }
                 tick(&context, &publisher, &mut plans).await?;
                 continue;
             }
@@ -2194,8 +1959,8 @@ pub async fn run(context: Arc<Context>, shutdown: CancellationToken) -> anyhow::
             Some(delivery) => vec![delivery?],
         };
         // Take what is already there, up to a batch, without waiting for more: what arrives
-        // while this batch is decided and commits makes the next one (group commit), so a lone
-        // event is applied at once and a busy queue still gets large batches.
+        // while this batch commits makes the next one (group commit), so a lone event is
+        // applied at once and a busy queue still gets large batches.
         while batch.len() < BATCH {
             match consumer.next().now_or_never() {
                 Some(Some(delivery)) => batch.push(delivery?),
@@ -2203,55 +1968,6 @@ pub async fn run(context: Arc<Context>, shutdown: CancellationToken) -> anyhow::
                 None => break,
             }
         }
-        let overlapping = batch.iter().all(|delivery| overlaps(&delivery.message));
-        // A batch is decided while the one before commits only if both allow it.
-        if let Some(previous) = inflight.take_if(|previous| !(previous.overlaps && overlapping)) {
-            settle(&mut plans, previous, None).await;
-        }
-        let carried = inflight
-            .as_ref()
-            .map(|previous| previous.work.pending())
-            .unwrap_or_default();
-        let decided = decide(&context, &mut plans, batch, received, carried).await?;
-        let touched = match &decided {
-            Ok(decided) => &decided.work.touched,
-            Err(undecided) => &undecided.touched,
-        };
-        if let Some(previous) = inflight.take()
-            && !settle(&mut plans, previous, Some(touched)).await
-        {
-            // Decided on top of a batch that was not stored: both go back to the queue.
-            let (batch, touched) = match decided {
-                Ok(decided) => (decided.batch, decided.work.touched),
-                Err(undecided) => (undecided.batch, undecided.touched),
-            };
-            tracing::warn!(
-                "{} events decided after a batch that failed go back to the queue",
-                batch.len()
-            );
-            for plan in touched {
-                plans.forget(plan);
-            }
-            requeue(batch).await;
-            continue;
-        }
-        match decided {
-            Ok(decided) => {
-                inflight = Some(spawn_finish(&context, &publisher, decided, overlapping));
-            }
-            Err(Undecided {
-                batch,
-                touched,
-                error,
-            }) => {
-                // Memory may be ahead of the database: forget, rebuild later, and retry.
-                tracing::warn!("applying {} events failed, retrying: {error}", batch.len());
-                for plan in touched {
-                    plans.forget(plan);
-                }
-                tokio::time::sleep(RETRY_DELAY).await;
-                requeue(batch).await;
-            }
-        }
+        apply_batch(&context, &publisher, &mut plans, batch, received).await?;
     }
 }
