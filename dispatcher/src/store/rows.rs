@@ -544,9 +544,14 @@ pub struct DatasetSampleRow {
     pub data_sample_key: Uuid,
 }
 
-/// A row of `compute_plans`.
+/// A row of `compute_plans`. Its key is left out of its changeset: an update that set it, even
+/// to itself, would run the trigger that keeps it from changing.
 #[derive(Clone, Debug, Queryable, Selectable, Insertable, AsChangeset)]
-#[diesel(table_name = schema::compute_plans, check_for_backend(diesel::pg::Pg))]
+#[diesel(
+    table_name = schema::compute_plans,
+    primary_key(key),
+    check_for_backend(diesel::pg::Pg)
+)]
 pub struct PlanRow {
     /// Key.
     pub key: Uuid,
