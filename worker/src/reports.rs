@@ -3,8 +3,8 @@
 //! rather than a message each. A lone report goes at once, as a `task.status` on
 //! `task.<key>.status`; reports gather only behind one under way, and with those of the
 //! attempts that end at the same instant (the first yields once before it goes, so that they
-//! join it rather than wait for its confirm). Every report is confirmed by RabbitMQ before its
-//! attempt's slot is freed, retrying through a broker outage.
+//! join it rather than wait for its confirm). Every report is confirmed
+//! by RabbitMQ before its attempt's slot is freed, retrying through a broker outage.
 
 use tokio::sync::{mpsc, oneshot};
 
