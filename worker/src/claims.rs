@@ -2,9 +2,7 @@
 //! to the dispatcher are claimed together in the next one, as one `task.claim_batch` message
 //! (`worker.<id>.claim`) and one reply, rather than a message and a reply each. A lone claim
 //! goes at once; claims gather only behind one already under way (as commits gather behind a
-//! commit), so nothing waits for a batch to fill. The tasks of one round of deliveries arrive
-//! together: the first claim yields once before it goes, so the others made at that instant
-//! go with it rather than one claim's round trip later.
+//! commit), so nothing waits for a batch to fill.
 
 use std::time::Duration;
 
@@ -61,14 +59,6 @@ async fn run(
     let key = format!("worker.{worker}.claim");
     let mut pending = Vec::new();
     while rx.recv_many(&mut pending, MAX_BATCH).await > 0 {
-        // Claims made at this instant (a round's deliveries, attempts that end together) join
-        // the first: the tasks they came from run once it has yielded.
-        tokio::task::yield_now().await;
-        while pending.len() < MAX_BATCH
-            && let Ok(more) = rx.try_recv()
-        {
-            pending.push(more);
-        }
         let request = ClaimBatch {
             worker_id: worker.clone(),
             task_keys: pending.iter().map(|p| p.task).collect(),

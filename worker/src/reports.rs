@@ -1,9 +1,7 @@
 //! Status reports, gathered: the attempts that end while a report is on its way to RabbitMQ
 //! are reported together in the next message, a `task.status_batch` on `worker.<id>.status`,
 //! rather than a message each. A lone report goes at once, as a `task.status` on
-//! `task.<key>.status`; reports gather only behind one under way, and with those of the
-//! attempts that end at the same instant (the first yields once before it goes, so that they
-//! join it rather than wait for its confirm). Every report is confirmed
+//! `task.<key>.status`; reports gather only behind one under way. Every report is confirmed
 //! by RabbitMQ before its attempt's slot is freed, retrying through a broker outage.
 
 use tokio::sync::{mpsc, oneshot};
@@ -60,14 +58,6 @@ async fn run(publisher: Publisher, worker: WorkerId, mut rx: mpsc::UnboundedRece
     let batch_key = format!("worker.{worker}.status");
     let mut pending = Vec::new();
     while rx.recv_many(&mut pending, MAX_BATCH).await > 0 {
-        // Reports made at this instant (a round's deliveries, attempts that end together) join
-        // the first: the tasks they came from run once it has yielded.
-        tokio::task::yield_now().await;
-        while pending.len() < MAX_BATCH
-            && let Ok(more) = rx.try_recv()
-        {
-            pending.push(more);
-        }
         let (reports, confirmed): (Vec<_>, Vec<_>) = pending
             .drain(..)
             .map(|waiting| (waiting.report, waiting.confirmed))
