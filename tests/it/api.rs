@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use broker::topology::{self, EVENTS_EXCHANGE};
+use broker::topology::EVENTS_EXCHANGE;
 use broker::{Broker, RpcClient};
 use dispatcher::metrics::DispatcherMetrics;
 use dispatcher::service::DispatcherConfig;
@@ -1639,7 +1639,7 @@ async fn claim(api: &Api, id: &str, task: TaskKey) -> bool {
     let reply: ClaimReply = rpc
         .call(
             EVENTS_EXCHANGE,
-            &topology::task_event_key(task, "claim"),
+            &format!("worker.{id}.claim"),
             &request,
             Duration::from_secs(10),
         )

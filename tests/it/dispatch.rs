@@ -894,6 +894,32 @@ async fn claim_and_status_batches_are_answered_and_applied_task_by_task() {
         );
     }
 
+    // A single claim is held to the same rule: refused under a task's key, and under a key
+    // of another worker than the one it names.
+    for (routing_key, worker) in [
+        (broker::topology::task_event_key(t1, "claim"), "worker-1"),
+        ("worker.worker-1.claim".to_owned(), "worker-9"),
+    ] {
+        let request = models::wire::ClaimRequest {
+            task_key: t1,
+            worker_id: worker.into(),
+        };
+        let refused: ClaimReply = worker_rpc
+            .call(
+                broker::topology::EVENTS_EXCHANGE,
+                &routing_key,
+                &request,
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        let expected = format!("must be published as `worker.{worker}.claim`, not `{routing_key}`");
+        assert!(
+            matches!(&refused, ClaimReply::Refused { task_key, reason } if *task_key == t1 && reason.contains(&expected)),
+            "{refused:?}"
+        );
+    }
+
     // Both ends in one status batch, after a forged report that changes nothing.
     let report = |granted: &Granted, logs| TaskStatusReport {
         task_key: granted.task,

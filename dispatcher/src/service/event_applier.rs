@@ -434,7 +434,15 @@ async fn take(
 ) -> Result<(), StoreError> {
     match &delivery.message {
         Incoming::Claim(request) => {
-            let reply = if is_registered(context, conn, plans, &request.worker_id).await? {
+            // As for a batch: RabbitMQ lets a worker's user publish only under its own
+            // `worker.<id>.` keys, so a claim on its worker's key comes from that worker.
+            let key = format!("worker.{}.claim", request.worker_id);
+            let reply = if delivery.routing_key != key {
+                ClaimReply::Refused {
+                    task_key: request.task_key,
+                    reason: wrong_claim_key(&key, &delivery.routing_key),
+                }
+            } else if is_registered(context, conn, plans, &request.worker_id).await? {
                 claim_task(context, conn, plans, work, request, now).await?
             } else {
                 unregistered(request.task_key, &request.worker_id)
@@ -446,10 +454,7 @@ async fn take(
             // a batch on its worker's key comes from that worker (docs/security.md).
             let key = format!("worker.{}.claim", batch.worker_id);
             let refusal = if delivery.routing_key != key {
-                Some(format!(
-                    "claims for worker {} must be published as `{key}`, not `{}`",
-                    batch.worker_id, delivery.routing_key
-                ))
+                Some(wrong_claim_key(&key, &delivery.routing_key))
             } else if !is_registered(context, conn, plans, &batch.worker_id).await? {
                 Some(unregistered_reason(&batch.worker_id))
             } else {
@@ -864,6 +869,15 @@ async fn grant_each_follow_up(
         }
     }
     Ok(())
+}
+
+/// Why a claim published under `routing_key` is refused when its worker's key is `key`.
+fn wrong_claim_key(key: &str, routing_key: &str) -> String {
+    let worker = key
+        .strip_prefix("worker.")
+        .and_then(|rest| rest.strip_suffix(".claim"))
+        .unwrap_or(key);
+    format!("claims for worker {worker} must be published as `{key}`, not `{routing_key}`")
 }
 
 /// The refusal of a claim by a worker that is not registered (or disabled, or leaving).

@@ -449,7 +449,7 @@ impl ScriptedWorker {
         self.rpc
             .call(
                 EVENTS_EXCHANGE,
-                &topology::task_event_key(task, "claim"),
+                &format!("worker.{}.claim", self.id),
                 &request,
                 Duration::from_secs(10),
             )
