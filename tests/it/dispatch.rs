@@ -1577,15 +1577,19 @@ async fn canceling_a_running_plan_leaves_no_task_that_can_still_run() {
         compute_plan_key: key,
         reason: "operator asked".into(),
     };
-    let reply: CancelReply = rpc
-        .call(
+    // Sent under an id of the producer's own, so that sending it again is recognized.
+    let cancel_once = async || -> CancelReply {
+        rpc.call_with_message_id(
             SUBMIT_EXCHANGE,
             CancelRequest::KIND,
             &cancel(running.key),
+            "operator-cancel-110".to_owned(),
             WAIT,
         )
         .await
-        .unwrap();
+        .unwrap()
+    };
+    let reply = cancel_once().await;
     assert_eq!(reply, CancelReply::Accepted);
     let canceled = cluster
         .wait_for_plan(running.key, WAIT, "canceling", |p| {
@@ -1616,6 +1620,9 @@ async fn canceling_a_running_plan_leaves_no_task_that_can_still_run() {
     assert!(ended.end_date.is_some());
     assert_eq!(ended.counters.canceled_count, 3);
 
+    // The same request again (a redelivery, a retry) gets the same answer, although a new one
+    // would now be refused.
+    assert_eq!(cancel_once().await, CancelReply::Accepted);
     // A second cancel is refused: the plan is already terminated.
     let again: CancelReply = rpc
         .call(

@@ -1251,11 +1251,41 @@ async fn cancel(
             reason: format!("{error}: {message}"),
         });
     }
+    // A request sent again under its message id (a redelivery after a crash between the
+    // commit and the ack, or a producer's retry) gets the answer the first one got.
+    let record = if meta.message_id.is_empty() {
+        None
+    } else {
+        Some(crate::submission::SubmissionRecord::of(
+            request,
+            &meta.message_id,
+        )?)
+    };
+    if let Some(record) = &record
+        && let Some(row) =
+            crate::store::submissions::find_by_message(conn, &record.message_id).await?
+    {
+        if let Some(detail) = crate::submission::reused_message_id(&row, record) {
+            return Ok(CancelReply::Refused {
+                reason: format!(
+                    "{}: {}",
+                    crate::submission::MESSAGE_ID_REUSED,
+                    detail.message
+                ),
+            });
+        }
+        return crate::submission::recorded_reply(row);
+    }
     tracing::info!("cancel requested by {}: {request:?}", principal.name());
-    Ok(match work.apply_or_refusal(plans, plan, event, now) {
+    let reply = match work.apply_or_refusal(plans, plan, event, now) {
         None => CancelReply::Accepted,
         Some(reason) => CancelReply::Refused { reason },
-    })
+    };
+    if let Some(record) = record {
+        work.submission_rows
+            .push(record.row(Some(plan), &reply, now)?);
+    }
+    Ok(reply)
 }
 
 /// Who sent `meta`'s message (see [`auth::principal_of_message`]).
