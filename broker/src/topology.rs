@@ -79,6 +79,12 @@ pub fn task_event_key(task: models::TaskKey, verb: &str) -> String {
     format!("task.{task}.{verb}")
 }
 
+/// The events routing key of `verb` from worker `worker`: `worker.<id>.<verb>`, which RabbitMQ
+/// lets only that worker's user publish under (docs/security.md).
+pub fn worker_event_key(worker: &models::WorkerId, verb: &str) -> String {
+    format!("worker.{worker}.{verb}")
+}
+
 fn long_string(text: &str) -> AMQPValue {
     AMQPValue::LongString(text.into())
 }
@@ -293,6 +299,10 @@ mod tests {
         assert_eq!(
             task_event_key(key, "claim"),
             "task.00000000-0000-0000-0000-000000000001.claim"
+        );
+        assert_eq!(
+            worker_event_key(&"host-1".into(), "claim"),
+            "worker.host-1.claim"
         );
     }
 }

@@ -1639,7 +1639,7 @@ async fn claim(api: &Api, id: &str, task: TaskKey) -> bool {
     let reply: ClaimReply = rpc
         .call(
             EVENTS_EXCHANGE,
-            &format!("worker.{id}.claim"),
+            &broker::topology::worker_event_key(&id.into(), "claim"),
             &request,
             Duration::from_secs(10),
         )

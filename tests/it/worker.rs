@@ -747,14 +747,14 @@ async fn an_in_process_handler_runs_a_task_end_to_end() {
 async fn events_whose_commit_fails_are_applied_again_and_nothing_is_lost_or_doubled() {
     const PARENTS: u128 = 48;
     const CHILDREN: u128 = 4;
-    let make = function(
+    let mut make = function(
         661,
         "make",
         &[],
         Vec::new(),
         vec![output("model", OutputKind::Model)],
     );
-    let join = function(
+    let mut join = function(
         662,
         "join",
         &[],
@@ -766,7 +766,6 @@ async fn events_whose_commit_fails_are_applied_again_and_nothing_is_lost_or_doub
         }],
         vec![output("count", OutputKind::Performance)],
     );
-    let (mut make, mut join) = (make, join);
     make.steps.clear();
     join.steps.clear();
     let setup = Setup::new(chrono::Duration::seconds(10), &[make, join]).await;

@@ -478,7 +478,7 @@ async fn register(
         executor_limit: shared.config.executor_limit,
         devices,
     };
-    let key = format!("worker.{}.register", shared.config.worker_id);
+    let key = broker::topology::worker_event_key(&shared.config.worker_id, "register");
     loop {
         let reply = shared
             .rpc
@@ -1215,7 +1215,7 @@ fn choose_device(shared: &Shared, assignment: &Assignment) -> Result<Arc<dyn Dev
 /// Sends heartbeats that renew the leases of running attempts; kills the steps of attempts
 /// whose lease could not be renewed in time.
 async fn heartbeat_loop(shared: Arc<Shared>, interval: Duration, stop: CancellationToken) {
-    let key = format!("worker.{}.heartbeat", shared.config.worker_id);
+    let key = broker::topology::worker_event_key(&shared.config.worker_id, "heartbeat");
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Once the worker stops taking work, one heartbeat says so at once (no idle slots).

@@ -56,7 +56,7 @@ async fn run(
     timeout: Duration,
     mut rx: mpsc::UnboundedReceiver<Pending>,
 ) {
-    let key = format!("worker.{worker}.claim");
+    let key = broker::topology::worker_event_key(&worker, "claim");
     let mut pending = Vec::new();
     while rx.recv_many(&mut pending, MAX_BATCH).await > 0 {
         let request = ClaimBatch {

@@ -55,7 +55,7 @@ impl Reports {
 /// Sends what is waiting as one message, waits for its confirm, and again, until every sender
 /// is gone.
 async fn run(publisher: Publisher, worker: WorkerId, mut rx: mpsc::UnboundedReceiver<Pending>) {
-    let batch_key = format!("worker.{worker}.status");
+    let batch_key = broker::topology::worker_event_key(&worker, "status");
     let mut pending = Vec::new();
     while rx.recv_many(&mut pending, MAX_BATCH).await > 0 {
         let (reports, confirmed): (Vec<_>, Vec<_>) = pending

@@ -436,11 +436,11 @@ async fn take(
         Incoming::Claim(request) => {
             // As for a batch: RabbitMQ lets a worker's user publish only under its own
             // `worker.<id>.` keys, so a claim on its worker's key comes from that worker.
-            let key = format!("worker.{}.claim", request.worker_id);
+            let key = topology::worker_event_key(&request.worker_id, "claim");
             let reply = if delivery.routing_key != key {
                 ClaimReply::Refused {
                     task_key: request.task_key,
-                    reason: wrong_claim_key(&key, &delivery.routing_key),
+                    reason: wrong_claim_key(&request.worker_id, &key, &delivery.routing_key),
                 }
             } else if is_registered(context, conn, plans, &request.worker_id).await? {
                 claim_task(context, conn, plans, work, request, now).await?
@@ -452,9 +452,13 @@ async fn take(
         Incoming::Claims(batch) => {
             // RabbitMQ lets a worker's user publish only under its own `worker.<id>.` keys, so
             // a batch on its worker's key comes from that worker (docs/security.md).
-            let key = format!("worker.{}.claim", batch.worker_id);
+            let key = topology::worker_event_key(&batch.worker_id, "claim");
             let refusal = if delivery.routing_key != key {
-                Some(wrong_claim_key(&key, &delivery.routing_key))
+                Some(wrong_claim_key(
+                    &batch.worker_id,
+                    &key,
+                    &delivery.routing_key,
+                ))
             } else if !is_registered(context, conn, plans, &batch.worker_id).await? {
                 Some(unregistered_reason(&batch.worker_id))
             } else {
@@ -505,7 +509,8 @@ async fn take(
         }
         Incoming::Heartbeat(heartbeat) => {
             // RabbitMQ lets a worker's user publish only under its own `worker.<id>.` keys.
-            let own = delivery.routing_key == format!("worker.{}.heartbeat", heartbeat.worker_id);
+            let own = delivery.routing_key
+                == topology::worker_event_key(&heartbeat.worker_id, "heartbeat");
             if own {
                 offer(
                     context,
@@ -871,12 +876,8 @@ async fn grant_each_follow_up(
     Ok(())
 }
 
-/// Why a claim published under `routing_key` is refused when its worker's key is `key`.
-fn wrong_claim_key(key: &str, routing_key: &str) -> String {
-    let worker = key
-        .strip_prefix("worker.")
-        .and_then(|rest| rest.strip_suffix(".claim"))
-        .unwrap_or(key);
+/// Why a claim for `worker`, whose claims go under `key`, is refused under `routing_key`.
+fn wrong_claim_key(worker: &WorkerId, key: &str, routing_key: &str) -> String {
     format!("claims for worker {worker} must be published as `{key}`, not `{routing_key}`")
 }
 

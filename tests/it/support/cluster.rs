@@ -270,7 +270,7 @@ pub(crate) async fn register(rpc: &RpcClient, id: &str, organization: &str) -> R
     };
     rpc.call(
         EVENTS_EXCHANGE,
-        &format!("worker.{id}.register"),
+        &topology::worker_event_key(&id.into(), "register"),
         &registration,
         Duration::from_secs(10),
     )
@@ -420,7 +420,7 @@ impl ScriptedWorker {
         self.events
             .publish(
                 EVENTS_EXCHANGE,
-                &format!("worker.{}.{kind}", self.id),
+                &topology::worker_event_key(&self.id, kind),
                 message,
                 Meta::default(),
             )
@@ -449,7 +449,7 @@ impl ScriptedWorker {
         self.rpc
             .call(
                 EVENTS_EXCHANGE,
-                &format!("worker.{}.claim", self.id),
+                &topology::worker_event_key(&self.id, "claim"),
                 &request,
                 Duration::from_secs(10),
             )
