@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::future::Either;
 use tokio::sync::mpsc::{self, UnboundedReceiver};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -104,6 +105,10 @@ impl Ended {
 
 /// Runs one attempt to its end. Log lines and samples are all published (confirmed) before
 /// this returns, so they reach the dispatcher before the report.
+///
+/// The log and sample publishers and the measurements follower are polled by the attempt's own
+/// task, not spawned: their ends, which the attempt waits for, then cost no wake-up of another
+/// task (each of which waits its turn on a busy runtime; BENCHMARKS.md).
 pub(crate) async fn run(attempt: Attempt<'_>) -> Ended {
     let task = attempt.grant.task_key;
     let (log_tx, log_rx) = mpsc::unbounded_channel();
@@ -113,49 +118,54 @@ pub(crate) async fn run(attempt: Attempt<'_>) -> Ended {
     let grant = attempt.grant.clone();
     let (logs, samples) = if attempt.build_image.is_some() {
         (
-            tokio::spawn(trace_logs(grant.clone(), log_rx)),
-            tokio::spawn(drop_samples(sample_rx)),
+            Either::Left(trace_logs(grant.clone(), log_rx)),
+            Either::Left(drop_samples(sample_rx)),
         )
     } else {
         (
-            tokio::spawn(publish_logs(publisher.clone(), grant.clone(), log_rx)),
-            tokio::spawn(publish_samples(publisher, grant, sample_rx)),
+            Either::Right(publish_logs(publisher.clone(), grant.clone(), log_rx)),
+            Either::Right(publish_samples(publisher, grant, sample_rx)),
         )
     };
-    let follow_stop = CancellationToken::new();
-
-    let workspace = match Workspace::create(attempt.work_root, task, attempt.grant.attempt).await {
-        Ok(workspace) => Some(workspace),
-        Err(error) => {
-            log.system(None, &format!("cannot create the workspace: {error}"));
-            None
-        }
+    let attempt = &attempt;
+    let work = async move {
+        let workspace =
+            match Workspace::create(attempt.work_root, task, attempt.grant.attempt).await {
+                Ok(workspace) => Some(workspace),
+                Err(error) => {
+                    log.system(None, &format!("cannot create the workspace: {error}"));
+                    None
+                }
+            };
+        let ended = match &workspace {
+            None => Ended::failed(
+                TaskErrorType::Internal,
+                "the worker could not create the task's workspace".to_owned(),
+                true,
+            ),
+            Some(workspace) => {
+                let follow_stop = CancellationToken::new();
+                let follower = crate::measurements::follow(
+                    workspace.measurements_path(),
+                    sample_tx.clone(),
+                    log.clone(),
+                    follow_stop.clone(),
+                );
+                let running = async {
+                    let ended = in_workspace(attempt, workspace, &log, sample_tx.clone()).await;
+                    follow_stop.cancel();
+                    ended
+                };
+                tokio::join!(running, follower).0
+            }
+        };
+        // Every writer gone: the publishers drain what is left and stop; the log's last lines
+        // come back, for the report.
+        drop(log);
+        drop(sample_tx);
+        (ended, workspace)
     };
-    let ended = match &workspace {
-        None => Ended::failed(
-            TaskErrorType::Internal,
-            "the worker could not create the task's workspace".to_owned(),
-            true,
-        ),
-        Some(workspace) => {
-            let follower = tokio::spawn(crate::measurements::follow(
-                workspace.measurements_path(),
-                sample_tx.clone(),
-                log.clone(),
-                follow_stop.clone(),
-            ));
-            let ended = in_workspace(&attempt, workspace, &log, sample_tx.clone()).await;
-            follow_stop.cancel();
-            let _ = follower.await;
-            ended
-        }
-    };
-    // Every writer gone: the publishers drain what is left and stop; the log's last lines come
-    // back, for the report.
-    drop(log);
-    drop(sample_tx);
-    let log_tail = logs.await.unwrap_or_default();
-    let _ = samples.await;
+    let ((ended, workspace), log_tail, ()) = tokio::join!(work, logs, samples);
     if let Some(workspace) = workspace {
         let keep = attempt.keep_failed && !matches!(ended.outcome, ReportedOutcome::Done);
         match workspace.finish(keep).await {
