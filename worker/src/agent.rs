@@ -981,7 +981,7 @@ async fn attempt(
     let timer = timeout_timer(assignment.timeout_secs, &stop_tx);
     tracing::info!(task.key = %task, task.attempt = %grant.attempt, "running task {task} ({})", assignment.function_name);
     let device = choose_device(&shared, &assignment);
-    let ended = match device {
+    let (ended, leftover) = match device {
         Ok(device) => {
             executor::run(executor::Attempt {
                 grant: &grant,
@@ -998,19 +998,22 @@ async fn attempt(
             })
             .await
         }
-        Err(message) => executor::Ended {
-            outcome: ReportedOutcome::Failed {
-                error_type: TaskErrorType::Execution,
-                message,
-                retryable: true,
+        Err(message) => (
+            executor::Ended {
+                outcome: ReportedOutcome::Failed {
+                    error_type: TaskErrorType::Execution,
+                    message,
+                    retryable: true,
+                },
+                steps: Vec::new(),
+                output: serde_json::Value::Null,
+                outputs: Vec::new(),
+                stopped: None,
+                image: None,
+                log_tail: Vec::new(),
             },
-            steps: Vec::new(),
-            output: serde_json::Value::Null,
-            outputs: Vec::new(),
-            stopped: None,
-            image: None,
-            log_tail: Vec::new(),
-        },
+            executor::Leftover::none(task),
+        ),
     };
     if let Some(timer) = timer {
         timer.abort();
@@ -1021,6 +1024,7 @@ async fn attempt(
     if ended.stopped == Some(Stop::LeaseLost) {
         // Another attempt may run already; this one's report would be refused.
         tracing::warn!(task.key = %task, "task {task}: lease lost, step killed, nothing reported");
+        leftover.finish().await;
         drop(slot);
         return;
     }
@@ -1043,7 +1047,9 @@ async fn attempt(
         idle_slots,
     };
     tracing::info!(task.key = %task, "task {task} ended: {:?}", report.outcome);
-    if !shared.reports.send(report).await {
+    // The workspace is finished while the report is on its way; the slot waits for both.
+    let (sent, ()) = tokio::join!(shared.reports.send(report), leftover.finish());
+    if !sent {
         tracing::warn!(task.key = %task, "task {task}: the worker stopped before reporting it");
     }
     drop(slot);
@@ -1148,7 +1154,7 @@ async fn build(shared: Arc<Shared>, grant: Grant, assignment: Arc<Assignment>, s
     );
     // Builds run their steps as subprocesses, on the local device.
     let device: Arc<dyn Device> = Arc::new(LocalDevice::default());
-    let ended = executor::run(executor::Attempt {
+    let (ended, leftover) = executor::run(executor::Attempt {
         grant: &grant,
         assignment: assignment.clone(),
         device,
@@ -1170,6 +1176,7 @@ async fn build(shared: Arc<Shared>, grant: Grant, assignment: Arc<Assignment>, s
         .is_some_and(|run| run.handing_back);
     if ended.stopped == Some(Stop::LeaseLost) {
         tracing::warn!("build of function {function}: lease lost, nothing reported");
+        leftover.finish().await;
         drop(slot);
         return;
     }
@@ -1183,12 +1190,11 @@ async fn build(shared: Arc<Shared>, grant: Grant, assignment: Arc<Assignment>, s
         image: ended.image,
         steps: ended.steps,
     };
-    publish_until_confirmed(
-        &shared.publisher,
-        &format!("function.{function}.status"),
-        &report,
-    )
-    .await;
+    let key = format!("function.{function}.status");
+    tokio::join!(
+        publish_until_confirmed(&shared.publisher, &key, &report),
+        leftover.finish()
+    );
     drop(slot);
 }
 

@@ -109,7 +109,9 @@ impl Ended {
 /// The log and sample publishers and the measurements follower are polled by the attempt's own
 /// task, not spawned: their ends, which the attempt waits for, then cost no wake-up of another
 /// task (each of which waits its turn on a busy runtime; BENCHMARKS.md).
-pub(crate) async fn run(attempt: Attempt<'_>) -> Ended {
+///
+/// The workspace comes back unfinished, to be finished while the report is on its way.
+pub(crate) async fn run(attempt: Attempt<'_>) -> (Ended, Leftover) {
     let task = attempt.grant.task_key;
     let (log_tx, log_rx) = mpsc::unbounded_channel();
     let log = LogWriter::new(attempt.log_limits, log_tx);
@@ -166,8 +168,44 @@ pub(crate) async fn run(attempt: Attempt<'_>) -> Ended {
         (ended, workspace)
     };
     let ((ended, workspace), log_tail, ()) = tokio::join!(work, logs, samples);
-    if let Some(workspace) = workspace {
-        let keep = attempt.keep_failed && !matches!(ended.outcome, ReportedOutcome::Done);
+    let leftover = Leftover {
+        task,
+        keep: attempt.keep_failed && !matches!(ended.outcome, ReportedOutcome::Done),
+        workspace,
+    };
+    (Ended { log_tail, ..ended }, leftover)
+}
+
+/// The workspace of an ended attempt, still to finish: emptied and kept as a spare, removed,
+/// or kept for inspection (a failed attempt's, with `keep_failed`). Nothing reads it after
+/// the attempt's end, so it is finished beside the report rather than before it: a blocking
+/// call less on the way from a step's end to its report.
+pub(crate) struct Leftover {
+    task: models::TaskKey,
+    keep: bool,
+    workspace: Option<Workspace>,
+}
+
+impl Leftover {
+    /// No workspace to finish (the attempt never had one).
+    pub(crate) fn none(task: models::TaskKey) -> Leftover {
+        Leftover {
+            task,
+            keep: false,
+            workspace: None,
+        }
+    }
+
+    /// Finishes the workspace, logging where it was kept or why it could not be removed.
+    pub(crate) async fn finish(self) {
+        let Leftover {
+            task,
+            keep,
+            workspace,
+        } = self;
+        let Some(workspace) = workspace else {
+            return;
+        };
         match workspace.finish(keep).await {
             Ok(Some(kept)) => {
                 tracing::info!(task.key = %task, "workspace kept at {}", kept.display())
@@ -176,7 +214,6 @@ pub(crate) async fn run(attempt: Attempt<'_>) -> Ended {
             Err(error) => tracing::warn!(task.key = %task, "removing the workspace: {error}"),
         }
     }
-    Ended { log_tail, ..ended }
 }
 
 async fn in_workspace(
