@@ -999,19 +999,7 @@ async fn attempt(
             .await
         }
         Err(message) => (
-            executor::Ended {
-                outcome: ReportedOutcome::Failed {
-                    error_type: TaskErrorType::Execution,
-                    message,
-                    retryable: true,
-                },
-                steps: Vec::new(),
-                output: serde_json::Value::Null,
-                outputs: Vec::new(),
-                stopped: None,
-                image: None,
-                log_tail: Vec::new(),
-            },
+            executor::Ended::failed(TaskErrorType::Execution, message, true),
             executor::Leftover::none(task),
         ),
     };

@@ -86,7 +86,8 @@ pub(crate) struct Ended {
 }
 
 impl Ended {
-    fn failed(error_type: TaskErrorType, message: String, retryable: bool) -> Ended {
+    /// An attempt that failed before or outside its steps, with no step states or output.
+    pub(crate) fn failed(error_type: TaskErrorType, message: String, retryable: bool) -> Ended {
         Ended {
             outcome: ReportedOutcome::Failed {
                 error_type,
