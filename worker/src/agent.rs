@@ -587,11 +587,53 @@ fn consume(shared: &Arc<Shared>, requirements: RequirementSet) {
 struct Slot {
     _permit: OwnedSemaphorePermit,
     freed: Arc<Notify>,
+    /// Cancelled when the slot is released.
+    released: CancellationToken,
+    /// The round of consumption whose delivery the slot holds, told first that the delivery's
+    /// ack is about to give its consumer room for another.
+    round: Option<RoundAcks>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        if let Some(round) = &self.round {
+            round.count_returned();
+        }
+        self.released.cancel();
         self.freed.notify_waiters();
+    }
+}
+
+/// What the takes of one round of consumption share with it (see [`consume_loop`]).
+#[derive(Clone)]
+struct RoundAcks {
+    /// Opens when the round ended: the acks still held go out.
+    gate: watch::Receiver<bool>,
+    /// Deliveries acked (or requeued) while the round's consumer still consumes: each gave it
+    /// room for one more delivery.
+    returned: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl RoundAcks {
+    /// The acks of a new round, held until `gate` opens.
+    fn new(gate: watch::Receiver<bool>) -> RoundAcks {
+        RoundAcks {
+            gate,
+            returned: Arc::default(),
+        }
+    }
+
+    /// Counts a delivery about to be settled, if the round still consumes.
+    fn count_returned(&self) {
+        if !*self.gate.borrow() {
+            self.returned
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// How many deliveries were settled during the round.
+    fn returned(&self) -> usize {
+        self.returned.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -618,6 +660,8 @@ impl Shared {
         Slot {
             _permit: permit,
             freed: self.slot_freed.clone(),
+            released: CancellationToken::new(),
+            round: None,
         }
     }
 
@@ -646,17 +690,26 @@ impl Shared {
 /// (and sends them) although the worker could take more.
 const ROUND_IDLE: Duration = Duration::from_secs(5);
 
+/// The longest a round of consumption lasts, so that a message whose attempt runs long is
+/// acked well before RabbitMQ's `consumer_timeout` (30 minutes by default) would close the
+/// channel holding it.
+const ROUND_LONGEST: Duration = Duration::from_secs(60);
+
 /// Consumes one task queue, never holding more messages than the worker has free slots.
 ///
 /// RabbitMQ's prefetch is per consumer (quorum queues have no channel-wide prefetch), and it
 /// counts unacked messages. So the loop consumes in rounds: a round starts a consumer whose
-/// prefetch is the number of free slots, takes each delivery into a slot and claims it, and
-/// holds back the acks of the answered claims until the round ends. It ends when the worker
-/// is full (or the round's prefetch is used up): the consumer is canceled first, then the
-/// acks go out, so the broker never sent more than there were slots. Deliveries that arrived
-/// when another queue's consumer took the last slot are kept and taken first as slots free up.
-/// A round also ends when enough slots freed up to raise the prefetch, or after
-/// [`ROUND_IDLE`] without a delivery while acks wait.
+/// prefetch is the number of free slots and takes each delivery into a slot and claims it.
+/// A delivery's ack is held until its slot is released (its claim refused or unanswered, or
+/// its attempt ended) or the round ends, whichever comes first: while the round lasts, every
+/// ack that gives the consumer room for one more delivery frees a slot for it, so the broker
+/// never sends more than there are slots, and a busy worker's rounds go on without a consume
+/// and a cancel (two writes to the quorum queue's log) each time it fills up. A round ends,
+/// its consumer canceled first and the acks it holds sent after, when a delivery comes with
+/// no slot for it (a slot went to a follow-up or to another queue's consumer; the delivery and
+/// those buffered behind it are kept and taken first as slots free up), when the slots freed
+/// outside its acks are enough to raise the prefetch, after [`ROUND_IDLE`] without a delivery
+/// while acks wait, or after [`ROUND_LONGEST`].
 async fn consume_loop(shared: Arc<Shared>, requirements: RequirementSet) {
     let routing_key = requirements.routing_key();
     let queue = match shared.broker.declare_task_queue(&requirements).await {
@@ -672,6 +725,7 @@ async fn consume_loop(shared: Arc<Shared>, requirements: RequirementSet) {
     let mut takes = tokio::task::JoinSet::new();
     // Kept deliveries come from ended rounds: their acks need not wait.
     let (_always_open, opened) = watch::channel(true);
+    let opened = RoundAcks::new(opened);
     let canceled = loop {
         let Some(slot) = shared.slot().await else {
             break false;
@@ -706,6 +760,7 @@ async fn consume_loop(shared: Arc<Shared>, requirements: RequirementSet) {
             continue;
         };
         let (gate, acks) = watch::channel(false);
+        let acks = RoundAcks::new(acks);
         let round = round(&shared, current, slot, prefetch, &acks, &mut takes).await;
         match current.pause().await {
             Ok(buffered) => kept.extend(buffered),
@@ -714,6 +769,7 @@ async fn consume_loop(shared: Arc<Shared>, requirements: RequirementSet) {
         gate.send_replace(true);
         match round {
             Round::Ended => {}
+            Round::Overflowed(delivery) => kept.push_front(*delivery),
             Round::Stopped => break false,
             Round::Canceled => break true,
         }
@@ -761,8 +817,10 @@ async fn gather_slots(shared: &Shared) {
 
 /// How a round of consumption ended.
 enum Round {
-    /// The worker is full, the prefetch is used up, or it should change: start another.
+    /// The prefetch should change, or the round lasted long enough: start another.
     Ended,
+    /// This delivery came with no free slot for it: keep it, and start another.
+    Overflowed(Box<Delivery<Work>>),
     /// The worker stops taking work.
     Stopped,
     /// RabbitMQ canceled the consumer (its queue is gone).
@@ -776,15 +834,20 @@ async fn round(
     consumer: &mut Consumer<Work>,
     slot: Slot,
     prefetch: usize,
-    acks: &watch::Receiver<bool>,
+    acks: &RoundAcks,
     takes: &mut tokio::task::JoinSet<()>,
 ) -> Round {
-    let mut slot = slot;
+    // The slot the next delivery goes to, once there is one.
+    let mut slot = Some(slot);
     let mut taken = 0;
     // Acks wait at most ROUND_IDLE after the last delivery.
     let mut idle_deadline = tokio::time::Instant::now() + ROUND_IDLE;
+    let longest = tokio::time::Instant::now() + ROUND_LONGEST;
     loop {
         let freed = shared.slot_freed.notified();
+        if slot.is_none() {
+            slot = shared.try_slot();
+        }
         tokio::select! {
             () = shared.taking.cancelled() => return Round::Stopped,
             next = consumer.next() => match next {
@@ -794,24 +857,25 @@ async fn round(
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 Some(Ok(delivery)) => {
+                    let Some(held) = slot.take() else {
+                        return Round::Overflowed(Box::new(delivery));
+                    };
                     taken += 1;
                     idle_deadline = tokio::time::Instant::now() + ROUND_IDLE;
-                    let next_slot = if taken < prefetch { shared.try_slot() } else { None };
-                    takes.spawn(take_work(shared.clone(), delivery, slot, acks.clone()));
-                    match next_slot {
-                        Some(next) => slot = next,
-                        None => return Round::Ended,
-                    }
+                    takes.spawn(take_work(shared.clone(), delivery, held, acks.clone()));
                 }
             },
             // Many more slots than the round can fill: raise the prefetch. (Checked when a
             // slot frees, not as a `select!` precondition, which is read only on entry.)
             () = freed => {
-                if 1 + shared.free_slots() > 2 * (prefetch - taken) {
+                let room = (prefetch + acks.returned()).saturating_sub(taken);
+                let free = shared.free_slots() + usize::from(slot.is_some());
+                if free > 2 * room {
                     return Round::Ended;
                 }
             }
             () = tokio::time::sleep_until(idle_deadline), if taken > 0 => return Round::Ended,
+            () = tokio::time::sleep_until(longest) => return Round::Ended,
         }
     }
 }
@@ -822,12 +886,7 @@ fn prefetch_count(slots: usize) -> u16 {
 
 /// Claims the work of `delivery` in `slot`, acking it once the claim is answered and `acks`
 /// opens.
-async fn take_work(
-    shared: Arc<Shared>,
-    delivery: Delivery<Work>,
-    slot: Slot,
-    acks: watch::Receiver<bool>,
-) {
+async fn take_work(shared: Arc<Shared>, delivery: Delivery<Work>, slot: Slot, acks: RoundAcks) {
     match &delivery.message {
         Work::Task(ready) => {
             let task = ready.task_key;
@@ -840,11 +899,22 @@ async fn take_work(
     }
 }
 
-/// Acks `delivery` once `acks` opens: a claimed message leaves the queue, and its place in the
-/// consumer's prefetch frees up, only when its round of consumption ended.
-async fn ack_when_open(delivery: Delivery<Work>, mut acks: watch::Receiver<bool>, what: &str) {
-    // A closed gate (its round is gone) counts as open.
-    let _ = acks.wait_for(|open| *open).await;
+/// Acks `delivery` once its round of consumption ended (`acks` opens) or `released` is
+/// cancelled (its slot was released, which gave the round a free slot for the room the ack
+/// makes), whichever comes first.
+async fn ack_when_open(
+    delivery: Delivery<Work>,
+    acks: RoundAcks,
+    released: Option<CancellationToken>,
+    what: &str,
+) {
+    let mut gate = acks.gate;
+    let released = released.unwrap_or_default();
+    tokio::select! {
+        // A closed gate (its round is gone) counts as open.
+        _ = gate.wait_for(|open| *open) => {}
+        () = released.cancelled() => {}
+    }
     if let Err(error) = delivery.ack().await {
         tracing::debug!("ack of {what} lost: {error}");
     }
@@ -856,14 +926,19 @@ async fn take(
     shared: &Arc<Shared>,
     delivery: Delivery<Work>,
     task: TaskKey,
-    slot: Slot,
-    acks: watch::Receiver<bool>,
+    mut slot: Slot,
+    acks: RoundAcks,
 ) {
+    // The delivery is settled when the slot is released (or the round ends): the round counts
+    // the room that makes.
+    slot.round = Some(acks.clone());
+    let released = slot.released.clone();
     let reply = match shared.claims.claim(task).await {
         Ok(reply) => reply,
         Err(error) => {
             // Unanswered: another delivery (here or elsewhere) claims it again.
             tracing::warn!(task.key = %task, "claim of task {task} not answered: {error}");
+            drop(slot);
             let _ = delivery.requeue().await;
             return;
         }
@@ -878,7 +953,7 @@ async fn take(
         }
     }
     // From here on PostgreSQL, not the broker, owns the task.
-    ack_when_open(delivery, acks, &format!("task {task}")).await;
+    ack_when_open(delivery, acks, Some(released), &format!("task {task}")).await;
 }
 
 /// Registers the granted attempt as running, so orders and duplicates find it, and runs it in
@@ -1050,7 +1125,7 @@ async fn take_build(
     delivery: Delivery<Work>,
     function: FunctionKey,
     slot: Slot,
-    acks: watch::Receiver<bool>,
+    acks: RoundAcks,
 ) {
     let request = BuildClaim {
         function_key: function,
@@ -1117,7 +1192,8 @@ async fn take_build(
                 .spawn(build(shared, grant, Arc::new(assignment), slot));
         }
     }
-    ack_when_open(delivery, acks, &format!("build {function}")).await;
+    // A build's message is acked when its round ends: its slot does not count for the round.
+    ack_when_open(delivery, acks, None, &format!("build {function}")).await;
 }
 
 /// Runs a granted build on the local device and reports its end.
