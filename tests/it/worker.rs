@@ -1700,14 +1700,22 @@ async fn an_abort_ordered_before_start_ends_the_attempt_before_any_step() {
         .wait_for_plan(PlanKey(key(730)), WAIT, "ended", |p| p.status.is_terminal())
         .await;
     assert_eq!(plan.status, PlanStatus::Canceled);
-    // Nothing is left behind: the attempt ended (it reported), and its workspace is gone.
+    // Nothing is left behind: the attempt ended (it reported), and its workspace is gone. It
+    // is finished while the report is on its way, so it may outlive the report by a moment.
     let prefix = format!("{}-", TaskKey(key(2)));
-    let left: Vec<_> = std::fs::read_dir(setup.dir.path().join("work-w1"))
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name.starts_with(&prefix))
-        .collect();
-    assert!(left.is_empty(), "workspaces left: {left:?}");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left: Vec<_> = std::fs::read_dir(setup.dir.path().join("work-w1"))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with(&prefix))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "workspaces left: {left:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(!marker.exists(), "the first step ran late");
     stop.cancel();
     worker.await.unwrap().unwrap();
