@@ -5,7 +5,7 @@
 //! attempt's lease token; and no secret in the logs of a full run.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -34,6 +34,7 @@ use crate::api::{
 use crate::support::broker::BrokerUser;
 use crate::support::cluster::{Granted, ScriptedWorker, TestCluster};
 use crate::support::fixtures::{self as fx, key};
+use crate::support::logs::Captured;
 
 /// The function the plans of these tests run ([`noop_function`], registered by root).
 const FUNCTION: u128 = 900;
@@ -1444,54 +1445,14 @@ async fn a_report_with_another_attempts_lease_token_is_refused_while_that_attemp
         .await;
 }
 
-/// Where the logs of [`no_secret_reaches_the_logs_of_a_full_run`] are written.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    /// Everything written so far.
-    fn text(&self) -> String {
-        String::from_utf8_lossy(
-            &self
-                .0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
-        .into_owned()
-    }
-}
-
 /// Needs a process of its own for its global subscriber (nextest runs each test in one).
 #[tokio::test(flavor = "multi_thread")]
 async fn no_secret_reaches_the_logs_of_a_full_run() {
     const PASSWORD: &str = "frank's password ✓ 7f3a";
     const WRONG_PASSWORD: &str = "frank's password ✗ 7f3b";
-    let captured = Captured::default();
-    let writer = captured.clone();
-    use tracing_subscriber::util::SubscriberInitExt;
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(
-            "info,api=debug,dispatcher=debug,broker=debug,worker=debug,models=debug,cli=debug",
-        ))
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish()
-        .try_init()
-        .expect("this test runs in a process of its own (cargo nextest)");
+    let captured = Captured::install(
+        "info,api=debug,dispatcher=debug,broker=debug,worker=debug,models=debug,cli=debug",
+    );
 
     let api = Api::start().await;
     api.seed().await;

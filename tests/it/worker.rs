@@ -28,6 +28,7 @@ use worker::{Worker, WorkerConfig};
 
 use crate::support::cluster::{ORGANIZATION, TestCluster};
 use crate::support::fixtures::key;
+use crate::support::logs::Captured;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -1797,4 +1798,52 @@ async fn a_busy_worker_does_not_hoard_tasks_an_idle_worker_could_run() {
     stop_idle.cancel();
     busy.await.unwrap().unwrap();
     idle.await.unwrap().unwrap();
+}
+
+/// Needs a process of its own for its global subscriber (nextest runs each test in one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_workers_round_of_consumption_goes_on_as_its_attempts_end() {
+    let captured = Captured::install("warn,worker::agent=debug");
+    let setup = Setup::new(
+        chrono::Duration::seconds(10),
+        &[function(
+            751,
+            "nap",
+            &[&["sleep", "0.2"]],
+            Vec::new(),
+            Vec::new(),
+        )],
+    )
+    .await;
+    let (stop, worker) = setup.start_worker("w1");
+    let tasks: Vec<NewTask> = (1..=12)
+        .map(|n| task(n, 751, &[], &[], serde_json::json!({})))
+        .collect();
+    setup.submit(&plan(750, tasks)).await;
+    let plan = setup
+        .cluster
+        .wait_for_plan(PlanKey(key(750)), WAIT, "DONE", |p| p.status.is_terminal())
+        .await;
+    assert_eq!(plan.status, PlanStatus::Done);
+    for n in 1..=12 {
+        assert_eq!(setup.task(n).await.attempt_count, 1, "t{n} ran once");
+    }
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+
+    // Each ack of an ended attempt made room for the next delivery in the same round, so a
+    // round took more deliveries than the worker has slots (2): a round whose acks waited for
+    // its end could take at most its prefetch, the free slots.
+    let logs = captured.text();
+    let taken: Vec<usize> = logs
+        .lines()
+        .filter_map(|line| line.split("ended after ").nth(1))
+        .filter_map(|rest| rest.split(' ').next()?.parse().ok())
+        .collect();
+    assert!(!taken.is_empty(), "no round ended:\n{logs}");
+    let most = taken.iter().copied().max().unwrap_or_default();
+    assert!(
+        most > 2,
+        "every round took at most 2 deliveries ({taken:?}):\n{logs}"
+    );
 }

@@ -761,7 +761,11 @@ async fn consume_loop(shared: Arc<Shared>, requirements: RequirementSet) {
         };
         let (gate, acks) = watch::channel(false);
         let acks = RoundAcks::new(acks);
-        let round = round(&shared, current, slot, prefetch, &acks, &mut takes).await;
+        let (round, taken) = round(&shared, current, slot, prefetch, &acks, &mut takes).await;
+        tracing::debug!(
+            "a round of consumption of {queue} ended after {taken} deliveries (prefetch {prefetch}): {}",
+            round.why()
+        );
         match current.pause().await {
             Ok(buffered) => kept.extend(buffered),
             Err(error) => tracing::warn!("pausing the consumer of {queue}: {error}"),
@@ -827,8 +831,20 @@ enum Round {
     Canceled,
 }
 
+impl Round {
+    /// Why the round ended, for the log.
+    fn why(&self) -> &'static str {
+        match self {
+            Round::Ended => "its prefetch should change, or it lasted long enough",
+            Round::Overflowed(_) => "a delivery came with no free slot",
+            Round::Stopped => "the worker stops taking work",
+            Round::Canceled => "RabbitMQ canceled the consumer",
+        }
+    }
+}
+
 /// Runs one round of [`consume_loop`] on `consumer`, whose prefetch is `prefetch`, starting
-/// with `slot`.
+/// with `slot`; returns how it ended and how many deliveries it took.
 async fn round(
     shared: &Arc<Shared>,
     consumer: &mut Consumer<Work>,
@@ -836,7 +852,7 @@ async fn round(
     prefetch: usize,
     acks: &RoundAcks,
     takes: &mut tokio::task::JoinSet<()>,
-) -> Round {
+) -> (Round, usize) {
     // The slot the next delivery goes to, once there is one.
     let mut slot = Some(slot);
     let mut taken = 0;
@@ -849,16 +865,16 @@ async fn round(
             slot = shared.try_slot();
         }
         tokio::select! {
-            () = shared.taking.cancelled() => return Round::Stopped,
+            () = shared.taking.cancelled() => return (Round::Stopped, taken),
             next = consumer.next() => match next {
-                None => return Round::Canceled,
+                None => return (Round::Canceled, taken),
                 Some(Err(error)) => {
                     tracing::warn!("reading {}: {error}", consumer.queue());
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 Some(Ok(delivery)) => {
                     let Some(held) = slot.take() else {
-                        return Round::Overflowed(Box::new(delivery));
+                        return (Round::Overflowed(Box::new(delivery)), taken);
                     };
                     taken += 1;
                     idle_deadline = tokio::time::Instant::now() + ROUND_IDLE;
@@ -871,11 +887,11 @@ async fn round(
                 let room = (prefetch + acks.returned()).saturating_sub(taken);
                 let free = shared.free_slots() + usize::from(slot.is_some());
                 if free > 2 * room {
-                    return Round::Ended;
+                    return (Round::Ended, taken);
                 }
             }
-            () = tokio::time::sleep_until(idle_deadline), if taken > 0 => return Round::Ended,
-            () = tokio::time::sleep_until(longest) => return Round::Ended,
+            () = tokio::time::sleep_until(idle_deadline), if taken > 0 => return (Round::Ended, taken),
+            () = tokio::time::sleep_until(longest) => return (Round::Ended, taken),
         }
     }
 }

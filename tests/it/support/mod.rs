@@ -4,3 +4,4 @@ pub(crate) mod broker;
 pub(crate) mod cluster;
 pub(crate) mod db;
 pub(crate) mod fixtures;
+pub(crate) mod logs;
