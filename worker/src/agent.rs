@@ -900,8 +900,7 @@ fn prefetch_count(slots: usize) -> u16 {
     u16::try_from(slots).unwrap_or(u16::MAX)
 }
 
-/// Claims the work of `delivery` in `slot`, acking it once the claim is answered and `acks`
-/// opens.
+/// Claims the work of `delivery` in `slot`, acking it as [`take`] and [`take_build`] say.
 async fn take_work(shared: Arc<Shared>, delivery: Delivery<Work>, slot: Slot, acks: RoundAcks) {
     match &delivery.message {
         Work::Task(ready) => {
@@ -936,8 +935,9 @@ async fn ack_when_open(
     }
 }
 
-/// Claims the task of `delivery`; acks the message once the claim is answered, and runs the
-/// task if it was granted.
+/// Claims the task of `delivery` and runs it if the claim was granted; acks the message once
+/// the slot is released (the claim refused, or the attempt ended) or the round ends, and
+/// requeues it if the claim was not answered.
 async fn take(
     shared: &Arc<Shared>,
     delivery: Delivery<Work>,
@@ -1134,8 +1134,8 @@ async fn attempt(
     drop(slot);
 }
 
-/// Claims the build of `function`; acks the message once the claim is answered, and builds
-/// it if the claim was granted.
+/// Claims the build of `function` and builds it if the claim was granted; acks the message
+/// once the claim is answered and the round ends.
 async fn take_build(
     shared: &Arc<Shared>,
     delivery: Delivery<Work>,
