@@ -914,10 +914,10 @@ async fn take_work(shared: Arc<Shared>, delivery: Delivery<Work>, slot: Slot, ac
     }
 }
 
-/// Acks `delivery` once its round of consumption ended (`acks` opens) or `released` is
-/// cancelled (its slot was released, which gave the round a free slot for the room the ack
-/// makes), whichever comes first.
-async fn ack_when_open(
+/// Acks `delivery` when it is due: once its round of consumption ended (`acks` opens) or
+/// `released` is cancelled (its slot was released, which gave the round a free slot for the
+/// room the ack makes), whichever comes first.
+async fn ack_when_due(
     delivery: Delivery<Work>,
     acks: RoundAcks,
     released: Option<CancellationToken>,
@@ -969,7 +969,7 @@ async fn take(
         }
     }
     // From here on PostgreSQL, not the broker, owns the task.
-    ack_when_open(delivery, acks, Some(released), &format!("task {task}")).await;
+    ack_when_due(delivery, acks, Some(released), &format!("task {task}")).await;
 }
 
 /// Registers the granted attempt as running, so orders and duplicates find it, and runs it in
@@ -1209,7 +1209,7 @@ async fn take_build(
         }
     }
     // A build's message is acked when its round ends: its slot does not count for the round.
-    ack_when_open(delivery, acks, None, &format!("build {function}")).await;
+    ack_when_due(delivery, acks, None, &format!("build {function}")).await;
 }
 
 /// Runs a granted build on the local device and reports its end.
