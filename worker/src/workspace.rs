@@ -12,6 +12,14 @@
 //! base directory, when the steps left its layout and permissions as they were made; the next
 //! attempt renames it into place instead of making four directories. Spares a stopped worker
 //! left are removed by the next worker process that uses the base directory.
+//!
+//! Most file system work runs on tokio's blocking pool, a few calls to a thread hop. Taking a
+//! spare (a `stat` and a `rename`) and keeping a workspace the steps left empty (a `stat` of
+//! each of its parts, a listing of its directories and a `rename`) run on the caller's thread
+//! instead: they are the whole of a short attempt's file system work, and the two hops they
+//! would take cost more than the calls themselves (a throughput run's blocking threads took
+//! 0.2 cores, see BENCHMARKS.md). Anything that may take long, such as removing what a step
+//! left or laying out a new workspace, keeps its hop.
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -127,6 +135,10 @@ struct Spare {
 /// The spares of this process, every base directory's.
 static SPARES: std::sync::Mutex<Vec<Spare>> = std::sync::Mutex::new(Vec::new());
 
+/// Each base directory a workspace was made in, as given and as resolved, so that taking a
+/// spare needs no resolving.
+static RESOLVED: std::sync::Mutex<Vec<(PathBuf, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+
 /// Spares kept at most, all base directories together; more finished workspaces are removed.
 const MAX_SPARES: usize = 256;
 
@@ -146,6 +158,20 @@ fn spares() -> std::sync::MutexGuard<'static, Vec<Spare>> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+fn resolved() -> std::sync::MutexGuard<'static, Vec<(PathBuf, PathBuf)>> {
+    RESOLVED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// `base` resolved by an earlier [`Workspace::create`], if any.
+fn resolved_base(base: &Path) -> Option<PathBuf> {
+    resolved()
+        .iter()
+        .find(|(given, _)| given == base)
+        .map(|(_, canonical)| canonical.clone())
+}
+
 impl Workspace {
     /// Creates `<base>/<task>-<attempt>/` with `work/`, `inputs/`, `outputs/` and an empty
     /// `measurements.jsonl`.
@@ -154,15 +180,21 @@ impl Workspace {
     /// name is an error (`AlreadyExists`): an attempt runs once, so it is a leftover to look at,
     /// not something to reuse or delete.
     pub async fn create(base: &Path, task: TaskKey, attempt: Attempt) -> io::Result<Workspace> {
-        let base = base.to_owned();
         let name = format!("{task}-{attempt}");
+        // A spare is taken on this thread (see the module's documentation).
+        if let Some(resolved) = resolved_base(base)
+            && let Some(workspace) = reuse_spare(&resolved, &resolved.join(&name))
+        {
+            return Ok(workspace);
+        }
+        let base = base.to_owned();
         blocking(move || Workspace::create_blocking(&base, &name)).await?
     }
 
     /// [`Workspace::create`], on a blocking thread.
-    fn create_blocking(base: &Path, name: &str) -> io::Result<Workspace> {
-        std::fs::create_dir_all(base)?;
-        let base = std::fs::canonicalize(base)?;
+    fn create_blocking(requested: &Path, name: &str) -> io::Result<Workspace> {
+        std::fs::create_dir_all(requested)?;
+        let base = std::fs::canonicalize(requested)?;
         if base.to_str().is_none() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -174,6 +206,12 @@ impl Workspace {
         }
         let root = base.join(name);
         sweep_stopped_spares(&base);
+        {
+            let mut resolved = resolved();
+            if !resolved.iter().any(|(given, _)| given == requested) {
+                resolved.push((requested.to_owned(), base.clone()));
+            }
+        }
         if let Some(workspace) = reuse_spare(&base, &root) {
             return Ok(workspace);
         }
@@ -292,8 +330,12 @@ impl Workspace {
             return Ok(Some(self.root));
         }
         let Workspace { root, mode } = self;
+        // Left empty, it is kept on this thread (see the module's documentation).
+        if keep_as_spare(&root, mode, Emptying::Refused) {
+            return Ok(None);
+        }
         blocking(move || {
-            if !keep_as_spare(&root, mode) {
+            if !keep_as_spare(&root, mode, Emptying::Allowed) {
                 remove_tree(&root)?;
             }
             Ok::<_, io::Error>(())
@@ -458,10 +500,20 @@ fn reuse_spare(base: &Path, root: &Path) -> Option<Workspace> {
     None
 }
 
+/// Whether [`keep_as_spare`] may remove what the steps left in a workspace.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Emptying {
+    /// It may: it runs on a blocking thread.
+    Allowed,
+    /// It may not, so it takes a bounded number of calls: a workspace with anything to remove
+    /// (or a measurements file to truncate) is left as it is, and not kept.
+    Refused,
+}
+
 /// Empties the workspace at `root` and keeps it as a spare, if the steps left its layout as it
-/// was made with `mode`; answers whether it did. A workspace it does not keep may be emptied in
-/// part: the caller removes it.
-fn keep_as_spare(root: &Path, mode: u32) -> bool {
+/// was made with `mode` (and, unless `emptying` is allowed, nothing in it); answers whether it
+/// did. A workspace it does not keep may be emptied in part: the caller removes it.
+fn keep_as_spare(root: &Path, mode: u32, emptying: Emptying) -> bool {
     if spares().len() >= MAX_SPARES {
         return false;
     }
@@ -492,31 +544,45 @@ fn keep_as_spare(root: &Path, mode: u32) -> bool {
     let Some(measured) = as_made(&measurements, file_mode, false) else {
         return false;
     };
-    let emptied = (|| -> io::Result<()> {
+    // Removes what the steps left at `path`, when allowed: answers whether it did.
+    let remove = |path: &Path| -> io::Result<bool> {
+        if emptying == Emptying::Refused {
+            return Ok(false);
+        }
+        remove_entry(path)?;
+        Ok(true)
+    };
+    let emptied = (|| -> io::Result<bool> {
         for entry in std::fs::read_dir(root)? {
             let name = entry?.file_name();
             if ![WORK, INPUTS, OUTPUTS, MEASUREMENTS]
                 .iter()
                 .any(|own| name == *own)
+                && !remove(&root.join(&name))?
             {
-                remove_entry(&root.join(&name))?;
+                return Ok(false);
             }
         }
         for dir in [WORK, INPUTS, OUTPUTS] {
             for entry in std::fs::read_dir(root.join(dir))? {
-                remove_entry(&entry?.path())?;
+                if !remove(&entry?.path())? {
+                    return Ok(false);
+                }
             }
         }
         // Most steps write no measurements: an empty file needs no truncating.
         if measured.len() > 0 {
+            if emptying == Emptying::Refused {
+                return Ok(false);
+            }
             std::fs::OpenOptions::new()
                 .write(true)
                 .truncate(true)
                 .open(&measurements)?;
         }
-        Ok(())
+        Ok(true)
     })();
-    if emptied.is_err() {
+    if !matches!(emptied, Ok(true)) {
         return false;
     }
     let name = format!(

@@ -392,6 +392,61 @@ async fn a_finished_workspace_is_emptied_and_reused_by_the_next_attempt() {
 }
 
 #[tokio::test]
+async fn keeping_without_emptying_leaves_a_workspace_with_anything_in_it_untouched() {
+    // What `finish` tries on the caller's thread: every leftover, and measurements to
+    // truncate, send it to the blocking pool instead, with nothing removed meanwhile.
+    type Place = fn(&Workspace) -> PathBuf;
+    let leftovers: [(&str, Place); 5] = [
+        ("work", |w| w.work_dir().join("scratch")),
+        ("inputs", |w| w.inputs_dir().join("data")),
+        ("outputs", |w| w.outputs_dir().join("model")),
+        ("the root", |w| w.root().join("left-at-the-root")),
+        ("measurements", |w| w.measurements_path()),
+    ];
+    for (place, path) in leftovers {
+        let (base, workspace) = setup().await;
+        let left = path(&workspace);
+        write(&left, b"{}\n");
+        assert!(
+            !keep_as_spare(workspace.root(), workspace.mode, Emptying::Refused),
+            "something left in {place}: not kept without emptying"
+        );
+        assert_eq!(std::fs::read(&left).unwrap(), b"{}\n", "{place}: untouched");
+        assert!(spares_in(base.path()).is_empty(), "{place}: no spare");
+        // The blocking pool's pass empties and keeps it.
+        assert_eq!(workspace.finish(false).await.unwrap(), None);
+        let spares = spares_in(base.path());
+        assert_eq!(spares.len(), 1, "{place}: kept once emptied");
+        assert_eq!(
+            std::fs::metadata(spares[0].join(MEASUREMENTS))
+                .unwrap()
+                .len(),
+            0,
+            "{place}: measurements truncated"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_empty_workspace_is_kept_without_emptying_and_its_base_resolved_once() {
+    let (base, workspace) = setup().await;
+    let root = workspace.root().to_owned();
+    assert!(keep_as_spare(&root, workspace.mode, Emptying::Refused));
+    assert!(!root.exists());
+    assert_eq!(spares_in(base.path()).len(), 1);
+    assert_eq!(
+        resolved_base(base.path()),
+        Some(std::fs::canonicalize(base.path()).unwrap()),
+        "the next attempt takes the spare without resolving the base again"
+    );
+    let next = Workspace::create(base.path(), TASK, Attempt(3))
+        .await
+        .unwrap();
+    assert!(spares_in(base.path()).is_empty(), "the spare was taken");
+    assert_eq!(next.root(), root.with_file_name(format!("{TASK}-3")));
+}
+
+#[tokio::test]
 async fn a_workspace_whose_permissions_a_step_changed_is_removed_not_kept() {
     use std::os::unix::fs::PermissionsExt;
 
