@@ -136,8 +136,13 @@ struct Spare {
 static SPARES: std::sync::Mutex<Vec<Spare>> = std::sync::Mutex::new(Vec::new());
 
 /// Each base directory a workspace was made in, as given and as resolved, so that taking a
-/// spare needs no resolving.
+/// spare needs no resolving. Kept for the process's life: a base that is a symbolic link
+/// given another target meanwhile goes on taking the spares of its first one.
 static RESOLVED: std::sync::Mutex<Vec<(PathBuf, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+
+/// Base directories remembered as resolved at most; workspaces made in others are made on the
+/// blocking pool, spare or not.
+const MAX_RESOLVED: usize = 256;
 
 /// Spares kept at most, all base directories together; more finished workspaces are removed.
 const MAX_SPARES: usize = 256;
@@ -208,7 +213,9 @@ impl Workspace {
         sweep_stopped_spares(&base);
         {
             let mut resolved = resolved();
-            if !resolved.iter().any(|(given, _)| given == requested) {
+            if resolved.len() < MAX_RESOLVED
+                && !resolved.iter().any(|(given, _)| given == requested)
+            {
                 resolved.push((requested.to_owned(), base.clone()));
             }
         }
