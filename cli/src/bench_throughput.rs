@@ -45,6 +45,7 @@ use models::{
 
 use crate::bench::{BenchVhost, BrokerBench, median, run_lapin};
 use crate::bench_ceiling::{DEFAULT_IN_FLIGHT, run_round_trips};
+use crate::bench_cpu::{self, CpuPerTask, CpuTicks};
 use crate::output::Output;
 use crate::{OutputFormat, ThroughputDevices};
 
@@ -190,6 +191,10 @@ pub(crate) struct DeviceFigures {
     pub(crate) ceiling_round_trips_per_sec: f64,
     /// `tasks_per_sec / ceiling_round_trips_per_sec`: the figure issue 8's goal is set on.
     pub(crate) round_trip_ratio: f64,
+    /// CPU per task of this process, PostgreSQL and RabbitMQ, per run (none without `/proc`).
+    pub(crate) cpu_runs: Vec<CpuPerTask>,
+    /// Each group's median of `cpu_runs`.
+    pub(crate) cpu_ms_per_task: Option<CpuPerTask>,
 }
 
 /// What `baton bench throughput` measured.
@@ -776,6 +781,8 @@ impl Setup<'_> {
         let mut attempt_ms = Vec::new();
         let mut ceiling_runs = Vec::new();
         let mut round_trip_runs = Vec::new();
+        let mut cpu_runs = Vec::new();
+        let ticks_per_sec = bench_cpu::ticks_per_sec();
         let tasks = f64::from(task_count);
         for run in 0..options.runs {
             let plans = plans_of(task_count, plan_count, function, &organization);
@@ -790,33 +797,35 @@ impl Setup<'_> {
                 round_trip_runs.push(trips);
             };
             // Alternate the order, so neither side always runs on a warmer machine.
-            let times = if run.is_multiple_of(2) {
+            let measured = if run.is_multiple_of(2) {
                 push_ceiling(lapin().await?);
-                run_plans(
+                run_measured(
                     &plans,
                     rpc,
                     conn,
                     services,
                     options.run_timeout,
-                    POLL_INTERVAL,
+                    ticks_per_sec,
                 )
                 .await
             } else {
-                let times = run_plans(
+                let measured = run_measured(
                     &plans,
                     rpc,
                     conn,
                     services,
                     options.run_timeout,
-                    POLL_INTERVAL,
+                    ticks_per_sec,
                 )
                 .await;
-                if times.is_ok() {
+                if measured.is_ok() {
                     push_ceiling(lapin().await?);
                 }
-                times
+                measured
             }
             .with_context(|| format!("run {}", run + 1))?;
+            let (times, cpu) = measured;
+            cpu_runs.extend(cpu);
             run_secs.push(times.total.as_secs_f64());
             submit_secs.push(times.submitted.as_secs_f64());
             attempt_ms.push(times.attempt_ms);
@@ -850,6 +859,8 @@ impl Setup<'_> {
             round_trip_runs,
             ceiling_round_trips_per_sec,
             round_trip_ratio: tasks_per_sec / ceiling_round_trips_per_sec,
+            cpu_ms_per_task: median_cpu(&cpu_runs),
+            cpu_runs,
         })
     }
 }
@@ -985,6 +996,48 @@ pub(crate) async fn throughput(options: ThroughputBench) -> anyhow::Result<Throu
     })
 }
 
+/// [`run_plans`], with the CPU per task this process, PostgreSQL and RabbitMQ spent meanwhile
+/// (none without `/proc`, or `ticks_per_sec` unknown).
+async fn run_measured(
+    plans: &[PlanSubmission],
+    rpc: &RpcClient,
+    conn: &mut AsyncPgConnection,
+    services: &mut Services,
+    run_timeout: Duration,
+    ticks_per_sec: Option<f64>,
+) -> anyhow::Result<(RunTimes, Option<CpuPerTask>)> {
+    let tasks: usize = plans.iter().map(|plan| plan.tasks.len()).sum();
+    let before = CpuTicks::read();
+    let times = run_plans(plans, rpc, conn, services, run_timeout, POLL_INTERVAL).await?;
+    let cpu = before
+        .zip(CpuTicks::read())
+        .zip(ticks_per_sec)
+        .map(|((before, after), ticks)| before.per_task(&after, tasks as f64, ticks));
+    Ok((times, cpu))
+}
+
+/// Each group's median over `runs`; a group missing from any run is missing; `None` for no
+/// runs.
+fn median_cpu(runs: &[CpuPerTask]) -> Option<CpuPerTask> {
+    if runs.is_empty() {
+        return None;
+    }
+    let group = |value: fn(&CpuPerTask) -> Option<f64>| -> Option<f64> {
+        let values: Option<Vec<f64>> = runs.iter().map(value).collect();
+        values.map(median)
+    };
+    Some(CpuPerTask {
+        bench: median(runs.iter().map(|run| run.bench).collect()),
+        postgres: group(|run| run.postgres),
+        rabbitmq: group(|run| run.rabbitmq),
+    })
+}
+
+/// `value` with 3 decimals, or `-` when unknown.
+fn ms_or_dash(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".to_owned(), |ms| format!("{ms:.3}"))
+}
+
 /// Prints the throughput benchmark: a table for people, then one JSON line per device.
 pub(crate) fn print_throughput_bench(
     out: &Output,
@@ -1011,6 +1064,7 @@ pub(crate) fn print_throughput_bench(
                 "ratio to round trips".to_owned(),
                 "runs (tasks/s)".to_owned(),
                 "plans accepted after (s)".to_owned(),
+                "CPU ms per task: bench, PostgreSQL, RabbitMQ (median)".to_owned(),
             ]);
         for device in &figures.devices {
             let rates = device
@@ -1037,6 +1091,17 @@ pub(crate) fn print_throughput_bench(
                 format!("{:.3}", device.round_trip_ratio),
                 rates,
                 submits,
+                device.cpu_ms_per_task.map_or_else(
+                    || "-".to_owned(),
+                    |cpu| {
+                        format!(
+                            "{:.3}, {}, {}",
+                            cpu.bench,
+                            ms_or_dash(cpu.postgres),
+                            ms_or_dash(cpu.rabbitmq)
+                        )
+                    },
+                ),
             ]);
         }
         out.line(summary);
@@ -1060,6 +1125,8 @@ pub(crate) fn print_throughput_bench(
             "round_trip_ratio": device.round_trip_ratio,
             "run_secs": device.run_secs,
             "submit_secs": device.submit_secs,
+            "cpu_ms_per_task": device.cpu_ms_per_task,
+            "cpu_runs": device.cpu_runs,
         });
         out.line(serde_json::to_string(&line)?);
     }

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 mod bench;
 mod bench_ceiling;
+mod bench_cpu;
 mod bench_dag;
 mod bench_plan;
 mod bench_throughput;
