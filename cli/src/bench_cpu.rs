@@ -68,9 +68,14 @@ impl CpuTicks {
         })
     }
 
-    /// Milliseconds per task of each group from `self` to `later`, over `tasks` tasks;
-    /// `ticks_per_sec` is the kernel's clock tick rate (`sysconf(_SC_CLK_TCK)`).
-    pub(crate) fn per_task(&self, later: &CpuTicks, tasks: f64, ticks_per_sec: f64) -> CpuPerTask {
+    /// Milliseconds per task of each group from `self` to `later`, over `tasks` tasks; `None`
+    /// if the kernel's clock tick rate is unknown.
+    pub(crate) fn per_task(&self, later: &CpuTicks, tasks: f64) -> Option<CpuPerTask> {
+        Some(self.per_task_at(later, tasks, ticks_per_sec()?))
+    }
+
+    /// [`CpuTicks::per_task`] at `ticks_per_sec` clock ticks a second.
+    fn per_task_at(&self, later: &CpuTicks, tasks: f64, ticks_per_sec: f64) -> CpuPerTask {
         let ms =
             |from: u64, to: u64| to.saturating_sub(from) as f64 * 1_000.0 / ticks_per_sec / tasks;
         let both = |from: Option<u64>, to: Option<u64>| Some(ms(from?, to?));
@@ -82,8 +87,9 @@ impl CpuTicks {
     }
 }
 
-/// The kernel's clock ticks per second, the unit of `/proc/<pid>/stat`'s times.
-pub(crate) fn ticks_per_sec() -> Option<f64> {
+/// The kernel's clock ticks per second (`sysconf(_SC_CLK_TCK)`), the unit of
+/// `/proc/<pid>/stat`'s times.
+fn ticks_per_sec() -> Option<f64> {
     let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
     (ticks > 0).then_some(ticks as f64)
 }
@@ -145,7 +151,7 @@ mod tests {
         };
         // 200 ticks at 100 a second over 1,000 tasks: 2 ms a task.
         assert_eq!(
-            before.per_task(&after, 1_000.0, 100.0),
+            before.per_task_at(&after, 1_000.0, 100.0),
             CpuPerTask {
                 bench: 2.0,
                 postgres: Some(1.0),

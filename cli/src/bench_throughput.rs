@@ -45,7 +45,7 @@ use models::{
 
 use crate::bench::{BenchVhost, BrokerBench, median, run_lapin};
 use crate::bench_ceiling::{DEFAULT_IN_FLIGHT, run_round_trips};
-use crate::bench_cpu::{self, CpuPerTask, CpuTicks};
+use crate::bench_cpu::{CpuPerTask, CpuTicks};
 use crate::output::Output;
 use crate::{OutputFormat, ThroughputDevices};
 
@@ -782,7 +782,6 @@ impl Setup<'_> {
         let mut ceiling_runs = Vec::new();
         let mut round_trip_runs = Vec::new();
         let mut cpu_runs = Vec::new();
-        let ticks_per_sec = bench_cpu::ticks_per_sec();
         let tasks = f64::from(task_count);
         for run in 0..options.runs {
             let plans = plans_of(task_count, plan_count, function, &organization);
@@ -799,25 +798,9 @@ impl Setup<'_> {
             // Alternate the order, so neither side always runs on a warmer machine.
             let measured = if run.is_multiple_of(2) {
                 push_ceiling(lapin().await?);
-                run_measured(
-                    &plans,
-                    rpc,
-                    conn,
-                    services,
-                    options.run_timeout,
-                    ticks_per_sec,
-                )
-                .await
+                run_measured(&plans, rpc, conn, services, options.run_timeout).await
             } else {
-                let measured = run_measured(
-                    &plans,
-                    rpc,
-                    conn,
-                    services,
-                    options.run_timeout,
-                    ticks_per_sec,
-                )
-                .await;
+                let measured = run_measured(&plans, rpc, conn, services, options.run_timeout).await;
                 if measured.is_ok() {
                     push_ceiling(lapin().await?);
                 }
@@ -997,22 +980,20 @@ pub(crate) async fn throughput(options: ThroughputBench) -> anyhow::Result<Throu
 }
 
 /// [`run_plans`], with the CPU per task this process, PostgreSQL and RabbitMQ spent meanwhile
-/// (none without `/proc`, or `ticks_per_sec` unknown).
+/// (none without `/proc`).
 async fn run_measured(
     plans: &[PlanSubmission],
     rpc: &RpcClient,
     conn: &mut AsyncPgConnection,
     services: &mut Services,
     run_timeout: Duration,
-    ticks_per_sec: Option<f64>,
 ) -> anyhow::Result<(RunTimes, Option<CpuPerTask>)> {
     let tasks: usize = plans.iter().map(|plan| plan.tasks.len()).sum();
     let before = CpuTicks::read();
     let times = run_plans(plans, rpc, conn, services, run_timeout, POLL_INTERVAL).await?;
     let cpu = before
         .zip(CpuTicks::read())
-        .zip(ticks_per_sec)
-        .map(|((before, after), ticks)| before.per_task(&after, tasks as f64, ticks));
+        .and_then(|(before, after)| before.per_task(&after, tasks as f64));
     Ok((times, cpu))
 }
 
