@@ -740,6 +740,95 @@ async fn an_in_process_handler_runs_a_task_end_to_end() {
     running.await.unwrap().unwrap();
 }
 
+/// An in-process handler of a task without files runs without a workspace until it asks for
+/// its scratch directory: a handler that never asks makes no directory at all, and one that
+/// asks gets a directory of its own, gone once the attempt is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_process_handler_gets_a_workspace_only_when_it_asks_for_one() {
+    let mut noop = function(771, "noop", &[], Vec::new(), Vec::new());
+    noop.steps.clear();
+    let mut scratch = function(772, "scratch", &[], Vec::new(), Vec::new());
+    scratch.steps.clear();
+    let setup = Setup::new(chrono::Duration::seconds(10), &[noop, scratch]).await;
+    let store = LocalStore::new(setup.artifacts()).unwrap();
+    let config = setup.config("w1");
+    let work_root = config.work_root.clone();
+    let worker = Worker::builder(config, Arc::new(store))
+        .handler("noop", |_ctx| async move { Ok(()) })
+        .handler("scratch", |ctx| async move {
+            let dir = ctx.work_dir().await?;
+            let note = dir.join("note");
+            tokio::fs::write(&note, b"scratch")
+                .await
+                .map_err(|error| error.to_string())?;
+            let read = tokio::fs::read(&note)
+                .await
+                .map_err(|error| error.to_string())?;
+            if read != b"scratch" || ctx.work_dir().await? != dir {
+                return Err("the scratch directory changed".to_owned());
+            }
+            ctx.log(&format!("scratch at {}", dir.display()));
+            Ok(())
+        })
+        .build();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.run(stop.clone()));
+
+    setup
+        .submit(&plan(
+            770,
+            vec![task(1, 771, &[], &[], serde_json::json!({}))],
+        ))
+        .await;
+    let t1 = setup
+        .wait_for_task(1, "DONE", |t| t.status.is_terminal())
+        .await;
+    assert_eq!(t1.status, TaskStatus::Done, "{:?}", t1.error_message);
+    assert!(
+        !work_root.exists(),
+        "a handler that never asked made a workspace under {}",
+        work_root.display()
+    );
+
+    setup
+        .submit(&plan(
+            773,
+            vec![task(2, 772, &[], &[], serde_json::json!({}))],
+        ))
+        .await;
+    let t2 = setup
+        .wait_for_task(2, "DONE", |t| t.status.is_terminal())
+        .await;
+    assert_eq!(t2.status, TaskStatus::Done, "{:?}", t2.error_message);
+    let mut conn = setup.cluster.db.connect().await;
+    let lines = execution::list_log_lines(&mut conn, t2.key, 100, 0)
+        .await
+        .unwrap();
+    let dir = lines
+        .iter()
+        .find_map(|line| line.text.strip_prefix("scratch at "))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("no scratch line in {lines:?}"));
+    let canonical_root = std::fs::canonicalize(&work_root).unwrap();
+    assert_eq!(
+        dir,
+        canonical_root.join(format!("{}-1", t2.key)).join("work"),
+        "the attempt's own workspace"
+    );
+    // Finished beside the report: gone soon after DONE.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dir.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} outlived its attempt",
+            dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    running.await.unwrap().unwrap();
+}
+
 /// Batches of events whose transaction fails go back to the queue and are applied again, with
 /// the batches decided while they were committing: with the first three transactions that
 /// store DONE reports refused by PostgreSQL, every task of a fan-in is still done once, each of

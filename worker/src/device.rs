@@ -20,6 +20,7 @@ use models::{Attempt, JsonObject, StepState, StepStatus, TaskErrorType, TaskKey,
 use crate::logs::LogWriter;
 use crate::process::{self, StepCommand, StepEnd, Stop};
 use crate::template::{self, Bindings};
+use crate::workspace::WorkspaceHandle;
 
 /// Everything a device gets to run one attempt.
 pub struct Job {
@@ -29,9 +30,10 @@ pub struct Job {
     pub attempt: Attempt,
     /// What to run.
     pub assignment: Arc<Assignment>,
-    /// The directory steps run in (`BATON_WORKSPACE`).
-    pub work_dir: PathBuf,
-    /// The `BATON_*` variables of the attempt.
+    /// The attempt's workspace: its `work/` directory is where steps run.
+    pub workspace: WorkspaceHandle,
+    /// The `BATON_*` variables of the attempt's workspace; none when the workspace is made on
+    /// demand (see [`Device::needs_workspace`]).
     pub env: Vec<(String, String)>,
     /// The values of the steps' placeholders.
     pub bindings: Bindings,
@@ -82,6 +84,15 @@ pub trait Device: Send + Sync + 'static {
 
     /// Runs `job` to its end.
     fn run(&self, job: Job) -> BoxFuture<'_, DeviceRun>;
+
+    /// Whether the attempt's workspace must be made before [`Device::run`] starts (the
+    /// default). A device answering `false`, such as in-process [`Handlers`], runs tasks
+    /// without input or output files with a workspace made only if it asks for its
+    /// directory ([`WorkspaceHandle::work_dir`]): such an attempt that needs no file makes
+    /// none.
+    fn needs_workspace(&self) -> bool {
+        true
+    }
 }
 
 /// Finds the devices a worker has now (LuciHub's device scanner); the worker asks again every
@@ -133,6 +144,24 @@ impl Device for LocalDevice {
 async fn run_steps(mut job: Job) -> DeviceRun {
     let steps = &job.assignment.steps;
     let mut states = waiting_states(steps);
+    // Made before the run (this device needs it): no file system call here.
+    let cwd = match job.workspace.work_dir().await {
+        Ok(dir) => dir,
+        Err(error) => {
+            let message = format!("the task's workspace: {error}");
+            job.log.system(None, &message);
+            skip_from(&mut states, 0);
+            return DeviceRun {
+                steps: states,
+                end: RunEnd::Failed {
+                    error_type: TaskErrorType::Internal,
+                    message,
+                    retryable: true,
+                },
+                output: serde_json::Value::Null,
+            };
+        }
+    };
     // Every placeholder is resolved before anything runs.
     let mut commands = Vec::with_capacity(steps.len());
     for (index, step) in steps.iter().enumerate() {
@@ -160,7 +189,7 @@ async fn run_steps(mut job: Job) -> DeviceRun {
         let name = states[index].name.clone();
         let command = StepCommand {
             argv,
-            cwd: job.work_dir.clone(),
+            cwd: cwd.clone(),
             env: job.env.clone(),
             timeout: job.assignment.steps[index]
                 .timeout_secs
@@ -283,8 +312,8 @@ pub struct HandlerContext {
     pub attempt: Attempt,
     /// The parameters (the function's defaults overridden by the task's).
     pub parameters: JsonObject,
-    /// The workspace directory.
-    pub work_dir: PathBuf,
+    /// The attempt's workspace (see [`HandlerContext::work_dir`]).
+    workspace: WorkspaceHandle,
     /// Each input's path, by identifier (a directory for a `multiple` input).
     pub inputs: HashMap<String, PathBuf>,
     /// Where each output is to be written, by identifier: a file, or a directory for a
@@ -298,6 +327,16 @@ pub struct HandlerContext {
 }
 
 impl HandlerContext {
+    /// The task's scratch directory (its workspace's `work/`), removed when the attempt is
+    /// over. A task without input or output files gets its workspace made on the first call,
+    /// so a handler that never asks makes no file.
+    pub async fn work_dir(&self) -> Result<PathBuf, String> {
+        self.workspace
+            .work_dir()
+            .await
+            .map_err(|error| format!("the task's workspace: {error}"))
+    }
+
     /// Writes a line to the task's log (stdout).
     pub fn log(&self, text: &str) {
         self.log
@@ -365,6 +404,10 @@ impl Device for Handlers {
         }
     }
 
+    fn needs_workspace(&self) -> bool {
+        false
+    }
+
     fn run(&self, job: Job) -> BoxFuture<'_, DeviceRun> {
         Box::pin(run_handler(
             self.handlers.get(&job.assignment.function_name).cloned(),
@@ -415,7 +458,7 @@ async fn run_handler(handler: Option<Handler>, mut job: Job) -> DeviceRun {
         task_key: job.task_key,
         attempt: job.attempt,
         parameters: job.bindings.parameters.clone(),
-        work_dir: job.work_dir.clone(),
+        workspace: job.workspace.clone(),
         inputs: path_map(&job.bindings.inputs),
         outputs: path_map(&job.bindings.outputs),
         cancelled: cancelled.clone(),

@@ -26,7 +26,7 @@ use crate::device::{Device, DeviceRun, Job, RunEnd};
 use crate::logs::{LogLimits, LogWriter, next_batch};
 use crate::process::Stop;
 use crate::template::Bindings;
-use crate::workspace::Workspace;
+use crate::workspace::{Workspace, WorkspaceHandle};
 
 /// Log lines or samples published in one message at most.
 const BATCH: usize = 500;
@@ -131,22 +131,38 @@ pub(crate) async fn run(attempt: Attempt<'_>) -> (Ended, Leftover) {
         )
     };
     let attempt = &attempt;
+    let on_demand = !attempt.device.needs_workspace()
+        && attempt.assignment.inputs.is_empty()
+        && attempt.assignment.outputs.is_empty()
+        && attempt.assignment.image.is_none()
+        && attempt.build_image.is_none();
     let work = async move {
-        let workspace =
-            match Workspace::create(attempt.work_root, task, attempt.grant.attempt).await {
-                Ok(workspace) => Some(workspace),
-                Err(error) => {
-                    log.system(None, &format!("cannot create the workspace: {error}"));
-                    None
-                }
-            };
-        let ended = match &workspace {
-            None => Ended::failed(
-                TaskErrorType::Internal,
-                "the worker could not create the task's workspace".to_owned(),
-                true,
-            ),
-            Some(workspace) => {
+        let made = if on_demand {
+            // The device makes it if it asks for it; it has no file to place.
+            Ok(None)
+        } else {
+            Workspace::create(attempt.work_root, task, attempt.grant.attempt)
+                .await
+                .map(Some)
+        };
+        let (ended, workspace) = match made {
+            Err(error) => {
+                log.system(None, &format!("cannot create the workspace: {error}"));
+                let ended = Ended::failed(
+                    TaskErrorType::Internal,
+                    "the worker could not create the task's workspace".to_owned(),
+                    true,
+                );
+                (ended, None)
+            }
+            Ok(None) => {
+                let handle =
+                    WorkspaceHandle::on_demand(attempt.work_root, task, attempt.grant.attempt);
+                let ended = in_workspace(attempt, None, &handle, &log, sample_tx.clone()).await;
+                (ended, handle.close().await)
+            }
+            Ok(Some(workspace)) => {
+                let handle = WorkspaceHandle::ready(&workspace);
                 let follow_stop = CancellationToken::new();
                 let follower = crate::measurements::follow(
                     workspace.measurements_path(),
@@ -155,11 +171,15 @@ pub(crate) async fn run(attempt: Attempt<'_>) -> (Ended, Leftover) {
                     follow_stop.clone(),
                 );
                 let running = async {
-                    let ended = in_workspace(attempt, workspace, &log, sample_tx.clone()).await;
+                    let ended =
+                        in_workspace(attempt, Some(&workspace), &handle, &log, sample_tx.clone())
+                            .await;
                     follow_stop.cancel();
                     ended
                 };
-                tokio::join!(running, follower).0
+                let ended = tokio::join!(running, follower).0;
+                handle.close().await;
+                (ended, Some(workspace))
             }
         };
         // Every writer gone: the publishers drain what is left and stop; the log's last lines
@@ -217,9 +237,12 @@ impl Leftover {
     }
 }
 
+/// Runs the attempt in its workspace: `workspace` when it was made before the run, else
+/// (no file to place or collect) whatever the device makes through `handle`.
 async fn in_workspace(
     attempt: &Attempt<'_>,
-    workspace: &Workspace,
+    workspace: Option<&Workspace>,
+    handle: &WorkspaceHandle,
     log: &LogWriter,
     samples: mpsc::UnboundedSender<Sample>,
 ) -> Ended {
@@ -255,6 +278,9 @@ async fn in_workspace(
     // Fetching inputs stops as soon as a stop is ordered.
     let mut stop = attempt.stop.clone();
     let fetched = async {
+        let Some(workspace) = workspace else {
+            return Ok((BTreeMap::new(), Vec::new()));
+        };
         let inputs = fetch_inputs(&assignment.inputs, attempt.artifacts, workspace).await?;
         let mut env = workspace.env();
         if let Some(image) = &assignment.image {
@@ -288,19 +314,22 @@ async fn in_workspace(
         return stopped_before_start(assignment, order);
     }
     let mut outputs = BTreeMap::new();
-    if attempt.build_image.is_some() {
-        let path = workspace.outputs_dir().join("image");
-        outputs.insert("image".to_owned(), path.display().to_string());
-    }
-    for output in &assignment.outputs {
-        let path = workspace.outputs_dir().join(&output.identifier);
-        if output.multiple
-            && let Err(error) = tokio::fs::create_dir_all(&path).await
-        {
-            let message = format!("preparing output `{}`: {error}", output.identifier);
-            return Ended::failed(TaskErrorType::Internal, message, true);
+    // Without a workspace made before the run there is no output (nor build image) to place.
+    if let Some(workspace) = workspace {
+        if attempt.build_image.is_some() {
+            let path = workspace.outputs_dir().join("image");
+            outputs.insert("image".to_owned(), path.display().to_string());
         }
-        outputs.insert(output.identifier.clone(), path.display().to_string());
+        for output in &assignment.outputs {
+            let path = workspace.outputs_dir().join(&output.identifier);
+            if output.multiple
+                && let Err(error) = tokio::fs::create_dir_all(&path).await
+            {
+                let message = format!("preparing output `{}`: {error}", output.identifier);
+                return Ended::failed(TaskErrorType::Internal, message, true);
+            }
+            outputs.insert(output.identifier.clone(), path.display().to_string());
+        }
     }
     let bindings = Bindings {
         task_key: attempt.grant.task_key.to_string(),
@@ -312,7 +341,7 @@ async fn in_workspace(
         task_key: attempt.grant.task_key,
         attempt: attempt.grant.attempt,
         assignment: assignment.clone(),
-        work_dir: workspace.work_dir(),
+        workspace: handle.clone(),
         env,
         bindings,
         log: log.clone(),
@@ -490,9 +519,13 @@ async fn fetch_input<'a>(
 /// The error names every output that is missing or invalid.
 async fn collect_outputs(
     attempt: &Attempt<'_>,
-    workspace: &Workspace,
+    workspace: Option<&Workspace>,
     image: &mut Option<models::File>,
 ) -> Result<Vec<ReportedOutput>, String> {
+    // Made on demand (or not at all): the attempt has no output to collect.
+    let Some(workspace) = workspace else {
+        return Ok(Vec::new());
+    };
     let grant = attempt.grant;
     let mut values = Vec::new();
     let mut problems = Vec::new();

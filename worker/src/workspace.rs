@@ -20,10 +20,16 @@
 //! would take cost more than the calls themselves (a throughput run's blocking threads took
 //! 0.2 cores, see BENCHMARKS.md). Anything that may take long, such as removing what a step
 //! left or laying out a new workspace, keeps its hop.
+//!
+//! A device reaches the workspace through a [`WorkspaceHandle`]. For a device that runs in
+//! the worker's process ([`crate::device::Handlers`]) and a task without input or output
+//! files, the workspace is made only when the device first asks for its directory: an
+//! in-process task that touches no file costs no file system call.
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use models::{Attempt, TaskKey};
 
@@ -349,6 +355,90 @@ impl Workspace {
         })
         .await??;
         Ok(None)
+    }
+}
+
+/// The workspace of an attempt as its device sees it: made before the device runs, or made
+/// on the device's first call to [`WorkspaceHandle::work_dir`] (see the module's
+/// documentation).
+#[derive(Clone, Debug)]
+pub struct WorkspaceHandle(Arc<tokio::sync::Mutex<Slot>>);
+
+/// Where a [`WorkspaceHandle`]'s workspace is.
+#[derive(Debug)]
+enum Slot {
+    /// Made before the run (the executor holds it): its work directory.
+    Ready(PathBuf),
+    /// Not made yet; it is made in `base` when first asked for.
+    OnDemand {
+        base: PathBuf,
+        task: TaskKey,
+        attempt: Attempt,
+    },
+    /// Made on demand, for the executor to finish once the attempt is over.
+    Made(Workspace),
+    /// The attempt is over: no workspace is made any more.
+    Closed,
+}
+
+impl WorkspaceHandle {
+    /// The handle of `workspace`, made before the run.
+    pub(crate) fn ready(workspace: &Workspace) -> WorkspaceHandle {
+        WorkspaceHandle::with(Slot::Ready(workspace.work_dir()))
+    }
+
+    /// The handle of attempt `attempt` of `task`'s workspace, to be made in `base` when first
+    /// asked for.
+    pub(crate) fn on_demand(base: &Path, task: TaskKey, attempt: Attempt) -> WorkspaceHandle {
+        WorkspaceHandle::with(Slot::OnDemand {
+            base: base.to_owned(),
+            task,
+            attempt,
+        })
+    }
+
+    fn with(slot: Slot) -> WorkspaceHandle {
+        WorkspaceHandle(Arc::new(tokio::sync::Mutex::new(slot)))
+    }
+
+    /// The scratch directory of the workspace (`work/`), absolute; the workspace is made
+    /// first if it was not made yet. Once the attempt is over, an error.
+    pub async fn work_dir(&self) -> io::Result<PathBuf> {
+        let mut slot = self.0.clone().lock_owned().await;
+        let (base, task, attempt) = match &*slot {
+            Slot::Ready(dir) => return Ok(dir.clone()),
+            Slot::Made(workspace) => return Ok(workspace.work_dir()),
+            Slot::Closed => {
+                return Err(io::Error::other(
+                    "the attempt is over: its workspace is no longer made",
+                ));
+            }
+            Slot::OnDemand {
+                base,
+                task,
+                attempt,
+            } => (base.clone(), *task, *attempt),
+        };
+        // Made by a task of its own, which holds the slot and stores the workspace there even
+        // if this call is dropped meanwhile (a handler aborted while it waits): the executor
+        // still finds it, and finishes it, when the attempt is over.
+        tokio::spawn(async move {
+            let workspace = Workspace::create(&base, task, attempt).await?;
+            let dir = workspace.work_dir();
+            *slot = Slot::Made(workspace);
+            Ok(dir)
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
+    /// Ends the attempt's use of the handle: later calls of [`WorkspaceHandle::work_dir`]
+    /// fail. Returns the workspace made on demand, if one was, for the caller to finish.
+    pub(crate) async fn close(&self) -> Option<Workspace> {
+        match std::mem::replace(&mut *self.0.lock().await, Slot::Closed) {
+            Slot::Made(workspace) => Some(workspace),
+            Slot::Ready(_) | Slot::OnDemand { .. } | Slot::Closed => None,
+        }
     }
 }
 

@@ -501,3 +501,81 @@ async fn spares_left_by_stopped_processes_are_swept_on_first_use() {
     assert!(kept_failed.exists(), "other directories are left alone");
     workspace.finish(false).await.unwrap();
 }
+
+/// The names in `dir`, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn a_workspace_on_demand_is_made_once_when_asked_for_and_given_back_at_close() {
+    let base = tempfile::tempdir().unwrap();
+    let handle = WorkspaceHandle::on_demand(base.path(), TASK, Attempt(3));
+    assert!(names(base.path()).is_empty(), "nothing made before asked");
+
+    let dir = handle.work_dir().await.unwrap();
+    let root = std::fs::canonicalize(base.path())
+        .unwrap()
+        .join("01234567-89ab-cdef-0123-456789abcdef-3");
+    assert_eq!(dir, root.join("work"));
+    assert!(std::fs::symlink_metadata(&dir).unwrap().is_dir());
+    write(&dir.join("scratch"), b"x");
+    assert_eq!(handle.clone().work_dir().await.unwrap(), dir, "made once");
+
+    let workspace = handle.close().await.expect("the workspace made on demand");
+    assert_eq!(workspace.root(), root);
+    let error = handle.work_dir().await.unwrap_err();
+    assert!(error.to_string().contains("the attempt is over"), "{error}");
+    workspace.finish(false).await.unwrap();
+    assert!(!root.exists(), "finished: {:?}", names(base.path()));
+}
+
+#[tokio::test]
+async fn a_workspace_on_demand_never_asked_for_is_never_made() {
+    let base = tempfile::tempdir().unwrap();
+    let handle = WorkspaceHandle::on_demand(base.path(), TASK, Attempt(4));
+    assert!(handle.close().await.is_none());
+    assert!(handle.work_dir().await.is_err(), "closed");
+    assert!(names(base.path()).is_empty());
+}
+
+/// A caller dropped while the workspace is being made (an aborted handler) leaves it to the
+/// handle, so that what is on disk is always what `close` gives back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_made_for_a_dropped_caller_is_still_given_back() {
+    for attempt in 1..=20 {
+        let base = tempfile::tempdir().unwrap();
+        let handle = WorkspaceHandle::on_demand(base.path(), TASK, Attempt(attempt));
+        let asking = tokio::spawn({
+            let handle = handle.clone();
+            async move { handle.work_dir().await }
+        });
+        // Dropped at some point of its call, or after it.
+        tokio::time::sleep(std::time::Duration::from_micros(u64::from(attempt) * 50)).await;
+        asking.abort();
+        let _ = asking.await;
+        let workspace = handle.close().await;
+        let on_disk = names(base.path());
+        match workspace {
+            Some(workspace) => {
+                assert!(workspace.root().is_dir());
+                assert_eq!(on_disk.len(), 1, "{on_disk:?}");
+            }
+            None => assert!(on_disk.is_empty(), "made but not given back: {on_disk:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_ready_handle_gives_the_workspace_made_before() {
+    let (_base, workspace) = setup().await;
+    let handle = WorkspaceHandle::ready(&workspace);
+    assert_eq!(handle.work_dir().await.unwrap(), workspace.work_dir());
+    assert!(handle.close().await.is_none(), "the executor holds it");
+    assert!(handle.work_dir().await.is_err());
+}
