@@ -258,6 +258,98 @@ async fn tasks_round_trip_with_their_dag() {
     );
 }
 
+/// The updates of a running task (status, lease, attempt, dates, results) change no indexed
+/// column of `tasks`, so PostgreSQL makes them HOT: each new row version stays in its page and
+/// no index gets an entry for it (migration `2026-11-25-000000_hot_task_updates`). An index on
+/// one of those columns would make every update write it, as all did before.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_tasks_updates_are_hot() {
+    let db = TestDb::new().await;
+    let mut conn = db.connect().await;
+    seed(&mut conn).await;
+    let todo: Vec<models::Task> = (40..43)
+        .map(|n| {
+            let mut task = fx::task(n, 30, 1, None);
+            task.status = TaskStatus::Todo;
+            task.attempt_count = 0;
+            task.lease = None;
+            task.start_date = None;
+            task.end_date = None;
+            task
+        })
+        .collect();
+    tasks::insert_tasks(&conn, &todo).await.unwrap();
+
+    let lease = models::Lease {
+        attempt: models::Attempt(1),
+        token: uuid::Uuid::from_u128(7),
+        expires_at: fx::at(40),
+    };
+    let output = serde_json::json!({"accuracy": 0.5});
+    let update = |task: &models::Task, status, running: bool| tasks::TaskStateUpdate {
+        key: task.key,
+        status,
+        waiting_reason: None,
+        error_type: None,
+        error_message: None,
+        cancel_requested: false,
+        abort_requested: false,
+        attempt_count: 1,
+        lease: running.then_some(&lease),
+        not_before: None,
+        worker_id: None,
+        start_date: Some(fx::at(30)),
+        end_date: (!running).then(|| fx::at(35)),
+        update_date: fx::at(if running { 30 } else { 35 }),
+        result: (!running).then_some((&[][..], &output)),
+    };
+    // As the event applier does: each change in a transaction of its own, whose counts
+    // PostgreSQL gives before it commits.
+    #[derive(diesel::QueryableByName)]
+    struct Updates {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        updated: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        hot: i64,
+    }
+    for (status, running) in [(TaskStatus::Doing, true), (TaskStatus::Done, false)] {
+        execute(&mut conn, "BEGIN").await;
+        let updates: Vec<_> = todo
+            .iter()
+            .map(|task| update(task, status, running))
+            .collect();
+        tasks::update_task_states(&conn, &updates).await.unwrap();
+        let counted: Updates = diesel::sql_query(
+            "SELECT n_tup_upd AS updated, n_tup_hot_upd AS hot \
+             FROM pg_stat_xact_user_tables WHERE relname = 'tasks'",
+        )
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+        execute(&mut conn, "COMMIT").await;
+        // Counts not yet flushed to the cumulative statistics include the earlier
+        // transaction's: every update so far must be HOT.
+        assert!(
+            counted.updated >= 3,
+            "to {status:?}: {} updated",
+            counted.updated
+        );
+        assert_eq!(
+            counted.hot, counted.updated,
+            "to {status:?}: HOT of updated"
+        );
+    }
+    let stored = tasks::find_tasks(&conn, &todo.iter().map(|t| t.key).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert!(
+        stored
+            .iter()
+            .all(|task| task.status == TaskStatus::Done && task.output == output),
+        "{stored:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn state_changes_and_outbox_keep_their_order() {
     let db = TestDb::new().await;
