@@ -267,7 +267,10 @@ async fn a_running_tasks_updates_are_hot() {
     let db = TestDb::new().await;
     let mut conn = db.connect().await;
     seed(&mut conn).await;
-    let todo: Vec<models::Task> = (40..43)
+    // One task: its page then has room for both new versions without pruning the old ones,
+    // which PostgreSQL may not do while other databases' transactions are open (tests run in
+    // parallel).
+    let todo: Vec<models::Task> = (40..41)
         .map(|n| {
             let mut task = fx::task(n, 30, 1, None);
             task.status = TaskStatus::Todo;
@@ -330,7 +333,7 @@ async fn a_running_tasks_updates_are_hot() {
         // Counts not yet flushed to the cumulative statistics include the earlier
         // transaction's: every update so far must be HOT.
         assert!(
-            counted.updated >= 3,
+            counted.updated >= 1,
             "to {status:?}: {} updated",
             counted.updated
         );

@@ -150,16 +150,7 @@ async fn run_steps(mut job: Job) -> DeviceRun {
         Err(error) => {
             let message = format!("the task's workspace: {error}");
             job.log.system(None, &message);
-            skip_from(&mut states, 0);
-            return DeviceRun {
-                steps: states,
-                end: RunEnd::Failed {
-                    error_type: TaskErrorType::Internal,
-                    message,
-                    retryable: true,
-                },
-                output: serde_json::Value::Null,
-            };
+            return failed_before_steps(states, TaskErrorType::Internal, message, true);
         }
     };
     // Every placeholder is resolved before anything runs.
@@ -171,16 +162,7 @@ async fn run_steps(mut job: Job) -> DeviceRun {
                 let message = format!("step `{}`: {problem}", step.name);
                 job.log.system(Some(states[index].index), &message);
                 states[index].status = StepStatus::Exception;
-                skip_from(&mut states, 0);
-                return DeviceRun {
-                    steps: states,
-                    end: RunEnd::Failed {
-                        error_type: TaskErrorType::Execution,
-                        message,
-                        retryable: false,
-                    },
-                    output: serde_json::Value::Null,
-                };
+                return failed_before_steps(states, TaskErrorType::Execution, message, false);
             }
         }
     }
@@ -277,7 +259,25 @@ async fn run_steps(mut job: Job) -> DeviceRun {
     }
 }
 
-/// Marks every step from `first` on that has not run as SKIPPED.
+/// A run that failed before its first step: the steps not yet decided are SKIPPED.
+fn failed_before_steps(
+    mut states: Vec<StepState>,
+    error_type: TaskErrorType,
+    message: String,
+    retryable: bool,
+) -> DeviceRun {
+    skip_from(&mut states, 0);
+    DeviceRun {
+        steps: states,
+        end: RunEnd::Failed {
+            error_type,
+            message,
+            retryable,
+        },
+        output: serde_json::Value::Null,
+    }
+}
+
 /// The states of `steps` before any runs: all WAITING.
 pub(crate) fn waiting_states(steps: &[models::Step]) -> Vec<StepState> {
     steps
@@ -294,6 +294,7 @@ pub(crate) fn waiting_states(steps: &[models::Step]) -> Vec<StepState> {
         .collect()
 }
 
+/// Marks every step from `first` on that has not run as SKIPPED.
 fn skip_from(states: &mut [StepState], first: usize) {
     for state in states.iter_mut().skip(first) {
         if state.status == StepStatus::Waiting {
@@ -327,9 +328,10 @@ pub struct HandlerContext {
 }
 
 impl HandlerContext {
-    /// The task's scratch directory (its workspace's `work/`), removed when the attempt is
-    /// over. A task without input or output files gets its workspace made on the first call,
-    /// so a handler that never asks makes no file.
+    /// The task's scratch directory (its workspace's `work/`), emptied or removed when the
+    /// attempt is over (kept, for a failed attempt, with `keep_failed`). A task without input
+    /// or output files gets its workspace made on the first call, so a handler that never asks
+    /// makes no file.
     pub async fn work_dir(&self) -> Result<PathBuf, String> {
         self.workspace
             .work_dir()
