@@ -410,7 +410,7 @@ impl WorkspaceHandle {
             Slot::Made(workspace) => return Ok(workspace.work_dir()),
             Slot::Closed => {
                 return Err(io::Error::other(
-                    "the attempt is over: its workspace is no longer made",
+                    "the attempt is over: its workspace can no longer be made",
                 ));
             }
             Slot::OnDemand {
