@@ -270,18 +270,15 @@ async fn a_running_tasks_updates_are_hot() {
     // One task: its page then has room for both new versions without pruning the old ones,
     // which PostgreSQL may not do while other databases' transactions are open (tests run in
     // parallel).
-    let todo: Vec<models::Task> = (40..41)
-        .map(|n| {
-            let mut task = fx::task(n, 30, 1, None);
-            task.status = TaskStatus::Todo;
-            task.attempt_count = 0;
-            task.lease = None;
-            task.start_date = None;
-            task.end_date = None;
-            task
-        })
-        .collect();
-    tasks::insert_tasks(&conn, &todo).await.unwrap();
+    let mut todo = fx::task(40, 30, 1, None);
+    todo.status = TaskStatus::Todo;
+    todo.attempt_count = 0;
+    todo.lease = None;
+    todo.start_date = None;
+    todo.end_date = None;
+    tasks::insert_tasks(&conn, std::slice::from_ref(&todo))
+        .await
+        .unwrap();
 
     let lease = models::Lease {
         attempt: models::Attempt(1),
@@ -289,8 +286,8 @@ async fn a_running_tasks_updates_are_hot() {
         expires_at: fx::at(40),
     };
     let output = serde_json::json!({"accuracy": 0.5});
-    let update = |task: &models::Task, status, running: bool| tasks::TaskStateUpdate {
-        key: task.key,
+    let update = |status, running: bool| tasks::TaskStateUpdate {
+        key: todo.key,
         status,
         waiting_reason: None,
         error_type: None,
@@ -317,11 +314,9 @@ async fn a_running_tasks_updates_are_hot() {
     }
     for (status, running) in [(TaskStatus::Doing, true), (TaskStatus::Done, false)] {
         execute(&mut conn, "BEGIN").await;
-        let updates: Vec<_> = todo
-            .iter()
-            .map(|task| update(task, status, running))
-            .collect();
-        tasks::update_task_states(&conn, &updates).await.unwrap();
+        tasks::update_task_states(&conn, &[update(status, running)])
+            .await
+            .unwrap();
         let counted: Updates = diesel::sql_query(
             "SELECT n_tup_upd AS updated, n_tup_hot_upd AS hot \
              FROM pg_stat_xact_user_tables WHERE relname = 'tasks'",
@@ -342,13 +337,11 @@ async fn a_running_tasks_updates_are_hot() {
             "to {status:?}: HOT of updated"
         );
     }
-    let stored = tasks::find_tasks(&conn, &todo.iter().map(|t| t.key).collect::<Vec<_>>())
-        .await
-        .unwrap();
+    let stored = tasks::find_task(&mut conn, todo.key).await.unwrap();
     assert!(
         stored
-            .iter()
-            .all(|task| task.status == TaskStatus::Done && task.output == output),
+            .as_ref()
+            .is_some_and(|task| task.status == TaskStatus::Done && task.output == output),
         "{stored:?}"
     );
 }
