@@ -1126,12 +1126,15 @@ async fn attempt(
         idle_slots,
     };
     tracing::info!(task.key = %task, "task {task} ended: {:?}", report.outcome);
-    // The workspace is finished while the report is on its way; the slot waits for both.
-    let (sent, ()) = tokio::join!(shared.reports.send(report), leftover.finish());
-    if !sent {
+    // The workspace is finished while the report is on its way. The slot is free once both
+    // are: its next task's claim can travel with the report rather than behind its confirm.
+    // The attempt stays tracked until the confirm, so a stopping worker waits for it.
+    let queued = shared.reports.queue(report);
+    leftover.finish().await;
+    drop(slot);
+    if !queued.confirmed().await {
         tracing::warn!(task.key = %task, "task {task}: the worker stopped before reporting it");
     }
-    drop(slot);
 }
 
 /// Claims the build of `function` and builds it if the claim was granted; acks the message

@@ -1,8 +1,9 @@
 //! Status reports, gathered: the attempts that end while a report is on its way to RabbitMQ
 //! are reported together in the next message, a `task.status_batch` on `worker.<id>.status`,
 //! rather than a message each. A lone report goes at once, as a `task.status` on
-//! `task.<key>.status`; reports gather only behind one under way. Every report is confirmed
-//! by RabbitMQ before its attempt's slot is freed, retrying through a broker outage.
+//! `task.<key>.status`; reports gather only behind one under way. Every report is sent until
+//! RabbitMQ confirms it, retrying through a broker outage; its attempt frees its slot once
+//! the report is queued here, and ends (a stopping worker waits for it) once it is confirmed.
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -44,11 +45,31 @@ impl Reports {
     /// Sends `report` and waits until RabbitMQ confirmed it; `false` if the sender stopped
     /// before it could (the attempt's lease then lapses).
     pub(crate) async fn send(&self, report: TaskStatusReport) -> bool {
+        self.queue(report).confirmed().await
+    }
+
+    /// Queues `report` for its message; the returned [`Queued`] tells when RabbitMQ confirmed
+    /// it.
+    pub(crate) fn queue(&self, report: TaskStatusReport) -> Queued {
         let (confirmed, rx) = oneshot::channel();
-        if self.tx.send(Pending { report, confirmed }).is_err() {
-            return false;
+        match self.tx.send(Pending { report, confirmed }) {
+            Ok(()) => Queued(Some(rx)),
+            Err(_) => Queued(None),
         }
-        rx.await.is_ok()
+    }
+}
+
+/// A report on its way to RabbitMQ.
+pub(crate) struct Queued(Option<oneshot::Receiver<()>>);
+
+impl Queued {
+    /// Waits until RabbitMQ confirmed the report; `false` if the sender stopped before it
+    /// could (the attempt's lease then lapses).
+    pub(crate) async fn confirmed(self) -> bool {
+        match self.0 {
+            Some(rx) => rx.await.is_ok(),
+            None => false,
+        }
     }
 }
 
