@@ -769,6 +769,32 @@ async fn every_task_reference_is_checked_with_its_foreign_key_error() {
         Some("task_state_changes_task_key_fkey")
     );
     assert_eq!(count_rows(&mut conn, "task_state_changes").await, 0);
+    // Log lines of an unknown task, among good ones (migration 2026-11-26-000000).
+    let error = execution::insert_log_lines(&conn, &[fx::log_line(40, 0), fx::log_line(77, 1)])
+        .await
+        .unwrap_err();
+    assert_eq!(dangling_constraint(&error), Some("log_lines_task_key_fkey"));
+    assert_eq!(count_rows(&mut conn, "log_lines").await, 0);
+    // Tasks written by the same transaction, and tasks another one wrote, together.
+    execute(&mut conn, "BEGIN").await;
+    tasks::insert_tasks(&conn, &[fx::task(41, 30, 1, None)])
+        .await
+        .unwrap();
+    execution::insert_log_lines(&conn, &[fx::log_line(40, 0), fx::log_line(41, 0)])
+        .await
+        .unwrap();
+    tasks::insert_state_changes(
+        &conn,
+        &[
+            fx::state_change(41, TaskStatus::Todo, 1),
+            fx::state_change(40, TaskStatus::Todo, 1),
+        ],
+    )
+    .await
+    .unwrap();
+    execute(&mut conn, "COMMIT").await;
+    assert_eq!(count_rows(&mut conn, "log_lines").await, 2);
+    assert_eq!(count_rows(&mut conn, "task_state_changes").await, 2);
 
     // An update is checked as an insert is.
     let error = refused(
@@ -794,6 +820,9 @@ async fn deletes_keep_the_foreign_keys_behaviour() {
     .await
     .unwrap();
     tasks::insert_state_changes(&conn, &[fx::state_change(41, TaskStatus::Todo, 1)])
+        .await
+        .unwrap();
+    execution::insert_log_lines(&conn, &[fx::log_line(40, 0), fx::log_line(41, 0)])
         .await
         .unwrap();
     assert_eq!(count_rows(&mut conn, "task_edges").await, 1);
@@ -864,9 +893,11 @@ async fn deletes_keep_the_foreign_keys_behaviour() {
     .await;
     assert_eq!(count_rows(&mut conn, "task_edges").await, 0);
     assert_eq!(count_rows(&mut conn, "task_state_changes").await, 1);
+    assert_eq!(count_rows(&mut conn, "log_lines").await, 1);
     execute(&mut conn, "DELETE FROM compute_plans").await;
     assert_eq!(count_rows(&mut conn, "tasks").await, 0);
     assert_eq!(count_rows(&mut conn, "task_state_changes").await, 0);
+    assert_eq!(count_rows(&mut conn, "log_lines").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -945,6 +976,40 @@ async fn history_for_a_task_being_deleted_waits_and_is_refused() {
         Some("task_state_changes_task_key_fkey")
     );
     // Nothing half-written: task 41's row went with the refused statement.
+    assert_eq!(stored, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn log_lines_for_a_task_being_deleted_wait_and_are_refused() {
+    // As for history rows: log lines of a task another transaction is deleting lock it, wait
+    // for the delete to commit, then find it gone; lines of a task this transaction wrote
+    // pass beside them without a lock.
+    let db = TestDb::new().await;
+    let mut writing = db.connect().await;
+    let mut deleting = db.connect().await;
+    seed(&mut writing).await;
+    tasks::insert_tasks(&writing, &[fx::task(40, 30, 1, None)])
+        .await
+        .unwrap();
+    execute(&mut deleting, "BEGIN").await;
+    execute(
+        &mut deleting,
+        &format!("DELETE FROM tasks WHERE key = '{}'", key(40)),
+    )
+    .await;
+    let write = tokio::spawn(async move {
+        execute(&mut writing, "BEGIN").await;
+        tasks::insert_tasks(&writing, &[fx::task(41, 30, 1, None)])
+            .await
+            .unwrap();
+        let lines = [fx::log_line(41, 0), fx::log_line(40, 0)];
+        let outcome = execution::insert_log_lines(&writing, &lines).await;
+        execute(&mut writing, "ROLLBACK").await;
+        (outcome, count_rows(&mut writing, "log_lines").await)
+    });
+    let (outcome, stored) = commit_once_waiting(write, &mut deleting, "the log lines").await;
+    let error = outcome.unwrap_err();
+    assert_eq!(dangling_constraint(&error), Some("log_lines_task_key_fkey"));
     assert_eq!(stored, 0);
 }
 
