@@ -1458,7 +1458,7 @@ async fn propagate_to_other_plans(
             return Ok(());
         }
         let keys: Vec<TaskKey> = ended.keys().copied().collect();
-        for (parent, _child, plan) in tasks::children_in_other_plans(conn, &keys).await? {
+        for (parent, plan) in children_in_other_plans(conn, plans, &keys).await? {
             if !plans.states.contains_key(&plan) && !load_plan(conn, plans, plan).await? {
                 continue;
             }
@@ -1474,6 +1474,42 @@ async fn propagate_to_other_plans(
             );
         }
     }
+}
+
+/// The plans, other than their own, that children of `parents` belong to: `(parent, plan)`,
+/// once per child. `parents` are tasks of plans in memory, whose children in the same plan
+/// are there too; the plans of the other children are read from memory or, for plans not
+/// loaded, from the store.
+async fn children_in_other_plans(
+    conn: &AsyncPgConnection,
+    plans: &Plans,
+    parents: &[TaskKey],
+) -> Result<Vec<(TaskKey, PlanKey)>, StoreError> {
+    let mut found = Vec::new();
+    let mut unknown = Vec::new();
+    for (parent, child) in tasks::edges_from(conn, parents).await? {
+        let own = plans.plan_of.get(&parent);
+        match plans.plan_of.get(&child) {
+            Some(plan) if Some(plan) == own => {}
+            Some(plan) => found.push((parent, *plan)),
+            None => unknown.push((parent, child)),
+        }
+    }
+    if !unknown.is_empty() {
+        let children: Vec<TaskKey> = unknown.iter().map(|(_, child)| *child).collect();
+        let stored: HashMap<TaskKey, PlanKey> = tasks::plans_of_tasks(conn, &children)
+            .await?
+            .into_iter()
+            .collect();
+        for (parent, child) in unknown {
+            if let Some(plan) = stored.get(&child)
+                && plans.plan_of.get(&parent) != Some(plan)
+            {
+                found.push((parent, *plan));
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// Writes a batch's effects in one transaction; returns the outbox rows to hand to the relay.
