@@ -113,12 +113,16 @@ macro_rules! insert_unnested {
      json [$($json:ident),* $(,)?], $suffix:literal) => {{
         use ::diesel::sql_types::Array;
         use ::diesel_async::RunQueryDsl as _;
-        let sql = $crate::store::unnest_insert_sql(
-            $table,
-            &[$(stringify!($column)),+],
-            &[$(stringify!($json)),*],
-            $suffix,
-        );
+        // The text depends only on this call site: built once.
+        static SQL: ::std::sync::OnceLock<String> = ::std::sync::OnceLock::new();
+        let sql = SQL.get_or_init(|| {
+            $crate::store::unnest_insert_sql(
+                $table,
+                &[$(stringify!($column)),+],
+                &[$(stringify!($json)),*],
+                $suffix,
+            )
+        });
         let rows: Vec<_> = $rows;
         let mut rows = rows.into_iter();
         let mut chunks = Vec::with_capacity(rows.len().div_ceil($crate::store::ROWS_PER_UNNEST));
