@@ -158,6 +158,22 @@ mod tests {
             .collect()
     }
 
+    #[tokio::test]
+    async fn a_report_queued_after_the_sender_stopped_is_never_confirmed() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let reports = Reports { tx };
+        let queued = reports.queue(report(1, 1));
+        drop(rx);
+        assert!(
+            !queued.confirmed().await,
+            "a report dropped unsent is not confirmed"
+        );
+        assert!(
+            !reports.queue(report(2, 1)).confirmed().await,
+            "nor is one queued once the sender is gone"
+        );
+    }
+
     #[test]
     fn small_reports_go_in_one_message_in_order() {
         let messages = messages((1..=3).map(|n| report(n, 10)).collect());
