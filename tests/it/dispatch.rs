@@ -1935,6 +1935,45 @@ async fn a_task_waits_for_its_parent_in_another_plan() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_parent_ends_while_its_child_s_plan_is_in_the_dispatcher_s_memory() {
+    // The child's plan is loaded (a task of it was claimed) when the parent in another plan
+    // ends: the dispatcher places the child from memory rather than from the store.
+    let cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
+    cluster.seed(&[function(1, no_retry())]).await;
+    let client = cluster.client("producer").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+    let first = plan(117, vec![task(7, 1, &[])]);
+    submit(&cluster, &rpc, &first).await;
+    let second = plan(118, vec![task(8, 1, &[7]), task(9, 1, &[])]);
+    submit(&cluster, &rpc, &second).await;
+
+    let mut worker = ScriptedWorker::new(&cluster, "worker-1").await;
+    let mut granted = Vec::new();
+    for _ in 0..2 {
+        granted.push(
+            worker
+                .work_one(WAIT, &Script::Vanish)
+                .await
+                .expect("granted"),
+        );
+    }
+    let (parent, other): (Vec<_>, Vec<_>) =
+        granted.into_iter().partition(|g| g.task == TaskKey(key(7)));
+    assert_eq!((parent.len(), other[0].task), (1, TaskKey(key(9))));
+    assert_eq!(
+        statuses(&cluster, second.key).await["t8"],
+        TaskStatus::Waiting
+    );
+    worker.report(&parent[0], ReportedOutcome::Done).await;
+    cluster
+        .wait_for_plan(second.key, WAIT, "t8 ready", |p| p.counters.todo_count == 1)
+        .await;
+    worker.report(&other[0], ReportedOutcome::Done).await;
+    run_to_end(&cluster, &mut worker, second.key, &Script::Succeed).await;
+    assert_eq!(cluster.plan(second.key).await.status, PlanStatus::Done);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_malformed_submission_is_answered_and_dead_lettered() {
     let cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
     cluster.seed(&[function(1, no_retry())]).await;
