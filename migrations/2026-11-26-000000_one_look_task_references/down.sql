@@ -1,7 +1,6 @@
 -- Back to two looks per named task, and log lines' foreign key.
 DROP TRIGGER log_lines_updated_references_exist ON log_lines;
 DROP TRIGGER log_lines_references_exist ON log_lines;
-DROP FUNCTION log_lines_check_inserted_references();
 ALTER TABLE log_lines ADD CONSTRAINT log_lines_task_key_fkey
     FOREIGN KEY (task_key) REFERENCES tasks (key) ON DELETE CASCADE;
 
@@ -37,7 +36,9 @@ BEGIN
     RETURN NULL;
 END $$;
 
-CREATE OR REPLACE FUNCTION task_state_changes_check_inserted_references() RETURNS TRIGGER
+DROP TRIGGER task_state_changes_references_exist ON task_state_changes;
+DROP TRIGGER task_state_changes_updated_references_exist ON task_state_changes;
+CREATE FUNCTION task_state_changes_check_inserted_references() RETURNS TRIGGER
 LANGUAGE plpgsql SET enable_seqscan = off AS $$
 DECLARE
     missing UUID;
@@ -53,5 +54,12 @@ BEGIN
     END IF;
     RETURN NULL;
 END $$;
+CREATE TRIGGER task_state_changes_references_exist AFTER INSERT ON task_state_changes
+    REFERENCING NEW TABLE AS inserted
+    FOR EACH STATEMENT EXECUTE FUNCTION task_state_changes_check_inserted_references();
+CREATE TRIGGER task_state_changes_updated_references_exist AFTER UPDATE ON task_state_changes
+    REFERENCING NEW TABLE AS inserted
+    FOR EACH STATEMENT EXECUTE FUNCTION task_state_changes_check_inserted_references();
 
+DROP FUNCTION baton_check_task_key_references();
 DROP FUNCTION baton_missing_task(UUID[]);

@@ -42,14 +42,27 @@ BEGIN
     RETURN missing;
 END $$;
 
-CREATE OR REPLACE FUNCTION task_state_changes_check_inserted_references() RETURNS TRIGGER
-LANGUAGE plpgsql AS $$
+-- The check of a statement's `task_key`s, for history rows and log lines: refused with the
+-- error of foreign key `TG_ARGV[0]` if one is missing.
+CREATE FUNCTION baton_check_task_key_references() RETURNS TRIGGER LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM baton_refuse_missing(
         baton_missing_task(ARRAY(SELECT DISTINCT task_key FROM inserted))::text,
-        'task_state_changes', 'task_state_changes_task_key_fkey', 'task_key', 'tasks');
+        TG_TABLE_NAME, TG_ARGV[0], 'task_key', 'tasks');
     RETURN NULL;
 END $$;
+
+DROP TRIGGER task_state_changes_references_exist ON task_state_changes;
+DROP TRIGGER task_state_changes_updated_references_exist ON task_state_changes;
+DROP FUNCTION task_state_changes_check_inserted_references();
+CREATE TRIGGER task_state_changes_references_exist AFTER INSERT ON task_state_changes
+    REFERENCING NEW TABLE AS inserted
+    FOR EACH STATEMENT
+    EXECUTE FUNCTION baton_check_task_key_references('task_state_changes_task_key_fkey');
+CREATE TRIGGER task_state_changes_updated_references_exist AFTER UPDATE ON task_state_changes
+    REFERENCING NEW TABLE AS inserted
+    FOR EACH STATEMENT
+    EXECUTE FUNCTION baton_check_task_key_references('task_state_changes_task_key_fkey');
 
 -- An edge names two tasks; the error names the first column with a missing one.
 CREATE OR REPLACE FUNCTION task_edges_check_inserted_references() RETURNS TRIGGER
@@ -72,20 +85,12 @@ END $$;
 
 ALTER TABLE log_lines DROP CONSTRAINT log_lines_task_key_fkey;
 
-CREATE FUNCTION log_lines_check_inserted_references() RETURNS TRIGGER
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM baton_refuse_missing(
-        baton_missing_task(ARRAY(SELECT DISTINCT task_key FROM inserted))::text,
-        'log_lines', 'log_lines_task_key_fkey', 'task_key', 'tasks');
-    RETURN NULL;
-END $$;
 CREATE TRIGGER log_lines_references_exist AFTER INSERT ON log_lines
     REFERENCING NEW TABLE AS inserted
-    FOR EACH STATEMENT EXECUTE FUNCTION log_lines_check_inserted_references();
+    FOR EACH STATEMENT EXECUTE FUNCTION baton_check_task_key_references('log_lines_task_key_fkey');
 CREATE TRIGGER log_lines_updated_references_exist AFTER UPDATE ON log_lines
     REFERENCING NEW TABLE AS inserted
-    FOR EACH STATEMENT EXECUTE FUNCTION log_lines_check_inserted_references();
+    FOR EACH STATEMENT EXECUTE FUNCTION baton_check_task_key_references('log_lines_task_key_fkey');
 
 -- A deleted task takes its log along, as the foreign key's ON DELETE CASCADE did.
 CREATE OR REPLACE FUNCTION tasks_delete_edges_and_history() RETURNS TRIGGER LANGUAGE plpgsql AS $$

@@ -938,26 +938,33 @@ async fn a_function_being_used_by_an_open_transaction_cannot_be_deleted() {
     assert_eq!(dangling_constraint(&error), Some("tasks_function_key_fkey"));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn history_for_a_task_being_deleted_waits_and_is_refused() {
-    // A task's history written while another transaction deletes the task: the check locks
-    // the task, waits for the delete to commit, then finds the task gone.
-    let db = TestDb::new().await;
+/// Two connections to a seeded `db` holding task 40: one to write with, and one whose open
+/// transaction has deleted task 40 and not committed.
+async fn task_40_being_deleted(db: &TestDb) -> (AsyncPgConnection, AsyncPgConnection) {
     let mut writing = db.connect().await;
     let mut deleting = db.connect().await;
     seed(&mut writing).await;
-    tasks::insert_tasks(
-        &writing,
-        &[fx::task(40, 30, 1, None), fx::task(41, 30, 1, None)],
-    )
-    .await
-    .unwrap();
+    tasks::insert_tasks(&writing, &[fx::task(40, 30, 1, None)])
+        .await
+        .unwrap();
     execute(&mut deleting, "BEGIN").await;
     execute(
         &mut deleting,
         &format!("DELETE FROM tasks WHERE key = '{}'", key(40)),
     )
     .await;
+    (writing, deleting)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn history_for_a_task_being_deleted_waits_and_is_refused() {
+    // A task's history written while another transaction deletes the task: the check locks
+    // the task, waits for the delete to commit, then finds the task gone.
+    let db = TestDb::new().await;
+    let (mut writing, mut deleting) = task_40_being_deleted(&db).await;
+    tasks::insert_tasks(&writing, &[fx::task(41, 30, 1, None)])
+        .await
+        .unwrap();
     let write = tokio::spawn(async move {
         let history = [
             fx::state_change(41, TaskStatus::Todo, 1),
@@ -985,18 +992,7 @@ async fn log_lines_for_a_task_being_deleted_wait_and_are_refused() {
     // for the delete to commit, then find it gone; lines of a task this transaction wrote
     // pass beside them without a lock.
     let db = TestDb::new().await;
-    let mut writing = db.connect().await;
-    let mut deleting = db.connect().await;
-    seed(&mut writing).await;
-    tasks::insert_tasks(&writing, &[fx::task(40, 30, 1, None)])
-        .await
-        .unwrap();
-    execute(&mut deleting, "BEGIN").await;
-    execute(
-        &mut deleting,
-        &format!("DELETE FROM tasks WHERE key = '{}'", key(40)),
-    )
-    .await;
+    let (mut writing, mut deleting) = task_40_being_deleted(&db).await;
     let write = tokio::spawn(async move {
         execute(&mut writing, "BEGIN").await;
         tasks::insert_tasks(&writing, &[fx::task(41, 30, 1, None)])
