@@ -1488,24 +1488,24 @@ async fn children_in_other_plans(
     let mut found = Vec::new();
     let mut unknown = Vec::new();
     for (parent, child) in tasks::edges_from(conn, parents).await? {
-        let own = plans.plan_of.get(&parent);
-        match plans.plan_of.get(&child) {
+        let own = plans.plan_of.get(&parent).copied();
+        match plans.plan_of.get(&child).copied() {
             Some(plan) if Some(plan) == own => {}
-            Some(plan) => found.push((parent, *plan)),
-            None => unknown.push((parent, child)),
+            Some(plan) => found.push((parent, plan)),
+            None => unknown.push((parent, child, own)),
         }
     }
     if !unknown.is_empty() {
-        let children: Vec<TaskKey> = unknown.iter().map(|(_, child)| *child).collect();
+        let children: Vec<TaskKey> = unknown.iter().map(|(_, child, _)| *child).collect();
         let stored: HashMap<TaskKey, PlanKey> = tasks::plans_of_tasks(conn, &children)
             .await?
             .into_iter()
             .collect();
-        for (parent, child) in unknown {
-            if let Some(plan) = stored.get(&child)
-                && plans.plan_of.get(&parent) != Some(plan)
+        for (parent, child, own) in unknown {
+            if let Some(&plan) = stored.get(&child)
+                && Some(plan) != own
             {
-                found.push((parent, *plan));
+                found.push((parent, plan));
             }
         }
     }
