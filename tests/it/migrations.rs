@@ -1,6 +1,6 @@
 //! The embedded migrations apply to an empty database, revert cleanly and apply again.
 
-use diesel::sql_types::BigInt;
+use diesel::sql_types::{Array, BigInt, Text};
 use diesel::{QueryableByName, sql_query};
 use diesel_async::RunQueryDsl;
 
@@ -60,5 +60,31 @@ async fn migrating_an_unreachable_database_says_so() {
             .to_string()
             .starts_with("migration failed: connecting:"),
         "{error}"
+    );
+}
+
+#[derive(QueryableByName)]
+struct Settings {
+    #[diesel(sql_type = Array<Text>)]
+    settings: Vec<String>,
+}
+
+/// The reference checks' task lookup keeps one plan per session: left to choose, PostgreSQL
+/// planned it afresh at every call for small arrays (migration 2026-11-27-000000), which cost
+/// more than the lookup itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reference_checks_task_lookup_is_planned_once_and_by_its_index() {
+    let db = TestDb::new().await;
+    let mut conn = db.connect().await;
+    let found: Settings =
+        sql_query("SELECT proconfig AS settings FROM pg_proc WHERE proname = 'baton_missing_task'")
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+    let mut settings = found.settings;
+    settings.sort();
+    assert_eq!(
+        settings,
+        ["enable_seqscan=off", "plan_cache_mode=force_generic_plan"]
     );
 }
