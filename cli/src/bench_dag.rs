@@ -13,6 +13,12 @@
 //!
 //! Times are taken against the dates the dispatcher stores, so the 20 ms polling for DONE
 //! does not count in them.
+//!
+//! After each run of `chain` and `fan-in`, the same number of plain-lapin round trips (a task
+//! message to a worker side, its status back, both persistent and confirmed on quorum queues,
+//! as `baton bench ceiling` does) runs in the same vhost, as many at once as the DAG lets
+//! tasks run: one for a chain, the worker's slots for a fan-in. That is the raw broker's time
+//! for the DAG's hops, which the run's time is divided by, as `throughput` is by the ceiling.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -38,8 +44,8 @@ use models::{
 use crate::OutputFormat;
 use crate::bench::{BrokerBench, median};
 use crate::bench_throughput::{
-    BenchEnv, Device, Harness, LINK_FUNCTION_NAME, LINK_OUTPUT, RunTimes, plans_of, run_plans,
-    start_worker,
+    BenchEnv, Device, Harness, LINK_FUNCTION_NAME, LINK_OUTPUT, RunTimes, plans_of,
+    round_trips_with_retry, run_plans, start_worker,
 };
 use crate::output::Output;
 
@@ -84,6 +90,15 @@ impl DagShape {
             DagShape::FanIn => 0.5,
         }
     }
+
+    /// How many of the shape's tasks can run at once on a worker of `slots` slots: the
+    /// raw broker's round trips are run as many at a time.
+    fn parallelism(self, slots: u32) -> u32 {
+        match self {
+            DagShape::Chain => 1,
+            DagShape::FanIn => slots,
+        }
+    }
 }
 
 /// Options of `baton bench chain`, `fan-in` and `latency`.
@@ -123,6 +138,14 @@ pub(crate) struct DagFigures {
     pub(crate) median_total_secs: f64,
     /// Median over runs of the median claim grant → end of the plan's tasks (ms).
     pub(crate) attempt_ms: f64,
+    /// Seconds the raw broker took for as many round trips, as many at once as the DAG lets
+    /// tasks run, after each run.
+    pub(crate) broker_secs: Vec<f64>,
+    /// Median of `broker_secs`.
+    pub(crate) median_broker_secs: f64,
+    /// Median over runs of the raw broker's seconds divided by the run's: 1 is the broker's
+    /// speed.
+    pub(crate) broker_ratio: f64,
     /// The goal of issue 8 (for 1,000 tasks).
     pub(crate) goal_secs: f64,
 }
@@ -399,6 +422,8 @@ pub(crate) async fn dag(shape: DagShape, options: DagBench) -> anyhow::Result<Da
         let mut total_secs = Vec::new();
         let mut submit_secs = Vec::new();
         let mut attempt_ms = Vec::new();
+        let mut broker_secs = Vec::new();
+        let mut ratios = Vec::new();
         let mut tasks = 0;
         for run in 0..options.runs {
             let plan = dag_plan(shape, options.tasks, link, &organization);
@@ -414,7 +439,19 @@ pub(crate) async fn dag(shape: DagShape, options: DagBench) -> anyhow::Result<Da
                 run + 1,
                 times.submitted.as_secs_f64()
             );
+            let in_flight = shape.parallelism(options.executor_limit);
+            let broker = round_trips_with_retry(&env.amqp_url, tasks, in_flight)
+                .await?
+                .as_secs_f64();
+            tracing::info!(
+                "{}, run {}: the raw broker took {broker:.3} s for {tasks} round trips, \
+                 {in_flight} at a time",
+                shape.name(),
+                run + 1,
+            );
             total_secs.push(total);
+            broker_secs.push(broker);
+            ratios.push(broker / total);
             submit_secs.push(times.submitted.as_secs_f64());
             attempt_ms.push(times.attempt_ms);
         }
@@ -427,6 +464,9 @@ pub(crate) async fn dag(shape: DagShape, options: DagBench) -> anyhow::Result<Da
             total_secs,
             submit_secs,
             attempt_ms: median(attempt_ms),
+            median_broker_secs: median(broker_secs.clone()),
+            broker_secs,
+            broker_ratio: median(ratios),
             goal_secs: shape.goal_secs(),
         })
     })
@@ -536,6 +576,21 @@ pub(crate) fn print_dag_bench(
             String::new(),
             String::new(),
         ]);
+        table.add_row(vec![
+            format!(
+                "raw broker: as many round trips, {} at a time (s)",
+                figures.shape.parallelism(figures.executor_limit)
+            ),
+            format!("{:.3}", figures.median_broker_secs),
+            String::new(),
+            joined(&figures.broker_secs, 3),
+        ]);
+        table.add_row(vec![
+            "ratio: raw broker / send → last DONE".to_owned(),
+            format!("{:.3}", figures.broker_ratio),
+            String::new(),
+            String::new(),
+        ]);
         out.line(table);
     }
     let line = json!({
@@ -549,6 +604,10 @@ pub(crate) fn print_dag_bench(
         "run_values": figures.total_secs,
         "submit_secs": figures.submit_secs,
         "attempt_ms": figures.attempt_ms,
+        "broker_secs": figures.median_broker_secs,
+        "broker_run_values": figures.broker_secs,
+        "broker_in_flight": figures.shape.parallelism(figures.executor_limit),
+        "broker_ratio": figures.broker_ratio,
     });
     out.line(serde_json::to_string(&line)?);
     Ok(())
@@ -654,6 +713,12 @@ mod tests {
         assert_eq!(plan.tasks.len(), 6);
         assert!(plan.tasks[..5].iter().all(|task| task.inputs.is_empty()));
         assert_eq!(plan.tasks[5].inputs.len(), 5);
+    }
+
+    #[test]
+    fn the_raw_broker_runs_a_chain_one_at_a_time_and_a_fan_in_slot_by_slot() {
+        assert_eq!(DagShape::Chain.parallelism(8), 1);
+        assert_eq!(DagShape::FanIn.parallelism(8), 8);
     }
 
     #[test]

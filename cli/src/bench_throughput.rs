@@ -614,14 +614,18 @@ async fn lapin_with_retry(amqp_url: &str, count: u32) -> anyhow::Result<Duration
     }
 }
 
-/// Runs `count` plain-lapin round trips, once more if they fail, for the reason given at
-/// [`lapin_with_retry`].
-async fn round_trips_with_retry(amqp_url: &str, count: u32) -> anyhow::Result<Duration> {
-    match run_round_trips(amqp_url, count, DEFAULT_IN_FLIGHT).await {
+/// Runs `count` plain-lapin round trips, `in_flight` at a time, once more if they fail, for
+/// the reason given at [`lapin_with_retry`].
+pub(crate) async fn round_trips_with_retry(
+    amqp_url: &str,
+    count: u32,
+    in_flight: u32,
+) -> anyhow::Result<Duration> {
+    match run_round_trips(amqp_url, count, in_flight).await {
         Ok(elapsed) => Ok(elapsed),
         Err(error) => {
             tracing::warn!("the lapin round trips failed, running them again: {error:#}");
-            run_round_trips(amqp_url, count, DEFAULT_IN_FLIGHT)
+            run_round_trips(amqp_url, count, in_flight)
                 .await
                 .context("running the lapin round trips")
         }
@@ -724,7 +728,7 @@ impl Setup<'_> {
             lapin_with_retry(&self.amqp_url, warm_up)
                 .await
                 .context("warming up")?;
-            round_trips_with_retry(&self.amqp_url, warm_up)
+            round_trips_with_retry(&self.amqp_url, warm_up, DEFAULT_IN_FLIGHT)
                 .await
                 .context("warming up")?;
             for device in devices {
@@ -788,7 +792,8 @@ impl Setup<'_> {
             // The ceiling's two figures, one after the other: msgs/s and round trips/s.
             let lapin = || async {
                 let elapsed = lapin_with_retry(&self.amqp_url, task_count).await?;
-                let trips = round_trips_with_retry(&self.amqp_url, task_count).await?;
+                let trips =
+                    round_trips_with_retry(&self.amqp_url, task_count, DEFAULT_IN_FLIGHT).await?;
                 anyhow::Ok((tasks / elapsed.as_secs_f64(), tasks / trips.as_secs_f64()))
             };
             let mut push_ceiling = |(msgs, trips)| {

@@ -760,7 +760,8 @@ pub enum BenchScenario {
         rabbitmq: BenchRabbitmq,
     },
     /// A plan of no-op tasks, each the child of the one before: seconds from sending it to the
-    /// last DONE, with an in-process dispatcher and worker.
+    /// last DONE, with an in-process dispatcher and worker, and against as many plain-lapin
+    /// round trips one after the other.
     Chain {
         /// Tasks in the chain.
         #[arg(long, env = "BATON_BENCH_TASKS", default_value_t = 1_000)]
@@ -770,7 +771,8 @@ pub enum BenchScenario {
         common: DagBenchArgs,
     },
     /// Parallel no-op tasks joined by one task: seconds from sending the plan to the last DONE,
-    /// with an in-process dispatcher and worker.
+    /// with an in-process dispatcher and worker, and against as many plain-lapin round trips,
+    /// as many at once as the worker has slots.
     FanIn {
         /// Parallel tasks (the joining task comes on top).
         #[arg(long, env = "BATON_BENCH_TASKS", default_value_t = 1_000)]

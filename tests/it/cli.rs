@@ -270,7 +270,9 @@ struct BenchAdmin {
 impl BenchAdmin {
     async fn new() -> BenchAdmin {
         let admin = BenchAdmin {
-            name: format!("baton-test-bench-{}", uuid::Uuid::new_v4().simple()),
+            // At most 32 characters: the DAG benchmarks register the user their worker
+            // connects as in baton, whose user identifiers are that long at most.
+            name: format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..24]),
             password: uuid::Uuid::new_v4().simple().to_string(),
         };
         let response = reqwest::Client::new()
@@ -376,6 +378,59 @@ fn bench_ceiling_reports_both_figures_and_deletes_its_vhost() {
     assert_eq!(figures["msgs_per_s"]["messages"], 200);
     assert_eq!(figures["round_trips_per_s"]["round_trips"], 200);
     assert_eq!(figures["round_trips_per_s"]["in_flight"], 16);
+
+    let left = runtime.block_on(admin.vhosts());
+    assert!(left.is_empty(), "the benchmark left its vhost: {left:?}");
+}
+
+#[test]
+fn bench_chain_reports_its_time_against_the_raw_broker_and_cleans_up() {
+    show_logs();
+    let runtime = runtime();
+    let admin = runtime.block_on(BenchAdmin::new());
+    let out = cli::Output::buffer();
+    let amqp_url = admin.amqp_url();
+    let api = api_base();
+    let database_url = crate::support::db::admin_url();
+    let cli = cli::Cli::parse_from([
+        "baton",
+        "--output",
+        "json",
+        "bench",
+        "chain",
+        "--tasks",
+        "5",
+        "--runs",
+        "1",
+        "--database-url",
+        &database_url,
+        "--amqp-url",
+        &amqp_url,
+        "--rabbitmq-api",
+        &api,
+        "--rabbitmq-api-user",
+        &admin.name,
+        "--rabbitmq-api-password",
+        &admin.password,
+    ]);
+    cli::run_with(cli, &out, &CancellationToken::new()).unwrap();
+
+    let printed = out.captured();
+    let line: serde_json::Value = serde_json::from_str(printed.trim()).unwrap();
+    assert_eq!(line["scenario"], "chain", "{line}");
+    assert_eq!(line["tasks"], 5, "{line}");
+    assert_eq!(line["broker_in_flight"], 1, "{line}");
+    let positive = |key: &str| line[key].as_f64().is_some_and(|value| value > 0.0);
+    for key in ["value", "broker_secs", "broker_ratio"] {
+        assert!(positive(key), "{key}: {line}");
+    }
+    // The ratio is the raw broker's seconds over the run's, for the one run.
+    let ratio = line["broker_secs"].as_f64().unwrap() / line["value"].as_f64().unwrap();
+    assert!(
+        (line["broker_ratio"].as_f64().unwrap() - ratio).abs() < 1e-9,
+        "{line}"
+    );
+    assert_eq!(line["broker_run_values"].as_array().unwrap().len(), 1);
 
     let left = runtime.block_on(admin.vhosts());
     assert!(left.is_empty(), "the benchmark left its vhost: {left:?}");
