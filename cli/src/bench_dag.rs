@@ -19,6 +19,7 @@
 //! as `baton bench ceiling` does) runs in the same vhost, as many at once as the DAG lets
 //! tasks run: one for a chain, the worker's slots for a fan-in. That is the raw broker's time
 //! for the DAG's hops, which the run's time is divided by, as `throughput` is by the ceiling.
+//! After each run of `latency`, as many round trips run one at a time, for their mean.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -176,6 +177,10 @@ pub(crate) struct LatencyFigures {
     pub(crate) submit_to_start: Percentiles,
     /// From sending the plan to the task's end date (DONE).
     pub(crate) submit_to_done: Percentiles,
+    /// The mean of as many plain-lapin round trips, one at a time, after each run (ms).
+    pub(crate) broker_round_trip_runs: Vec<f64>,
+    /// Median of `broker_round_trip_runs`.
+    pub(crate) broker_round_trip_ms: f64,
 }
 
 /// The `link` function: takes any number of models, writes one.
@@ -479,6 +484,7 @@ pub(crate) async fn latency(options: DagBench) -> anyhow::Result<LatencyFigures>
         let organization = crate::bench_throughput::organization();
         let mut start = (Vec::new(), Vec::new());
         let mut done = (Vec::new(), Vec::new());
+        let mut broker_round_trips = Vec::new();
         for run in 0..options.runs {
             let mut to_start = Vec::new();
             let mut to_done = Vec::new();
@@ -511,6 +517,8 @@ pub(crate) async fn latency(options: DagBench) -> anyhow::Result<LatencyFigures>
             start.1.push(figures[1]);
             done.0.push(figures[2]);
             done.1.push(figures[3]);
+            let broker = round_trips_with_retry(&env.amqp_url, options.tasks, 1).await?;
+            broker_round_trips.push(broker.as_secs_f64() * 1_000.0 / f64::from(options.tasks));
         }
         let percentiles = |(p50_runs, p99_runs): (Vec<f64>, Vec<f64>)| Percentiles {
             p50_ms: median(p50_runs.clone()),
@@ -524,6 +532,8 @@ pub(crate) async fn latency(options: DagBench) -> anyhow::Result<LatencyFigures>
             executor_limit: options.executor_limit,
             submit_to_start: percentiles(start),
             submit_to_done: percentiles(done),
+            broker_round_trip_ms: median(broker_round_trips.clone()),
+            broker_round_trip_runs: broker_round_trips,
         })
     })
     .await
@@ -665,6 +675,12 @@ pub(crate) fn print_latency_bench(
                 joined(&runs, 2),
             ]);
         }
+        table.add_row(vec![
+            "raw broker: a round trip, one at a time (mean)".to_owned(),
+            format!("{:.2}", figures.broker_round_trip_ms),
+            String::new(),
+            joined(&figures.broker_round_trip_runs, 2),
+        ]);
         out.line(table);
     }
     for (figure, which, percentiles, goal) in &rows {
@@ -681,6 +697,15 @@ pub(crate) fn print_latency_bench(
         });
         out.line(serde_json::to_string(&line)?);
     }
+    let line = json!({
+        "scenario": "latency",
+        "figure": "broker_round_trip_ms",
+        "value": figures.broker_round_trip_ms,
+        "plans": figures.plans,
+        "runs": figures.runs,
+        "run_values": figures.broker_round_trip_runs,
+    });
+    out.line(serde_json::to_string(&line)?);
     Ok(())
 }
 

@@ -782,7 +782,8 @@ pub enum BenchScenario {
         common: DagBenchArgs,
     },
     /// One-task plans sent one after the other: percentiles of send → start and send → DONE,
-    /// with an in-process dispatcher and worker.
+    /// with an in-process dispatcher and worker, and the mean of as many plain-lapin round
+    /// trips one after the other.
     Latency {
         /// One-task plans per run.
         #[arg(long, env = "BATON_BENCH_TASKS", default_value_t = 500)]

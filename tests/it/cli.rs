@@ -383,23 +383,16 @@ fn bench_ceiling_reports_both_figures_and_deletes_its_vhost() {
     assert!(left.is_empty(), "the benchmark left its vhost: {left:?}");
 }
 
-#[test]
-fn bench_chain_reports_its_time_against_the_raw_broker_and_cleans_up() {
-    show_logs();
-    let runtime = runtime();
-    let admin = runtime.block_on(BenchAdmin::new());
+/// Runs `baton --output json bench <args>` as `admin`, with the test database server: the
+/// JSON lines it printed.
+fn run_dag_bench(admin: &BenchAdmin, args: &[&str]) -> Vec<serde_json::Value> {
     let out = cli::Output::buffer();
     let amqp_url = admin.amqp_url();
     let api = api_base();
     let database_url = crate::support::db::admin_url();
-    let cli = cli::Cli::parse_from([
-        "baton",
-        "--output",
-        "json",
-        "bench",
-        "chain",
-        "--tasks",
-        "5",
+    let mut argv = vec!["baton", "--output", "json", "bench"];
+    argv.extend_from_slice(args);
+    argv.extend_from_slice(&[
         "--runs",
         "1",
         "--database-url",
@@ -413,10 +406,22 @@ fn bench_chain_reports_its_time_against_the_raw_broker_and_cleans_up() {
         "--rabbitmq-api-password",
         &admin.password,
     ]);
-    cli::run_with(cli, &out, &CancellationToken::new()).unwrap();
+    cli::run_with(cli::Cli::parse_from(argv), &out, &CancellationToken::new()).unwrap();
+    out.captured()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
 
-    let printed = out.captured();
-    let line: serde_json::Value = serde_json::from_str(printed.trim()).unwrap();
+#[test]
+fn bench_chain_reports_its_time_against_the_raw_broker_and_cleans_up() {
+    show_logs();
+    let runtime = runtime();
+    let admin = runtime.block_on(BenchAdmin::new());
+    let lines = run_dag_bench(&admin, &["chain", "--tasks", "5"]);
+    let [line] = lines.as_slice() else {
+        panic!("one figure: {lines:?}");
+    };
     assert_eq!(line["scenario"], "chain", "{line}");
     assert_eq!(line["tasks"], 5, "{line}");
     assert_eq!(line["broker_in_flight"], 1, "{line}");
@@ -431,6 +436,38 @@ fn bench_chain_reports_its_time_against_the_raw_broker_and_cleans_up() {
         "{line}"
     );
     assert_eq!(line["broker_run_values"].as_array().unwrap().len(), 1);
+
+    let left = runtime.block_on(admin.vhosts());
+    assert!(left.is_empty(), "the benchmark left its vhost: {left:?}");
+}
+
+#[test]
+fn bench_latency_reports_the_raw_broker_s_round_trip_beside_its_percentiles() {
+    show_logs();
+    let runtime = runtime();
+    let admin = runtime.block_on(BenchAdmin::new());
+    let lines = run_dag_bench(&admin, &["latency", "--tasks", "3"]);
+    let figures: Vec<&str> = lines
+        .iter()
+        .map(|line| line["figure"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        figures,
+        [
+            "submit_to_start_p50_ms",
+            "submit_to_start_p99_ms",
+            "submit_to_done_p50_ms",
+            "submit_to_done_p99_ms",
+            "broker_round_trip_ms"
+        ]
+    );
+    for line in &lines {
+        assert_eq!(line["scenario"], "latency", "{line}");
+        assert!(
+            line["value"].as_f64().is_some_and(|value| value > 0.0),
+            "{line}"
+        );
+    }
 
     let left = runtime.block_on(admin.vhosts());
     assert!(left.is_empty(), "the benchmark left its vhost: {left:?}");
