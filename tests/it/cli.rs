@@ -322,70 +322,9 @@ impl Drop for BenchAdmin {
     }
 }
 
-#[test]
-fn bench_ceiling_reports_both_figures_and_deletes_its_vhost() {
-    show_logs();
-    let runtime = runtime();
-    let admin = runtime.block_on(BenchAdmin::new());
-    let out = cli::Output::buffer();
-    let amqp_url = admin.amqp_url();
-    let api = api_base();
-    let cli = cli::Cli::parse_from([
-        "baton",
-        "--output",
-        "json",
-        "bench",
-        "ceiling",
-        "--messages",
-        "200",
-        "--round-trips",
-        "200",
-        "--in-flight",
-        "16",
-        "--runs",
-        "1",
-        "--amqp-url",
-        &amqp_url,
-        "--rabbitmq-api",
-        &api,
-        "--rabbitmq-api-user",
-        &admin.name,
-        "--rabbitmq-api-password",
-        &admin.password,
-    ]);
-    cli::run_with(cli, &out, &CancellationToken::new()).unwrap();
-
-    let printed = out.captured();
-    let figures: HashMap<String, serde_json::Value> = printed
-        .lines()
-        .map(|line| {
-            let line: serde_json::Value = serde_json::from_str(line).unwrap();
-            assert_eq!(line["scenario"], "ceiling", "{line}");
-            (line["figure"].as_str().unwrap().to_owned(), line)
-        })
-        .collect();
-    assert_eq!(figures.len(), 2, "{printed}");
-    for figure in ["msgs_per_s", "round_trips_per_s"] {
-        let line = &figures[figure];
-        assert!(
-            line["value"].as_f64().is_some_and(|value| value > 0.0),
-            "{line}"
-        );
-        let runs = line["run_values"].as_array().unwrap();
-        assert_eq!(runs.len(), 1, "{line}");
-        assert!(runs[0].as_f64().is_some_and(|value| value > 0.0), "{line}");
-    }
-    assert_eq!(figures["msgs_per_s"]["messages"], 200);
-    assert_eq!(figures["round_trips_per_s"]["round_trips"], 200);
-    assert_eq!(figures["round_trips_per_s"]["in_flight"], 16);
-
-    let left = runtime.block_on(admin.vhosts());
-    assert!(left.is_empty(), "the benchmark left its vhost: {left:?}");
-}
-
-/// Runs `baton --output json bench <args>` as `admin`, with the test database server: the
-/// JSON lines it printed.
-fn run_dag_bench(admin: &BenchAdmin, args: &[&str]) -> Vec<serde_json::Value> {
+/// Runs `baton --output json bench <args> --runs 1` as `admin`, with the test database server:
+/// the JSON lines it printed.
+fn run_bench(admin: &BenchAdmin, args: &[&str]) -> Vec<serde_json::Value> {
     let out = cli::Output::buffer();
     let amqp_url = admin.amqp_url();
     let api = api_base();
@@ -414,11 +353,54 @@ fn run_dag_bench(admin: &BenchAdmin, args: &[&str]) -> Vec<serde_json::Value> {
 }
 
 #[test]
+fn bench_ceiling_reports_both_figures_and_deletes_its_vhost() {
+    show_logs();
+    let runtime = runtime();
+    let admin = runtime.block_on(BenchAdmin::new());
+    let lines = run_bench(
+        &admin,
+        &[
+            "ceiling",
+            "--messages",
+            "200",
+            "--round-trips",
+            "200",
+            "--in-flight",
+            "16",
+        ],
+    );
+    let figures: HashMap<String, serde_json::Value> = lines
+        .into_iter()
+        .map(|line| {
+            assert_eq!(line["scenario"], "ceiling", "{line}");
+            (line["figure"].as_str().unwrap().to_owned(), line)
+        })
+        .collect();
+    assert_eq!(figures.len(), 2, "{figures:?}");
+    for figure in ["msgs_per_s", "round_trips_per_s"] {
+        let line = &figures[figure];
+        assert!(
+            line["value"].as_f64().is_some_and(|value| value > 0.0),
+            "{line}"
+        );
+        let runs = line["run_values"].as_array().unwrap();
+        assert_eq!(runs.len(), 1, "{line}");
+        assert!(runs[0].as_f64().is_some_and(|value| value > 0.0), "{line}");
+    }
+    assert_eq!(figures["msgs_per_s"]["messages"], 200);
+    assert_eq!(figures["round_trips_per_s"]["round_trips"], 200);
+    assert_eq!(figures["round_trips_per_s"]["in_flight"], 16);
+
+    let left = runtime.block_on(admin.vhosts());
+    assert!(left.is_empty(), "the benchmark left its vhost: {left:?}");
+}
+
+#[test]
 fn bench_chain_reports_its_time_against_the_raw_broker_and_cleans_up() {
     show_logs();
     let runtime = runtime();
     let admin = runtime.block_on(BenchAdmin::new());
-    let lines = run_dag_bench(&admin, &["chain", "--tasks", "5"]);
+    let lines = run_bench(&admin, &["chain", "--tasks", "5"]);
     let [line] = lines.as_slice() else {
         panic!("one figure: {lines:?}");
     };
@@ -446,7 +428,7 @@ fn bench_latency_reports_the_raw_broker_s_round_trip_beside_its_percentiles() {
     show_logs();
     let runtime = runtime();
     let admin = runtime.block_on(BenchAdmin::new());
-    let lines = run_dag_bench(&admin, &["latency", "--tasks", "3"]);
+    let lines = run_bench(&admin, &["latency", "--tasks", "3"]);
     let figures: Vec<&str> = lines
         .iter()
         .map(|line| line["figure"].as_str().unwrap())
