@@ -1,6 +1,6 @@
 //! What the dispatcher's loops measure for operators: how long a claim waits for its answer, how
-//! many events each applied batch holds, and how many tasks went to a worker without a claim
-//! (follow-ups and eager starts) or were handed back.
+//! many events each applied batch holds, how many batches were applied again, and how many
+//! tasks went to a worker without a claim (follow-ups and eager starts) or were handed back.
 //!
 //! Recorded by the service and registered by whoever serves them (the HTTP
 //! API's `/metrics`): no global registry, so each dispatcher, and each test, has its own.
@@ -30,6 +30,7 @@ pub struct DispatcherMetrics {
     follow_ups: Counter,
     eager_starts: Counter,
     hand_backs: Counter,
+    batch_retries: Counter,
 }
 
 /// How many tasks went to workers without a claim, and came back, since the dispatcher started.
@@ -59,6 +60,7 @@ impl DispatcherMetrics {
             follow_ups: Counter::default(),
             eager_starts: Counter::default(),
             hand_backs: Counter::default(),
+            batch_retries: Counter::default(),
         }
     }
 
@@ -75,6 +77,16 @@ impl DispatcherMetrics {
     /// Counts `attempts` handed back by their workers.
     pub fn count_hand_backs(&self, attempts: usize) {
         self.hand_backs.inc_by(attempts as u64);
+    }
+
+    /// Counts a batch of events rolled back, to be applied again.
+    pub fn count_batch_retry(&self) {
+        self.batch_retries.inc();
+    }
+
+    /// How many batches of events were rolled back and applied again, so far.
+    pub fn batch_retries(&self) -> u64 {
+        self.batch_retries.get()
     }
 
     /// The counts of tasks granted without a claim and handed back, so far.
@@ -98,7 +110,8 @@ impl DispatcherMetrics {
     }
 
     /// Registers the histograms and counters in `registry` (as `claim_latency_seconds`,
-    /// `event_batch_size`, `follow_ups_total`, `eager_starts_total` and `hand_backs_total`,
+    /// `event_batch_size`, `follow_ups_total`, `eager_starts_total`, `hand_backs_total` and
+    /// `event_batch_retries_total`,
     /// under the registry's prefix); they keep being recorded into.
     pub fn register(&self, registry: &mut Registry) {
         registry.register_with_unit(
@@ -126,6 +139,12 @@ impl DispatcherMetrics {
             "hand_backs",
             "Attempts handed back by their worker (CANCELED_BY_WORKER), re-queued",
             self.hand_backs.clone(),
+        );
+        registry.register(
+            "event_batch_retries",
+            "Batches of events rolled back and applied again: a database error, or a plan \
+             stored with a child of a task the batch ended",
+            self.batch_retries.clone(),
         );
     }
 }

@@ -562,6 +562,14 @@ pub async fn analyze_after(conn: &mut AsyncPgConnection, plan: &ComputePlan) {
     }
 }
 
+/// How many times a submission is validated again because a parent in another plan changed
+/// status between its read and its lock; each time, a parent has moved on.
+const PARENT_READS: usize = 16;
+
+/// A stored plan: the plan, its tasks, the outbox rows to hand over, and the tasks started at
+/// once.
+type Stored = (ComputePlan, Vec<Task>, Vec<OutboxRow>, Started);
+
 /// [`submit_plan`], its outbox rows handed over or not, its ready tasks started at once on
 /// idle workers when `starts` is given.
 #[allow(clippy::too_many_arguments)]
@@ -573,8 +581,37 @@ async fn store_plan(
     now: Timestamp,
     record: Option<&SubmissionRecord>,
     handing_over: bool,
+    mut starts: Option<&mut Starts<'_>>,
+) -> Result<Stored, SubmissionError> {
+    for _ in 0..PARENT_READS {
+        let starts = starts.as_deref_mut();
+        let args = (submission, owner, creator, now, record);
+        if let Some(stored) = store_plan_once(conn, args, handing_over, starts).await? {
+            return Ok(stored);
+        }
+    }
+    Err(StoreError::Conflict(format!(
+        "the parents of plan {} in other plans changed status {PARENT_READS} times while it \
+         was being stored",
+        submission.key
+    ))
+    .into())
+}
+
+/// One try of [`store_plan`]: `None` when a parent in another plan changed status since it was
+/// read, and nothing was stored.
+async fn store_plan_once(
+    conn: &mut AsyncPgConnection,
+    (submission, owner, creator, now, record): (
+        &PlanSubmission,
+        &OrganizationId,
+        Option<&UserId>,
+        Timestamp,
+        Option<&SubmissionRecord>,
+    ),
+    handing_over: bool,
     starts: Option<&mut Starts<'_>>,
-) -> Result<(ComputePlan, Vec<Task>, Vec<OutboxRow>, Started), SubmissionError> {
+) -> Result<Option<Stored>, SubmissionError> {
     // PostgreSQL keeps microseconds: return exactly what is stored.
     let now = now.trunc_subsecs(6);
     let started = std::time::Instant::now();
@@ -664,8 +701,35 @@ async fn store_plan(
     let submission_row = record
         .map(|record| record.row(Some(plan.key), &accepted_reply(&plan), now))
         .transpose()?;
+    // Parents in other plans, with the statuses the tasks were validated against.
+    let parents: Vec<(TaskKey, TaskStatus)> = known
+        .stored_tasks
+        .iter()
+        .map(|(key, parent)| (*key, parent.status))
+        .collect();
     let result = conn
         .transaction(async |conn| {
+            // Before anything else: while these are held, the event applier cannot end the
+            // parents, and once it has, it sees the children (`tasks::lock_task_ends`).
+            if !parents.is_empty() {
+                let keys: Vec<TaskKey> = parents.iter().map(|(key, _)| *key).collect();
+                tasks::lock_task_ends(conn, &keys, tasks::EndLock::Shared).await?;
+                let current: HashMap<TaskKey, TaskStatus> = tasks::find_tasks(conn, &keys)
+                    .await?
+                    .into_iter()
+                    .map(|task| (task.key, task.status))
+                    .collect();
+                if let Some((key, _)) = parents
+                    .iter()
+                    .find(|(key, status)| current.get(key) != Some(status))
+                {
+                    tracing::debug!(
+                        "parent task {key} of plan {} changed status: validating again",
+                        plan.key
+                    );
+                    return Ok(None);
+                }
+            }
             let started = std::time::Instant::now();
             // Pipelined: PostgreSQL runs each statement after those sent before it, so the
             // tasks' checks find the plan, and the history's and the outbox's the tasks. A
@@ -699,11 +763,12 @@ async fn store_plan(
                 "stored {} tasks",
                 new_tasks.len()
             );
-            Ok::<_, StoreError>((new_tasks, outbox))
+            Ok::<_, StoreError>(Some((new_tasks, outbox)))
         })
         .await;
     match result {
-        Ok((stored_tasks, outbox)) => Ok((plan, stored_tasks, outbox, started)),
+        Ok(Some((stored_tasks, outbox))) => Ok(Some((plan, stored_tasks, outbox, started))),
+        Ok(None) => Ok(None),
         // Another submission of the same plan won the race.
         Err(StoreError::Duplicate {
             constraint: Some(constraint),

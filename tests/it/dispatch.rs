@@ -1973,6 +1973,233 @@ async fn a_parent_ends_while_its_child_s_plan_is_in_the_dispatcher_s_memory() {
     assert_eq!(cluster.plan(second.key).await.status, PlanStatus::Done);
 }
 
+/// Whether, within `within`, at least `count` sessions on the cluster's database wait for a
+/// lock.
+async fn lock_waiters(cluster: &TestCluster, count: i64, within: Duration) -> bool {
+    #[derive(diesel::QueryableByName)]
+    struct Waiting {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        count: i64,
+    }
+    let mut conn = cluster.db.connect().await;
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let waiting: Waiting = diesel_async::RunQueryDsl::get_result(
+            diesel::sql_query(
+                "SELECT count(*) AS count FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            ),
+            &mut conn,
+        )
+        .await
+        .unwrap();
+        if waiting.count >= count {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs `sql` on `conn`.
+async fn execute(conn: &mut diesel_async::AsyncPgConnection, sql: &str) {
+    diesel_async::RunQueryDsl::execute(diesel::sql_query(sql), conn)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_child_submitted_while_its_parent_s_end_commits_is_stored_ready() {
+    // The event applier has read the children of a task it ends, and is committing the end,
+    // when a plan with a child of that task arrives. The child must not be stored WAITING for
+    // an end the applier will never tell its plan about: it waits for the end, and is TODO.
+    let cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
+    cluster.seed(&[function(1, no_retry())]).await;
+    let client = cluster.client("producer").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+    let first = plan(119, vec![task(10, 1, &[])]);
+    submit(&cluster, &rpc, &first).await;
+    let mut worker = ScriptedWorker::new(&cluster, "worker-1").await;
+    let parent = worker
+        .work_one(WAIT, &Script::Vanish)
+        .await
+        .expect("granted");
+
+    // The applier's commit of the end waits for the parent's plan row.
+    let mut blocker = cluster.db.connect().await;
+    execute(&mut blocker, "BEGIN").await;
+    execute(
+        &mut blocker,
+        &format!(
+            "SELECT 1 FROM compute_plans WHERE key = '{}' FOR UPDATE",
+            first.key
+        ),
+    )
+    .await;
+    worker.report(&parent, ReportedOutcome::Done).await;
+    assert!(
+        lock_waiters(&cluster, 1, WAIT).await,
+        "the applier waits for the plan's row"
+    );
+    let second = plan(120, vec![task(11, 1, &[10])]);
+    let release = async {
+        // The submission waits for the end too; once both wait, the end is let through.
+        lock_waiters(&cluster, 2, Duration::from_secs(5)).await;
+        execute(&mut blocker, "COMMIT").await;
+    };
+    let (reply, ()) = tokio::join!(cluster.submit(&rpc, &second), release);
+    assert!(
+        matches!(reply, SubmissionReply::Accepted { .. }),
+        "{reply:?}"
+    );
+    let stored = statuses(&cluster, second.key).await;
+    assert_eq!(stored["t11"], TaskStatus::Todo, "stored ready: {stored:?}");
+    assert_eq!(
+        cluster.metrics.batch_retries(),
+        0,
+        "the end went through once"
+    );
+    run_to_end(&cluster, &mut worker, second.key, &Script::Succeed).await;
+    assert_eq!(cluster.plan(second.key).await.status, PlanStatus::Done);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_child_stored_after_its_parent_s_children_were_read_is_told_of_the_end() {
+    // A plan with a child of a task is stored (WAITING, its parent DOING) after the event
+    // applier read that task's children and before it committed the task's end: the applier
+    // sees the new child when it commits, and tells its plan.
+    let cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
+    cluster.seed(&[function(1, no_retry())]).await;
+    let client = cluster.client("producer").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+    let first = plan(121, vec![task(12, 1, &[])]);
+    submit(&cluster, &rpc, &first).await;
+    let mut worker = ScriptedWorker::new(&cluster, "worker-1").await;
+    let parent = worker
+        .work_one(WAIT, &Script::Vanish)
+        .await
+        .expect("granted");
+
+    let second = plan(122, vec![task(13, 1, &[12])]);
+    let mut conn = cluster.db.connect().await;
+    let (worker_ref, cluster_ref, second_ref) = (&worker, &cluster, &second);
+    diesel_async::AsyncConnection::transaction(&mut conn, async |conn| {
+        // As a submission in flight holds it: the applier reads the children, then waits.
+        tasks::lock_task_ends(conn, &[parent.task], tasks::EndLock::Shared).await?;
+        worker_ref.report(&parent, ReportedOutcome::Done).await;
+        assert!(
+            lock_waiters(cluster_ref, 1, WAIT).await,
+            "the applier waits for the end lock"
+        );
+        // This session holds the lock already: the plan is stored, its task WAITING.
+        let (stored, _) = dispatcher::submission::submit_plan(
+            conn,
+            second_ref,
+            &ORGANIZATION.into(),
+            None,
+            Utc::now(),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(stored.counters.waiting_count, 1);
+        Ok::<_, dispatcher::store::StoreError>(())
+    })
+    .await
+    .unwrap();
+    cluster
+        .wait_for_plan(second.key, WAIT, "ready", |p| p.counters.todo_count == 1)
+        .await;
+    // The applier found the child when it committed, and applied the end again to tell it.
+    assert_eq!(cluster.metrics.batch_retries(), 1);
+    run_to_end(&cluster, &mut worker, second.key, &Script::Succeed).await;
+    assert_eq!(cluster.plan(second.key).await.status, PlanStatus::Done);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_added_in_the_batch_that_ends_their_parent_in_another_plan_are_told_of_it() {
+    // Tasks added to a plan, after a task of another plan, and that task's end are applied in
+    // one batch: the added children are not yet stored when the end looks for children.
+    let cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
+    cluster.seed(&[function(1, no_retry())]).await;
+    let client = cluster.client("producer").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+    let first = plan(123, vec![task(14, 1, &[]), task(15, 1, &[])]);
+    submit(&cluster, &rpc, &first).await;
+    let second = plan(124, vec![task(16, 1, &[])]);
+    submit(&cluster, &rpc, &second).await;
+    let mut worker = ScriptedWorker::new(&cluster, "worker-1").await;
+    let mut granted = Vec::new();
+    for _ in 0..3 {
+        granted.push(
+            worker
+                .work_one(WAIT, &Script::Vanish)
+                .await
+                .expect("granted"),
+        );
+    }
+    let find = |n: u128| {
+        granted
+            .iter()
+            .find(|g| g.task == TaskKey(key(n)))
+            .expect("granted")
+    };
+
+    // The applier is held committing task 15's end while task 14's end and the addition queue
+    // up behind it, to be taken as one batch.
+    let mut blocker = cluster.db.connect().await;
+    execute(&mut blocker, "BEGIN").await;
+    execute(
+        &mut blocker,
+        &format!(
+            "SELECT 1 FROM compute_plans WHERE key = '{}' FOR UPDATE",
+            first.key
+        ),
+    )
+    .await;
+    worker.report(find(15), ReportedOutcome::Done).await;
+    assert!(
+        lock_waiters(&cluster, 1, WAIT).await,
+        "the applier waits for the plan's row"
+    );
+    worker.report(find(14), ReportedOutcome::Done).await;
+    let addition = AddTasks {
+        compute_plan_key: second.key,
+        tasks: vec![task(17, 1, &[14])],
+    };
+    let release = async {
+        // Both messages are published and pushed into the applier's prefetch within
+        // milliseconds; RabbitMQ's figures of the queue lag by seconds, so this gives them
+        // ample time instead. (Applied in two batches, they would not test the one batch.)
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        execute(&mut blocker, "COMMIT").await;
+    };
+    let (reply, ()) = tokio::join!(
+        rpc.call::<_, SubmissionReply>(SUBMIT_EXCHANGE, AddTasks::KIND, &addition, WAIT),
+        release
+    );
+    let reply = reply.unwrap();
+    assert!(
+        matches!(reply, SubmissionReply::Accepted { .. }),
+        "{reply:?}"
+    );
+    cluster
+        .wait_for_plan(second.key, WAIT, "t17 ready", |p| {
+            p.counters.todo_count == 1
+        })
+        .await;
+    assert_eq!(
+        cluster.metrics.batch_retries(),
+        0,
+        "the added child was found without a conflict"
+    );
+    worker.report(find(16), ReportedOutcome::Done).await;
+    run_to_end(&cluster, &mut worker, second.key, &Script::Succeed).await;
+    assert_eq!(cluster.plan(second.key).await.status, PlanStatus::Done);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_malformed_submission_is_answered_and_dead_lettered() {
     let cluster = TestCluster::start(chrono::Duration::seconds(30)).await;

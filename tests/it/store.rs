@@ -1147,3 +1147,117 @@ async fn batch_inserts_split_below_the_bind_parameter_limit() {
         .unwrap();
     assert_eq!(stored.len(), 12_000);
 }
+
+/// The advisory locks `conn`'s session holds, as `(classid, objid, mode)`.
+async fn advisory_locks(conn: &mut AsyncPgConnection) -> Vec<(i64, i64, String)> {
+    #[derive(diesel::QueryableByName)]
+    struct Held {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        class: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        object: i64,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        mode: String,
+    }
+    let held: Vec<Held> = diesel::sql_query(
+        "SELECT classid::bigint AS class, objid::bigint AS object, mode FROM pg_locks \
+         WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted \
+         ORDER BY classid, objid",
+    )
+    .load(conn)
+    .await
+    .unwrap();
+    held.into_iter()
+        .map(|h| (h.class, h.object, h.mode))
+        .collect()
+}
+
+#[tokio::test]
+async fn task_end_locks_exclude_submissions_and_stay_few() {
+    use diesel_async::AsyncConnection;
+    use tasks::EndLock;
+    let db = TestDb::new().await;
+    let mut applier = db.connect().await;
+    let mut submission = db.connect().await;
+    let few: Vec<TaskKey> = (1..=3).map(|n| TaskKey(key(n))).collect();
+    let many: Vec<TaskKey> = (1..=100).map(|n| TaskKey(key(n))).collect();
+
+    // A few tasks: the lock over all ends, shared, then one each, in ascending order.
+    applier
+        .transaction(async |conn| {
+            tasks::lock_task_ends(conn, &few, EndLock::Exclusive).await?;
+            let held = advisory_locks(conn).await;
+            assert_eq!(held.len(), 4, "{held:?}");
+            assert_eq!(held[0].2, "ShareLock", "all ends, shared: {held:?}");
+            assert!(held[1..].iter().all(|lock| lock.2 == "ExclusiveLock"));
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .unwrap();
+    assert!(
+        advisory_locks(&mut applier).await.is_empty(),
+        "held to the end only"
+    );
+
+    // Many: the lock over all ends alone, exclusive, whatever the mode asked.
+    for mode in [EndLock::Exclusive, EndLock::Shared] {
+        applier
+            .transaction(async |conn| {
+                tasks::lock_task_ends(conn, &many, mode).await?;
+                let held = advisory_locks(conn).await;
+                assert_eq!(held.len(), 1, "{mode:?}: {held:?}");
+                assert_eq!(held[0].2, "ExclusiveLock");
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+    }
+
+    // Shared holders do not wait for each other; an exclusive one waits for them.
+    let task = &few[1..2];
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<&str>(4);
+    let (held, release) = tokio::sync::oneshot::channel::<()>();
+    let reader = async {
+        submission
+            .transaction(async |conn| {
+                tasks::lock_task_ends(conn, task, EndLock::Shared).await?;
+                tx.send("shared").await.unwrap();
+                release.await.unwrap();
+                tx.send("released").await.unwrap();
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+    };
+    let ender = async {
+        assert_eq!(rx.recv().await, Some("shared"));
+        let mut other = db.connect().await;
+        other
+            .transaction(async |conn| {
+                tasks::lock_task_ends(conn, task, EndLock::Shared).await?;
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+        let waiting = async {
+            applier
+                .transaction(async |conn| {
+                    tasks::lock_task_ends(conn, task, EndLock::Exclusive).await?;
+                    Ok::<_, StoreError>(())
+                })
+                .await
+                .unwrap();
+        };
+        tokio::pin!(waiting);
+        // Given time, the exclusive lock is still not taken while the shared one is held.
+        let taken = tokio::time::timeout(std::time::Duration::from_millis(300), &mut waiting).await;
+        assert!(
+            taken.is_err(),
+            "the exclusive end lock waits for the shared one"
+        );
+        held.send(()).unwrap();
+        waiting.await;
+        assert_eq!(rx.recv().await, Some("released"));
+    };
+    tokio::join!(reader, ender);
+}

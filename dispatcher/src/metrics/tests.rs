@@ -52,3 +52,14 @@ fn direct_grants_are_counted_and_rendered_as_totals() {
         assert!(text.contains(line), "{line} in {text}");
     }
 }
+
+#[test]
+fn batch_retries_are_counted_and_rendered_as_a_total() {
+    let metrics = DispatcherMetrics::new();
+    assert_eq!(metrics.batch_retries(), 0);
+    metrics.count_batch_retry();
+    metrics.clone().count_batch_retry();
+    assert_eq!(metrics.batch_retries(), 2);
+    let text = render(&metrics);
+    assert!(text.contains("baton_event_batch_retries_total 2"), "{text}");
+}

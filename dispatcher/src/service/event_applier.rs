@@ -42,7 +42,7 @@ use super::{Context, StartedPlan};
 use crate::auth;
 use crate::core::{self, ClaimDecision, Effect, Event, Order, Outcome, PlanState, TaskNode};
 use crate::store::rows::{NewOutboxRow, OutboxRow, TaskState};
-use crate::store::tasks::TaskStateUpdate;
+use crate::store::tasks::{EndLock, TaskStateUpdate};
 use crate::store::{self, StoreError, catalog, execution, plans, tasks, workers};
 
 /// Deliveries applied in one transaction at most.
@@ -342,6 +342,11 @@ struct Work {
     done: HashSet<TaskKey>,
     /// Attempts handed back by their workers.
     hand_backs: usize,
+    /// Tasks the batch ended, whose children were read before the commit.
+    ended: Vec<TaskKey>,
+    /// The edges from `ended` to their children, as read before the commit (with the children
+    /// the batch adds): the commit reads them again under the tasks' end locks.
+    edges_read: HashSet<(TaskKey, TaskKey)>,
 }
 
 /// A DONE report whose worker can start a child at once (`TaskStatusReport::follow_up`).
@@ -1458,7 +1463,9 @@ async fn propagate_to_other_plans(
             return Ok(());
         }
         let keys: Vec<TaskKey> = ended.keys().copied().collect();
-        for (parent, plan) in children_in_other_plans(conn, plans, &keys).await? {
+        work.ended.extend(&keys);
+        let edges = edges_from(conn, work, &keys).await?;
+        for (parent, plan) in children_in_other_plans(conn, plans, edges).await? {
             if !plans.states.contains_key(&plan) && !load_plan(conn, plans, plan).await? {
                 continue;
             }
@@ -1476,18 +1483,41 @@ async fn propagate_to_other_plans(
     }
 }
 
-/// The plans, other than their own, that children of `parents` belong to: `(parent, plan)`,
-/// once per child. `parents` are tasks of plans in memory, whose children in the same plan
+/// The edges from `parents` to their children, `(parent, child)`: those stored and those of
+/// the tasks the batch adds, which are stored with its commit. Kept in `work`, for the commit
+/// to check that no other child was stored meanwhile.
+async fn edges_from(
+    conn: &AsyncPgConnection,
+    work: &mut Work,
+    parents: &[TaskKey],
+) -> Result<Vec<(TaskKey, TaskKey)>, StoreError> {
+    let mut edges = tasks::edges_from(conn, parents).await?;
+    if !work.added_tasks.is_empty() {
+        let parents: HashSet<TaskKey> = parents.iter().copied().collect();
+        for task in &work.added_tasks {
+            for parent in task.parent_keys() {
+                if parents.contains(&parent) {
+                    edges.push((parent, task.key));
+                }
+            }
+        }
+    }
+    work.edges_read.extend(edges.iter().copied());
+    Ok(edges)
+}
+
+/// The plans, other than their own, that the children of `edges` belong to: `(parent, plan)`,
+/// once per child. The parents are tasks of plans in memory, whose children in the same plan
 /// are there too; the plans of the other children are read from memory or, for plans not
 /// loaded, from the store.
 async fn children_in_other_plans(
     conn: &AsyncPgConnection,
     plans: &Plans,
-    parents: &[TaskKey],
+    edges: Vec<(TaskKey, TaskKey)>,
 ) -> Result<Vec<(TaskKey, PlanKey)>, StoreError> {
     let mut found = Vec::new();
     let mut unknown = Vec::new();
-    for (parent, child) in tasks::edges_from(conn, parents).await? {
+    for (parent, child) in edges {
         let own = plans.plan_of.get(&parent).copied();
         match plans.plan_of.get(&child).copied() {
             Some(plan) if Some(plan) == own => {}
@@ -1607,6 +1637,8 @@ async fn commit(
         row.available_at = Some(now + outbox_relay::HANDOVER_GRACE);
     }
     conn.transaction(async |conn| {
+        // First, before any other lock: see `tasks::lock_task_ends`.
+        tasks::lock_task_ends(conn, &work.ended, EndLock::Exclusive).await?;
         tasks::insert_tasks(conn, &work.added_tasks).await?;
         tasks::insert_state_changes(conn, &added_history).await?;
         for row in &work.submission_rows {
@@ -1654,7 +1686,7 @@ async fn commit(
                 .values()
                 .map(|plan| plans::update_plan(shared, plan)),
         );
-        let (_, _, _, _, handed, _, _, _, _, _) = futures::try_join!(
+        let (_, _, _, _, handed, _, _, _, _, _, edges) = futures::try_join!(
             tasks::update_task_states(shared, &updates),
             plan_updates,
             tasks::insert_state_changes(shared, &history),
@@ -1665,7 +1697,17 @@ async fn commit(
             execution::insert_performances(shared, &work.registered.performances),
             execution::insert_log_lines(shared, &work.log_lines),
             execution::insert_measurements(shared, &work.samples),
+            // Under the end locks: children stored since they were read before the commit.
+            tasks::edges_from(shared, &work.ended),
         )?;
+        if let Some((parent, child)) = edges
+            .into_iter()
+            .find(|edge| !work.edges_read.contains(edge))
+        {
+            return Err(StoreError::Conflict(format!(
+                "task {child} was stored as a child of task {parent} while the batch ended it"
+            )));
+        }
         for (worker, devices) in &work.registrations {
             workers::upsert_worker(conn, worker).await?;
             workers::upsert_devices(conn, devices).await?;
@@ -1882,6 +1924,7 @@ async fn apply_batch(
     if let Some(error) = failure {
         // Memory may be ahead of the database: forget, rebuild later, and retry the batch.
         tracing::warn!("applying {} events failed, retrying: {error}", batch.len());
+        context.config.metrics.count_batch_retry();
         for plan in &work.touched {
             plans.forget(*plan);
         }
@@ -1990,6 +2033,7 @@ async fn tick(context: &Context, publisher: &Publisher, plans: &mut Plans) -> an
         Ok(handed) => handed,
         Err(error) => {
             tracing::warn!("applying lease expiries failed, retrying: {error}");
+            context.config.metrics.count_batch_retry();
             for plan in &work.touched {
                 plans.forget(*plan);
             }

@@ -288,6 +288,10 @@ pub enum StoreError {
         /// Why it cannot be.
         reason: String,
     },
+    /// What a transaction read before it began changed before it could commit; the caller
+    /// retries, reading it again.
+    #[error("changed meanwhile: {0}")]
+    Conflict(String),
     /// Any other database error (lost connection, serialization failure, …).
     #[error("database error: {0}")]
     Database(diesel::result::Error),

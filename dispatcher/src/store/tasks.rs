@@ -532,6 +532,84 @@ pub async fn edges_from(
         .collect())
 }
 
+/// How a transaction holds the end locks of tasks (see [`lock_task_ends`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndLock {
+    /// Held by the event applier while it commits tasks' ends and reads their children.
+    Exclusive,
+    /// Held by a submission while it reads its parents' statuses and stores their children.
+    Shared,
+}
+
+/// The advisory lock class of every task's end lock.
+const TASK_END_LOCK_CLASS: i32 = 0x6261_7401;
+/// The advisory lock class of the lock over all tasks' ends, taken before any task's.
+const ALL_ENDS_LOCK_CLASS: i32 = 0x6261_7400;
+/// More tasks than this in one transaction take the lock over all ends, exclusive, rather
+/// than one lock each: PostgreSQL's lock table is shared and small (64 locks a connection by
+/// default), and a plan canceled whole ends all its tasks at once.
+pub const END_LOCKS_PER_TRANSACTION: usize = 32;
+
+/// The advisory lock `(class, key)` of `task`'s end. Tasks may share one (a key has 2^32
+/// values): that only makes one wait for the other, never a wrong answer.
+pub fn task_end_lock(task: TaskKey) -> (i32, i32) {
+    let bytes = task.0.as_bytes();
+    let key = i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
+        ^ i32::from_be_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
+    (TASK_END_LOCK_CLASS, key)
+}
+
+/// Takes the end locks of `tasks` in `mode` until the transaction ends.
+///
+/// They order two things that would otherwise race: the event applier ending a task, and a
+/// plan of another submission storing a child of it. The applier takes them exclusive before
+/// it commits an end, and reads the ended tasks' children once it holds them; a submission
+/// takes them shared before it reads the statuses of its parents in other plans, and holds them
+/// until its children of those are stored. So either the submission reads the end, or the
+/// applier reads the new children.
+///
+/// Every holder takes the lock over all ends first (shared, or exclusive for more than
+/// [`END_LOCKS_PER_TRANSACTION`] tasks, which then need no lock each), then the tasks' locks in
+/// ascending order, and holds no other lock the others wait for: no deadlock is possible.
+pub async fn lock_task_ends(
+    mut conn: &AsyncPgConnection,
+    tasks: &[TaskKey],
+    mode: EndLock,
+) -> StoreResult<()> {
+    use diesel::sql_types::{Array, Bool, Integer};
+    if tasks.is_empty() {
+        return Ok(());
+    }
+    let mut keys: Vec<i32> = tasks.iter().map(|task| task_end_lock(*task).1).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let shared = mode == EndLock::Shared;
+    // The lock over all ends is shared by every holder of tasks' locks.
+    let (mut classes, mut shares) = (vec![ALL_ENDS_LOCK_CLASS], vec![true]);
+    if keys.len() > END_LOCKS_PER_TRANSACTION {
+        shares[0] = false;
+        keys = vec![0];
+    } else {
+        keys.insert(0, 0);
+        classes.extend(std::iter::repeat_n(TASK_END_LOCK_CLASS, keys.len() - 1));
+        shares.extend(std::iter::repeat_n(shared, keys.len() - 1));
+    }
+    // In the arrays' order: a function scan yields them so, and the locks are taken row by row.
+    Cached(
+        diesel::sql_query(
+            "SELECT CASE WHEN u.shared THEN pg_advisory_xact_lock_shared(u.class, u.key) \
+             ELSE pg_advisory_xact_lock(u.class, u.key) END \
+             FROM unnest($1, $2, $3) WITH ORDINALITY AS u(class, key, shared, n) ORDER BY u.n",
+        )
+        .bind::<Array<Integer>, _>(classes)
+        .bind::<Array<Integer>, _>(keys)
+        .bind::<Array<Bool>, _>(shares),
+    )
+    .execute(&mut conn)
+    .await?;
+    Ok(())
+}
+
 /// The plan of each of `tasks` that exists, in no particular order.
 pub async fn plans_of_tasks(
     mut conn: &AsyncPgConnection,
