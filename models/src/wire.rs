@@ -647,6 +647,20 @@ impl WireMessage for WorkerHeartbeat {
     const KIND: &'static str = "worker.heartbeat";
 }
 
+/// A dispatcher that does not apply events asks to: published on `baton.dispatcher` itself
+/// (through the default exchange) every few seconds by each dispatcher not leading, so that
+/// the consumer RabbitMQ made active receives an event, and takes the lead, even when nothing
+/// else arrives. The one that receives it does nothing more with it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DispatcherPing {
+    /// The dispatcher that sent it (its AMQP app id).
+    pub dispatcher: String,
+}
+
+impl WireMessage for DispatcherPing {
+    const KIND: &'static str = "dispatcher.ping";
+}
+
 /// One line of a task's output, as a worker sends it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct LogRecord {
@@ -916,6 +930,7 @@ pub fn schemas() -> Vec<MessageSchema> {
         schema_of::<TaskStatusReport>(),
         schema_of::<StatusBatch>(),
         schema_of::<WorkerHeartbeat>(),
+        schema_of::<DispatcherPing>(),
         schema_of::<LogBatch>(),
         schema_of::<MeasurementBatch>(),
         schema_of::<ControlOrder>(),

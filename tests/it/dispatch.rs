@@ -1444,6 +1444,130 @@ async fn twenty_kinds_of_invalid_submission_are_each_answered_and_store_nothing(
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_standby_dispatcher_does_not_lapse_leases_the_active_one_renews() {
+    // A standby holds no plan the active dispatcher changes: were it to load the running plans
+    // at its start and watch their leases, it would lapse a lease the active one renewed since.
+    let cluster = TestCluster::start(chrono::Duration::seconds(2)).await;
+    cluster.seed(&[function(1, no_retry())]).await;
+    let client = cluster.client("producer").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+    let first = plan(125, vec![task(18, 1, &[])]);
+    submit(&cluster, &rpc, &first).await;
+    let mut worker = ScriptedWorker::new(&cluster, "worker-1").await;
+    let granted = worker
+        .work_one(WAIT, &Script::Vanish)
+        .await
+        .expect("granted");
+    let standby = cluster.start_standby().await;
+    // Renewed well within the lease, for twice its length.
+    for _ in 0..16 {
+        worker.renew(&[&granted]).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(!standby.is_finished(), "the standby runs");
+    let stored = cluster.tasks(first.key).await;
+    assert_eq!(
+        (stored[0].status, stored[0].attempt_count),
+        (TaskStatus::Doing, 1),
+        "the renewed attempt runs on"
+    );
+    let mut conn = cluster.db.connect().await;
+    let history: Vec<(TaskStatus, String)> = tasks::list_state_changes(&mut conn, granted.task)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|change| (change.status, change.reason))
+        .collect();
+    let claimed = history
+        .iter()
+        .position(|(status, _)| *status == TaskStatus::Doing)
+        .expect("claimed");
+    assert_eq!(
+        claimed,
+        history.len() - 1,
+        "no lapse was ever written: {history:?}"
+    );
+    worker.report(&granted, ReportedOutcome::Done).await;
+    cluster
+        .wait_for_plan(first.key, WAIT, "done", |p| p.status == PlanStatus::Done)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dispatcher_that_lost_the_lead_writes_nothing_and_reads_its_plans_anew() {
+    // Another dispatcher takes the lead (as when RabbitMQ gives it `baton.dispatcher` after
+    // this one's connection dropped) and renews a lease this one holds in memory. This one's
+    // tick, due to lapse it, finds the lead gone: it writes nothing and forgets its plans.
+    // Given events again, it takes the lead back and reads the plan as stored.
+    let cluster = TestCluster::start(chrono::Duration::seconds(2)).await;
+    cluster.seed(&[function(1, no_retry())]).await;
+    let client = cluster.client("producer").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+    let first = plan(126, vec![task(19, 1, &[])]);
+    submit(&cluster, &rpc, &first).await;
+    let mut worker = ScriptedWorker::new(&cluster, "worker-1").await;
+    let granted = worker
+        .work_one(WAIT, &Script::Vanish)
+        .await
+        .expect("granted");
+
+    let mut conn = cluster.db.connect().await;
+    let taken = dispatcher::store::leadership::take(&mut conn, "another-dispatcher", Utc::now())
+        .await
+        .unwrap();
+    execute(
+        &mut conn,
+        &format!(
+            "UPDATE tasks SET lease_expires_at = now() + interval '60 seconds' WHERE key = '{}'",
+            granted.task
+        ),
+    )
+    .await;
+    // Past the lease as this dispatcher holds it, and a tick more.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let history: Vec<TaskStatus> = tasks::list_state_changes(&mut conn, granted.task)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|change| change.status)
+        .collect();
+    assert_eq!(
+        history.last(),
+        Some(&TaskStatus::Doing),
+        "nothing written without the lead: {history:?}"
+    );
+    assert_eq!(
+        history.iter().filter(|s| **s == TaskStatus::Doing).count(),
+        1,
+        "{history:?}"
+    );
+    assert!(
+        cluster.metrics.batch_retries() >= 1,
+        "the tick was rolled back"
+    );
+
+    worker.report(&granted, ReportedOutcome::Done).await;
+    cluster
+        .wait_for_plan(first.key, WAIT, "done", |p| p.status == PlanStatus::Done)
+        .await;
+    #[derive(diesel::QueryableByName)]
+    struct Lead {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        epoch: i64,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        holder: String,
+    }
+    let lead: Lead = diesel_async::RunQueryDsl::get_result(
+        diesel::sql_query("SELECT epoch, holder FROM dispatcher_leadership"),
+        &mut conn,
+    )
+    .await
+    .unwrap();
+    assert_eq!(lead.epoch, taken + 1, "taken back once");
+    assert_eq!(lead.holder, "baton-dispatcher");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_standby_dispatcher_takes_over_when_the_active_one_dies() {
     let mut cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
     let standby = cluster.start_standby().await;

@@ -37,7 +37,7 @@ async fn migrations_run_up_down_and_up_again() {
         store::applied_migrations(db.url()).await.unwrap().len()
     );
     assert!(!applied.is_empty());
-    assert_eq!(table_count(&db).await, 21);
+    assert_eq!(table_count(&db).await, 22);
     // Nothing left to apply.
     assert!(store::run_migrations(db.url()).await.unwrap().is_empty());
 
@@ -47,7 +47,7 @@ async fn migrations_run_up_down_and_up_again() {
 
     let again = store::run_migrations(db.url()).await.unwrap();
     assert_eq!(again, applied);
-    assert_eq!(table_count(&db).await, 21);
+    assert_eq!(table_count(&db).await, 22);
 }
 
 #[tokio::test(flavor = "multi_thread")]

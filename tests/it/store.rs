@@ -1261,3 +1261,53 @@ async fn task_end_locks_exclude_submissions_and_stay_few() {
     };
     tokio::join!(reader, ender);
 }
+
+#[tokio::test]
+async fn the_lead_is_taken_after_the_leader_s_transactions_and_fences_them() {
+    use diesel_async::AsyncConnection;
+    use dispatcher::store::leadership;
+    let db = TestDb::new().await;
+    let mut first = db.connect().await;
+    let mut second = db.connect().await;
+    let mine = leadership::take(&mut first, "first", chrono::Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(mine, 1, "the first lead after the migration's epoch 0");
+
+    // The second waits for the first's transaction that checked its epoch, then leads.
+    let (checked, mut was_checked) = tokio::sync::mpsc::channel::<()>(1);
+    let (go, release) = tokio::sync::oneshot::channel::<()>();
+    let leader = async {
+        first
+            .transaction(async |conn| {
+                leadership::hold(conn, mine).await?;
+                checked.send(()).await.unwrap();
+                release.await.unwrap();
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .expect("the epoch is the first's while it leads");
+    };
+    let taker = async {
+        was_checked.recv().await.unwrap();
+        let taking = leadership::take(&mut second, "second", chrono::Utc::now());
+        tokio::pin!(taking);
+        let early = tokio::time::timeout(std::time::Duration::from_millis(300), &mut taking).await;
+        assert!(
+            early.is_err(),
+            "the lead waits for the leader's transaction"
+        );
+        go.send(()).unwrap();
+        assert_eq!(taking.await.unwrap(), mine + 1);
+    };
+    tokio::join!(leader, taker);
+
+    let refused = first
+        .transaction(async |conn| leadership::hold(conn, mine).await)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, StoreError::NotLeading(message) if message.contains("second took the lead at epoch 2")),
+        "{refused}"
+    );
+}

@@ -24,8 +24,8 @@ use broker::topology::{self, CONTROL_EXCHANGE, DISPATCHER_QUEUE};
 use broker::{Consumer, Delivery, Meta, Publisher};
 use models::wire::{
     AddTasks, BuildClaim, BuildClaimReply, BuildReport, CancelReply, CancelRequest, ClaimBatch,
-    ClaimBatchReply, ClaimReply, ClaimRequest, ControlOrder, ErrorDetail, LogBatch, LogRecord,
-    MeasurementBatch, RegistrationReply, ReportedOutcome, StatusBatch, SubmissionReply,
+    ClaimBatchReply, ClaimReply, ClaimRequest, ControlOrder, DispatcherPing, ErrorDetail, LogBatch,
+    LogRecord, MeasurementBatch, RegistrationReply, ReportedOutcome, StatusBatch, SubmissionReply,
     TaskAssigned, TaskReady, TaskStatusReport, WireMessage, WorkerHeartbeat, WorkerRegistration,
 };
 use models::{
@@ -43,7 +43,7 @@ use crate::auth;
 use crate::core::{self, ClaimDecision, Effect, Event, Order, Outcome, PlanState, TaskNode};
 use crate::store::rows::{NewOutboxRow, OutboxRow, TaskState};
 use crate::store::tasks::{EndLock, TaskStateUpdate};
-use crate::store::{self, StoreError, catalog, execution, plans, tasks, workers};
+use crate::store::{self, StoreError, catalog, execution, leadership, plans, tasks, workers};
 
 /// Deliveries applied in one transaction at most.
 const BATCH: usize = 256;
@@ -59,6 +59,10 @@ const BUILD_SWEEP: Duration = Duration::from_secs(1);
 
 /// How long to wait after a failed commit before taking the requeued batch again.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
+
+/// How often a dispatcher that does not lead asks for the lead (`DispatcherPing`): the longest a
+/// standby given `baton.dispatcher` waits to take the lead when no other event arrives.
+const PING_INTERVAL: Duration = Duration::from_secs(2);
 
 /// What arrives on `baton.dispatcher`.
 #[derive(Debug)]
@@ -87,6 +91,8 @@ pub enum Incoming {
     BuildClaim(BuildClaim),
     /// A worker reports the end of a build.
     BuildReport(BuildReport),
+    /// A dispatcher not leading asks for the lead.
+    Ping(DispatcherPing),
 }
 
 impl MessageSet for Incoming {
@@ -104,6 +110,7 @@ impl MessageSet for Incoming {
             AddTasks::KIND,
             BuildClaim::KIND,
             BuildReport::KIND,
+            DispatcherPing::KIND,
         ]
     }
 
@@ -121,6 +128,7 @@ impl MessageSet for Incoming {
             AddTasks::KIND => Incoming::AddTasks(envelope.decode()?),
             BuildClaim::KIND => Incoming::BuildClaim(envelope.decode()?),
             BuildReport::KIND => Incoming::BuildReport(envelope.decode()?),
+            DispatcherPing::KIND => Incoming::Ping(envelope.decode()?),
             other => {
                 return Err(DecodeError::UnexpectedKind {
                     found: other.to_owned(),
@@ -149,6 +157,12 @@ struct Plans {
     functions: Functions,
     /// When builds were last looked after (published, lapsed, their end propagated).
     builds_checked: Option<std::time::Instant>,
+    /// The lead's epoch this dispatcher holds (`store::leadership`): none before it first
+    /// received an event, and after it found that another dispatcher took the lead. Without
+    /// it, nothing is held in memory and nothing is written.
+    epoch: Option<i64>,
+    /// When this dispatcher, not leading, last asked for the lead (`DispatcherPing`).
+    pinged: Option<std::time::Instant>,
 }
 
 /// Whether `worker` is registered (and enabled), asking the database the first time.
@@ -506,6 +520,8 @@ async fn take(
             };
             work.build_replies.push((delivery.meta.clone(), reply));
         }
+        // Received, it did its work: this dispatcher leads.
+        Incoming::Ping(_) => {}
         Incoming::BuildReport(report) => {
             if builds::finish(conn, report, now).await? {
                 // Its tasks follow at once (and the tick catches up after a failure).
@@ -1636,13 +1652,31 @@ async fn commit(
     for row in &mut ready {
         row.available_at = Some(now + outbox_relay::HANDOVER_GRACE);
     }
+    let Some(epoch) = plans.epoch else {
+        return Err(StoreError::NotLeading(
+            "this dispatcher has not taken the lead".to_owned(),
+        ));
+    };
     conn.transaction(async |conn| {
-        // First, before any other lock: see `tasks::lock_task_ends`.
-        tasks::lock_task_ends(conn, &work.ended, EndLock::Exclusive).await?;
-        tasks::insert_tasks(conn, &work.added_tasks).await?;
-        tasks::insert_state_changes(conn, &added_history).await?;
-        for row in &work.submission_rows {
-            crate::store::submissions::insert_submission(conn, row).await?;
+        // First the fences: the lead (`store::leadership`), and the ended tasks' end locks
+        // (`tasks::lock_task_ends`). Sent with the batch's writes when there are no added tasks
+        // to store before them; their answers are checked before the commit all the same.
+        let shared: &AsyncPgConnection = conn;
+        let fences = async || {
+            futures::try_join!(
+                leadership::hold(shared, epoch),
+                tasks::lock_task_ends(shared, &work.ended, EndLock::Exclusive),
+            )
+            .map(|_| ())
+        };
+        let adding = !work.added_tasks.is_empty() || !work.submission_rows.is_empty();
+        if adding {
+            fences().await?;
+            tasks::insert_tasks(shared, &work.added_tasks).await?;
+            tasks::insert_state_changes(shared, &added_history).await?;
+            for row in &work.submission_rows {
+                crate::store::submissions::insert_submission(shared, row).await?;
+            }
         }
         // A task's result goes with its state, in the same row version.
         let mut results: HashMap<TaskKey, (&[models::StepState], &serde_json::Value)> = work
@@ -1680,13 +1714,18 @@ async fn commit(
         // Pipelined: the statements below do not depend on each other's results, so they are
         // all sent before the first answer is awaited (PostgreSQL still runs them one after
         // the other, in this order), instead of a round trip each.
-        let shared: &AsyncPgConnection = conn;
         let plan_updates = futures::future::try_join_all(
             last_plan
                 .values()
                 .map(|plan| plans::update_plan(shared, plan)),
         );
-        let (_, _, _, _, handed, _, _, _, _, _, edges) = futures::try_join!(
+        let (_, _, _, _, _, handed, _, _, _, _, _, edges) = futures::try_join!(
+            async {
+                match adding {
+                    true => Ok(()),
+                    false => fences().await,
+                }
+            },
             tasks::update_task_states(shared, &updates),
             plan_updates,
             tasks::insert_state_changes(shared, &history),
@@ -1863,6 +1902,17 @@ async fn apply_batch(
     batch: Vec<Delivery<Incoming>>,
     received: std::time::Instant,
 ) -> anyhow::Result<()> {
+    // Whoever receives events was given `baton.dispatcher`: it leads.
+    if plans.epoch.is_none()
+        && let Err(error) = lead(context, plans).await
+    {
+        tracing::warn!("taking the lead failed, retrying: {error}");
+        tokio::time::sleep(RETRY_DELAY).await;
+        for delivery in batch {
+            delivery.requeue().await?;
+        }
+        return Ok(());
+    }
     hold_started(context, plans);
     let now = Utc::now();
     let started = std::time::Instant::now();
@@ -1925,6 +1975,9 @@ async fn apply_batch(
         // Memory may be ahead of the database: forget, rebuild later, and retry the batch.
         tracing::warn!("applying {} events failed, retrying: {error}", batch.len());
         context.config.metrics.count_batch_retry();
+        if let StoreError::NotLeading(_) = error {
+            step_down(plans);
+        }
         for plan in &work.touched {
             plans.forget(*plan);
         }
@@ -1980,6 +2033,10 @@ async fn apply_batch(
 
 /// Lapses expired leases in every cached plan.
 async fn tick(context: &Context, publisher: &Publisher, plans: &mut Plans) -> anyhow::Result<()> {
+    if plans.epoch.is_none() {
+        ask_for_the_lead(context, publisher, plans).await;
+        return Ok(());
+    }
     hold_started(context, plans);
     let now = Utc::now();
     let silent_after = chrono::Duration::from_std(context.config.heartbeat_interval * 3)
@@ -2034,6 +2091,9 @@ async fn tick(context: &Context, publisher: &Publisher, plans: &mut Plans) -> an
         Err(error) => {
             tracing::warn!("applying lease expiries failed, retrying: {error}");
             context.config.metrics.count_batch_retry();
+            if let StoreError::NotLeading(_) = error {
+                step_down(plans);
+            }
             for plan in &work.touched {
                 plans.forget(*plan);
             }
@@ -2044,26 +2104,73 @@ async fn tick(context: &Context, publisher: &Publisher, plans: &mut Plans) -> an
     Ok(())
 }
 
-/// Loads every plan with a running task, so their leases are watched from the start.
-async fn recover(context: &Context, plans: &mut Plans) -> anyhow::Result<()> {
+/// Takes the lead (`store::leadership`) and loads every plan with a running task, so their
+/// leases are watched from the start. Whatever was held before is forgotten: another
+/// dispatcher may have changed it since.
+async fn lead(context: &Context, plans: &mut Plans) -> Result<(), StoreError> {
     let mut conn = store::connection(&context.pool).await?;
+    let app_id = &context.config.broker.app_id;
+    let epoch = leadership::take(&mut conn, app_id, Utc::now()).await?;
+    step_down(plans);
     let running = tasks::plans_with_running_tasks(&mut conn).await?;
     for plan in &running {
         load_plan(&mut conn, plans, *plan).await?;
     }
-    if !running.is_empty() {
-        tracing::info!(
-            "watching the leases of {} plan(s) with running tasks",
-            running.len()
+    plans.epoch = Some(epoch);
+    tracing::info!(
+        "{app_id} leads the event applier (epoch {epoch}), watching the leases of {} plan(s) \
+         with running tasks",
+        running.len()
+    );
+    Ok(())
+}
+
+/// Forgets everything held in memory and the lead: another dispatcher leads, or this one is
+/// about to take the lead again. Plans the submission consumer started meanwhile are dropped
+/// too (they are stored, and read again when needed).
+fn step_down(plans: &mut Plans) {
+    if let Some(epoch) = plans.epoch {
+        tracing::warn!(
+            "another dispatcher took the lead of the event applier (this one's epoch was {epoch}): forgetting the plans held"
         );
     }
-    Ok(())
+    *plans = Plans::default();
+}
+
+/// Asks for the lead, every [`PING_INTERVAL`]: a ping to `baton.dispatcher`, which RabbitMQ
+/// delivers to its active consumer. That is this dispatcher if it was given the queue, which
+/// then leads; otherwise the leader drops it.
+async fn ask_for_the_lead(context: &Context, publisher: &Publisher, plans: &mut Plans) {
+    // Started plans are another leader's business now.
+    context
+        .started
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clear();
+    if plans.pinged.is_some_and(|at| at.elapsed() < PING_INTERVAL) {
+        return;
+    }
+    plans.pinged = Some(std::time::Instant::now());
+    let ping = DispatcherPing {
+        dispatcher: context.config.broker.app_id.clone(),
+    };
+    // Through the default exchange, which only the dispatcher's user may publish to.
+    let sent = match publisher
+        .send("", DISPATCHER_QUEUE, &ping, Meta::default())
+        .await
+    {
+        Ok(confirm) => confirm.confirmed().await,
+        Err(error) => Err(error),
+    };
+    if let Err(error) = sent {
+        tracing::warn!("asking for the lead of the event applier: {error}");
+    }
 }
 
 /// Applies events until `shutdown`.
 pub async fn run(context: Arc<Context>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // Not leading until an event arrives: the first tick asks for one.
     let mut plans = Plans::default();
-    recover(&context, &mut plans).await?;
     let mut consumer =
         Consumer::<Incoming>::new(&context.broker, DISPATCHER_QUEUE, PREFETCH).await?;
     let publisher = Publisher::new(&context.broker).await?;

@@ -14,6 +14,7 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 pub mod builds;
 pub mod catalog;
 pub mod execution;
+pub mod leadership;
 pub mod plans;
 pub mod rows;
 // diesel generates a module per table and a type per column; their documentation is the SQL in
@@ -292,6 +293,10 @@ pub enum StoreError {
     /// retries, reading it again.
     #[error("changed meanwhile: {0}")]
     Conflict(String),
+    /// Another dispatcher took the lead of the event applier since this one did; this one must
+    /// forget what it holds in memory.
+    #[error("another dispatcher leads: {0}")]
+    NotLeading(String),
     /// Any other database error (lost connection, serialization failure, …).
     #[error("database error: {0}")]
     Database(diesel::result::Error),

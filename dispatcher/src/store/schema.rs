@@ -238,6 +238,15 @@ diesel::table! {
 }
 
 diesel::table! {
+    dispatcher_leadership (id) {
+        id -> Int2,
+        epoch -> Int8,
+        holder -> Text,
+        since -> Timestamptz,
+    }
+}
+
+diesel::table! {
     outbox (id) {
         id -> Int8,
         task_key -> Uuid,
@@ -356,6 +365,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     task_edges,
     task_state_changes,
     outbox,
+    dispatcher_leadership,
     models,
     performances,
     log_lines,

@@ -415,6 +415,25 @@ impl ScriptedWorker {
         self.publish_as_worker("heartbeat", &heartbeat).await;
     }
 
+    /// Sends a heartbeat renewing the leases of `granted`.
+    pub(crate) async fn renew(&self, granted: &[&Granted]) {
+        let heartbeat = models::wire::WorkerHeartbeat {
+            worker_id: self.id.clone(),
+            leases: granted
+                .iter()
+                .map(|granted| models::wire::HeldLease {
+                    task_key: granted.task,
+                    attempt: granted.attempt,
+                    lease_token: granted.token,
+                })
+                .collect(),
+            builds: Vec::new(),
+            devices: None,
+            idle_slots: 0,
+        };
+        self.publish_as_worker("heartbeat", &heartbeat).await;
+    }
+
     /// Publishes `message` under the worker's own key `worker.<id>.<kind>`.
     async fn publish_as_worker<M: models::wire::WireMessage>(&self, kind: &str, message: &M) {
         self.events
