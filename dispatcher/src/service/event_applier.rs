@@ -2112,6 +2112,9 @@ async fn lead(context: &Context, plans: &mut Plans) -> Result<(), StoreError> {
     let app_id = &context.config.broker.app_id;
     let epoch = leadership::take(&mut conn, app_id, Utc::now()).await?;
     step_down(plans);
+    // Plans the submission consumer started before may have changed under another leader:
+    // they are read from the store when needed.
+    forget_started(context);
     let running = tasks::plans_with_running_tasks(&mut conn).await?;
     for plan in &running {
         load_plan(&mut conn, plans, *plan).await?;
@@ -2126,8 +2129,7 @@ async fn lead(context: &Context, plans: &mut Plans) -> Result<(), StoreError> {
 }
 
 /// Forgets everything held in memory and the lead: another dispatcher leads, or this one is
-/// about to take the lead again. Plans the submission consumer started meanwhile are dropped
-/// too (they are stored, and read again when needed).
+/// about to take the lead again.
 fn step_down(plans: &mut Plans) {
     if let Some(epoch) = plans.epoch {
         tracing::warn!(
@@ -2137,16 +2139,21 @@ fn step_down(plans: &mut Plans) {
     *plans = Plans::default();
 }
 
-/// Asks for the lead, every [`PING_INTERVAL`]: a ping to `baton.dispatcher`, which RabbitMQ
-/// delivers to its active consumer. That is this dispatcher if it was given the queue, which
-/// then leads; otherwise the leader drops it.
-async fn ask_for_the_lead(context: &Context, publisher: &Publisher, plans: &mut Plans) {
-    // Started plans are another leader's business now.
+/// Drops the plans the submission consumer started tasks of (`Context::started`): they are
+/// stored, and a leader reads them when needed.
+fn forget_started(context: &Context) {
     context
         .started
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clear();
+}
+
+/// Asks for the lead, every [`PING_INTERVAL`]: a ping to `baton.dispatcher`, which RabbitMQ
+/// delivers to its active consumer. That is this dispatcher if it was given the queue, which
+/// then leads; otherwise the leader drops it.
+async fn ask_for_the_lead(context: &Context, publisher: &Publisher, plans: &mut Plans) {
+    forget_started(context);
     if plans.pinged.is_some_and(|at| at.elapsed() < PING_INTERVAL) {
         return;
     }
