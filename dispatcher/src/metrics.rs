@@ -1,6 +1,7 @@
 //! What the dispatcher's loops measure for operators: how long a claim waits for its answer, how
-//! many events each applied batch holds, how many batches were applied again, and how many
-//! tasks went to a worker without a claim (follow-ups and eager starts) or were handed back.
+//! many events each applied batch holds, how many batches were applied again, whether this
+//! dispatcher leads the event applier, and how many tasks went to a worker without a claim
+//! (follow-ups and eager starts) or were handed back.
 //!
 //! Recorded by the service and registered by whoever serves them (the HTTP
 //! API's `/metrics`): no global registry, so each dispatcher, and each test, has its own.
@@ -8,6 +9,7 @@
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
@@ -31,6 +33,7 @@ pub struct DispatcherMetrics {
     eager_starts: Counter,
     hand_backs: Counter,
     batch_retries: Counter,
+    leading: Gauge,
 }
 
 /// How many tasks went to workers without a claim, and came back, since the dispatcher started.
@@ -61,6 +64,7 @@ impl DispatcherMetrics {
             eager_starts: Counter::default(),
             hand_backs: Counter::default(),
             batch_retries: Counter::default(),
+            leading: Gauge::default(),
         }
     }
 
@@ -89,6 +93,16 @@ impl DispatcherMetrics {
         self.batch_retries.get()
     }
 
+    /// Records whether this dispatcher leads the event applier (`store::leadership`).
+    pub fn set_leading(&self, leading: bool) {
+        self.leading.set(i64::from(leading));
+    }
+
+    /// Whether this dispatcher leads the event applier, as last recorded.
+    pub fn leading(&self) -> bool {
+        self.leading.get() == 1
+    }
+
     /// The counts of tasks granted without a claim and handed back, so far.
     pub fn direct_grants(&self) -> DirectGrants {
         DirectGrants {
@@ -110,8 +124,8 @@ impl DispatcherMetrics {
     }
 
     /// Registers the histograms and counters in `registry` (as `claim_latency_seconds`,
-    /// `event_batch_size`, `follow_ups_total`, `eager_starts_total`, `hand_backs_total` and
-    /// `event_batch_retries_total`,
+    /// `event_batch_size`, `follow_ups_total`, `eager_starts_total`, `hand_backs_total`,
+    /// `event_batch_retries_total` and `event_applier_leading`,
     /// under the registry's prefix); they keep being recorded into.
     pub fn register(&self, registry: &mut Registry) {
         registry.register_with_unit(
@@ -145,6 +159,11 @@ impl DispatcherMetrics {
             "Batches of events rolled back and applied again: a database error, or a plan \
              stored with a child of a task the batch ended",
             self.batch_retries.clone(),
+        );
+        registry.register(
+            "event_applier_leading",
+            "1 while this dispatcher leads the event applier, 0 while another does or none yet",
+            self.leading.clone(),
         );
     }
 }

@@ -1498,7 +1498,8 @@ async fn a_dispatcher_that_lost_the_lead_writes_nothing_and_reads_its_plans_anew
     // Another dispatcher takes the lead (as when RabbitMQ gives it `baton.dispatcher` after
     // this one's connection dropped) and renews a lease this one holds in memory. This one's
     // tick, due to lapse it, finds the lead gone: it writes nothing and forgets its plans.
-    // Given events again, it takes the lead back and reads the plan as stored.
+    // Still the queue's active consumer, it receives its own ping for the lead, takes it back
+    // and reads the plan as stored.
     let cluster = TestCluster::start(chrono::Duration::seconds(2)).await;
     cluster.seed(&[function(1, no_retry())]).await;
     let client = cluster.client("producer").await;
@@ -1565,6 +1566,7 @@ async fn a_dispatcher_that_lost_the_lead_writes_nothing_and_reads_its_plans_anew
     .unwrap();
     assert_eq!(lead.epoch, taken + 1, "taken back once");
     assert_eq!(lead.holder, "baton-dispatcher");
+    assert!(cluster.metrics.leading());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -63,3 +63,15 @@ fn batch_retries_are_counted_and_rendered_as_a_total() {
     let text = render(&metrics);
     assert!(text.contains("baton_event_batch_retries_total 2"), "{text}");
 }
+
+#[test]
+fn leading_is_a_gauge_that_follows_the_last_record() {
+    let metrics = DispatcherMetrics::new();
+    assert!(!metrics.leading());
+    assert!(render(&metrics).contains("baton_event_applier_leading 0"));
+    metrics.clone().set_leading(true);
+    assert!(metrics.leading());
+    assert!(render(&metrics).contains("baton_event_applier_leading 1"));
+    metrics.set_leading(false);
+    assert!(render(&metrics).contains("baton_event_applier_leading 0"));
+}

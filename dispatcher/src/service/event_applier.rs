@@ -1976,6 +1976,7 @@ async fn apply_batch(
         tracing::warn!("applying {} events failed, retrying: {error}", batch.len());
         context.config.metrics.count_batch_retry();
         if let StoreError::NotLeading(_) = error {
+            context.config.metrics.set_leading(false);
             step_down(plans);
         }
         for plan in &work.touched {
@@ -2092,6 +2093,7 @@ async fn tick(context: &Context, publisher: &Publisher, plans: &mut Plans) -> an
             tracing::warn!("applying lease expiries failed, retrying: {error}");
             context.config.metrics.count_batch_retry();
             if let StoreError::NotLeading(_) = error {
+                context.config.metrics.set_leading(false);
                 step_down(plans);
             }
             for plan in &work.touched {
@@ -2120,6 +2122,7 @@ async fn lead(context: &Context, plans: &mut Plans) -> Result<(), StoreError> {
         load_plan(&mut conn, plans, *plan).await?;
     }
     plans.epoch = Some(epoch);
+    context.config.metrics.set_leading(true);
     tracing::info!(
         "{app_id} leads the event applier (epoch {epoch}), watching the leases of {} plan(s) \
          with running tasks",
