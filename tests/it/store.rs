@@ -1180,7 +1180,8 @@ async fn task_end_locks_exclude_submissions_and_stay_few() {
     let mut applier = db.connect().await;
     let mut submission = db.connect().await;
     let few: Vec<TaskKey> = (1..=3).map(|n| TaskKey(key(n))).collect();
-    let many: Vec<TaskKey> = (1..=100).map(|n| TaskKey(key(n))).collect();
+    let many: Vec<TaskKey> = (1..=300).map(|n| TaskKey(key(n))).collect();
+    let some: Vec<TaskKey> = (1..=100).map(|n| TaskKey(key(n))).collect();
 
     // A few tasks: the lock over all ends, shared, then one each, in ascending order.
     applier
@@ -1199,11 +1200,22 @@ async fn task_end_locks_exclude_submissions_and_stay_few() {
         "held to the end only"
     );
 
-    // Many: the lock over all ends alone, exclusive, whatever the mode asked.
-    for mode in [EndLock::Exclusive, EndLock::Shared] {
+    // A submission may take more than the applier: 100 parents, 100 locks and the shared one.
+    applier
+        .transaction(async |conn| {
+            tasks::lock_task_ends(conn, &some, EndLock::Shared).await?;
+            let held = advisory_locks(conn).await;
+            assert_eq!(held.len(), 101, "{held:?}");
+            assert!(held.iter().all(|lock| lock.2 == "ShareLock"));
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .unwrap();
+    // The applier's 100, or a submission's 300: the lock over all ends alone, exclusive.
+    for (mode, keys) in [(EndLock::Exclusive, &some), (EndLock::Shared, &many)] {
         applier
             .transaction(async |conn| {
-                tasks::lock_task_ends(conn, &many, mode).await?;
+                tasks::lock_task_ends(conn, keys, mode).await?;
                 let held = advisory_locks(conn).await;
                 assert_eq!(held.len(), 1, "{mode:?}: {held:?}");
                 assert_eq!(held[0].2, "ExclusiveLock");

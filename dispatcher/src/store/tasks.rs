@@ -541,14 +541,24 @@ pub enum EndLock {
     Shared,
 }
 
+impl EndLock {
+    /// More tasks than this in one transaction take the lock over all ends, exclusive, rather
+    /// than one lock each. PostgreSQL's lock table is shared and small (64 locks a connection
+    /// by default), and a plan canceled whole ends all its tasks at once: the applier, which
+    /// commits often, keeps to a few. A submission may take more, since the lock over all ends
+    /// would make the applier wait for the whole of its storing.
+    pub fn most_locks(self) -> usize {
+        match self {
+            EndLock::Exclusive => 32,
+            EndLock::Shared => 256,
+        }
+    }
+}
+
 /// The advisory lock class of every task's end lock.
 const TASK_END_LOCK_CLASS: i32 = 0x6261_7401;
 /// The advisory lock class of the lock over all tasks' ends, taken before any task's.
 const ALL_ENDS_LOCK_CLASS: i32 = 0x6261_7400;
-/// More tasks than this in one transaction take the lock over all ends, exclusive, rather
-/// than one lock each: PostgreSQL's lock table is shared and small (64 locks a connection by
-/// default), and a plan canceled whole ends all its tasks at once.
-pub const END_LOCKS_PER_TRANSACTION: usize = 32;
 
 /// The advisory lock `(class, key)` of `task`'s end. Tasks may share one (a key has 2^32
 /// values): that only makes one wait for the other, never a wrong answer.
@@ -569,7 +579,7 @@ pub fn task_end_lock(task: TaskKey) -> (i32, i32) {
 /// applier reads the new children.
 ///
 /// Every holder takes the lock over all ends first (shared, or exclusive for more than
-/// [`END_LOCKS_PER_TRANSACTION`] tasks, which then need no lock each), then the tasks' locks in
+/// [`EndLock::most_locks`] tasks, which then need no lock each), then the tasks' locks in
 /// ascending order, and holds no other lock the others wait for: no deadlock is possible.
 pub async fn lock_task_ends(
     mut conn: &AsyncPgConnection,
@@ -586,7 +596,7 @@ pub async fn lock_task_ends(
     let shared = mode == EndLock::Shared;
     // The lock over all ends is shared by every holder of tasks' locks.
     let (mut classes, mut shares) = (vec![ALL_ENDS_LOCK_CLASS], vec![true]);
-    if keys.len() > END_LOCKS_PER_TRANSACTION {
+    if keys.len() > mode.most_locks() {
         shares[0] = false;
         keys = vec![0];
     } else {
