@@ -1570,6 +1570,65 @@ async fn a_dispatcher_that_lost_the_lead_writes_nothing_and_reads_its_plans_anew
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_standby_takes_the_lead_when_the_active_dispatcher_loses_its_connection() {
+    // RabbitMQ closes the active dispatcher's connection (as an operator, or a network fault,
+    // would): the standby is given `baton.dispatcher`, takes the lead and finishes the chain;
+    // the first, reconnected as a standby, writes nothing. Each task is done once.
+    let cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
+    let standby = cluster.start_standby().await;
+    cluster.seed(&[function(1, no_retry())]).await;
+    let client = cluster.client("producer").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+    let chain = plan(
+        127,
+        vec![task(20, 1, &[]), task(21, 1, &[20]), task(22, 1, &[21])],
+    );
+    submit(&cluster, &rpc, &chain).await;
+    let mut worker = ScriptedWorker::new(&cluster, "worker-1").await;
+    worker
+        .work_one(WAIT, &Script::Succeed)
+        .await
+        .expect("granted by the active dispatcher");
+    cluster
+        .wait_for_plan(chain.key, WAIT, "one task done", |p| {
+            p.counters.done_count == 1
+        })
+        .await;
+
+    let closed = cluster
+        .broker
+        .close_connections_named(1, Some("baton-dispatcher"))
+        .await;
+    assert!(closed >= 1, "the active dispatcher's connection was closed");
+    run_to_end(&cluster, &mut worker, chain.key, &Script::Succeed).await;
+    assert_eq!(cluster.plan(chain.key).await.status, PlanStatus::Done);
+    assert!(!standby.is_finished(), "the standby runs");
+
+    let mut conn = cluster.db.connect().await;
+    for task in cluster.tasks(chain.key).await {
+        let done = tasks::list_state_changes(&mut conn, task.key)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|change| change.status == TaskStatus::Done)
+            .count();
+        assert_eq!((done, task.attempt_count), (1, 1), "{:?}", task.name);
+    }
+    #[derive(diesel::QueryableByName)]
+    struct Lead {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        holder: String,
+    }
+    let lead: Lead = diesel_async::RunQueryDsl::get_result(
+        diesel::sql_query("SELECT holder FROM dispatcher_leadership"),
+        &mut conn,
+    )
+    .await
+    .unwrap();
+    assert_eq!(lead.holder, "baton-dispatcher-standby");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_standby_dispatcher_takes_over_when_the_active_one_dies() {
     let mut cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
     let standby = cluster.start_standby().await;

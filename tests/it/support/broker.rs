@@ -81,6 +81,19 @@ impl TestBroker {
     /// least `expected` are listed (the management API lists a new connection only after its
     /// next statistics round, a few seconds); returns how many it closed.
     pub(crate) async fn close_connections(&self, expected: usize) -> usize {
+        self.close_connections_named(expected, None).await
+    }
+
+    /// Like [`TestBroker::close_connections`], for the connections named `name` only (a
+    /// program's `app_id`), once at least `expected` of them are listed.
+    pub(crate) async fn close_connections_named(
+        &self,
+        expected: usize,
+        name: Option<&str>,
+    ) -> usize {
+        let named = |connection: &serde_json::Value| {
+            name.is_none_or(|name| connection["client_properties"]["connection_name"] == name)
+        };
         let mut listed: Vec<serde_json::Value> = Vec::new();
         for _ in 0..300 {
             listed = api(
@@ -92,6 +105,7 @@ impl TestBroker {
             .json()
             .await
             .expect("a JSON list of connections");
+            listed.retain(named);
             if listed.len() >= expected {
                 break;
             }
