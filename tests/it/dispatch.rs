@@ -1109,18 +1109,26 @@ async fn invalid_submissions_are_answered_with_every_problem_and_resubmissions_a
     assert_eq!(cluster.tasks(good.key).await.len(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_killed_dispatcher_restarts_and_finishes_the_plan() {
-    let mut cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
+/// Seeds function 1 and submits plan `n`, a chain of tasks `first`, `first + 1` and
+/// `first + 2`; returns it once a new worker did its first task.
+async fn chain_with_its_first_task_done(
+    cluster: &TestCluster,
+    n: u128,
+    first: u128,
+) -> (PlanSubmission, ScriptedWorker) {
     cluster.seed(&[function(1, no_retry())]).await;
     let client = cluster.client("producer").await;
     let rpc = RpcClient::new(&client).await.unwrap();
     let chain = plan(
-        108,
-        vec![task(1, 1, &[]), task(2, 1, &[1]), task(3, 1, &[2])],
+        n,
+        vec![
+            task(first, 1, &[]),
+            task(first + 1, 1, &[first]),
+            task(first + 2, 1, &[first + 1]),
+        ],
     );
-    submit(&cluster, &rpc, &chain).await;
-    let mut worker = ScriptedWorker::new(&cluster, "worker-1").await;
+    submit(cluster, &rpc, &chain).await;
+    let mut worker = ScriptedWorker::new(cluster, "worker-1").await;
     worker
         .work_one(WAIT, &Script::Succeed)
         .await
@@ -1130,6 +1138,13 @@ async fn a_killed_dispatcher_restarts_and_finishes_the_plan() {
             p.counters.done_count == 1
         })
         .await;
+    (chain, worker)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_dispatcher_restarts_and_finishes_the_plan() {
+    let mut cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
+    let (chain, mut worker) = chain_with_its_first_task_done(&cluster, 108, 1).await;
     cluster.kill_dispatcher().await;
     cluster.start_dispatcher();
     run_to_end(&cluster, &mut worker, chain.key, &Script::Succeed).await;
@@ -1493,6 +1508,24 @@ async fn a_standby_dispatcher_does_not_lapse_leases_the_active_one_renews() {
         .await;
 }
 
+/// The lead's epoch and holder (`dispatcher_leadership`).
+async fn lead(conn: &mut diesel_async::AsyncPgConnection) -> (i64, String) {
+    #[derive(diesel::QueryableByName)]
+    struct Lead {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        epoch: i64,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        holder: String,
+    }
+    let lead: Lead = diesel_async::RunQueryDsl::get_result(
+        diesel::sql_query("SELECT epoch, holder FROM dispatcher_leadership"),
+        conn,
+    )
+    .await
+    .unwrap();
+    (lead.epoch, lead.holder)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dispatcher_that_lost_the_lead_writes_nothing_and_reads_its_plans_anew() {
     // Another dispatcher takes the lead (as when RabbitMQ gives it `baton.dispatcher` after
@@ -1551,21 +1584,9 @@ async fn a_dispatcher_that_lost_the_lead_writes_nothing_and_reads_its_plans_anew
     cluster
         .wait_for_plan(first.key, WAIT, "done", |p| p.status == PlanStatus::Done)
         .await;
-    #[derive(diesel::QueryableByName)]
-    struct Lead {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        epoch: i64,
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        holder: String,
-    }
-    let lead: Lead = diesel_async::RunQueryDsl::get_result(
-        diesel::sql_query("SELECT epoch, holder FROM dispatcher_leadership"),
-        &mut conn,
-    )
-    .await
-    .unwrap();
-    assert_eq!(lead.epoch, taken + 1, "taken back once");
-    assert_eq!(lead.holder, "baton-dispatcher");
+    let (epoch, holder) = lead(&mut conn).await;
+    assert_eq!(epoch, taken + 1, "taken back once");
+    assert_eq!(holder, "baton-dispatcher");
     assert!(cluster.metrics.leading());
 }
 
@@ -1576,24 +1597,7 @@ async fn a_standby_takes_the_lead_when_the_active_dispatcher_loses_its_connectio
     // the first, reconnected as a standby, writes nothing. Each task is done once.
     let cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
     let standby = cluster.start_standby().await;
-    cluster.seed(&[function(1, no_retry())]).await;
-    let client = cluster.client("producer").await;
-    let rpc = RpcClient::new(&client).await.unwrap();
-    let chain = plan(
-        127,
-        vec![task(20, 1, &[]), task(21, 1, &[20]), task(22, 1, &[21])],
-    );
-    submit(&cluster, &rpc, &chain).await;
-    let mut worker = ScriptedWorker::new(&cluster, "worker-1").await;
-    worker
-        .work_one(WAIT, &Script::Succeed)
-        .await
-        .expect("granted by the active dispatcher");
-    cluster
-        .wait_for_plan(chain.key, WAIT, "one task done", |p| {
-            p.counters.done_count == 1
-        })
-        .await;
+    let (chain, mut worker) = chain_with_its_first_task_done(&cluster, 127, 20).await;
 
     let closed = cluster
         .broker
@@ -1614,46 +1618,17 @@ async fn a_standby_takes_the_lead_when_the_active_dispatcher_loses_its_connectio
             .count();
         assert_eq!((done, task.attempt_count), (1, 1), "{:?}", task.name);
     }
-    #[derive(diesel::QueryableByName)]
-    struct Lead {
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        holder: String,
-    }
-    let lead: Lead = diesel_async::RunQueryDsl::get_result(
-        diesel::sql_query("SELECT holder FROM dispatcher_leadership"),
-        &mut conn,
-    )
-    .await
-    .unwrap();
-    assert_eq!(lead.holder, "baton-dispatcher-standby");
+    assert_eq!(lead(&mut conn).await.1, "baton-dispatcher-standby");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_standby_dispatcher_takes_over_when_the_active_one_dies() {
     let mut cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
     let standby = cluster.start_standby().await;
-    cluster.seed(&[function(1, no_retry())]).await;
-    let client = cluster.client("producer").await;
-    let rpc = RpcClient::new(&client).await.unwrap();
-    let chain = plan(
-        109,
-        vec![task(1, 1, &[]), task(2, 1, &[1]), task(3, 1, &[2])],
-    );
-    submit(&cluster, &rpc, &chain).await;
+    let (chain, mut worker) = chain_with_its_first_task_done(&cluster, 109, 1).await;
     // Two consumers on baton.dispatcher, one active.
     let queue = cluster.broker.queue_info("baton.dispatcher").await;
     assert_eq!(queue["arguments"]["x-single-active-consumer"], true);
-
-    let mut worker = ScriptedWorker::new(&cluster, "worker-1").await;
-    worker
-        .work_one(WAIT, &Script::Succeed)
-        .await
-        .expect("granted by the active dispatcher");
-    cluster
-        .wait_for_plan(chain.key, WAIT, "one task done", |p| {
-            p.counters.done_count == 1
-        })
-        .await;
     cluster.kill_dispatcher().await;
     run_to_end(&cluster, &mut worker, chain.key, &Script::Succeed).await;
     let done = cluster.plan(chain.key).await;
@@ -2188,6 +2163,19 @@ async fn lock_waiters(cluster: &TestCluster, count: i64, within: Duration) -> bo
     }
 }
 
+/// A connection whose open transaction holds the row of plan `plan`, so that the event
+/// applier's commit of a change to the plan waits; `COMMIT` on it lets the commit through.
+async fn hold_plan_row(cluster: &TestCluster, plan: PlanKey) -> diesel_async::AsyncPgConnection {
+    let mut blocker = cluster.db.connect().await;
+    execute(&mut blocker, "BEGIN").await;
+    execute(
+        &mut blocker,
+        &format!("SELECT 1 FROM compute_plans WHERE key = '{plan}' FOR UPDATE"),
+    )
+    .await;
+    blocker
+}
+
 /// Runs `sql` on `conn`.
 async fn execute(conn: &mut diesel_async::AsyncPgConnection, sql: &str) {
     diesel_async::RunQueryDsl::execute(diesel::sql_query(sql), conn)
@@ -2213,16 +2201,7 @@ async fn a_child_submitted_while_its_parent_s_end_commits_is_stored_ready() {
         .expect("granted");
 
     // The applier's commit of the end waits for the parent's plan row.
-    let mut blocker = cluster.db.connect().await;
-    execute(&mut blocker, "BEGIN").await;
-    execute(
-        &mut blocker,
-        &format!(
-            "SELECT 1 FROM compute_plans WHERE key = '{}' FOR UPDATE",
-            first.key
-        ),
-    )
-    .await;
+    let mut blocker = hold_plan_row(&cluster, first.key).await;
     worker.report(&parent, ReportedOutcome::Done).await;
     assert!(
         lock_waiters(&cluster, 1, WAIT).await,
@@ -2334,16 +2313,7 @@ async fn tasks_added_in_the_batch_that_ends_their_parent_in_another_plan_are_tol
 
     // The applier is held committing task 15's end while task 14's end and the addition queue
     // up behind it, to be taken as one batch.
-    let mut blocker = cluster.db.connect().await;
-    execute(&mut blocker, "BEGIN").await;
-    execute(
-        &mut blocker,
-        &format!(
-            "SELECT 1 FROM compute_plans WHERE key = '{}' FOR UPDATE",
-            first.key
-        ),
-    )
-    .await;
+    let mut blocker = hold_plan_row(&cluster, first.key).await;
     worker.report(find(15), ReportedOutcome::Done).await;
     assert!(
         lock_waiters(&cluster, 1, WAIT).await,
