@@ -134,6 +134,10 @@ pub enum Command {
         /// queue, in order).
         #[arg(long, env = "BATON_FOLLOW_UPS", default_value_t = true, action = clap::ArgAction::Set)]
         follow_ups: bool,
+        /// With follow-ups: how many links of a chain a worker running one of them is granted
+        /// ahead, to start each as soon as the link before ends DONE on it (0: none).
+        #[arg(long, env = "BATON_RUN_AHEAD", default_value_t = 8)]
+        run_ahead: usize,
         /// Start a new plan's ready tasks, in the transaction that stores it, on workers that
         /// said they are idle, instead of through the task queue (`false`: every new plan's
         /// tasks go through their queues).
@@ -974,6 +978,7 @@ pub fn run_with(cli: Cli, out: &Output, stop: &CancellationToken) -> anyhow::Res
                 organization,
                 lease_secs,
                 follow_ups,
+                run_ahead,
                 eager_starts,
                 http_addr,
                 artifacts,
@@ -986,6 +991,7 @@ pub fn run_with(cli: Cli, out: &Output, stop: &CancellationToken) -> anyhow::Res
                 );
                 config.lease_duration = chrono::Duration::seconds(i64::from(lease_secs));
                 config.follow_ups = follow_ups;
+                config.run_ahead = run_ahead;
                 config.eager_starts = eager_starts;
                 let mut api_config = api::ApiConfig::new(
                     cli.database_url.clone(),

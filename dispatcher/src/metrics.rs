@@ -30,6 +30,7 @@ pub struct DispatcherMetrics {
     claim_latency: Histogram,
     event_batch_size: Histogram,
     follow_ups: Counter,
+    started_ahead: Counter,
     eager_starts: Counter,
     hand_backs: Counter,
     batch_retries: Counter,
@@ -41,6 +42,9 @@ pub struct DispatcherMetrics {
 pub struct DirectGrants {
     /// Children granted to the worker that reported their parent DONE.
     pub follow_ups: u64,
+    /// Tasks a worker started as soon as their parent ended DONE on it, granted ahead
+    /// (`TaskAssigned::speculative`) and confirmed with the parent's report.
+    pub started_ahead: u64,
     /// Tasks granted at their plan's submission to an idle worker.
     pub eager_starts: u64,
     /// Attempts a worker handed back (`CANCELED_BY_WORKER`): no free slot for an assignment,
@@ -61,6 +65,7 @@ impl DispatcherMetrics {
             claim_latency: Histogram::new(claim_latency_buckets()),
             event_batch_size: Histogram::new(event_batch_buckets()),
             follow_ups: Counter::default(),
+            started_ahead: Counter::default(),
             eager_starts: Counter::default(),
             hand_backs: Counter::default(),
             batch_retries: Counter::default(),
@@ -71,6 +76,11 @@ impl DispatcherMetrics {
     /// Counts `tasks` granted as follow-ups.
     pub fn count_follow_ups(&self, tasks: usize) {
         self.follow_ups.inc_by(tasks as u64);
+    }
+
+    /// Counts `tasks` started ahead and confirmed.
+    pub fn count_started_ahead(&self, tasks: usize) {
+        self.started_ahead.inc_by(tasks as u64);
     }
 
     /// Counts `tasks` started at their plan's submission.
@@ -107,6 +117,7 @@ impl DispatcherMetrics {
     pub fn direct_grants(&self) -> DirectGrants {
         DirectGrants {
             follow_ups: self.follow_ups.get(),
+            started_ahead: self.started_ahead.get(),
             eager_starts: self.eager_starts.get(),
             hand_backs: self.hand_backs.get(),
         }
@@ -124,7 +135,8 @@ impl DispatcherMetrics {
     }
 
     /// Registers the histograms and counters in `registry` (as `claim_latency_seconds`,
-    /// `event_batch_size`, `follow_ups_total`, `eager_starts_total`, `hand_backs_total`,
+    /// `event_batch_size`, `follow_ups_total`, `started_ahead_total`, `eager_starts_total`,
+    /// `hand_backs_total`,
     /// `event_batch_retries_total` and `event_applier_leading`,
     /// under the registry's prefix); they keep being recorded into.
     pub fn register(&self, registry: &mut Registry) {
@@ -143,6 +155,12 @@ impl DispatcherMetrics {
             "follow_ups",
             "Tasks granted without a claim to the worker whose DONE report made them ready",
             self.follow_ups.clone(),
+        );
+        registry.register(
+            "started_ahead",
+            "Tasks a worker started as soon as their parent ended DONE on it, granted ahead and \
+             confirmed with the parent's report",
+            self.started_ahead.clone(),
         );
         registry.register(
             "eager_starts",

@@ -477,7 +477,7 @@ async fn start_at_once(
     for (key, worker) in chosen {
         let task = new_tasks[position[&key]].clone();
         let nothing = Pending::default();
-        match assignment::prepare(conn, starts.functions, key, Some(task), &nothing).await? {
+        match assignment::prepare(conn, starts.functions, key, Some(task), &nothing, None).await? {
             Ok(assignment) => prepared.push((key, worker, assignment)),
             // Its claim will meet the same problem, and fail it as usual.
             Err(problem) => {
@@ -529,6 +529,7 @@ async fn start_at_once(
                     worker.clone(),
                     TaskAssigned {
                         after: None,
+                        speculative: false,
                         grant,
                         assignment: Box::new(assignment.clone()),
                     },

@@ -293,6 +293,18 @@ pub enum InputValue {
         /// Its opener file in the artifact store.
         opener: File,
     },
+    /// A model output of the parent a speculative assignment runs after (`TaskAssigned`'s
+    /// `after`), which the dispatcher has not registered yet: the worker that ran the parent
+    /// fills in `file` from its own report, one input value per file of that output.
+    ParentOutput {
+        /// The parent.
+        task_key: TaskKey,
+        /// The parent's output.
+        output: String,
+        /// The file, once the worker filled it in; none as the dispatcher sends it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file: Option<File>,
+    },
 }
 
 /// A value an attempt registers for one of its function's outputs.
@@ -411,12 +423,22 @@ impl ClaimReply {
 /// requirements the worker satisfies. The worker runs it as it would a granted claim, or, with
 /// no free slot, hands it back at once (a `CANCELED_BY_WORKER` failure, re-queued without
 /// counting an attempt).
+///
+/// A `speculative` assignment is granted ahead, before `after` ended: the next link of a chain
+/// that the worker runs. The worker keeps it while it runs `after` (or holds a speculative
+/// assignment of `after`), starts it in `after`'s slot as soon as `after` ends DONE on it, and
+/// says so in `after`'s report (`started_next`); the dispatcher makes the grant (this attempt
+/// and lease token) when it applies that report, or aborts the attempt if it cannot. Otherwise
+/// (`after` failed, or ended before this arrived) the worker drops it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct TaskAssigned {
-    /// The task whose report made this one ready; none for a task started at its plan's
-    /// submission.
+    /// The task whose report made this one ready (for a speculative assignment: will make it
+    /// ready); none for a task started at its plan's submission.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<TaskKey>,
+    /// Granted before `after` ended, to start only after it ends DONE on this worker.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub speculative: bool,
     /// The attempt granted.
     #[serde(flatten)]
     pub grant: Grant,
@@ -485,6 +507,10 @@ pub struct TaskStatusReport {
     /// of plans submitted meanwhile on it without a claim (`task.assigned`). 0 otherwise.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub idle_slots: u32,
+    /// With `done`: the speculative assignment after this task (`TaskAssigned::speculative`)
+    /// that the worker started in its slot when it ended, for the dispatcher to grant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_next: Option<TaskKey>,
 }
 
 /// Whether `value` is 0 (a field left out of a message when it is).

@@ -25,7 +25,7 @@ use models::{
 };
 
 use crate::support::cluster::{
-    Granted, ORGANIZATION, Script, ScriptedWorker, TestCluster, register,
+    Control, Granted, ORGANIZATION, Script, ScriptedWorker, TestCluster, register,
 };
 use crate::support::fixtures::key;
 
@@ -333,8 +333,15 @@ async fn a_follow_up_goes_to_the_reporting_worker_without_a_claim() {
         .expect("task 1 is granted from its queue");
     let second = next_assignment(&mut assignments).await;
     assert_eq!(
-        (second.after, second.grant.task_key),
-        (Some(first.task), TaskKey(key(2)))
+        (second.after, second.speculative, second.grant.task_key),
+        (Some(first.task), false, TaskKey(key(2)))
+    );
+    // The chain's next link comes granted ahead, to start after task 2; the hand-back of task 2
+    // below voids it.
+    let ahead = next_assignment(&mut assignments).await;
+    assert_eq!(
+        (ahead.after, ahead.speculative, ahead.grant.task_key),
+        (Some(TaskKey(key(2))), true, TaskKey(key(3)))
     );
     let mut conn = cluster.db.connect().await;
     let model = dispatcher::store::execution::list_models_of_tasks(&mut conn, &[first.task])
@@ -379,8 +386,12 @@ async fn a_follow_up_goes_to_the_reporting_worker_without_a_claim() {
     assert_eq!(retaken.task, TaskKey(key(2)));
     let third = next_assignment(&mut assignments).await;
     assert_eq!(
-        (third.after, third.grant.task_key),
-        (Some(retaken.task), TaskKey(key(3)))
+        (third.after, third.speculative, third.grant.task_key),
+        (Some(retaken.task), false, TaskKey(key(3)))
+    );
+    assert_ne!(
+        third.grant.lease_token, ahead.grant.lease_token,
+        "what was granted ahead of the handed-back task is void"
     );
     worker
         .report(&Granted::assigned(&third), ReportedOutcome::Done)
@@ -442,10 +453,185 @@ async fn a_follow_up_goes_to_the_reporting_worker_without_a_claim() {
         cluster.metrics.direct_grants(),
         dispatcher::metrics::DirectGrants {
             follow_ups: 3,
+            started_ahead: 0,
             eager_starts: 0,
             hand_backs: 1,
         }
     );
+}
+
+/// A worker running a chain's link is granted the next links ahead (`run_ahead`), each to
+/// start as soon as the one before ends DONE on it, with its inputs from that link left for the
+/// worker to fill in; nothing of them is stored until the report of the link before says the
+/// worker started the next, which is then granted with the attempt and token sent ahead.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_links_of_a_chain_granted_ahead_start_as_the_link_before_ends() {
+    let cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
+    cluster.seed(&[function(1, no_retry())]).await;
+    let client = cluster.client("producer").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+    let chain = plan(
+        143,
+        vec![
+            task(1, 1, &[]),
+            task(2, 1, &[1]),
+            task(3, 1, &[2]),
+            task(4, 1, &[3]),
+        ],
+    );
+    submit(&cluster, &rpc, &chain).await;
+    let mut worker = ScriptedWorker::new(&cluster, "worker-1").await;
+    let mut assignments = worker.offer_follow_ups().await;
+    let first = worker
+        .work_one(WAIT, &Script::Succeed)
+        .await
+        .expect("task 1 is granted from its queue");
+    let second = next_assignment(&mut assignments).await;
+    assert_eq!(
+        (second.after, second.speculative, second.grant.task_key),
+        (Some(first.task), false, TaskKey(key(2)))
+    );
+    let third = next_assignment(&mut assignments).await;
+    let fourth = next_assignment(&mut assignments).await;
+    for (ahead, after, task) in [(&third, 2, 3), (&fourth, 3, 4)] {
+        assert_eq!(
+            (
+                ahead.after,
+                ahead.speculative,
+                ahead.grant.task_key,
+                ahead.grant.attempt
+            ),
+            (
+                Some(TaskKey(key(after))),
+                true,
+                TaskKey(key(task)),
+                models::Attempt(1)
+            )
+        );
+        match &ahead.assignment.inputs[..] {
+            [input] => assert_eq!(
+                input.value,
+                InputValue::ParentOutput {
+                    task_key: TaskKey(key(after)),
+                    output: "model".into(),
+                    file: None,
+                }
+            ),
+            inputs => panic!("one input expected, got {inputs:?}"),
+        }
+    }
+    let stored = statuses(&cluster, chain.key).await;
+    assert_eq!(
+        (stored["t3"], stored["t4"]),
+        (TaskStatus::Waiting, TaskStatus::Waiting),
+        "nothing granted ahead is stored"
+    );
+
+    // The worker ran task 2, then 3 in its slot, then 4.
+    worker
+        .report_done_started(&Granted::assigned(&second), third.grant.task_key)
+        .await;
+    worker.applied().await;
+    let running = cluster.tasks(chain.key).await;
+    let t3 = running
+        .iter()
+        .find(|task| task.key == TaskKey(key(3)))
+        .unwrap();
+    assert_eq!(
+        (t3.status, t3.worker_id.clone()),
+        (TaskStatus::Doing, Some(worker.id.clone())),
+        "task 3 is granted when task 2's report says it started"
+    );
+    worker
+        .report_done_started(&Granted::assigned(&third), fourth.grant.task_key)
+        .await;
+    worker
+        .report(&Granted::assigned(&fourth), ReportedOutcome::Done)
+        .await;
+    let done = cluster
+        .wait_for_plan(chain.key, WAIT, "DONE", |plan| plan.status.is_terminal())
+        .await;
+    assert_eq!(
+        (done.status, done.counters.done_count),
+        (PlanStatus::Done, 4)
+    );
+    for task in cluster.tasks(chain.key).await {
+        assert_eq!(task.attempt_count, 1, "{:?} ran once", task.name);
+    }
+    assert_eq!(cluster.metrics.direct_grants().started_ahead, 2);
+    assert_eq!(cluster.metrics.direct_grants().follow_ups, 1);
+    assert!(no_assignment(&mut assignments).await);
+}
+
+/// A task a worker started ahead is aborted when it cannot be granted: here its parent's DONE
+/// report registers no model, so the dispatcher fails the parent, and the plan with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_started_ahead_whose_parent_did_not_end_done_is_aborted() {
+    let cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
+    cluster.seed(&[function(1, no_retry())]).await;
+    let client = cluster.client("producer").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+    let chain = plan(
+        144,
+        vec![task(1, 1, &[]), task(2, 1, &[1]), task(3, 1, &[2])],
+    );
+    submit(&cluster, &rpc, &chain).await;
+    let mut worker = ScriptedWorker::new(&cluster, "worker-1").await;
+    let mut control = worker.offer_follow_ups::<Control>().await;
+    worker
+        .work_one(WAIT, &Script::Succeed)
+        .await
+        .expect("task 1 is granted from its queue");
+    let second = next_control(&mut control).await;
+    let third = next_control(&mut control).await;
+    let (Control::Assigned(second), Control::Assigned(third)) = (second, third) else {
+        panic!("two assignments expected");
+    };
+    assert!(!second.speculative && third.speculative);
+
+    let mut granted = Granted::assigned(&second);
+    granted.outputs.clear();
+    worker
+        .report_done_started(&granted, third.grant.task_key)
+        .await;
+    match next_control(&mut control).await {
+        Control::Order(models::wire::ControlOrder::Abort { task_key, reason }) => {
+            assert_eq!(task_key, third.grant.task_key);
+            assert!(reason.contains("started ahead"), "{reason}");
+        }
+        other => panic!("an abort of task 3 expected, got {other:?}"),
+    }
+    let ended = cluster
+        .wait_for_plan(chain.key, WAIT, "FAILED", |plan| plan.status.is_terminal())
+        .await;
+    assert_eq!(ended.status, PlanStatus::Failed);
+    let stored = statuses(&cluster, chain.key).await;
+    assert_eq!(
+        (stored["t2"], stored["t3"]),
+        (TaskStatus::Failed, TaskStatus::Canceled)
+    );
+    // The aborted attempt's report, if it comes, is refused: nothing holds its lease.
+    worker
+        .report(&Granted::assigned(&third), ReportedOutcome::Canceled)
+        .await;
+    worker.applied().await;
+    assert_eq!(
+        statuses(&cluster, chain.key).await["t3"],
+        TaskStatus::Canceled
+    );
+    assert_eq!(cluster.metrics.direct_grants().started_ahead, 0);
+}
+
+/// The next message on a worker's control queue, acked.
+async fn next_control(control: &mut broker::Consumer<Control>) -> Control {
+    let delivery = tokio::time::timeout(WAIT, control.next())
+        .await
+        .expect("a control message comes")
+        .unwrap()
+        .unwrap();
+    let message = delivery.message.clone();
+    delivery.ack().await.unwrap();
+    message
 }
 
 /// The next task assigned to a worker without a claim, acked.
@@ -933,6 +1119,7 @@ async fn claim_and_status_batches_are_answered_and_applied_task_by_task() {
         logs,
         follow_up: false,
         idle_slots: 0,
+        started_next: None,
     };
     let first = Granted::of(&reply.replies[0]).unwrap();
     let second = Granted::of(&reply.replies[1]).unwrap();

@@ -19,9 +19,10 @@ use broker::envelope::{DecodeError, Envelope};
 use broker::topology::EVENTS_EXCHANGE;
 use broker::{Broker, BrokerConfig, Consumer, Delivery, Publisher, RpcClient};
 use models::wire::{
-    Assignment, BuildClaim, BuildClaimReply, BuildReady, BuildReport, ClaimReply, ControlOrder,
-    Grant, HeldBuild, HeldLease, QueueAnnouncement, RegistrationReply, ReportedOutcome,
-    TaskAssigned, TaskReady, TaskStatusReport, WireMessage, WorkerHeartbeat, WorkerRegistration,
+    AssignedInput, Assignment, BuildClaim, BuildClaimReply, BuildReady, BuildReport, ClaimReply,
+    ControlOrder, Grant, HeldBuild, HeldLease, InputValue, QueueAnnouncement, RegistrationReply,
+    ReportedOutcome, ReportedOutput, TaskAssigned, TaskReady, TaskStatusReport, WireMessage,
+    WorkerHeartbeat, WorkerRegistration,
 };
 use models::{
     FunctionKey, OrganizationId, Properties, RequirementSet, TaskErrorType, TaskKey, WorkerId,
@@ -244,6 +245,9 @@ struct Shared {
     builds: Mutex<HashMap<FunctionKey, RunningBuild>>,
     /// Orders for tasks granted but not yet registered as running, with when they came.
     early_orders: Mutex<HashMap<TaskKey, (Stop, Instant)>>,
+    /// Speculative assignments (`TaskAssigned::speculative`), by the task they run after: one
+    /// running here, or another speculative assignment held here.
+    ahead: Mutex<HashMap<TaskKey, TaskAssigned>>,
     /// Told whenever a slot is released.
     slot_freed: Arc<Notify>,
     consumed: Mutex<HashSet<String>>,
@@ -313,6 +317,7 @@ impl Worker {
             running: Mutex::default(),
             builds: Mutex::default(),
             early_orders: Mutex::default(),
+            ahead: Mutex::default(),
             slot_freed: Arc::new(Notify::new()),
             consumed: Mutex::default(),
             taking: CancellationToken::new(),
@@ -529,7 +534,13 @@ fn obey(shared: &Arc<Shared>, delivery: &Delivery<Control>) -> bool {
             consume(shared, announcement.requirements.clone());
             false
         }
+        Control::Assigned(assigned) if assigned.speculative => {
+            hold_ahead(shared, assigned);
+            false
+        }
         Control::Assigned(assigned) => {
+            // Granted afresh: what was granted ahead of an earlier attempt of it is void.
+            drop_ahead(shared, assigned.grant.task_key);
             run_assigned(shared, assigned);
             false
         }
@@ -582,16 +593,137 @@ fn consume(shared: &Arc<Shared>, requirements: RequirementSet) {
         .spawn(consume_loop(shared.clone(), requirements));
 }
 
+/// Keeps a speculative assignment until the task it runs after ends here, if that task runs
+/// here or is itself held ahead; drops it otherwise (it came after that task ended, or the
+/// worker stops taking work), and the dispatcher, told nothing of it, does not grant it.
+fn hold_ahead(shared: &Shared, assigned: &TaskAssigned) {
+    let task = assigned.grant.task_key;
+    let Some(after) = assigned.after else {
+        tracing::warn!(task.key = %task, "speculative assignment of task {task} names no task to follow: dropped");
+        return;
+    };
+    let mut ahead = lock(&shared.ahead);
+    let follows = lock(&shared.running).contains_key(&after)
+        || ahead.values().any(|held| held.grant.task_key == after);
+    if follows && !shared.taking.is_cancelled() {
+        tracing::debug!(task.key = %task, "task {task} assigned ahead, after task {after}");
+        ahead.insert(after, assigned.clone());
+    } else {
+        tracing::debug!(task.key = %task, "task {task} assigned ahead after task {after}, which no longer runs here: dropped");
+    }
+}
+
+/// Drops the speculative assignments held after `task`, and those after them.
+fn drop_ahead(shared: &Shared, task: TaskKey) {
+    let mut ahead = lock(&shared.ahead);
+    let mut after = task;
+    while let Some(dropped) = ahead.remove(&after) {
+        after = dropped.grant.task_key;
+    }
+}
+
+/// The speculative assignment held after `task`, which just ended DONE with `outputs`, with
+/// the inputs it takes from `task` filled in, registered as running (in the same breath as it
+/// leaves the held ones, so what is assigned after it finds it); none if there is none or an
+/// output it needs is missing (then it is dropped, with those after it).
+fn take_ahead(
+    shared: &Shared,
+    task: TaskKey,
+    outputs: &[ReportedOutput],
+) -> Option<(Grant, Assignment, StopChannel)> {
+    if shared.taking.is_cancelled() {
+        drop_ahead(shared, task);
+        return None;
+    }
+    let mut ahead = lock(&shared.ahead);
+    let next = ahead.remove(&task)?;
+    let key = next.grant.task_key;
+    match fill_parent_outputs(*next.assignment, task, outputs) {
+        Ok(assignment) => {
+            let stop = register_running(shared, &next.grant);
+            Some((next.grant, assignment, stop))
+        }
+        Err(problem) => {
+            tracing::warn!(task.key = %key, "task {key}, assigned ahead, not started: {problem}");
+            drop(ahead);
+            drop_ahead(shared, key);
+            None
+        }
+    }
+}
+
+/// Fills in the inputs of `assignment` that take outputs of `parent` (`ParentOutput`) with the
+/// files `parent`'s attempt reported, one input value per file.
+fn fill_parent_outputs(
+    mut assignment: Assignment,
+    parent: TaskKey,
+    outputs: &[ReportedOutput],
+) -> Result<Assignment, String> {
+    let mut inputs = Vec::with_capacity(assignment.inputs.len());
+    for input in std::mem::take(&mut assignment.inputs) {
+        let output = match &input.value {
+            InputValue::ParentOutput {
+                task_key,
+                output,
+                file: None,
+            } if *task_key == parent => output.clone(),
+            _ => {
+                inputs.push(input);
+                continue;
+            }
+        };
+        let files: Vec<&models::File> = outputs
+            .iter()
+            .filter_map(|value| match value {
+                ReportedOutput::Model { identifier, file } if *identifier == output => Some(file),
+                _ => None,
+            })
+            .collect();
+        if files.is_empty() {
+            return Err(format!(
+                "input `{}`: task {parent} left no model for its output `{output}`",
+                input.identifier
+            ));
+        }
+        inputs.extend(files.into_iter().map(|file| AssignedInput {
+            identifier: input.identifier.clone(),
+            multiple: input.multiple,
+            value: InputValue::ParentOutput {
+                task_key: parent,
+                output: output.clone(),
+                file: Some(file.clone()),
+            },
+        }));
+    }
+    assignment.inputs = inputs;
+    Ok(assignment)
+}
+
 /// A task slot, held from the claim of a delivery to the end of its attempt (or build).
 /// Releasing it tells the queue consumers, which may take more work.
 struct Slot {
-    _permit: OwnedSemaphorePermit,
+    /// Taken out only by [`Slot::pass_on`].
+    permit: Option<OwnedSemaphorePermit>,
     freed: Arc<Notify>,
     /// Cancelled when the slot is released.
     released: CancellationToken,
     /// The round of consumption whose delivery the slot holds, told first that the delivery's
     /// ack is about to give its consumer room for another.
     round: Option<RoundAcks>,
+}
+
+impl Slot {
+    /// The slot for the attempt that follows this one in it (a speculative assignment): the
+    /// delivery this slot held is settled as if the slot were released, and the permit stays
+    /// taken.
+    fn pass_on(mut self) -> Slot {
+        Slot {
+            permit: self.permit.take(),
+            freed: self.freed.clone(),
+            released: CancellationToken::new(),
+            round: None,
+        }
+    }
 }
 
 impl Drop for Slot {
@@ -658,7 +790,7 @@ impl Shared {
 
     fn wrap(&self, permit: OwnedSemaphorePermit) -> Slot {
         Slot {
-            _permit: permit,
+            permit: Some(permit),
             freed: self.slot_freed.clone(),
             released: CancellationToken::new(),
             round: None,
@@ -975,6 +1107,13 @@ async fn take(
 /// Registers the granted attempt as running, so orders and duplicates find it, and runs it in
 /// `slot`.
 fn start_attempt(shared: &Arc<Shared>, grant: Grant, assignment: Arc<Assignment>, slot: Slot) {
+    let stop = register_running(shared, &grant);
+    spawn_attempt(shared, grant, assignment, stop, slot);
+}
+
+/// Registers the attempt of `grant` as running, so orders, heartbeats and what is assigned
+/// after it find it; [`spawn_attempt`] runs it.
+fn register_running(shared: &Shared, grant: &Grant) -> StopChannel {
     let task = grant.task_key;
     let (stop_tx, stop_rx) = watch::channel(None);
     let stop_tx = Arc::new(stop_tx);
@@ -994,11 +1133,22 @@ fn start_attempt(shared: &Arc<Shared>, grant: Grant, assignment: Arc<Assignment>
             },
         );
     }
+    (stop_tx, stop_rx)
+}
+
+/// Runs the attempt [`register_running`] registered, in `slot`.
+fn spawn_attempt(
+    shared: &Arc<Shared>,
+    grant: Grant,
+    assignment: Arc<Assignment>,
+    stop: StopChannel,
+    slot: Slot,
+) {
     let shared = shared.clone();
     shared
         .attempts
         .clone()
-        .spawn(attempt(shared, grant, assignment, (stop_tx, stop_rx), slot));
+        .spawn(attempt(shared, grant, assignment, stop, slot));
 }
 
 /// Runs a task the dispatcher assigned without a claim (a follow-up of a task this worker
@@ -1043,6 +1193,7 @@ fn run_assigned(shared: &Arc<Shared>, assigned: &TaskAssigned) {
         logs: Vec::new(),
         follow_up: false,
         idle_slots: 0,
+        started_next: None,
     };
     // Tracked with the attempts, so a stopping worker waits for the hand-back to be sent.
     let tracker = shared.attempts.clone();
@@ -1103,13 +1254,23 @@ async fn attempt(
     if ended.stopped == Some(Stop::LeaseLost) {
         // Another attempt may run already; this one's report would be refused.
         tracing::warn!(task.key = %task, "task {task}: lease lost, step killed, nothing reported");
+        drop_ahead(&shared, task);
         leftover.finish().await;
         drop(slot);
         return;
     }
     let outcome = reported(&shared, ended.outcome, handing_back);
-    // This attempt's slot is free once the report is sent: a child it makes ready can have it.
-    let follow_up = outcome == ReportedOutcome::Done && !shared.taking.is_cancelled();
+    // The chain's next task, granted ahead, starts in this slot at once.
+    let next = if outcome == ReportedOutcome::Done {
+        take_ahead(&shared, task, &ended.outputs)
+    } else {
+        drop_ahead(&shared, task);
+        None
+    };
+    // Otherwise this attempt's slot is free once the report is sent: a child it makes ready
+    // can have it.
+    let follow_up =
+        outcome == ReportedOutcome::Done && next.is_none() && !shared.taking.is_cancelled();
     // Idle once it is sent if nothing else runs: its slot and the free ones are offered.
     let idle_slots = if follow_up { shared.idle_slots(1) } else { 0 };
     let report = TaskStatusReport {
@@ -1124,6 +1285,7 @@ async fn attempt(
         logs: ended.log_tail,
         follow_up,
         idle_slots,
+        started_next: next.as_ref().map(|(grant, ..)| grant.task_key),
     };
     tracing::info!(task.key = %task, "task {task} ended: {:?}", report.outcome);
     // The workspace is finished while the report is on its way. The slot is free once both
@@ -1131,7 +1293,13 @@ async fn attempt(
     // The attempt stays tracked until the confirm, so a stopping worker waits for it.
     let queued = shared.reports.queue(report);
     leftover.finish().await;
-    drop(slot);
+    match next {
+        Some((grant, assignment, stop)) => {
+            tracing::debug!(task.key = %grant.task_key, "task {} started ahead, after task {task}", grant.task_key);
+            spawn_attempt(&shared, grant, Arc::from(assignment), stop, slot.pass_on());
+        }
+        None => drop(slot),
+    }
     if !queued.confirmed().await {
         tracing::warn!(task.key = %task, "task {task}: the worker stopped before reporting it");
     }
@@ -1408,5 +1576,112 @@ async fn scan_loop(shared: Arc<Shared>, scanner: Arc<dyn DeviceScanner>, stop: C
                 .store(true, std::sync::atomic::Ordering::SeqCst);
         }
         *current = devices;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(name: &str) -> models::File {
+        models::File {
+            checksum: "0".repeat(64),
+            storage_address: name.to_owned(),
+        }
+    }
+
+    fn parent_output(parent: TaskKey, output: &str) -> AssignedInput {
+        AssignedInput {
+            identifier: "models".to_owned(),
+            multiple: true,
+            value: InputValue::ParentOutput {
+                task_key: parent,
+                output: output.to_owned(),
+                file: None,
+            },
+        }
+    }
+
+    fn assignment(inputs: Vec<AssignedInput>) -> Assignment {
+        Assignment {
+            compute_plan_key: models::PlanKey(uuid::Uuid::nil()),
+            rank: 0,
+            function_key: FunctionKey(uuid::Uuid::nil()),
+            function_name: "link".to_owned(),
+            steps: Vec::new(),
+            timeout_secs: None,
+            image: None,
+            archive: None,
+            parameters: models::JsonObject::new(),
+            parameter_schema: None,
+            inputs,
+            outputs: Vec::new(),
+            device_id: None,
+            input: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn a_parent_s_outputs_fill_the_inputs_that_take_them_one_value_per_file() {
+        let parent = TaskKey(uuid::Uuid::from_u128(1));
+        let other = TaskKey(uuid::Uuid::from_u128(2));
+        let kept = parent_output(other, "model");
+        let outputs = vec![
+            ReportedOutput::Model {
+                identifier: "model".to_owned(),
+                file: file("a"),
+            },
+            ReportedOutput::Performance {
+                identifier: "model".to_owned(),
+                value: 0.5,
+            },
+            ReportedOutput::Model {
+                identifier: "other".to_owned(),
+                file: file("b"),
+            },
+            ReportedOutput::Model {
+                identifier: "model".to_owned(),
+                file: file("c"),
+            },
+        ];
+        let filled = fill_parent_outputs(
+            assignment(vec![parent_output(parent, "model"), kept.clone()]),
+            parent,
+            &outputs,
+        )
+        .expect("the parent left the output");
+        let values: Vec<&InputValue> = filled.inputs.iter().map(|input| &input.value).collect();
+        assert_eq!(
+            values,
+            [
+                &InputValue::ParentOutput {
+                    task_key: parent,
+                    output: "model".to_owned(),
+                    file: Some(file("a")),
+                },
+                &InputValue::ParentOutput {
+                    task_key: parent,
+                    output: "model".to_owned(),
+                    file: Some(file("c")),
+                },
+                &kept.value,
+            ]
+        );
+        assert!(filled.inputs.iter().all(|input| input.multiple));
+    }
+
+    #[test]
+    fn an_output_the_parent_did_not_leave_is_an_error_naming_it() {
+        let parent = TaskKey(uuid::Uuid::from_u128(1));
+        let problem = fill_parent_outputs(
+            assignment(vec![parent_output(parent, "model")]),
+            parent,
+            &[],
+        )
+        .expect_err("nothing to fill in");
+        assert!(
+            problem.contains("`models`") && problem.contains("`model`"),
+            "{problem}"
+        );
     }
 }

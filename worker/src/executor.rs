@@ -480,6 +480,24 @@ async fn fetch_input<'a>(
                 format!("input `{}` (model {model_key}): {error}", input.identifier)
             })?
         }
+        InputValue::ParentOutput {
+            task_key,
+            output,
+            file,
+        } => {
+            let Some(file) = file else {
+                return Err(format!(
+                    "input `{}`: output `{output}` of task {task_key} was not filled in",
+                    input.identifier
+                ));
+            };
+            artifacts.fetch(file, &path).await.map_err(|error| {
+                format!(
+                    "input `{}` (output `{output}` of task {task_key}): {error}",
+                    input.identifier
+                )
+            })?
+        }
         InputValue::DataManager {
             dataset_key,
             opener,

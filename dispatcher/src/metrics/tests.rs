@@ -32,6 +32,7 @@ fn clones_record_into_the_same_histograms() {
 fn direct_grants_are_counted_and_rendered_as_totals() {
     let metrics = DispatcherMetrics::new();
     metrics.count_follow_ups(1);
+    metrics.count_started_ahead(2);
     metrics.clone().count_eager_starts(3);
     metrics.count_hand_backs(1);
     metrics.count_hand_backs(1);
@@ -39,6 +40,7 @@ fn direct_grants_are_counted_and_rendered_as_totals() {
         metrics.direct_grants(),
         super::DirectGrants {
             follow_ups: 1,
+            started_ahead: 2,
             eager_starts: 3,
             hand_backs: 2,
         }
@@ -46,6 +48,7 @@ fn direct_grants_are_counted_and_rendered_as_totals() {
     let text = render(&metrics);
     for line in [
         "baton_follow_ups_total 1",
+        "baton_started_ahead_total 2",
         "baton_eager_starts_total 3",
         "baton_hand_backs_total 2",
     ] {

@@ -57,13 +57,16 @@ pub(crate) struct Pending {
 }
 
 /// The assignment of `task`, or why it cannot run (an input whose value is gone). A parent's
-/// models may be `pending`, registered by the batch being applied.
+/// models may be `pending`, registered by the batch being applied. For a speculative
+/// assignment, `ahead_of` is the parent it runs after, not DONE yet: the inputs taking its
+/// outputs are left for the worker to fill in (`InputValue::ParentOutput`).
 pub(crate) async fn prepare(
     conn: &mut AsyncPgConnection,
     functions: &mut Functions,
     task_key: TaskKey,
     stored: Option<Task>,
     pending: &Pending,
+    ahead_of: Option<TaskKey>,
 ) -> Result<Result<Assignment, String>, StoreError> {
     let task = match stored {
         Some(task) => Some(task),
@@ -92,7 +95,7 @@ pub(crate) async fn prepare(
     // Parents the batch made DONE have all their models pending: nothing to read for them.
     let stored_parents: Vec<TaskKey> = parents
         .iter()
-        .filter(|parent| !pending.complete.contains(parent))
+        .filter(|parent| !pending.complete.contains(parent) && Some(**parent) != ahead_of)
         .copied()
         .collect();
     let mut parent_models = if stored_parents.is_empty() {
@@ -155,6 +158,17 @@ pub(crate) async fn prepare(
                     }
                 }
             }
+            (
+                InputRef::ParentOutput {
+                    parent_task_key,
+                    parent_task_output_identifier,
+                },
+                _,
+            ) if Some(*parent_task_key) == ahead_of => vec![InputValue::ParentOutput {
+                task_key: *parent_task_key,
+                output: parent_task_output_identifier.clone(),
+                file: None,
+            }],
             (
                 InputRef::ParentOutput {
                     parent_task_key,

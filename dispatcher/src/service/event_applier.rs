@@ -24,13 +24,14 @@ use broker::topology::{self, CONTROL_EXCHANGE, DISPATCHER_QUEUE};
 use broker::{Consumer, Delivery, Meta, Publisher};
 use models::wire::{
     AddTasks, BuildClaim, BuildClaimReply, BuildReport, CancelReply, CancelRequest, ClaimBatch,
-    ClaimBatchReply, ClaimReply, ClaimRequest, ControlOrder, DispatcherPing, ErrorDetail, LogBatch,
-    LogRecord, MeasurementBatch, RegistrationReply, ReportedOutcome, StatusBatch, SubmissionReply,
-    TaskAssigned, TaskReady, TaskStatusReport, WireMessage, WorkerHeartbeat, WorkerRegistration,
+    ClaimBatchReply, ClaimReply, ClaimRequest, ControlOrder, DispatcherPing, ErrorDetail, Grant,
+    LogBatch, LogRecord, MeasurementBatch, RegistrationReply, ReportedOutcome, StatusBatch,
+    SubmissionReply, TaskAssigned, TaskReady, TaskStatusReport, WireMessage, WorkerHeartbeat,
+    WorkerRegistration,
 };
 use models::{
     Attempt, LogLine, Measurement, PlanKey, RequirementSet, RetryPolicy, Task, TaskErrorType,
-    TaskKey, TaskStateChange, TaskStatus, Timestamp, WorkerId,
+    TaskKey, TaskStateChange, TaskStatus, Timestamp, WaitingReason, WorkerId,
 };
 
 use models::access::{Action, Principal};
@@ -163,6 +164,24 @@ struct Plans {
     epoch: Option<i64>,
     /// When this dispatcher, not leading, last asked for the lead (`DispatcherPing`).
     pinged: Option<std::time::Instant>,
+    /// The tasks granted ahead (`TaskAssigned::speculative`), by the task each runs after.
+    ahead: HashMap<TaskKey, Ahead>,
+}
+
+/// A task granted ahead to a worker, to start there once the task it runs after ends DONE
+/// there; granted (as a claim would be, with this attempt and token) when that task's report
+/// says the worker started it.
+struct Ahead {
+    /// The task.
+    task: TaskKey,
+    /// Its plan.
+    plan: PlanKey,
+    /// The worker it was sent to.
+    worker: WorkerId,
+    /// The attempt it was sent as.
+    attempt: Attempt,
+    /// The attempt's lease token.
+    token: Uuid,
 }
 
 /// Whether `worker` is registered (and enabled), asking the database the first time.
@@ -199,6 +218,16 @@ impl Plans {
                 self.plan_of.remove(&task.key);
                 self.requirements.remove(&task.key);
             }
+        }
+        // A worker that starts one of them is told to abort it.
+        self.ahead.retain(|_, ahead| ahead.plan != plan);
+    }
+
+    /// Drops what was granted ahead after `task`, and after those in turn.
+    fn drop_ahead(&mut self, task: TaskKey) {
+        let mut after = task;
+        while let Some(dropped) = self.ahead.remove(&after) {
+            after = dropped.task;
         }
     }
 }
@@ -352,6 +381,12 @@ struct Work {
     follow_ups: Vec<FollowUp>,
     /// Tasks granted without a claim, to send to their workers.
     assigned: Vec<(WorkerId, TaskAssigned)>,
+    /// Tasks granted ahead that their worker started and that are now granted, by worker:
+    /// the chains to grant further ahead.
+    started_ahead: Vec<(WorkerId, TaskKey)>,
+    /// Attempts a worker started ahead that could not be granted, with why: it is told to
+    /// abort them.
+    void_ahead: Vec<(WorkerId, TaskKey, String)>,
     /// Tasks this batch made DONE: every model they registered is in `registered`.
     done: HashSet<TaskKey>,
     /// Attempts handed back by their workers.
@@ -682,7 +717,9 @@ async fn take_report(
         outcome,
     };
     let first_effect = work.effects.len();
-    if work.apply(plans, plan, event, now) {
+    let applied = work.apply(plans, plan, event, now);
+    settle_ahead(context, plans, work, report, applied && done, now);
+    if applied {
         work.results
             .push((report.task_key, report.steps.clone(), report.output.clone()));
         work.registered.models.extend(registered.models);
@@ -722,6 +759,200 @@ async fn take_report(
                 });
             }
         }
+    }
+    Ok(())
+}
+
+/// Grants the task that `report`'s worker started ahead after the reported one
+/// (`started_next`), with the attempt and token it was sent with, now that the report (DONE,
+/// and `done` when the core accepted it as such) made it ready; or, when it cannot be granted
+/// (the report was refused or did not end in DONE, nothing was granted ahead after the task,
+/// or the core refuses the claim), has the worker told to abort that attempt. Whatever was
+/// granted ahead after the reported task and not started is dropped.
+fn settle_ahead(
+    context: &Context,
+    plans: &mut Plans,
+    work: &mut Work,
+    report: &TaskStatusReport,
+    done: bool,
+    now: Timestamp,
+) {
+    let reserved = plans.ahead.remove(&report.task_key);
+    let Some(next) = report.started_next else {
+        if let Some(reserved) = reserved {
+            plans.drop_ahead(reserved.task);
+        }
+        return;
+    };
+    let granted = match reserved {
+        Some(reserved) if done && reserved.task == next && reserved.worker == report.worker_id => {
+            grant_ahead(context, plans, work, &reserved, now)
+        }
+        Some(reserved) => {
+            plans.drop_ahead(reserved.task);
+            Err("its parent's report did not make it ready".to_owned())
+        }
+        None => Err(format!(
+            "it was not granted ahead after task {}, or no longer is",
+            report.task_key
+        )),
+    };
+    match granted {
+        Ok(()) => {
+            context.offers.took(&report.worker_id);
+            work.started_ahead.push((report.worker_id.clone(), next));
+        }
+        Err(why) => {
+            tracing::info!(task.key = %next, "task {next}, started ahead by worker {}, is not granted: {why}", report.worker_id);
+            plans.drop_ahead(next);
+            work.void_ahead.push((report.worker_id.clone(), next, why));
+        }
+    }
+}
+
+/// Feeds the core the claim of `reserved`'s task by its worker, with the attempt and token it
+/// was granted ahead with; the reason if it is refused.
+fn grant_ahead(
+    context: &Context,
+    plans: &mut Plans,
+    work: &mut Work,
+    reserved: &Ahead,
+    now: Timestamp,
+) -> Result<(), String> {
+    let attempt_now = plans
+        .states
+        .get(&reserved.plan)
+        .and_then(|state| state.task(reserved.task))
+        .and_then(|node| node.attempt_count.checked_add(1));
+    if attempt_now != Some(reserved.attempt.0) {
+        return Err(format!(
+            "its next attempt is no longer {}",
+            reserved.attempt
+        ));
+    }
+    let event = Event::ClaimRequested {
+        task: reserved.task,
+        worker: reserved.worker.clone(),
+        lease_token: reserved.token,
+        lease_duration: context.config.lease_duration,
+    };
+    work.apply(plans, reserved.plan, event, now);
+    match work.decisions.pop() {
+        Some(ClaimDecision::Granted(_)) => Ok(()),
+        Some(ClaimDecision::Refused { reason, .. }) => Err(reason),
+        None => Err("the claim was not answered".to_owned()),
+    }
+}
+
+/// Grants `worker`, which runs `head`, the next links of `head`'s chain ahead, up to the
+/// configured `run_ahead` beyond it: each the one child of the link before that would be ready
+/// once that link is DONE (its other parents DONE already), that the worker can run, sent as a
+/// speculative `task.assigned` whose inputs from the link before the worker fills in. Nothing
+/// is stored: the grant is made when the report of the link before says the worker started it
+/// (`settle_ahead`).
+async fn grant_chain_ahead(
+    context: &Context,
+    conn: &mut AsyncPgConnection,
+    plans: &mut Plans,
+    work: &mut Work,
+    (worker, head): (&WorkerId, TaskKey),
+    pending: &assignment::Pending,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let Some(properties) = plans.registered.get(worker).cloned() else {
+        return Ok(());
+    };
+    let runs_head = plans
+        .plan_of
+        .get(&head)
+        .and_then(|plan| plans.states.get(plan))
+        .and_then(|state| state.task(head))
+        .is_some_and(|node| {
+            node.status == TaskStatus::Doing && node.worker_id.as_ref() == Some(worker)
+        });
+    if !runs_head {
+        return Ok(());
+    }
+    let mut after = head;
+    let mut chain = HashSet::from([head]);
+    for _ in 0..context.config.run_ahead {
+        if let Some(reserved) = plans.ahead.get(&after) {
+            if reserved.worker != *worker {
+                break;
+            }
+            after = reserved.task;
+            chain.insert(after);
+            continue;
+        }
+        let Some(&plan) = plans.plan_of.get(&after) else {
+            break;
+        };
+        let Some(state) = plans.states.get(&plan) else {
+            break;
+        };
+        let next = state
+            .children_ready_after(after, &chain)
+            .into_iter()
+            .find(|child| {
+                state
+                    .task(*child)
+                    .is_some_and(|node| node.waiting_reason != Some(WaitingReason::Build))
+                    && plans
+                        .requirements
+                        .get(child)
+                        .is_some_and(|requirements| requirements.is_satisfied_by(&properties))
+                    && !plans.ahead.values().any(|reserved| reserved.task == *child)
+            });
+        let Some(next) = next else {
+            break;
+        };
+        let Some(attempt) = state
+            .task(next)
+            .and_then(|node| node.attempt_count.checked_add(1))
+        else {
+            break;
+        };
+        let stored = work.stored_tasks.remove(&next);
+        let prepared = assignment::prepare(
+            conn,
+            &mut plans.functions,
+            next,
+            stored,
+            pending,
+            Some(after),
+        )
+        .await?;
+        let Ok(assignment) = prepared else {
+            break;
+        };
+        let token = Uuid::new_v4();
+        let grant = Grant {
+            task_key: next,
+            attempt: Attempt(attempt),
+            lease_token: token,
+            lease_expires_at: now + context.config.lease_duration,
+        };
+        work.assigned.push((
+            worker.clone(),
+            TaskAssigned {
+                after: Some(after),
+                speculative: true,
+                grant,
+                assignment: Box::new(assignment),
+            },
+        ));
+        plans.ahead.insert(
+            after,
+            Ahead {
+                task: next,
+                plan,
+                worker: worker.clone(),
+                attempt: Attempt(attempt),
+                token,
+            },
+        );
+        chain.insert(next);
+        after = next;
     }
     Ok(())
 }
@@ -828,7 +1059,24 @@ async fn grant_follow_ups(
         complete: std::mem::take(&mut work.done),
     };
     let offers = std::mem::take(&mut work.follow_ups);
-    let granted = grant_each_follow_up(context, conn, plans, work, offers, &pending, now).await;
+    let mut granted = grant_each_follow_up(context, conn, plans, work, offers, &pending, now).await;
+    if granted.is_ok() && context.config.follow_ups && context.config.run_ahead > 0 {
+        // The chains whose next link was granted in this batch, one way or the other.
+        let mut heads: Vec<(WorkerId, TaskKey)> = work.started_ahead.clone();
+        heads.extend(
+            work.assigned
+                .iter()
+                .filter(|(_, assigned)| !assigned.speculative && assigned.after.is_some())
+                .map(|(worker, assigned)| (worker.clone(), assigned.grant.task_key)),
+        );
+        for (worker, head) in heads {
+            granted =
+                grant_chain_ahead(context, conn, plans, work, (&worker, head), &pending, now).await;
+            if granted.is_err() {
+                break;
+            }
+        }
+    }
     work.registered.models = pending.models;
     work.done = pending.complete;
     granted
@@ -884,6 +1132,7 @@ async fn grant_each_follow_up(
                         offer.worker.clone(),
                         TaskAssigned {
                             after: Some(offer.after),
+                            speculative: false,
                             grant,
                             assignment,
                         },
@@ -965,6 +1214,7 @@ async fn claim(
                 request.task_key,
                 stored,
                 pending,
+                None,
             )
             .await?,
         )
@@ -1892,6 +2142,20 @@ async fn announce(context: &Context, publisher: &Publisher, work: &Work, handed:
             }
         }
     }
+    for (worker, task, why) in &work.void_ahead {
+        let message = ControlOrder::Abort {
+            task_key: *task,
+            reason: format!("started ahead, not granted: {why}"),
+        };
+        let key = topology::worker_control_key(worker);
+        if let Err(error) = publisher
+            .publish(CONTROL_EXCHANGE, &key, &message, Meta::default())
+            .await
+        {
+            // Its report is refused: no lease holds it.
+            tracing::warn!("abort of task {task} (worker {worker}) not delivered: {error}");
+        }
+    }
 }
 
 /// Applies a batch of deliveries: core, one transaction, announcements, acks.
@@ -1997,7 +2261,13 @@ async fn apply_batch(
     );
     let metrics = &context.config.metrics;
     metrics.observe_event_batch(batch.len());
-    metrics.count_follow_ups(work.assigned.len());
+    metrics.count_follow_ups(
+        work.assigned
+            .iter()
+            .filter(|(_, assigned)| !assigned.speculative)
+            .count(),
+    );
+    metrics.count_started_ahead(work.started_ahead.len());
     metrics.count_hand_backs(work.hand_backs);
     let claims = work.replies.len()
         + work

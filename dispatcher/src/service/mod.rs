@@ -54,6 +54,10 @@ pub struct DispatcherConfig {
     /// rather than through its task queue: a chain's next task starts one round trip and one
     /// batch sooner, on the host that holds its parent's outputs, ahead of the queue.
     pub follow_ups: bool,
+    /// With `follow_ups`: how many links of a chain a worker running one of them is granted
+    /// ahead (`TaskAssigned::speculative`), to start each as soon as the one before ends DONE
+    /// on it, without waiting for the dispatcher to apply that report; 0 grants none ahead.
+    pub run_ahead: usize,
     /// Whether a new plan's ready tasks are granted, in the transaction that stores the plan,
     /// to workers that said they are idle (`idle_slots` in their DONE reports and heartbeats)
     /// and satisfy their requirements, rather than published to their task queues: such a
@@ -82,6 +86,7 @@ impl DispatcherConfig {
             heartbeat_interval: Duration::from_secs(10),
             registration_cache: Duration::from_secs(10),
             follow_ups: true,
+            run_ahead: 8,
             eager_starts: true,
             anonymous_roles: Vec::new(),
             metrics: crate::metrics::DispatcherMetrics::new(),

@@ -107,6 +107,7 @@ fn a_status_report_reads_flat() {
         logs: Vec::new(),
         follow_up: false,
         idle_slots: 0,
+        started_next: None,
     };
     let value = serde_json::to_value(&report).unwrap();
     assert_eq!(value["outcome"], "failed");

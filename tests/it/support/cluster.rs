@@ -6,14 +6,17 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use broker::consumer::MessageSet;
+use broker::envelope::{DecodeError, Envelope};
 use broker::topology::{self, EVENTS_EXCHANGE, SUBMIT_EXCHANGE};
 use broker::{Broker, Consumer, Meta, Publisher, RpcClient};
 use dispatcher::service::DispatcherConfig;
 use dispatcher::store::{catalog, plans, tasks};
 use models::submission::PlanSubmission;
 use models::wire::{
-    ClaimReply, ClaimRequest, DeviceInfo, RegistrationReply, ReportedOutcome, ReportedOutput,
-    SubmissionReply, TaskAssigned, TaskReady, TaskStatusReport, WireMessage, WorkerRegistration,
+    ClaimReply, ClaimRequest, ControlOrder, DeviceInfo, RegistrationReply, ReportedOutcome,
+    ReportedOutput, SubmissionReply, TaskAssigned, TaskReady, TaskStatusReport, WireMessage,
+    WorkerRegistration,
 };
 use models::{ComputePlan, PlanKey, RequirementSet, Task, TaskKey, WorkerId};
 
@@ -291,6 +294,34 @@ pub(crate) struct ScriptedWorker {
     idle_slots: u32,
 }
 
+/// What comes on a worker's control queue: tasks assigned without a claim, and orders.
+#[derive(Clone, Debug)]
+pub(crate) enum Control {
+    /// A task assigned.
+    Assigned(Box<TaskAssigned>),
+    /// A cancel, abort or disconnect order.
+    Order(ControlOrder),
+}
+
+impl MessageSet for Control {
+    fn kinds() -> Vec<&'static str> {
+        vec![TaskAssigned::KIND, ControlOrder::KIND]
+    }
+
+    fn decode(envelope: &Envelope<'_>) -> Result<Self, DecodeError> {
+        Ok(match envelope.kind.as_str() {
+            TaskAssigned::KIND => Control::Assigned(Box::new(envelope.decode()?)),
+            ControlOrder::KIND => Control::Order(envelope.decode()?),
+            other => {
+                return Err(DecodeError::UnexpectedKind {
+                    found: other.to_owned(),
+                    expected: Self::kinds().join(", "),
+                });
+            }
+        })
+    }
+}
+
 /// A claim's outcome, for tests that look at them.
 #[derive(Debug)]
 pub(crate) struct Granted {
@@ -375,7 +406,7 @@ impl ScriptedWorker {
 
     /// From now on, its DONE reports offer a follow-up; the tasks the dispatcher assigns come
     /// on the worker's control queue, read by the consumer returned.
-    pub(crate) async fn offer_follow_ups(&mut self) -> Consumer<TaskAssigned> {
+    pub(crate) async fn offer_follow_ups<M: MessageSet>(&mut self) -> Consumer<M> {
         self.follow_ups = true;
         let queue = self.broker.declare_worker_queue(&self.id).await.unwrap();
         Consumer::new(&self.broker, &queue, 8).await.unwrap()
@@ -384,7 +415,7 @@ impl ScriptedWorker {
     /// Offers follow-ups and, idle, `slots` free slots (in a heartbeat now and in its DONE
     /// reports), so the dispatcher may start new plans' tasks on it; returns the consumer of
     /// its control queue, where those arrive.
-    pub(crate) async fn offer_idle_slots(&mut self, slots: u32) -> Consumer<TaskAssigned> {
+    pub(crate) async fn offer_idle_slots<M: MessageSet>(&mut self, slots: u32) -> Consumer<M> {
         let assignments = self.offer_follow_ups().await;
         self.idle_slots = slots;
         self.heartbeat(slots).await;
@@ -500,6 +531,23 @@ impl ScriptedWorker {
             .unwrap();
     }
 
+    /// Reports `granted` DONE, saying it started `next` (granted ahead) in its slot.
+    pub(crate) async fn report_done_started(&self, granted: &Granted, next: TaskKey) {
+        let mut report = self.status(granted, ReportedOutcome::Done, Vec::new());
+        report.follow_up = false;
+        report.idle_slots = 0;
+        report.started_next = Some(next);
+        self.events
+            .publish(
+                EVENTS_EXCHANGE,
+                &topology::task_event_key(granted.task, "status"),
+                &report,
+                Meta::default(),
+            )
+            .await
+            .unwrap();
+    }
+
     /// Reports the end of every one of `granted` as DONE, in one `task.status_batch`.
     pub(crate) async fn report_done_together(&self, granted: &[&Granted]) {
         let batch = models::wire::StatusBatch {
@@ -538,6 +586,7 @@ impl ScriptedWorker {
                 0
             },
             logs,
+            started_next: None,
         }
     }
 
