@@ -740,6 +740,89 @@ async fn an_in_process_handler_runs_a_task_end_to_end() {
     running.await.unwrap().unwrap();
 }
 
+/// A chain runs ahead on a real worker: after the follow-up of its first link, each link is
+/// granted ahead and started in the slot of the one before as soon as that one ends, its input
+/// filled in from the model the one before left; each link counts its parent's number up, so
+/// the last model says every link ran once, in order, on its parent's output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_runs_ahead_each_link_on_the_model_of_the_one_before() {
+    let count = function(
+        661,
+        "count",
+        &[],
+        vec![FunctionInput {
+            identifier: "previous".into(),
+            kind: InputKind::Model,
+            multiple: false,
+            optional: true,
+        }],
+        vec![output("number", OutputKind::Model)],
+    );
+    let setup = Setup::new(chrono::Duration::seconds(10), &[count]).await;
+    let store = LocalStore::new(setup.artifacts()).unwrap();
+    let worker = Worker::builder(setup.config("w1"), Arc::new(store))
+        .handler("count", |ctx| async move {
+            let previous = match ctx.inputs.get("previous") {
+                Some(path) => tokio::fs::read_to_string(path)
+                    .await
+                    .map_err(|error| format!("reading the input: {error}"))?
+                    .parse::<u32>()
+                    .map_err(|error| format!("the input is not a number: {error}"))?,
+                None => 0,
+            };
+            let path = ctx.outputs.get("number").ok_or("no output `number`")?;
+            tokio::fs::write(path, (previous + 1).to_string())
+                .await
+                .map_err(|error| format!("writing the output: {error}"))
+        })
+        .build();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.run(stop.clone()));
+    let links = 6;
+    let tasks = (1..=links)
+        .map(|n| {
+            let previous: &[(&str, u128, &str)] = if n == 1 {
+                &[]
+            } else {
+                &[("previous", n - 1, "number")]
+            };
+            task(n, 661, previous, &["number"], serde_json::json!({}))
+        })
+        .collect();
+    setup.submit(&plan(660, tasks)).await;
+    setup
+        .wait_for_task(links, "DONE", |t| t.status.is_terminal())
+        .await;
+    let mut conn = setup.cluster.db.connect().await;
+    for n in 1..=links {
+        let task = setup.task(n).await;
+        assert_eq!(
+            (task.status, task.attempt_count),
+            (TaskStatus::Done, 1),
+            "t{n}: {:?}",
+            task.error_message
+        );
+        let model = execution::list_models_of_tasks(&mut conn, &[task.key])
+            .await
+            .unwrap()
+            .remove(&task.key)
+            .expect("each link registered its model")
+            .remove(0);
+        let file = model.address.expect("the model has its file");
+        let text = std::fs::read_to_string(setup.artifacts().join(&file.storage_address)).unwrap();
+        assert_eq!(text, n.to_string(), "t{n} counted on its parent's model");
+    }
+    // The first link was started at its submission, the second was its follow-up, and every
+    // later one was granted ahead.
+    let grants = setup.cluster.metrics.direct_grants();
+    assert_eq!(
+        (grants.follow_ups, grants.started_ahead),
+        (1, u64::try_from(links).unwrap() - 2)
+    );
+    stop.cancel();
+    running.await.unwrap().unwrap();
+}
+
 /// An in-process handler of a task without files runs without a workspace until it asks for
 /// its scratch directory: a handler that never asks makes no directory at all, and one that
 /// asks gets a directory of its own, gone once the attempt is over.

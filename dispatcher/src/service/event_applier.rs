@@ -802,12 +802,26 @@ fn settle_ahead(
             context.offers.took(&report.worker_id);
             work.started_ahead.push((report.worker_id.clone(), next));
         }
+        // A report delivered again (its ack lost) finds the task granted by its first delivery.
+        Err(_) if runs(plans, next, &report.worker_id) => {}
         Err(why) => {
             tracing::info!(task.key = %next, "task {next}, started ahead by worker {}, is not granted: {why}", report.worker_id);
             plans.drop_ahead(next);
             work.void_ahead.push((report.worker_id.clone(), next, why));
         }
     }
+}
+
+/// Whether `worker` holds the lease of `task`.
+fn runs(plans: &Plans, task: TaskKey, worker: &WorkerId) -> bool {
+    plans
+        .plan_of
+        .get(&task)
+        .and_then(|plan| plans.states.get(plan))
+        .and_then(|state| state.task(task))
+        .is_some_and(|node| {
+            node.status == TaskStatus::Doing && node.worker_id.as_ref() == Some(worker)
+        })
 }
 
 /// Feeds the core the claim of `reserved`'s task by its worker, with the attempt and token it
@@ -859,20 +873,12 @@ async fn grant_chain_ahead(
     pending: &assignment::Pending,
     now: Timestamp,
 ) -> Result<(), StoreError> {
+    if !runs(plans, head, worker) || !is_registered(context, conn, plans, worker).await? {
+        return Ok(());
+    }
     let Some(properties) = plans.registered.get(worker).cloned() else {
         return Ok(());
     };
-    let runs_head = plans
-        .plan_of
-        .get(&head)
-        .and_then(|plan| plans.states.get(plan))
-        .and_then(|state| state.task(head))
-        .is_some_and(|node| {
-            node.status == TaskStatus::Doing && node.worker_id.as_ref() == Some(worker)
-        });
-    if !runs_head {
-        return Ok(());
-    }
     let mut after = head;
     let mut chain = HashSet::from([head]);
     for _ in 0..context.config.run_ahead {
