@@ -628,6 +628,100 @@ async fn a_task_started_ahead_whose_parent_did_not_end_done_is_aborted() {
     assert_eq!(cluster.metrics.direct_grants().started_ahead, 0);
 }
 
+/// A link whose lease lapsed is granted to another worker: what was granted ahead after it to
+/// the first worker is void, the second is granted the chain ahead instead, and the first
+/// worker's late report (saying it started the next link) gets that attempt aborted without
+/// touching the second worker's chain.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chain_granted_again_elsewhere_runs_ahead_there_and_the_late_worker_is_aborted() {
+    let cluster = TestCluster::start(chrono::Duration::seconds(1)).await;
+    cluster
+        .seed(&[function(
+            1,
+            RetryPolicy {
+                max_attempts: 3,
+                ..no_retry()
+            },
+        )])
+        .await;
+    let client = cluster.client("producer").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+    let chain = plan(
+        145,
+        vec![
+            task(1, 1, &[]),
+            task(2, 1, &[1]),
+            task(3, 1, &[2]),
+            task(4, 1, &[3]),
+        ],
+    );
+    submit(&cluster, &rpc, &chain).await;
+    let mut late = ScriptedWorker::new(&cluster, "worker-late").await;
+    let mut late_control = late.offer_follow_ups::<Control>().await;
+    late.work_one(WAIT, &Script::Succeed)
+        .await
+        .expect("task 1 is granted from its queue");
+    let second_late = next_assigned(&mut late_control).await;
+    let third_late = next_assigned(&mut late_control).await;
+    let fourth_late = next_assigned(&mut late_control).await;
+    assert_eq!(
+        [
+            second_late.speculative,
+            third_late.speculative,
+            fourth_late.speculative
+        ],
+        [false, true, true]
+    );
+
+    // The late worker falls silent: task 2's lease lapses and another worker runs it.
+    late.stop_taking().await;
+    let mut other = ScriptedWorker::new(&cluster, "worker-other").await;
+    let mut other_control = other.offer_follow_ups::<Control>().await;
+    let second = other
+        .work_one(WAIT, &Script::Succeed)
+        .await
+        .expect("task 2 is granted again once its lease lapsed");
+    assert_eq!(
+        (second.task, second.attempt),
+        (TaskKey(key(2)), models::Attempt(2))
+    );
+    let third = next_assigned(&mut other_control).await;
+    let fourth = next_assigned(&mut other_control).await;
+    assert_eq!(
+        (third.speculative, third.grant.task_key),
+        (false, TaskKey(key(3)))
+    );
+    assert_eq!(
+        (fourth.speculative, fourth.after, fourth.grant.task_key),
+        (true, Some(TaskKey(key(3))), TaskKey(key(4)))
+    );
+    assert_ne!(fourth.grant.lease_token, fourth_late.grant.lease_token);
+
+    // The late worker's report is refused, and the link it started is aborted.
+    late.report_done_started(&Granted::assigned(&second_late), TaskKey(key(3)))
+        .await;
+    match next_control(&mut late_control).await {
+        Control::Order(models::wire::ControlOrder::Abort { task_key, .. }) => {
+            assert_eq!(task_key, TaskKey(key(3)));
+        }
+        other => panic!("an abort of task 3 expected, got {other:?}"),
+    }
+    other
+        .report_done_started(&Granted::assigned(&third), TaskKey(key(4)))
+        .await;
+    other
+        .report(&Granted::assigned(&fourth), ReportedOutcome::Done)
+        .await;
+    let done = cluster
+        .wait_for_plan(chain.key, WAIT, "DONE", |plan| plan.status.is_terminal())
+        .await;
+    assert_eq!(
+        (done.status, done.counters.done_count),
+        (PlanStatus::Done, 4)
+    );
+    assert_eq!(cluster.metrics.direct_grants().started_ahead, 1);
+}
+
 /// The next task assigned on a worker's control queue, acked; an order fails the test.
 async fn next_assigned(control: &mut broker::Consumer<Control>) -> TaskAssigned {
     match next_control(control).await {

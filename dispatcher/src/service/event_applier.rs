@@ -223,10 +223,17 @@ impl Plans {
         self.ahead.retain(|_, ahead| ahead.plan != plan);
     }
 
-    /// Drops what was granted ahead after `task`, and after those in turn.
-    fn drop_ahead(&mut self, task: TaskKey) {
+    /// Drops what was granted ahead to `worker` after `task`, and after those in turn.
+    fn drop_ahead(&mut self, task: TaskKey, worker: &WorkerId) {
         let mut after = task;
-        while let Some(dropped) = self.ahead.remove(&after) {
+        while self
+            .ahead
+            .get(&after)
+            .is_some_and(|ahead| ahead.worker == *worker)
+        {
+            let Some(dropped) = self.ahead.remove(&after) else {
+                break;
+            };
             after = dropped.task;
         }
     }
@@ -777,10 +784,17 @@ fn settle_ahead(
     done: bool,
     now: Timestamp,
 ) {
-    let reserved = plans.ahead.remove(&report.task_key);
+    // What was granted ahead after the task to another worker (the task granted again since,
+    // this report's attempt lost its lease) is not this report's to settle.
+    let reserved = match plans.ahead.get(&report.task_key) {
+        Some(reserved) if reserved.worker == report.worker_id => {
+            plans.ahead.remove(&report.task_key)
+        }
+        _ => None,
+    };
     let Some(next) = report.started_next else {
         if let Some(reserved) = reserved {
-            plans.drop_ahead(reserved.task);
+            plans.drop_ahead(reserved.task, &reserved.worker);
         }
         return;
     };
@@ -789,8 +803,11 @@ fn settle_ahead(
             grant_ahead(context, plans, work, &reserved, now)
         }
         Some(reserved) => {
-            plans.drop_ahead(reserved.task);
-            Err("its parent's report did not make it ready".to_owned())
+            plans.drop_ahead(reserved.task, &reserved.worker);
+            Err(format!(
+                "task {}'s report did not make it ready",
+                report.task_key
+            ))
         }
         None => Err(format!(
             "it was not granted ahead after task {}, or no longer is",
@@ -806,7 +823,7 @@ fn settle_ahead(
         Err(_) if runs(plans, next, &report.worker_id) => {}
         Err(why) => {
             tracing::info!(task.key = %next, "task {next}, started ahead by worker {}, is not granted: {why}", report.worker_id);
-            plans.drop_ahead(next);
+            plans.drop_ahead(next, &report.worker_id);
             work.void_ahead.push((report.worker_id.clone(), next, why));
         }
     }
@@ -882,13 +899,18 @@ async fn grant_chain_ahead(
     let mut after = head;
     let mut chain = HashSet::from([head]);
     for _ in 0..context.config.run_ahead {
-        if let Some(reserved) = plans.ahead.get(&after) {
-            if reserved.worker != *worker {
-                break;
+        match plans.ahead.get(&after) {
+            Some(reserved) if reserved.worker == *worker => {
+                after = reserved.task;
+                chain.insert(after);
+                continue;
             }
-            after = reserved.task;
-            chain.insert(after);
-            continue;
+            // Granted ahead to a worker that no longer runs the link before: void.
+            Some(stale) => {
+                let stale = stale.worker.clone();
+                plans.drop_ahead(after, &stale);
+            }
+            None => {}
         }
         let Some(&plan) = plans.plan_of.get(&after) else {
             break;

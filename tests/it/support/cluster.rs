@@ -531,6 +531,13 @@ impl ScriptedWorker {
             .unwrap();
     }
 
+    /// Stops taking ready tasks from its queue; those it was sent and had not read go back.
+    pub(crate) async fn stop_taking(&mut self) {
+        for delivery in self.consumer.pause().await.unwrap() {
+            delivery.requeue().await.unwrap();
+        }
+    }
+
     /// Reports `granted` DONE, saying it started `next` (granted ahead) in its slot.
     pub(crate) async fn report_done_started(&self, granted: &Granted, next: TaskKey) {
         let mut report = self.status(granted, ReportedOutcome::Done, Vec::new());
