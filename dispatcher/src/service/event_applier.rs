@@ -223,6 +223,14 @@ impl Plans {
         self.ahead.retain(|_, ahead| ahead.plan != plan);
     }
 
+    /// The core's node of `task`, if its plan is held.
+    fn node(&self, task: TaskKey) -> Option<&TaskNode> {
+        self.plan_of
+            .get(&task)
+            .and_then(|plan| self.states.get(plan))
+            .and_then(|state| state.task(task))
+    }
+
     /// Drops what was granted ahead to `worker` after `task`, and after those in turn.
     fn drop_ahead(&mut self, task: TaskKey, worker: &WorkerId) {
         let mut after = task;
@@ -470,18 +478,13 @@ impl Work {
 
 /// Whether `task` of `plans` is running `attempt` under `token`.
 fn holds_lease(plans: &Plans, task: TaskKey, attempt: Attempt, token: Uuid) -> bool {
-    plans
-        .plan_of
-        .get(&task)
-        .and_then(|plan| plans.states.get(plan))
-        .and_then(|state| state.task(task))
-        .is_some_and(|node| {
-            node.status == TaskStatus::Doing
-                && node
-                    .lease
-                    .as_ref()
-                    .is_some_and(|lease| lease.attempt == attempt && lease.token == token)
-        })
+    plans.node(task).is_some_and(|node| {
+        node.status == TaskStatus::Doing
+            && node
+                .lease
+                .as_ref()
+                .is_some_and(|lease| lease.attempt == attempt && lease.token == token)
+    })
 }
 
 /// Feeds one delivery to the core.
@@ -831,14 +834,9 @@ fn settle_ahead(
 
 /// Whether `worker` holds the lease of `task`.
 fn runs(plans: &Plans, task: TaskKey, worker: &WorkerId) -> bool {
-    plans
-        .plan_of
-        .get(&task)
-        .and_then(|plan| plans.states.get(plan))
-        .and_then(|state| state.task(task))
-        .is_some_and(|node| {
-            node.status == TaskStatus::Doing && node.worker_id.as_ref() == Some(worker)
-        })
+    plans.node(task).is_some_and(|node| {
+        node.status == TaskStatus::Doing && node.worker_id.as_ref() == Some(worker)
+    })
 }
 
 /// Feeds the core the claim of `reserved`'s task by its worker, with the attempt and token it
@@ -1123,10 +1121,7 @@ async fn grant_each_follow_up(
     for offer in offers {
         // The lease was the worker's: the core accepted the report with its token.
         let ran_it = plans
-            .plan_of
-            .get(&offer.after)
-            .and_then(|plan| plans.states.get(plan))
-            .and_then(|state| state.task(offer.after))
+            .node(offer.after)
             .is_some_and(|node| node.worker_id.as_ref() == Some(&offer.worker));
         if !ran_it || !is_registered(context, conn, plans, &offer.worker).await? {
             continue;

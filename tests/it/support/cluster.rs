@@ -519,12 +519,16 @@ impl ScriptedWorker {
         outcome: ReportedOutcome,
         logs: Vec<models::wire::LogRecord>,
     ) {
-        let report = self.status(granted, outcome, logs);
+        self.send_status(&self.status(granted, outcome, logs)).await;
+    }
+
+    /// Publishes `report` under its task's key `task.<key>.status`.
+    async fn send_status(&self, report: &TaskStatusReport) {
         self.events
             .publish(
                 EVENTS_EXCHANGE,
-                &topology::task_event_key(granted.task, "status"),
-                &report,
+                &topology::task_event_key(report.task_key, "status"),
+                report,
                 Meta::default(),
             )
             .await
@@ -544,15 +548,7 @@ impl ScriptedWorker {
         report.follow_up = false;
         report.idle_slots = 0;
         report.started_next = Some(next);
-        self.events
-            .publish(
-                EVENTS_EXCHANGE,
-                &topology::task_event_key(granted.task, "status"),
-                &report,
-                Meta::default(),
-            )
-            .await
-            .unwrap();
+        self.send_status(&report).await;
     }
 
     /// Reports the end of every one of `granted` as DONE, in one `task.status_batch`.
