@@ -722,6 +722,78 @@ async fn a_chain_granted_again_elsewhere_runs_ahead_there_and_the_late_worker_is
     assert_eq!(cluster.metrics.direct_grants().started_ahead, 1);
 }
 
+/// A dispatcher that takes over knows nothing of what its predecessor granted ahead: the
+/// worker's report saying it started a link ahead gets that attempt aborted, and the link goes
+/// through its queue and is done once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_link_started_ahead_of_a_dispatcher_that_died_is_aborted_and_queued() {
+    let mut cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
+    cluster.seed(&[function(1, no_retry())]).await;
+    let client = cluster.client("producer").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+    let chain = plan(
+        146,
+        vec![task(1, 1, &[]), task(2, 1, &[1]), task(3, 1, &[2])],
+    );
+    submit(&cluster, &rpc, &chain).await;
+    let mut worker = ScriptedWorker::new(&cluster, "worker-1").await;
+    let mut control = worker.offer_follow_ups::<Control>().await;
+    worker
+        .work_one(WAIT, &Script::Succeed)
+        .await
+        .expect("task 1 is granted from its queue");
+    let second = next_assigned(&mut control).await;
+    let third = next_assigned(&mut control).await;
+    assert!(!second.speculative && third.speculative);
+
+    cluster.kill_dispatcher().await;
+    cluster.start_dispatcher();
+    worker
+        .report_done_started(&Granted::assigned(&second), third.grant.task_key)
+        .await;
+    match next_control(&mut control).await {
+        Control::Order(models::wire::ControlOrder::Abort { task_key, reason }) => {
+            assert_eq!(task_key, third.grant.task_key);
+            assert!(reason.contains("not granted ahead"), "{reason}");
+        }
+        other => panic!("an abort of task 3 expected, got {other:?}"),
+    }
+    let retaken = worker
+        .work_one(WAIT, &Script::Succeed)
+        .await
+        .expect("task 3 is granted from its queue");
+    assert_eq!(retaken.task, TaskKey(key(3)));
+    assert_ne!(retaken.token, third.grant.lease_token);
+    // The aborted attempt's report is refused: another attempt holds the task.
+    worker
+        .report(&Granted::assigned(&third), ReportedOutcome::Canceled)
+        .await;
+    worker.applied().await;
+    let done = cluster
+        .wait_for_plan(chain.key, WAIT, "DONE", |plan| plan.status.is_terminal())
+        .await;
+    assert_eq!(
+        (done.status, done.counters.done_count),
+        (PlanStatus::Done, 3)
+    );
+    let mut conn = cluster.db.connect().await;
+    for task in cluster.tasks(chain.key).await {
+        let history = tasks::list_state_changes(&mut conn, task.key)
+            .await
+            .unwrap();
+        assert_eq!(
+            history
+                .iter()
+                .filter(|change| change.status == TaskStatus::Done)
+                .count(),
+            1,
+            "{:?} is done once",
+            task.name
+        );
+        assert_eq!(task.attempt_count, 1, "{:?} ran once", task.name);
+    }
+}
+
 /// The next task assigned on a worker's control queue, acked; an order fails the test.
 async fn next_assigned(control: &mut broker::Consumer<Control>) -> TaskAssigned {
     match next_control(control).await {
