@@ -393,6 +393,10 @@ pub enum ClaimReply {
         grant: Grant,
         /// What to run.
         assignment: Box<Assignment>,
+        /// The next links of the task's chain, granted ahead (`TaskAssigned::speculative`),
+        /// each after the one before it, the first after this task.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ahead: Vec<TaskAssigned>,
     },
     /// The worker drops the task message: a duplicate, a canceled task or a stale delivery.
     Refused {

@@ -572,6 +572,61 @@ async fn the_links_of_a_chain_granted_ahead_start_as_the_link_before_ends() {
     );
 }
 
+/// A claim of a chain's link is answered with the next links granted ahead, which the worker
+/// starts one after the other without a claim or a follow-up.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claimed_link_comes_with_the_next_links_granted_ahead() {
+    let cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
+    cluster.seed(&[function(1, no_retry())]).await;
+    let client = cluster.client("producer").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+    let chain = plan(
+        147,
+        vec![task(1, 1, &[]), task(2, 1, &[1]), task(3, 1, &[2])],
+    );
+    submit(&cluster, &rpc, &chain).await;
+    let mut worker = ScriptedWorker::new(&cluster, "worker-1").await;
+    let task = worker.take_ready(WAIT).await;
+    let reply = worker.claim(task).await;
+    let first = Granted::of(&reply).expect("task 1 is granted");
+    let ClaimReply::Granted { ahead, .. } = reply else {
+        unreachable!("granted above")
+    };
+    let links: Vec<(Option<TaskKey>, TaskKey, bool)> = ahead
+        .iter()
+        .map(|assigned| {
+            (
+                assigned.after,
+                assigned.grant.task_key,
+                assigned.speculative,
+            )
+        })
+        .collect();
+    assert_eq!(
+        links,
+        [
+            (Some(TaskKey(key(1))), TaskKey(key(2)), true),
+            (Some(TaskKey(key(2))), TaskKey(key(3)), true),
+        ]
+    );
+    worker.report_done_started(&first, TaskKey(key(2))).await;
+    worker
+        .report_done_started(&Granted::assigned(&ahead[0]), TaskKey(key(3)))
+        .await;
+    worker
+        .report(&Granted::assigned(&ahead[1]), ReportedOutcome::Done)
+        .await;
+    let done = cluster
+        .wait_for_plan(chain.key, WAIT, "DONE", |plan| plan.status.is_terminal())
+        .await;
+    assert_eq!(
+        (done.status, done.counters.done_count),
+        (PlanStatus::Done, 3)
+    );
+    let grants = cluster.metrics.direct_grants();
+    assert_eq!((grants.follow_ups, grants.started_ahead), (0, 2));
+}
+
 /// A task a worker started ahead is aborted when it cannot be granted: here its parent's DONE
 /// report registers no model, so the dispatcher fails the parent, and the plan with it.
 #[tokio::test(flavor = "multi_thread")]

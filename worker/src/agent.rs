@@ -1096,8 +1096,16 @@ async fn take(
             tracing::debug!(task.key = %task, "claim of task {task} refused: {reason}");
             drop(slot);
         }
-        ClaimReply::Granted { grant, assignment } => {
+        ClaimReply::Granted {
+            grant,
+            assignment,
+            ahead,
+        } => {
             start_attempt(shared, grant, Arc::from(assignment), slot);
+            // Running now: what comes after it is kept.
+            for assigned in &ahead {
+                hold_ahead(shared, assigned);
+            }
         }
     }
     // From here on PostgreSQL, not the broker, owns the task.

@@ -875,10 +875,10 @@ fn grant_ahead(
 
 /// Grants `worker`, which runs `head`, the next links of `head`'s chain ahead, up to the
 /// configured `run_ahead` beyond it: each the one child of the link before that would be ready
-/// once that link is DONE (its other parents DONE already), that the worker can run, sent as a
-/// speculative `task.assigned` whose inputs from the link before the worker fills in. Nothing
-/// is stored: the grant is made when the report of the link before says the worker started it
-/// (`settle_ahead`).
+/// once that link is DONE (its other parents DONE already), that the worker can run, to send
+/// as a speculative `task.assigned` whose inputs from the link before the worker fills in; the
+/// new ones are returned, in chain order. Nothing is stored: the grant is made when the report
+/// of the link before says the worker started it (`settle_ahead`).
 async fn grant_chain_ahead(
     context: &Context,
     conn: &mut AsyncPgConnection,
@@ -887,12 +887,17 @@ async fn grant_chain_ahead(
     (worker, head): (&WorkerId, TaskKey),
     pending: &assignment::Pending,
     now: Timestamp,
-) -> Result<(), StoreError> {
-    if !runs(plans, head, worker) || !is_registered(context, conn, plans, worker).await? {
-        return Ok(());
+) -> Result<Vec<TaskAssigned>, StoreError> {
+    let mut granted = Vec::new();
+    if context.config.run_ahead == 0
+        || !context.config.follow_ups
+        || !runs(plans, head, worker)
+        || !is_registered(context, conn, plans, worker).await?
+    {
+        return Ok(granted);
     }
     let Some(properties) = plans.registered.get(worker).cloned() else {
-        return Ok(());
+        return Ok(granted);
     };
     let mut after = head;
     let mut chain = HashSet::from([head]);
@@ -958,15 +963,12 @@ async fn grant_chain_ahead(
             lease_token: token,
             lease_expires_at: now + context.config.lease_duration,
         };
-        work.assigned.push((
-            worker.clone(),
-            TaskAssigned {
-                after: Some(after),
-                speculative: true,
-                grant,
-                assignment: Box::new(assignment),
-            },
-        ));
+        granted.push(TaskAssigned {
+            after: Some(after),
+            speculative: true,
+            grant,
+            assignment: Box::new(assignment),
+        });
         plans.ahead.insert(
             after,
             Ahead {
@@ -980,7 +982,7 @@ async fn grant_chain_ahead(
         chain.insert(next);
         after = next;
     }
-    Ok(())
+    Ok(granted)
 }
 
 /// Records that `worker` is idle with `slots` free slots (0: not idle) for eager starts, if
@@ -1086,7 +1088,7 @@ async fn grant_follow_ups(
     };
     let offers = std::mem::take(&mut work.follow_ups);
     let mut granted = grant_each_follow_up(context, conn, plans, work, offers, &pending, now).await;
-    if granted.is_ok() && context.config.follow_ups && context.config.run_ahead > 0 {
+    if granted.is_ok() {
         // The chains whose next link was granted in this batch, one way or the other.
         let mut heads: Vec<(WorkerId, TaskKey)> = work.started_ahead.clone();
         heads.extend(
@@ -1096,10 +1098,16 @@ async fn grant_follow_ups(
                 .map(|(worker, assigned)| (worker.clone(), assigned.grant.task_key)),
         );
         for (worker, head) in heads {
-            granted =
-                grant_chain_ahead(context, conn, plans, work, (&worker, head), &pending, now).await;
-            if granted.is_err() {
-                break;
+            match grant_chain_ahead(context, conn, plans, work, (&worker, head), &pending, now)
+                .await
+            {
+                Ok(ahead) => work
+                    .assigned
+                    .extend(ahead.into_iter().map(|assigned| (worker.clone(), assigned))),
+                Err(error) => {
+                    granted = Err(error);
+                    break;
+                }
             }
         }
     }
@@ -1150,7 +1158,9 @@ async fn grant_each_follow_up(
                 worker_id: offer.worker.clone(),
             };
             match claim(context, conn, plans, work, &request, plan, pending, now).await? {
-                ClaimReply::Granted { grant, assignment } => {
+                ClaimReply::Granted {
+                    grant, assignment, ..
+                } => {
                     work.assigned.push((
                         offer.worker.clone(),
                         TaskAssigned {
@@ -1203,7 +1213,12 @@ async fn claim_task(
         }),
         Some(plan) => {
             let nothing = assignment::Pending::default();
-            claim(context, conn, plans, work, request, plan, &nothing, now).await
+            let mut reply = claim(context, conn, plans, work, request, plan, &nothing, now).await?;
+            if let ClaimReply::Granted { grant, ahead, .. } = &mut reply {
+                let head = (&request.worker_id, grant.task_key);
+                *ahead = grant_chain_ahead(context, conn, plans, work, head, &nothing, now).await?;
+            }
+            Ok(reply)
         }
     }
 }
@@ -1267,6 +1282,7 @@ async fn claim(
             ClaimReply::Granted {
                 grant,
                 assignment: Box::new(assignment),
+                ahead: Vec::new(),
             }
         }
         (ClaimDecision::Granted(grant), prepared) => {

@@ -346,7 +346,9 @@ impl Granted {
     /// The grant in a claim reply, if it is one.
     pub(crate) fn of(reply: &ClaimReply) -> Option<Granted> {
         match reply {
-            ClaimReply::Granted { grant, assignment } => Some(Granted {
+            ClaimReply::Granted {
+                grant, assignment, ..
+            } => Some(Granted {
                 task: grant.task_key,
                 attempt: grant.attempt,
                 token: grant.lease_token,
