@@ -889,8 +889,21 @@ async fn grant_chain_ahead(
     now: Timestamp,
 ) -> Result<Vec<TaskAssigned>, StoreError> {
     let mut granted = Vec::new();
+    // Most tasks granted head no chain (no child, or one waiting for other parents): nothing
+    // to look up for them.
+    let chained = plans
+        .plan_of
+        .get(&head)
+        .and_then(|plan| plans.states.get(plan))
+        .is_some_and(|state| {
+            plans.ahead.contains_key(&head)
+                || !state
+                    .children_ready_after(head, &HashSet::from([head]))
+                    .is_empty()
+        });
     if context.config.run_ahead == 0
         || !context.config.follow_ups
+        || !chained
         || !runs(plans, head, worker)
         || !is_registered(context, conn, plans, worker).await?
     {
