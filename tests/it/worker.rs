@@ -827,6 +827,59 @@ async fn a_chain_runs_ahead_each_link_on_the_model_of_the_one_before() {
     running.await.unwrap().unwrap();
 }
 
+/// A worker of one slot, idle, has that slot held by its queue's consumer waiting for a
+/// delivery; a task the dispatcher assigns it without a claim (here at its plan's submission,
+/// the worker's DONE report having said it was idle) gets the slot from the consumer and runs,
+/// instead of being handed back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_waiting_for_a_delivery_yields_its_slot_to_an_assigned_task() {
+    let mut add = function(
+        671,
+        "add",
+        &[],
+        Vec::new(),
+        vec![output("sum", OutputKind::Performance)],
+    );
+    add.steps.clear();
+    let setup = Setup::new(chrono::Duration::seconds(10), &[add]).await;
+    let store = LocalStore::new(setup.artifacts()).unwrap();
+    let mut config = setup.config("w1");
+    config.executor_limit = 1;
+    let worker = Worker::builder(config, Arc::new(store))
+        .handler(
+            "add",
+            |ctx| async move { ctx.set_performance("sum", 1.0).await },
+        )
+        .build();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.run(stop.clone()));
+    for (n, plan_n) in [(1, 670), (2, 672), (3, 673)] {
+        setup
+            .submit(&plan(
+                plan_n,
+                vec![task(n, 671, &[], &["sum"], serde_json::json!({}))],
+            ))
+            .await;
+        let done = setup
+            .wait_for_task(n, "DONE", |t| t.status.is_terminal())
+            .await;
+        assert_eq!(
+            (done.status, done.attempt_count),
+            (TaskStatus::Done, 1),
+            "t{n}: {:?}",
+            done.error_message
+        );
+    }
+    let grants = setup.cluster.metrics.direct_grants();
+    assert_eq!(
+        (grants.eager_starts, grants.hand_backs),
+        (2, 0),
+        "{grants:?}"
+    );
+    stop.cancel();
+    running.await.unwrap().unwrap();
+}
+
 /// An in-process handler of a task without files runs without a workspace until it asks for
 /// its scratch directory: a handler that never asks makes no directory at all, and one that
 /// asks gets a directory of its own, gone once the attempt is over.

@@ -250,6 +250,11 @@ struct Shared {
     ahead: Mutex<HashMap<TaskKey, TaskAssigned>>,
     /// Told whenever a slot is released.
     slot_freed: Arc<Notify>,
+    /// Tasks assigned without a claim that found no free slot, waiting for one that a queue's
+    /// consumer holds while it waits for a delivery (see [`Shared::give_idle_slot`]).
+    slot_requests: Mutex<std::collections::VecDeque<tokio::sync::oneshot::Sender<Slot>>>,
+    /// Told when a slot is requested.
+    slot_wanted: Notify,
     consumed: Mutex<HashSet<String>>,
     /// Cancelled when the worker stops taking work.
     taking: CancellationToken,
@@ -319,6 +324,8 @@ impl Worker {
             early_orders: Mutex::default(),
             ahead: Mutex::default(),
             slot_freed: Arc::new(Notify::new()),
+            slot_requests: Mutex::default(),
+            slot_wanted: Notify::new(),
             consumed: Mutex::default(),
             taking: CancellationToken::new(),
             lease: Mutex::new(Duration::from_secs(30)),
@@ -812,6 +819,37 @@ impl Shared {
         }
     }
 
+    /// Gives `slot`, which a queue's consumer holds while it waits for a delivery, to a task
+    /// assigned without a claim that found no free slot; gives it back if none is waiting. A
+    /// worker consuming several queues can have all its free slots so held while it is idle.
+    fn give_idle_slot(&self, slot: Slot) -> Option<Slot> {
+        let mut requests = lock(&self.slot_requests);
+        let mut slot = slot;
+        while let Some(request) = requests.pop_front() {
+            match request.send(slot) {
+                Ok(()) => return None,
+                // Its wait ended: handed back already.
+                Err(back) => slot = back,
+            }
+        }
+        Some(slot)
+    }
+
+    /// A slot for a task assigned without a claim: a free one, or one a queue's consumer
+    /// yields, waiting at most `within`; none if the worker stops taking work.
+    async fn slot_for_assigned(&self, within: Duration) -> Option<Slot> {
+        if self.taking.is_cancelled() {
+            return None;
+        }
+        if let Some(slot) = self.try_slot() {
+            return Some(slot);
+        }
+        let (request, given) = tokio::sync::oneshot::channel();
+        lock(&self.slot_requests).push_back(request);
+        self.slot_wanted.notify_waiters();
+        tokio::time::timeout(within, given).await.ok()?.ok()
+    }
+
     /// How many slots are free.
     fn free_slots(&self) -> usize {
         self.slots.available_permits()
@@ -993,11 +1031,17 @@ async fn round(
     let longest = tokio::time::Instant::now() + ROUND_LONGEST;
     loop {
         let freed = shared.slot_freed.notified();
+        let wanted = shared.slot_wanted.notified();
         if slot.is_none() {
             slot = shared.try_slot();
         }
+        // A task assigned without a claim goes first: the next delivery waits for a slot.
+        if let Some(idle) = slot.take() {
+            slot = shared.give_idle_slot(idle);
+        }
         tokio::select! {
             () = shared.taking.cancelled() => return (Round::Stopped, taken),
+            () = wanted => {}
             next = consumer.next() => match next {
                 None => return (Round::Canceled, taken),
                 Some(Err(error)) => {
@@ -1160,30 +1204,55 @@ fn spawn_attempt(
 }
 
 /// Runs a task the dispatcher assigned without a claim (a follow-up of a task this worker
-/// ran, or a task of a plan submitted while it was idle) if a slot is free now; otherwise hands it back at once, re-queued for any worker
-/// without counting an attempt.
+/// ran, or a task of a plan submitted while it was idle) in a free slot, or one a queue's
+/// consumer yields; otherwise hands it back, re-queued for any worker without counting an
+/// attempt.
 fn run_assigned(shared: &Arc<Shared>, assigned: &TaskAssigned) {
-    let task = assigned.grant.task_key;
-    let slot = if shared.taking.is_cancelled() {
-        None
-    } else {
-        shared.try_slot()
-    };
-    if let Some(slot) = slot {
-        match assigned.after {
-            Some(after) => {
-                tracing::debug!(task.key = %task, "task {task} assigned after task {after}")
-            }
-            None => tracing::debug!(task.key = %task, "task {task} assigned at its submission"),
-        }
-        start_attempt(
-            shared,
-            assigned.grant.clone(),
-            Arc::from(assigned.assignment.clone()),
-            slot,
-        );
+    if let Some(slot) = (!shared.taking.is_cancelled())
+        .then(|| shared.try_slot())
+        .flatten()
+    {
+        start_assigned(shared, assigned, slot);
         return;
     }
+    // A queue's consumer may hold a free slot while it waits for a delivery: it yields it.
+    // Tracked with the attempts, so a stopping worker waits for the start or the hand-back.
+    let tracker = shared.attempts.clone();
+    let shared = shared.clone();
+    let assigned = assigned.clone();
+    tracker.spawn(async move {
+        match shared.slot_for_assigned(SLOT_REQUEST_WAIT).await {
+            Some(slot) => start_assigned(&shared, &assigned, slot),
+            None => hand_back(&shared, &assigned).await,
+        }
+    });
+}
+
+/// How long a task assigned without a claim waits for a queue's consumer to yield it a slot
+/// before it is handed back: a consumer holding one yields it at once.
+const SLOT_REQUEST_WAIT: Duration = Duration::from_millis(50);
+
+/// Runs `assigned` in `slot`.
+fn start_assigned(shared: &Arc<Shared>, assigned: &TaskAssigned, slot: Slot) {
+    let task = assigned.grant.task_key;
+    match assigned.after {
+        Some(after) => {
+            tracing::debug!(task.key = %task, "task {task} assigned after task {after}")
+        }
+        None => tracing::debug!(task.key = %task, "task {task} assigned at its submission"),
+    }
+    start_attempt(
+        shared,
+        assigned.grant.clone(),
+        Arc::from(assigned.assignment.clone()),
+        slot,
+    );
+}
+
+/// Hands `assigned` back at once, re-queued for any worker without counting an attempt: no
+/// slot was free for it.
+async fn hand_back(shared: &Arc<Shared>, assigned: &TaskAssigned) {
+    let task = assigned.grant.task_key;
     tracing::debug!(task.key = %task, "task {task} assigned without a free slot: handing it back");
     let report = TaskStatusReport {
         task_key: task,
@@ -1203,14 +1272,9 @@ fn run_assigned(shared: &Arc<Shared>, assigned: &TaskAssigned) {
         idle_slots: 0,
         started_next: None,
     };
-    // Tracked with the attempts, so a stopping worker waits for the hand-back to be sent.
-    let tracker = shared.attempts.clone();
-    let shared = shared.clone();
-    tracker.spawn(async move {
-        if !shared.reports.send(report).await {
-            tracing::warn!(task.key = %task, "task {task}: the worker stopped before handing it back");
-        }
-    });
+    if !shared.reports.send(report).await {
+        tracing::warn!(task.key = %task, "task {task}: the worker stopped before handing it back");
+    }
 }
 
 /// The stop orders of one attempt: the sender shared with the running registry.
