@@ -467,29 +467,11 @@ async fn a_follow_up_goes_to_the_reporting_worker_without_a_claim() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_links_of_a_chain_granted_ahead_start_as_the_link_before_ends() {
     let cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
-    cluster.seed(&[function(1, no_retry())]).await;
-    let client = cluster.client("producer").await;
-    let rpc = RpcClient::new(&client).await.unwrap();
-    let chain = plan(
-        143,
-        vec![
-            task(1, 1, &[]),
-            task(2, 1, &[1]),
-            task(3, 1, &[2]),
-            task(4, 1, &[3]),
-        ],
-    );
-    submit(&cluster, &rpc, &chain).await;
-    let mut worker = ScriptedWorker::new(&cluster, "worker-1").await;
-    let mut control = worker.offer_follow_ups::<Control>().await;
-    let first = worker
-        .work_one(WAIT, &Script::Succeed)
-        .await
-        .expect("task 1 is granted from its queue");
+    let (chain, worker, mut control) = chain_run_ahead(&cluster, 143, 4).await;
     let second = next_assigned(&mut control).await;
     assert_eq!(
         (second.after, second.speculative, second.grant.task_key),
-        (Some(first.task), false, TaskKey(key(2)))
+        (Some(TaskKey(key(1))), false, TaskKey(key(2)))
     );
     let third = next_assigned(&mut control).await;
     let fourth = next_assigned(&mut control).await;
@@ -632,20 +614,7 @@ async fn a_claimed_link_comes_with_the_next_links_granted_ahead() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_started_ahead_whose_parent_did_not_end_done_is_aborted() {
     let cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
-    cluster.seed(&[function(1, no_retry())]).await;
-    let client = cluster.client("producer").await;
-    let rpc = RpcClient::new(&client).await.unwrap();
-    let chain = plan(
-        144,
-        vec![task(1, 1, &[]), task(2, 1, &[1]), task(3, 1, &[2])],
-    );
-    submit(&cluster, &rpc, &chain).await;
-    let mut worker = ScriptedWorker::new(&cluster, "worker-1").await;
-    let mut control = worker.offer_follow_ups::<Control>().await;
-    worker
-        .work_one(WAIT, &Script::Succeed)
-        .await
-        .expect("task 1 is granted from its queue");
+    let (chain, worker, mut control) = chain_run_ahead(&cluster, 144, 3).await;
     let second = next_assigned(&mut control).await;
     let third = next_assigned(&mut control).await;
     assert!(!second.speculative && third.speculative);
@@ -783,20 +752,7 @@ async fn a_chain_granted_again_elsewhere_runs_ahead_there_and_the_late_worker_is
 #[tokio::test(flavor = "multi_thread")]
 async fn a_link_started_ahead_of_a_dispatcher_that_died_is_aborted_and_queued() {
     let mut cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
-    cluster.seed(&[function(1, no_retry())]).await;
-    let client = cluster.client("producer").await;
-    let rpc = RpcClient::new(&client).await.unwrap();
-    let chain = plan(
-        146,
-        vec![task(1, 1, &[]), task(2, 1, &[1]), task(3, 1, &[2])],
-    );
-    submit(&cluster, &rpc, &chain).await;
-    let mut worker = ScriptedWorker::new(&cluster, "worker-1").await;
-    let mut control = worker.offer_follow_ups::<Control>().await;
-    worker
-        .work_one(WAIT, &Script::Succeed)
-        .await
-        .expect("task 1 is granted from its queue");
+    let (chain, mut worker, mut control) = chain_run_ahead(&cluster, 146, 3).await;
     let second = next_assigned(&mut control).await;
     let third = next_assigned(&mut control).await;
     assert!(!second.speculative && third.speculative);
@@ -847,6 +803,34 @@ async fn a_link_started_ahead_of_a_dispatcher_that_died_is_aborted_and_queued() 
         );
         assert_eq!(task.attempt_count, 1, "{:?} ran once", task.name);
     }
+}
+
+/// A chain of `links` tasks (plan `n`) whose first task a worker offering follow-ups took from
+/// its queue and ran; with the worker's control queue, where the rest of the chain comes.
+async fn chain_run_ahead(
+    cluster: &TestCluster,
+    n: u128,
+    links: u128,
+) -> (PlanSubmission, ScriptedWorker, broker::Consumer<Control>) {
+    cluster.seed(&[function(1, no_retry())]).await;
+    let client = cluster.client("producer").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+    let tasks = (1..=links)
+        .map(|link| {
+            let parents: &[u128] = if link == 1 { &[] } else { &[link - 1] };
+            task(link, 1, parents)
+        })
+        .collect();
+    let chain = plan(n, tasks);
+    submit(cluster, &rpc, &chain).await;
+    let mut worker = ScriptedWorker::new(cluster, "worker-1").await;
+    let control = worker.offer_follow_ups::<Control>().await;
+    let first = worker
+        .work_one(WAIT, &Script::Succeed)
+        .await
+        .expect("task 1 is granted from its queue");
+    assert_eq!(first.task, TaskKey(key(1)));
+    (chain, worker, control)
 }
 
 /// The next task assigned on a worker's control queue, acked; an order fails the test.

@@ -802,7 +802,7 @@ fn settle_ahead(
         return;
     };
     let granted = match reserved {
-        Some(reserved) if done && reserved.task == next && reserved.worker == report.worker_id => {
+        Some(reserved) if done && reserved.task == next => {
             grant_ahead(context, plans, work, &reserved, now)
         }
         Some(reserved) => {
@@ -849,9 +849,7 @@ fn grant_ahead(
     now: Timestamp,
 ) -> Result<(), String> {
     let attempt_now = plans
-        .states
-        .get(&reserved.plan)
-        .and_then(|state| state.task(reserved.task))
+        .node(reserved.task)
         .and_then(|node| node.attempt_count.checked_add(1));
     if attempt_now != Some(reserved.attempt.0) {
         return Err(format!(
