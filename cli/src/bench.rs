@@ -119,6 +119,7 @@ fn message(n: u32) -> TaskReady {
         compute_plan_key: PlanKey(uuid::Uuid::from_u128(1)),
         function_key: FunctionKey(uuid::Uuid::from_u128(2)),
         requirements: RequirementSet::any(),
+        attempt: None,
     }
 }
 

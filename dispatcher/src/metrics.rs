@@ -31,6 +31,7 @@ pub struct DispatcherMetrics {
     event_batch_size: Histogram,
     follow_ups: Counter,
     started_ahead: Counter,
+    refills: Counter,
     eager_starts: Counter,
     hand_backs: Counter,
     batch_retries: Counter,
@@ -45,6 +46,9 @@ pub struct DirectGrants {
     /// Tasks a worker started as soon as their parent ended DONE on it, granted ahead
     /// (`TaskAssigned::speculative`) and confirmed with the parent's report.
     pub started_ahead: u64,
+    /// Tasks waiting in their queue granted in the slot a worker's DONE report kept for one
+    /// (`TaskStatusReport::awaits_work`).
+    pub refills: u64,
     /// Tasks granted at their plan's submission to an idle worker.
     pub eager_starts: u64,
     /// Attempts a worker handed back (`CANCELED_BY_WORKER`): no free slot for an assignment,
@@ -66,6 +70,7 @@ impl DispatcherMetrics {
             event_batch_size: Histogram::new(event_batch_buckets()),
             follow_ups: Counter::default(),
             started_ahead: Counter::default(),
+            refills: Counter::default(),
             eager_starts: Counter::default(),
             hand_backs: Counter::default(),
             batch_retries: Counter::default(),
@@ -81,6 +86,11 @@ impl DispatcherMetrics {
     /// Counts `tasks` started ahead and confirmed.
     pub fn count_started_ahead(&self, tasks: usize) {
         self.started_ahead.inc_by(tasks as u64);
+    }
+
+    /// Counts `tasks` granted in slots kept by reports.
+    pub fn count_refills(&self, tasks: usize) {
+        self.refills.inc_by(tasks as u64);
     }
 
     /// Counts `tasks` started at their plan's submission.
@@ -118,6 +128,7 @@ impl DispatcherMetrics {
         DirectGrants {
             follow_ups: self.follow_ups.get(),
             started_ahead: self.started_ahead.get(),
+            refills: self.refills.get(),
             eager_starts: self.eager_starts.get(),
             hand_backs: self.hand_backs.get(),
         }
@@ -135,8 +146,8 @@ impl DispatcherMetrics {
     }
 
     /// Registers the histograms and counters in `registry` (as `claim_latency_seconds`,
-    /// `event_batch_size`, `follow_ups_total`, `started_ahead_total`, `eager_starts_total`,
-    /// `hand_backs_total`,
+    /// `event_batch_size`, `follow_ups_total`, `started_ahead_total`, `refills_total`,
+    /// `eager_starts_total`, `hand_backs_total`,
     /// `event_batch_retries_total` and `event_applier_leading`,
     /// under the registry's prefix); they keep being recorded into.
     pub fn register(&self, registry: &mut Registry) {
@@ -161,6 +172,12 @@ impl DispatcherMetrics {
             "Tasks a worker started as soon as their parent ended DONE on it, granted ahead and \
              confirmed with the parent's report",
             self.started_ahead.clone(),
+        );
+        registry.register(
+            "refills",
+            "Tasks waiting in their queue granted without a claim in the slot a worker's DONE \
+             report kept for one",
+            self.refills.clone(),
         );
         registry.register(
             "eager_starts",

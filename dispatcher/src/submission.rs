@@ -211,6 +211,7 @@ pub fn task_ready_payload(task: &Task) -> Result<serde_json::Value, StoreError> 
         compute_plan_key: task.compute_plan_key,
         function_key: task.function_key,
         requirements: task.requirements.clone(),
+        attempt: task.attempt_count.checked_add(1).map(models::Attempt),
     };
     serde_json::to_value(&message).map_err(|error| StoreError::Encode {
         what: "task.ready message",

@@ -153,6 +153,12 @@ pub struct TaskReady {
     pub function_key: FunctionKey,
     /// The properties a worker needs to run it.
     pub requirements: RequirementSet,
+    /// The attempt this message offers: the task's attempts granted before it was published,
+    /// plus one. A worker the dispatcher gave this attempt of the task, or a later one, in a
+    /// report's slot (`TaskAssigned::after`) acks the message without claiming it: its claim
+    /// would be refused. Absent from older dispatchers' messages, which are always claimed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<Attempt>,
 }
 
 impl WireMessage for TaskReady {
@@ -437,7 +443,8 @@ impl ClaimReply {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct TaskAssigned {
     /// The task whose report made this one ready (for a speculative assignment: will make it
-    /// ready); none for a task started at its plan's submission.
+    /// ready), or whose report's kept slot it fills (`TaskStatusReport::awaits_work`; a task
+    /// taken from its queue for it); none for a task started at its plan's submission.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<TaskKey>,
     /// Granted before `after` ended, to start only after it ends DONE on this worker.
@@ -515,6 +522,14 @@ pub struct TaskStatusReport {
     /// that the worker started in its slot when it ended, for the dispatcher to grant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_next: Option<TaskKey>,
+    /// With `follow_up`: the worker keeps this attempt's slot for the dispatcher's answer,
+    /// taking no queued task into it meanwhile. The dispatcher answers with a task granted in
+    /// that slot (`task.assigned` whose `after` is this task: a child the report made ready,
+    /// or else the oldest task waiting in a queue the worker consumes), or with a
+    /// `released` order naming this task when it has none; the worker frees the slot by
+    /// itself if no answer comes within a few seconds.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub awaits_work: bool,
 }
 
 /// Whether `value` is 0 (a field left out of a message when it is).
@@ -778,6 +793,12 @@ pub enum ControlOrder {
     Disconnect {
         /// The worker.
         worker_id: WorkerId,
+    },
+    /// Nothing was granted in the slots the worker kept for these reported tasks
+    /// (`TaskStatusReport::awaits_work`): it frees them for its queues' deliveries.
+    Released {
+        /// The reported tasks whose slots are free.
+        task_keys: Vec<TaskKey>,
     },
 }
 

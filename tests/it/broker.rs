@@ -21,6 +21,7 @@ fn ready(n: u128) -> TaskReady {
         compute_plan_key: PlanKey(uuid::Uuid::from_u128(1)),
         function_key: FunctionKey(uuid::Uuid::from_u128(2)),
         requirements: RequirementSet::any(),
+        attempt: None,
     }
 }
 

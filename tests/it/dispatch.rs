@@ -454,6 +454,7 @@ async fn a_follow_up_goes_to_the_reporting_worker_without_a_claim() {
         dispatcher::metrics::DirectGrants {
             follow_ups: 3,
             started_ahead: 0,
+            refills: 0,
             eager_starts: 0,
             hand_backs: 1,
         }
@@ -1339,6 +1340,7 @@ async fn claim_and_status_batches_are_answered_and_applied_task_by_task() {
         follow_up: false,
         idle_slots: 0,
         started_next: None,
+        awaits_work: false,
     };
     let first = Granted::of(&reply.replies[0]).unwrap();
     let second = Granted::of(&reply.replies[1]).unwrap();

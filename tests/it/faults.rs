@@ -51,6 +51,7 @@ async fn fault_a_blocked_connection_times_out_its_confirms_and_says_so() {
         compute_plan_key: PlanKey(uuid::Uuid::from_u128(2)),
         function_key: FunctionKey(uuid::Uuid::from_u128(3)),
         requirements: RequirementSet::any(),
+        attempt: None,
     };
     publisher
         .publish(TASKS_EXCHANGE, "any", &message, Meta::default())

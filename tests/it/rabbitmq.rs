@@ -33,6 +33,7 @@ fn message() -> TaskReady {
         compute_plan_key: PlanKey(uuid::Uuid::new_v4()),
         function_key: FunctionKey(uuid::Uuid::new_v4()),
         requirements: RequirementSet::any(),
+        attempt: None,
     }
 }
 

@@ -255,6 +255,15 @@ struct Shared {
     slot_requests: Mutex<std::collections::VecDeque<tokio::sync::oneshot::Sender<Slot>>>,
     /// Told when a slot is requested.
     slot_wanted: Notify,
+    /// The slots of attempts that ended DONE, kept for the dispatcher's answer to their
+    /// report (`TaskStatusReport::awaits_work`), by reported task, each with the number that
+    /// tells its release timer it is still the one it was started for.
+    kept: Mutex<HashMap<TaskKey, (u64, Slot)>>,
+    /// Numbers the kept slots.
+    kept_count: std::sync::atomic::AtomicU64,
+    /// The tasks granted here without a claim, with their attempt: a queue's message offering
+    /// one of these attempts (or an earlier one) is acked without a claim.
+    given: Mutex<GivenTasks>,
     consumed: Mutex<HashSet<String>>,
     /// Cancelled when the worker stops taking work.
     taking: CancellationToken,
@@ -325,6 +334,9 @@ impl Worker {
             ahead: Mutex::default(),
             slot_freed: Arc::new(Notify::new()),
             slot_requests: Mutex::default(),
+            kept: Mutex::default(),
+            kept_count: std::sync::atomic::AtomicU64::new(0),
+            given: Mutex::default(),
             slot_wanted: Notify::new(),
             consumed: Mutex::default(),
             taking: CancellationToken::new(),
@@ -548,7 +560,23 @@ fn obey(shared: &Arc<Shared>, delivery: &Delivery<Control>) -> bool {
         Control::Assigned(assigned) => {
             // Granted afresh: what was granted ahead of an earlier attempt of it is void.
             drop_ahead(shared, assigned.grant.task_key);
-            run_assigned(shared, assigned);
+            lock(&shared.given).insert(assigned.grant.task_key, assigned.grant.attempt);
+            // Granted in the slot kept for the report of `after`, if that slot is still kept.
+            let kept = assigned
+                .after
+                .filter(|_| !shared.taking.is_cancelled())
+                .and_then(|after| take_kept(shared, after));
+            match kept {
+                Some(slot) => start_assigned(shared, assigned, slot),
+                None => run_assigned(shared, assigned),
+            }
+            false
+        }
+        Control::Order(ControlOrder::Released { task_keys }) => {
+            for task in task_keys {
+                // Dropped: the slot is free for the queues' deliveries.
+                take_kept(shared, *task);
+            }
             false
         }
         Control::Order(ControlOrder::Disconnect { worker_id }) => {
@@ -704,6 +732,72 @@ fn fill_parent_outputs(
     }
     assignment.inputs = inputs;
     Ok(assignment)
+}
+
+/// How many tasks granted without a claim a worker remembers ([`GivenTasks`]).
+const GIVEN_REMEMBERED: usize = 4096;
+
+/// The latest tasks granted to this worker without a claim, with their attempt, the oldest
+/// forgotten first: their messages, still in their queues, need no claim. A message offering
+/// a later attempt (the task was re-queued since) is claimed as any other.
+#[derive(Default)]
+struct GivenTasks {
+    attempts: HashMap<TaskKey, models::Attempt>,
+    order: std::collections::VecDeque<TaskKey>,
+}
+
+impl GivenTasks {
+    /// Remembers that `attempt` of `task` was granted here.
+    fn insert(&mut self, task: TaskKey, attempt: models::Attempt) {
+        if self.attempts.insert(task, attempt).is_none() {
+            self.order.push_back(task);
+        }
+        while self.order.len() > GIVEN_REMEMBERED {
+            if let Some(oldest) = self.order.pop_front() {
+                self.attempts.remove(&oldest);
+            }
+        }
+    }
+
+    /// Whether the message `ready` offers an attempt of its task granted here already (so its
+    /// claim would be refused).
+    fn has(&self, ready: &TaskReady) -> bool {
+        ready.attempt.is_some_and(|offered| {
+            self.attempts
+                .get(&ready.task_key)
+                .is_some_and(|given| *given >= offered)
+        })
+    }
+}
+
+/// How long a slot is kept for the dispatcher's answer to a report
+/// (`TaskStatusReport::awaits_work`) before the worker frees it by itself.
+const KEPT_SLOT_WAIT: Duration = Duration::from_secs(2);
+
+/// Keeps `slot`, whose attempt of `task` ended DONE, for the dispatcher's answer to its report:
+/// a task granted in it, or `released`; freed after [`KEPT_SLOT_WAIT`] without one.
+fn keep_slot(shared: &Arc<Shared>, task: TaskKey, slot: Slot) {
+    let number = shared
+        .kept_count
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    lock(&shared.kept).insert(task, (number, slot));
+    let shared = Arc::downgrade(shared);
+    tokio::spawn(async move {
+        tokio::time::sleep(KEPT_SLOT_WAIT).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let mut kept = lock(&shared.kept);
+        if kept.get(&task).is_some_and(|(kept_as, _)| *kept_as == number) {
+            tracing::debug!(task.key = %task, "no answer to the report of task {task}: its slot is free");
+            kept.remove(&task);
+        }
+    });
+}
+
+/// The slot kept for the answer to the report of `task`, if it is still kept.
+fn take_kept(shared: &Shared, task: TaskKey) -> Option<Slot> {
+    lock(&shared.kept).remove(&task).map(|(_, slot)| slot)
 }
 
 /// A task slot, held from the claim of a delivery to the end of its attempt (or build).
@@ -1049,6 +1143,13 @@ async fn round(
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 Some(Ok(delivery)) => {
+                    if given_here(shared, &delivery) {
+                        // Its ack makes room for the next delivery, as a released slot would.
+                        taken += 1;
+                        acks.count_returned();
+                        drop_given(delivery).await;
+                        continue;
+                    }
                     let Some(held) = slot.take() else {
                         return (Round::Overflowed(Box::new(delivery)), taken);
                     };
@@ -1078,6 +1179,11 @@ fn prefetch_count(slots: usize) -> u16 {
 
 /// Claims the work of `delivery` in `slot`, acking it as [`take`] and [`take_build`] say.
 async fn take_work(shared: Arc<Shared>, delivery: Delivery<Work>, slot: Slot, acks: RoundAcks) {
+    if given_here(&shared, &delivery) {
+        drop(slot);
+        drop_given(delivery).await;
+        return;
+    }
     match &delivery.message {
         Work::Task(ready) => {
             let task = ready.task_key;
@@ -1087,6 +1193,24 @@ async fn take_work(shared: Arc<Shared>, delivery: Delivery<Work>, slot: Slot, ac
             let function = ready.function_key;
             take_build(&shared, delivery, function, slot, acks).await;
         }
+    }
+}
+
+/// Whether `delivery` offers a task granted here already without a claim ([`GivenTasks`]).
+fn given_here(shared: &Shared, delivery: &Delivery<Work>) -> bool {
+    match &delivery.message {
+        Work::Task(ready) => lock(&shared.given).has(ready),
+        Work::Build(_) => false,
+    }
+}
+
+/// Acks `delivery`, whose task was granted here already without a claim.
+async fn drop_given(delivery: Delivery<Work>) {
+    if let Work::Task(ready) = &delivery.message {
+        tracing::debug!(task.key = %ready.task_key, "task {} was given here already: its message is dropped", ready.task_key);
+    }
+    if let Err(error) = delivery.ack().await {
+        tracing::debug!("ack of a task given already lost: {error}");
     }
 }
 
@@ -1271,6 +1395,7 @@ async fn hand_back(shared: &Arc<Shared>, assigned: &TaskAssigned) {
         follow_up: false,
         idle_slots: 0,
         started_next: None,
+        awaits_work: false,
     };
     if !shared.reports.send(report).await {
         tracing::warn!(task.key = %task, "task {task}: the worker stopped before handing it back");
@@ -1345,6 +1470,8 @@ async fn attempt(
         outcome == ReportedOutcome::Done && next.is_none() && !shared.taking.is_cancelled();
     // Idle once it is sent if nothing else runs: its slot and the free ones are offered.
     let idle_slots = if follow_up { shared.idle_slots(1) } else { 0 };
+    // The slot waits for the dispatcher's answer: a task to run in it, or `released`.
+    let awaits_work = follow_up;
     let report = TaskStatusReport {
         task_key: task,
         attempt: grant.attempt,
@@ -1358,19 +1485,27 @@ async fn attempt(
         follow_up,
         idle_slots,
         started_next: next.as_ref().map(|(grant, ..)| grant.task_key),
+        awaits_work,
     };
     tracing::info!(task.key = %task, "task {task} ended: {:?}", report.outcome);
     // The workspace is finished while the report is on its way. The slot is free once both
     // are: its next task's claim can travel with the report rather than behind its confirm.
     // The attempt stays tracked until the confirm, so a stopping worker waits for it.
+    // Kept before the report goes, so that no answer can come before it is.
+    let slot = if awaits_work {
+        keep_slot(&shared, task, slot);
+        None
+    } else {
+        Some(slot)
+    };
     let queued = shared.reports.queue(report);
     leftover.finish().await;
-    match next {
-        Some((grant, assignment, stop)) => {
+    match (next, slot) {
+        (Some((grant, assignment, stop)), Some(slot)) => {
             tracing::debug!(task.key = %grant.task_key, "task {} started ahead, after task {task}", grant.task_key);
             spawn_attempt(&shared, grant, Arc::from(assignment), stop, slot.pass_on());
         }
-        None => drop(slot),
+        (_, slot) => drop(slot),
     }
     if !queued.confirmed().await {
         tracing::warn!(task.key = %task, "task {task}: the worker stopped before reporting it");

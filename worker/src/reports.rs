@@ -149,6 +149,7 @@ mod tests {
             follow_up: false,
             idle_slots: 0,
             started_next: None,
+            awaits_work: false,
         }
     }
 

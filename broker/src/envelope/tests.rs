@@ -131,6 +131,7 @@ fn dead_letter_headers_keep_the_original_ones() {
             compute_plan_key: PlanKey(Uuid::from_u128(2)),
             function_key: FunctionKey(Uuid::from_u128(3)),
             requirements: RequirementSet::any(),
+            attempt: None,
         },
         &meta(),
     )

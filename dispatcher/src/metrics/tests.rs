@@ -33,6 +33,7 @@ fn direct_grants_are_counted_and_rendered_as_totals() {
     let metrics = DispatcherMetrics::new();
     metrics.count_follow_ups(1);
     metrics.count_started_ahead(2);
+    metrics.count_refills(4);
     metrics.clone().count_eager_starts(3);
     metrics.count_hand_backs(1);
     metrics.count_hand_backs(1);
@@ -41,6 +42,7 @@ fn direct_grants_are_counted_and_rendered_as_totals() {
         super::DirectGrants {
             follow_ups: 1,
             started_ahead: 2,
+            refills: 4,
             eager_starts: 3,
             hand_backs: 2,
         }
@@ -49,6 +51,7 @@ fn direct_grants_are_counted_and_rendered_as_totals() {
     for line in [
         "baton_follow_ups_total 1",
         "baton_started_ahead_total 2",
+        "baton_refills_total 4",
         "baton_eager_starts_total 3",
         "baton_hand_backs_total 2",
     ] {

@@ -22,6 +22,7 @@ use broker::consumer::MessageSet;
 use broker::envelope::{DecodeError, Envelope};
 use broker::topology::{self, CONTROL_EXCHANGE, DISPATCHER_QUEUE};
 use broker::{Consumer, Delivery, Meta, Publisher};
+use super::queued::QueuedTasks;
 use models::wire::{
     AddTasks, BuildClaim, BuildClaimReply, BuildReport, CancelReply, CancelRequest, ClaimBatch,
     ClaimBatchReply, ClaimReply, ClaimRequest, ControlOrder, DispatcherPing, ErrorDetail, Grant,
@@ -166,6 +167,9 @@ struct Plans {
     pinged: Option<std::time::Instant>,
     /// The tasks granted ahead (`TaskAssigned::speculative`), by the task each runs after.
     ahead: HashMap<TaskKey, Ahead>,
+    /// The held plans' tasks waiting in their queues, oldest first: what a slot kept by a
+    /// report may be given.
+    queued: QueuedTasks,
 }
 
 /// A task granted ahead to a worker, to start there once the task it runs after ends DONE
@@ -217,10 +221,47 @@ impl Plans {
             for task in state.tasks() {
                 self.plan_of.remove(&task.key);
                 self.requirements.remove(&task.key);
+                self.queued.remove(task.key);
             }
         }
         // A worker that starts one of them is told to abort it.
         self.ahead.retain(|_, ahead| ahead.plan != plan);
+    }
+
+    /// Whether `task` waits in its queue: TODO, and not held back by a retry's backoff.
+    fn waits_in_queue(&self, task: TaskKey) -> bool {
+        waits_in_queue(&self.states, &self.plan_of, task)
+    }
+
+    /// Adds the tasks of `plan` that wait in their queues to [`Plans::queued`].
+    fn queue_waiting(&mut self, plan: PlanKey) {
+        let Some(state) = self.states.get(&plan) else {
+            return;
+        };
+        for node in state.tasks() {
+            if node.status == TaskStatus::Todo
+                && node.not_before.is_none()
+                && let Some(requirements) = self.requirements.get(&node.key)
+            {
+                self.queued.add(node.key, &node.routing_key, requirements);
+            }
+        }
+    }
+
+    /// Adds the tasks `effects` published at once to [`Plans::queued`], once they are stored.
+    fn queue_enqueued(&mut self, effects: &[Effect]) {
+        for effect in effects {
+            if let Effect::Enqueue {
+                task,
+                routing_key,
+                not_before: None,
+            } = effect
+                && self.waits_in_queue(*task)
+                && let Some(requirements) = self.requirements.get(task)
+            {
+                self.queued.add(*task, routing_key, requirements);
+            }
+        }
     }
 
     /// The core's node of `task`, if its plan is held.
@@ -245,6 +286,20 @@ impl Plans {
             after = dropped.task;
         }
     }
+}
+
+/// [`Plans::waits_in_queue`], on the fields it reads, so that [`Plans::queued`] can change
+/// meanwhile.
+fn waits_in_queue(
+    states: &HashMap<PlanKey, PlanState>,
+    plan_of: &HashMap<TaskKey, PlanKey>,
+    task: TaskKey,
+) -> bool {
+    plan_of
+        .get(&task)
+        .and_then(|plan| states.get(plan))
+        .and_then(|state| state.task(task))
+        .is_some_and(|node| node.status == TaskStatus::Todo && node.not_before.is_none())
 }
 
 /// The core's view of a stored task with its `parents`, run under `retry`.
@@ -320,6 +375,7 @@ async fn load_plan(
     plans
         .states
         .insert(key, PlanState::new(plan, nodes, external_done));
+    plans.queue_waiting(key);
     Ok(true)
 }
 
@@ -396,6 +452,12 @@ struct Work {
     follow_ups: Vec<FollowUp>,
     /// Tasks granted without a claim, to send to their workers.
     assigned: Vec<(WorkerId, TaskAssigned)>,
+    /// Reports whose worker kept the attempt's slot for a task (`awaits_work`), in order.
+    awaiting: Vec<Awaiting>,
+    /// Reported tasks whose kept slot gets no task, by worker: `released` orders.
+    released: Vec<(WorkerId, TaskKey)>,
+    /// Tasks taken from their queue's waiting tasks into a kept slot.
+    refills: usize,
     /// Tasks granted ahead that their worker started and that are now granted, by worker:
     /// the chains to grant further ahead.
     started_ahead: Vec<(WorkerId, TaskKey)>,
@@ -411,6 +473,17 @@ struct Work {
     /// The edges from `ended` to their children, as read before the commit (with the children
     /// the batch adds): the commit reads them again under the tasks' end locks.
     edges_read: HashSet<(TaskKey, TaskKey)>,
+}
+
+/// A report whose worker keeps the attempt's slot for the dispatcher's answer
+/// (`TaskStatusReport::awaits_work`).
+struct Awaiting {
+    /// The reported task.
+    after: TaskKey,
+    /// The worker that ran it.
+    worker: WorkerId,
+    /// The report was applied as DONE: the worker, which held the lease, may be given a task.
+    done: bool,
 }
 
 /// A DONE report whose worker can start a child at once (`TaskStatusReport::follow_up`).
@@ -679,6 +752,10 @@ async fn take_report(
 ) -> Result<(), StoreError> {
     let Some(plan) = plan_of(conn, plans, report.task_key).await? else {
         tracing::warn!("report for unknown task {}", report.task_key);
+        if report.awaits_work {
+            work.released
+                .push((report.worker_id.clone(), report.task_key));
+        }
         return Ok(());
     };
     // The log's last lines come with the report: kept if the attempt still holds its
@@ -729,6 +806,13 @@ async fn take_report(
     let first_effect = work.effects.len();
     let applied = work.apply(plans, plan, event, now);
     settle_ahead(context, plans, work, report, applied && done, now);
+    if report.awaits_work {
+        work.awaiting.push(Awaiting {
+            after: report.task_key,
+            worker: report.worker_id.clone(),
+            done: applied && done && report.follow_up && !handed_back,
+        });
+    }
     if applied {
         work.results
             .push((report.task_key, report.steps.clone(), report.output.clone()));
@@ -1042,6 +1126,7 @@ fn hold_started(context: &Context, plans: &mut Plans) {
             plans.requirements.insert(task, requirements);
         }
         plans.states.insert(key, state);
+        plans.queue_waiting(key);
     }
 }
 
@@ -1190,6 +1275,93 @@ async fn grant_each_follow_up(
     Ok(())
 }
 
+/// Answers every report of the batch whose worker kept its slot (`awaits_work`): a follow-up
+/// granted already fills it; otherwise, if the report was applied as DONE, the oldest task
+/// waiting in a queue the worker consumes is granted in it, as a claim would be, and sent as
+/// `task.assigned` after the reported task (with the chain after it granted ahead); otherwise
+/// the worker is told the slot is free (`released`). A task so granted skips its worker's
+/// claim and a batch of this applier; its message, still in the queue, is acked without a
+/// claim by the worker it was given to (`TaskReady::attempt`), or claimed and refused
+/// elsewhere.
+async fn refill_kept_slots(
+    context: &Context,
+    conn: &mut AsyncPgConnection,
+    plans: &mut Plans,
+    work: &mut Work,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let awaiting = std::mem::take(&mut work.awaiting);
+    let nothing = assignment::Pending::default();
+    for waiting in awaiting {
+        let followed = work.assigned.iter().any(|(worker, assigned)| {
+            !assigned.speculative && assigned.after == Some(waiting.after) && *worker == waiting.worker
+        });
+        if followed {
+            continue;
+        }
+        let mut given = None;
+        if waiting.done
+            && context.config.follow_ups
+            && is_registered(context, conn, plans, &waiting.worker).await?
+            && let Some(properties) = plans.registered.get(&waiting.worker).cloned()
+        {
+            while let Some(task) = plans.queued.take_oldest(&properties, |task| {
+                waits_in_queue(&plans.states, &plans.plan_of, task)
+            }) {
+                let Some(&plan) = plans.plan_of.get(&task) else {
+                    continue;
+                };
+                let request = ClaimRequest {
+                    task_key: task,
+                    worker_id: waiting.worker.clone(),
+                };
+                if let ClaimReply::Granted {
+                    grant, assignment, ..
+                } = claim(context, conn, plans, work, &request, plan, &nothing, now).await?
+                {
+                    given = Some(TaskAssigned {
+                        after: Some(waiting.after),
+                        speculative: false,
+                        grant,
+                        assignment,
+                    });
+                    break;
+                }
+            }
+        }
+        match given {
+            Some(assigned) => {
+                let head = (&waiting.worker, assigned.grant.task_key);
+                let ahead = grant_chain_ahead(context, conn, plans, work, head, &nothing, now).await?;
+                work.refills += 1;
+                work.assigned.push((waiting.worker.clone(), assigned));
+                work.assigned
+                    .extend(ahead.into_iter().map(|ahead| (waiting.worker.clone(), ahead)));
+            }
+            None => work.released.push((waiting.worker, waiting.after)),
+        }
+    }
+    Ok(())
+}
+
+/// The tasks [`refill_kept_slots`] would likely grant for the batch's reports that kept their
+/// slots: read with the batch's other tasks, so that granting one costs no query of its own.
+fn refill_candidates(context: &Context, plans: &Plans, batch: &[Delivery<Incoming>]) -> Vec<TaskKey> {
+    if !context.config.follow_ups {
+        return Vec::new();
+    }
+    let kept = batch
+        .iter()
+        .flat_map(|delivery| match &delivery.message {
+            Incoming::Status(report) => std::slice::from_ref(report),
+            Incoming::Statuses(batch) => batch.reports.as_slice(),
+            _ => &[],
+        })
+        .filter(|report| report.awaits_work && report.outcome == ReportedOutcome::Done)
+        .count();
+    plans.queued.first(kept, |task| plans.waits_in_queue(task))
+}
+
 /// Why a claim for `worker`, whose claims go under `key`, is refused under `routing_key`.
 fn wrong_claim_key(worker: &WorkerId, key: &str, routing_key: &str) -> String {
     format!("claims for worker {worker} must be published as `{key}`, not `{routing_key}`")
@@ -1288,6 +1460,7 @@ async fn claim(
             ClaimReply::Refused { task_key, reason }
         }
         (ClaimDecision::Granted(grant), Some(Ok(assignment))) => {
+            plans.queued.remove(grant.task_key);
             // Granted otherwise than at a submission: one slot fewer to start tasks on.
             context.offers.took(&request.worker_id);
             ClaimReply::Granted {
@@ -1914,6 +2087,7 @@ async fn commit(
                     compute_plan_key: *plan_key,
                     function_key: node.function_key,
                     requirements: plans.requirements.get(task).cloned().unwrap_or_default(),
+                    attempt: node.attempt_count.checked_add(1).map(Attempt),
                 };
                 outbox.push(NewOutboxRow {
                     task_key: task.0,
@@ -2133,7 +2307,32 @@ async fn announce(context: &Context, publisher: &Publisher, work: &Work, handed:
         }
         .boxed()
     });
-    let sent = futures::future::join_all(single.chain(batches).chain(assigned)).await;
+    // Kept slots that get nothing are freed, one order per worker.
+    let mut released: HashMap<&WorkerId, Vec<TaskKey>> = HashMap::new();
+    for (worker, task) in &work.released {
+        released.entry(worker).or_default().push(*task);
+    }
+    let released_workers: Vec<String> = released
+        .keys()
+        .map(|worker| format!("released slots of worker {worker}"))
+        .collect();
+    let released = released.into_iter().map(|(worker, task_keys)| {
+        let key = topology::worker_control_key(worker);
+        let order = ControlOrder::Released { task_keys };
+        async move {
+            publisher
+                .send(CONTROL_EXCHANGE, &key, &order, Meta::default())
+                .await
+        }
+        .boxed()
+    });
+    let sent = futures::future::join_all(
+        single
+            .chain(batches)
+            .chain(assigned)
+            .chain(released),
+    )
+    .await;
     let metas = work.replies.iter().map(|(meta, _)| meta.message_id.clone());
     let batch_metas = work
         .batch_replies
@@ -2144,7 +2343,12 @@ async fn announce(context: &Context, publisher: &Publisher, work: &Work, handed:
         .iter()
         .map(|(_, assigned)| format!("assignment of task {}", assigned.grant.task_key));
     let mut confirms = Vec::with_capacity(sent.len());
-    for (what, sent) in metas.chain(batch_metas).chain(assigned_tasks).zip(sent) {
+    for (what, sent) in metas
+        .chain(batch_metas)
+        .chain(assigned_tasks)
+        .chain(released_workers)
+        .zip(sent)
+    {
         match sent {
             Ok(confirm) => confirms.push((what, confirm)),
             // The worker went away; its claim, if granted, lapses with its lease.
@@ -2252,6 +2456,9 @@ async fn apply_batch(
         })
         .collect();
     named.extend(follow_up_candidates(context, plans, &batch));
+    named.extend(refill_candidates(context, plans, &batch));
+    named.sort_unstable();
+    named.dedup();
     if !named.is_empty() {
         match tasks::find_tasks(&conn, &named).await {
             Ok(found) => work.stored_tasks = found.into_iter().map(|t| (t.key, t)).collect(),
@@ -2269,6 +2476,11 @@ async fn apply_batch(
     }
     if failure.is_none()
         && let Err(error) = grant_follow_ups(context, &mut conn, plans, &mut work, now).await
+    {
+        failure = Some(error);
+    }
+    if failure.is_none()
+        && let Err(error) = refill_kept_slots(context, &mut conn, plans, &mut work, now).await
     {
         failure = Some(error);
     }
@@ -2303,6 +2515,7 @@ async fn apply_batch(
         return Ok(());
     }
     let committed = started.elapsed();
+    plans.queue_enqueued(&work.effects);
     announce(context, publisher, &work, handed).await;
     tracing::debug!(
         "applied {} events: read and decided in {read:?}, committed at {committed:?}, answered at {:?}",
@@ -2315,9 +2528,11 @@ async fn apply_batch(
         work.assigned
             .iter()
             .filter(|(_, assigned)| !assigned.speculative)
-            .count(),
+            .count()
+            - work.refills,
     );
     metrics.count_started_ahead(work.started_ahead.len());
+    metrics.count_refills(work.refills);
     metrics.count_hand_backs(work.hand_backs);
     let claims = work.replies.len()
         + work
@@ -2422,6 +2637,7 @@ async fn tick(context: &Context, publisher: &Publisher, plans: &mut Plans) -> an
             return Ok(());
         }
     };
+    plans.queue_enqueued(&work.effects);
     announce(context, publisher, &work, handed).await;
     Ok(())
 }

@@ -23,6 +23,7 @@ mod builds;
 pub mod event_applier;
 pub mod offers;
 pub mod outbox_relay;
+mod queued;
 pub mod submissions;
 
 /// How the dispatcher runs.

@@ -108,6 +108,7 @@ fn a_status_report_reads_flat() {
         follow_up: false,
         idle_slots: 0,
         started_next: None,
+        awaits_work: false,
     };
     let value = serde_json::to_value(&report).unwrap();
     assert_eq!(value["outcome"], "failed");

@@ -592,6 +592,7 @@ impl ScriptedWorker {
             },
             logs,
             started_next: None,
+            awaits_work: false,
         }
     }
 
