@@ -15,11 +15,13 @@ use models::submission::{
     PlanSubmission,
 };
 use models::wire::{
-    AddTasks, AssetReply, CancelReply, CancelRequest, ClaimReply, InputValue, RegistrationReply,
+    AddTasks, AssetReply, CancelReply, CancelRequest, ClaimReply, ControlOrder, InputValue,
+    RegistrationReply,
     ReportedOutcome, SubmissionReply, TaskAssigned, TaskStatusReport, WireMessage,
 };
 use models::{
-    Function, FunctionKey, FunctionStatus, InputKind, InputRef, Metadata, ModelKey, OutputKind,
+    Attempt, Function, FunctionKey, FunctionStatus, InputKind, InputRef, Metadata, ModelKey,
+    OutputKind,
     Permission, Permissions, PlanKey, PlanStatus, RequirementSet, TaskInput, TaskKey, TaskOutput,
     TaskStatus,
 };
@@ -459,6 +461,86 @@ async fn a_follow_up_goes_to_the_reporting_worker_without_a_claim() {
             hand_backs: 1,
         }
     );
+}
+
+/// A DONE report whose worker keeps the attempt's slot (`awaits_work`) is answered with the
+/// oldest task waiting in the worker's queue, granted in that slot as a claim would be and sent
+/// after the reported task; with no task waiting, with a `released` order naming the reported
+/// task. The task messages still in the queue offer the attempt given already, so the worker
+/// can drop them; a claim of one is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_slot_gets_the_oldest_waiting_task_or_is_released() {
+    let cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
+    cluster.seed(&[function(1, no_retry())]).await;
+    let client = cluster.client("producer").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+    let fan = plan(
+        151,
+        vec![task(1, 1, &[]), task(2, 1, &[]), task(3, 1, &[])],
+    );
+    submit(&cluster, &rpc, &fan).await;
+    let mut worker = ScriptedWorker::new(&cluster, "worker-1").await;
+    let mut control = worker.offer_follow_ups::<Control>().await;
+    let first = worker.take_ready_message(WAIT).await;
+    assert_eq!(first.attempt, Some(Attempt(1)), "the message offers attempt 1");
+    let granted = Granted::of(&worker.claim(first.task_key).await).expect("granted");
+
+    // Each DONE report keeping its slot gets the next waiting task in it.
+    let mut given = Vec::new();
+    let mut reported = granted;
+    for _ in 0..2 {
+        worker.report_done_keeping_the_slot(&reported).await;
+        let assigned = next_assigned(&mut control).await;
+        assert_eq!(
+            (assigned.after, assigned.speculative, assigned.grant.attempt),
+            (Some(reported.task), false, Attempt(1))
+        );
+        assert_ne!(assigned.grant.task_key, first.task_key);
+        assert!(!given.contains(&assigned.grant.task_key), "given once");
+        given.push(assigned.grant.task_key);
+        reported = Granted::assigned(&assigned);
+    }
+    let stored = cluster.tasks(fan.key).await;
+    let refilled = stored
+        .iter()
+        .find(|task| task.key == given[0])
+        .expect("the first task given is stored");
+    assert_eq!(
+        (refilled.status, refilled.attempt_count),
+        (TaskStatus::Done, 1)
+    );
+    assert_eq!(refilled.worker_id, Some("worker-1".into()));
+
+    // Nothing waits any more: the last slot is released.
+    worker.report_done_keeping_the_slot(&reported).await;
+    match next_control(&mut control).await {
+        Control::Order(ControlOrder::Released { task_keys }) => {
+            assert_eq!(task_keys, vec![reported.task]);
+        }
+        other => panic!("a released order expected, got {other:?}"),
+    }
+    let done = cluster
+        .wait_for_plan(fan.key, WAIT, "DONE", |plan| plan.status.is_terminal())
+        .await;
+    assert_eq!(
+        (done.status, done.counters.done_count),
+        (PlanStatus::Done, 3)
+    );
+
+    // The given tasks' messages are still queued, offering the attempt given: stale.
+    let mut stale = BTreeSet::new();
+    for _ in 0..2 {
+        let message = worker.take_ready_message(WAIT).await;
+        assert_eq!(message.attempt, Some(Attempt(1)));
+        stale.insert(message.task_key);
+        assert!(
+            matches!(worker.claim(message.task_key).await, ClaimReply::Refused { .. }),
+            "a claim of a task given already is refused"
+        );
+    }
+    assert_eq!(stale, given.iter().copied().collect::<BTreeSet<_>>());
+    let grants = cluster.metrics.direct_grants();
+    assert_eq!((grants.refills, grants.follow_ups), (2, 0), "{grants:?}");
 }
 
 /// A worker running a chain's link is granted the next links ahead (`run_ahead`), each to

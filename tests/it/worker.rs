@@ -880,6 +880,61 @@ async fn a_consumer_waiting_for_a_delivery_yields_its_slot_to_an_assigned_task()
     running.await.unwrap().unwrap();
 }
 
+/// A worker whose attempts end DONE keeps their slots for the dispatcher's answer, which
+/// gives it the tasks still waiting in its queue one by one, without claims; their messages,
+/// delivered afterwards, are dropped. Every task runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_slots_of_done_attempts_are_refilled_from_the_queue() {
+    let mut add = function(
+        681,
+        "add",
+        &[],
+        Vec::new(),
+        vec![output("sum", OutputKind::Performance)],
+    );
+    add.steps.clear();
+    let setup = Setup::new(chrono::Duration::seconds(10), &[add]).await;
+    let store = LocalStore::new(setup.artifacts()).unwrap();
+    let mut config = setup.config("w1");
+    config.executor_limit = 2;
+    let worker = Worker::builder(config, Arc::new(store))
+        .handler(
+            "add",
+            |ctx| async move { ctx.set_performance("sum", 1.0).await },
+        )
+        .build();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.run(stop.clone()));
+    let tasks = 12;
+    setup
+        .submit(&plan(
+            680,
+            (1..=tasks)
+                .map(|n| task(n, 681, &[], &["sum"], serde_json::json!({})))
+                .collect(),
+        ))
+        .await;
+    for n in 1..=tasks {
+        let done = setup
+            .wait_for_task(n, "DONE", |t| t.status.is_terminal())
+            .await;
+        assert_eq!(
+            (done.status, done.attempt_count),
+            (TaskStatus::Done, 1),
+            "t{n}: {:?}",
+            done.error_message
+        );
+    }
+    let grants = setup.cluster.metrics.direct_grants();
+    assert_eq!(grants.hand_backs, 0, "{grants:?}");
+    assert!(
+        grants.refills >= 6,
+        "most of the tasks beyond the first two go into kept slots: {grants:?}"
+    );
+    stop.cancel();
+    running.await.unwrap().unwrap();
+}
+
 /// An in-process handler of a task without files runs without a workspace until it asks for
 /// its scratch directory: a handler that never asks makes no directory at all, and one that
 /// asks gets a directory of its own, gone once the attempt is over.

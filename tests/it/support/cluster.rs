@@ -482,14 +482,7 @@ impl ScriptedWorker {
 
     /// Takes the next ready task's message (waiting at most `within`) and acks it.
     pub(crate) async fn take_ready(&mut self, within: Duration) -> TaskKey {
-        let delivery = tokio::time::timeout(within, self.consumer.next())
-            .await
-            .expect("a task is ready")
-            .unwrap()
-            .unwrap();
-        let task = delivery.message.task_key;
-        delivery.ack().await.unwrap();
-        task
+        self.take_ready_message(within).await.task_key
     }
 
     /// Claims `task` and returns the dispatcher's answer.
@@ -542,6 +535,27 @@ impl ScriptedWorker {
         for delivery in self.consumer.pause().await.unwrap() {
             delivery.requeue().await.unwrap();
         }
+    }
+
+    /// Reports `granted` DONE, keeping its slot for the dispatcher's answer
+    /// (`TaskStatusReport::awaits_work`): a task assigned in it, or a `released` order.
+    pub(crate) async fn report_done_keeping_the_slot(&self, granted: &Granted) {
+        let mut report = self.status(granted, ReportedOutcome::Done, Vec::new());
+        report.follow_up = true;
+        report.awaits_work = true;
+        self.send_status(&report).await;
+    }
+
+    /// The next ready task's message (waiting at most `within`), acked.
+    pub(crate) async fn take_ready_message(&mut self, within: Duration) -> TaskReady {
+        let delivery = tokio::time::timeout(within, self.consumer.next())
+            .await
+            .expect("a task is ready")
+            .unwrap()
+            .unwrap();
+        let message = delivery.message.clone();
+        delivery.ack().await.unwrap();
+        message
     }
 
     /// Reports `granted` DONE, saying it started `next` (granted ahead) in its slot.
