@@ -461,6 +461,19 @@ impl WireMessage for TaskAssigned {
     const KIND: &'static str = "task.assigned";
 }
 
+/// Several tasks assigned to one worker in one message, on `baton.control` routed
+/// `worker.<id>`: the tasks one batch of the dispatcher granted in the slots the worker's
+/// reports kept (`TaskStatusReport::awaits_work`), each handled as a `task.assigned` of its own.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TaskAssignedBatch {
+    /// The assignments, in the order the reports came.
+    pub assignments: Vec<TaskAssigned>,
+}
+
+impl WireMessage for TaskAssignedBatch {
+    const KIND: &'static str = "task.assigned_batch";
+}
+
 /// How an attempt ended, as the worker that ran it reports it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
@@ -978,6 +991,7 @@ pub fn schemas() -> Vec<MessageSchema> {
         schema_of::<ClaimBatch>(),
         schema_of::<ClaimBatchReply>(),
         schema_of::<TaskAssigned>(),
+        schema_of::<TaskAssignedBatch>(),
         schema_of::<TaskStatusReport>(),
         schema_of::<StatusBatch>(),
         schema_of::<WorkerHeartbeat>(),

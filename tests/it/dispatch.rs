@@ -16,14 +16,13 @@ use models::submission::{
 };
 use models::wire::{
     AddTasks, AssetReply, CancelReply, CancelRequest, ClaimReply, ControlOrder, InputValue,
-    RegistrationReply,
-    ReportedOutcome, SubmissionReply, TaskAssigned, TaskStatusReport, WireMessage,
+    RegistrationReply, ReportedOutcome, SubmissionReply, TaskAssigned, TaskStatusReport,
+    WireMessage,
 };
 use models::{
     Attempt, Function, FunctionKey, FunctionStatus, InputKind, InputRef, Metadata, ModelKey,
-    OutputKind,
-    Permission, Permissions, PlanKey, PlanStatus, RequirementSet, TaskInput, TaskKey, TaskOutput,
-    TaskStatus,
+    OutputKind, Permission, Permissions, PlanKey, PlanStatus, RequirementSet, TaskInput, TaskKey,
+    TaskOutput, TaskStatus,
 };
 
 use crate::support::cluster::{
@@ -474,15 +473,16 @@ async fn a_kept_slot_gets_the_oldest_waiting_task_or_is_released() {
     cluster.seed(&[function(1, no_retry())]).await;
     let client = cluster.client("producer").await;
     let rpc = RpcClient::new(&client).await.unwrap();
-    let fan = plan(
-        151,
-        vec![task(1, 1, &[]), task(2, 1, &[]), task(3, 1, &[])],
-    );
+    let fan = plan(151, vec![task(1, 1, &[]), task(2, 1, &[]), task(3, 1, &[])]);
     submit(&cluster, &rpc, &fan).await;
     let mut worker = ScriptedWorker::new(&cluster, "worker-1").await;
     let mut control = worker.offer_follow_ups::<Control>().await;
     let first = worker.take_ready_message(WAIT).await;
-    assert_eq!(first.attempt, Some(Attempt(1)), "the message offers attempt 1");
+    assert_eq!(
+        first.attempt,
+        Some(Attempt(1)),
+        "the message offers attempt 1"
+    );
     let granted = Granted::of(&worker.claim(first.task_key).await).expect("granted");
 
     // Each DONE report keeping its slot gets the next waiting task in it.
@@ -534,7 +534,10 @@ async fn a_kept_slot_gets_the_oldest_waiting_task_or_is_released() {
         assert_eq!(message.attempt, Some(Attempt(1)));
         stale.insert(message.task_key);
         assert!(
-            matches!(worker.claim(message.task_key).await, ClaimReply::Refused { .. }),
+            matches!(
+                worker.claim(message.task_key).await,
+                ClaimReply::Refused { .. }
+            ),
             "a claim of a task given already is refused"
         );
     }

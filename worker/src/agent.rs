@@ -21,8 +21,8 @@ use broker::{Broker, BrokerConfig, Consumer, Delivery, Publisher, RpcClient};
 use models::wire::{
     AssignedInput, Assignment, BuildClaim, BuildClaimReply, BuildReady, BuildReport, ClaimReply,
     ControlOrder, Grant, HeldBuild, HeldLease, InputValue, QueueAnnouncement, RegistrationReply,
-    ReportedOutcome, ReportedOutput, TaskAssigned, TaskReady, TaskStatusReport, WireMessage,
-    WorkerHeartbeat, WorkerRegistration,
+    ReportedOutcome, ReportedOutput, TaskAssigned, TaskAssignedBatch, TaskReady, TaskStatusReport,
+    WireMessage, WorkerHeartbeat, WorkerRegistration,
 };
 use models::{
     FunctionKey, OrganizationId, Properties, RequirementSet, TaskErrorType, TaskKey, WorkerId,
@@ -156,6 +156,7 @@ enum Control {
     Order(ControlOrder),
     Announce(QueueAnnouncement),
     Assigned(Box<TaskAssigned>),
+    AssignedBatch(TaskAssignedBatch),
 }
 
 impl MessageSet for Control {
@@ -164,6 +165,7 @@ impl MessageSet for Control {
             ControlOrder::KIND,
             QueueAnnouncement::KIND,
             TaskAssigned::KIND,
+            TaskAssignedBatch::KIND,
         ]
     }
 
@@ -172,6 +174,7 @@ impl MessageSet for Control {
             ControlOrder::KIND => Control::Order(envelope.decode()?),
             QueueAnnouncement::KIND => Control::Announce(envelope.decode()?),
             TaskAssigned::KIND => Control::Assigned(Box::new(envelope.decode()?)),
+            TaskAssignedBatch::KIND => Control::AssignedBatch(envelope.decode()?),
             other => {
                 return Err(DecodeError::UnexpectedKind {
                     found: other.to_owned(),
@@ -553,22 +556,13 @@ fn obey(shared: &Arc<Shared>, delivery: &Delivery<Control>) -> bool {
             consume(shared, announcement.requirements.clone());
             false
         }
-        Control::Assigned(assigned) if assigned.speculative => {
-            hold_ahead(shared, assigned);
+        Control::Assigned(assigned) => {
+            take_assigned(shared, assigned);
             false
         }
-        Control::Assigned(assigned) => {
-            // Granted afresh: what was granted ahead of an earlier attempt of it is void.
-            drop_ahead(shared, assigned.grant.task_key);
-            lock(&shared.given).insert(assigned.grant.task_key, assigned.grant.attempt);
-            // Granted in the slot kept for the report of `after`, if that slot is still kept.
-            let kept = assigned
-                .after
-                .filter(|_| !shared.taking.is_cancelled())
-                .and_then(|after| take_kept(shared, after));
-            match kept {
-                Some(slot) => start_assigned(shared, assigned, slot),
-                None => run_assigned(shared, assigned),
+        Control::AssignedBatch(batch) => {
+            for assigned in &batch.assignments {
+                take_assigned(shared, assigned);
             }
             false
         }
@@ -590,6 +584,26 @@ fn obey(shared: &Arc<Shared>, delivery: &Delivery<Control>) -> bool {
             stop_task(shared, *task_key, Stop::Abort, reason);
             false
         }
+    }
+}
+
+/// Keeps a speculative assignment for later, or runs one granted now: in the slot kept for
+/// the report of its `after`, if that slot is still kept, else as [`run_assigned`] does.
+fn take_assigned(shared: &Arc<Shared>, assigned: &TaskAssigned) {
+    if assigned.speculative {
+        hold_ahead(shared, assigned);
+        return;
+    }
+    // Granted afresh: what was granted ahead of an earlier attempt of it is void.
+    drop_ahead(shared, assigned.grant.task_key);
+    lock(&shared.given).insert(assigned.grant.task_key, assigned.grant.attempt);
+    let kept = assigned
+        .after
+        .filter(|_| !shared.taking.is_cancelled())
+        .and_then(|after| take_kept(shared, after));
+    match kept {
+        Some(slot) => start_assigned(shared, assigned, slot),
+        None => run_assigned(shared, assigned),
     }
 }
 
@@ -788,7 +802,10 @@ fn keep_slot(shared: &Arc<Shared>, task: TaskKey, slot: Slot) {
             return;
         };
         let mut kept = lock(&shared.kept);
-        if kept.get(&task).is_some_and(|(kept_as, _)| *kept_as == number) {
+        if kept
+            .get(&task)
+            .is_some_and(|(kept_as, _)| *kept_as == number)
+        {
             tracing::debug!(task.key = %task, "no answer to the report of task {task}: its slot is free");
             kept.remove(&task);
         }

@@ -18,17 +18,17 @@ use futures::FutureExt as _;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::queued::QueuedTasks;
 use broker::consumer::MessageSet;
 use broker::envelope::{DecodeError, Envelope};
 use broker::topology::{self, CONTROL_EXCHANGE, DISPATCHER_QUEUE};
 use broker::{Consumer, Delivery, Meta, Publisher};
-use super::queued::QueuedTasks;
 use models::wire::{
     AddTasks, BuildClaim, BuildClaimReply, BuildReport, CancelReply, CancelRequest, ClaimBatch,
     ClaimBatchReply, ClaimReply, ClaimRequest, ControlOrder, DispatcherPing, ErrorDetail, Grant,
     LogBatch, LogRecord, MeasurementBatch, RegistrationReply, ReportedOutcome, StatusBatch,
-    SubmissionReply, TaskAssigned, TaskReady, TaskStatusReport, WireMessage, WorkerHeartbeat,
-    WorkerRegistration,
+    SubmissionReply, TaskAssigned, TaskAssignedBatch, TaskReady, TaskStatusReport, WireMessage,
+    WorkerHeartbeat, WorkerRegistration,
 };
 use models::{
     Attempt, LogLine, Measurement, PlanKey, RequirementSet, RetryPolicy, Task, TaskErrorType,
@@ -452,12 +452,13 @@ struct Work {
     follow_ups: Vec<FollowUp>,
     /// Tasks granted without a claim, to send to their workers.
     assigned: Vec<(WorkerId, TaskAssigned)>,
+    /// Tasks granted in slots kept by reports (with what is granted ahead after them), to send
+    /// to their workers, several to a worker in one message.
+    refilled: Vec<(WorkerId, TaskAssigned)>,
     /// Reports whose worker kept the attempt's slot for a task (`awaits_work`), in order.
     awaiting: Vec<Awaiting>,
     /// Reported tasks whose kept slot gets no task, by worker: `released` orders.
     released: Vec<(WorkerId, TaskKey)>,
-    /// Tasks taken from their queue's waiting tasks into a kept slot.
-    refills: usize,
     /// Tasks granted ahead that their worker started and that are now granted, by worker:
     /// the chains to grant further ahead.
     started_ahead: Vec<(WorkerId, TaskKey)>,
@@ -1294,7 +1295,9 @@ async fn refill_kept_slots(
     let nothing = assignment::Pending::default();
     for waiting in awaiting {
         let followed = work.assigned.iter().any(|(worker, assigned)| {
-            !assigned.speculative && assigned.after == Some(waiting.after) && *worker == waiting.worker
+            !assigned.speculative
+                && assigned.after == Some(waiting.after)
+                && *worker == waiting.worker
         });
         if followed {
             continue;
@@ -1332,11 +1335,15 @@ async fn refill_kept_slots(
         match given {
             Some(assigned) => {
                 let head = (&waiting.worker, assigned.grant.task_key);
-                let ahead = grant_chain_ahead(context, conn, plans, work, head, &nothing, now).await?;
-                work.refills += 1;
-                work.assigned.push((waiting.worker.clone(), assigned));
-                work.assigned
-                    .extend(ahead.into_iter().map(|ahead| (waiting.worker.clone(), ahead)));
+                let ahead =
+                    grant_chain_ahead(context, conn, plans, work, head, &nothing, now).await?;
+                // What is granted ahead after it travels with it, so it comes after it.
+                work.refilled.push((waiting.worker.clone(), assigned));
+                work.refilled.extend(
+                    ahead
+                        .into_iter()
+                        .map(|ahead| (waiting.worker.clone(), ahead)),
+                );
             }
             None => work.released.push((waiting.worker, waiting.after)),
         }
@@ -1346,7 +1353,11 @@ async fn refill_kept_slots(
 
 /// The tasks [`refill_kept_slots`] would likely grant for the batch's reports that kept their
 /// slots: read with the batch's other tasks, so that granting one costs no query of its own.
-fn refill_candidates(context: &Context, plans: &Plans, batch: &[Delivery<Incoming>]) -> Vec<TaskKey> {
+fn refill_candidates(
+    context: &Context,
+    plans: &Plans,
+    batch: &[Delivery<Incoming>],
+) -> Vec<TaskKey> {
     if !context.config.follow_ups {
         return Vec::new();
     }
@@ -2307,6 +2318,33 @@ async fn announce(context: &Context, publisher: &Publisher, work: &Work, handed:
         }
         .boxed()
     });
+    // Tasks granted in kept slots, one message per worker.
+    let mut refilled: HashMap<&WorkerId, Vec<TaskAssigned>> = HashMap::new();
+    for (worker, assigned) in &work.refilled {
+        refilled.entry(worker).or_default().push(assigned.clone());
+    }
+    let refilled_workers: Vec<String> = refilled
+        .keys()
+        .map(|worker| format!("tasks refilled on worker {worker}"))
+        .collect();
+    let refilled = refilled.into_iter().map(|(worker, mut assignments)| {
+        let key = topology::worker_control_key(worker);
+        async move {
+            if assignments.len() == 1
+                && let Some(assigned) = assignments.pop()
+            {
+                publisher
+                    .send(CONTROL_EXCHANGE, &key, &assigned, Meta::default())
+                    .await
+            } else {
+                let batch = TaskAssignedBatch { assignments };
+                publisher
+                    .send(CONTROL_EXCHANGE, &key, &batch, Meta::default())
+                    .await
+            }
+        }
+        .boxed()
+    });
     // Kept slots that get nothing are freed, one order per worker.
     let mut released: HashMap<&WorkerId, Vec<TaskKey>> = HashMap::new();
     for (worker, task) in &work.released {
@@ -2330,6 +2368,7 @@ async fn announce(context: &Context, publisher: &Publisher, work: &Work, handed:
         single
             .chain(batches)
             .chain(assigned)
+            .chain(refilled)
             .chain(released),
     )
     .await;
@@ -2346,6 +2385,7 @@ async fn announce(context: &Context, publisher: &Publisher, work: &Work, handed:
     for (what, sent) in metas
         .chain(batch_metas)
         .chain(assigned_tasks)
+        .chain(refilled_workers)
         .chain(released_workers)
         .zip(sent)
     {
@@ -2528,11 +2568,15 @@ async fn apply_batch(
         work.assigned
             .iter()
             .filter(|(_, assigned)| !assigned.speculative)
-            .count()
-            - work.refills,
+            .count(),
     );
     metrics.count_started_ahead(work.started_ahead.len());
-    metrics.count_refills(work.refills);
+    metrics.count_refills(
+        work.refilled
+            .iter()
+            .filter(|(_, assigned)| !assigned.speculative)
+            .count(),
+    );
     metrics.count_hand_backs(work.hand_backs);
     let claims = work.replies.len()
         + work

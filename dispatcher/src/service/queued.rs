@@ -168,10 +168,7 @@ mod tests {
         queued.remove(task(3));
         let waiting = |key: TaskKey| key != task(1);
         assert_eq!(queued.first(2, waiting), vec![task(2), task(4)]);
-        assert_eq!(
-            queued.take_oldest(&properties(&[]), waiting),
-            Some(task(2))
-        );
+        assert_eq!(queued.take_oldest(&properties(&[]), waiting), Some(task(2)));
         assert_eq!(queued.len(), 1, "task 1 was dropped on the way, 2 taken");
         assert_eq!(queued.first(5, |_| true), vec![task(4)]);
     }
