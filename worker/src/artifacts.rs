@@ -51,6 +51,17 @@ pub trait ArtifactStore: Send + Sync + 'static {
         source: &'a Path,
     ) -> BoxFuture<'a, Result<File, ArtifactError>>;
 
+    /// [`ArtifactStore::put`] for a `source` its caller discards afterwards (an attempt's
+    /// output, in a workspace about to be emptied): a store may move the file rather than copy
+    /// it. What is left at `source` is unspecified.
+    fn put_taking<'a>(
+        &'a self,
+        address: &'a str,
+        source: &'a Path,
+    ) -> BoxFuture<'a, Result<File, ArtifactError>> {
+        self.put(address, source)
+    }
+
     /// Fetches `file` to `dest`, verifying its sha256; on a mismatch nothing is left at `dest`.
     fn fetch<'a>(
         &'a self,
@@ -207,6 +218,66 @@ impl LocalStore {
         })
     }
 
+    /// Stores the file at `source` under `address` by moving it there, when it is a regular
+    /// file with no other link to it on the store's file system: its content is read once for
+    /// the sha256 and synced, then it is renamed into place and the directory synced, which
+    /// spares a copy and the file system a new file and a deletion per model. Otherwise (a
+    /// symbolic link, a file linked elsewhere, another file system) it is copied as
+    /// [`LocalStore::put_file`] does. Runs on a blocking thread.
+    fn take_file(
+        &self,
+        address: &str,
+        source: &Path,
+        abandoned: &Abandoned,
+    ) -> Result<File, ArtifactError> {
+        use std::os::unix::fs::MetadataExt as _;
+        check_address(address)?;
+        let metadata =
+            std::fs::symlink_metadata(source).map_err(ArtifactError::io("inspect", source))?;
+        if !metadata.file_type().is_file() || metadata.nlink() != 1 {
+            return self.put_file(address, source, abandoned);
+        }
+        let dest = self.resolve(address, MissingDirectories::Create)?;
+        let mut input = std::fs::File::open(source).map_err(ArtifactError::io("open", source))?;
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0; COPY_BUFFER_BYTES];
+        let mut size_bytes = 0u64;
+        loop {
+            abandoned.check(&dest)?;
+            let n_read = match input.read(&mut buffer) {
+                Ok(n_read) => n_read,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(ArtifactError::io("read", source)(error)),
+            };
+            if n_read == 0 {
+                break;
+            }
+            hasher.update(&buffer[..n_read]);
+            size_bytes += n_read as u64;
+        }
+        input
+            .sync_all()
+            .map_err(ArtifactError::io("sync", source))?;
+        abandoned.check(&dest)?;
+        match std::fs::rename(source, &dest) {
+            Ok(()) => {}
+            Err(error) if error.raw_os_error() == Some(nix::libc::EXDEV) => {
+                return self.put_file(address, source, abandoned);
+            }
+            Err(error) => return Err(ArtifactError::io("rename into place", &dest)(error)),
+        }
+        if let Some(dir) = dest.parent() {
+            std::fs::File::open(dir)
+                .and_then(|handle| handle.sync_all())
+                .map_err(ArtifactError::io("sync", dir))?;
+        }
+        debug!(size_bytes, "moved artifact {address} into the local store");
+        Ok(File {
+            checksum: hex::encode(hasher.finalize()),
+            storage_address: address.to_owned(),
+        })
+    }
+
     /// Fetches `file` to `dest`, verifying its sha256; runs on a blocking thread.
     fn fetch_file(
         &self,
@@ -354,6 +425,19 @@ impl ArtifactStore for LocalStore {
         let source = source.to_owned();
         Box::pin(run_blocking(source.clone(), move |abandoned| {
             store.put_file(&address, &source, abandoned)
+        }))
+    }
+
+    fn put_taking<'a>(
+        &'a self,
+        address: &'a str,
+        source: &'a Path,
+    ) -> BoxFuture<'a, Result<File, ArtifactError>> {
+        let store = self.clone();
+        let address = address.to_owned();
+        let source = source.to_owned();
+        Box::pin(run_blocking(source.clone(), move |abandoned| {
+            store.take_file(&address, &source, abandoned)
         }))
     }
 

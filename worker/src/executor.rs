@@ -589,7 +589,8 @@ async fn collect_outputs(
                             grant.task_key, grant.attempt, output.identifier
                         )
                     };
-                    match attempt.artifacts.put(&address, file).await {
+                    // The workspace is emptied after the attempt: the file may move.
+                    match attempt.artifacts.put_taking(&address, file).await {
                         Ok(file) => values.push(ReportedOutput::Model {
                             identifier: output.identifier.clone(),
                             file,

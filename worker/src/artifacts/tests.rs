@@ -535,3 +535,59 @@ mod object_store_backed {
         assert_eq!(store.describe(), "object_store:InMemory");
     }
 }
+
+#[tokio::test]
+async fn a_file_taken_is_moved_into_the_store_and_a_linked_one_copied() {
+    let setup = setup();
+    // A file of its own moves: nothing is left in the scratch directory, nothing partial in
+    // the store.
+    let own = write(&setup.scratch.join("own"), b"abc");
+    let stored = setup
+        .store
+        .put_taking("models/t/1/model", &own)
+        .await
+        .unwrap();
+    assert_eq!(stored.checksum, ABC_SHA256);
+    assert_eq!(stored.storage_address, "models/t/1/model");
+    assert!(!own.exists(), "moved, not copied");
+    assert_eq!(
+        tree(&setup.root),
+        vec!["models", "models/t", "models/t/1", "models/t/1/model"]
+    );
+    let fetched = setup.scratch.join("fetched");
+    setup.store.fetch(&stored, &fetched).await.unwrap();
+    assert_eq!(std::fs::read(&fetched).unwrap(), b"abc");
+
+    // A file with another link (here `fetched`, hard-linked) and a symbolic link are copied:
+    // their other names keep what they name, and the store gets a file of its own.
+    let linked = setup.scratch.join("linked");
+    std::fs::hard_link(&fetched, &linked).unwrap();
+    let copied = setup
+        .store
+        .put_taking("models/t/2/model", &linked)
+        .await
+        .unwrap();
+    assert_eq!(copied.checksum, ABC_SHA256);
+    assert!(linked.exists() && fetched.exists());
+    let symlink = setup.scratch.join("symlink");
+    std::os::unix::fs::symlink(&fetched, &symlink).unwrap();
+    let through = setup
+        .store
+        .put_taking("models/t/3/model", &symlink)
+        .await
+        .unwrap();
+    assert_eq!(through.checksum, ABC_SHA256);
+    assert!(
+        std::fs::symlink_metadata(setup.root.join("models/t/3/model"))
+            .unwrap()
+            .file_type()
+            .is_file(),
+        "the store holds a file, not the link"
+    );
+    assert!(symlink.exists());
+    std::fs::write(&fetched, b"changed").unwrap();
+    for address in ["models/t/2/model", "models/t/3/model"] {
+        assert_eq!(std::fs::read(setup.root.join(address)).unwrap(), b"abc");
+    }
+    assert_invalid(setup.store.put_taking("../x", &fetched).await);
+}
