@@ -428,8 +428,9 @@ impl ClaimReply {
 }
 
 /// A task granted to a worker without a claim, published on `baton.control` as `worker.<id>`:
-/// a child that the worker's DONE report (offering a `follow_up`) made ready, or a ready task of
-/// a plan just submitted while the worker said it was idle (`idle_slots`); either way one whose
+/// a child that the worker's DONE report (offering a `follow_up`) made ready, a task waiting in
+/// its queue granted in the slot such a report kept (`awaits_work`), or a ready task of a plan
+/// just submitted while the worker said it was idle (`idle_slots`); either way one whose
 /// requirements the worker satisfies. The worker runs it as it would a granted claim (in a free
 /// slot, or one a queue's consumer waiting for a delivery yields), or, with no slot, hands it
 /// back (a `CANCELED_BY_WORKER` failure, re-queued without counting an attempt).
