@@ -827,14 +827,15 @@ async fn a_chain_runs_ahead_each_link_on_the_model_of_the_one_before() {
     running.await.unwrap().unwrap();
 }
 
-/// A worker of one slot, idle, has that slot held by its queue's consumer waiting for a
-/// delivery; a task the dispatcher assigns it without a claim (here at its plan's submission,
-/// the worker's DONE report having said it was idle) gets the slot from the consumer and runs,
-/// instead of being handed back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_consumer_waiting_for_a_delivery_yields_its_slot_to_an_assigned_task() {
+/// A set-up whose function `function_n` (`add`) has no steps, its one performance output set by
+/// an in-process handler, and a worker of `slots` slots running it until the token is
+/// cancelled.
+async fn adding_worker(
+    function_n: u128,
+    slots: u32,
+) -> (Setup, CancellationToken, JoinHandle<anyhow::Result<()>>) {
     let mut add = function(
-        671,
+        function_n,
         "add",
         &[],
         Vec::new(),
@@ -844,7 +845,7 @@ async fn a_consumer_waiting_for_a_delivery_yields_its_slot_to_an_assigned_task()
     let setup = Setup::new(chrono::Duration::seconds(10), &[add]).await;
     let store = LocalStore::new(setup.artifacts()).unwrap();
     let mut config = setup.config("w1");
-    config.executor_limit = 1;
+    config.executor_limit = slots;
     let worker = Worker::builder(config, Arc::new(store))
         .handler(
             "add",
@@ -853,6 +854,16 @@ async fn a_consumer_waiting_for_a_delivery_yields_its_slot_to_an_assigned_task()
         .build();
     let stop = CancellationToken::new();
     let running = tokio::spawn(worker.run(stop.clone()));
+    (setup, stop, running)
+}
+
+/// A worker of one slot, idle, has that slot held by its queue's consumer waiting for a
+/// delivery; a task the dispatcher assigns it without a claim (here at its plan's submission,
+/// the worker's DONE report having said it was idle) gets the slot from the consumer and runs,
+/// instead of being handed back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_waiting_for_a_delivery_yields_its_slot_to_an_assigned_task() {
+    let (setup, stop, running) = adding_worker(671, 1).await;
     for (n, plan_n) in [(1, 670), (2, 672), (3, 673)] {
         setup
             .submit(&plan(
@@ -885,26 +896,7 @@ async fn a_consumer_waiting_for_a_delivery_yields_its_slot_to_an_assigned_task()
 /// delivered afterwards, are dropped. Every task runs once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_slots_of_done_attempts_are_refilled_from_the_queue() {
-    let mut add = function(
-        681,
-        "add",
-        &[],
-        Vec::new(),
-        vec![output("sum", OutputKind::Performance)],
-    );
-    add.steps.clear();
-    let setup = Setup::new(chrono::Duration::seconds(10), &[add]).await;
-    let store = LocalStore::new(setup.artifacts()).unwrap();
-    let mut config = setup.config("w1");
-    config.executor_limit = 2;
-    let worker = Worker::builder(config, Arc::new(store))
-        .handler(
-            "add",
-            |ctx| async move { ctx.set_performance("sum", 1.0).await },
-        )
-        .build();
-    let stop = CancellationToken::new();
-    let running = tokio::spawn(worker.run(stop.clone()));
+    let (setup, stop, running) = adding_worker(681, 2).await;
     let tasks = 12;
     setup
         .submit(&plan(

@@ -420,12 +420,7 @@ impl ArtifactStore for LocalStore {
         address: &'a str,
         source: &'a Path,
     ) -> BoxFuture<'a, Result<File, ArtifactError>> {
-        let store = self.clone();
-        let address = address.to_owned();
-        let source = source.to_owned();
-        Box::pin(run_blocking(source.clone(), move |abandoned| {
-            store.put_file(&address, &source, abandoned)
-        }))
+        self.blocking_put(address, source, LocalStore::put_file)
     }
 
     fn put_taking<'a>(
@@ -433,12 +428,7 @@ impl ArtifactStore for LocalStore {
         address: &'a str,
         source: &'a Path,
     ) -> BoxFuture<'a, Result<File, ArtifactError>> {
-        let store = self.clone();
-        let address = address.to_owned();
-        let source = source.to_owned();
-        Box::pin(run_blocking(source.clone(), move |abandoned| {
-            store.take_file(&address, &source, abandoned)
-        }))
+        self.blocking_put(address, source, LocalStore::take_file)
     }
 
     fn fetch<'a>(
@@ -456,6 +446,23 @@ impl ArtifactStore for LocalStore {
 
     fn describe(&self) -> String {
         format!("local:{}", self.root.display())
+    }
+}
+
+impl LocalStore {
+    /// Runs `put` (storing the file at `source` under `address`) on a blocking thread.
+    fn blocking_put<'a>(
+        &self,
+        address: &str,
+        source: &Path,
+        put: fn(&LocalStore, &str, &Path, &Abandoned) -> Result<File, ArtifactError>,
+    ) -> BoxFuture<'a, Result<File, ArtifactError>> {
+        let store = self.clone();
+        let address = address.to_owned();
+        let source = source.to_owned();
+        Box::pin(run_blocking(source.clone(), move |abandoned| {
+            put(&store, &address, &source, abandoned)
+        }))
     }
 }
 

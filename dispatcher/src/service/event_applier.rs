@@ -1131,6 +1131,18 @@ fn hold_started(context: &Context, plans: &mut Plans) {
     }
 }
 
+/// The DONE reports of `batch`, single or in status batches.
+fn done_reports(batch: &[Delivery<Incoming>]) -> impl Iterator<Item = &TaskStatusReport> {
+    batch
+        .iter()
+        .flat_map(|delivery| match &delivery.message {
+            Incoming::Status(report) => std::slice::from_ref(report),
+            Incoming::Statuses(batch) => batch.reports.as_slice(),
+            _ => &[],
+        })
+        .filter(|report| report.outcome == ReportedOutcome::Done)
+}
+
 /// The tasks the batch's DONE reports offering a follow-up will likely make ready: read with
 /// the batch's other tasks, so that granting one costs no query of its own.
 fn follow_up_candidates(
@@ -1141,19 +1153,9 @@ fn follow_up_candidates(
     if !context.config.follow_ups {
         return Vec::new();
     }
-    let reports = || {
-        batch
-            .iter()
-            .flat_map(|delivery| match &delivery.message {
-                Incoming::Status(report) => std::slice::from_ref(report),
-                Incoming::Statuses(batch) => batch.reports.as_slice(),
-                _ => &[],
-            })
-            .filter(|report| report.outcome == ReportedOutcome::Done)
-    };
-    let done: HashSet<TaskKey> = reports().map(|report| report.task_key).collect();
+    let done: HashSet<TaskKey> = done_reports(batch).map(|report| report.task_key).collect();
     let mut candidates = Vec::new();
-    for report in reports().filter(|report| report.follow_up) {
+    for report in done_reports(batch).filter(|report| report.follow_up) {
         let state = plans
             .plan_of
             .get(&report.task_key)
@@ -1361,14 +1363,8 @@ fn refill_candidates(
     if !context.config.follow_ups {
         return Vec::new();
     }
-    let kept = batch
-        .iter()
-        .flat_map(|delivery| match &delivery.message {
-            Incoming::Status(report) => std::slice::from_ref(report),
-            Incoming::Statuses(batch) => batch.reports.as_slice(),
-            _ => &[],
-        })
-        .filter(|report| report.awaits_work && report.outcome == ReportedOutcome::Done)
+    let kept = done_reports(batch)
+        .filter(|report| report.awaits_work)
         .count();
     plans.queued.first(kept, |task| plans.waits_in_queue(task))
 }
