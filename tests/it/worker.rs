@@ -224,6 +224,19 @@ impl Setup {
     }
 
     /// Waits until task `n` satisfies `done`.
+    /// Waits until task `n` ends, and checks it ended DONE in its first attempt.
+    async fn wait_done_once(&self, n: u128) {
+        let done = self
+            .wait_for_task(n, "DONE", |t| t.status.is_terminal())
+            .await;
+        assert_eq!(
+            (done.status, done.attempt_count),
+            (TaskStatus::Done, 1),
+            "t{n}: {:?}",
+            done.error_message
+        );
+    }
+
     async fn wait_for_task(&self, n: u128, what: &str, done: impl Fn(&Task) -> bool) -> Task {
         let deadline = Instant::now() + WAIT;
         loop {
@@ -871,15 +884,7 @@ async fn a_consumer_waiting_for_a_delivery_yields_its_slot_to_an_assigned_task()
                 vec![task(n, 671, &[], &["sum"], serde_json::json!({}))],
             ))
             .await;
-        let done = setup
-            .wait_for_task(n, "DONE", |t| t.status.is_terminal())
-            .await;
-        assert_eq!(
-            (done.status, done.attempt_count),
-            (TaskStatus::Done, 1),
-            "t{n}: {:?}",
-            done.error_message
-        );
+        setup.wait_done_once(n).await;
     }
     let grants = setup.cluster.metrics.direct_grants();
     assert_eq!(
@@ -907,15 +912,7 @@ async fn the_slots_of_done_attempts_are_refilled_from_the_queue() {
         ))
         .await;
     for n in 1..=tasks {
-        let done = setup
-            .wait_for_task(n, "DONE", |t| t.status.is_terminal())
-            .await;
-        assert_eq!(
-            (done.status, done.attempt_count),
-            (TaskStatus::Done, 1),
-            "t{n}: {:?}",
-            done.error_message
-        );
+        setup.wait_done_once(n).await;
     }
     let grants = setup.cluster.metrics.direct_grants();
     assert_eq!(grants.hand_backs, 0, "{grants:?}");
