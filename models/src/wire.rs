@@ -891,6 +891,11 @@ pub enum RegistrationReply {
         /// consumes their queues (and later ones as [`QueueAnnouncement`]s arrive).
         #[serde(default)]
         queues: Vec<RequirementSet>,
+        /// The dispatcher answers a DONE report that keeps its slot
+        /// (`TaskStatusReport::awaits_work`): the worker may keep its slots so. A dispatcher that
+        /// does not (an older one, or one with follow-ups off) leaves it out.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        refills: bool,
     },
     /// Refused, with the reason.
     Refused {

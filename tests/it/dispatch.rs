@@ -2145,6 +2145,7 @@ async fn workers_register_are_refused_when_already_active_and_go_inactive_when_s
             reply,
             RegistrationReply::Registered {
                 heartbeat_interval_secs: 1,
+                refills: true,
                 ..
             }
         ),

@@ -264,6 +264,8 @@ struct Shared {
     kept: Mutex<HashMap<TaskKey, (u64, Slot)>>,
     /// Numbers the kept slots.
     kept_count: std::sync::atomic::AtomicU64,
+    /// The dispatcher answers reports that keep their slot (`RegistrationReply::refills`).
+    refills: std::sync::atomic::AtomicBool,
     /// The tasks granted here without a claim, with their attempt: a queue's message offering
     /// one of these attempts (or an earlier one) is acked without a claim.
     given: Mutex<GivenTasks>,
@@ -339,6 +341,7 @@ impl Worker {
             slot_requests: Mutex::default(),
             kept: Mutex::default(),
             kept_count: std::sync::atomic::AtomicU64::new(0),
+            refills: std::sync::atomic::AtomicBool::new(false),
             given: Mutex::default(),
             slot_wanted: Notify::new(),
             consumed: Mutex::default(),
@@ -521,9 +524,13 @@ async fn register(
                 heartbeat_interval_secs,
                 lease_secs,
                 queues,
+                refills,
                 ..
             }) => {
                 *lock(&shared.lease) = Duration::from_secs(u64::from(lease_secs));
+                shared
+                    .refills
+                    .store(refills, std::sync::atomic::Ordering::Relaxed);
                 let interval = Duration::from_secs(u64::from(heartbeat_interval_secs.max(1)));
                 return Ok(Some((interval, queues)));
             }
@@ -1487,8 +1494,9 @@ async fn attempt(
         outcome == ReportedOutcome::Done && next.is_none() && !shared.taking.is_cancelled();
     // Idle once it is sent if nothing else runs: its slot and the free ones are offered.
     let idle_slots = if follow_up { shared.idle_slots(1) } else { 0 };
-    // The slot waits for the dispatcher's answer: a task to run in it, or `released`.
-    let awaits_work = follow_up;
+    // The slot waits for the dispatcher's answer, if it gives one: a task to run in it, or
+    // `released`.
+    let awaits_work = follow_up && shared.refills.load(std::sync::atomic::Ordering::Relaxed);
     let report = TaskStatusReport {
         task_key: task,
         attempt: grant.attempt,

@@ -1930,6 +1930,7 @@ async fn register(
         heartbeat_interval_secs: u32::try_from(context.config.heartbeat_interval.as_secs())
             .unwrap_or(u32::MAX),
         lease_secs: u32::try_from(context.config.lease_duration.num_seconds()).unwrap_or(u32::MAX),
+        refills: context.config.follow_ups,
     })
 }
 
