@@ -875,20 +875,24 @@ async fn a_link_started_ahead_of_a_dispatcher_that_died_is_aborted_and_queued() 
     );
     let mut conn = cluster.db.connect().await;
     for task in cluster.tasks(chain.key).await {
-        let history = tasks::list_state_changes(&mut conn, task.key)
-            .await
-            .unwrap();
         assert_eq!(
-            history
-                .iter()
-                .filter(|change| change.status == TaskStatus::Done)
-                .count(),
+            times_done(&mut conn, task.key).await,
             1,
             "{:?} is done once",
             task.name
         );
         assert_eq!(task.attempt_count, 1, "{:?} ran once", task.name);
     }
+}
+
+/// How many times `task`'s history records it DONE.
+async fn times_done(conn: &mut diesel_async::AsyncPgConnection, task: TaskKey) -> usize {
+    tasks::list_state_changes(conn, task)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|change| change.status == TaskStatus::Done)
+        .count()
 }
 
 /// A chain of `links` tasks (plan `n`) whose first task a worker offering follow-ups took from
@@ -1648,16 +1652,7 @@ async fn a_killed_dispatcher_restarts_and_finishes_the_plan() {
     );
     let mut conn = cluster.db.connect().await;
     for task in cluster.tasks(chain.key).await {
-        let history = tasks::list_state_changes(&mut conn, task.key)
-            .await
-            .unwrap();
-        assert_eq!(
-            history
-                .iter()
-                .filter(|c| c.status == TaskStatus::Done)
-                .count(),
-            1
-        );
+        assert_eq!(times_done(&mut conn, task.key).await, 1);
     }
     assert!(
         tasks::next_outbox_rows(&mut conn, Utc::now(), 10)
@@ -2103,12 +2098,7 @@ async fn a_standby_takes_the_lead_when_the_active_dispatcher_loses_its_connectio
 
     let mut conn = cluster.db.connect().await;
     for task in cluster.tasks(chain.key).await {
-        let done = tasks::list_state_changes(&mut conn, task.key)
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|change| change.status == TaskStatus::Done)
-            .count();
+        let done = times_done(&mut conn, task.key).await;
         assert_eq!((done, task.attempt_count), (1, 1), "{:?}", task.name);
     }
     assert_eq!(lead(&mut conn).await.1, "baton-dispatcher-standby");

@@ -239,8 +239,7 @@ impl Plans {
             return;
         };
         for node in state.tasks() {
-            if node.status == TaskStatus::Todo
-                && node.not_before.is_none()
+            if waits(node)
                 && let Some(requirements) = self.requirements.get(&node.key)
             {
                 self.queued.add(node.key, &node.routing_key, requirements);
@@ -299,7 +298,12 @@ fn waits_in_queue(
         .get(&task)
         .and_then(|plan| states.get(plan))
         .and_then(|state| state.task(task))
-        .is_some_and(|node| node.status == TaskStatus::Todo && node.not_before.is_none())
+        .is_some_and(waits)
+}
+
+/// Whether `node` waits in its queue: TODO, and not held back by a retry's backoff.
+fn waits(node: &TaskNode) -> bool {
+    node.status == TaskStatus::Todo && node.not_before.is_none()
 }
 
 /// The core's view of a stored task with its `parents`, run under `retry`.
