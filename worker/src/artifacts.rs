@@ -7,7 +7,7 @@
 //! content is written to a partial file next to it, synced, then renamed into place.
 //! This module does not choose addresses nor record models: the executor does.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek as _, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -68,6 +68,17 @@ pub trait ArtifactStore: Send + Sync + 'static {
         file: &'a File,
         dest: &'a Path,
     ) -> BoxFuture<'a, Result<(), ArtifactError>>;
+
+    /// [`ArtifactStore::fetch`] for a `dest` its caller only reads (an attempt's input): a
+    /// store may link `dest` to the stored file rather than copy it, so writing through `dest`
+    /// may change what is stored. The local store links only files it keeps read-only.
+    fn fetch_read_only<'a>(
+        &'a self,
+        file: &'a File,
+        dest: &'a Path,
+    ) -> BoxFuture<'a, Result<(), ArtifactError>> {
+        self.fetch(file, dest)
+    }
 
     /// A short description for logs (e.g. `local:/var/lib/baton/artifacts`).
     fn describe(&self) -> String;
@@ -207,6 +218,10 @@ impl LocalStore {
         abandoned.check(&dest)?;
         let mut partial = PartialFile::create_next_to(&dest)?;
         partial.copy_from(&mut input, source, abandoned)?;
+        partial
+            .file
+            .set_permissions(read_only())
+            .map_err(ArtifactError::io("make read-only", &partial.path))?;
         let checksum = partial.sync(Durability::Durable)?;
         let size_bytes = partial.size;
         abandoned.check(&dest)?;
@@ -239,21 +254,10 @@ impl LocalStore {
         }
         let dest = self.resolve(address, MissingDirectories::Create)?;
         let mut input = std::fs::File::open(source).map_err(ArtifactError::io("open", source))?;
-        let mut hasher = Sha256::new();
-        let mut buffer = vec![0; COPY_BUFFER_BYTES];
-        let mut size_bytes = 0u64;
-        loop {
-            abandoned.check(&dest)?;
-            let n_read = match input.read(&mut buffer) {
-                Ok(n_read) => n_read,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(error) => return Err(ArtifactError::io("read", source)(error)),
-            };
-            if n_read == 0 {
-                break;
-            }
-            hasher.update(&buffer[..n_read]);
-            size_bytes += n_read as u64;
+        let (checksum, size_bytes) = hash_all(&mut input, source, &dest, abandoned)?;
+        // Not ours to change (another user's file): copied instead.
+        if input.set_permissions(read_only()).is_err() {
+            return self.put_file(address, source, abandoned);
         }
         input
             .sync_all()
@@ -273,7 +277,7 @@ impl LocalStore {
         }
         debug!(size_bytes, "moved artifact {address} into the local store");
         Ok(File {
-            checksum: hex::encode(hasher.finalize()),
+            checksum,
             storage_address: address.to_owned(),
         })
     }
@@ -285,6 +289,82 @@ impl LocalStore {
         dest: &Path,
         abandoned: &Abandoned,
     ) -> Result<(), ArtifactError> {
+        let (source, mut input, _) = self.open_stored(file)?;
+        self.copy_stored(file, &source, &mut input, dest, abandoned)
+    }
+
+    /// Copies the stored `input` (at `source`) to `dest` as [`LocalStore::fetch_file`] does.
+    fn copy_stored(
+        &self,
+        file: &File,
+        source: &Path,
+        input: &mut std::fs::File,
+        dest: &Path,
+        abandoned: &Abandoned,
+    ) -> Result<(), ArtifactError> {
+        abandoned.check(dest)?;
+        let mut partial = PartialFile::create_next_to(dest)?;
+        partial.copy_from(input, source, abandoned)?;
+        partial.verify_and_persist(&file.storage_address, &file.checksum, dest, abandoned)
+    }
+
+    /// Fetches `file` to `dest` by a hard link to the stored file when that file is read-only
+    /// (as this store keeps what it stores) and `dest` is on the store's file system, after
+    /// reading it once to verify its sha256; otherwise copies it as
+    /// [`LocalStore::fetch_file`] does. A link spares the file system a new file, its writes,
+    /// and its deletion when the workspace is emptied. Runs on a blocking thread.
+    fn link_file(
+        &self,
+        file: &File,
+        dest: &Path,
+        abandoned: &Abandoned,
+    ) -> Result<(), ArtifactError> {
+        let (source, mut input, opened) = self.open_stored(file)?;
+        let dest_device = dest
+            .parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .and_then(|dir| std::fs::metadata(dir).ok())
+            .map(|metadata| metadata.dev());
+        if opened.mode() & 0o222 != 0 || dest_device != Some(opened.dev()) {
+            return self.copy_stored(file, &source, &mut input, dest, abandoned);
+        }
+        let address = file.storage_address.as_str();
+        let (actual, _) = hash_all(&mut input, &source, dest, abandoned)?;
+        if !actual.eq_ignore_ascii_case(&file.checksum) {
+            return Err(ArtifactError::ChecksumMismatch {
+                address: address.to_owned(),
+                expected: file.checksum.clone(),
+                actual,
+            });
+        }
+        abandoned.check(dest)?;
+        if let Err(error) = std::fs::hard_link(&source, dest) {
+            // Too many links, or links not allowed here: a copy does.
+            debug!("linking artifact {address}: {error}; copying it");
+            input.rewind().map_err(ArtifactError::io("read", &source))?;
+            return self.copy_stored(file, &source, &mut input, dest, abandoned);
+        }
+        // Linked by name: the file verified must be the one linked.
+        let linked = std::fs::symlink_metadata(dest).map_err(ArtifactError::io("inspect", dest));
+        if !matches!(&linked, Ok(linked) if (linked.dev(), linked.ino()) == (opened.dev(), opened.ino()))
+        {
+            let _ = std::fs::remove_file(dest);
+            linked?;
+            return Err(ArtifactError::invalid(
+                address,
+                "it changed while being linked",
+            ));
+        }
+        debug!("linked artifact {address} to {}", dest.display());
+        Ok(())
+    }
+
+    /// Opens the stored file of `file`, refusing anything but a regular file inside the root;
+    /// returns its path, the open file and its metadata.
+    fn open_stored(
+        &self,
+        file: &File,
+    ) -> Result<(PathBuf, std::fs::File, std::fs::Metadata), ArtifactError> {
         let address = file.storage_address.as_str();
         check_address(address)?;
         let source = self.resolve(address, MissingDirectories::Refuse)?;
@@ -306,7 +386,7 @@ impl LocalStore {
                 "it names something other than a file",
             ));
         }
-        let mut input = std::fs::File::open(&source).map_err(ArtifactError::io("open", &source))?;
+        let input = std::fs::File::open(&source).map_err(ArtifactError::io("open", &source))?;
         // Without O_NOFOLLOW (no libc here), the file opened is checked to be the one
         // inspected, so a link swapped in between is never followed.
         let opened = input
@@ -318,10 +398,7 @@ impl LocalStore {
                 "it changed while being opened",
             ));
         }
-        abandoned.check(dest)?;
-        let mut partial = PartialFile::create_next_to(dest)?;
-        partial.copy_from(&mut input, &source, abandoned)?;
-        partial.verify_and_persist(address, &file.checksum, dest, abandoned)
+        Ok((source, input, opened))
     }
 
     /// The path of `address` under the root, its directories walked one at a time so that no
@@ -444,6 +521,19 @@ impl ArtifactStore for LocalStore {
         }))
     }
 
+    fn fetch_read_only<'a>(
+        &'a self,
+        file: &'a File,
+        dest: &'a Path,
+    ) -> BoxFuture<'a, Result<(), ArtifactError>> {
+        let store = self.clone();
+        let file = file.clone();
+        let dest = dest.to_owned();
+        Box::pin(run_blocking(dest.clone(), move |abandoned| {
+            store.link_file(&file, &dest, abandoned)
+        }))
+    }
+
     fn describe(&self) -> String {
         format!("local:{}", self.root.display())
     }
@@ -463,6 +553,40 @@ impl LocalStore {
         Box::pin(run_blocking(source.clone(), move |abandoned| {
             put(&store, &address, &source, abandoned)
         }))
+    }
+}
+
+/// The permissions of a stored file: read-only, so that a file linked into a workspace
+/// ([`ArtifactStore::fetch_read_only`]) cannot be written through by a step not run as root.
+fn read_only() -> std::fs::Permissions {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::Permissions::from_mode(0o444)
+}
+
+/// Reads `input` (the file at `source`) to its end; returns its sha256, as lowercase hex, and
+/// its size. `dest` names the operation's target for [`Abandoned::check`].
+fn hash_all(
+    input: &mut impl Read,
+    source: &Path,
+    dest: &Path,
+    abandoned: &Abandoned,
+) -> Result<(String, u64), ArtifactError> {
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0; COPY_BUFFER_BYTES];
+    let mut size_bytes = 0u64;
+    loop {
+        abandoned.check(dest)?;
+        let n_read = match input.read(&mut buffer) {
+            Ok(n_read) => n_read,
+            // What `tokio::io::AsyncRead` retries by itself.
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(ArtifactError::io("read", source)(error)),
+        };
+        if n_read == 0 {
+            return Ok((hex::encode(hasher.finalize()), size_bytes));
+        }
+        hasher.update(&buffer[..n_read]);
+        size_bytes += n_read as u64;
     }
 }
 

@@ -287,7 +287,7 @@ async fn in_workspace(
             let path = workspace.root().join("image");
             attempt
                 .artifacts
-                .fetch(image, &path)
+                .fetch_read_only(image, &path)
                 .await
                 .map_err(|error| format!("the function's built image: {error}"))?;
             env.push(("BATON_IMAGE".to_owned(), path.display().to_string()));
@@ -475,11 +475,12 @@ async fn fetch_input<'a>(
         .await
         .map_err(|error| error.to_string())?;
     match &input.value {
-        InputValue::Model { model_key, file } => {
-            artifacts.fetch(file, &path).await.map_err(|error| {
+        InputValue::Model { model_key, file } => artifacts
+            .fetch_read_only(file, &path)
+            .await
+            .map_err(|error| {
                 format!("input `{}` (model {model_key}): {error}", input.identifier)
-            })?
-        }
+            })?,
         InputValue::ParentOutput {
             task_key,
             output,
@@ -491,22 +492,28 @@ async fn fetch_input<'a>(
                     input.identifier
                 ));
             };
-            artifacts.fetch(file, &path).await.map_err(|error| {
-                format!(
-                    "input `{}` (output `{output}` of task {task_key}): {error}",
-                    input.identifier
-                )
-            })?
+            artifacts
+                .fetch_read_only(file, &path)
+                .await
+                .map_err(|error| {
+                    format!(
+                        "input `{}` (output `{output}` of task {task_key}): {error}",
+                        input.identifier
+                    )
+                })?
         }
         InputValue::DataManager {
             dataset_key,
             opener,
-        } => artifacts.fetch(opener, &path).await.map_err(|error| {
-            format!(
-                "input `{}` (opener of {dataset_key}): {error}",
-                input.identifier
-            )
-        })?,
+        } => artifacts
+            .fetch_read_only(opener, &path)
+            .await
+            .map_err(|error| {
+                format!(
+                    "input `{}` (opener of {dataset_key}): {error}",
+                    input.identifier
+                )
+            })?,
         InputValue::DataSample {
             data_sample_key,
             path: sample,

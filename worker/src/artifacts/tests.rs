@@ -591,3 +591,92 @@ async fn a_file_taken_is_moved_into_the_store_and_a_linked_one_copied() {
     }
     assert_invalid(setup.store.put_taking("../x", &fetched).await);
 }
+
+#[tokio::test]
+async fn a_read_only_fetch_links_the_stored_file_and_copies_a_writable_one() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let setup = setup();
+    let inode = |path: &Path| std::fs::metadata(path).unwrap().ino();
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    // What the store keeps is read-only, whether copied or moved in.
+    let copied_in = setup
+        .store
+        .put("m/1", &write(&setup.scratch.join("model.bin"), b"abc"))
+        .await
+        .unwrap();
+    let moved_in = setup
+        .store
+        .put_taking("m/2", &write(&setup.scratch.join("own"), b"abc"))
+        .await
+        .unwrap();
+    assert_eq!(mode(&setup.root.join("m/1")), 0o444);
+    assert_eq!(mode(&setup.root.join("m/2")), 0o444);
+
+    // A read-only fetch links the stored file: no new file, the same content.
+    let linked = setup.scratch.join("inputs/linked");
+    std::fs::create_dir(setup.scratch.join("inputs")).unwrap();
+    setup
+        .store
+        .fetch_read_only(&copied_in, &linked)
+        .await
+        .unwrap();
+    assert_eq!(inode(&linked), inode(&setup.root.join("m/1")));
+    assert_eq!(std::fs::read(&linked).unwrap(), b"abc");
+    setup
+        .store
+        .fetch_read_only(&moved_in, &setup.scratch.join("inputs/moved"))
+        .await
+        .unwrap();
+    assert_eq!(
+        inode(&setup.scratch.join("inputs/moved")),
+        inode(&setup.root.join("m/2"))
+    );
+    // Removing the link (the workspace emptied) leaves the stored file.
+    std::fs::remove_file(&linked).unwrap();
+    assert_eq!(std::fs::read(setup.root.join("m/1")).unwrap(), b"abc");
+
+    // A plain fetch still copies, into a file the caller may write.
+    let copy = setup.scratch.join("copy");
+    setup.store.fetch(&copied_in, &copy).await.unwrap();
+    assert_ne!(inode(&copy), inode(&setup.root.join("m/1")));
+    assert_ne!(mode(&copy) & 0o200, 0);
+
+    // A stored file someone made writable (as stores written before were) is copied.
+    std::fs::set_permissions(
+        setup.root.join("m/1"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let writable = setup.scratch.join("inputs/writable");
+    setup
+        .store
+        .fetch_read_only(&copied_in, &writable)
+        .await
+        .unwrap();
+    assert_ne!(inode(&writable), inode(&setup.root.join("m/1")));
+    assert_eq!(std::fs::read(&writable).unwrap(), b"abc");
+
+    // A wrong checksum links nothing; a missing directory is the copy's to make.
+    let mut wrong = moved_in.clone();
+    wrong.checksum = "0".repeat(64);
+    let refused = setup.scratch.join("inputs/refused");
+    match setup.store.fetch_read_only(&wrong, &refused).await {
+        Err(ArtifactError::ChecksumMismatch { actual, .. }) => assert_eq!(actual, ABC_SHA256),
+        other => panic!("expected ChecksumMismatch, got {other:?}"),
+    }
+    assert!(!refused.exists());
+    let nested = setup.scratch.join("new/dir/model");
+    setup
+        .store
+        .fetch_read_only(&moved_in, &nested)
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&nested).unwrap(), b"abc");
+    assert_eq!(
+        tree(&setup.scratch)
+            .into_iter()
+            .filter(|entry| entry.contains(".baton-partial"))
+            .count(),
+        0
+    );
+}
