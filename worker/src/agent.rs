@@ -1513,10 +1513,12 @@ async fn attempt(
         awaits_work,
     };
     tracing::info!(task.key = %task, "task {task} ended: {:?}", report.outcome);
-    // The workspace is finished while the report is on its way. The slot is free once both
-    // are: its next task's claim can travel with the report rather than behind its confirm.
-    // The attempt stays tracked until the confirm, so a stopping worker waits for it.
-    // Kept before the report goes, so that no answer can come before it is.
+    // The slot is free, or passed on to the task started ahead, once the report is queued:
+    // its next task's claim can travel with the report rather than behind its confirm, and
+    // neither waits for this attempt's workspace, which is finished meanwhile (the next
+    // attempt takes another spare, or makes its own). The attempt stays tracked until the
+    // confirm, so a stopping worker waits for it. Kept before the report goes, so that no
+    // answer can come before it is.
     let slot = if awaits_work {
         keep_slot(&shared, task, slot);
         None
@@ -1524,7 +1526,6 @@ async fn attempt(
         Some(slot)
     };
     let queued = shared.reports.queue(report);
-    leftover.finish().await;
     match (next, slot) {
         (Some((grant, assignment, stop)), Some(slot)) => {
             tracing::debug!(task.key = %grant.task_key, "task {} started ahead, after task {task}", grant.task_key);
@@ -1532,6 +1533,7 @@ async fn attempt(
         }
         (_, slot) => drop(slot),
     }
+    leftover.finish().await;
     if !queued.confirmed().await {
         tracing::warn!(task.key = %task, "task {task}: the worker stopped before reporting it");
     }

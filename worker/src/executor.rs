@@ -585,17 +585,8 @@ async fn collect_outputs(
         for (index, file) in files.iter().enumerate() {
             match output.kind {
                 OutputKind::Model => {
-                    let address = if output.multiple {
-                        format!(
-                            "models/{}/{}/{}/{index}",
-                            grant.task_key, grant.attempt, output.identifier
-                        )
-                    } else {
-                        format!(
-                            "models/{}/{}/{}",
-                            grant.task_key, grant.attempt, output.identifier
-                        )
-                    };
+                    let address =
+                        model_address(grant, &output.identifier, output.multiple.then_some(index));
                     // The workspace is emptied after the attempt: the file may move.
                     match attempt.artifacts.put_taking(&address, file).await {
                         Ok(file) => values.push(ReportedOutput::Model {
@@ -623,6 +614,27 @@ async fn collect_outputs(
         Ok(values)
     } else {
         Err(format!("invalid outputs: {}", problems.join("; ")))
+    }
+}
+
+/// Where an attempt's output model is stored: `models/<hh>/<task>.<attempt>.<identifier>`, or
+/// `models/<hh>/<task>.<attempt>-<index>.<identifier>` for value `index` of a multiple output,
+/// `<hh>` being the task key's first two hex digits.
+///
+/// The 256 directories are made once per store, so a model costs the local store one new
+/// file and no directory (a new directory costs about as much as the file, and on a file
+/// system without a journal its sync walks up every new parent). The identifier, which may
+/// hold any char but `/`, `\` and control chars, comes last, after a prefix of fixed form, so
+/// no two outputs share an address.
+fn model_address(grant: &Grant, identifier: &str, index: Option<usize>) -> String {
+    let task = grant.task_key.to_string();
+    let shard = &task[..2];
+    match index {
+        Some(index) => format!(
+            "models/{shard}/{task}.{}-{index}.{identifier}",
+            grant.attempt
+        ),
+        None => format!("models/{shard}/{task}.{}.{identifier}", grant.attempt),
     }
 }
 

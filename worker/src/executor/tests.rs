@@ -262,3 +262,32 @@ async fn inputs_are_fetched_several_at_once() {
 
     assert_eq!(fetched.unwrap().len(), 1);
 }
+
+#[test]
+fn model_addresses_share_256_directories_and_never_collide() {
+    let grant = Grant {
+        task_key: TaskKey(Uuid::parse_str("3f7290ab-3693-4bfd-bb77-98ddc8e163f6").unwrap()),
+        attempt: Attempt(2),
+        lease_token: Uuid::nil(),
+        lease_expires_at: models::Timestamp::default(),
+    };
+    assert_eq!(
+        model_address(&grant, "model", None),
+        "models/3f/3f7290ab-3693-4bfd-bb77-98ddc8e163f6.2.model"
+    );
+    assert_eq!(
+        model_address(&grant, "model", Some(0)),
+        "models/3f/3f7290ab-3693-4bfd-bb77-98ddc8e163f6.2-0.model"
+    );
+    // An identifier that looks like an index and a suffix stays apart from a multiple output.
+    assert_ne!(
+        model_address(&grant, "0.x", None),
+        model_address(&grant, "x", Some(0))
+    );
+    for address in [
+        model_address(&grant, "a.b c", None),
+        model_address(&grant, "é", Some(12)),
+    ] {
+        crate::artifacts::check_address(&address).unwrap();
+    }
+}
