@@ -544,6 +544,14 @@ pub struct TaskStatusReport {
     /// itself if no answer comes within a few seconds.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub awaits_work: bool,
+    /// With `done`: how many more tasks the worker takes for this report, beyond the one of
+    /// `awaits_work`, onto its deck: granted now, each started in the next slot an attempt
+    /// frees on that worker, and handed back (`CANCELED_BY_WORKER`) if none frees within a
+    /// few seconds. The dispatcher grants them as it refills a kept slot, each sent as
+    /// `task.assigned` whose `after` is this task, and sends a `released` order naming this
+    /// task when it grants fewer tasks than the report takes in all.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub on_deck: u32,
 }
 
 /// Whether `value` is 0 (a field left out of a message when it is).

@@ -546,6 +546,79 @@ async fn a_kept_slot_gets_the_oldest_waiting_task_or_is_released() {
     assert_eq!((grants.refills, grants.follow_ups), (2, 0), "{grants:?}");
 }
 
+/// A DONE report taking tasks on its worker's deck (`on_deck`) is granted that many more of
+/// the oldest waiting tasks, after the one for its kept slot and in the same message; one
+/// that gets fewer than it takes in all is followed by a `released` order naming it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_report_taking_tasks_on_the_deck_is_granted_them_or_released() {
+    let cluster = TestCluster::start(chrono::Duration::seconds(30)).await;
+    cluster.seed(&[function(1, no_retry())]).await;
+    let client = cluster.client("producer").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+    let fan = plan(152, (1..=4).map(|n| task(n, 1, &[])).collect::<Vec<_>>());
+    submit(&cluster, &rpc, &fan).await;
+    let mut worker = ScriptedWorker::new(&cluster, "worker-1").await;
+    let mut control = worker.offer_follow_ups::<Control>().await;
+    let first = worker.take_ready_message(WAIT).await;
+    let granted = Granted::of(&worker.claim(first.task_key).await).expect("granted");
+
+    // The kept slot's task and one for the deck, both granted, in one message.
+    worker.report_done_taking(&granted, true, 1).await;
+    let assigned = next_assignments(&mut control).await;
+    assert_eq!(assigned.len(), 2, "{assigned:?}");
+    for one in &assigned {
+        assert_eq!(
+            (one.after, one.speculative, one.grant.attempt),
+            (Some(granted.task), false, Attempt(1))
+        );
+    }
+    assert_ne!(assigned[0].grant.task_key, assigned[1].grant.task_key);
+    let stored = cluster.tasks(fan.key).await;
+    for one in &assigned {
+        let task = stored
+            .iter()
+            .find(|task| task.key == one.grant.task_key)
+            .expect("stored");
+        assert_eq!(
+            (task.status, task.worker_id.clone()),
+            (TaskStatus::Doing, Some("worker-1".into()))
+        );
+    }
+
+    // A deck task started in a freed slot: its report keeps no slot and takes two on the deck;
+    // one task waits, so it gets that one and a `released` order.
+    worker
+        .report_done_taking(&Granted::assigned(&assigned[0]), false, 2)
+        .await;
+    let last = next_assignments(&mut control).await;
+    assert_eq!(last.len(), 1, "{last:?}");
+    assert_eq!(last[0].after, Some(assigned[0].grant.task_key));
+    match next_control(&mut control).await {
+        Control::Order(ControlOrder::Released { task_keys }) => {
+            assert_eq!(task_keys, vec![assigned[0].grant.task_key]);
+        }
+        other => panic!("a released order expected, got {other:?}"),
+    }
+    let mut given: BTreeSet<TaskKey> = assigned.iter().map(|one| one.grant.task_key).collect();
+    given.insert(last[0].grant.task_key);
+    given.insert(first.task_key);
+    assert_eq!(given.len(), 4, "every task given once");
+    for one in [&assigned[1], &last[0]] {
+        worker
+            .report_done_taking(&Granted::assigned(one), false, 0)
+            .await;
+    }
+    let done = cluster
+        .wait_for_plan(fan.key, WAIT, "DONE", |plan| plan.status.is_terminal())
+        .await;
+    assert_eq!(
+        (done.status, done.counters.done_count),
+        (PlanStatus::Done, 4)
+    );
+    let grants = cluster.metrics.direct_grants();
+    assert_eq!((grants.refills, grants.hand_backs), (3, 0), "{grants:?}");
+}
+
 /// A worker running a chain's link is granted the next links ahead (`run_ahead`), each to
 /// start as soon as the one before ends DONE on it, with its inputs from that link left for the
 /// worker to fill in; nothing of them is stored until the report of the link before says the
@@ -927,6 +1000,16 @@ async fn chain_run_ahead(
 async fn next_assigned(control: &mut broker::Consumer<Control>) -> TaskAssigned {
     match next_control(control).await {
         Control::Assigned(assigned) => *assigned,
+        other => panic!("an assignment expected, got {other:?}"),
+    }
+}
+
+/// The tasks of the next message assigning some on a worker's control queue (one
+/// `task.assigned`, or a `task.assigned_batch`), acked.
+async fn next_assignments(control: &mut broker::Consumer<Control>) -> Vec<TaskAssigned> {
+    match next_control(control).await {
+        Control::Assigned(assigned) => vec![*assigned],
+        Control::AssignedBatch(batch) => batch.assignments,
         Control::Order(order) => panic!("an assignment expected, got {order:?}"),
     }
 }
@@ -1430,6 +1513,7 @@ async fn claim_and_status_batches_are_answered_and_applied_task_by_task() {
         idle_slots: 0,
         started_next: None,
         awaits_work: false,
+        on_deck: 0,
     };
     let first = Granted::of(&reply.replies[0]).unwrap();
     let second = Granted::of(&reply.replies[1]).unwrap();

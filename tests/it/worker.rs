@@ -846,6 +846,7 @@ async fn a_chain_runs_ahead_each_link_on_the_model_of_the_one_before() {
 async fn adding_worker(
     function_n: u128,
     slots: u32,
+    taking: Duration,
 ) -> (Setup, CancellationToken, JoinHandle<anyhow::Result<()>>) {
     let mut add = function(
         function_n,
@@ -860,10 +861,10 @@ async fn adding_worker(
     let mut config = setup.config("w1");
     config.executor_limit = slots;
     let worker = Worker::builder(config, Arc::new(store))
-        .handler(
-            "add",
-            |ctx| async move { ctx.set_performance("sum", 1.0).await },
-        )
+        .handler("add", move |ctx| async move {
+            tokio::time::sleep(taking).await;
+            ctx.set_performance("sum", 1.0).await
+        })
         .build();
     let stop = CancellationToken::new();
     let running = tokio::spawn(worker.run(stop.clone()));
@@ -876,7 +877,7 @@ async fn adding_worker(
 /// instead of being handed back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_waiting_for_a_delivery_yields_its_slot_to_an_assigned_task() {
-    let (setup, stop, running) = adding_worker(671, 1).await;
+    let (setup, stop, running) = adding_worker(671, 1, Duration::ZERO).await;
     for (n, plan_n) in [(1, 670), (2, 672), (3, 673)] {
         setup
             .submit(&plan(
@@ -901,7 +902,7 @@ async fn a_consumer_waiting_for_a_delivery_yields_its_slot_to_an_assigned_task()
 /// delivered afterwards, are dropped. Every task runs once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_slots_of_done_attempts_are_refilled_from_the_queue() {
-    let (setup, stop, running) = adding_worker(681, 2).await;
+    let (setup, stop, running) = adding_worker(681, 2, Duration::ZERO).await;
     let tasks = 12;
     setup
         .submit(&plan(
@@ -919,6 +920,48 @@ async fn the_slots_of_done_attempts_are_refilled_from_the_queue() {
     assert!(
         grants.refills >= 6,
         "most of the tasks beyond the first two go into kept slots: {grants:?}"
+    );
+    stop.cancel();
+    running.await.unwrap().unwrap();
+}
+
+/// A worker whose slots are all busy takes tasks on its deck (`on_deck`): granted with the
+/// answers to its DONE reports, each started in the next slot that frees, so more tasks are
+/// granted to it at once than it has slots, and every task still runs once, none handed back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_granted_onto_the_deck_start_as_slots_free_and_run_once() {
+    let (setup, stop, running) = adding_worker(691, 2, Duration::from_millis(60)).await;
+    let tasks = 16;
+    setup
+        .submit(&plan(
+            690,
+            (1..=tasks)
+                .map(|n| task(n, 691, &[], &["sum"], serde_json::json!({})))
+                .collect(),
+        ))
+        .await;
+    let mut spans = Vec::new();
+    for n in 1..=tasks {
+        setup.wait_done_once(n).await;
+        let done = setup.task(n).await;
+        spans.push((done.start_date.unwrap(), done.end_date.unwrap()));
+    }
+    let grants = setup.cluster.metrics.direct_grants();
+    assert_eq!(grants.hand_backs, 0, "{grants:?}");
+    // Granted (start_date) to ended: with the deck, up to a task a slot waits granted.
+    let most_at_once = spans
+        .iter()
+        .map(|(start, _)| {
+            spans
+                .iter()
+                .filter(|(other_start, other_end)| other_start <= start && start < other_end)
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert!(
+        most_at_once > 2,
+        "no task waited on the deck: at most {most_at_once} granted at once, {grants:?}"
     );
     stop.cancel();
     running.await.unwrap().unwrap();

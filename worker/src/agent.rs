@@ -258,10 +258,13 @@ struct Shared {
     slot_requests: Mutex<std::collections::VecDeque<tokio::sync::oneshot::Sender<Slot>>>,
     /// Told when a slot is requested.
     slot_wanted: Notify,
-    /// The slots of attempts that ended DONE, kept for the dispatcher's answer to their
-    /// report (`TaskStatusReport::awaits_work`), by reported task, each with the number that
-    /// tells its release timer it is still the one it was started for.
-    kept: Mutex<HashMap<TaskKey, (u64, Slot)>>,
+    /// The reports of attempts that ended DONE waiting for the dispatcher's answer, by
+    /// reported task: the slot kept for it (`TaskStatusReport::awaits_work`) and how many
+    /// tasks it takes on the deck (`on_deck`).
+    kept: Mutex<HashMap<TaskKey, Answer>>,
+    /// Tasks granted here that wait for a slot to free (`TaskStatusReport::on_deck`), oldest
+    /// first: the next attempt to end passes its slot to the first.
+    deck: Mutex<std::collections::VecDeque<TaskAssigned>>,
     /// Numbers the kept slots.
     kept_count: std::sync::atomic::AtomicU64,
     /// The dispatcher answers reports that keep their slot (`RegistrationReply::refills`).
@@ -340,6 +343,7 @@ impl Worker {
             slot_freed: Arc::new(Notify::new()),
             slot_requests: Mutex::default(),
             kept: Mutex::default(),
+            deck: Mutex::default(),
             kept_count: std::sync::atomic::AtomicU64::new(0),
             refills: std::sync::atomic::AtomicBool::new(false),
             given: Mutex::default(),
@@ -575,8 +579,7 @@ fn obey(shared: &Arc<Shared>, delivery: &Delivery<Control>) -> bool {
         }
         Control::Order(ControlOrder::Released { task_keys }) => {
             for task in task_keys {
-                // Dropped: the slot is free for the queues' deliveries.
-                take_kept(shared, *task);
+                release_kept(shared, *task);
             }
             false
         }
@@ -608,9 +611,20 @@ fn take_assigned(shared: &Arc<Shared>, assigned: &TaskAssigned) {
         .after
         .filter(|_| !shared.taking.is_cancelled())
         .and_then(|after| take_kept(shared, after));
-    match kept {
-        Some(slot) => start_assigned(shared, assigned, slot),
-        None => run_assigned(shared, assigned),
+    if let Some(slot) = kept {
+        start_assigned(shared, assigned, slot);
+        return;
+    }
+    // Granted after a report (for the deck, or late for its kept slot) and no slot free: the
+    // deck holds it, up to one task a slot, when the worker keeps one.
+    let on_deck = assigned.after.is_some()
+        && !shared.taking.is_cancelled()
+        && shared.refills.load(std::sync::atomic::Ordering::Relaxed)
+        && lock(&shared.deck).len() < shared.config.executor_limit as usize;
+    if on_deck && shared.free_slots() == 0 {
+        put_on_deck(shared, assigned);
+    } else {
+        run_assigned(shared, assigned);
     }
 }
 
@@ -792,16 +806,28 @@ impl GivenTasks {
 }
 
 /// How long a slot is kept for the dispatcher's answer to a report
-/// (`TaskStatusReport::awaits_work`) before the worker frees it by itself.
+/// (`TaskStatusReport::awaits_work`) before the worker frees it by itself; also how long a task
+/// waits on the deck for a slot before it is handed back.
 const KEPT_SLOT_WAIT: Duration = Duration::from_secs(2);
 
-/// Keeps `slot`, whose attempt of `task` ended DONE, for the dispatcher's answer to its report:
-/// a task granted in it, or `released`; freed after [`KEPT_SLOT_WAIT`] without one.
-fn keep_slot(shared: &Arc<Shared>, task: TaskKey, slot: Slot) {
+/// What a report waits for from the dispatcher: a task in its kept slot, and tasks on the deck.
+struct Answer {
+    /// Tells the answer's timer it is still the one it was started for.
+    number: u64,
+    /// The slot kept for the first task granted after the report, if any.
+    slot: Option<Slot>,
+    /// How many more tasks the report takes on the deck.
+    deck: u32,
+}
+
+/// Waits for the dispatcher's answer to the report of `task`, which ended DONE: a task
+/// granted in `slot` (if kept) and `deck` more on the deck, or `released`; after
+/// [`KEPT_SLOT_WAIT`] without one, the slot is freed and the deck no longer counted.
+fn keep_slot(shared: &Arc<Shared>, task: TaskKey, slot: Option<Slot>, deck: u32) {
     let number = shared
         .kept_count
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    lock(&shared.kept).insert(task, (number, slot));
+    lock(&shared.kept).insert(task, Answer { number, slot, deck });
     let shared = Arc::downgrade(shared);
     tokio::spawn(async move {
         tokio::time::sleep(KEPT_SLOT_WAIT).await;
@@ -811,17 +837,88 @@ fn keep_slot(shared: &Arc<Shared>, task: TaskKey, slot: Slot) {
         let mut kept = lock(&shared.kept);
         if kept
             .get(&task)
-            .is_some_and(|(kept_as, _)| *kept_as == number)
+            .is_some_and(|answer| answer.number == number)
         {
             tracing::debug!(task.key = %task, "no answer to the report of task {task}: its slot is free");
-            kept.remove(&task);
+            let answer = kept.remove(&task);
+            drop(kept);
+            if let Some(slot) = answer.and_then(|answer| answer.slot) {
+                pass_to_deck(&shared, slot);
+            }
         }
     });
 }
 
-/// The slot kept for the answer to the report of `task`, if it is still kept.
+/// The slot kept for the answer to the report of `task`, if it is still kept; else, when a
+/// task on the deck was asked for with that report, counts it as come.
 fn take_kept(shared: &Shared, task: TaskKey) -> Option<Slot> {
-    lock(&shared.kept).remove(&task).map(|(_, slot)| slot)
+    let mut kept = lock(&shared.kept);
+    let answer = kept.get_mut(&task)?;
+    let slot = answer.slot.take();
+    if slot.is_none() {
+        answer.deck = answer.deck.saturating_sub(1);
+    }
+    if answer.slot.is_none() && answer.deck == 0 {
+        kept.remove(&task);
+    }
+    slot
+}
+
+/// Ends the wait for the answer to the report of `task` (`released`): its kept slot, if it
+/// still is, goes to the deck's first task or is freed.
+fn release_kept(shared: &Arc<Shared>, task: TaskKey) {
+    let answer = lock(&shared.kept).remove(&task);
+    if let Some(slot) = answer.and_then(|answer| answer.slot) {
+        pass_to_deck(shared, slot);
+    }
+}
+
+/// How many tasks the deck holds or has been asked for.
+fn deck_count(shared: &Shared) -> usize {
+    let asked: usize = lock(&shared.kept)
+        .values()
+        .map(|answer| answer.deck as usize)
+        .sum();
+    lock(&shared.deck).len() + asked
+}
+
+/// Starts the deck's first task in `slot`, or frees it if the deck is empty.
+fn pass_to_deck(shared: &Arc<Shared>, slot: Slot) {
+    let first = lock(&shared.deck).pop_front();
+    match first {
+        Some(assigned) if !shared.taking.is_cancelled() => {
+            start_assigned(shared, &assigned, slot.pass_on())
+        }
+        // Stopping: its timer hands it back.
+        Some(assigned) => lock(&shared.deck).push_front(assigned),
+        None => drop(slot),
+    }
+}
+
+/// Puts `assigned`, granted here with no slot free, on the deck, where the next slot to free
+/// starts it; hands it back if none does within [`KEPT_SLOT_WAIT`] or the worker stops taking
+/// work first. Tracked with the attempts, so a stopping worker waits for the hand-back.
+fn put_on_deck(shared: &Arc<Shared>, assigned: &TaskAssigned) {
+    let task = assigned.grant.task_key;
+    tracing::debug!(task.key = %task, "task {task} waits on the deck for a slot");
+    lock(&shared.deck).push_back(assigned.clone());
+    let tracker = shared.attempts.clone();
+    let shared = shared.clone();
+    tracker.spawn(async move {
+        tokio::select! {
+            () = tokio::time::sleep(KEPT_SLOT_WAIT) => {}
+            () = shared.taking.cancelled() => {}
+        }
+        let waiting = {
+            let mut deck = lock(&shared.deck);
+            deck.iter()
+                .position(|held| held.grant.task_key == task)
+                .and_then(|at| deck.remove(at))
+        };
+        if let Some(assigned) = waiting {
+            hand_back(&shared, &assigned).await;
+        }
+    });
 }
 
 /// A task slot, held from the claim of a delivery to the end of its attempt (or build).
@@ -1420,6 +1517,7 @@ async fn hand_back(shared: &Arc<Shared>, assigned: &TaskAssigned) {
         idle_slots: 0,
         started_next: None,
         awaits_work: false,
+        on_deck: 0,
     };
     if !shared.reports.send(report).await {
         tracing::warn!(task.key = %task, "task {task}: the worker stopped before handing it back");
@@ -1488,15 +1586,32 @@ async fn attempt(
         drop_ahead(&shared, task);
         None
     };
+    // Otherwise the deck's first task does.
+    let from_deck = match next {
+        None if !shared.taking.is_cancelled() => lock(&shared.deck).pop_front(),
+        _ => None,
+    };
     // Otherwise this attempt's slot is free once the report is sent: a child it makes ready
     // can have it.
-    let follow_up =
-        outcome == ReportedOutcome::Done && next.is_none() && !shared.taking.is_cancelled();
+    let follow_up = outcome == ReportedOutcome::Done
+        && next.is_none()
+        && from_deck.is_none()
+        && !shared.taking.is_cancelled();
     // Idle once it is sent if nothing else runs: its slot and the free ones are offered.
     let idle_slots = if follow_up { shared.idle_slots(1) } else { 0 };
+    let refills = outcome == ReportedOutcome::Done
+        && !shared.taking.is_cancelled()
+        && shared.refills.load(std::sync::atomic::Ordering::Relaxed);
     // The slot waits for the dispatcher's answer, if it gives one: a task to run in it, or
     // `released`.
-    let awaits_work = follow_up && shared.refills.load(std::sync::atomic::Ordering::Relaxed);
+    let awaits_work = follow_up && refills;
+    // And one more task for the deck, while it holds fewer than one a slot: the slot it
+    // frees next starts that task without waiting for the dispatcher.
+    let on_deck = u32::from(
+        refills
+            && deck_count(&shared) + usize::from(awaits_work)
+                < shared.config.executor_limit as usize,
+    );
     let report = TaskStatusReport {
         task_key: task,
         attempt: grant.attempt,
@@ -1511,6 +1626,7 @@ async fn attempt(
         idle_slots,
         started_next: next.as_ref().map(|(grant, ..)| grant.task_key),
         awaits_work,
+        on_deck,
     };
     tracing::info!(task.key = %task, "task {task} ended: {:?}", report.outcome);
     // The slot is free, or passed on to the task started ahead, once the report is queued:
@@ -1520,18 +1636,25 @@ async fn attempt(
     // confirm, so a stopping worker waits for it. Kept before the report goes, so that no
     // answer can come before it is.
     let slot = if awaits_work {
-        keep_slot(&shared, task, slot);
+        keep_slot(&shared, task, Some(slot), on_deck);
         None
     } else {
+        if on_deck > 0 {
+            keep_slot(&shared, task, None, on_deck);
+        }
         Some(slot)
     };
     let queued = shared.reports.queue(report);
-    match (next, slot) {
-        (Some((grant, assignment, stop)), Some(slot)) => {
+    match (next, from_deck, slot) {
+        (Some((grant, assignment, stop)), _, Some(slot)) => {
             tracing::debug!(task.key = %grant.task_key, "task {} started ahead, after task {task}", grant.task_key);
             spawn_attempt(&shared, grant, Arc::from(assignment), stop, slot.pass_on());
         }
-        (_, slot) => drop(slot),
+        (_, Some(assigned), Some(slot)) => {
+            tracing::debug!(task.key = %assigned.grant.task_key, "task {} started from the deck, after task {task}", assigned.grant.task_key);
+            start_assigned(&shared, &assigned, slot.pass_on());
+        }
+        (_, _, slot) => drop(slot),
     }
     leftover.finish().await;
     if !queued.confirmed().await {

@@ -150,6 +150,7 @@ mod tests {
             idle_slots: 0,
             started_next: None,
             awaits_work: false,
+            on_deck: 0,
         }
     }
 

@@ -459,9 +459,11 @@ struct Work {
     /// Tasks granted in slots kept by reports (with what is granted ahead after them), to send
     /// to their workers, several to a worker in one message.
     refilled: Vec<(WorkerId, TaskAssigned)>,
-    /// Reports whose worker kept the attempt's slot for a task (`awaits_work`), in order.
+    /// Reports whose worker kept the attempt's slot for a task (`awaits_work`) or takes tasks
+    /// on its deck (`on_deck`), in order.
     awaiting: Vec<Awaiting>,
-    /// Reported tasks whose kept slot gets no task, by worker: `released` orders.
+    /// Reported tasks whose kept slot or deck gets fewer tasks than asked, by worker:
+    /// `released` orders.
     released: Vec<(WorkerId, TaskKey)>,
     /// Tasks granted ahead that their worker started and that are now granted, by worker:
     /// the chains to grant further ahead.
@@ -481,7 +483,7 @@ struct Work {
 }
 
 /// A report whose worker keeps the attempt's slot for the dispatcher's answer
-/// (`TaskStatusReport::awaits_work`).
+/// (`TaskStatusReport::awaits_work`), or takes tasks on its deck (`on_deck`).
 struct Awaiting {
     /// The reported task.
     after: TaskKey,
@@ -489,7 +491,14 @@ struct Awaiting {
     worker: WorkerId,
     /// The report was applied as DONE: the worker, which held the lease, may be given a task.
     done: bool,
+    /// The worker kept the attempt's slot (`awaits_work`).
+    kept: bool,
+    /// How many tasks the worker takes on its deck (`on_deck`), at most [`MAX_ON_DECK`].
+    deck: u32,
 }
+
+/// The most tasks one report is granted for its worker's deck, whatever it asks.
+const MAX_ON_DECK: u32 = 8;
 
 /// A DONE report whose worker can start a child at once (`TaskStatusReport::follow_up`).
 struct FollowUp {
@@ -757,7 +766,7 @@ async fn take_report(
 ) -> Result<(), StoreError> {
     let Some(plan) = plan_of(conn, plans, report.task_key).await? else {
         tracing::warn!("report for unknown task {}", report.task_key);
-        if report.awaits_work {
+        if report.awaits_work || report.on_deck > 0 {
             work.released
                 .push((report.worker_id.clone(), report.task_key));
         }
@@ -811,11 +820,13 @@ async fn take_report(
     let first_effect = work.effects.len();
     let applied = work.apply(plans, plan, event, now);
     settle_ahead(context, plans, work, report, applied && done, now);
-    if report.awaits_work {
+    if report.awaits_work || report.on_deck > 0 {
         work.awaiting.push(Awaiting {
             after: report.task_key,
             worker: report.worker_id.clone(),
-            done: applied && done && report.follow_up && !handed_back,
+            done: applied && done && (report.follow_up || report.on_deck > 0) && !handed_back,
+            kept: report.awaits_work,
+            deck: report.on_deck.min(MAX_ON_DECK),
         });
     }
     if applied {
@@ -1286,7 +1297,10 @@ async fn grant_each_follow_up(
 /// granted already fills it; otherwise, if the report was applied as DONE, the oldest task
 /// waiting in a queue the worker consumes is granted in it, as a claim would be, and sent as
 /// `task.assigned` after the reported task (with the chain after it granted ahead); otherwise
-/// the worker is told the slot is free (`released`). A task so granted skips its worker's
+/// the worker is told the slot is free (`released`). A report taking tasks on its worker's
+/// deck (`on_deck`) is granted that many more oldest waiting tasks the same way, sent after
+/// the one for its kept slot; `released` tells its worker when it got fewer than it takes in
+/// all. A task so granted skips its worker's
 /// claim and a batch of this applier; its message, still in the queue, is acked without a
 /// claim by the worker it was given to (`TaskReady::attempt`), or claimed and refused
 /// elsewhere.
@@ -1305,18 +1319,22 @@ async fn refill_kept_slots(
                 && assigned.after == Some(waiting.after)
                 && *worker == waiting.worker
         });
-        if followed {
+        // A follow-up granted already fills the kept slot.
+        let wanted = u32::from(waiting.kept && !followed) + waiting.deck;
+        if wanted == 0 {
             continue;
         }
-        let mut given = None;
+        let mut granted = 0;
         if waiting.done
             && context.config.follow_ups
             && is_registered(context, conn, plans, &waiting.worker).await?
             && let Some(properties) = plans.registered.get(&waiting.worker).cloned()
         {
-            while let Some(task) = plans.queued.take_oldest(&properties, |task| {
-                waits_in_queue(&plans.states, &plans.plan_of, task)
-            }) {
+            while granted < wanted
+                && let Some(task) = plans.queued.take_oldest(&properties, |task| {
+                    waits_in_queue(&plans.states, &plans.plan_of, task)
+                })
+            {
                 let Some(&plan) = plans.plan_of.get(&task) else {
                     continue;
                 };
@@ -1324,22 +1342,19 @@ async fn refill_kept_slots(
                     task_key: task,
                     worker_id: waiting.worker.clone(),
                 };
-                if let ClaimReply::Granted {
+                let ClaimReply::Granted {
                     grant, assignment, ..
                 } = claim(context, conn, plans, work, &request, plan, &nothing, now).await?
-                {
-                    given = Some(TaskAssigned {
-                        after: Some(waiting.after),
-                        speculative: false,
-                        grant,
-                        assignment,
-                    });
-                    break;
-                }
-            }
-        }
-        match given {
-            Some(assigned) => {
+                else {
+                    continue;
+                };
+                granted += 1;
+                let assigned = TaskAssigned {
+                    after: Some(waiting.after),
+                    speculative: false,
+                    grant,
+                    assignment,
+                };
                 let head = (&waiting.worker, assigned.grant.task_key);
                 let ahead =
                     grant_chain_ahead(context, conn, plans, work, head, &nothing, now).await?;
@@ -1351,7 +1366,9 @@ async fn refill_kept_slots(
                         .map(|ahead| (waiting.worker.clone(), ahead)),
                 );
             }
-            None => work.released.push((waiting.worker, waiting.after)),
+        }
+        if granted < wanted {
+            work.released.push((waiting.worker, waiting.after));
         }
     }
     Ok(())
@@ -1367,10 +1384,12 @@ fn refill_candidates(
     if !context.config.follow_ups {
         return Vec::new();
     }
-    let kept = done_reports(batch)
-        .filter(|report| report.awaits_work)
-        .count();
-    plans.queued.first(kept, |task| plans.waits_in_queue(task))
+    let wanted = done_reports(batch)
+        .map(|report| usize::from(report.awaits_work) + report.on_deck.min(MAX_ON_DECK) as usize)
+        .sum();
+    plans
+        .queued
+        .first(wanted, |task| plans.waits_in_queue(task))
 }
 
 /// Why a claim for `worker`, whose claims go under `key`, is refused under `routing_key`.

@@ -109,6 +109,7 @@ fn a_status_report_reads_flat() {
         idle_slots: 0,
         started_next: None,
         awaits_work: false,
+        on_deck: 0,
     };
     let value = serde_json::to_value(&report).unwrap();
     assert_eq!(value["outcome"], "failed");

@@ -15,8 +15,8 @@ use dispatcher::store::{catalog, plans, tasks};
 use models::submission::PlanSubmission;
 use models::wire::{
     ClaimReply, ClaimRequest, ControlOrder, DeviceInfo, RegistrationReply, ReportedOutcome,
-    ReportedOutput, SubmissionReply, TaskAssigned, TaskReady, TaskStatusReport, WireMessage,
-    WorkerRegistration,
+    ReportedOutput, SubmissionReply, TaskAssigned, TaskAssignedBatch, TaskReady, TaskStatusReport,
+    WireMessage, WorkerRegistration,
 };
 use models::{ComputePlan, PlanKey, RequirementSet, Task, TaskKey, WorkerId};
 
@@ -299,18 +299,25 @@ pub(crate) struct ScriptedWorker {
 pub(crate) enum Control {
     /// A task assigned.
     Assigned(Box<TaskAssigned>),
+    /// Several tasks assigned in one message.
+    AssignedBatch(TaskAssignedBatch),
     /// A cancel, abort or disconnect order.
     Order(ControlOrder),
 }
 
 impl MessageSet for Control {
     fn kinds() -> Vec<&'static str> {
-        vec![TaskAssigned::KIND, ControlOrder::KIND]
+        vec![
+            TaskAssigned::KIND,
+            TaskAssignedBatch::KIND,
+            ControlOrder::KIND,
+        ]
     }
 
     fn decode(envelope: &Envelope<'_>) -> Result<Self, DecodeError> {
         Ok(match envelope.kind.as_str() {
             TaskAssigned::KIND => Control::Assigned(Box::new(envelope.decode()?)),
+            TaskAssignedBatch::KIND => Control::AssignedBatch(envelope.decode()?),
             ControlOrder::KIND => Control::Order(envelope.decode()?),
             other => {
                 return Err(DecodeError::UnexpectedKind {
@@ -540,9 +547,16 @@ impl ScriptedWorker {
     /// Reports `granted` DONE, keeping its slot for the dispatcher's answer
     /// (`TaskStatusReport::awaits_work`): a task assigned in it, or a `released` order.
     pub(crate) async fn report_done_keeping_the_slot(&self, granted: &Granted) {
+        self.report_done_taking(granted, true, 0).await;
+    }
+
+    /// Reports `granted` DONE, keeping its slot (`awaits_work`) if `kept`, and taking
+    /// `on_deck` more tasks on the deck (`TaskStatusReport::on_deck`).
+    pub(crate) async fn report_done_taking(&self, granted: &Granted, kept: bool, on_deck: u32) {
         let mut report = self.status(granted, ReportedOutcome::Done, Vec::new());
-        report.follow_up = true;
-        report.awaits_work = true;
+        report.follow_up = kept;
+        report.awaits_work = kept;
+        report.on_deck = on_deck;
         self.send_status(&report).await;
     }
 
@@ -607,6 +621,7 @@ impl ScriptedWorker {
             logs,
             started_next: None,
             awaits_work: false,
+            on_deck: 0,
         }
     }
 
