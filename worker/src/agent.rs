@@ -1606,9 +1606,11 @@ async fn attempt(
     // `released`.
     let awaits_work = follow_up && refills;
     // And one more task for the deck, while it holds fewer than one a slot: the slot it
-    // frees next starts that task without waiting for the dispatcher.
+    // frees next starts that task without waiting for the dispatcher. Not while a chain runs
+    // ahead here: its next link is on its way already.
     let on_deck = u32::from(
         refills
+            && next.is_none()
             && deck_count(&shared) + usize::from(awaits_work)
                 < shared.config.executor_limit as usize,
     );
