@@ -225,6 +225,18 @@ impl Setup {
 
     /// Waits until task `n` satisfies `done`.
     /// Waits until task `n` ends, and checks it ended DONE in its first attempt.
+    /// Submits plan `plan_n` of `tasks` independent tasks `t1`… of function `function_n`, each
+    /// with the performance output `sum`.
+    async fn submit_independent(&self, plan_n: u128, function_n: u128, tasks: u128) {
+        self.submit(&plan(
+            plan_n,
+            (1..=tasks)
+                .map(|n| task(n, function_n, &[], &["sum"], serde_json::json!({})))
+                .collect(),
+        ))
+        .await;
+    }
+
     async fn wait_done_once(&self, n: u128) {
         let done = self
             .wait_for_task(n, "DONE", |t| t.status.is_terminal())
@@ -904,14 +916,7 @@ async fn a_consumer_waiting_for_a_delivery_yields_its_slot_to_an_assigned_task()
 async fn the_slots_of_done_attempts_are_refilled_from_the_queue() {
     let (setup, stop, running) = adding_worker(681, 2, Duration::ZERO).await;
     let tasks = 12;
-    setup
-        .submit(&plan(
-            680,
-            (1..=tasks)
-                .map(|n| task(n, 681, &[], &["sum"], serde_json::json!({})))
-                .collect(),
-        ))
-        .await;
+    setup.submit_independent(680, 681, tasks).await;
     for n in 1..=tasks {
         setup.wait_done_once(n).await;
     }
@@ -932,14 +937,7 @@ async fn the_slots_of_done_attempts_are_refilled_from_the_queue() {
 async fn tasks_granted_onto_the_deck_start_as_slots_free_and_run_once() {
     let (setup, stop, running) = adding_worker(691, 2, Duration::from_millis(60)).await;
     let tasks = 16;
-    setup
-        .submit(&plan(
-            690,
-            (1..=tasks)
-                .map(|n| task(n, 691, &[], &["sum"], serde_json::json!({})))
-                .collect(),
-        ))
-        .await;
+    setup.submit_independent(690, 691, tasks).await;
     let mut spans = Vec::new();
     for n in 1..=tasks {
         setup.wait_done_once(n).await;

@@ -513,12 +513,7 @@ impl ArtifactStore for LocalStore {
         file: &'a File,
         dest: &'a Path,
     ) -> BoxFuture<'a, Result<(), ArtifactError>> {
-        let store = self.clone();
-        let file = file.clone();
-        let dest = dest.to_owned();
-        Box::pin(run_blocking(dest.clone(), move |abandoned| {
-            store.fetch_file(&file, &dest, abandoned)
-        }))
+        self.blocking_fetch(file, dest, LocalStore::fetch_file)
     }
 
     fn fetch_read_only<'a>(
@@ -526,12 +521,7 @@ impl ArtifactStore for LocalStore {
         file: &'a File,
         dest: &'a Path,
     ) -> BoxFuture<'a, Result<(), ArtifactError>> {
-        let store = self.clone();
-        let file = file.clone();
-        let dest = dest.to_owned();
-        Box::pin(run_blocking(dest.clone(), move |abandoned| {
-            store.link_file(&file, &dest, abandoned)
-        }))
+        self.blocking_fetch(file, dest, LocalStore::link_file)
     }
 
     fn describe(&self) -> String {
@@ -540,6 +530,21 @@ impl ArtifactStore for LocalStore {
 }
 
 impl LocalStore {
+    /// Runs `fetch` (fetching `file` to `dest`) on a blocking thread.
+    fn blocking_fetch<'a>(
+        &self,
+        file: &File,
+        dest: &Path,
+        fetch: fn(&LocalStore, &File, &Path, &Abandoned) -> Result<(), ArtifactError>,
+    ) -> BoxFuture<'a, Result<(), ArtifactError>> {
+        let store = self.clone();
+        let file = file.clone();
+        let dest = dest.to_owned();
+        Box::pin(run_blocking(dest.clone(), move |abandoned| {
+            fetch(&store, &file, &dest, abandoned)
+        }))
+    }
+
     /// Runs `put` (storing the file at `source` under `address`) on a blocking thread.
     fn blocking_put<'a>(
         &self,
