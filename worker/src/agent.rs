@@ -263,8 +263,8 @@ struct Shared {
     /// tasks it takes on the deck (`on_deck`).
     kept: Mutex<HashMap<TaskKey, Answer>>,
     /// Tasks granted here that wait for a slot to free (`TaskStatusReport::on_deck`), oldest
-    /// first: the next attempt to end passes its slot to the first.
-    deck: Mutex<std::collections::VecDeque<TaskAssigned>>,
+    /// first, each with when it came: the next attempt to end passes its slot to the first.
+    deck: Mutex<std::collections::VecDeque<(TaskAssigned, Instant)>>,
     /// Numbers the kept slots.
     kept_count: std::sync::atomic::AtomicU64,
     /// The dispatcher answers reports that keep their slot (`RegistrationReply::refills`).
@@ -612,7 +612,7 @@ fn take_assigned(shared: &Arc<Shared>, assigned: &TaskAssigned) {
         .filter(|_| !shared.taking.is_cancelled())
         .and_then(|after| take_kept(shared, after));
     if let Some(slot) = kept {
-        start_assigned(shared, assigned, slot);
+        start_assigned(shared, assigned, slot, Instant::now());
         return;
     }
     // Granted after a report (for the deck, or late for its kept slot) and no slot free: the
@@ -710,7 +710,7 @@ fn take_ahead(
     let key = next.grant.task_key;
     match fill_parent_outputs(*next.assignment, task, outputs) {
         Ok(assignment) => {
-            let stop = register_running(shared, &next.grant);
+            let stop = register_running(shared, &next.grant, Instant::now());
             Some((next.grant, assignment, stop))
         }
         Err(problem) => {
@@ -886,11 +886,11 @@ fn deck_count(shared: &Shared) -> usize {
 fn pass_to_deck(shared: &Arc<Shared>, slot: Slot) {
     let first = lock(&shared.deck).pop_front();
     match first {
-        Some(assigned) if !shared.taking.is_cancelled() => {
-            start_assigned(shared, &assigned, slot.pass_on())
+        Some((assigned, came)) if !shared.taking.is_cancelled() => {
+            start_assigned(shared, &assigned, slot.pass_on(), came)
         }
         // Stopping: its timer hands it back.
-        Some(assigned) => lock(&shared.deck).push_front(assigned),
+        Some(decked) => lock(&shared.deck).push_front(decked),
         None => drop(slot),
     }
 }
@@ -901,7 +901,7 @@ fn pass_to_deck(shared: &Arc<Shared>, slot: Slot) {
 fn put_on_deck(shared: &Arc<Shared>, assigned: &TaskAssigned) {
     let task = assigned.grant.task_key;
     tracing::debug!(task.key = %task, "task {task} waits on the deck for a slot");
-    lock(&shared.deck).push_back(assigned.clone());
+    lock(&shared.deck).push_back((assigned.clone(), Instant::now()));
     let tracker = shared.attempts.clone();
     let shared = shared.clone();
     tracker.spawn(async move {
@@ -912,10 +912,10 @@ fn put_on_deck(shared: &Arc<Shared>, assigned: &TaskAssigned) {
         let waiting = {
             let mut deck = lock(&shared.deck);
             deck.iter()
-                .position(|held| held.grant.task_key == task)
+                .position(|(held, _)| held.grant.task_key == task)
                 .and_then(|at| deck.remove(at))
         };
-        if let Some(assigned) = waiting {
+        if let Some((assigned, _)) = waiting {
             hand_back(&shared, &assigned).await;
         }
     });
@@ -1404,13 +1404,15 @@ async fn take(
 /// Registers the granted attempt as running, so orders and duplicates find it, and runs it in
 /// `slot`.
 fn start_attempt(shared: &Arc<Shared>, grant: Grant, assignment: Arc<Assignment>, slot: Slot) {
-    let stop = register_running(shared, &grant);
+    let stop = register_running(shared, &grant, Instant::now());
     spawn_attempt(shared, grant, assignment, stop, slot);
 }
 
 /// Registers the attempt of `grant` as running, so orders, heartbeats and what is assigned
-/// after it find it; [`spawn_attempt`] runs it.
-fn register_running(shared: &Shared, grant: &Grant) -> StopChannel {
+/// after it find it; [`spawn_attempt`] runs it. Its lease is counted from `granted` (when the
+/// grant came, or a moment later), so the worker never thinks it holds it longer than the
+/// dispatcher does.
+fn register_running(shared: &Shared, grant: &Grant, granted: Instant) -> StopChannel {
     let task = grant.task_key;
     let (stop_tx, stop_rx) = watch::channel(None);
     let stop_tx = Arc::new(stop_tx);
@@ -1426,7 +1428,7 @@ fn register_running(shared: &Shared, grant: &Grant) -> StopChannel {
                 grant: grant.clone(),
                 stop: stop_tx.clone(),
                 handing_back: false,
-                lease_deadline: Instant::now() + lease,
+                lease_deadline: granted + lease,
             },
         );
     }
@@ -1457,7 +1459,7 @@ fn run_assigned(shared: &Arc<Shared>, assigned: &TaskAssigned) {
         .then(|| shared.try_slot())
         .flatten()
     {
-        start_assigned(shared, assigned, slot);
+        start_assigned(shared, assigned, slot, Instant::now());
         return;
     }
     // A queue's consumer may hold a free slot while it waits for a delivery: it yields it.
@@ -1465,9 +1467,10 @@ fn run_assigned(shared: &Arc<Shared>, assigned: &TaskAssigned) {
     let tracker = shared.attempts.clone();
     let shared = shared.clone();
     let assigned = assigned.clone();
+    let came = Instant::now();
     tracker.spawn(async move {
         match shared.slot_for_assigned(SLOT_REQUEST_WAIT).await {
-            Some(slot) => start_assigned(&shared, &assigned, slot),
+            Some(slot) => start_assigned(&shared, &assigned, slot, came),
             None => hand_back(&shared, &assigned).await,
         }
     });
@@ -1477,8 +1480,8 @@ fn run_assigned(shared: &Arc<Shared>, assigned: &TaskAssigned) {
 /// before it is handed back: a consumer holding one yields it at once.
 const SLOT_REQUEST_WAIT: Duration = Duration::from_millis(50);
 
-/// Runs `assigned` in `slot`.
-fn start_assigned(shared: &Arc<Shared>, assigned: &TaskAssigned, slot: Slot) {
+/// Runs `assigned`, which came at `came` (its lease counted from then), in `slot`.
+fn start_assigned(shared: &Arc<Shared>, assigned: &TaskAssigned, slot: Slot, came: Instant) {
     let task = assigned.grant.task_key;
     match assigned.after {
         Some(after) => {
@@ -1486,10 +1489,12 @@ fn start_assigned(shared: &Arc<Shared>, assigned: &TaskAssigned, slot: Slot) {
         }
         None => tracing::debug!(task.key = %task, "task {task} assigned at its submission"),
     }
-    start_attempt(
+    let stop = register_running(shared, &assigned.grant, came);
+    spawn_attempt(
         shared,
         assigned.grant.clone(),
         Arc::from(assigned.assignment.clone()),
+        stop,
         slot,
     );
 }
@@ -1574,8 +1579,8 @@ async fn attempt(
         // Another attempt may run already; this one's report would be refused.
         tracing::warn!(task.key = %task, "task {task}: lease lost, step killed, nothing reported");
         drop_ahead(&shared, task);
+        pass_to_deck(&shared, slot);
         leftover.finish().await;
-        drop(slot);
         return;
     }
     let outcome = reported(&shared, ended.outcome, handing_back);
@@ -1652,9 +1657,9 @@ async fn attempt(
             tracing::debug!(task.key = %grant.task_key, "task {} started ahead, after task {task}", grant.task_key);
             spawn_attempt(&shared, grant, Arc::from(assignment), stop, slot.pass_on());
         }
-        (_, Some(assigned), Some(slot)) => {
+        (_, Some((assigned, came)), Some(slot)) => {
             tracing::debug!(task.key = %assigned.grant.task_key, "task {} started from the deck, after task {task}", assigned.grant.task_key);
-            start_assigned(&shared, &assigned, slot.pass_on());
+            start_assigned(&shared, &assigned, slot.pass_on(), came);
         }
         (_, _, slot) => drop(slot),
     }
