@@ -933,36 +933,41 @@ async fn the_slots_of_done_attempts_are_refilled_from_the_queue() {
 /// A worker whose slots are all busy takes tasks on its deck (`on_deck`): granted with the
 /// answers to its DONE reports, each started in the next slot that frees, so more tasks are
 /// granted to it at once than it has slots, and every task still runs once, none handed back.
+/// A worker of one slot has a deck of one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_granted_onto_the_deck_start_as_slots_free_and_run_once() {
-    let (setup, stop, running) = adding_worker(691, 2, Duration::from_millis(60)).await;
-    let tasks = 16;
-    setup.submit_independent(690, 691, tasks).await;
-    let mut spans = Vec::new();
-    for n in 1..=tasks {
-        setup.wait_done_once(n).await;
-        let done = setup.task(n).await;
-        spans.push((done.start_date.unwrap(), done.end_date.unwrap()));
+    for (slots, function_n, plan_n) in [(2, 691, 690), (1, 693, 692)] {
+        let (setup, stop, running) =
+            adding_worker(function_n, slots, Duration::from_millis(60)).await;
+        let tasks = 12;
+        setup.submit_independent(plan_n, function_n, tasks).await;
+        let mut spans = Vec::new();
+        for n in 1..=tasks {
+            setup.wait_done_once(n).await;
+            let done = setup.task(n).await;
+            spans.push((done.start_date.unwrap(), done.end_date.unwrap()));
+        }
+        let grants = setup.cluster.metrics.direct_grants();
+        assert_eq!(grants.hand_backs, 0, "{slots} slots: {grants:?}");
+        // Granted (start_date) to ended: with the deck, up to a task a slot waits granted.
+        let most_at_once = spans
+            .iter()
+            .map(|(start, _)| {
+                spans
+                    .iter()
+                    .filter(|(other_start, other_end)| other_start <= start && start < other_end)
+                    .count()
+            })
+            .max()
+            .unwrap();
+        assert!(
+            most_at_once > slots as usize,
+            "{slots} slots, no task waited on the deck: at most {most_at_once} granted at once, \
+             {grants:?}"
+        );
+        stop.cancel();
+        running.await.unwrap().unwrap();
     }
-    let grants = setup.cluster.metrics.direct_grants();
-    assert_eq!(grants.hand_backs, 0, "{grants:?}");
-    // Granted (start_date) to ended: with the deck, up to a task a slot waits granted.
-    let most_at_once = spans
-        .iter()
-        .map(|(start, _)| {
-            spans
-                .iter()
-                .filter(|(other_start, other_end)| other_start <= start && start < other_end)
-                .count()
-        })
-        .max()
-        .unwrap();
-    assert!(
-        most_at_once > 2,
-        "no task waited on the deck: at most {most_at_once} granted at once, {grants:?}"
-    );
-    stop.cancel();
-    running.await.unwrap().unwrap();
 }
 
 /// An in-process handler of a task without files runs without a workspace until it asks for

@@ -1614,10 +1614,7 @@ async fn attempt(
     // frees next starts that task without waiting for the dispatcher. Not while a chain runs
     // ahead here: its next link is on its way already.
     let on_deck = u32::from(
-        refills
-            && next.is_none()
-            && deck_count(&shared) + usize::from(awaits_work)
-                < shared.config.executor_limit as usize,
+        refills && next.is_none() && deck_count(&shared) < shared.config.executor_limit as usize,
     );
     let report = TaskStatusReport {
         task_key: task,
