@@ -1355,9 +1355,14 @@ async fn refill_kept_slots(
                     grant,
                     assignment,
                 };
-                let head = (&waiting.worker, assigned.grant.task_key);
-                let ahead =
-                    grant_chain_ahead(context, conn, plans, work, head, &nothing, now).await?;
+                // The chain after a task that starts at once, in the kept slot; a task on the
+                // deck does not run yet, and its worker would drop what follows it.
+                let ahead = if granted == 1 && waiting.kept && !followed {
+                    let head = (&waiting.worker, assigned.grant.task_key);
+                    grant_chain_ahead(context, conn, plans, work, head, &nothing, now).await?
+                } else {
+                    Vec::new()
+                };
                 // What is granted ahead after it travels with it, so it comes after it.
                 work.refilled.push((waiting.worker.clone(), assigned));
                 work.refilled.extend(
