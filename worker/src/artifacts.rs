@@ -134,6 +134,19 @@ pub enum ArtifactError {
 }
 
 impl ArtifactError {
+    /// [`ArtifactError::ChecksumMismatch`] unless `actual`, the sha256 of what was read at
+    /// `address`, is `expected` (in either case).
+    fn unless_checksum(address: &str, expected: &str, actual: String) -> Result<(), ArtifactError> {
+        if actual.eq_ignore_ascii_case(expected) {
+            return Ok(());
+        }
+        Err(ArtifactError::ChecksumMismatch {
+            address: address.to_owned(),
+            expected: expected.to_owned(),
+            actual,
+        })
+    }
+
     fn invalid(address: &str, reason: &'static str) -> ArtifactError {
         ArtifactError::InvalidAddress {
             address: address.chars().take(ADDRESS_EXCERPT_CHARS).collect(),
@@ -245,7 +258,6 @@ impl LocalStore {
         source: &Path,
         abandoned: &Abandoned,
     ) -> Result<File, ArtifactError> {
-        use std::os::unix::fs::MetadataExt as _;
         check_address(address)?;
         let metadata =
             std::fs::symlink_metadata(source).map_err(ArtifactError::io("inspect", source))?;
@@ -290,12 +302,11 @@ impl LocalStore {
         abandoned: &Abandoned,
     ) -> Result<(), ArtifactError> {
         let (source, mut input, _) = self.open_stored(file)?;
-        self.copy_stored(file, &source, &mut input, dest, abandoned)
+        LocalStore::copy_stored(file, &source, &mut input, dest, abandoned)
     }
 
     /// Copies the stored `input` (at `source`) to `dest` as [`LocalStore::fetch_file`] does.
     fn copy_stored(
-        &self,
         file: &File,
         source: &Path,
         input: &mut std::fs::File,
@@ -326,23 +337,17 @@ impl LocalStore {
             .and_then(|dir| std::fs::metadata(dir).ok())
             .map(|metadata| metadata.dev());
         if opened.mode() & 0o222 != 0 || dest_device != Some(opened.dev()) {
-            return self.copy_stored(file, &source, &mut input, dest, abandoned);
+            return LocalStore::copy_stored(file, &source, &mut input, dest, abandoned);
         }
         let address = file.storage_address.as_str();
         let (actual, _) = hash_all(&mut input, &source, dest, abandoned)?;
-        if !actual.eq_ignore_ascii_case(&file.checksum) {
-            return Err(ArtifactError::ChecksumMismatch {
-                address: address.to_owned(),
-                expected: file.checksum.clone(),
-                actual,
-            });
-        }
+        ArtifactError::unless_checksum(address, &file.checksum, actual)?;
         abandoned.check(dest)?;
         if let Err(error) = std::fs::hard_link(&source, dest) {
             // Too many links, or links not allowed here: a copy does.
             debug!("linking artifact {address}: {error}; copying it");
             input.rewind().map_err(ArtifactError::io("read", &source))?;
-            return self.copy_stored(file, &source, &mut input, dest, abandoned);
+            return LocalStore::copy_stored(file, &source, &mut input, dest, abandoned);
         }
         // Linked by name: the file verified must be the one linked.
         let linked = std::fs::symlink_metadata(dest).map_err(ArtifactError::io("inspect", dest));
@@ -764,13 +769,7 @@ impl PartialFile {
         abandoned: &Abandoned,
     ) -> Result<(), ArtifactError> {
         let actual = self.sync(Durability::Volatile)?;
-        if !actual.eq_ignore_ascii_case(expected) {
-            return Err(ArtifactError::ChecksumMismatch {
-                address: address.to_owned(),
-                expected: expected.to_owned(),
-                actual,
-            });
-        }
+        ArtifactError::unless_checksum(address, expected, actual)?;
         let size_bytes = self.size;
         abandoned.check(dest)?;
         self.persist(dest, Durability::Volatile)?;

@@ -474,13 +474,9 @@ async fn fetch_input<'a>(
         .input_path(&input.identifier, input.multiple, index)
         .await
         .map_err(|error| error.to_string())?;
-    match &input.value {
-        InputValue::Model { model_key, file } => artifacts
-            .fetch_read_only(file, &path)
-            .await
-            .map_err(|error| {
-                format!("input `{}` (model {model_key}): {error}", input.identifier)
-            })?,
+    // A stored file, with what it is for errors; a data sample is linked where it lies.
+    let (file, what) = match &input.value {
+        InputValue::Model { model_key, file } => (file, format!("model {model_key}")),
         InputValue::ParentOutput {
             task_key,
             output,
@@ -492,28 +488,12 @@ async fn fetch_input<'a>(
                     input.identifier
                 ));
             };
-            artifacts
-                .fetch_read_only(file, &path)
-                .await
-                .map_err(|error| {
-                    format!(
-                        "input `{}` (output `{output}` of task {task_key}): {error}",
-                        input.identifier
-                    )
-                })?
+            (file, format!("output `{output}` of task {task_key}"))
         }
         InputValue::DataManager {
             dataset_key,
             opener,
-        } => artifacts
-            .fetch_read_only(opener, &path)
-            .await
-            .map_err(|error| {
-                format!(
-                    "input `{}` (opener of {dataset_key}): {error}",
-                    input.identifier
-                )
-            })?,
+        } => (opener, format!("opener of {dataset_key}")),
         InputValue::DataSample {
             data_sample_key,
             path: sample,
@@ -530,14 +510,23 @@ async fn fetch_input<'a>(
                     input.identifier
                 )
             })?;
+            return Ok((&input.identifier, shown_path(input, workspace, path)));
         }
-    }
-    let shown = if input.multiple {
+    };
+    artifacts
+        .fetch_read_only(file, &path)
+        .await
+        .map_err(|error| format!("input `{}` ({what}): {error}", input.identifier))?;
+    Ok((&input.identifier, shown_path(input, workspace, path)))
+}
+
+/// The path placeholders show for `input`, placed at `path`: a multiple input's directory.
+fn shown_path(input: &AssignedInput, workspace: &Workspace, path: PathBuf) -> PathBuf {
+    if input.multiple {
         workspace.inputs_dir().join(&input.identifier)
     } else {
         path
-    };
-    Ok((&input.identifier, shown))
+    }
 }
 
 /// Reads every declared output from the workspace: models are uploaded, performances parsed.
