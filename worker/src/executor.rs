@@ -141,9 +141,23 @@ pub(crate) async fn run(attempt: Attempt<'_>) -> (Ended, Leftover) {
             // The device makes it if it asks for it; it has no file to place.
             Ok(None)
         } else {
-            Workspace::create(attempt.work_root, task, attempt.grant.attempt)
-                .await
-                .map(Some)
+            let mut multiple_inputs: Vec<&str> = attempt
+                .assignment
+                .inputs
+                .iter()
+                .filter(|input| input.multiple)
+                .map(|input| input.identifier.as_str())
+                .collect();
+            multiple_inputs.sort_unstable();
+            multiple_inputs.dedup();
+            Workspace::create(
+                attempt.work_root,
+                task,
+                attempt.grant.attempt,
+                &multiple_inputs,
+            )
+            .await
+            .map(Some)
         };
         let (ended, workspace) = match made {
             Err(error) => {

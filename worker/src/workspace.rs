@@ -10,8 +10,13 @@
 //!
 //! A finished workspace is emptied and kept, under a hidden name (`.spare-<pid>-<n>`) in its
 //! base directory, when the steps left its layout and permissions as they were made; the next
-//! attempt renames it into place instead of making four directories. Spares a stopped worker
-//! left are removed by the next worker process that uses the base directory.
+//! attempt renames it into place instead of making four directories. The directories of its
+//! multiple inputs (`inputs/<identifier>/`) are emptied and kept too, for an attempt that
+//! fetches an input of the same name (a chain's next link, say): otherwise each such attempt
+//! made one and removed it, and on ext4 without a journal every removed inode slows the
+//! allocation of the next ones for a minute. An attempt is never given a kept directory it does
+//! not fetch into. Spares a stopped worker left are removed by the next worker process that
+//! uses the base directory.
 //!
 //! Most file system work runs on tokio's blocking pool, a few calls to a thread hop. Taking a
 //! spare (a `stat` and a `rename`) and keeping a workspace the steps left empty (a `stat` of
@@ -127,6 +132,9 @@ pub struct Workspace {
     root: PathBuf,
     /// The permissions its directories were made with, which a reused one must still have.
     mode: u32,
+    /// The multiple inputs' directories a reused spare came with, empty (each one an input of
+    /// this attempt's).
+    input_dirs: Vec<String>,
 }
 
 /// An emptied workspace kept for the next attempt in the same base directory: renaming it into
@@ -136,6 +144,17 @@ pub struct Workspace {
 struct Spare {
     path: PathBuf,
     mode: u32,
+    /// The empty directories kept under its `inputs/`, by identifier.
+    input_dirs: Vec<String>,
+}
+
+impl Spare {
+    /// Whether an attempt fetching the multiple inputs `wanted` may have it as it is.
+    fn fits(&self, wanted: &[&str]) -> bool {
+        self.input_dirs
+            .iter()
+            .all(|dir| wanted.contains(&dir.as_str()))
+    }
 }
 
 /// The spares of this process, every base directory's.
@@ -152,6 +171,9 @@ const MAX_RESOLVED: usize = 256;
 
 /// Spares kept at most, all base directories together; more finished workspaces are removed.
 const MAX_SPARES: usize = 256;
+
+/// Multiple inputs' directories a spare keeps at most; the rest are removed.
+const MAX_KEPT_INPUT_DIRS: usize = 16;
 
 /// The prefix of a spare's name; the process id and a number follow.
 const SPARE_PREFIX: &str = ".spare-";
@@ -190,20 +212,40 @@ impl Workspace {
     /// `base` is created if needed and must have a UTF-8 path. An existing directory of the same
     /// name is an error (`AlreadyExists`): an attempt runs once, so it is a leftover to look at,
     /// not something to reuse or delete.
-    pub async fn create(base: &Path, task: TaskKey, attempt: Attempt) -> io::Result<Workspace> {
+    ///
+    /// `multiple_inputs` are the identifiers of the multiple inputs the attempt will fetch
+    /// ([`Workspace::input_path`] with `multiple`): `inputs/` may then hold their directories
+    /// already, empty, and holds no other.
+    pub async fn create(
+        base: &Path,
+        task: TaskKey,
+        attempt: Attempt,
+        multiple_inputs: &[&str],
+    ) -> io::Result<Workspace> {
         let name = format!("{task}-{attempt}");
-        // A spare is taken on this thread (see the module's documentation).
+        // A spare is taken on this thread (see the module's documentation), unless it has
+        // directories to remove first.
         if let Some(resolved) = resolved_base(base)
-            && let Some(workspace) = reuse_spare(&resolved, &resolved.join(&name))
+            && let Some(workspace) = reuse_spare(
+                &resolved,
+                &resolved.join(&name),
+                multiple_inputs,
+                Emptying::Refused,
+            )
         {
             return Ok(workspace);
         }
         let base = base.to_owned();
-        blocking(move || Workspace::create_blocking(&base, &name)).await?
+        let wanted: Vec<String> = multiple_inputs.iter().map(|&dir| dir.to_owned()).collect();
+        blocking(move || {
+            let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
+            Workspace::create_blocking(&base, &name, &wanted)
+        })
+        .await?
     }
 
     /// [`Workspace::create`], on a blocking thread.
-    fn create_blocking(requested: &Path, name: &str) -> io::Result<Workspace> {
+    fn create_blocking(requested: &Path, name: &str, wanted: &[&str]) -> io::Result<Workspace> {
         std::fs::create_dir_all(requested)?;
         let base = std::fs::canonicalize(requested)?;
         if base.to_str().is_none() {
@@ -225,12 +267,16 @@ impl Workspace {
                 resolved.push((requested.to_owned(), base.clone()));
             }
         }
-        if let Some(workspace) = reuse_spare(&base, &root) {
+        if let Some(workspace) = reuse_spare(&base, &root, wanted, Emptying::Allowed) {
             return Ok(workspace);
         }
         std::fs::create_dir(&root)?;
         let mode = permission_bits(&std::fs::symlink_metadata(&root)?);
-        let workspace = Workspace { root, mode };
+        let workspace = Workspace {
+            root,
+            mode,
+            input_dirs: Vec::new(),
+        };
         if let Err(error) = workspace.lay_out() {
             // Best effort: the error that matters is the layout's.
             let _ = std::fs::remove_dir_all(&workspace.root);
@@ -303,6 +349,14 @@ impl Workspace {
         index: usize,
     ) -> Result<PathBuf, WorkspaceError> {
         check_identifier(identifier)?;
+        // Kept from the spare, empty, and untouched since: no step of this attempt ran yet.
+        if multiple && self.input_dirs.iter().any(|dir| dir == identifier) {
+            return Ok(self
+                .root
+                .join(INPUTS)
+                .join(identifier)
+                .join(index.to_string()));
+        }
         let root = self.root.clone();
         let identifier = identifier.to_owned();
         let relative = format!("{INPUTS}/{identifier}");
@@ -342,7 +396,7 @@ impl Workspace {
         if keep {
             return Ok(Some(self.root));
         }
-        let Workspace { root, mode } = self;
+        let Workspace { root, mode, .. } = self;
         // Left empty, it is kept on this thread (see the module's documentation).
         if keep_as_spare(&root, mode, Emptying::Refused) {
             return Ok(None);
@@ -423,7 +477,7 @@ impl WorkspaceHandle {
         // if this call is dropped meanwhile (a handler aborted while it waits): the executor
         // still finds it, and finishes it, when the attempt is over.
         tokio::spawn(async move {
-            let workspace = Workspace::create(&base, task, attempt).await?;
+            let workspace = Workspace::create(&base, task, attempt, &[]).await?;
             let dir = workspace.work_dir();
             *slot = Slot::Made(workspace);
             Ok(dir)
@@ -570,12 +624,21 @@ fn check_own_directory(root: &Path, name: &str) -> Result<(), WorkspaceError> {
 
 /// A spare of `base` renamed to `root`, if there is one and `root` does not exist (renaming
 /// would replace an empty directory: an existing one is the fresh path's `AlreadyExists`).
-fn reuse_spare(base: &Path, root: &Path) -> Option<Workspace> {
+///
+/// Its kept input directories not in `wanted` are removed first, when `removing` is allowed;
+/// otherwise only a spare without such directories is taken.
+fn reuse_spare(base: &Path, root: &Path, wanted: &[&str], removing: Emptying) -> Option<Workspace> {
     let spare = {
         let mut spares = spares();
+        let ours = |spare: &Spare| spare.path.parent() == Some(base);
         let position = spares
             .iter()
-            .rposition(|spare| spare.path.parent() == Some(base))?;
+            .rposition(|spare| ours(spare) && spare.fits(wanted))
+            .or_else(|| {
+                (removing == Emptying::Allowed)
+                    .then(|| spares.iter().rposition(ours))
+                    .flatten()
+            })?;
         spares.swap_remove(position)
     };
     let free = matches!(
@@ -586,14 +649,28 @@ fn reuse_spare(base: &Path, root: &Path) -> Option<Workspace> {
         spares().push(spare);
         return None;
     }
-    if std::fs::rename(&spare.path, root).is_ok() {
+    let Spare {
+        path,
+        mode,
+        mut input_dirs,
+    } = spare;
+    let mut unwanted = Ok(());
+    input_dirs.retain(|dir| {
+        let keep = wanted.contains(&dir.as_str());
+        if !keep && unwanted.is_ok() {
+            unwanted = std::fs::remove_dir(path.join(INPUTS).join(dir));
+        }
+        keep
+    });
+    if unwanted.is_ok() && std::fs::rename(&path, root).is_ok() {
         return Some(Workspace {
             root: root.to_owned(),
-            mode: spare.mode,
+            mode,
+            input_dirs,
         });
     }
     // Best effort: a spare that cannot be used is only an empty hidden directory.
-    let _ = remove_tree(&spare.path);
+    let _ = remove_tree(&path);
     None
 }
 
@@ -649,6 +726,7 @@ fn keep_as_spare(root: &Path, mode: u32, emptying: Emptying) -> bool {
         remove_entry(path)?;
         Ok(true)
     };
+    let mut input_dirs = Vec::new();
     let emptied = (|| -> io::Result<bool> {
         for entry in std::fs::read_dir(root)? {
             let name = entry?.file_name();
@@ -662,7 +740,30 @@ fn keep_as_spare(root: &Path, mode: u32, emptying: Emptying) -> bool {
         }
         for dir in [WORK, INPUTS, OUTPUTS] {
             for entry in std::fs::read_dir(root.join(dir))? {
-                if !remove(&entry?.path())? {
+                let path = entry?.path();
+                if dir == INPUTS
+                    && input_dirs.len() < MAX_KEPT_INPUT_DIRS
+                    && let Some(identifier) = kept_input_dir(&path, mode)
+                {
+                    // A multiple input's directory, as made, holds files and links: emptied
+                    // and kept. One holding a directory is a step's doing, removed.
+                    let mut flat = true;
+                    for value in std::fs::read_dir(&path)? {
+                        let value = value?;
+                        if value.file_type()?.is_dir() {
+                            flat = false;
+                            break;
+                        }
+                        if !remove(&value.path())? {
+                            return Ok(false);
+                        }
+                    }
+                    if flat {
+                        input_dirs.push(identifier);
+                        continue;
+                    }
+                }
+                if !remove(&path)? {
                     return Ok(false);
                 }
             }
@@ -691,8 +792,24 @@ fn keep_as_spare(root: &Path, mode: u32, emptying: Emptying) -> bool {
     if std::fs::rename(root, &path).is_err() {
         return false;
     }
-    spares().push(Spare { path, mode });
+    spares().push(Spare {
+        path,
+        mode,
+        input_dirs,
+    });
     true
+}
+
+/// The identifier of the input directory at `path` when it may be kept in a spare: a
+/// directory (not a symbolic link) made with the workspace's `mode` and named as an identifier.
+fn kept_input_dir(path: &Path, mode: u32) -> Option<String> {
+    let metadata = std::fs::symlink_metadata(path).ok()?;
+    if !metadata.is_dir() || permission_bits(&metadata) != mode {
+        return None;
+    }
+    let identifier = path.file_name()?.to_str()?;
+    check_identifier(identifier).ok()?;
+    Some(identifier.to_owned())
 }
 
 /// The permission bits of `metadata` (with set-id and sticky bits), without the file type.

@@ -22,7 +22,7 @@ struct Setup {
 async fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let store = LocalStore::new(dir.path().join("store")).unwrap();
-    let workspace = Workspace::create(&dir.path().join("work"), TASK, Attempt::FIRST)
+    let workspace = Workspace::create(&dir.path().join("work"), TASK, Attempt::FIRST, &[])
         .await
         .unwrap();
     Setup {

@@ -10,7 +10,7 @@ const TASK: TaskKey = TaskKey(Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89
 
 async fn setup() -> (TempDir, Workspace) {
     let base = tempfile::tempdir().unwrap();
-    let workspace = Workspace::create(base.path(), TASK, Attempt(2))
+    let workspace = Workspace::create(base.path(), TASK, Attempt(2), &[])
         .await
         .unwrap();
     (base, workspace)
@@ -61,7 +61,7 @@ async fn create_lays_out_the_attempt_directory() {
 async fn create_makes_the_base_and_resolves_it() {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("not/yet/there");
-    let workspace = Workspace::create(&base, TASK, Attempt::FIRST)
+    let workspace = Workspace::create(&base, TASK, Attempt::FIRST, &[])
         .await
         .unwrap();
     assert!(workspace.root().is_absolute());
@@ -75,11 +75,11 @@ async fn create_makes_the_base_and_resolves_it() {
 #[tokio::test]
 async fn creating_the_same_attempt_twice_is_refused() {
     let (base, _workspace) = setup().await;
-    let error = Workspace::create(base.path(), TASK, Attempt(2))
+    let error = Workspace::create(base.path(), TASK, Attempt(2), &[])
         .await
         .unwrap_err();
     assert_eq!(error.kind(), io::ErrorKind::AlreadyExists);
-    Workspace::create(base.path(), TASK, Attempt(3))
+    Workspace::create(base.path(), TASK, Attempt(3), &[])
         .await
         .unwrap();
 }
@@ -369,7 +369,7 @@ async fn a_finished_workspace_is_emptied_and_reused_by_the_next_attempt() {
     assert_eq!(spares.len(), 1, "kept as a spare: {spares:?}");
     let work_inode = std::fs::metadata(spares[0].join("work")).unwrap().ino();
 
-    let next = Workspace::create(base.path(), TASK, Attempt(3))
+    let next = Workspace::create(base.path(), TASK, Attempt(3), &[])
         .await
         .unwrap();
     assert!(spares_in(base.path()).is_empty(), "the spare was reused");
@@ -389,6 +389,87 @@ async fn a_finished_workspace_is_emptied_and_reused_by_the_next_attempt() {
     names.sort();
     assert_eq!(names, ["inputs", "measurements.jsonl", "outputs", "work"]);
     assert!(base.path().exists(), "the symbolic link was not followed");
+}
+
+/// The names in `dir`, sorted.
+fn sorted_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn a_multiple_inputs_directory_is_kept_for_an_attempt_fetching_the_same_input_only() {
+    use std::os::unix::fs::MetadataExt;
+
+    let (base, workspace) = setup().await;
+    let stored = base.path().join("stored");
+    write(&stored, b"x");
+    for index in 0..2 {
+        let value = workspace.input_path("models", true, index).await.unwrap();
+        std::fs::hard_link(&stored, value).unwrap();
+    }
+    // One holding a directory (a step's doing), and a symbolic link to one: not kept.
+    let data = workspace.input_path("data", true, 0).await.unwrap();
+    std::fs::create_dir(&data).unwrap();
+    std::os::unix::fs::symlink(base.path(), workspace.inputs_dir().join("linked")).unwrap();
+    let models_inode = std::fs::metadata(workspace.inputs_dir().join("models"))
+        .unwrap()
+        .ino();
+    assert_eq!(workspace.finish(false).await.unwrap(), None);
+    let spares = spares_in(base.path());
+    assert_eq!(spares.len(), 1);
+    assert_eq!(sorted_names(&spares[0].join(INPUTS)), ["models"], "emptied");
+    assert_eq!(
+        sorted_names(&spares[0].join(INPUTS).join("models")),
+        [""; 0]
+    );
+    assert_eq!(
+        std::fs::read(&stored).unwrap(),
+        b"x",
+        "the stored file stays"
+    );
+
+    // An attempt fetching `models` takes it as it is, on its own thread.
+    let next = Workspace::create(base.path(), TASK, Attempt(3), &["models", "other"])
+        .await
+        .unwrap();
+    assert_eq!(sorted_names(&next.inputs_dir()), ["models"]);
+    assert_eq!(
+        std::fs::metadata(next.inputs_dir().join("models"))
+            .unwrap()
+            .ino(),
+        models_inode,
+        "the same directory"
+    );
+    assert_eq!(
+        next.input_path("models", true, 0).await.unwrap(),
+        next.inputs_dir().join("models/0")
+    );
+    let other = next.input_path("other", true, 0).await.unwrap();
+    assert!(
+        other.parent().unwrap().is_dir(),
+        "a directory not kept is made"
+    );
+    assert_eq!(next.finish(false).await.unwrap(), None);
+    assert_eq!(
+        sorted_names(&spares_in(base.path())[0].join(INPUTS)),
+        ["models", "other"]
+    );
+
+    // An attempt fetching neither is given neither.
+    let last = Workspace::create(base.path(), TASK, Attempt(4), &[])
+        .await
+        .unwrap();
+    assert!(spares_in(base.path()).is_empty(), "the spare was taken");
+    assert_eq!(sorted_names(&last.inputs_dir()), [""; 0]);
+    assert_eq!(
+        sorted_names(last.root()),
+        ["inputs", "measurements.jsonl", "outputs", "work"]
+    );
 }
 
 #[tokio::test]
@@ -439,7 +520,7 @@ async fn an_empty_workspace_is_kept_without_emptying_and_its_base_resolved_once(
         Some(std::fs::canonicalize(base.path()).unwrap()),
         "the next attempt takes the spare without resolving the base again"
     );
-    let next = Workspace::create(base.path(), TASK, Attempt(3))
+    let next = Workspace::create(base.path(), TASK, Attempt(3), &[])
         .await
         .unwrap();
     assert!(spares_in(base.path()).is_empty(), "the spare was taken");
@@ -470,7 +551,7 @@ async fn a_spare_is_not_renamed_over_an_existing_directory() {
     assert_eq!(spares_in(base.path()).len(), 1);
     let taken = base.path().join(format!("{TASK}-3"));
     std::fs::create_dir(&taken).unwrap();
-    let error = Workspace::create(base.path(), TASK, Attempt(3))
+    let error = Workspace::create(base.path(), TASK, Attempt(3), &[])
         .await
         .unwrap_err();
     assert_eq!(error.kind(), io::ErrorKind::AlreadyExists);
@@ -492,7 +573,7 @@ async fn spares_left_by_stopped_processes_are_swept_on_first_use() {
     }
     let kept_failed = base.path().join("some-task-1");
     std::fs::create_dir(&kept_failed).unwrap();
-    let workspace = Workspace::create(base.path(), TASK, Attempt(1))
+    let workspace = Workspace::create(base.path(), TASK, Attempt(1), &[])
         .await
         .unwrap();
     for spare in &stale {
