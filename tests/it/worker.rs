@@ -931,15 +931,20 @@ async fn the_slots_of_done_attempts_are_refilled_from_the_queue() {
 }
 
 /// A worker whose slots are all busy takes tasks on its deck (`on_deck`): granted with the
-/// answers to its DONE reports, each started in the next slot that frees, so more tasks are
+/// answers to its DONE reports, each started in the next slot that frees (or in a slot kept
+/// idle for another report's answer, or held by the queue's consumer), so more tasks are
 /// granted to it at once than it has slots, and every task still runs once, none handed back.
-/// A worker of one slot has a deck of one.
+/// A worker of one slot has a deck too. Tasks shorter than the dispatcher's answers (2 ms) keep
+/// several answers awaited at once, each with a slot kept, and the deck's tasks taking those.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_granted_onto_the_deck_start_as_slots_free_and_run_once() {
-    for (slots, function_n, plan_n) in [(2, 691, 690), (1, 693, 692)] {
+    for (slots, taking_ms, tasks, function_n, plan_n) in [
+        (2, 60, 12, 691, 690),
+        (1, 60, 12, 693, 692),
+        (2, 2, 40, 695, 694),
+    ] {
         let (setup, stop, running) =
-            adding_worker(function_n, slots, Duration::from_millis(60)).await;
-        let tasks = 12;
+            adding_worker(function_n, slots, Duration::from_millis(taking_ms)).await;
         setup.submit_independent(plan_n, function_n, tasks).await;
         let mut spans = Vec::new();
         for n in 1..=tasks {

@@ -261,7 +261,7 @@ struct Shared {
     /// The reports of attempts that ended DONE waiting for the dispatcher's answer, by
     /// reported task: the slot kept for it (`TaskStatusReport::awaits_work`) and how many
     /// tasks it takes on the deck (`on_deck`).
-    kept: Mutex<HashMap<TaskKey, Answer>>,
+    kept: Mutex<Answers>,
     /// Tasks granted here that wait for a slot to free (`TaskStatusReport::on_deck`), oldest
     /// first, each with when it came: the next attempt to end passes its slot to the first.
     deck: Mutex<std::collections::VecDeque<(TaskAssigned, Instant)>>,
@@ -610,17 +610,30 @@ fn take_assigned(shared: &Arc<Shared>, assigned: &TaskAssigned) {
     let kept = assigned
         .after
         .filter(|_| !shared.taking.is_cancelled())
-        .and_then(|after| take_kept(shared, after));
+        .and_then(|after| {
+            take_kept(shared, after).or_else(|| {
+                // Its own report kept no slot (or it came late): a slot kept idle for another
+                // report's answer runs it now, and that answer's task takes its place.
+                let slot = (shared.free_slots() == 0)
+                    .then(|| lock(&shared.kept).take_idle_slot())
+                    .flatten();
+                if slot.is_some() {
+                    let task = assigned.grant.task_key;
+                    tracing::debug!(task.key = %task, "task {task} takes a slot kept for another report's answer");
+                }
+                slot
+            })
+        });
     if let Some(slot) = kept {
         start_assigned(shared, assigned, slot, Instant::now());
         return;
     }
     // Granted after a report (for the deck, or late for its kept slot) and no slot free: the
-    // deck holds it, up to one task a slot, when the worker keeps one.
+    // deck holds it, up to `DECK_PER_SLOT` tasks a slot, when the worker keeps one.
     let on_deck = assigned.after.is_some()
         && !shared.taking.is_cancelled()
         && shared.refills.load(std::sync::atomic::Ordering::Relaxed)
-        && lock(&shared.deck).len() < shared.config.executor_limit as usize;
+        && lock(&shared.deck).len() < shared.deck_size();
     if on_deck && shared.free_slots() == 0 {
         put_on_deck(shared, assigned);
     } else {
@@ -810,6 +823,14 @@ impl GivenTasks {
 /// waits on the deck for a slot before it is handed back.
 const KEPT_SLOT_WAIT: Duration = Duration::from_secs(2);
 
+/// How many tasks a worker's deck holds, or has asked for, at most per slot. The tasks asked
+/// for count because the dispatcher's answer takes a few milliseconds, as long as a short task
+/// runs: with one task a slot, the requests in flight filled the deck's room and a fan-in of
+/// no-op tasks kept 3 of 8 slots busy (BENCHMARKS.md). With the task running, a worker holds up
+/// to four tasks a slot, as many as Celery's default prefetch multiplier lets it take; a task
+/// that waits on the deck longer than [`KEPT_SLOT_WAIT`] is handed back.
+const DECK_PER_SLOT: usize = 3;
+
 /// What a report waits for from the dispatcher: a task in its kept slot, and tasks on the deck.
 struct Answer {
     /// Tells the answer's timer it is still the one it was started for.
@@ -820,6 +841,47 @@ struct Answer {
     deck: u32,
 }
 
+/// The answers awaited for reports of attempts that ended DONE, by reported task.
+#[derive(Default)]
+struct Answers(HashMap<TaskKey, Answer>);
+
+impl Answers {
+    /// The slot kept for the answer to the report of `task`, if it is still kept; else, when a
+    /// task on the deck was asked for with that report, counts it as come.
+    fn take(&mut self, task: TaskKey) -> Option<Slot> {
+        let answer = self.0.get_mut(&task)?;
+        let slot = answer.slot.take();
+        if slot.is_none() {
+            answer.deck = answer.deck.saturating_sub(1);
+        }
+        if answer.slot.is_none() && answer.deck == 0 {
+            self.0.remove(&task);
+        }
+        slot
+    }
+
+    /// A slot kept idle for the answer to some report, for a task granted now that found no
+    /// other: that answer's task, when it comes, is counted as one for the deck instead.
+    fn take_idle_slot(&mut self) -> Option<Slot> {
+        let answer = self.0.values_mut().find(|answer| answer.slot.is_some())?;
+        answer.deck += 1;
+        answer.slot.take()
+    }
+
+    /// The answer to the report of `task`, removed if it is still the one numbered `number`.
+    fn remove_numbered(&mut self, task: TaskKey, number: u64) -> Option<Answer> {
+        if self.0.get(&task)?.number != number {
+            return None;
+        }
+        self.0.remove(&task)
+    }
+
+    /// How many tasks the reports awaiting answers asked for the deck.
+    fn deck_asked(&self) -> usize {
+        self.0.values().map(|answer| answer.deck as usize).sum()
+    }
+}
+
 /// Waits for the dispatcher's answer to the report of `task`, which ended DONE: a task
 /// granted in `slot` (if kept) and `deck` more on the deck, or `released`; after
 /// [`KEPT_SLOT_WAIT`] without one, the slot is freed and the deck no longer counted.
@@ -827,22 +889,19 @@ fn keep_slot(shared: &Arc<Shared>, task: TaskKey, slot: Option<Slot>, deck: u32)
     let number = shared
         .kept_count
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    lock(&shared.kept).insert(task, Answer { number, slot, deck });
+    lock(&shared.kept)
+        .0
+        .insert(task, Answer { number, slot, deck });
     let shared = Arc::downgrade(shared);
     tokio::spawn(async move {
         tokio::time::sleep(KEPT_SLOT_WAIT).await;
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        let mut kept = lock(&shared.kept);
-        if kept
-            .get(&task)
-            .is_some_and(|answer| answer.number == number)
-        {
+        let answer = lock(&shared.kept).remove_numbered(task, number);
+        if let Some(answer) = answer {
             tracing::debug!(task.key = %task, "no answer to the report of task {task}: its slot is free");
-            let answer = kept.remove(&task);
-            drop(kept);
-            if let Some(slot) = answer.and_then(|answer| answer.slot) {
+            if let Some(slot) = answer.slot {
                 pass_to_deck(&shared, slot);
             }
         }
@@ -852,22 +911,13 @@ fn keep_slot(shared: &Arc<Shared>, task: TaskKey, slot: Option<Slot>, deck: u32)
 /// The slot kept for the answer to the report of `task`, if it is still kept; else, when a
 /// task on the deck was asked for with that report, counts it as come.
 fn take_kept(shared: &Shared, task: TaskKey) -> Option<Slot> {
-    let mut kept = lock(&shared.kept);
-    let answer = kept.get_mut(&task)?;
-    let slot = answer.slot.take();
-    if slot.is_none() {
-        answer.deck = answer.deck.saturating_sub(1);
-    }
-    if answer.slot.is_none() && answer.deck == 0 {
-        kept.remove(&task);
-    }
-    slot
+    lock(&shared.kept).take(task)
 }
 
 /// Ends the wait for the answer to the report of `task` (`released`): its kept slot, if it
 /// still is, goes to the deck's first task or is freed.
 fn release_kept(shared: &Arc<Shared>, task: TaskKey) {
-    let answer = lock(&shared.kept).remove(&task);
+    let answer = lock(&shared.kept).0.remove(&task);
     if let Some(slot) = answer.and_then(|answer| answer.slot) {
         pass_to_deck(shared, slot);
     }
@@ -875,24 +925,26 @@ fn release_kept(shared: &Arc<Shared>, task: TaskKey) {
 
 /// How many tasks the deck holds or has been asked for.
 fn deck_count(shared: &Shared) -> usize {
-    let asked: usize = lock(&shared.kept)
-        .values()
-        .map(|answer| answer.deck as usize)
-        .sum();
+    let asked = lock(&shared.kept).deck_asked();
     lock(&shared.deck).len() + asked
 }
 
 /// Starts the deck's first task in `slot`, or frees it if the deck is empty.
 fn pass_to_deck(shared: &Arc<Shared>, slot: Slot) {
-    let first = lock(&shared.deck).pop_front();
-    match first {
-        Some((assigned, came)) if !shared.taking.is_cancelled() => {
-            start_assigned(shared, &assigned, slot.pass_on(), came)
-        }
-        // Stopping: its timer hands it back.
-        Some(decked) => lock(&shared.deck).push_front(decked),
-        None => drop(slot),
+    drop(start_from_deck(shared, slot));
+}
+
+/// Starts the deck's first task in `slot`; gives the slot back if the deck is empty or the
+/// worker stops taking work (the deck's timers then hand its tasks back).
+fn start_from_deck(shared: &Arc<Shared>, slot: Slot) -> Option<Slot> {
+    if shared.taking.is_cancelled() {
+        return Some(slot);
     }
+    let Some((assigned, came)) = lock(&shared.deck).pop_front() else {
+        return Some(slot);
+    };
+    start_assigned(shared, &assigned, slot.pass_on(), came);
+    None
 }
 
 /// Puts `assigned`, granted here with no slot free, on the deck, where the next slot to free
@@ -902,6 +954,8 @@ fn put_on_deck(shared: &Arc<Shared>, assigned: &TaskAssigned) {
     let task = assigned.grant.task_key;
     tracing::debug!(task.key = %task, "task {task} waits on the deck for a slot");
     lock(&shared.deck).push_back((assigned.clone(), Instant::now()));
+    // A queue's consumer holding a slot while it waits for a delivery yields it to the deck.
+    shared.slot_wanted.notify_waiters();
     let tracker = shared.attempts.clone();
     let shared = shared.clone();
     tracker.spawn(async move {
@@ -1063,6 +1117,11 @@ impl Shared {
         lock(&self.slot_requests).push_back(request);
         self.slot_wanted.notify_waiters();
         tokio::time::timeout(within, given).await.ok()?.ok()
+    }
+
+    /// How many tasks the deck holds, or has asked for, at most ([`DECK_PER_SLOT`] a slot).
+    fn deck_size(&self) -> usize {
+        DECK_PER_SLOT * self.config.executor_limit as usize
     }
 
     /// How many slots are free.
@@ -1250,9 +1309,12 @@ async fn round(
         if slot.is_none() {
             slot = shared.try_slot();
         }
-        // A task assigned without a claim goes first: the next delivery waits for a slot.
+        // A task assigned without a claim goes first, then one on the deck: the next delivery
+        // waits for a slot.
         if let Some(idle) = slot.take() {
-            slot = shared.give_idle_slot(idle);
+            slot = shared
+                .give_idle_slot(idle)
+                .and_then(|idle| start_from_deck(shared, idle));
         }
         tokio::select! {
             () = shared.taking.cancelled() => return (Round::Stopped, taken),
@@ -1610,12 +1672,10 @@ async fn attempt(
     // The slot waits for the dispatcher's answer, if it gives one: a task to run in it, or
     // `released`.
     let awaits_work = follow_up && refills;
-    // And one more task for the deck, while it holds fewer than one a slot: the slot it
-    // frees next starts that task without waiting for the dispatcher. Not while a chain runs
-    // ahead here: its next link is on its way already.
-    let on_deck = u32::from(
-        refills && next.is_none() && deck_count(&shared) < shared.config.executor_limit as usize,
-    );
+    // And one more task for the deck, while it holds or was promised fewer than
+    // `DECK_PER_SLOT` a slot: the slot it frees next starts that task without waiting for the
+    // dispatcher. Not while a chain runs ahead here: its next link is on its way already.
+    let on_deck = u32::from(refills && next.is_none() && deck_count(&shared) < shared.deck_size());
     let report = TaskStatusReport {
         task_key: task,
         attempt: grant.attempt,
@@ -2029,6 +2089,97 @@ mod tests {
             ]
         );
         assert!(filled.inputs.iter().all(|input| input.multiple));
+    }
+
+    /// A slot of `slots`, as an attempt holds it.
+    fn slot(slots: &Arc<Semaphore>) -> Slot {
+        Slot {
+            permit: Some(slots.clone().try_acquire_owned().unwrap()),
+            freed: Arc::new(Notify::new()),
+            released: CancellationToken::new(),
+            round: None,
+        }
+    }
+
+    #[test]
+    fn a_task_granted_with_no_slot_takes_one_kept_idle_and_that_answer_s_task_goes_on_the_deck() {
+        let slots = Arc::new(Semaphore::new(2));
+        let (a, b, c) = (
+            TaskKey(uuid::Uuid::from_u128(1)),
+            TaskKey(uuid::Uuid::from_u128(2)),
+            TaskKey(uuid::Uuid::from_u128(3)),
+        );
+        let mut answers = Answers::default();
+        // A kept its slot and asked one task for the deck; B passed its slot on and asked one.
+        answers.0.insert(
+            a,
+            Answer {
+                number: 0,
+                slot: Some(slot(&slots)),
+                deck: 1,
+            },
+        );
+        answers.0.insert(
+            b,
+            Answer {
+                number: 1,
+                slot: None,
+                deck: 1,
+            },
+        );
+        assert_eq!(answers.deck_asked(), 2);
+
+        // B's task comes first: no slot of its own; it takes A's, kept idle.
+        assert!(answers.take(b).is_none());
+        assert!(!answers.0.contains_key(&b), "B's answer came");
+        let taken = answers.take_idle_slot().expect("A's slot was idle");
+        assert_eq!(slots.available_permits(), 1, "the slot moved, still held");
+        assert!(answers.take_idle_slot().is_none(), "no other slot kept");
+        // A's tasks, still to come, both go on the deck now.
+        assert_eq!(answers.deck_asked(), 2);
+        assert!(answers.take(a).is_none());
+        assert!(answers.take(a).is_none());
+        assert!(answers.0.is_empty(), "both of A's tasks came");
+        assert!(
+            answers.take(a).is_none(),
+            "a task after the answer finds nothing"
+        );
+        drop(taken);
+        assert_eq!(slots.available_permits(), 2);
+
+        // A kept slot is still A's task's when it comes first.
+        answers.0.insert(
+            c,
+            Answer {
+                number: 2,
+                slot: Some(slot(&slots)),
+                deck: 0,
+            },
+        );
+        assert!(answers.take(c).is_some());
+        assert!(answers.0.is_empty());
+    }
+
+    #[test]
+    fn an_answer_s_timer_removes_only_the_answer_it_was_started_for() {
+        let slots = Arc::new(Semaphore::new(1));
+        let task = TaskKey(uuid::Uuid::from_u128(1));
+        let mut answers = Answers::default();
+        answers.0.insert(
+            task,
+            Answer {
+                number: 7,
+                slot: Some(slot(&slots)),
+                deck: 0,
+            },
+        );
+        assert!(
+            answers.remove_numbered(task, 6).is_none(),
+            "an earlier wait's timer"
+        );
+        let answer = answers.remove_numbered(task, 7).expect("its own timer");
+        assert!(answer.slot.is_some());
+        assert!(answers.remove_numbered(task, 7).is_none());
     }
 
     #[test]
