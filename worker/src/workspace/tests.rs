@@ -391,16 +391,6 @@ async fn a_finished_workspace_is_emptied_and_reused_by_the_next_attempt() {
     assert!(base.path().exists(), "the symbolic link was not followed");
 }
 
-/// The names in `dir`, sorted.
-fn sorted_names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
 #[tokio::test]
 async fn a_multiple_inputs_directory_is_kept_for_an_attempt_fetching_the_same_input_only() {
     use std::os::unix::fs::MetadataExt;
@@ -422,11 +412,8 @@ async fn a_multiple_inputs_directory_is_kept_for_an_attempt_fetching_the_same_in
     assert_eq!(workspace.finish(false).await.unwrap(), None);
     let spares = spares_in(base.path());
     assert_eq!(spares.len(), 1);
-    assert_eq!(sorted_names(&spares[0].join(INPUTS)), ["models"], "emptied");
-    assert_eq!(
-        sorted_names(&spares[0].join(INPUTS).join("models")),
-        [""; 0]
-    );
+    assert_eq!(names(&spares[0].join(INPUTS)), ["models"], "emptied");
+    assert_eq!(names(&spares[0].join(INPUTS).join("models")), [""; 0]);
     assert_eq!(
         std::fs::read(&stored).unwrap(),
         b"x",
@@ -437,7 +424,7 @@ async fn a_multiple_inputs_directory_is_kept_for_an_attempt_fetching_the_same_in
     let next = Workspace::create(base.path(), TASK, Attempt(3), &["models", "other"])
         .await
         .unwrap();
-    assert_eq!(sorted_names(&next.inputs_dir()), ["models"]);
+    assert_eq!(names(&next.inputs_dir()), ["models"]);
     assert_eq!(
         std::fs::metadata(next.inputs_dir().join("models"))
             .unwrap()
@@ -456,7 +443,7 @@ async fn a_multiple_inputs_directory_is_kept_for_an_attempt_fetching_the_same_in
     );
     assert_eq!(next.finish(false).await.unwrap(), None);
     assert_eq!(
-        sorted_names(&spares_in(base.path())[0].join(INPUTS)),
+        names(&spares_in(base.path())[0].join(INPUTS)),
         ["models", "other"]
     );
 
@@ -465,9 +452,9 @@ async fn a_multiple_inputs_directory_is_kept_for_an_attempt_fetching_the_same_in
         .await
         .unwrap();
     assert!(spares_in(base.path()).is_empty(), "the spare was taken");
-    assert_eq!(sorted_names(&last.inputs_dir()), [""; 0]);
+    assert_eq!(names(&last.inputs_dir()), [""; 0]);
     assert_eq!(
-        sorted_names(last.root()),
+        names(last.root()),
         ["inputs", "measurements.jsonl", "outputs", "work"]
     );
 }
