@@ -1708,7 +1708,8 @@ async fn attempt(
         }
         Some(slot)
     };
-    let queued = shared.reports.queue(report);
+    // Sent once the output models are on disk, while the next task already runs.
+    let queued = shared.reports.queue_synced(report, ended.syncing);
     match (next, from_deck, slot) {
         (Some((grant, assignment, stop)), _, Some(slot)) => {
             tracing::debug!(task.key = %grant.task_key, "task {} started ahead, after task {task}", grant.task_key);

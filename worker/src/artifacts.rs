@@ -62,6 +62,19 @@ pub trait ArtifactStore: Send + Sync + 'static {
         self.put(address, source)
     }
 
+    /// [`ArtifactStore::put_taking`], returning as soon as the file can be fetched at `address`:
+    /// the [`Syncing`] returned ends once the file would also survive a crash, and nothing may
+    /// say the file is stored before it does (the worker holds the attempt's report until
+    /// then, while the chain's next link already reads the file). A store that cannot tell the
+    /// two apart stores the file durably first, and has nothing left to wait for.
+    fn put_taking_unsynced<'a>(
+        &'a self,
+        address: &'a str,
+        source: &'a Path,
+    ) -> BoxFuture<'a, Result<(File, Syncing), ArtifactError>> {
+        Box::pin(async move { Ok((self.put_taking(address, source).await?, Syncing::done())) })
+    }
+
     /// Fetches `file` to `dest`, verifying its sha256; on a mismatch nothing is left at `dest`.
     fn fetch<'a>(
         &'a self,
@@ -82,6 +95,29 @@ pub trait ArtifactStore: Send + Sync + 'static {
 
     /// A short description for logs (e.g. `local:/var/lib/baton/artifacts`).
     fn describe(&self) -> String;
+}
+
+/// A stored file's way to disk, still under way ([`ArtifactStore::put_taking_unsynced`]).
+#[derive(Debug)]
+pub struct Syncing(Option<tokio::task::JoinHandle<Result<(), ArtifactError>>>);
+
+impl Syncing {
+    /// Nothing left to wait for: the file is durable already.
+    pub fn done() -> Syncing {
+        Syncing(None)
+    }
+
+    /// Waits until the file would survive a crash.
+    pub async fn wait(self) -> Result<(), ArtifactError> {
+        match self.0 {
+            None => Ok(()),
+            Some(syncing) => syncing.await.unwrap_or_else(|error| {
+                Err(ArtifactError::io("sync", Path::new("a stored file"))(
+                    io::Error::other(error),
+                ))
+            }),
+        }
+    }
 }
 
 /// Why an artifact could not be stored or fetched.
@@ -258,40 +294,47 @@ impl LocalStore {
         source: &Path,
         abandoned: &Abandoned,
     ) -> Result<File, ArtifactError> {
+        let (file, unsynced) = self.take_file_unsynced(address, source, abandoned)?;
+        if let Some(unsynced) = unsynced {
+            unsynced.sync()?;
+        }
+        Ok(file)
+    }
+
+    /// [`LocalStore::take_file`] up to the rename into place: a file moved there is returned
+    /// with what is left to sync (a copied one is synced already). Runs on a blocking thread.
+    fn take_file_unsynced(
+        &self,
+        address: &str,
+        source: &Path,
+        abandoned: &Abandoned,
+    ) -> Result<(File, Option<Unsynced>), ArtifactError> {
         check_address(address)?;
+        let copied = || Ok((self.put_file(address, source, abandoned)?, None));
         let metadata =
             std::fs::symlink_metadata(source).map_err(ArtifactError::io("inspect", source))?;
         if !metadata.file_type().is_file() || metadata.nlink() != 1 {
-            return self.put_file(address, source, abandoned);
+            return copied();
         }
         let dest = self.resolve(address, MissingDirectories::Create)?;
         let mut input = std::fs::File::open(source).map_err(ArtifactError::io("open", source))?;
         let (checksum, size_bytes) = hash_all(&mut input, source, &dest, abandoned)?;
         // Not ours to change (another user's file): copied instead.
         if input.set_permissions(read_only()).is_err() {
-            return self.put_file(address, source, abandoned);
+            return copied();
         }
-        input
-            .sync_all()
-            .map_err(ArtifactError::io("sync", source))?;
         abandoned.check(&dest)?;
         match std::fs::rename(source, &dest) {
             Ok(()) => {}
-            Err(error) if error.raw_os_error() == Some(nix::libc::EXDEV) => {
-                return self.put_file(address, source, abandoned);
-            }
+            Err(error) if error.raw_os_error() == Some(nix::libc::EXDEV) => return copied(),
             Err(error) => return Err(ArtifactError::io("rename into place", &dest)(error)),
         }
-        if let Some(dir) = dest.parent() {
-            std::fs::File::open(dir)
-                .and_then(|handle| handle.sync_all())
-                .map_err(ArtifactError::io("sync", dir))?;
-        }
         debug!(size_bytes, "moved artifact {address} into the local store");
-        Ok(File {
+        let file = File {
             checksum,
             storage_address: address.to_owned(),
-        })
+        };
+        Ok((file, Some(Unsynced { input, dest })))
     }
 
     /// Fetches `file` to `dest`, verifying its sha256; runs on a blocking thread.
@@ -513,6 +556,29 @@ impl ArtifactStore for LocalStore {
         self.blocking_put(address, source, LocalStore::take_file)
     }
 
+    /// The file's sync and its directory's run on a blocking thread of their own, after the
+    /// rename.
+    fn put_taking_unsynced<'a>(
+        &'a self,
+        address: &'a str,
+        source: &'a Path,
+    ) -> BoxFuture<'a, Result<(File, Syncing), ArtifactError>> {
+        let store = self.clone();
+        let address = address.to_owned();
+        let source = source.to_owned();
+        Box::pin(async move {
+            let (file, unsynced) = run_blocking(source.clone(), move |abandoned| {
+                store.take_file_unsynced(&address, &source, abandoned)
+            })
+            .await?;
+            let span = tracing::Span::current();
+            let syncing = unsynced.map(|unsynced| {
+                tokio::task::spawn_blocking(move || span.in_scope(|| unsynced.sync()))
+            });
+            Ok((file, Syncing(syncing)))
+        })
+    }
+
     fn fetch<'a>(
         &'a self,
         file: &'a File,
@@ -563,6 +629,29 @@ impl LocalStore {
         Box::pin(run_blocking(source.clone(), move |abandoned| {
             put(&store, &address, &source, abandoned)
         }))
+    }
+}
+
+/// A file moved into the local store and not yet synced: the file, then its directory.
+struct Unsynced {
+    /// The file, open.
+    input: std::fs::File,
+    /// Where it is now.
+    dest: PathBuf,
+}
+
+impl Unsynced {
+    /// Syncs the file and its directory; runs on a blocking thread.
+    fn sync(self) -> Result<(), ArtifactError> {
+        self.input
+            .sync_all()
+            .map_err(ArtifactError::io("sync", &self.dest))?;
+        if let Some(dir) = self.dest.parent() {
+            std::fs::File::open(dir)
+                .and_then(|handle| handle.sync_all())
+                .map_err(ArtifactError::io("sync", dir))?;
+        }
+        Ok(())
     }
 }
 

@@ -21,7 +21,7 @@ use models::wire::{
 };
 use models::{OutputKind, StepState, TaskErrorType};
 
-use crate::artifacts::ArtifactStore;
+use crate::artifacts::{ArtifactStore, Syncing};
 use crate::device::{Device, DeviceRun, Job, RunEnd};
 use crate::logs::{LogLimits, LogWriter, next_batch};
 use crate::process::Stop;
@@ -83,6 +83,8 @@ pub(crate) struct Ended {
     pub(crate) image: Option<models::File>,
     /// The end of the attempt's log, not published in a batch: it goes with the report.
     pub(crate) log_tail: Vec<LogRecord>,
+    /// The output models' way to disk (with `Done` only): the report waits for it.
+    pub(crate) syncing: Vec<Syncing>,
 }
 
 impl Ended {
@@ -100,6 +102,7 @@ impl Ended {
             stopped: None,
             image: None,
             log_tail: Vec::new(),
+            syncing: Vec::new(),
         }
     }
 }
@@ -365,9 +368,13 @@ async fn in_workspace(
     };
     let DeviceRun { steps, end, output } = attempt.device.run(job).await;
     let mut image = None;
+    let mut syncing = Vec::new();
     let (outcome, outputs, stopped) = match end {
         RunEnd::Succeeded => match collect_outputs(attempt, workspace, &mut image).await {
-            Ok(outputs) => (ReportedOutcome::Done, outputs, None),
+            Ok((outputs, synced)) => {
+                syncing = synced;
+                (ReportedOutcome::Done, outputs, None)
+            }
             Err(message) => {
                 log.system(None, &message);
                 (
@@ -404,6 +411,7 @@ async fn in_workspace(
         stopped,
         image,
         log_tail: Vec::new(),
+        syncing,
     }
 }
 
@@ -436,6 +444,7 @@ fn stopped_before_start(assignment: &Assignment, order: Stop) -> Ended {
         stopped: Some(order),
         image: None,
         log_tail: Vec::new(),
+        syncing: Vec::new(),
     }
 }
 
@@ -545,17 +554,23 @@ fn shown_path(input: &AssignedInput, workspace: &Workspace, path: PathBuf) -> Pa
 
 /// Reads every declared output from the workspace: models are uploaded, performances parsed.
 /// The error names every output that is missing or invalid.
+///
+/// A task's models are stored without waiting for their way to disk
+/// ([`ArtifactStore::put_taking_unsynced`]), so that the next task (a chain's next link) can
+/// start at once; what is returned with them is for the report to wait for. A build's are
+/// stored durably.
 async fn collect_outputs(
     attempt: &Attempt<'_>,
     workspace: Option<&Workspace>,
     image: &mut Option<models::File>,
-) -> Result<Vec<ReportedOutput>, String> {
+) -> Result<(Vec<ReportedOutput>, Vec<Syncing>), String> {
     // Made on demand (or not at all): the attempt has no output to collect.
     let Some(workspace) = workspace else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     };
     let grant = attempt.grant;
     let mut values = Vec::new();
+    let mut syncing = Vec::new();
     let mut problems = Vec::new();
     // A build's image is optional: a build may install on the host instead.
     if let Some(address) = &attempt.build_image
@@ -591,11 +606,20 @@ async fn collect_outputs(
                     let address =
                         model_address(grant, &output.identifier, output.multiple.then_some(index));
                     // The workspace is emptied after the attempt: the file may move.
-                    match attempt.artifacts.put_taking(&address, file).await {
-                        Ok(file) => values.push(ReportedOutput::Model {
-                            identifier: output.identifier.clone(),
-                            file,
-                        }),
+                    let stored = if attempt.build_image.is_some() {
+                        let stored = attempt.artifacts.put_taking(&address, file).await;
+                        stored.map(|file| (file, Syncing::done()))
+                    } else {
+                        attempt.artifacts.put_taking_unsynced(&address, file).await
+                    };
+                    match stored {
+                        Ok((file, synced)) => {
+                            syncing.push(synced);
+                            values.push(ReportedOutput::Model {
+                                identifier: output.identifier.clone(),
+                                file,
+                            });
+                        }
                         Err(error) => {
                             problems.push(format!("output `{}`: {error}", output.identifier))
                         }
@@ -614,7 +638,7 @@ async fn collect_outputs(
         }
     }
     if problems.is_empty() {
-        Ok(values)
+        Ok((values, syncing))
     } else {
         Err(format!("invalid outputs: {}", problems.join("; ")))
     }

@@ -3,7 +3,8 @@
 //! rather than a message each. A lone report goes at once, as a `task.status` on
 //! `task.<key>.status`; reports gather only behind one under way, except a chain's: a link's
 //! report whose next link started here already waits a few milliseconds for the next links'
-//! (see [`gather`]). Every report is sent until
+//! (see [`gather`]). A report whose models are still being synced to disk waits for them,
+//! and so do the reports queued after it. Every report is sent until
 //! RabbitMQ confirms it, retrying through a broker outage; its attempt frees its slot once
 //! the report is queued here, and ends (a stopping worker waits for it) once it is confirmed.
 
@@ -11,9 +12,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use broker::Publisher;
 use broker::topology::task_event_key;
+use models::TaskErrorType;
 use models::WorkerId;
-use models::wire::{StatusBatch, TaskStatusReport};
+use models::wire::{ReportedOutcome, StatusBatch, TaskStatusReport};
 
+use crate::artifacts::{ArtifactError, Syncing};
 use crate::executor::publish_until_confirmed;
 
 /// The most reports sent in one message.
@@ -36,6 +39,8 @@ const LINGER_REPORTS: usize = 4;
 /// A report waiting for its message.
 struct Pending {
     report: TaskStatusReport,
+    /// Its output models' way to disk, waited for before the report is sent.
+    syncing: Vec<Syncing>,
     confirmed: oneshot::Sender<()>,
 }
 
@@ -62,8 +67,19 @@ impl Reports {
     /// Queues `report` for its message; the returned [`Queued`] tells when RabbitMQ confirmed
     /// it.
     pub(crate) fn queue(&self, report: TaskStatusReport) -> Queued {
+        self.queue_synced(report, Vec::new())
+    }
+
+    /// Queues `report`, to be sent once its output models are on disk (`syncing`); one whose
+    /// model could not be synced is sent FAILED instead, retryable. Reports keep their order:
+    /// those queued after it wait for it.
+    pub(crate) fn queue_synced(&self, report: TaskStatusReport, syncing: Vec<Syncing>) -> Queued {
         let (confirmed, rx) = oneshot::channel();
-        match self.tx.send(Pending { report, confirmed }) {
+        match self.tx.send(Pending {
+            report,
+            syncing,
+            confirmed,
+        }) {
             Ok(()) => Queued(Some(rx)),
             Err(_) => Queued(None),
         }
@@ -90,6 +106,13 @@ async fn run(publisher: Publisher, worker: WorkerId, mut rx: mpsc::UnboundedRece
     let batch_key = broker::topology::worker_event_key(&worker, "status");
     let mut pending: Vec<Pending> = Vec::new();
     while gather(&mut rx, &mut pending).await {
+        for waiting in &mut pending {
+            for syncing in std::mem::take(&mut waiting.syncing) {
+                if let Err(error) = syncing.wait().await {
+                    not_stored(&mut waiting.report, &error);
+                }
+            }
+        }
         let (reports, confirmed): (Vec<_>, Vec<_>) = pending
             .drain(..)
             .map(|waiting| (waiting.report, waiting.confirmed))
@@ -110,6 +133,19 @@ async fn run(publisher: Publisher, worker: WorkerId, mut rx: mpsc::UnboundedRece
             let _ = waiter.send(());
         }
     }
+}
+
+/// Turns `report`, whose output models could not all be synced to disk, into a retryable
+/// failure: the dispatcher must not record outputs that a crash could lose.
+fn not_stored(report: &mut TaskStatusReport, error: &ArtifactError) {
+    let task = report.task_key;
+    tracing::warn!(task.key = %task, "task {task}: storing its outputs: {error}");
+    report.outcome = ReportedOutcome::Failed {
+        error_type: TaskErrorType::Internal,
+        message: format!("the worker could not store the task's outputs: {error}"),
+        retryable: true,
+    };
+    report.outputs.clear();
 }
 
 /// Waits for the next reports to send into `pending`, which must be empty; `false` once every
@@ -163,7 +199,7 @@ fn messages(reports: Vec<TaskStatusReport>) -> Vec<Vec<TaskStatusReport>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use models::wire::{LogRecord, ReportedOutcome};
+    use models::wire::LogRecord;
     use models::{Attempt, LogStream, TaskKey};
     use std::time::Duration;
 
@@ -227,6 +263,7 @@ mod tests {
     fn pending(report: TaskStatusReport) -> Pending {
         Pending {
             report,
+            syncing: Vec::new(),
             confirmed: oneshot::channel().0,
         }
     }
@@ -290,6 +327,40 @@ mod tests {
         assert!(gather(&mut rx, &mut batch).await);
         assert_eq!(gathered(&mut batch), [20]);
         assert!(!gather(&mut rx, &mut batch).await);
+    }
+
+    #[test]
+    fn a_report_whose_models_could_not_be_synced_becomes_a_retryable_failure() {
+        let mut done = TaskStatusReport {
+            outputs: vec![models::wire::ReportedOutput::Performance {
+                identifier: "score".to_owned(),
+                value: 1.0,
+            }],
+            ..ahead(1)
+        };
+        let error = ArtifactError::Io {
+            action: "sync",
+            path: "/store/models/ab/x".into(),
+            source: std::io::Error::other("disk gone"),
+        };
+        not_stored(&mut done, &error);
+        match &done.outcome {
+            ReportedOutcome::Failed {
+                error_type,
+                message,
+                retryable,
+            } => {
+                assert_eq!(*error_type, TaskErrorType::Internal);
+                assert!(*retryable);
+                assert!(message.contains("disk gone"), "{message}");
+            }
+            other => panic!("still {other:?}"),
+        }
+        assert!(done.outputs.is_empty(), "no output of it is registered");
+        assert!(
+            done.started_next.is_some(),
+            "the next link's start is still said, for the dispatcher to abort it"
+        );
     }
 
     #[test]

@@ -593,6 +593,42 @@ async fn a_file_taken_is_moved_into_the_store_and_a_linked_one_copied() {
 }
 
 #[tokio::test]
+async fn a_file_taken_unsynced_is_in_place_at_once_and_synced_after() {
+    let setup = setup();
+    let own = write(&setup.scratch.join("own"), b"abc");
+    let (stored, syncing) = setup
+        .store
+        .put_taking_unsynced("models/t/1/model", &own)
+        .await
+        .unwrap();
+    assert_eq!(stored.checksum, ABC_SHA256);
+    assert!(!own.exists(), "moved, not copied");
+    // Fetchable before its sync ends (a chain's next link reads it meanwhile).
+    let fetched = setup.scratch.join("fetched");
+    setup.store.fetch(&stored, &fetched).await.unwrap();
+    assert_eq!(std::fs::read(&fetched).unwrap(), b"abc");
+    syncing.wait().await.unwrap();
+
+    // A file the store copies (another link to it) is synced before it is returned.
+    let linked = setup.scratch.join("linked");
+    std::fs::hard_link(&fetched, &linked).unwrap();
+    let (copied, syncing) = setup
+        .store
+        .put_taking_unsynced("models/t/2/model", &linked)
+        .await
+        .unwrap();
+    assert_eq!(copied.checksum, ABC_SHA256);
+    assert!(syncing.0.is_none(), "nothing left to wait for");
+    assert_invalid(
+        setup
+            .store
+            .put_taking_unsynced("../x", &fetched)
+            .await
+            .map(|(file, _)| file),
+    );
+}
+
+#[tokio::test]
 async fn a_read_only_fetch_links_the_stored_file_and_copies_a_writable_one() {
     use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
     let setup = setup();
