@@ -27,6 +27,7 @@ use broker::topology::{self, TASKS_EXCHANGE};
 use broker::{Broker, BrokerConfig, Consumer, Meta, Publisher};
 use models::wire::TaskReady;
 use models::{FunctionKey, PlanKey, RequirementSet, TaskKey};
+use tokio_util::sync::CancellationToken;
 
 /// Confirms kept in flight by both sides: enough to hide the round trip, as a real relay would.
 const WINDOW: usize = 1_000;
@@ -47,6 +48,24 @@ pub(crate) struct BrokerBench {
     pub(crate) messages: u32,
     /// Runs of each side.
     pub(crate) runs: u32,
+    /// Cancelled to stop the benchmark early (SIGINT or SIGTERM): it then removes what it made
+    /// and ends in an error.
+    pub(crate) stop: CancellationToken,
+}
+
+impl BrokerBench {
+    /// Runs `work`, the part of a benchmark between making its vhost (and database) and
+    /// removing them, unless the benchmark is stopped first: `work` is then dropped, and the
+    /// caller removes what the benchmark made as after a failure.
+    pub(crate) async fn until_stopped<T>(
+        &self,
+        work: impl Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        tokio::select! {
+            outcome = work => outcome,
+            () = self.stop.cancelled() => bail!("the benchmark was stopped before its end"),
+        }
+    }
 }
 
 /// A vhost that lives as long as the benchmark.
@@ -327,30 +346,31 @@ pub(crate) async fn broker(options: BrokerBench) -> anyhow::Result<BrokerFigures
     let url = vhost.amqp_url();
     let mut lapin_runs = Vec::new();
     let mut baton_runs = Vec::new();
-    let outcome = async {
-        // A warm-up of each side, not counted: queues created, code paths hot.
-        run_lapin(&url, options.messages.min(2_000)).await?;
-        run_baton(&url, options.messages.min(2_000)).await?;
-        for run in 0..options.runs {
-            let rate = |elapsed: Duration| f64::from(options.messages) / elapsed.as_secs_f64();
-            // Alternate the order, so neither side always runs on a warmer machine.
-            if run.is_multiple_of(2) {
-                lapin_runs.push(rate(run_lapin(&url, options.messages).await?));
-                baton_runs.push(rate(run_baton(&url, options.messages).await?));
-            } else {
-                baton_runs.push(rate(run_baton(&url, options.messages).await?));
-                lapin_runs.push(rate(run_lapin(&url, options.messages).await?));
+    let outcome = options
+        .until_stopped(async {
+            // A warm-up of each side, not counted: queues created, code paths hot.
+            run_lapin(&url, options.messages.min(2_000)).await?;
+            run_baton(&url, options.messages.min(2_000)).await?;
+            for run in 0..options.runs {
+                let rate = |elapsed: Duration| f64::from(options.messages) / elapsed.as_secs_f64();
+                // Alternate the order, so neither side always runs on a warmer machine.
+                if run.is_multiple_of(2) {
+                    lapin_runs.push(rate(run_lapin(&url, options.messages).await?));
+                    baton_runs.push(rate(run_baton(&url, options.messages).await?));
+                } else {
+                    baton_runs.push(rate(run_baton(&url, options.messages).await?));
+                    lapin_runs.push(rate(run_lapin(&url, options.messages).await?));
+                }
+                tracing::info!(
+                    "run {}: lapin {:.0} msgs/s, baton {:.0} msgs/s",
+                    run + 1,
+                    lapin_runs[lapin_runs.len() - 1],
+                    baton_runs[baton_runs.len() - 1]
+                );
             }
-            tracing::info!(
-                "run {}: lapin {:.0} msgs/s, baton {:.0} msgs/s",
-                run + 1,
-                lapin_runs[lapin_runs.len() - 1],
-                baton_runs[baton_runs.len() - 1]
-            );
-        }
-        anyhow::Ok(())
-    }
-    .await;
+            anyhow::Ok(())
+        })
+        .await;
     vhost.delete().await?;
     outcome?;
     let lapin_median = median(lapin_runs.clone());

@@ -103,7 +103,10 @@ pub(crate) async fn ceiling(options: CeilingBench) -> anyhow::Result<CeilingFigu
         u16::MAX
     );
     let vhost = BenchVhost::create(&options.broker).await?;
-    let outcome = measure(&options, &vhost.amqp_url()).await;
+    let outcome = options
+        .broker
+        .until_stopped(measure(&options, &vhost.amqp_url()))
+        .await;
     let deleted = vhost.delete().await;
     match (outcome, deleted) {
         (Ok(figures), deleted) => deleted.map(|()| figures),

@@ -359,40 +359,42 @@ async fn in_environment<T>(
         "--executor-limit must be at least 1"
     );
     let mut env = BenchEnv::create(&options.database_url, &options.broker).await?;
-    let outcome = async {
-        let mut harness = Harness::start(&mut env).await?;
-        let outcome = async {
-            let organization = crate::bench_throughput::organization();
-            let link = link_function(&organization);
-            catalog::insert_function(&mut harness.conn, &link)
+    let broker = options.broker.clone();
+    let outcome = broker
+        .until_stopped(async {
+            let mut harness = Harness::start(&mut env).await?;
+            let outcome = async {
+                let organization = crate::bench_throughput::organization();
+                let link = link_function(&organization);
+                catalog::insert_function(&mut harness.conn, &link)
+                    .await
+                    .context("registering the link function")?;
+                env.services.workers.push(start_worker(
+                    &env.amqp_url,
+                    Device::Handler,
+                    0,
+                    options.executor_limit,
+                    &env.dir,
+                )?);
+                // Waits for the dispatcher to start and the worker to register; not counted.
+                let warm_up = plans_of(WARM_UP_TASKS, 1, harness.function, &organization);
+                run_plans(
+                    &warm_up,
+                    &harness.rpc,
+                    &mut harness.conn,
+                    &mut env.services,
+                    WARM_UP_TIMEOUT,
+                    DAG_POLL,
+                )
                 .await
-                .context("registering the link function")?;
-            env.services.workers.push(start_worker(
-                &env.amqp_url,
-                Device::Handler,
-                0,
-                options.executor_limit,
-                &env.dir,
-            )?);
-            // Waits for the dispatcher to start and the worker to register; not counted.
-            let warm_up = plans_of(WARM_UP_TASKS, 1, harness.function, &organization);
-            run_plans(
-                &warm_up,
-                &harness.rpc,
-                &mut harness.conn,
-                &mut env.services,
-                WARM_UP_TIMEOUT,
-                DAG_POLL,
-            )
-            .await
-            .context("running the warm-up plan")?;
-            body(&mut harness, &mut env, link.key).await
-        }
+                .context("running the warm-up plan")?;
+                body(&mut harness, &mut env, link.key).await
+            }
+            .await;
+            harness.close().await;
+            outcome
+        })
         .await;
-        harness.close().await;
-        outcome
-    }
-    .await;
     env.finish(outcome).await
 }
 

@@ -326,21 +326,23 @@ pub(crate) async fn large_plan(options: LargePlanBench) -> anyhow::Result<LargeP
     let mut loaded = None;
     for run in 0..options.runs {
         let env = BenchEnv::create(&options.database_url, &options.broker).await?;
-        let outcome = async {
-            let (figures, plan) = run_once(&env, &options).await?;
-            tracing::info!(
-                "run {}: validate + store {:.2} s, first publish {:.2} s",
-                run + 1,
-                figures.store_secs,
-                figures.first_publish_secs
-            );
-            // The state is loaded once, after the last run.
-            if run + 1 == options.runs {
-                loaded = Some(load_in_child(&env.database_url, plan).await?);
-            }
-            anyhow::Ok(figures)
-        }
-        .await;
+        let outcome = options
+            .broker
+            .until_stopped(async {
+                let (figures, plan) = run_once(&env, &options).await?;
+                tracing::info!(
+                    "run {}: validate + store {:.2} s, first publish {:.2} s",
+                    run + 1,
+                    figures.store_secs,
+                    figures.first_publish_secs
+                );
+                // The state is loaded once, after the last run.
+                if run + 1 == options.runs {
+                    loaded = Some(load_in_child(&env.database_url, plan).await?);
+                }
+                anyhow::Ok(figures)
+            })
+            .await;
         runs.push(env.finish(outcome).await?);
     }
     let loaded = loaded.context("no run loaded the plan's state")?;

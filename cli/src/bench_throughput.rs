@@ -974,7 +974,7 @@ pub(crate) async fn throughput(options: ThroughputBench) -> anyhow::Result<Throu
         amqp_url: env.amqp_url.clone(),
         dir: env.dir.clone(),
     };
-    let outcome = setup.measure(&mut env).await;
+    let outcome = options.broker.until_stopped(setup.measure(&mut env)).await;
     let devices = env.finish(outcome).await?;
     Ok(ThroughputFigures {
         runs: options.runs,
@@ -1151,6 +1151,7 @@ mod tests {
                 management_user: (String::new(), String::new()),
                 messages: 1,
                 runs: 1,
+                stop: tokio_util::sync::CancellationToken::new(),
             },
             tasks,
             devices: ThroughputDevices::Both,

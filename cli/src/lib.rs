@@ -815,8 +815,9 @@ pub struct BenchRabbitmq {
 }
 
 impl BenchRabbitmq {
-    /// The broker settings of a benchmark sending `messages` per run over `runs` runs.
-    fn bench(self, messages: u32, runs: u32) -> bench::BrokerBench {
+    /// The broker settings of a benchmark sending `messages` per run over `runs` runs, stopped
+    /// early when `stop` is cancelled.
+    fn bench(self, messages: u32, runs: u32, stop: &CancellationToken) -> bench::BrokerBench {
         bench::BrokerBench {
             amqp_url: self.amqp_url.trim_end_matches('/').to_owned(),
             management_url: self
@@ -830,6 +831,7 @@ impl BenchRabbitmq {
             ),
             messages,
             runs,
+            stop: stop.clone(),
         }
     }
 }
@@ -852,11 +854,17 @@ pub struct DagBenchArgs {
 }
 
 impl DagBenchArgs {
-    /// The options of a run of `tasks` tasks on `database_url`.
-    fn bench(self, tasks: u32, database_url: &str) -> bench_dag::DagBench {
+    /// The options of a run of `tasks` tasks on `database_url`, stopped early when `stop` is
+    /// cancelled.
+    fn bench(
+        self,
+        tasks: u32,
+        database_url: &str,
+        stop: &CancellationToken,
+    ) -> bench_dag::DagBench {
         bench_dag::DagBench {
             database_url: database_url.to_owned(),
-            broker: self.rabbitmq.bench(tasks, self.runs),
+            broker: self.rabbitmq.bench(tasks, self.runs, stop),
             tasks,
             runs: self.runs,
             executor_limit: self.executor_limit,
@@ -971,7 +979,10 @@ pub fn run_with(cli: Cli, out: &Output, stop: &CancellationToken) -> anyhow::Res
                 demo::run(options, out, format).await
             }
             Command::Status { limit } => status(out, &cli.database_url, format, limit).await,
-            Command::Bench { scenario } => bench(out, scenario, format, &cli.database_url).await,
+            Command::Bench { scenario } => {
+                let stop = stop_on_signal(&stop);
+                bench(out, scenario, format, &cli.database_url, &stop).await
+            }
             Command::Worker(args) => run_worker(args, stop_on_signal(&stop)).await,
             Command::Dispatcher {
                 amqp_url,
@@ -1158,12 +1169,14 @@ pub(crate) async fn apply_migrations(database_url: &str) -> anyhow::Result<Vec<S
         })
 }
 
-/// Runs a benchmark scenario and prints its figures.
+/// Runs a benchmark scenario and prints its figures; cancelling `stop` ends it early, with
+/// what it made removed.
 async fn bench(
     out: &Output,
     scenario: BenchScenario,
     format: OutputFormat,
     database_url: &str,
+    stop: &CancellationToken,
 ) -> anyhow::Result<()> {
     match scenario {
         BenchScenario::LargePlan {
@@ -1177,7 +1190,7 @@ async fn bench(
                 tasks,
                 width,
                 runs,
-                broker: rabbitmq.bench(1, runs),
+                broker: rabbitmq.bench(1, runs, stop),
             })
             .await?;
             output::print_large_plan_bench(out, format, &figures)
@@ -1191,7 +1204,7 @@ async fn bench(
             runs,
             rabbitmq,
         } => {
-            let figures = bench::broker(rabbitmq.bench(messages, runs)).await?;
+            let figures = bench::broker(rabbitmq.bench(messages, runs, stop)).await?;
             output::print_broker_bench(out, format, &figures)
         }
         BenchScenario::Ceiling {
@@ -1202,7 +1215,7 @@ async fn bench(
             rabbitmq,
         } => {
             let figures = bench_ceiling::ceiling(bench_ceiling::CeilingBench {
-                broker: rabbitmq.bench(messages, runs),
+                broker: rabbitmq.bench(messages, runs, stop),
                 round_trips,
                 in_flight,
             })
@@ -1224,6 +1237,7 @@ async fn bench(
                 broker: rabbitmq.bench(
                     tasks.unwrap_or_else(|| bench_throughput::Device::Handler.default_tasks()),
                     runs,
+                    stop,
                 ),
                 tasks,
                 devices: device,
@@ -1237,17 +1251,17 @@ async fn bench(
             bench_throughput::print_throughput_bench(out, format, &figures)
         }
         BenchScenario::Chain { tasks, common } => {
-            let options = common.bench(tasks, database_url);
+            let options = common.bench(tasks, database_url, stop);
             let figures = bench_dag::dag(bench_dag::DagShape::Chain, options).await?;
             bench_dag::print_dag_bench(out, format, &figures)
         }
         BenchScenario::FanIn { tasks, common } => {
-            let options = common.bench(tasks, database_url);
+            let options = common.bench(tasks, database_url, stop);
             let figures = bench_dag::dag(bench_dag::DagShape::FanIn, options).await?;
             bench_dag::print_dag_bench(out, format, &figures)
         }
         BenchScenario::Latency { tasks, common } => {
-            let figures = bench_dag::latency(common.bench(tasks, database_url)).await?;
+            let figures = bench_dag::latency(common.bench(tasks, database_url, stop)).await?;
             bench_dag::print_latency_bench(out, format, &figures)
         }
     }

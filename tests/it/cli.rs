@@ -325,6 +325,15 @@ impl Drop for BenchAdmin {
 /// Runs `baton --output json bench <args> --runs 1` as `admin`, with the test database server:
 /// the JSON lines it printed.
 fn run_bench(admin: &BenchAdmin, args: &[&str]) -> Vec<serde_json::Value> {
+    run_bench_until(admin, args, &CancellationToken::new()).unwrap()
+}
+
+/// [`run_bench`], stopped early if `stop` is cancelled (as SIGINT or SIGTERM cancel it).
+fn run_bench_until(
+    admin: &BenchAdmin,
+    args: &[&str],
+    stop: &CancellationToken,
+) -> anyhow::Result<Vec<serde_json::Value>> {
     let out = cli::Output::buffer();
     let amqp_url = admin.amqp_url();
     let api = api_base();
@@ -345,11 +354,46 @@ fn run_bench(admin: &BenchAdmin, args: &[&str]) -> Vec<serde_json::Value> {
         "--rabbitmq-api-password",
         &admin.password,
     ]);
-    cli::run_with(cli::Cli::parse_from(argv), &out, &CancellationToken::new()).unwrap();
-    out.captured()
+    cli::run_with(cli::Cli::parse_from(argv), &out, stop)?;
+    Ok(out
+        .captured()
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
+        .collect())
+}
+
+/// A benchmark stopped midway, as SIGINT or SIGTERM stop it, ends in an error and removes what
+/// it made: its vhost (and its database and directory, removed by the same clean-up).
+#[test]
+fn a_stopped_benchmark_ends_in_an_error_and_removes_what_it_made() {
+    show_logs();
+    let runtime = runtime();
+    let admin = runtime.block_on(BenchAdmin::new());
+    let stop = CancellationToken::new();
+    let ended = std::thread::scope(|scope| {
+        let bench = scope.spawn(|| run_bench_until(&admin, &["chain", "--tasks", "9000"], &stop));
+        // Stopped once it has made its vhost, a chain far too long to end meanwhile.
+        runtime.block_on(async {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+            while admin.vhosts().await.is_empty() {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the benchmark made no vhost"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        });
+        stop.cancel();
+        bench.join().unwrap()
+    });
+    let error = ended.expect_err("a stopped benchmark ends in an error");
+    assert!(
+        format!("{error:#}").contains("stopped before its end"),
+        "{error:#}"
+    );
+    let left = runtime.block_on(admin.vhosts());
+    assert!(left.is_empty(), "the benchmark left its vhost: {left:?}");
 }
 
 #[test]
