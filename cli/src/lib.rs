@@ -136,7 +136,7 @@ pub enum Command {
         follow_ups: bool,
         /// With follow-ups: how many links of a chain a worker running one of them is granted
         /// ahead, to start each as soon as the link before ends DONE on it (0: none).
-        #[arg(long, env = "BATON_RUN_AHEAD", default_value_t = 8)]
+        #[arg(long, env = "BATON_RUN_AHEAD", default_value_t = 64)]
         run_ahead: usize,
         /// Start a new plan's ready tasks, in the transaction that stores it, on workers that
         /// said they are idle, instead of through the task queue (`false`: every new plan's

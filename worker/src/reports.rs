@@ -29,7 +29,7 @@ const MAX_LOG_BYTES: usize = 8 * 1024 * 1024;
 
 /// How long a report whose task's next link started here already waits for the reports of the
 /// next links (see [`gather`]). A chain's link of no-op work takes 1 to 3 ms on a 2-core machine;
-/// the dispatcher grants links ahead 8 at a time (`DispatcherConfig::run_ahead`), so a wait of
+/// the dispatcher keeps 64 links granted ahead (`DispatcherConfig::run_ahead`), so a wait of
 /// a few links leaves the worker links to run while the reports travel.
 const LINGER: std::time::Duration = std::time::Duration::from_millis(4);
 

@@ -58,6 +58,9 @@ pub struct DispatcherConfig {
     /// With `follow_ups`: how many links of a chain a worker running one of them is granted
     /// ahead (`TaskAssigned::speculative`), to start each as soon as the one before ends DONE
     /// on it, without waiting for the dispatcher to apply that report; 0 grants none ahead.
+    /// The default, 64, covers the dispatcher's answer (a report's way, a batch and the grant's
+    /// way back, 10–20 ms) at the pace of a no-op link (under 1 ms): with 8, a chain of 1,000
+    /// waited for the dispatcher 99 times, 13 ms each (BENCHMARKS.md).
     pub run_ahead: usize,
     /// Whether a new plan's ready tasks are granted, in the transaction that stores the plan,
     /// to workers that said they are idle (`idle_slots` in their DONE reports and heartbeats)
@@ -87,7 +90,7 @@ impl DispatcherConfig {
             heartbeat_interval: Duration::from_secs(10),
             registration_cache: Duration::from_secs(10),
             follow_ups: true,
-            run_ahead: 8,
+            run_ahead: 64,
             eager_starts: true,
             anonymous_roles: Vec::new(),
             metrics: crate::metrics::DispatcherMetrics::new(),
