@@ -359,8 +359,8 @@ async fn in_environment<T>(
         "--executor-limit must be at least 1"
     );
     let mut env = BenchEnv::create(&options.database_url, &options.broker).await?;
-    let broker = options.broker.clone();
-    let outcome = broker
+    let outcome = options
+        .broker
         .until_stopped(async {
             let mut harness = Harness::start(&mut env).await?;
             let outcome = async {
