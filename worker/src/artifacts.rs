@@ -646,13 +646,19 @@ impl Unsynced {
         self.input
             .sync_all()
             .map_err(ArtifactError::io("sync", &self.dest))?;
-        if let Some(dir) = self.dest.parent() {
-            std::fs::File::open(dir)
-                .and_then(|handle| handle.sync_all())
-                .map_err(ArtifactError::io("sync", dir))?;
-        }
-        Ok(())
+        sync_directory_of(&self.dest)
     }
+}
+
+/// Syncs the directory holding `path`, so that a file renamed into it survives a crash.
+fn sync_directory_of(path: &Path) -> Result<(), ArtifactError> {
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        let dir_handle = std::fs::File::open(dir).map_err(ArtifactError::io("open", dir))?;
+        dir_handle
+            .sync_all()
+            .map_err(ArtifactError::io("sync", dir))?;
+    }
+    Ok(())
 }
 
 /// The permissions of a stored file: read-only, so that a file linked into a workspace
@@ -878,13 +884,7 @@ impl PartialFile {
         if durability == Durability::Volatile {
             return Ok(());
         }
-        if let Some(dir) = dest.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-            let dir_handle = std::fs::File::open(dir).map_err(ArtifactError::io("open", dir))?;
-            dir_handle
-                .sync_all()
-                .map_err(ArtifactError::io("sync", dir))?;
-        }
-        Ok(())
+        sync_directory_of(dest)
     }
 }
 
