@@ -30,6 +30,7 @@ use models::{
 
 use crate::artifacts::ArtifactStore;
 use crate::claims::Claims;
+use crate::deck::DeckSizing;
 use crate::device::{Device, DeviceScanner, Handler, HandlerContext, Handlers, LocalDevice};
 use crate::executor::{self, publish_until_confirmed};
 use crate::logs::LogLimits;
@@ -267,6 +268,8 @@ struct Shared {
     deck: Mutex<std::collections::VecDeque<(TaskAssigned, Instant)>>,
     /// Numbers the kept slots.
     kept_count: std::sync::atomic::AtomicU64,
+    /// How long attempts and answers take, which sizes the deck ([`Shared::deck_size`]).
+    deck_sizing: Mutex<DeckSizing>,
     /// The dispatcher answers reports that keep their slot (`RegistrationReply::refills`).
     refills: std::sync::atomic::AtomicBool,
     /// The tasks granted here without a claim, with their attempt: a queue's message offering
@@ -345,6 +348,7 @@ impl Worker {
             kept: Mutex::default(),
             deck: Mutex::default(),
             kept_count: std::sync::atomic::AtomicU64::new(0),
+            deck_sizing: Mutex::new(DeckSizing::default()),
             refills: std::sync::atomic::AtomicBool::new(false),
             given: Mutex::default(),
             slot_wanted: Notify::new(),
@@ -629,7 +633,7 @@ fn take_assigned(shared: &Arc<Shared>, assigned: &TaskAssigned) {
         return;
     }
     // Granted after a report (for the deck, or late for its kept slot) and no slot free: the
-    // deck holds it, up to `DECK_PER_SLOT` tasks a slot, when the worker keeps one.
+    // deck holds it, up to its size (`Shared::deck_size`), when the worker keeps one.
     let on_deck = assigned.after.is_some()
         && !shared.taking.is_cancelled()
         && shared.refills.load(std::sync::atomic::Ordering::Relaxed)
@@ -823,18 +827,12 @@ impl GivenTasks {
 /// waits on the deck for a slot before it is handed back.
 const KEPT_SLOT_WAIT: Duration = Duration::from_secs(2);
 
-/// How many tasks a worker's deck holds, or has asked for, at most per slot. The tasks asked
-/// for count because the dispatcher's answer takes a few milliseconds, as long as a short task
-/// runs: with one task a slot, the requests in flight filled the deck's room and a fan-in of
-/// no-op tasks kept 3 of 8 slots busy (BENCHMARKS.md). With the task running, a worker holds up
-/// to four tasks a slot, as many as Celery's default prefetch multiplier lets it take; a task
-/// that waits on the deck longer than [`KEPT_SLOT_WAIT`] is handed back.
-const DECK_PER_SLOT: usize = 3;
-
 /// What a report waits for from the dispatcher: a task in its kept slot, and tasks on the deck.
 struct Answer {
     /// Tells the answer's timer it is still the one it was started for.
     number: u64,
+    /// When the report was queued, until the answer's first task (or `released`) comes.
+    asked: Option<Instant>,
     /// The slot kept for the first task granted after the report, if any.
     slot: Option<Slot>,
     /// How many more tasks the report takes on the deck.
@@ -847,9 +845,13 @@ struct Answers(HashMap<TaskKey, Answer>);
 
 impl Answers {
     /// The slot kept for the answer to the report of `task`, if it is still kept; else, when a
-    /// task on the deck was asked for with that report, counts it as come.
-    fn take(&mut self, task: TaskKey) -> Option<Slot> {
-        let answer = self.0.get_mut(&task)?;
+    /// task on the deck was asked for with that report, counts it as come. Also how long the
+    /// answer took, for its first task.
+    fn take(&mut self, task: TaskKey) -> (Option<Slot>, Option<Duration>) {
+        let Some(answer) = self.0.get_mut(&task) else {
+            return (None, None);
+        };
+        let took = answer.asked.take().map(|asked| asked.elapsed());
         let slot = answer.slot.take();
         if slot.is_none() {
             answer.deck = answer.deck.saturating_sub(1);
@@ -857,7 +859,7 @@ impl Answers {
         if answer.slot.is_none() && answer.deck == 0 {
             self.0.remove(&task);
         }
-        slot
+        (slot, took)
     }
 
     /// A slot kept idle for the answer to some report, for a task granted now that found no
@@ -889,9 +891,13 @@ fn keep_slot(shared: &Arc<Shared>, task: TaskKey, slot: Option<Slot>, deck: u32)
     let number = shared
         .kept_count
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    lock(&shared.kept)
-        .0
-        .insert(task, Answer { number, slot, deck });
+    let answer = Answer {
+        number,
+        asked: Some(Instant::now()),
+        slot,
+        deck,
+    };
+    lock(&shared.kept).0.insert(task, answer);
     let shared = Arc::downgrade(shared);
     tokio::spawn(async move {
         tokio::time::sleep(KEPT_SLOT_WAIT).await;
@@ -911,14 +917,23 @@ fn keep_slot(shared: &Arc<Shared>, task: TaskKey, slot: Option<Slot>, deck: u32)
 /// The slot kept for the answer to the report of `task`, if it is still kept; else, when a
 /// task on the deck was asked for with that report, counts it as come.
 fn take_kept(shared: &Shared, task: TaskKey) -> Option<Slot> {
-    lock(&shared.kept).take(task)
+    let (slot, took) = lock(&shared.kept).take(task);
+    if let Some(took) = took {
+        lock(&shared.deck_sizing).answered(took);
+    }
+    slot
 }
 
 /// Ends the wait for the answer to the report of `task` (`released`): its kept slot, if it
 /// still is, goes to the deck's first task or is freed.
 fn release_kept(shared: &Arc<Shared>, task: TaskKey) {
-    let answer = lock(&shared.kept).0.remove(&task);
-    if let Some(slot) = answer.and_then(|answer| answer.slot) {
+    let Some(answer) = lock(&shared.kept).0.remove(&task) else {
+        return;
+    };
+    if let Some(asked) = answer.asked {
+        lock(&shared.deck_sizing).answered(asked.elapsed());
+    }
+    if let Some(slot) = answer.slot {
         pass_to_deck(shared, slot);
     }
 }
@@ -1119,9 +1134,10 @@ impl Shared {
         tokio::time::timeout(within, given).await.ok()?.ok()
     }
 
-    /// How many tasks the deck holds, or has asked for, at most ([`DECK_PER_SLOT`] a slot).
+    /// How many tasks the deck holds, or has asked for, at most: as many a slot as its
+    /// attempts end while the dispatcher answers a report ([`DeckSizing::per_slot`]).
     fn deck_size(&self) -> usize {
-        DECK_PER_SLOT * self.config.executor_limit as usize
+        lock(&self.deck_sizing).per_slot() * self.config.executor_limit as usize
     }
 
     /// How many slots are free.
@@ -1607,6 +1623,7 @@ async fn attempt(
 ) {
     let task = grant.task_key;
     let timer = timeout_timer(assignment.timeout_secs, &stop_tx);
+    let started = Instant::now();
     tracing::info!(task.key = %task, task.attempt = %grant.attempt, "running task {task} ({})", assignment.function_name);
     let device = choose_device(&shared, &assignment);
     let (ended, leftover) = match device {
@@ -1634,6 +1651,7 @@ async fn attempt(
     if let Some(timer) = timer {
         timer.abort();
     }
+    lock(&shared.deck_sizing).attempt_ended(started.elapsed());
     let handing_back = lock(&shared.running)
         .remove(&task)
         .is_some_and(|run| run.handing_back);
@@ -1672,8 +1690,7 @@ async fn attempt(
     // The slot waits for the dispatcher's answer, if it gives one: a task to run in it, or
     // `released`.
     let awaits_work = follow_up && refills;
-    // And one more task for the deck, while it holds or was promised fewer than
-    // `DECK_PER_SLOT` a slot: the slot it frees next starts that task without waiting for the
+    // And one more task for the deck, while it holds or was promised fewer than its size: the slot it frees next starts that task without waiting for the
     // dispatcher. Not while a chain runs ahead here: its next link is on its way already.
     let on_deck = u32::from(refills && next.is_none() && deck_count(&shared) < shared.deck_size());
     let report = TaskStatusReport {
@@ -2116,6 +2133,7 @@ mod tests {
             a,
             Answer {
                 number: 0,
+                asked: Some(Instant::now()),
                 slot: Some(slot(&slots)),
                 deck: 1,
             },
@@ -2124,25 +2142,36 @@ mod tests {
             b,
             Answer {
                 number: 1,
+                asked: Some(Instant::now()),
                 slot: None,
                 deck: 1,
             },
         );
         assert_eq!(answers.deck_asked(), 2);
 
-        // B's task comes first: no slot of its own; it takes A's, kept idle.
-        assert!(answers.take(b).is_none());
+        // B's task comes first: no slot of its own; it takes A's, kept idle. It tells how
+        // long B's answer took.
+        let (kept, took) = answers.take(b);
+        assert!(kept.is_none());
+        assert!(took.is_some(), "B's answer's first task");
         assert!(!answers.0.contains_key(&b), "B's answer came");
         let taken = answers.take_idle_slot().expect("A's slot was idle");
         assert_eq!(slots.available_permits(), 1, "the slot moved, still held");
         assert!(answers.take_idle_slot().is_none(), "no other slot kept");
         // A's tasks, still to come, both go on the deck now.
         assert_eq!(answers.deck_asked(), 2);
-        assert!(answers.take(a).is_none());
-        assert!(answers.take(a).is_none());
-        assert!(answers.0.is_empty(), "both of A's tasks came");
+        let (kept, took) = answers.take(a);
+        assert!(kept.is_none());
+        assert!(took.is_some(), "A's answer's first task");
+        let (kept, took) = answers.take(a);
         assert!(
-            answers.take(a).is_none(),
+            kept.is_none() && took.is_none(),
+            "its second task, timed already"
+        );
+        assert!(answers.0.is_empty(), "both of A's tasks came");
+        let (kept, took) = answers.take(a);
+        assert!(
+            kept.is_none() && took.is_none(),
             "a task after the answer finds nothing"
         );
         drop(taken);
@@ -2153,11 +2182,12 @@ mod tests {
             c,
             Answer {
                 number: 2,
+                asked: None,
                 slot: Some(slot(&slots)),
                 deck: 0,
             },
         );
-        assert!(answers.take(c).is_some());
+        assert!(answers.take(c).0.is_some());
         assert!(answers.0.is_empty());
     }
 
@@ -2170,6 +2200,7 @@ mod tests {
             task,
             Answer {
                 number: 7,
+                asked: None,
                 slot: Some(slot(&slots)),
                 deck: 0,
             },

@@ -20,6 +20,7 @@
 pub mod agent;
 pub mod artifacts;
 mod claims;
+mod deck;
 pub mod device;
 mod executor;
 pub mod logs;
