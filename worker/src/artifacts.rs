@@ -539,6 +539,8 @@ impl LocalStore {
 
 /// Each method is one blocking task doing the whole job with `std::fs`: one thread hop per
 /// artifact, where `tokio::fs` takes one per call (a dozen or more even for a 1-byte file).
+/// Moving a file of at most [`INLINE_BYTES`] into the store, and linking one to a workspace,
+/// run on the caller's thread instead, without a hop.
 impl ArtifactStore for LocalStore {
     fn put<'a>(
         &'a self,
@@ -567,10 +569,14 @@ impl ArtifactStore for LocalStore {
         let address = address.to_owned();
         let source = source.to_owned();
         Box::pin(async move {
-            let (file, unsynced) = run_blocking(source.clone(), move |abandoned| {
-                store.take_file_unsynced(&address, &source, abandoned)
-            })
-            .await?;
+            let (file, unsynced) = if small_file(&source) {
+                store.take_file_unsynced(&address, &source, &Abandoned::default())?
+            } else {
+                run_blocking(source.clone(), move |abandoned| {
+                    store.take_file_unsynced(&address, &source, abandoned)
+                })
+                .await?
+            };
             let span = tracing::Span::current();
             let syncing = unsynced.map(|unsynced| {
                 tokio::task::spawn_blocking(move || span.in_scope(|| unsynced.sync()))
@@ -592,7 +598,15 @@ impl ArtifactStore for LocalStore {
         file: &'a File,
         dest: &'a Path,
     ) -> BoxFuture<'a, Result<(), ArtifactError>> {
-        self.blocking_fetch(file, dest, LocalStore::link_file)
+        Box::pin(async move {
+            // Where the file should be, to learn its size: `link_file` checks the address.
+            if check_address(&file.storage_address).is_ok()
+                && small_file(&self.root.join(&file.storage_address))
+            {
+                return self.link_file(file, dest, &Abandoned::default());
+            }
+            self.blocking_fetch(file, dest, LocalStore::link_file).await
+        })
     }
 
     fn describe(&self) -> String {
@@ -740,6 +754,17 @@ impl Drop for AbandonOnDrop {
     fn drop(&mut self) {
         self.0.0.store(true, Ordering::Relaxed);
     }
+}
+
+/// The largest file stored or linked on the calling thread rather than on a blocking one: a
+/// chain's link stored its model and linked its parent's in two thread hops that cost more
+/// than the few calls they made, on a loaded machine a wait for a thread to be scheduled each.
+const INLINE_BYTES: u64 = 64 * 1024;
+
+/// Whether `path` is a regular file of at most [`INLINE_BYTES`].
+fn small_file(path: &Path) -> bool {
+    std::fs::symlink_metadata(path)
+        .is_ok_and(|metadata| metadata.is_file() && metadata.len() <= INLINE_BYTES)
 }
 
 /// Runs `work` on a blocking thread and waits for it; `path` names the file in the error if the

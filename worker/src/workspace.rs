@@ -19,12 +19,13 @@
 //! uses the base directory.
 //!
 //! Most file system work runs on tokio's blocking pool, a few calls to a thread hop. Taking a
-//! spare (a `stat` and a `rename`) and keeping a workspace the steps left empty (a `stat` of
-//! each of its parts, a listing of its directories and a `rename`) run on the caller's thread
-//! instead: they are the whole of a short attempt's file system work, and the two hops they
-//! would take cost more than the calls themselves (a throughput run's blocking threads took
-//! 0.2 cores, see BENCHMARKS.md). Anything that may take long, such as removing what a step
-//! left or laying out a new workspace, keeps its hop.
+//! spare (a `stat` and a `rename`), collecting an output that is a single file (two `stat`s)
+//! and keeping a workspace the steps left empty (a `stat` of each of its parts, a listing of
+//! its directories and a `rename`) run on the caller's thread instead: they are the whole of
+//! a short attempt's file system work, and the hops they would take cost more than the calls
+//! themselves (a throughput run's blocking threads took 0.2 cores, see BENCHMARKS.md).
+//! Anything that may take long, such as removing what a step left or laying out a new
+//! workspace, keeps its hop.
 //!
 //! A device reaches the workspace through a [`WorkspaceHandle`]. For a device that runs in
 //! the worker's process ([`crate::device::Handlers`]) and a task without input or output
@@ -377,6 +378,10 @@ impl Workspace {
         multiple: bool,
     ) -> Result<Vec<PathBuf>, WorkspaceError> {
         check_identifier(identifier)?;
+        // A single file is two `stat`s: on this thread (see the module's documentation).
+        if !multiple {
+            return collect_output_blocking(&self.root, identifier, false);
+        }
         let root = self.root.clone();
         let identifier = identifier.to_owned();
         let relative = format!("{OUTPUTS}/{identifier}");
