@@ -480,6 +480,10 @@ struct Work {
     /// The edges from `ended` to their children, as read before the commit (with the children
     /// the batch adds): the commit reads them again under the tasks' end locks.
     edges_read: HashSet<(TaskKey, TaskKey)>,
+    /// The stored children of the tasks the batch's reports name, read with the batch's
+    /// tasks: the tasks a batch ends are mostly these, whose edges then need no query of
+    /// their own.
+    children_read: HashMap<TaskKey, Vec<TaskKey>>,
 }
 
 /// A report whose worker keeps the attempt's slot for the dispatcher's answer
@@ -1010,6 +1014,16 @@ async fn grant_chain_ahead(
     let Some(properties) = plans.registered.get(worker).cloned() else {
         return Ok(granted);
     };
+    // The links' stored tasks, read in one query rather than one a link.
+    let unread: Vec<TaskKey> = links_ahead(context, plans, worker, head, &properties)
+        .into_iter()
+        .filter(|task| !work.stored_tasks.contains_key(task))
+        .collect();
+    if !unread.is_empty() {
+        for task in tasks::find_tasks(conn, &unread).await? {
+            work.stored_tasks.insert(task.key, task);
+        }
+    }
     let mut after = head;
     let mut chain = HashSet::from([head]);
     for _ in 0..context.config.run_ahead {
@@ -1032,20 +1046,7 @@ async fn grant_chain_ahead(
         let Some(state) = plans.states.get(&plan) else {
             break;
         };
-        let next = state
-            .children_ready_after(after, &chain)
-            .into_iter()
-            .find(|child| {
-                state
-                    .task(*child)
-                    .is_some_and(|node| node.waiting_reason != Some(WaitingReason::Build))
-                    && plans
-                        .requirements
-                        .get(child)
-                        .is_some_and(|requirements| requirements.is_satisfied_by(&properties))
-                    && !plans.ahead.values().any(|reserved| reserved.task == *child)
-            });
-        let Some(next) = next else {
+        let Some(next) = next_link(plans, state, after, &chain, &properties) else {
             break;
         };
         let Some(attempt) = state
@@ -1094,6 +1095,69 @@ async fn grant_chain_ahead(
         after = next;
     }
     Ok(granted)
+}
+
+/// The child of `after` that a worker with `properties` may run next in a chain whose links
+/// `chain` are DONE or granted: ready once they are, not waiting for a build, and not granted
+/// ahead already.
+fn next_link(
+    plans: &Plans,
+    state: &PlanState,
+    after: TaskKey,
+    chain: &HashSet<TaskKey>,
+    properties: &models::Properties,
+) -> Option<TaskKey> {
+    state
+        .children_ready_after(after, chain)
+        .into_iter()
+        .find(|child| {
+            state
+                .task(*child)
+                .is_some_and(|node| node.waiting_reason != Some(WaitingReason::Build))
+                && plans
+                    .requirements
+                    .get(child)
+                    .is_some_and(|requirements| requirements.is_satisfied_by(properties))
+                && !plans.ahead.values().any(|reserved| reserved.task == *child)
+        })
+}
+
+/// The links [`grant_chain_ahead`] is about to grant `worker` after `head`, as far as memory
+/// tells: those already granted ahead are followed, not returned. A guess, to read their
+/// stored tasks at once: the grant decides link by link.
+fn links_ahead(
+    context: &Context,
+    plans: &Plans,
+    worker: &WorkerId,
+    head: TaskKey,
+    properties: &models::Properties,
+) -> Vec<TaskKey> {
+    let mut links = Vec::new();
+    let mut after = head;
+    let mut chain = HashSet::from([head]);
+    for _ in 0..context.config.run_ahead {
+        if let Some(reserved) = plans.ahead.get(&after)
+            && reserved.worker == *worker
+        {
+            after = reserved.task;
+            chain.insert(after);
+            continue;
+        }
+        let Some(state) = plans
+            .plan_of
+            .get(&after)
+            .and_then(|plan| plans.states.get(plan))
+        else {
+            break;
+        };
+        let Some(next) = next_link(plans, state, after, &chain, properties) else {
+            break;
+        };
+        links.push(next);
+        chain.insert(next);
+        after = next;
+    }
+    links
 }
 
 /// Records that `worker` is idle with `slots` free slots (0: not idle) for eager starts, if
@@ -2016,7 +2080,18 @@ async fn edges_from(
     work: &mut Work,
     parents: &[TaskKey],
 ) -> Result<Vec<(TaskKey, TaskKey)>, StoreError> {
-    let mut edges = tasks::edges_from(conn, parents).await?;
+    // Those read with the batch's tasks are not read again.
+    let (read, unread): (Vec<TaskKey>, Vec<TaskKey>) = parents
+        .iter()
+        .partition(|parent| work.children_read.contains_key(parent));
+    let mut edges = tasks::edges_from(conn, &unread).await?;
+    for parent in read {
+        edges.extend(
+            work.children_read[&parent]
+                .iter()
+                .map(|&child| (parent, child)),
+        );
+    }
     if !work.added_tasks.is_empty() {
         let parents: HashSet<TaskKey> = parents.iter().copied().collect();
         for task in &work.added_tasks {
@@ -2029,6 +2104,21 @@ async fn edges_from(
     }
     work.edges_read.extend(edges.iter().copied());
     Ok(edges)
+}
+
+/// The tasks `batch`'s attempt reports name, whatever their outcome.
+fn reported_tasks(batch: &[Delivery<Incoming>]) -> Vec<TaskKey> {
+    let mut reported: Vec<TaskKey> = batch
+        .iter()
+        .flat_map(|delivery| match &delivery.message {
+            Incoming::Status(report) => vec![report.task_key],
+            Incoming::Statuses(batch) => batch.reports.iter().map(|r| r.task_key).collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    reported.sort_unstable();
+    reported.dedup();
+    reported
 }
 
 /// The plans, other than their own, that the children of `edges` belong to: `(parent, plan)`,
@@ -2524,12 +2614,28 @@ async fn apply_batch(
     named.extend(refill_candidates(context, plans, &batch));
     named.sort_unstable();
     named.dedup();
-    if !named.is_empty() {
-        match tasks::find_tasks(&conn, &named).await {
-            Ok(found) => work.stored_tasks = found.into_iter().map(|t| (t.key, t)).collect(),
+    // The reported tasks' children, in the same round trip (pipelined): the batch ends most
+    // of them, and reads their edges before it commits.
+    let reported = reported_tasks(&batch);
+    if !named.is_empty() || !reported.is_empty() {
+        let found = async {
+            match named.is_empty() {
+                true => Ok(Vec::new()),
+                false => tasks::find_tasks(&conn, &named).await,
+            }
+        };
+        match futures::try_join!(found, tasks::edges_from(&conn, &reported)) {
+            Ok((found, edges)) => {
+                work.stored_tasks = found.into_iter().map(|t| (t.key, t)).collect();
+                work.children_read = reported.iter().map(|&task| (task, Vec::new())).collect();
+                for (parent, child) in edges {
+                    work.children_read.entry(parent).or_default().push(child);
+                }
+            }
             Err(error) => failure = Some(error),
         }
     }
+    let found_at = started.elapsed();
     for delivery in &batch {
         if failure.is_some() {
             break;
@@ -2539,16 +2645,19 @@ async fn apply_batch(
             break;
         }
     }
+    let taken_at = started.elapsed();
     if failure.is_none()
         && let Err(error) = grant_follow_ups(context, &mut conn, plans, &mut work, now).await
     {
         failure = Some(error);
     }
+    let followed_at = started.elapsed();
     if failure.is_none()
         && let Err(error) = refill_kept_slots(context, &mut conn, plans, &mut work, now).await
     {
         failure = Some(error);
     }
+    let refilled_at = started.elapsed();
     if failure.is_none()
         && let Err(error) = propagate_to_other_plans(&mut conn, plans, &mut work, now).await
     {
@@ -2583,8 +2692,9 @@ async fn apply_batch(
     plans.queue_enqueued(&work.effects);
     announce(context, publisher, &work, handed).await;
     tracing::debug!(
-        "applied {} events: read and decided in {read:?}, committed at {committed:?}, answered at {:?}",
+        "applied {} events ({} tasks read): read at {found_at:?}, events taken at {taken_at:?}, follow-ups granted at {followed_at:?}, refills at {refilled_at:?}, read and decided in {read:?}, committed at {committed:?}, answered at {:?}",
         batch.len(),
+        named.len(),
         started.elapsed()
     );
     let metrics = &context.config.metrics;
