@@ -357,7 +357,7 @@ impl Run<'_> {
             let task = self.task(child);
             if task.status == TaskStatus::Waiting
                 && task.waiting_reason != Some(WaitingReason::Build)
-                && self.state.parents_done(task)
+                && self.state.parents_done_at(child)
             {
                 self.transition(
                     child,
@@ -764,7 +764,7 @@ impl Run<'_> {
                     {
                         continue;
                     }
-                    if self.state.parents_done(task) {
+                    if self.state.parents_done_at(idx) {
                         let reason = format!("function {function} ready");
                         self.transition(idx, TaskStatus::Todo, reason, |_| {})?;
                         self.enqueue(idx);
@@ -969,7 +969,7 @@ impl Run<'_> {
                 for idx in children {
                     let task = self.task(idx);
                     if task.waiting_reason != Some(WaitingReason::Build)
-                        && self.state.parents_done(task)
+                        && self.state.parents_done_at(idx)
                     {
                         let reason = format!("last parent task {key} done");
                         self.transition(idx, TaskStatus::Todo, reason, |_| {})?;

@@ -137,23 +137,47 @@ impl PlanState {
         };
         self.children(idx)
             .into_iter()
-            .map(|child| &self.graph[child])
-            .filter(|child| {
-                child.status == TaskStatus::Waiting
-                    && child.parents.iter().all(|parent| {
-                        done.contains(parent)
-                            || match self.index.get(parent) {
-                                Some(&idx) => self.graph[idx].status == TaskStatus::Done,
-                                None => self.external_done.contains(parent),
-                            }
-                    })
+            .filter(|&child| {
+                self.graph[child].status == TaskStatus::Waiting
+                    && self.parents_done_or(child, |parent| done.contains(&parent))
             })
-            .map(|child| child.key)
+            .map(|child| self.graph[child].key)
             .collect()
     }
 
-    /// Whether every parent of `task` is DONE: in-plan parents by their status, the others by
-    /// `external_done`.
+    /// Whether every parent of the task at `idx` is DONE: in-plan parents by their status, the
+    /// others by `external_done`.
+    pub(super) fn parents_done_at(&self, idx: NodeIndex) -> bool {
+        self.parents_done_or(idx, |_| false)
+    }
+
+    /// Whether every parent of the task at `idx` is DONE or `counted`. The in-plan parents are
+    /// found through the DAG's edges, newest first, without a lookup by key: a task joining
+    /// many parents is checked at each parent's end, and its parents end about in the order
+    /// they were added, so the check stops at once at one not DONE. Its parents are looked up
+    /// by key only when some are outside the plan.
+    fn parents_done_or(&self, idx: NodeIndex, counted: impl Fn(TaskKey) -> bool) -> bool {
+        let mut in_plan = 0;
+        for parent in self.graph.neighbors_directed(idx, Direction::Incoming) {
+            let node = &self.graph[parent];
+            if node.status != TaskStatus::Done && !counted(node.key) {
+                return false;
+            }
+            in_plan += 1;
+        }
+        let task = &self.graph[idx];
+        in_plan == task.parents.len()
+            || task.parents.iter().all(|parent| {
+                counted(*parent)
+                    || match self.index.get(parent) {
+                        Some(&idx) => self.graph[idx].status == TaskStatus::Done,
+                        None => self.external_done.contains(parent),
+                    }
+            })
+    }
+
+    /// Whether every parent of `task`, which may not be in the plan yet, is DONE: in-plan
+    /// parents by their status, the others by `external_done`.
     pub(super) fn parents_done(&self, task: &TaskNode) -> bool {
         task.parents
             .iter()

@@ -2581,3 +2581,39 @@ fn plan_end_date_follows_its_last_task() {
         "#]],
     );
 }
+
+#[test]
+fn a_task_joining_parents_in_and_outside_the_plan_is_ready_once_the_last_is_done() {
+    let status = |world: &World, task| world.state.task(task).expect("in the plan").status;
+    let ready = |world: &World, task, done: &[TaskKey]| {
+        world
+            .state
+            .children_ready_after(task, &done.iter().copied().collect())
+    };
+    // d joins a, b and c, and x, a task of another plan.
+    let mut world = World::new("a, b, c -> d; ext x: d");
+    let [a, d, x] = ["a", "d", "x"].map(|name| world.key(name));
+    for name in ["b", "c", "a"] {
+        world.step(&format!("claim {name} w1"));
+        world.step(&format!("+1s done {name}"));
+    }
+    assert_eq!(status(&world, d), TaskStatus::Waiting, "x is not done");
+    assert_eq!(ready(&world, a, &[]), Vec::<TaskKey>::new());
+    assert_eq!(ready(&world, a, &[x]), vec![d], "x counted as done");
+    world.step("ext x done");
+    assert_eq!(status(&world, d), TaskStatus::Todo);
+
+    // The last in-plan parent to end makes it ready, whichever it is.
+    let mut world = World::new("a, b, c -> d");
+    let [a, b, d] = ["a", "b", "d"].map(|name| world.key(name));
+    for name in ["c", "a"] {
+        world.step(&format!("claim {name} w1"));
+        world.step(&format!("+1s done {name}"));
+        assert_eq!(status(&world, d), TaskStatus::Waiting, "b is not done");
+    }
+    assert_eq!(ready(&world, a, &[]), Vec::<TaskKey>::new());
+    assert_eq!(ready(&world, a, &[b]), vec![d], "b counted as done");
+    world.step("claim b w1");
+    world.step("+1s done b");
+    assert_eq!(status(&world, d), TaskStatus::Todo);
+}
