@@ -685,13 +685,19 @@ enum Emptying {
     /// It may: it runs on a blocking thread.
     Allowed,
     /// It may not, so it takes a bounded number of calls: a workspace with anything to remove
-    /// (or a measurements file to truncate) is left as it is, and not kept.
+    /// (or a measurements file to truncate) is left as it is, and not kept; except for up to
+    /// [`INLINE_UNLINKS`] values in kept input directories, a call each.
     Refused,
 }
 
+/// How many values of kept multiple-input directories (files and links, an `unlink` each)
+/// [`keep_as_spare`] removes on the caller's thread: a chain's link leaves one, its parent's
+/// model, and keeping its workspace took a second pass on a blocking thread for it.
+const INLINE_UNLINKS: usize = 8;
+
 /// Empties the workspace at `root` and keeps it as a spare, if the steps left its layout as it
-/// was made with `mode` (and, unless `emptying` is allowed, nothing in it); answers whether it
-/// did. A workspace it does not keep may be emptied in part: the caller removes it.
+/// was made with `mode` (and, unless `emptying` is allowed, nothing in it but a few values of
+/// its multiple inputs); answers whether it did. A workspace it does not keep may be emptied in part: the caller removes it.
 fn keep_as_spare(root: &Path, mode: u32, emptying: Emptying) -> bool {
     if spares().len() >= MAX_SPARES {
         return false;
@@ -732,6 +738,7 @@ fn keep_as_spare(root: &Path, mode: u32, emptying: Emptying) -> bool {
         Ok(true)
     };
     let mut input_dirs = Vec::new();
+    let mut unlinks = 0;
     let emptied = (|| -> io::Result<bool> {
         for entry in std::fs::read_dir(root)? {
             let name = entry?.file_name();
@@ -758,6 +765,11 @@ fn keep_as_spare(root: &Path, mode: u32, emptying: Emptying) -> bool {
                         if value.file_type()?.is_dir() {
                             flat = false;
                             break;
+                        }
+                        if emptying == Emptying::Refused && unlinks < INLINE_UNLINKS {
+                            std::fs::remove_file(value.path())?;
+                            unlinks += 1;
+                            continue;
                         }
                         if !remove(&value.path())? {
                             return Ok(false);

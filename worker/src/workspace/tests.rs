@@ -647,3 +647,47 @@ async fn a_ready_handle_gives_the_workspace_made_before() {
     assert!(handle.close().await.is_none(), "the executor holds it");
     assert!(handle.work_dir().await.is_err());
 }
+
+#[tokio::test]
+async fn a_few_fetched_values_are_removed_without_a_thread_hop_and_many_with_one() {
+    let (base, workspace) = setup().await;
+    let stored = base.path().join("stored");
+    write(&stored, b"x");
+    // A chain's link: its parent's model, linked, and a copied file.
+    let linked = workspace.input_path("models", true, 0).await.unwrap();
+    std::fs::hard_link(&stored, linked).unwrap();
+    write(
+        &workspace.input_path("models", true, 1).await.unwrap(),
+        b"y",
+    );
+    let root = workspace.root().to_owned();
+    assert!(
+        keep_as_spare(&root, workspace.mode, Emptying::Refused),
+        "kept on the caller's thread"
+    );
+    let spares = spares_in(base.path());
+    assert_eq!(spares.len(), 1);
+    assert_eq!(names(&spares[0].join(INPUTS).join("models")), [""; 0]);
+    assert_eq!(
+        std::fs::read(&stored).unwrap(),
+        b"x",
+        "the stored file stays"
+    );
+
+    // More values than that: left to the blocking pool, which keeps it emptied.
+    let next = Workspace::create(base.path(), TASK, Attempt(2), &["models"])
+        .await
+        .unwrap();
+    for index in 0..=INLINE_UNLINKS {
+        let value = next.input_path("models", true, index).await.unwrap();
+        std::fs::hard_link(&stored, value).unwrap();
+    }
+    assert!(
+        !keep_as_spare(next.root(), next.mode, Emptying::Refused),
+        "too many to remove on the caller's thread"
+    );
+    assert_eq!(next.finish(false).await.unwrap(), None);
+    let spares = spares_in(base.path());
+    assert_eq!(spares.len(), 1);
+    assert_eq!(names(&spares[0].join(INPUTS).join("models")), [""; 0]);
+}
