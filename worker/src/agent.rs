@@ -919,9 +919,20 @@ fn keep_slot(shared: &Arc<Shared>, task: TaskKey, slot: Option<Slot>, deck: u32)
 fn take_kept(shared: &Shared, task: TaskKey) -> Option<Slot> {
     let (slot, took) = lock(&shared.kept).take(task);
     if let Some(took) = took {
-        lock(&shared.deck_sizing).answered(took);
+        measure_deck(shared, |sizing| sizing.answered(took));
     }
     slot
+}
+
+/// Updates the running averages that size the deck with `measure`; logs a new size.
+fn measure_deck(shared: &Shared, measure: impl FnOnce(&mut DeckSizing)) {
+    let mut sizing = lock(&shared.deck_sizing);
+    let before = sizing.per_slot();
+    measure(&mut sizing);
+    let after = sizing.per_slot();
+    if after != before {
+        tracing::debug!("the deck now holds {after} tasks a slot, {before} before");
+    }
 }
 
 /// Ends the wait for the answer to the report of `task` (`released`): its kept slot, if it
@@ -931,7 +942,7 @@ fn release_kept(shared: &Arc<Shared>, task: TaskKey) {
         return;
     };
     if let Some(asked) = answer.asked {
-        lock(&shared.deck_sizing).answered(asked.elapsed());
+        measure_deck(shared, |sizing| sizing.answered(asked.elapsed()));
     }
     if let Some(slot) = answer.slot {
         pass_to_deck(shared, slot);
@@ -1651,7 +1662,7 @@ async fn attempt(
     if let Some(timer) = timer {
         timer.abort();
     }
-    lock(&shared.deck_sizing).attempt_ended(started.elapsed());
+    measure_deck(&shared, |sizing| sizing.attempt_ended(started.elapsed()));
     let handing_back = lock(&shared.running)
         .remove(&task)
         .is_some_and(|run| run.handing_back);
