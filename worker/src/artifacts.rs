@@ -93,6 +93,18 @@ pub trait ArtifactStore: Send + Sync + 'static {
         self.fetch(file, dest)
     }
 
+    /// [`ArtifactStore::fetch_read_only`] for an attempt that fetches one or two files: a store
+    /// may do a small file's work on the caller's thread, where a thread hop would cost more
+    /// than the work. An attempt fetching many files fetches them with `fetch_read_only`, in
+    /// parallel.
+    fn fetch_read_only_here<'a>(
+        &'a self,
+        file: &'a File,
+        dest: &'a Path,
+    ) -> BoxFuture<'a, Result<(), ArtifactError>> {
+        self.fetch_read_only(file, dest)
+    }
+
     /// A short description for logs (e.g. `local:/var/lib/baton/artifacts`).
     fn describe(&self) -> String;
 }
@@ -539,8 +551,9 @@ impl LocalStore {
 
 /// Each method is one blocking task doing the whole job with `std::fs`: one thread hop per
 /// artifact, where `tokio::fs` takes one per call (a dozen or more even for a 1-byte file).
-/// Moving a file of at most [`INLINE_BYTES`] into the store, and linking one to a workspace,
-/// run on the caller's thread instead, without a hop.
+/// Moving a file of at most [`INLINE_BYTES`] into the store, and linking one to the workspace
+/// of an attempt that fetches one or two files (`fetch_read_only_here`), run on the caller's
+/// thread instead, without a hop.
 impl ArtifactStore for LocalStore {
     fn put<'a>(
         &'a self,
@@ -594,6 +607,14 @@ impl ArtifactStore for LocalStore {
     }
 
     fn fetch_read_only<'a>(
+        &'a self,
+        file: &'a File,
+        dest: &'a Path,
+    ) -> BoxFuture<'a, Result<(), ArtifactError>> {
+        self.blocking_fetch(file, dest, LocalStore::link_file)
+    }
+
+    fn fetch_read_only_here<'a>(
         &'a self,
         file: &'a File,
         dest: &'a Path,

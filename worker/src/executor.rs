@@ -37,6 +37,11 @@ const LINGER: Duration = Duration::from_millis(100);
 /// attempt from filling the blocking pool or the object store's connections.
 const CONCURRENT_FETCHES: usize = 16;
 
+/// The most inputs an attempt fetches through [`ArtifactStore::fetch_read_only_here`]: with
+/// more, the blocking pool fetches them in parallel (a fan-in's join of 1,000 took twice as long
+/// with each link made on the attempt's thread, one after the other).
+const FETCHED_HERE: usize = 2;
+
 #[cfg(test)]
 mod tests;
 
@@ -469,11 +474,14 @@ async fn fetch_inputs(
             (input, index)
         })
         .collect();
+    // A few inputs are fetched on this thread where the store can (a chain's link fetches
+    // one); more go to blocking threads, in parallel.
+    let here = inputs.len() <= FETCHED_HERE;
     // Made before they are streamed: with the `map` on the stream instead, rustc fails to prove
     // the attempt's future `Send` ("implementation of `Send` is not general enough").
     let fetches: Vec<_> = indexed
         .into_iter()
-        .map(|(input, index)| fetch_input(input, index, artifacts, workspace))
+        .map(|(input, index)| fetch_input(input, index, artifacts, workspace, here))
         .collect();
     // `buffered` yields the results in the inputs' order, whichever fetch ends first.
     let mut fetched = futures::stream::iter(fetches).buffered(CONCURRENT_FETCHES);
@@ -492,6 +500,7 @@ async fn fetch_input<'a>(
     index: usize,
     artifacts: &dyn ArtifactStore,
     workspace: &Workspace,
+    here: bool,
 ) -> Result<(&'a str, PathBuf), String> {
     let path = workspace
         .input_path(&input.identifier, input.multiple, index)
@@ -536,10 +545,11 @@ async fn fetch_input<'a>(
             return Ok((&input.identifier, shown_path(input, workspace, path)));
         }
     };
-    artifacts
-        .fetch_read_only(file, &path)
-        .await
-        .map_err(|error| format!("input `{}` ({what}): {error}", input.identifier))?;
+    let fetched = match here {
+        true => artifacts.fetch_read_only_here(file, &path).await,
+        false => artifacts.fetch_read_only(file, &path).await,
+    };
+    fetched.map_err(|error| format!("input `{}` ({what}): {error}", input.identifier))?;
     Ok((&input.identifier, shown_path(input, workspace, path)))
 }
 

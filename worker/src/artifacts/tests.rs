@@ -716,3 +716,57 @@ async fn a_read_only_fetch_links_the_stored_file_and_copies_a_writable_one() {
         0
     );
 }
+
+#[tokio::test]
+async fn a_read_only_fetch_here_links_and_checks_as_the_pooled_one_does() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let setup = setup();
+    let inode = |path: &Path| std::fs::metadata(path).unwrap().ino();
+    let stored = setup
+        .store
+        .put_taking("m/1", &write(&setup.scratch.join("own"), b"abc"))
+        .await
+        .unwrap();
+    std::fs::create_dir(setup.scratch.join("inputs")).unwrap();
+    // Linked, on the caller's thread.
+    let linked = setup.scratch.join("inputs/linked");
+    setup
+        .store
+        .fetch_read_only_here(&stored, &linked)
+        .await
+        .unwrap();
+    assert_eq!(inode(&linked), inode(&setup.root.join("m/1")));
+    // A wrong checksum links nothing.
+    let mut wrong = stored.clone();
+    wrong.checksum = "0".repeat(64);
+    let refused = setup.scratch.join("inputs/refused");
+    match setup.store.fetch_read_only_here(&wrong, &refused).await {
+        Err(ArtifactError::ChecksumMismatch { actual, .. }) => assert_eq!(actual, ABC_SHA256),
+        other => panic!("expected ChecksumMismatch, got {other:?}"),
+    }
+    assert!(!refused.exists());
+    // A stored file made writable is copied.
+    std::fs::set_permissions(
+        setup.root.join("m/1"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let copied = setup.scratch.join("inputs/copied");
+    setup
+        .store
+        .fetch_read_only_here(&stored, &copied)
+        .await
+        .unwrap();
+    assert_ne!(inode(&copied), inode(&setup.root.join("m/1")));
+    assert_eq!(std::fs::read(&copied).unwrap(), b"abc");
+    // An address that is not one is refused, as by the pooled fetch.
+    let mut escaping = stored.clone();
+    escaping.storage_address = "../outside".to_owned();
+    assert!(
+        setup
+            .store
+            .fetch_read_only_here(&escaping, &setup.scratch.join("inputs/escaping"))
+            .await
+            .is_err()
+    );
+}
