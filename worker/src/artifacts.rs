@@ -306,7 +306,7 @@ impl LocalStore {
         source: &Path,
         abandoned: &Abandoned,
     ) -> Result<File, ArtifactError> {
-        let (file, unsynced) = self.take_file_unsynced(address, source, abandoned)?;
+        let (file, unsynced) = self.take_file_unsynced(address, source, None, abandoned)?;
         if let Some(unsynced) = unsynced {
             unsynced.sync()?;
         }
@@ -314,17 +314,23 @@ impl LocalStore {
     }
 
     /// [`LocalStore::take_file`] up to the rename into place: a file moved there is returned
-    /// with what is left to sync (a copied one is synced already). Runs on a blocking thread.
+    /// with what is left to sync (a copied one is synced already). `inspected` is the source's
+    /// metadata (`symlink_metadata`), if the caller read it already. Runs on a blocking thread.
     fn take_file_unsynced(
         &self,
         address: &str,
         source: &Path,
+        inspected: Option<std::fs::Metadata>,
         abandoned: &Abandoned,
     ) -> Result<(File, Option<Unsynced>), ArtifactError> {
         check_address(address)?;
         let copied = || Ok((self.put_file(address, source, abandoned)?, None));
-        let metadata =
-            std::fs::symlink_metadata(source).map_err(ArtifactError::io("inspect", source))?;
+        let metadata = match inspected {
+            Some(metadata) => metadata,
+            None => {
+                std::fs::symlink_metadata(source).map_err(ArtifactError::io("inspect", source))?
+            }
+        };
         if !metadata.file_type().is_file() || metadata.nlink() != 1 {
             return copied();
         }
@@ -582,11 +588,12 @@ impl ArtifactStore for LocalStore {
         let address = address.to_owned();
         let source = source.to_owned();
         Box::pin(async move {
-            let (file, unsynced) = if small_file(&source) {
-                store.take_file_unsynced(&address, &source, &Abandoned::default())?
+            let (file, unsynced) = if let Some(metadata) = small_file(&source) {
+                let abandoned = Abandoned::default();
+                store.take_file_unsynced(&address, &source, Some(metadata), &abandoned)?
             } else {
                 run_blocking(source.clone(), move |abandoned| {
-                    store.take_file_unsynced(&address, &source, abandoned)
+                    store.take_file_unsynced(&address, &source, None, abandoned)
                 })
                 .await?
             };
@@ -622,11 +629,11 @@ impl ArtifactStore for LocalStore {
         Box::pin(async move {
             // Where the file should be, to learn its size: `link_file` checks the address.
             if check_address(&file.storage_address).is_ok()
-                && small_file(&self.root.join(&file.storage_address))
+                && small_file(&self.root.join(&file.storage_address)).is_some()
             {
                 return self.link_file(file, dest, &Abandoned::default());
             }
-            self.blocking_fetch(file, dest, LocalStore::link_file).await
+            self.fetch_read_only(file, dest).await
         })
     }
 
@@ -782,10 +789,12 @@ impl Drop for AbandonOnDrop {
 /// than the few calls they made, on a loaded machine a wait for a thread to be scheduled each.
 const INLINE_BYTES: u64 = 64 * 1024;
 
-/// Whether `path` is a regular file of at most [`INLINE_BYTES`].
-fn small_file(path: &Path) -> bool {
+/// The metadata of `path` (not following a symbolic link) if it is a regular file of at most
+/// [`INLINE_BYTES`].
+fn small_file(path: &Path) -> Option<std::fs::Metadata> {
     std::fs::symlink_metadata(path)
-        .is_ok_and(|metadata| metadata.is_file() && metadata.len() <= INLINE_BYTES)
+        .ok()
+        .filter(|metadata| metadata.is_file() && metadata.len() <= INLINE_BYTES)
 }
 
 /// Runs `work` on a blocking thread and waits for it; `path` names the file in the error if the
