@@ -329,6 +329,28 @@ async fn plan_dates(
     }
 }
 
+/// The latest end of `plan`'s tasks other than `join`, and `join`'s start (its claim's grant).
+async fn join_dates(
+    conn: &mut AsyncPgConnection,
+    plan: PlanKey,
+    join: TaskKey,
+) -> anyhow::Result<(DateTime<Utc>, DateTime<Utc>)> {
+    let dates = sql_query(
+        "SELECT (SELECT start_date FROM tasks WHERE key = $2) AS first_start, \
+                max(end_date) AS last_end \
+         FROM tasks WHERE compute_plan_key = $1 AND key <> $2",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(plan.0)
+    .bind::<diesel::sql_types::Uuid, _>(join.0)
+    .get_result::<PlanDates>(conn)
+    .await
+    .with_context(|| format!("reading the dates of plan {plan}'s joining task"))?;
+    match (dates.last_end, dates.first_start) {
+        (Some(parallel_end), Some(join_start)) => Ok((parallel_end, join_start)),
+        _ => anyhow::bail!("plan {plan} is DONE but its tasks have no start or end date"),
+    }
+}
+
 /// Milliseconds from `from` to `to`.
 fn millis(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
     (to - from)
@@ -440,6 +462,17 @@ pub(crate) async fn dag(shape: DagShape, options: DagBench) -> anyhow::Result<Da
                 .with_context(|| format!("run {}", run + 1))?;
             let (_, last_end) = plan_dates(&mut harness.conn, plan.key).await?;
             let total = millis(times.sent_at, last_end) / 1_000.0;
+            if let (DagShape::FanIn, Some(join)) = (shape, plan.tasks.last()) {
+                let (parallel_end, join_start) =
+                    join_dates(&mut harness.conn, plan.key, join.key).await?;
+                tracing::info!(
+                    "fan-in, run {}: the parallel tasks' last end after {:.3} s, \
+                     the join's start after {:.3} s",
+                    run + 1,
+                    millis(times.sent_at, parallel_end) / 1_000.0,
+                    millis(times.sent_at, join_start) / 1_000.0,
+                );
+            }
             tracing::info!(
                 "{}, run {}: {total:.3} s to the last DONE (accepted after {:.3} s)",
                 shape.name(),

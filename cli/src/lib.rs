@@ -138,6 +138,11 @@ pub enum Command {
         /// ahead, to start each as soon as the link before ends DONE on it (0: none).
         #[arg(long, env = "BATON_RUN_AHEAD", default_value_t = 64)]
         run_ahead: usize,
+        /// How many ready messages to keep in a task queue when more are ready: the rest wait
+        /// in the outbox, released as the queue's consumers take messages, unless a worker is
+        /// granted them first without the queue (0: every ready task is published at once).
+        #[arg(long, env = "BATON_PUBLISH_AHEAD", default_value_t = 64)]
+        publish_ahead: usize,
         /// Start a new plan's ready tasks, in the transaction that stores it, on workers that
         /// said they are idle, instead of through the task queue (`false`: every new plan's
         /// tasks go through their queues).
@@ -990,6 +995,7 @@ pub fn run_with(cli: Cli, out: &Output, stop: &CancellationToken) -> anyhow::Res
                 lease_secs,
                 follow_ups,
                 run_ahead,
+                publish_ahead,
                 eager_starts,
                 http_addr,
                 artifacts,
@@ -1003,6 +1009,7 @@ pub fn run_with(cli: Cli, out: &Output, stop: &CancellationToken) -> anyhow::Res
                 config.lease_duration = chrono::Duration::seconds(i64::from(lease_secs));
                 config.follow_ups = follow_ups;
                 config.run_ahead = run_ahead;
+                config.publish_ahead = publish_ahead;
                 config.eager_starts = eager_starts;
                 let mut api_config = api::ApiConfig::new(
                     cli.database_url.clone(),

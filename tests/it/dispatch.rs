@@ -619,6 +619,147 @@ async fn a_report_taking_tasks_on_the_deck_is_granted_them_or_released() {
     assert_eq!((grants.refills, grants.hand_backs), (3, 0), "{grants:?}");
 }
 
+/// The keys of the tasks whose outbox rows are held back, in publishing order.
+async fn held_tasks(cluster: &TestCluster) -> Vec<TaskKey> {
+    #[derive(diesel::QueryableByName)]
+    struct Held {
+        #[diesel(sql_type = diesel::sql_types::Uuid)]
+        task_key: uuid::Uuid,
+    }
+    let mut conn = cluster.db.connect().await;
+    diesel_async::RunQueryDsl::load::<Held>(
+        diesel::sql_query("SELECT task_key FROM outbox WHERE held ORDER BY id"),
+        &mut conn,
+    )
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|held| TaskKey(held.task_key))
+    .collect()
+}
+
+/// Waits until the outbox holds `held` rows back and the `any` queue `ready` messages.
+async fn until_held_and_ready(cluster: &TestCluster, held: usize, ready: u32) -> Vec<TaskKey> {
+    let probe = cluster.client("probe").await;
+    let queue = broker::topology::task_queue(&RequirementSet::any());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let keys = held_tasks(cluster).await;
+        let counts = probe
+            .message_counts(std::slice::from_ref(&queue))
+            .await
+            .unwrap();
+        if keys.len() == held && counts[0].1 == Some(ready) {
+            return keys;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "expected {held} held rows and {ready} ready messages, got {} and {:?}",
+            keys.len(),
+            counts[0].1
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// With `publish_ahead`, a task queue gets that many ready messages and the rest of the plan's
+/// ready tasks wait in the outbox, held; they are released, oldest first, as a consumer takes
+/// messages. A held task granted without its message (here by a claim; a refill or follow-up
+/// alike) has its row deleted: its message is never published. Every other task's message is
+/// published once and the plan ends DONE.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queue_gets_its_window_of_messages_and_the_rest_wait_held_until_taken_or_granted() {
+    let cluster = TestCluster::start_publishing_ahead(chrono::Duration::seconds(30), 2).await;
+    cluster.seed(&[function(1, no_retry())]).await;
+    let client = cluster.client("producer").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+    let fan = plan(153, (1..=5).map(|n| task(n, 1, &[])).collect::<Vec<_>>());
+    submit(&cluster, &rpc, &fan).await;
+    let order: Vec<TaskKey> = fan.tasks.iter().map(|task| task.key).collect();
+    // No consumer yet: two published, the last three held, in the plan's order.
+    assert_eq!(until_held_and_ready(&cluster, 3, 2).await, order[2..]);
+
+    // The worker's consumer takes one (its prefetch): one more is released into the queue.
+    let mut worker = ScriptedWorker::new(&cluster, "worker-1").await;
+    let held = until_held_and_ready(&cluster, 2, 2).await;
+    assert_eq!(held, order[3..]);
+
+    // A held task claimed without its message: its row goes, nothing is released for it.
+    let granted = Granted::of(&worker.claim(held[0]).await).expect("granted");
+    assert_eq!(until_held_and_ready(&cluster, 1, 2).await, order[4..]);
+    worker.report(&granted, ReportedOutcome::Done).await;
+
+    // The rest through the queue, each message once; the claimed task's never.
+    let mut seen = BTreeSet::new();
+    for _ in 0..4 {
+        let message = worker.take_ready_message(WAIT).await;
+        assert!(
+            seen.insert(message.task_key),
+            "{} published twice",
+            message.task_key
+        );
+        let granted = Granted::of(&worker.claim(message.task_key).await).expect("granted");
+        worker.report(&granted, ReportedOutcome::Done).await;
+    }
+    let expected: BTreeSet<TaskKey> = order
+        .iter()
+        .copied()
+        .filter(|key| *key != held[0])
+        .collect();
+    assert_eq!(seen, expected);
+    let done = cluster
+        .wait_for_plan(fan.key, WAIT, "DONE", |plan| plan.status.is_terminal())
+        .await;
+    assert_eq!(
+        (done.status, done.counters.done_count),
+        (PlanStatus::Done, 5)
+    );
+    assert!(held_tasks(&cluster).await.is_empty());
+    let mut conn = cluster.db.connect().await;
+    assert!(
+        tasks::next_outbox_rows(&mut conn, Utc::now() + chrono::Duration::hours(1), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "every row was published or deleted"
+    );
+}
+
+/// Rows held back by a dispatcher that stopped are released by the next one, as its queue's
+/// consumer takes messages: the plan ends DONE, each task's message published once.
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_held_before_a_restart_are_released_after_it() {
+    let mut cluster = TestCluster::start_publishing_ahead(chrono::Duration::seconds(30), 2).await;
+    cluster.seed(&[function(1, no_retry())]).await;
+    let client = cluster.client("producer").await;
+    let rpc = RpcClient::new(&client).await.unwrap();
+    let fan = plan(154, (1..=5).map(|n| task(n, 1, &[])).collect::<Vec<_>>());
+    submit(&cluster, &rpc, &fan).await;
+    until_held_and_ready(&cluster, 3, 2).await;
+    cluster.kill_dispatcher().await;
+    cluster.start_dispatcher();
+    let mut worker = ScriptedWorker::new(&cluster, "worker-1").await;
+    let mut seen = BTreeSet::new();
+    for _ in 0..5 {
+        let message = worker.take_ready_message(WAIT).await;
+        assert!(
+            seen.insert(message.task_key),
+            "{} published twice",
+            message.task_key
+        );
+        let granted = Granted::of(&worker.claim(message.task_key).await).expect("granted");
+        worker.report(&granted, ReportedOutcome::Done).await;
+    }
+    let done = cluster
+        .wait_for_plan(fan.key, WAIT, "DONE", |plan| plan.status.is_terminal())
+        .await;
+    assert_eq!(
+        (done.status, done.counters.done_count),
+        (PlanStatus::Done, 5)
+    );
+    assert!(held_tasks(&cluster).await.is_empty());
+}
+
 /// A worker running a chain's link is granted the next links ahead (`run_ahead`), each to
 /// start as soon as the one before ends DONE on it, with its inputs from that link left for the
 /// worker to fill in; nothing of them is stored until the report of the link before says the

@@ -1395,9 +1395,12 @@ async fn refill_kept_slots(
             && let Some(properties) = plans.registered.get(&waiting.worker).cloned()
         {
             while granted < wanted
-                && let Some(task) = plans.queued.take_oldest(&properties, |task| {
-                    waits_in_queue(&plans.states, &plans.plan_of, task)
-                })
+                && let Some(task) =
+                    plans
+                        .queued
+                        .take_oldest(&properties, context.config.publish_ahead, |task| {
+                            waits_in_queue(&plans.states, &plans.plan_of, task)
+                        })
             {
                 let Some(&plan) = plans.plan_of.get(&task) else {
                     continue;
@@ -1458,7 +1461,9 @@ fn refill_candidates(
         .sum();
     plans
         .queued
-        .first(wanted, |task| plans.waits_in_queue(task))
+        .first(wanted, context.config.publish_ahead, |task| {
+            plans.waits_in_queue(task)
+        })
 }
 
 /// Why a claim for `worker`, whose claims go under `key`, is refused under `routing_key`.
@@ -2180,13 +2185,24 @@ async fn commit(
             _ => {}
         }
     }
+    // Tasks the batch started: a held outbox row of theirs is deleted unpublished.
+    let mut started: Vec<TaskKey> = Vec::new();
     for effect in &work.effects {
         match effect {
             Effect::TaskChanged {
                 task,
                 reason,
                 status_changed,
-            } if *status_changed => history.push(state_change(task, reason, now)),
+            } if *status_changed => {
+                if task.status == TaskStatus::Doing
+                    && last_task
+                        .get(&task.key)
+                        .is_some_and(|last| last.status == TaskStatus::Doing)
+                {
+                    started.push(task.key);
+                }
+                history.push(state_change(task, reason, now));
+            }
             // A task no longer ready by the end of the batch (granted as a follow-up, or
             // failed when its assignment could not be read) does not go through its queue.
             Effect::Enqueue { task, .. }
@@ -2319,7 +2335,9 @@ async fn commit(
                 .values()
                 .map(|plan| plans::update_plan(shared, plan)),
         );
-        let (_, _, _, _, _, handed, _, _, _, _, _, edges) = futures::try_join!(
+        started.sort_unstable();
+        started.dedup();
+        let (_, _, _, _, _, handed, _, _, _, _, _, edges, _) = futures::try_join!(
             async {
                 match adding {
                     true => Ok(()),
@@ -2338,6 +2356,7 @@ async fn commit(
             execution::insert_measurements(shared, &work.samples),
             // Under the end locks: children stored since they were read before the commit.
             tasks::edges_from(shared, &work.ended),
+            tasks::delete_held_outbox_rows(shared, &started),
         )?;
         if let Some((parent, child)) = edges
             .into_iter()

@@ -62,6 +62,14 @@ pub struct DispatcherConfig {
     /// way back, 10–20 ms) at the pace of a no-op link (under 1 ms): with 8, a chain of 1,000
     /// waited for the dispatcher 99 times, 13 ms each (BENCHMARKS.md).
     pub run_ahead: usize,
+    /// How many ready messages the outbox relay keeps in a task queue when it has more to
+    /// publish: a round's rows beyond these wait in the outbox, held, and are released, oldest
+    /// first, as the queue's consumers take messages (checked every 20 ms while rows are held).
+    /// A held task the event applier grants meanwhile (a refill of a worker's kept slot, a
+    /// follow-up) is never published: its message is not sent, delivered and dropped. 0 holds
+    /// none back. The default, 64, is a worker's slots many times over on most hosts; a fan-in
+    /// of 1,000 published 1,000 messages, nearly all dropped (BENCHMARKS.md).
+    pub publish_ahead: usize,
     /// Whether a new plan's ready tasks are granted, in the transaction that stores the plan,
     /// to workers that said they are idle (`idle_slots` in their DONE reports and heartbeats)
     /// and satisfy their requirements, rather than published to their task queues: such a
@@ -91,6 +99,7 @@ impl DispatcherConfig {
             registration_cache: Duration::from_secs(10),
             follow_ups: true,
             run_ahead: 64,
+            publish_ahead: 64,
             eager_starts: true,
             anonymous_roles: Vec::new(),
             metrics: crate::metrics::DispatcherMetrics::new(),

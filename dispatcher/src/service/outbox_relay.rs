@@ -6,8 +6,15 @@
 //! so a ready task is published without the relay reading it back; the relay reads the outbox
 //! only for rows nobody handed over: a retry's backoff that ended, a hand-over lost to a crash
 //! or a refused publish, rows other programs stored.
+//!
+//! A round with more rows for one task queue than the configured `publish_ahead` publishes
+//! that many and holds the rest back in the outbox ([`tasks::hold_outbox_rows`]); later rows
+//! for that queue are held behind them. While rows are held, the relay reads the queues' ready
+//! messages every [`HELD_POLL`] and releases, oldest first, as many rows as their consumers
+//! took. The event applier deletes the held row of a task it grants without the queue (a
+//! refill, a follow-up), so that task's message is never published only to be dropped.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,6 +32,26 @@ use crate::store::{self, tasks, workers};
 /// Rows published per round: enough to amortise a transaction, few enough to keep confirms
 /// flowing.
 pub const BATCH: i64 = 1_000;
+
+/// How often, while rows are held back, their queues' ready messages are read to release more.
+const HELD_POLL: Duration = Duration::from_millis(20);
+
+/// The task queues with rows held back in the outbox: each routing key's queue.
+#[derive(Default)]
+struct Held {
+    /// Queue names by routing key.
+    queues: HashMap<String, String>,
+    /// Whether the outbox should be read for held rows this relay does not know of: rows
+    /// held before a restart, or by another dispatcher's relay.
+    unknown: bool,
+}
+
+impl Held {
+    /// Whether some rows are known to be held, or may be.
+    fn pending(&self) -> bool {
+        self.unknown || !self.queues.is_empty()
+    }
+}
 
 /// How long to wait after a failed round before the next.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
@@ -163,16 +190,23 @@ impl Unserved {
 }
 
 /// Publishes `rows` in order, with confirms, and deletes the confirmed ones; returns how many
-/// were published.
+/// were published. With `may_hold`, a queue's rows beyond the configured `publish_ahead`, and
+/// those of a queue whose earlier rows are held, are held back instead (see the module's
+/// documentation).
 async fn publish_rows(
     context: &Context,
     publisher: &Publisher,
     declared: &mut HashSet<String>,
     unserved: &mut Unserved,
+    held: &mut Held,
     rows: &[OutboxRow],
+    may_hold: bool,
 ) -> anyhow::Result<usize> {
     let mut messages = Vec::with_capacity(rows.len());
     let mut undecodable = Vec::new();
+    let window = context.config.publish_ahead;
+    let mut per_queue: HashMap<&str, usize> = HashMap::new();
+    let mut holding = Vec::new();
     for row in rows {
         let message: TaskReady = match serde_json::from_value(row.payload.clone()) {
             Ok(message) => message,
@@ -187,6 +221,17 @@ async fn publish_rows(
                 continue;
             }
         };
+        if may_hold && window > 0 {
+            let count = per_queue.entry(row.routing_key.as_str()).or_default();
+            *count += 1;
+            if *count > window || held.queues.contains_key(&row.routing_key) {
+                held.queues
+                    .entry(row.routing_key.clone())
+                    .or_insert_with(|| broker::topology::task_queue(&message.requirements));
+                holding.push(row.id);
+                continue;
+            }
+        }
         if !declared.contains(&row.routing_key) {
             context
                 .broker
@@ -207,6 +252,15 @@ async fn publish_rows(
                 .await?;
         }
         messages.push((row, message));
+    }
+    if !holding.is_empty() {
+        let mut conn = store::connection(&context.pool).await?;
+        tasks::hold_outbox_rows(&mut conn, &holding).await?;
+        tracing::debug!(
+            "held {} outbox rows back, {} queues have rows held",
+            holding.len(),
+            held.queues.len()
+        );
     }
     // Handed to the connection all at once and in order (lapin queues a publish's frames when
     // it is first polled): one write for the round, not one wake-up of lapin's I/O loop per row.
@@ -268,13 +322,81 @@ async fn relay_round(
     publisher: &Publisher,
     declared: &mut HashSet<String>,
     unserved: &mut Unserved,
+    held: &mut Held,
 ) -> anyhow::Result<usize> {
     let rows = {
         let mut conn = store::connection(&context.pool).await?;
         tasks::next_outbox_rows(&mut conn, chrono::Utc::now(), BATCH).await?
     };
-    publish_rows(context, publisher, declared, unserved, &rows).await?;
+    publish_rows(context, publisher, declared, unserved, held, &rows, true).await?;
+    // Rows held by a relay that stopped are found on the next release.
+    held.unknown = true;
     Ok(rows.len())
+}
+
+/// Releases held rows, oldest first, into the queues that hold fewer ready messages than the
+/// configured `publish_ahead`, as many as each lacks, and publishes them.
+async fn release_held(
+    context: &Context,
+    publisher: &Publisher,
+    declared: &mut HashSet<String>,
+    unserved: &mut Unserved,
+    held: &mut Held,
+) -> anyhow::Result<()> {
+    let mut conn = store::connection(&context.pool).await?;
+    if held.unknown {
+        for (routing_key, payload) in tasks::held_outbox_queues(&mut conn).await? {
+            let message: TaskReady = match serde_json::from_value(payload) {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::error!(
+                        "a held outbox row of `{routing_key}` is not a task.ready message: {error}"
+                    );
+                    continue;
+                }
+            };
+            held.queues
+                .entry(routing_key)
+                .or_insert_with(|| broker::topology::task_queue(&message.requirements));
+        }
+        held.unknown = false;
+    }
+    if held.queues.is_empty() {
+        return Ok(());
+    }
+    let (routing_keys, queues): (Vec<String>, Vec<String>) = held
+        .queues
+        .iter()
+        .map(|(routing_key, queue)| (routing_key.clone(), queue.clone()))
+        .unzip();
+    let counts = context.broker.message_counts(&queues).await?;
+    let window = context.config.publish_ahead;
+    for (routing_key, (_, ready)) in routing_keys.into_iter().zip(counts) {
+        // A missing queue is declared again by the publish; with no window (the setting was
+        // changed), everything held goes.
+        let lacking = match window {
+            0 => BATCH as usize,
+            window => window.saturating_sub(ready.map_or(0, |ready| ready as usize)),
+        };
+        if lacking == 0 {
+            continue;
+        }
+        let hidden_until = chrono::Utc::now() + HANDOVER_GRACE;
+        let rows =
+            tasks::release_outbox_rows(&mut conn, &routing_key, lacking as i64, hidden_until)
+                .await?;
+        if rows.len() < lacking {
+            held.queues.remove(&routing_key);
+        }
+        if !rows.is_empty() {
+            tracing::debug!(
+                "released {} held outbox rows into `{routing_key}`, which had {ready:?} ready messages",
+                rows.len()
+            );
+            publish_rows(context, publisher, declared, unserved, held, &rows, false).await?;
+        }
+    }
+    Ok(())
 }
 
 /// When the relay should next read the outbox: at the poll interval, or sooner when a row
@@ -300,12 +422,25 @@ pub async fn run(context: Arc<Context>, shutdown: CancellationToken) -> anyhow::
     let publisher = Publisher::new(&context.broker).await?;
     let mut declared = HashSet::new();
     let mut unserved = Unserved::default();
+    let mut held = Held {
+        unknown: true,
+        ..Held::default()
+    };
     let mut poll_at = tokio::time::Instant::now();
+    let mut release_at = tokio::time::Instant::now();
     loop {
         let handed = context.handover.take();
         if !handed.is_empty()
-            && let Err(error) =
-                publish_rows(&context, &publisher, &mut declared, &mut unserved, &handed).await
+            && let Err(error) = publish_rows(
+                &context,
+                &publisher,
+                &mut declared,
+                &mut unserved,
+                &mut held,
+                &handed,
+                true,
+            )
+            .await
         {
             // Still stored: polling finds them once their grace lapses.
             tracing::warn!(
@@ -314,7 +449,15 @@ pub async fn run(context: Arc<Context>, shutdown: CancellationToken) -> anyhow::
             );
         }
         if tokio::time::Instant::now() >= poll_at {
-            match relay_round(&context, &publisher, &mut declared, &mut unserved).await {
+            match relay_round(
+                &context,
+                &publisher,
+                &mut declared,
+                &mut unserved,
+                &mut held,
+            )
+            .await
+            {
                 // A full round: more may be waiting.
                 Ok(read) if read as i64 == BATCH => continue,
                 Ok(_) => poll_at = next_poll(&context).await,
@@ -324,10 +467,25 @@ pub async fn run(context: Arc<Context>, shutdown: CancellationToken) -> anyhow::
                 }
             }
         }
+        if held.pending() && tokio::time::Instant::now() >= release_at {
+            if let Err(error) = release_held(
+                &context,
+                &publisher,
+                &mut declared,
+                &mut unserved,
+                &mut held,
+            )
+            .await
+            {
+                tracing::warn!("releasing held outbox rows failed, retrying: {error:#}");
+            }
+            release_at = tokio::time::Instant::now() + HELD_POLL;
+        }
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             () = context.outbox_wakeup.notified() => {}
             () = tokio::time::sleep_until(poll_at) => {}
+            () = tokio::time::sleep_until(release_at), if held.pending() => {}
         }
     }
 }

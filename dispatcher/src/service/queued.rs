@@ -11,6 +11,34 @@ use std::collections::{BTreeMap, HashMap};
 
 use models::{Properties, RequirementSet, TaskKey};
 
+/// The task of `queue` a refill takes next: the oldest for which `waiting` holds after the
+/// `published` oldest such, or, when the queue holds no more than those, the oldest. The
+/// outbox relay publishes a queue's oldest tasks and holds the rest back while a queue has
+/// `published` ready messages (`DispatcherConfig::publish_ahead`): a refill takes a task whose
+/// message was never sent, rather than one a consumer will be delivered and drop. Tasks met on
+/// the way for which `waiting` does not hold are added to `stale`.
+fn candidate(
+    queue: &Queue,
+    published: usize,
+    waiting: impl Fn(TaskKey) -> bool,
+    stale: &mut Vec<TaskKey>,
+) -> Option<(u64, TaskKey)> {
+    let mut oldest = None;
+    let mut passed = 0;
+    for (&order, &task) in &queue.tasks {
+        if !waiting(task) {
+            stale.push(task);
+            continue;
+        }
+        if passed == published {
+            return Some((order, task));
+        }
+        oldest.get_or_insert((order, task));
+        passed += 1;
+    }
+    oldest
+}
+
 /// One task queue's waiting tasks.
 struct Queue {
     /// Its requirement set, which a worker's properties must satisfy.
@@ -64,10 +92,13 @@ impl QueuedTasks {
     }
 
     /// Takes out the oldest task, across the queues whose requirements `properties` satisfy,
-    /// for which `waiting` holds; the tasks for which it does not, met on the way, are dropped.
+    /// for which `waiting` holds, passing over the `published` oldest of each queue while it
+    /// holds more (see [`candidate`]); the tasks for which `waiting` does not hold, met on the
+    /// way, are dropped.
     pub(crate) fn take_oldest(
         &mut self,
         properties: &Properties,
+        published: usize,
         waiting: impl Fn(TaskKey) -> bool,
     ) -> Option<TaskKey> {
         let mut stale = Vec::new();
@@ -76,15 +107,10 @@ impl QueuedTasks {
             if !queue.requirements.is_satisfied_by(properties) {
                 continue;
             }
-            for (&order, &task) in &queue.tasks {
-                if oldest.is_some_and(|(first, _)| first < order) {
-                    break;
-                }
-                if waiting(task) {
-                    oldest = Some((order, task));
-                    break;
-                }
-                stale.push(task);
+            if let Some((order, task)) = candidate(queue, published, &waiting, &mut stale)
+                && oldest.is_none_or(|(first, _)| order < first)
+            {
+                oldest = Some((order, task));
             }
         }
         for task in stale {
@@ -95,21 +121,35 @@ impl QueuedTasks {
         Some(task)
     }
 
-    /// The first `count` tasks of each queue for which `waiting` holds, oldest first: those
-    /// [`QueuedTasks::take_oldest`] would take next, to read from the store with a batch.
-    pub(crate) fn first(&self, count: usize, waiting: impl Fn(TaskKey) -> bool) -> Vec<TaskKey> {
+    /// Up to `count` tasks of each queue for which `waiting` holds, in the order
+    /// [`QueuedTasks::take_oldest`] would take them (passing over the `published` oldest while
+    /// the queue holds more), to read from the store with a batch.
+    pub(crate) fn first(
+        &self,
+        count: usize,
+        published: usize,
+        waiting: impl Fn(TaskKey) -> bool,
+    ) -> Vec<TaskKey> {
         if count == 0 {
             return Vec::new();
         }
         self.queues
             .values()
             .flat_map(|queue| {
-                queue
+                let waiting: Vec<TaskKey> = queue
                     .tasks
                     .values()
                     .copied()
                     .filter(|task| waiting(*task))
+                    .take(published + count)
+                    .collect();
+                // Beyond the published ones first, then, if those run out, the published.
+                let (front, back) = waiting.split_at(published.min(waiting.len()));
+                back.iter()
+                    .chain(front)
+                    .copied()
                     .take(count)
+                    .collect::<Vec<_>>()
             })
             .collect()
     }
@@ -150,10 +190,14 @@ mod tests {
         queued.add(task(1), "any", &any);
         let plain = properties(&[]);
         let with_gpu = properties(&[("gpu", "yes")]);
-        assert_eq!(queued.take_oldest(&plain, |_| true), Some(task(2)));
-        assert_eq!(queued.take_oldest(&plain, |_| true), None, "gpu tasks stay");
-        assert_eq!(queued.take_oldest(&with_gpu, |_| true), Some(task(1)));
-        assert_eq!(queued.take_oldest(&with_gpu, |_| true), Some(task(3)));
+        assert_eq!(queued.take_oldest(&plain, 0, |_| true), Some(task(2)));
+        assert_eq!(
+            queued.take_oldest(&plain, 0, |_| true),
+            None,
+            "gpu tasks stay"
+        );
+        assert_eq!(queued.take_oldest(&with_gpu, 0, |_| true), Some(task(1)));
+        assert_eq!(queued.take_oldest(&with_gpu, 0, |_| true), Some(task(3)));
         assert_eq!(queued.len(), 0);
         assert!(queued.queues.is_empty(), "an emptied queue is dropped");
     }
@@ -167,9 +211,35 @@ mod tests {
         }
         queued.remove(task(3));
         let waiting = |key: TaskKey| key != task(1);
-        assert_eq!(queued.first(2, waiting), vec![task(2), task(4)]);
-        assert_eq!(queued.take_oldest(&properties(&[]), waiting), Some(task(2)));
+        assert_eq!(queued.first(2, 0, waiting), vec![task(2), task(4)]);
+        assert_eq!(
+            queued.take_oldest(&properties(&[]), 0, waiting),
+            Some(task(2))
+        );
         assert_eq!(queued.len(), 1, "task 1 was dropped on the way, 2 taken");
-        assert_eq!(queued.first(5, |_| true), vec![task(4)]);
+        assert_eq!(queued.first(5, 0, |_| true), vec![task(4)]);
+    }
+
+    #[test]
+    fn refills_pass_over_the_published_oldest_while_the_queue_holds_more() {
+        let mut queued = QueuedTasks::default();
+        let any = RequirementSet::any();
+        for n in 1..=5 {
+            queued.add(task(n), "any", &any);
+        }
+        let plain = properties(&[]);
+        assert_eq!(queued.first(2, 2, |_| true), vec![task(3), task(4)]);
+        assert_eq!(queued.take_oldest(&plain, 2, |_| true), Some(task(3)));
+        assert_eq!(queued.take_oldest(&plain, 2, |_| true), Some(task(4)));
+        assert_eq!(queued.take_oldest(&plain, 2, |_| true), Some(task(5)));
+        assert_eq!(
+            queued.first(3, 2, |_| true),
+            vec![task(1), task(2)],
+            "only the published are left: they are taken, oldest first"
+        );
+        assert_eq!(queued.take_oldest(&plain, 2, |_| true), Some(task(1)));
+        let waiting = |key: TaskKey| key != task(2);
+        assert_eq!(queued.take_oldest(&plain, 2, waiting), None);
+        assert_eq!(queued.len(), 0, "task 2, no longer waiting, was dropped");
     }
 }

@@ -254,6 +254,7 @@ diesel::table! {
         payload -> Jsonb,
         created_at -> Timestamptz,
         available_at -> Nullable<Timestamptz>,
+        held -> Bool,
     }
 }
 

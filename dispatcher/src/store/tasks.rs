@@ -734,13 +734,14 @@ pub async fn insert_outbox_rows(
     Ok(stored)
 }
 
-/// The oldest `limit` outbox rows available at `now`, in publishing order.
+/// The oldest `limit` outbox rows available at `now` and not held, in publishing order.
 pub async fn next_outbox_rows(
     conn: &mut AsyncPgConnection,
     now: chrono::DateTime<chrono::Utc>,
     limit: i64,
 ) -> StoreResult<Vec<OutboxRow>> {
     Ok(outbox::table
+        .filter(outbox::held.eq(false))
         .filter(
             outbox::available_at
                 .is_null()
@@ -753,11 +754,12 @@ pub async fn next_outbox_rows(
         .await?)
 }
 
-/// When the next outbox row that is not available yet becomes available.
+/// When the next outbox row that is not available yet (and not held) becomes available.
 pub async fn next_outbox_availability(
     conn: &mut AsyncPgConnection,
 ) -> StoreResult<Option<chrono::DateTime<chrono::Utc>>> {
     Ok(outbox::table
+        .filter(outbox::held.eq(false))
         .filter(outbox::available_at.is_not_null())
         .select(diesel::dsl::min(outbox::available_at))
         .first::<Option<chrono::DateTime<chrono::Utc>>>(conn)
@@ -769,4 +771,75 @@ pub async fn delete_outbox_rows(conn: &mut AsyncPgConnection, ids: &[i64]) -> St
     Ok(diesel::delete(outbox::table.filter(outbox::id.eq_any(ids)))
         .execute(conn)
         .await?)
+}
+
+/// Holds the outbox rows `ids` back from their queue (see the relay's `publish_ahead`): polling
+/// no longer finds them, [`release_outbox_rows`] does. Returns how many were still there.
+pub async fn hold_outbox_rows(conn: &mut AsyncPgConnection, ids: &[i64]) -> StoreResult<usize> {
+    Ok(diesel::update(outbox::table.filter(outbox::id.eq_any(ids)))
+        .set(outbox::held.eq(true))
+        .execute(conn)
+        .await?)
+}
+
+/// The routing keys that have held outbox rows, each with its oldest held row's payload (a
+/// `task.ready` message, which names the queue's requirement set).
+pub async fn held_outbox_queues(
+    conn: &mut AsyncPgConnection,
+) -> StoreResult<Vec<(String, serde_json::Value)>> {
+    Ok(outbox::table
+        .filter(outbox::held.eq(true))
+        .distinct_on(outbox::routing_key)
+        .order((outbox::routing_key, outbox::id))
+        .select((outbox::routing_key, outbox::payload))
+        .load(conn)
+        .await?)
+}
+
+/// Releases the oldest `limit` held outbox rows of `routing_key`, to be published now: they
+/// are stored as available `hidden_until` (the caller publishes them itself meanwhile, as with
+/// a hand-over). Rows another relay is releasing at the same time are skipped. Returns them in
+/// publishing order.
+pub async fn release_outbox_rows(
+    conn: &mut AsyncPgConnection,
+    routing_key: &str,
+    limit: i64,
+    hidden_until: chrono::DateTime<chrono::Utc>,
+) -> StoreResult<Vec<OutboxRow>> {
+    use diesel::sql_types::{BigInt, Text, Timestamptz};
+    let mut released: Vec<OutboxRow> = Cached(
+        diesel::sql_query(
+            "UPDATE outbox SET held = false, available_at = $3 WHERE id IN \
+             (SELECT id FROM outbox WHERE held AND routing_key = $1 ORDER BY id LIMIT $2 \
+              FOR UPDATE SKIP LOCKED) \
+             RETURNING id, task_key, routing_key, payload, created_at, available_at",
+        )
+        .bind::<Text, _>(routing_key)
+        .bind::<BigInt, _>(limit)
+        .bind::<Timestamptz, _>(hidden_until),
+    )
+    .load(conn)
+    .await?;
+    released.sort_unstable_by_key(|row| row.id);
+    Ok(released)
+}
+
+/// Deletes the held outbox rows of `tasks`, which were granted without their queue: their
+/// messages are never published. Rows not held are left to the relay, which may be publishing
+/// them already.
+pub async fn delete_held_outbox_rows(
+    mut conn: &AsyncPgConnection,
+    tasks: &[TaskKey],
+) -> StoreResult<usize> {
+    use diesel::sql_types::{Array, Uuid as SqlUuid};
+    if tasks.is_empty() {
+        return Ok(0);
+    }
+    let keys: Vec<Uuid> = tasks.iter().map(|task| task.0).collect();
+    Ok(Cached(
+        diesel::sql_query("DELETE FROM outbox WHERE held AND task_key = ANY($1)")
+            .bind::<Array<SqlUuid>, _>(keys),
+    )
+    .execute(&mut conn)
+    .await?)
 }

@@ -34,6 +34,8 @@ pub(crate) struct TestCluster {
     dispatcher: Option<JoinHandle<anyhow::Result<()>>>,
     lease: chrono::Duration,
     outbox_poll: Duration,
+    /// `DispatcherConfig::publish_ahead`, if not the default.
+    publish_ahead: Option<usize>,
     /// What the dispatcher (and any restart of it) records for operators.
     pub(crate) metrics: dispatcher::metrics::DispatcherMetrics,
 }
@@ -49,6 +51,23 @@ impl TestCluster {
     pub(crate) async fn start_polling(
         lease: chrono::Duration,
         outbox_poll: Duration,
+    ) -> TestCluster {
+        TestCluster::start_with(lease, outbox_poll, None).await
+    }
+
+    /// Like [`TestCluster::start`], with the outbox relay keeping at most `publish_ahead`
+    /// ready messages in a task queue.
+    pub(crate) async fn start_publishing_ahead(
+        lease: chrono::Duration,
+        publish_ahead: usize,
+    ) -> TestCluster {
+        TestCluster::start_with(lease, Duration::from_millis(200), Some(publish_ahead)).await
+    }
+
+    async fn start_with(
+        lease: chrono::Duration,
+        outbox_poll: Duration,
+        publish_ahead: Option<usize>,
     ) -> TestCluster {
         // The dispatcher's logs, shown for failing tests (RUST_LOG to tune).
         let _ = tracing_subscriber::fmt()
@@ -67,6 +86,7 @@ impl TestCluster {
             dispatcher: None,
             lease,
             outbox_poll,
+            publish_ahead,
             metrics: dispatcher::metrics::DispatcherMetrics::new(),
         };
         cluster.start_dispatcher();
@@ -82,6 +102,9 @@ impl TestCluster {
         );
         config.lease_duration = self.lease;
         config.outbox_poll = self.outbox_poll;
+        if let Some(publish_ahead) = self.publish_ahead {
+            config.publish_ahead = publish_ahead;
+        }
         config.heartbeat_interval = Duration::from_secs(1);
         config.registration_cache = Duration::from_millis(200);
         config.metrics = self.metrics.clone();
