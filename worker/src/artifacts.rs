@@ -105,9 +105,37 @@ pub trait ArtifactStore: Send + Sync + 'static {
         self.fetch_read_only(file, dest)
     }
 
+    /// [`ArtifactStore::fetch_read_only`] for each `(file, dest)` of `fetches` (an attempt's
+    /// many inputs); returns each result in their order. By default [`FETCHES_AT_ONCE`] run at
+    /// a time; a store may batch the work instead, as the local store does on a few blocking
+    /// threads rather than a thread hop per file.
+    fn fetch_many_read_only<'a>(
+        &'a self,
+        fetches: &'a [(File, PathBuf)],
+    ) -> BoxFuture<'a, Vec<Result<(), ArtifactError>>> {
+        use futures::StreamExt as _;
+        Box::pin(
+            futures::stream::iter(fetches)
+                .map(|(file, dest)| self.fetch_read_only(file, dest))
+                .buffered(FETCHES_AT_ONCE)
+                .collect(),
+        )
+    }
+
     /// A short description for logs (e.g. `local:/var/lib/baton/artifacts`).
     fn describe(&self) -> String;
 }
+
+/// How many fetches [`ArtifactStore::fetch_many_read_only`] runs at once by default: a task
+/// joining many parents (a fan-in) would otherwise wait for each fetch's round trip in turn; a
+/// bound keeps one attempt from filling the blocking pool or the object store's connections.
+pub const FETCHES_AT_ONCE: usize = 16;
+
+/// The fewest files the local store's [`ArtifactStore::fetch_many_read_only`] gives one
+/// blocking thread, and the most threads it uses for one call: a fan-in's join of 1,000 small
+/// inputs made 1,000 thread hops (85 ms) where 4 threads link 250 each.
+const FETCHES_PER_THREAD: usize = 32;
+const FETCH_THREADS: usize = 4;
 
 /// A stored file's way to disk, still under way ([`ArtifactStore::put_taking_unsynced`]).
 #[derive(Debug)]
@@ -634,6 +662,54 @@ impl ArtifactStore for LocalStore {
                 return self.link_file(file, dest, &Abandoned::default());
             }
             self.fetch_read_only(file, dest).await
+        })
+    }
+
+    /// Links the files on at most [`FETCH_THREADS`] blocking threads, each taking a share in
+    /// order (at least [`FETCHES_PER_THREAD`]).
+    fn fetch_many_read_only<'a>(
+        &'a self,
+        fetches: &'a [(File, PathBuf)],
+    ) -> BoxFuture<'a, Vec<Result<(), ArtifactError>>> {
+        let per_thread = fetches
+            .len()
+            .div_ceil(FETCH_THREADS)
+            .max(FETCHES_PER_THREAD);
+        let shares = fetches.chunks(per_thread).map(|share| {
+            let store = self.clone();
+            let share = share.to_vec();
+            let first = share
+                .first()
+                .map(|(_, dest)| dest.clone())
+                .unwrap_or_default();
+            async move {
+                let count = share.len();
+                let linked = run_blocking(first.clone(), move |abandoned| {
+                    Ok(share
+                        .iter()
+                        .map(|(file, dest)| store.link_file(file, dest, abandoned))
+                        .collect::<Vec<_>>())
+                })
+                .await;
+                match linked {
+                    Ok(results) => results,
+                    // The thread could not finish: every fetch of its share failed.
+                    Err(error) => (0..count)
+                        .map(|_| {
+                            Err(ArtifactError::io("link", &first)(io::Error::other(
+                                error.to_string(),
+                            )))
+                        })
+                        .collect(),
+                }
+            }
+        });
+        Box::pin(async move {
+            futures::future::join_all(shares)
+                .await
+                .into_iter()
+                .flatten()
+                .collect()
         })
     }
 

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use futures::future::Either;
 use tokio::sync::mpsc::{self, UnboundedReceiver};
 use tokio::sync::watch;
@@ -32,14 +31,10 @@ use crate::workspace::{Workspace, WorkspaceHandle};
 const BATCH: usize = 500;
 /// How long a batch waits for more lines once it has one.
 const LINGER: Duration = Duration::from_millis(100);
-/// How many inputs of one attempt are fetched at once: a task joining many parents (a fan-in)
-/// would otherwise wait for each fetch's thread hop or round trip in turn; a bound keeps one
-/// attempt from filling the blocking pool or the object store's connections.
-const CONCURRENT_FETCHES: usize = 16;
-
-/// The most inputs an attempt fetches through [`ArtifactStore::fetch_read_only_here`]: with
-/// more, the blocking pool fetches them in parallel (a fan-in's join of 1,000 took twice as long
-/// with each link made on the attempt's thread, one after the other).
+/// The most inputs an attempt fetches one by one, through
+/// [`ArtifactStore::fetch_read_only_here`]; more are fetched together, through
+/// [`ArtifactStore::fetch_many_read_only`] (a fan-in's join of 1,000 took twice as long with
+/// each link made on the attempt's thread, one after the other).
 const FETCHED_HERE: usize = 2;
 
 #[cfg(test)]
@@ -453,11 +448,13 @@ fn stopped_before_start(assignment: &Assignment, order: Stop) -> Ended {
     }
 }
 
-/// Fetches every input into the workspace, [`CONCURRENT_FETCHES`] at a time; returns each
-/// identifier's path for placeholders.
+/// Fetches every input into the workspace; returns each identifier's path for placeholders.
 ///
-/// The error is that of the first input that fails, in the task's order, as if they were
-/// fetched one after the other; the fetches still running then are dropped.
+/// One or two inputs are fetched at once, each on this thread where the store can (a chain's
+/// link fetches one). More are fetched together: their places made in one go, then
+/// the stored files through [`ArtifactStore::fetch_many_read_only`].
+///
+/// The error is that of the first input that fails, in the task's order.
 async fn fetch_inputs(
     inputs: &[AssignedInput],
     artifacts: &dyn ArtifactStore,
@@ -474,83 +471,144 @@ async fn fetch_inputs(
             (input, index)
         })
         .collect();
-    // A few inputs are fetched on this thread where the store can (a chain's link fetches
-    // one); more go to blocking threads, in parallel.
-    let here = inputs.len() <= FETCHED_HERE;
-    // Made before they are streamed: with the `map` on the stream instead, rustc fails to prove
-    // the attempt's future `Send` ("implementation of `Send` is not general enough").
-    let fetches: Vec<_> = indexed
-        .into_iter()
-        .map(|(input, index)| fetch_input(input, index, artifacts, workspace, here))
-        .collect();
-    // `buffered` yields the results in the inputs' order, whichever fetch ends first.
-    let mut fetched = futures::stream::iter(fetches).buffered(CONCURRENT_FETCHES);
     let mut paths = BTreeMap::new();
-    while let Some(result) = fetched.next().await {
-        let (identifier, shown) = result?;
-        paths.insert(identifier.to_owned(), shown.display().to_string());
+    if inputs.len() <= FETCHED_HERE {
+        // Both at once (two round trips to an object store overlap).
+        let fetched = futures::future::join_all(indexed.iter().map(|&(input, index)| async move {
+            let path = workspace
+                .input_path(&input.identifier, input.multiple, index)
+                .await
+                .map_err(|error| error.to_string())?;
+            fetch_one(input, artifacts, &path).await?;
+            Ok::<_, String>(shown_path(input, workspace, path))
+        }))
+        .await;
+        for ((input, _), shown) in indexed.iter().zip(fetched) {
+            paths.insert(input.identifier.clone(), shown?.display().to_string());
+        }
+        return Ok(paths);
+    }
+    let wanted: Vec<(&str, bool, usize)> = indexed
+        .iter()
+        .map(|(input, index)| (input.identifier.as_str(), input.multiple, *index))
+        .collect();
+    let places = workspace
+        .input_paths(&wanted)
+        .await
+        .map_err(|error| error.to_string())?;
+    // Each input's error, if any: data samples are linked first, stored files then fetched
+    // together, and the first error in the task's order is returned.
+    let mut errors: Vec<Option<String>> = vec![None; inputs.len()];
+    let mut fetches = Vec::new();
+    let mut fetched_by = Vec::new();
+    for (position, ((input, _), path)) in indexed.iter().zip(&places).enumerate() {
+        match source(input) {
+            Ok(Source::Stored(file, what)) => {
+                fetches.push((file.clone(), path.clone()));
+                fetched_by.push((position, what));
+            }
+            Ok(Source::Sample(sample, data_sample_key)) => {
+                if let Err(error) = link_sample(input, sample, data_sample_key, path).await {
+                    errors[position] = Some(error);
+                }
+            }
+            Err(error) => errors[position] = Some(error),
+        }
+    }
+    let results = artifacts.fetch_many_read_only(&fetches).await;
+    for (result, (position, what)) in results.into_iter().zip(fetched_by) {
+        if let Err(error) = result {
+            let identifier = &indexed[position].0.identifier;
+            errors[position] = Some(format!("input `{identifier}` ({what}): {error}"));
+        }
+    }
+    if let Some(error) = errors.into_iter().flatten().next() {
+        return Err(error);
+    }
+    for ((input, _), path) in indexed.into_iter().zip(places) {
+        paths.insert(
+            input.identifier.clone(),
+            shown_path(input, workspace, path).display().to_string(),
+        );
     }
     Ok(paths)
 }
 
-/// Fetches value number `index` of `input` into the workspace; returns its identifier and the
-/// path placeholders show for it (a multiple input's directory).
-async fn fetch_input<'a>(
-    input: &'a AssignedInput,
-    index: usize,
-    artifacts: &dyn ArtifactStore,
-    workspace: &Workspace,
-    here: bool,
-) -> Result<(&'a str, PathBuf), String> {
-    let path = workspace
-        .input_path(&input.identifier, input.multiple, index)
-        .await
-        .map_err(|error| error.to_string())?;
-    // A stored file, with what it is for errors; a data sample is linked where it lies.
-    let (file, what) = match &input.value {
-        InputValue::Model { model_key, file } => (file, format!("model {model_key}")),
+/// Where an input's value comes from.
+enum Source<'a> {
+    /// A stored file, with what it is for errors.
+    Stored(&'a models::File, String),
+    /// A data sample's path, linked where it lies, and its key.
+    Sample(&'a str, &'a models::DataSampleKey),
+}
+
+/// Where `input`'s value comes from; an error if it cannot be fetched at all.
+fn source(input: &AssignedInput) -> Result<Source<'_>, String> {
+    match &input.value {
+        InputValue::Model { model_key, file } => {
+            Ok(Source::Stored(file, format!("model {model_key}")))
+        }
         InputValue::ParentOutput {
             task_key,
             output,
             file,
-        } => {
-            let Some(file) = file else {
-                return Err(format!(
-                    "input `{}`: output `{output}` of task {task_key} was not filled in",
-                    input.identifier
-                ));
-            };
-            (file, format!("output `{output}` of task {task_key}"))
-        }
+        } => match file {
+            Some(file) => Ok(Source::Stored(
+                file,
+                format!("output `{output}` of task {task_key}"),
+            )),
+            None => Err(format!(
+                "input `{}`: output `{output}` of task {task_key} was not filled in",
+                input.identifier
+            )),
+        },
         InputValue::DataManager {
             dataset_key,
             opener,
-        } => (opener, format!("opener of {dataset_key}")),
+        } => Ok(Source::Stored(opener, format!("opener of {dataset_key}"))),
         InputValue::DataSample {
             data_sample_key,
             path: sample,
-        } => {
-            let Some(sample) = sample else {
-                return Err(format!(
-                    "input `{}`: data sample {data_sample_key} has no path",
-                    input.identifier
-                ));
-            };
-            tokio::fs::symlink(sample, &path).await.map_err(|error| {
-                format!(
-                    "input `{}`: linking data sample {data_sample_key} at {sample}: {error}",
-                    input.identifier
-                )
-            })?;
-            return Ok((&input.identifier, shown_path(input, workspace, path)));
+        } => match sample {
+            Some(sample) => Ok(Source::Sample(sample, data_sample_key)),
+            None => Err(format!(
+                "input `{}`: data sample {data_sample_key} has no path",
+                input.identifier
+            )),
+        },
+    }
+}
+
+/// Links data sample `data_sample_key`, at `sample`, to `path`, for `input`.
+async fn link_sample(
+    input: &AssignedInput,
+    sample: &str,
+    data_sample_key: &models::DataSampleKey,
+    path: &Path,
+) -> Result<(), String> {
+    tokio::fs::symlink(sample, path).await.map_err(|error| {
+        format!(
+            "input `{}`: linking data sample {data_sample_key} at {sample}: {error}",
+            input.identifier
+        )
+    })
+}
+
+/// Fetches `input`'s value to `path`, on this thread where the store can.
+async fn fetch_one(
+    input: &AssignedInput,
+    artifacts: &dyn ArtifactStore,
+    path: &Path,
+) -> Result<(), String> {
+    match source(input)? {
+        Source::Stored(file, what) => artifacts
+            .fetch_read_only_here(file, path)
+            .await
+            .map_err(|error| format!("input `{}` ({what}): {error}", input.identifier)),
+        Source::Sample(sample, data_sample_key) => {
+            link_sample(input, sample, data_sample_key, path).await
         }
-    };
-    let fetched = match here {
-        true => artifacts.fetch_read_only_here(file, &path).await,
-        false => artifacts.fetch_read_only(file, &path).await,
-    };
-    fetched.map_err(|error| format!("input `{}` ({what}): {error}", input.identifier))?;
-    Ok((&input.identifier, shown_path(input, workspace, path)))
+    }
 }
 
 /// The path placeholders show for `input`, placed at `path`: a multiple input's directory.

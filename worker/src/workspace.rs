@@ -366,6 +366,51 @@ impl Workspace {
             .map_err(io_error("prepare", &relative))?
     }
 
+    /// [`Workspace::input_path`] for each `(identifier, multiple, index)` of `wanted`, in
+    /// their order, in one blocking call at most (each multiple input's directory made once).
+    pub async fn input_paths(
+        &self,
+        wanted: &[(&str, bool, usize)],
+    ) -> Result<Vec<PathBuf>, WorkspaceError> {
+        for (identifier, _, _) in wanted {
+            check_identifier(identifier)?;
+        }
+        // Values of multiple inputs whose directories were kept from the spare, empty and
+        // untouched since: nothing to make or check.
+        if wanted.iter().all(|(identifier, multiple, _)| {
+            *multiple && self.input_dirs.iter().any(|dir| dir == identifier)
+        }) {
+            let inputs = self.root.join(INPUTS);
+            return Ok(wanted
+                .iter()
+                .map(|(identifier, _, index)| inputs.join(identifier).join(index.to_string()))
+                .collect());
+        }
+        let root = self.root.clone();
+        let owned: Vec<(String, bool, usize)> = wanted
+            .iter()
+            .map(|(identifier, multiple, index)| ((*identifier).to_owned(), *multiple, *index))
+            .collect();
+        blocking(move || {
+            let mut made: Vec<&str> = Vec::new();
+            owned
+                .iter()
+                .map(|(identifier, multiple, index)| {
+                    if *multiple && made.contains(&identifier.as_str()) {
+                        return Ok(root.join(INPUTS).join(identifier).join(index.to_string()));
+                    }
+                    let path = input_path_blocking(&root, identifier, *multiple, *index)?;
+                    if *multiple {
+                        made.push(identifier);
+                    }
+                    Ok(path)
+                })
+                .collect::<Result<Vec<_>, WorkspaceError>>()
+        })
+        .await
+        .map_err(io_error("prepare", INPUTS))?
+    }
+
     /// The files the steps left for output `identifier`: `outputs/<identifier>` must be a
     /// regular file when not `multiple`, or a directory of at least one regular file (returned
     /// sorted by name) when `multiple`.

@@ -770,3 +770,52 @@ async fn a_read_only_fetch_here_links_and_checks_as_the_pooled_one_does() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn many_read_only_fetches_are_linked_in_shares_and_answered_in_order() {
+    use std::os::unix::fs::MetadataExt as _;
+    let setup = setup();
+    let inode = |path: &Path| std::fs::metadata(path).unwrap().ino();
+    // More than one thread's share, with a file missing and one with a wrong checksum.
+    let count = FETCHES_PER_THREAD * 2 + 5;
+    let mut fetches = Vec::new();
+    for n in 0..count {
+        let own = write(
+            &setup.scratch.join(format!("own-{n}")),
+            format!("{n}").as_bytes(),
+        );
+        let stored = setup
+            .store
+            .put_taking(&format!("m/{n}"), &own)
+            .await
+            .unwrap();
+        fetches.push((stored, setup.scratch.join(format!("inputs/{n}"))));
+    }
+    std::fs::create_dir(setup.scratch.join("inputs")).unwrap();
+    let missing = FETCHES_PER_THREAD + 1;
+    fetches[missing].0.storage_address = "m/gone".to_owned();
+    let wrong = count - 1;
+    fetches[wrong].0.checksum = "0".repeat(64);
+
+    let results = setup.store.fetch_many_read_only(&fetches).await;
+
+    assert_eq!(results.len(), count);
+    for (n, ((_, dest), result)) in fetches.iter().zip(&results).enumerate() {
+        match n {
+            _ if n == missing => assert!(
+                matches!(result, Err(ArtifactError::NotFound { .. })),
+                "{n}: {result:?}"
+            ),
+            _ if n == wrong => assert!(
+                matches!(result, Err(ArtifactError::ChecksumMismatch { .. })),
+                "{n}: {result:?}"
+            ),
+            _ => {
+                assert!(result.is_ok(), "{n}: {result:?}");
+                assert_eq!(inode(dest), inode(&setup.root.join(format!("m/{n}"))));
+                assert_eq!(std::fs::read(dest).unwrap(), format!("{n}").as_bytes());
+            }
+        }
+    }
+    assert!(!fetches[missing].1.exists() && !fetches[wrong].1.exists());
+}

@@ -11,7 +11,7 @@ use crate::artifacts::{ArtifactError, LocalStore};
 const TASK: TaskKey = TaskKey(Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef));
 
 /// More inputs than are fetched at once, so the window moves along.
-const N_INPUTS: usize = 3 * CONCURRENT_FETCHES + 5;
+const N_INPUTS: usize = 3 * crate::artifacts::FETCHES_AT_ONCE + 5;
 
 struct Setup {
     _dir: TempDir,
@@ -127,7 +127,7 @@ async fn inputs_are_fetched_in_the_tasks_order() {
 async fn the_first_missing_input_by_position_is_reported() {
     let setup = setup().await;
     let mut inputs = many_models(&setup.store).await;
-    let first = CONCURRENT_FETCHES + 3;
+    let first = crate::artifacts::FETCHES_AT_ONCE + 3;
     for n in [first, first + 1, N_INPUTS - 1] {
         inputs[n] = model_input("models", true, n, missing(&format!("gone/{n}")));
     }
@@ -245,11 +245,11 @@ async fn inputs_are_fetched_several_at_once() {
     let inputs: Vec<AssignedInput> = many_models(&setup.store)
         .await
         .into_iter()
-        .take(CONCURRENT_FETCHES)
+        .take(crate::artifacts::FETCHES_AT_ONCE)
         .collect();
     let store = Gathered {
         store: setup.store.clone(),
-        barrier: Barrier::new(CONCURRENT_FETCHES),
+        barrier: Barrier::new(crate::artifacts::FETCHES_AT_ONCE),
     };
 
     // Fetched one after the other, the first fetch would wait forever.
