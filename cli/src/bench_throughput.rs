@@ -590,9 +590,8 @@ pub(crate) fn start_worker(
                 let Some(path) = context.outputs.get(LINK_OUTPUT) else {
                     return Err(format!("output `{LINK_OUTPUT}` is not declared"));
                 };
-                // One byte, written on this thread: `tokio::fs` would take a blocking
-                // thread's hop for it, the handler's own cost rather than baton's.
-                std::fs::write(path, b"0")
+                tokio::fs::write(path, b"0")
+                    .await
                     .map_err(|error| format!("writing output `{LINK_OUTPUT}`: {error}"))
             });
     }
