@@ -300,14 +300,19 @@ async fn ready_tasks_are_published_by_hand_over_without_polling() {
         (done.status, done.counters.done_count),
         (PlanStatus::Done, 3)
     );
-    let mut conn = cluster.db.connect().await;
     assert!(
-        tasks::next_outbox_rows(&mut conn, Utc::now() + chrono::Duration::hours(1), 10)
-            .await
-            .unwrap()
-            .is_empty(),
+        outbox_is_empty(&cluster).await,
         "every published row was deleted"
     );
+}
+
+/// Whether the outbox has no row left that the relay would publish, even an hour from now.
+async fn outbox_is_empty(cluster: &TestCluster) -> bool {
+    let mut conn = cluster.db.connect().await;
+    tasks::next_outbox_rows(&mut conn, Utc::now() + chrono::Duration::hours(1), 10)
+        .await
+        .unwrap()
+        .is_empty()
 }
 
 /// A DONE report that offers a follow-up gets the child it made ready on the worker's control
@@ -662,6 +667,23 @@ async fn until_held_and_ready(cluster: &TestCluster, held: usize, ready: u32) ->
     }
 }
 
+/// Takes `count` ready messages, claims each task and reports it DONE; returns their tasks,
+/// checking that none came twice.
+async fn run_from_messages(worker: &mut ScriptedWorker, count: usize) -> BTreeSet<TaskKey> {
+    let mut seen = BTreeSet::new();
+    for _ in 0..count {
+        let message = worker.take_ready_message(WAIT).await;
+        assert!(
+            seen.insert(message.task_key),
+            "{} published twice",
+            message.task_key
+        );
+        let granted = Granted::of(&worker.claim(message.task_key).await).expect("granted");
+        worker.report(&granted, ReportedOutcome::Done).await;
+    }
+    seen
+}
+
 /// With `publish_ahead`, a task queue gets that many ready messages and the rest of the plan's
 /// ready tasks wait in the outbox, held; they are released, oldest first, as a consumer takes
 /// messages. A held task granted without its message (here by a claim; a refill or follow-up
@@ -690,17 +712,7 @@ async fn a_queue_gets_its_window_of_messages_and_the_rest_wait_held_until_taken_
     worker.report(&granted, ReportedOutcome::Done).await;
 
     // The rest through the queue, each message once; the claimed task's never.
-    let mut seen = BTreeSet::new();
-    for _ in 0..4 {
-        let message = worker.take_ready_message(WAIT).await;
-        assert!(
-            seen.insert(message.task_key),
-            "{} published twice",
-            message.task_key
-        );
-        let granted = Granted::of(&worker.claim(message.task_key).await).expect("granted");
-        worker.report(&granted, ReportedOutcome::Done).await;
-    }
+    let seen = run_from_messages(&mut worker, 4).await;
     let expected: BTreeSet<TaskKey> = order
         .iter()
         .copied()
@@ -715,12 +727,8 @@ async fn a_queue_gets_its_window_of_messages_and_the_rest_wait_held_until_taken_
         (PlanStatus::Done, 5)
     );
     assert!(held_tasks(&cluster).await.is_empty());
-    let mut conn = cluster.db.connect().await;
     assert!(
-        tasks::next_outbox_rows(&mut conn, Utc::now() + chrono::Duration::hours(1), 10)
-            .await
-            .unwrap()
-            .is_empty(),
+        outbox_is_empty(&cluster).await,
         "every row was published or deleted"
     );
 }
@@ -739,17 +747,8 @@ async fn rows_held_before_a_restart_are_released_after_it() {
     cluster.kill_dispatcher().await;
     cluster.start_dispatcher();
     let mut worker = ScriptedWorker::new(&cluster, "worker-1").await;
-    let mut seen = BTreeSet::new();
-    for _ in 0..5 {
-        let message = worker.take_ready_message(WAIT).await;
-        assert!(
-            seen.insert(message.task_key),
-            "{} published twice",
-            message.task_key
-        );
-        let granted = Granted::of(&worker.claim(message.task_key).await).expect("granted");
-        worker.report(&granted, ReportedOutcome::Done).await;
-    }
+    let seen = run_from_messages(&mut worker, 5).await;
+    assert_eq!(seen, fan.tasks.iter().map(|task| task.key).collect());
     let done = cluster
         .wait_for_plan(fan.key, WAIT, "DONE", |plan| plan.status.is_terminal())
         .await;

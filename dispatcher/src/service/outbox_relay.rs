@@ -189,214 +189,210 @@ impl Unserved {
     }
 }
 
-/// Publishes `rows` in order, with confirms, and deletes the confirmed ones; returns how many
-/// were published. With `may_hold`, a queue's rows beyond the configured `publish_ahead`, and
-/// those of a queue whose earlier rows are held, are held back instead (see the module's
-/// documentation).
-async fn publish_rows(
-    context: &Context,
-    publisher: &Publisher,
-    declared: &mut HashSet<String>,
-    unserved: &mut Unserved,
-    held: &mut Held,
-    rows: &[OutboxRow],
-    may_hold: bool,
-) -> anyhow::Result<usize> {
-    let mut messages = Vec::with_capacity(rows.len());
-    let mut undecodable = Vec::new();
-    let window = context.config.publish_ahead;
-    let mut per_queue: HashMap<&str, usize> = HashMap::new();
-    let mut holding = Vec::new();
-    for row in rows {
-        let message: TaskReady = match serde_json::from_value(row.payload.clone()) {
-            Ok(message) => message,
-            Err(error) => {
-                // Written by this program, so this is a bug; keep the row for an operator.
-                tracing::error!(
-                    outbox.id = row.id,
-                    "outbox row {} is not a task.ready message: {error}",
-                    row.id
-                );
-                undecodable.push(row.id);
-                continue;
-            }
-        };
-        if may_hold && window > 0 {
-            let count = per_queue.entry(row.routing_key.as_str()).or_default();
-            *count += 1;
-            if *count > window || held.queues.contains_key(&row.routing_key) {
-                held.queues
-                    .entry(row.routing_key.clone())
-                    .or_insert_with(|| broker::topology::task_queue(&message.requirements));
-                holding.push(row.id);
-                continue;
-            }
-        }
-        if !declared.contains(&row.routing_key) {
-            context
-                .broker
-                .declare_task_queue(&message.requirements)
-                .await?;
-            declared.insert(row.routing_key.clone());
-            // Workers that satisfy the set start consuming its queue.
-            let announcement = QueueAnnouncement {
-                requirements: message.requirements.clone(),
-            };
-            publisher
-                .publish_broadcast(
-                    CONTROL_EXCHANGE,
-                    QUEUE_ANNOUNCE_KEY,
-                    &announcement,
-                    Meta::default(),
-                )
-                .await?;
-        }
-        messages.push((row, message));
-    }
-    if !holding.is_empty() {
-        let mut conn = store::connection(&context.pool).await?;
-        tasks::hold_outbox_rows(&mut conn, &holding).await?;
-        tracing::debug!(
-            "held {} outbox rows back, {} queues have rows held",
-            holding.len(),
-            held.queues.len()
-        );
-    }
-    // Handed to the connection all at once and in order (lapin queues a publish's frames when
-    // it is first polled): one write for the round, not one wake-up of lapin's I/O loop per row.
-    let sent = futures::future::join_all(messages.iter().map(|(row, message)| {
-        let meta = Meta {
-            message_id: format!("task-{}-outbox-{}", message.task_key, row.id),
-            ..Meta::default()
-        };
-        publisher.send(TASKS_EXCHANGE, &row.routing_key, message, meta)
-    }))
-    .await;
-    let mut pending = Vec::with_capacity(sent.len());
-    let mut published = Vec::with_capacity(sent.len());
-    for ((row, message), sent) in messages.into_iter().zip(sent) {
-        match sent {
-            Ok(confirm) => {
-                published.push((
-                    row.routing_key.clone(),
-                    message.requirements,
-                    message.task_key,
-                ));
-                pending.push((row.id, confirm));
-            }
-            Err(error) => tracing::warn!("publishing outbox row {}: {error}", row.id),
-        }
-    }
-    let mut confirmed = Vec::with_capacity(pending.len());
-    let mut failure = None;
-    for (id, confirm) in pending {
-        match confirm.confirmed().await {
-            Ok(()) => confirmed.push(id),
-            Err(error) => {
-                if let broker::BrokerError::Unroutable { routing_key, .. } = &error {
-                    // The queue was deleted (by an operator?): declare it again next round.
-                    declared.remove(routing_key);
-                }
-                failure.get_or_insert(error);
-            }
-        }
-    }
-    if !confirmed.is_empty() {
-        let mut conn = store::connection(&context.pool).await?;
-        tasks::delete_outbox_rows(&mut conn, &confirmed).await?;
-    }
-    unserved.check(context, &published).await;
-    if let Some(error) = failure {
-        return Err(error.into());
-    }
-    if !undecodable.is_empty() && confirmed.is_empty() {
-        anyhow::bail!("outbox rows {undecodable:?} cannot be published");
-    }
-    Ok(confirmed.len())
+/// The relay's state between rounds: where it publishes, the queues it declared, the
+/// requirement sets seen unserved, and the queues with rows held back.
+struct Relay<'a> {
+    context: &'a Context,
+    publisher: Publisher,
+    declared: HashSet<String>,
+    unserved: Unserved,
+    held: Held,
 }
 
-/// Publishes one round of outbox rows available at `now`, read from the database; returns how
-/// many were read.
-async fn relay_round(
-    context: &Context,
-    publisher: &Publisher,
-    declared: &mut HashSet<String>,
-    unserved: &mut Unserved,
-    held: &mut Held,
-) -> anyhow::Result<usize> {
-    let rows = {
-        let mut conn = store::connection(&context.pool).await?;
-        tasks::next_outbox_rows(&mut conn, chrono::Utc::now(), BATCH).await?
-    };
-    publish_rows(context, publisher, declared, unserved, held, &rows, true).await?;
-    // Rows held by a relay that stopped are found on the next release.
-    held.unknown = true;
-    Ok(rows.len())
-}
-
-/// Releases held rows, oldest first, into the queues that hold fewer ready messages than the
-/// configured `publish_ahead`, as many as each lacks, and publishes them.
-async fn release_held(
-    context: &Context,
-    publisher: &Publisher,
-    declared: &mut HashSet<String>,
-    unserved: &mut Unserved,
-    held: &mut Held,
-) -> anyhow::Result<()> {
-    let mut conn = store::connection(&context.pool).await?;
-    if held.unknown {
-        for (routing_key, payload) in tasks::held_outbox_queues(&mut conn).await? {
-            let message: TaskReady = match serde_json::from_value(payload) {
+impl Relay<'_> {
+    /// Publishes `rows` in order, with confirms, and deletes the confirmed ones; returns how many
+    /// were published. With `may_hold`, a queue's rows beyond the configured `publish_ahead`, and
+    /// those of a queue whose earlier rows are held, are held back instead (see the module's
+    /// documentation).
+    async fn publish_rows(&mut self, rows: &[OutboxRow], may_hold: bool) -> anyhow::Result<usize> {
+        let mut messages = Vec::with_capacity(rows.len());
+        let mut undecodable = Vec::new();
+        let window = self.context.config.publish_ahead;
+        let mut per_queue: HashMap<&str, usize> = HashMap::new();
+        let mut holding = Vec::new();
+        for row in rows {
+            let message: TaskReady = match serde_json::from_value(row.payload.clone()) {
                 Ok(message) => message,
                 Err(error) => {
+                    // Written by this program, so this is a bug; keep the row for an operator.
                     tracing::error!(
-                        "a held outbox row of `{routing_key}` is not a task.ready message: {error}"
+                        outbox.id = row.id,
+                        "outbox row {} is not a task.ready message: {error}",
+                        row.id
                     );
+                    undecodable.push(row.id);
                     continue;
                 }
             };
-            held.queues
-                .entry(routing_key)
-                .or_insert_with(|| broker::topology::task_queue(&message.requirements));
+            if may_hold && window > 0 {
+                let count = per_queue.entry(row.routing_key.as_str()).or_default();
+                *count += 1;
+                if *count > window || self.held.queues.contains_key(&row.routing_key) {
+                    self.held
+                        .queues
+                        .entry(row.routing_key.clone())
+                        .or_insert_with(|| broker::topology::task_queue(&message.requirements));
+                    holding.push(row.id);
+                    continue;
+                }
+            }
+            if !self.declared.contains(&row.routing_key) {
+                self.context
+                    .broker
+                    .declare_task_queue(&message.requirements)
+                    .await?;
+                self.declared.insert(row.routing_key.clone());
+                // Workers that satisfy the set start consuming its queue.
+                let announcement = QueueAnnouncement {
+                    requirements: message.requirements.clone(),
+                };
+                self.publisher
+                    .publish_broadcast(
+                        CONTROL_EXCHANGE,
+                        QUEUE_ANNOUNCE_KEY,
+                        &announcement,
+                        Meta::default(),
+                    )
+                    .await?;
+            }
+            messages.push((row, message));
         }
-        held.unknown = false;
-    }
-    if held.queues.is_empty() {
-        return Ok(());
-    }
-    let (routing_keys, queues): (Vec<String>, Vec<String>) = held
-        .queues
-        .iter()
-        .map(|(routing_key, queue)| (routing_key.clone(), queue.clone()))
-        .unzip();
-    let counts = context.broker.message_counts(&queues).await?;
-    let window = context.config.publish_ahead;
-    for (routing_key, (_, ready)) in routing_keys.into_iter().zip(counts) {
-        // A missing queue is declared again by the publish; with no window (the setting was
-        // changed), everything held goes.
-        let lacking = match window {
-            0 => BATCH as usize,
-            window => window.saturating_sub(ready.map_or(0, |ready| ready as usize)),
-        };
-        if lacking == 0 {
-            continue;
-        }
-        let hidden_until = chrono::Utc::now() + HANDOVER_GRACE;
-        let rows =
-            tasks::release_outbox_rows(&mut conn, &routing_key, lacking as i64, hidden_until)
-                .await?;
-        if rows.len() < lacking {
-            held.queues.remove(&routing_key);
-        }
-        if !rows.is_empty() {
+        if !holding.is_empty() {
+            let mut conn = store::connection(&self.context.pool).await?;
+            tasks::hold_outbox_rows(&mut conn, &holding).await?;
             tracing::debug!(
-                "released {} held outbox rows into `{routing_key}`, which had {ready:?} ready messages",
-                rows.len()
+                "held {} outbox rows back, {} queues have rows held",
+                holding.len(),
+                self.held.queues.len()
             );
-            publish_rows(context, publisher, declared, unserved, held, &rows, false).await?;
         }
+        // Handed to the connection all at once and in order (lapin queues a publish's frames when
+        // it is first polled): one write for the round, not one wake-up of lapin's I/O loop per row.
+        let sent = futures::future::join_all(messages.iter().map(|(row, message)| {
+            let meta = Meta {
+                message_id: format!("task-{}-outbox-{}", message.task_key, row.id),
+                ..Meta::default()
+            };
+            self.publisher
+                .send(TASKS_EXCHANGE, &row.routing_key, message, meta)
+        }))
+        .await;
+        let mut pending = Vec::with_capacity(sent.len());
+        let mut published = Vec::with_capacity(sent.len());
+        for ((row, message), sent) in messages.into_iter().zip(sent) {
+            match sent {
+                Ok(confirm) => {
+                    published.push((
+                        row.routing_key.clone(),
+                        message.requirements,
+                        message.task_key,
+                    ));
+                    pending.push((row.id, confirm));
+                }
+                Err(error) => tracing::warn!("publishing outbox row {}: {error}", row.id),
+            }
+        }
+        let mut confirmed = Vec::with_capacity(pending.len());
+        let mut failure = None;
+        for (id, confirm) in pending {
+            match confirm.confirmed().await {
+                Ok(()) => confirmed.push(id),
+                Err(error) => {
+                    if let broker::BrokerError::Unroutable { routing_key, .. } = &error {
+                        // The queue was deleted (by an operator?): declare it again next round.
+                        self.declared.remove(routing_key);
+                    }
+                    failure.get_or_insert(error);
+                }
+            }
+        }
+        if !confirmed.is_empty() {
+            let mut conn = store::connection(&self.context.pool).await?;
+            tasks::delete_outbox_rows(&mut conn, &confirmed).await?;
+        }
+        self.unserved.check(self.context, &published).await;
+        if let Some(error) = failure {
+            return Err(error.into());
+        }
+        if !undecodable.is_empty() && confirmed.is_empty() {
+            anyhow::bail!("outbox rows {undecodable:?} cannot be published");
+        }
+        Ok(confirmed.len())
     }
-    Ok(())
+
+    /// Publishes one round of outbox rows available at `now`, read from the database; returns how
+    /// many were read.
+    async fn round(&mut self) -> anyhow::Result<usize> {
+        let rows = {
+            let mut conn = store::connection(&self.context.pool).await?;
+            tasks::next_outbox_rows(&mut conn, chrono::Utc::now(), BATCH).await?
+        };
+        self.publish_rows(&rows, true).await?;
+        // Rows held by a relay that stopped are found on the next release.
+        self.held.unknown = true;
+        Ok(rows.len())
+    }
+
+    /// Releases held rows, oldest first, into the queues that hold fewer ready messages than the
+    /// configured `publish_ahead`, as many as each lacks, and publishes them.
+    async fn release_held(&mut self) -> anyhow::Result<()> {
+        let mut conn = store::connection(&self.context.pool).await?;
+        if self.held.unknown {
+            for (routing_key, payload) in tasks::held_outbox_queues(&mut conn).await? {
+                let message: TaskReady = match serde_json::from_value(payload) {
+                    Ok(message) => message,
+                    Err(error) => {
+                        tracing::error!(
+                            "a held outbox row of `{routing_key}` is not a task.ready message: {error}"
+                        );
+                        continue;
+                    }
+                };
+                self.held
+                    .queues
+                    .entry(routing_key)
+                    .or_insert_with(|| broker::topology::task_queue(&message.requirements));
+            }
+            self.held.unknown = false;
+        }
+        if self.held.queues.is_empty() {
+            return Ok(());
+        }
+        let (routing_keys, queues): (Vec<String>, Vec<String>) = self
+            .held
+            .queues
+            .iter()
+            .map(|(routing_key, queue)| (routing_key.clone(), queue.clone()))
+            .unzip();
+        let counts = self.context.broker.message_counts(&queues).await?;
+        let window = self.context.config.publish_ahead;
+        for (routing_key, (_, ready)) in routing_keys.into_iter().zip(counts) {
+            // A missing queue is declared again by the publish; with no window (the setting was
+            // changed), everything held goes.
+            let lacking = match window {
+                0 => BATCH as usize,
+                window => window.saturating_sub(ready.map_or(0, |ready| ready as usize)),
+            };
+            if lacking == 0 {
+                continue;
+            }
+            let hidden_until = chrono::Utc::now() + HANDOVER_GRACE;
+            let rows =
+                tasks::release_outbox_rows(&mut conn, &routing_key, lacking as i64, hidden_until)
+                    .await?;
+            if rows.len() < lacking {
+                self.held.queues.remove(&routing_key);
+            }
+            if !rows.is_empty() {
+                tracing::debug!(
+                    "released {} held outbox rows into `{routing_key}`, which had {ready:?} ready messages",
+                    rows.len()
+                );
+                self.publish_rows(&rows, false).await?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// When the relay should next read the outbox: at the poll interval, or sooner when a row
@@ -419,28 +415,22 @@ async fn next_poll(context: &Context) -> tokio::time::Instant {
 /// Rows handed over in memory are published as soon as they come, without reading the
 /// database; the outbox is read at the poll interval and when a stored row becomes available.
 pub async fn run(context: Arc<Context>, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let publisher = Publisher::new(&context.broker).await?;
-    let mut declared = HashSet::new();
-    let mut unserved = Unserved::default();
-    let mut held = Held {
-        unknown: true,
-        ..Held::default()
+    let mut relay = Relay {
+        context: &context,
+        publisher: Publisher::new(&context.broker).await?,
+        declared: HashSet::new(),
+        unserved: Unserved::default(),
+        held: Held {
+            unknown: true,
+            ..Held::default()
+        },
     };
     let mut poll_at = tokio::time::Instant::now();
     let mut release_at = tokio::time::Instant::now();
     loop {
         let handed = context.handover.take();
         if !handed.is_empty()
-            && let Err(error) = publish_rows(
-                &context,
-                &publisher,
-                &mut declared,
-                &mut unserved,
-                &mut held,
-                &handed,
-                true,
-            )
-            .await
+            && let Err(error) = relay.publish_rows(&handed, true).await
         {
             // Still stored: polling finds them once their grace lapses.
             tracing::warn!(
@@ -449,15 +439,7 @@ pub async fn run(context: Arc<Context>, shutdown: CancellationToken) -> anyhow::
             );
         }
         if tokio::time::Instant::now() >= poll_at {
-            match relay_round(
-                &context,
-                &publisher,
-                &mut declared,
-                &mut unserved,
-                &mut held,
-            )
-            .await
-            {
+            match relay.round().await {
                 // A full round: more may be waiting.
                 Ok(read) if read as i64 == BATCH => continue,
                 Ok(_) => poll_at = next_poll(&context).await,
@@ -467,16 +449,8 @@ pub async fn run(context: Arc<Context>, shutdown: CancellationToken) -> anyhow::
                 }
             }
         }
-        if held.pending() && tokio::time::Instant::now() >= release_at {
-            if let Err(error) = release_held(
-                &context,
-                &publisher,
-                &mut declared,
-                &mut unserved,
-                &mut held,
-            )
-            .await
-            {
+        if relay.held.pending() && tokio::time::Instant::now() >= release_at {
+            if let Err(error) = relay.release_held().await {
                 tracing::warn!("releasing held outbox rows failed, retrying: {error:#}");
             }
             release_at = tokio::time::Instant::now() + HELD_POLL;
@@ -485,7 +459,7 @@ pub async fn run(context: Arc<Context>, shutdown: CancellationToken) -> anyhow::
             () = shutdown.cancelled() => return Ok(()),
             () = context.outbox_wakeup.notified() => {}
             () = tokio::time::sleep_until(poll_at) => {}
-            () = tokio::time::sleep_until(release_at), if held.pending() => {}
+            () = tokio::time::sleep_until(release_at), if relay.held.pending() => {}
         }
     }
 }
