@@ -501,6 +501,7 @@ async fn fetch_inputs(
     let mut errors: Vec<Option<String>> = vec![None; inputs.len()];
     let mut fetches = Vec::new();
     let mut fetched_by = Vec::new();
+    let mut samples = Vec::new();
     for (position, ((input, _), path)) in indexed.iter().zip(&places).enumerate() {
         match source(input) {
             Ok(Source::Stored(file, what)) => {
@@ -508,11 +509,29 @@ async fn fetch_inputs(
                 fetched_by.push((position, what));
             }
             Ok(Source::Sample(sample, data_sample_key)) => {
-                if let Err(error) = link_sample(input, sample, data_sample_key, path).await {
-                    errors[position] = Some(error);
-                }
+                samples.push((position, sample.to_owned(), *data_sample_key, path.clone()));
             }
             Err(error) => errors[position] = Some(error),
+        }
+    }
+    // The data samples' links, all in one blocking call.
+    if !samples.is_empty() {
+        let linked = tokio::task::spawn_blocking(move || {
+            samples
+                .into_iter()
+                .map(|(position, sample, key, path)| {
+                    let linked = std::os::unix::fs::symlink(&sample, &path);
+                    (position, sample, key, linked)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|error| format!("linking the data samples: {error}"))?;
+        for (position, sample, key, linked) in linked {
+            if let Err(error) = linked {
+                let identifier = &indexed[position].0.identifier;
+                errors[position] = Some(sample_link_error(identifier, key, &sample, &error));
+            }
         }
     }
     let results = artifacts.fetch_many_read_only(&fetches).await;
@@ -586,12 +605,19 @@ async fn link_sample(
     data_sample_key: &models::DataSampleKey,
     path: &Path,
 ) -> Result<(), String> {
-    tokio::fs::symlink(sample, path).await.map_err(|error| {
-        format!(
-            "input `{}`: linking data sample {data_sample_key} at {sample}: {error}",
-            input.identifier
-        )
-    })
+    tokio::fs::symlink(sample, path)
+        .await
+        .map_err(|error| sample_link_error(&input.identifier, *data_sample_key, sample, &error))
+}
+
+/// The error of input `identifier` whose data sample `key`, at `sample`, could not be linked.
+fn sample_link_error(
+    identifier: &str,
+    key: models::DataSampleKey,
+    sample: &str,
+    error: &std::io::Error,
+) -> String {
+    format!("input `{identifier}`: linking data sample {key} at {sample}: {error}")
 }
 
 /// Fetches `input`'s value to `path`, on this thread where the store can.

@@ -291,3 +291,41 @@ fn model_addresses_share_256_directories_and_never_collide() {
         crate::artifacts::check_address(&address).unwrap();
     }
 }
+
+#[tokio::test]
+async fn data_samples_among_many_inputs_are_linked_and_a_failed_link_is_reported() {
+    let setup = setup().await;
+    let model = stored(&setup.store, "m", b"model").await;
+    let sample = |n: u128, path: &Path| AssignedInput {
+        identifier: "sample".to_owned(),
+        multiple: false,
+        value: InputValue::DataSample {
+            data_sample_key: DataSampleKey(Uuid::from_u128(n)),
+            path: Some(path.display().to_string()),
+        },
+    };
+    let first = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(first.path(), b"first").unwrap();
+    // Three inputs: fetched together. The second sample goes where the first is linked.
+    let inputs = vec![
+        model_input("model", false, 0, model),
+        sample(1, first.path()),
+        sample(2, first.path()),
+    ];
+
+    let error = fetch_inputs(&inputs, &setup.store, &setup.workspace)
+        .await
+        .unwrap_err();
+
+    let key = DataSampleKey(Uuid::from_u128(2));
+    assert!(
+        error.starts_with(&format!(
+            "input `sample`: linking data sample {key} at {}",
+            first.path().display()
+        )),
+        "{error}"
+    );
+    let inputs_dir = setup.workspace.inputs_dir();
+    assert_eq!(std::fs::read(inputs_dir.join("sample")).unwrap(), b"first");
+    assert_eq!(std::fs::read(inputs_dir.join("model")).unwrap(), b"model");
+}
