@@ -95,8 +95,8 @@ pub trait ArtifactStore: Send + Sync + 'static {
 
     /// [`ArtifactStore::fetch_read_only`] for an attempt that fetches one or two files: a store
     /// may do a small file's work on the caller's thread, where a thread hop would cost more
-    /// than the work. An attempt fetching many files fetches them with `fetch_read_only`, in
-    /// parallel.
+    /// than the work. An attempt fetching more files fetches them together, with
+    /// [`ArtifactStore::fetch_many_read_only`].
     fn fetch_read_only_here<'a>(
         &'a self,
         file: &'a File,

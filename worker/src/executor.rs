@@ -20,7 +20,7 @@ use models::wire::{
 };
 use models::{OutputKind, StepState, TaskErrorType};
 
-use crate::artifacts::{ArtifactStore, Syncing};
+use crate::artifacts::{ArtifactError, ArtifactStore, Syncing};
 use crate::device::{Device, DeviceRun, Job, RunEnd};
 use crate::logs::{LogLimits, LogWriter, next_batch};
 use crate::process::Stop;
@@ -538,7 +538,7 @@ async fn fetch_inputs(
     for (result, (position, what)) in results.into_iter().zip(fetched_by) {
         if let Err(error) = result {
             let identifier = &indexed[position].0.identifier;
-            errors[position] = Some(format!("input `{identifier}` ({what}): {error}"));
+            errors[position] = Some(stored_fetch_error(identifier, &what, &error));
         }
     }
     if let Some(error) = errors.into_iter().flatten().next() {
@@ -610,6 +610,11 @@ async fn link_sample(
         .map_err(|error| sample_link_error(&input.identifier, *data_sample_key, sample, &error))
 }
 
+/// The error of input `identifier` whose stored file, `what` it is, could not be fetched.
+fn stored_fetch_error(identifier: &str, what: &str, error: &ArtifactError) -> String {
+    format!("input `{identifier}` ({what}): {error}")
+}
+
 /// The error of input `identifier` whose data sample `key`, at `sample`, could not be linked.
 fn sample_link_error(
     identifier: &str,
@@ -630,7 +635,7 @@ async fn fetch_one(
         Source::Stored(file, what) => artifacts
             .fetch_read_only_here(file, path)
             .await
-            .map_err(|error| format!("input `{}` ({what}): {error}", input.identifier)),
+            .map_err(|error| stored_fetch_error(&input.identifier, &what, &error)),
         Source::Sample(sample, data_sample_key) => {
             link_sample(input, sample, data_sample_key, path).await
         }

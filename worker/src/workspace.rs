@@ -742,7 +742,8 @@ const INLINE_UNLINKS: usize = 8;
 
 /// Empties the workspace at `root` and keeps it as a spare, if the steps left its layout as it
 /// was made with `mode` (and, unless `emptying` is allowed, nothing in it but a few values of
-/// its multiple inputs); answers whether it did. A workspace it does not keep may be emptied in part: the caller removes it.
+/// its multiple inputs); answers whether it did. A workspace it does not keep may be emptied
+/// in part: the caller removes it.
 fn keep_as_spare(root: &Path, mode: u32, emptying: Emptying) -> bool {
     if spares().len() >= MAX_SPARES {
         return false;
