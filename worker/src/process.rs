@@ -8,8 +8,9 @@
 //! This module does not substitute parameters into argv nor decide what a step's end means for
 //! its task: the executor does.
 
+use std::ffi::{OsStr, OsString};
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::pin;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -17,7 +18,7 @@ use std::time::Duration;
 use models::LogStream;
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use nix::unistd::{AccessFlags, Pid, access};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
@@ -41,8 +42,8 @@ const PIPE_BUFFER_BYTES: usize = 64 * 1024;
 /// One step to run: a program with its arguments, already substituted.
 #[derive(Clone)]
 pub struct StepCommand {
-    /// The program (looked up in the inherited `PATH` when it has no `/`) and its arguments,
-    /// each passed as is: no shell, no splitting, no expansion.
+    /// The program (looked up in the step's `PATH`, its own or else the inherited one, when it
+    /// has no `/`) and its arguments, each passed as is: no shell, no splitting, no expansion.
     pub argv: Vec<String>,
     /// The directory the step runs in.
     pub cwd: PathBuf,
@@ -246,7 +247,24 @@ async fn spawn(command: &StepCommand) -> Result<Child, String> {
     let Some((program, args)) = command.argv.split_first() else {
         return Err("the step has no program: its argv is empty".to_owned());
     };
-    let mut process = Command::new(program);
+    let path = command
+        .env
+        .iter()
+        .rev()
+        .find(|(name, _)| name == "PATH")
+        .map(|(_, value)| OsString::from(value))
+        .or_else(|| std::env::var_os("PATH"));
+    // Named by its full path, the program is started with `posix_spawn` (no copy of the
+    // worker's page tables); named for a `PATH` lookup in a changed environment, std would
+    // fork the whole worker to let `execvp` search.
+    let mut process = match path.and_then(|path| find_program(program, &path, &command.cwd)) {
+        Some(found) => {
+            let mut process = Command::new(found);
+            process.arg0(program);
+            process
+        }
+        None => Command::new(program),
+    };
     process.args(args).current_dir(&command.cwd).env_clear();
     // The one place the worker's environment reaches a step, through a fixed list of names.
     for name in INHERITED_ENV {
@@ -278,6 +296,24 @@ async fn spawn(command: &StepCommand) -> Result<Child, String> {
         }
         Err(error) => Err(format!("cannot start {program:?}: {error}")),
     }
+}
+
+/// Where `execvp` would find `program` in `path` for a step running in `cwd`: the first entry
+/// holding an executable file of that name (an empty or relative entry is taken from `cwd`).
+/// `None` when `program` names a path itself (it has a `/`) or no entry holds it: the spawn
+/// then looks it up as before and reports what it finds.
+fn find_program(program: &str, path: &OsStr, cwd: &Path) -> Option<PathBuf> {
+    if program.is_empty() || program.contains('/') {
+        return None;
+    }
+    std::env::split_paths(path).find_map(|entry| {
+        let candidate = cwd.join(entry).join(program);
+        let executable = candidate
+            .metadata()
+            .is_ok_and(|metadata| metadata.is_file())
+            && access(&candidate, AccessFlags::X_OK).is_ok();
+        executable.then_some(candidate)
+    })
 }
 
 /// Waits for the step's process to exit while obeying stop orders and the step's timeout;

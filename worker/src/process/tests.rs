@@ -6,7 +6,9 @@ use models::wire::LogRecord;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::{INHERITED_ENV, StepCommand, StepEnd, StepRun, Stop, group_alive, run_step};
+use super::{
+    INHERITED_ENV, StepCommand, StepEnd, StepRun, Stop, find_program, group_alive, run_step,
+};
 use crate::logs::{LogLimits, LogWriter};
 
 const GRACE: Duration = Duration::from_millis(300);
@@ -241,6 +243,86 @@ async fn a_program_on_path_is_found() {
     let ran = run(&command(&["echo", "found"])).await;
     assert_eq!(ran.run.end, StepEnd::Exited { code: 0 });
     assert_eq!(ran.texts(LogStream::Stdout), ["found"]);
+}
+
+/// Writes an executable shell script `name` into `dir` that prints `text`.
+fn script(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\necho {text}\n")).expect("write a script");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+#[test]
+fn a_program_is_found_as_execvp_would_find_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().expect("temp dir");
+    let root = root.path();
+    for dir in ["plain", "dir", "exec", "cwd/rel"] {
+        std::fs::create_dir_all(root.join(dir)).expect("make a directory");
+    }
+    let plain = root.join("plain/tool");
+    std::fs::write(&plain, "#!/bin/sh\n").expect("write a file");
+    std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    std::fs::create_dir(root.join("dir/tool")).expect("make a directory");
+    let found = script(&root.join("exec"), "tool", "exec");
+    let cwd = root.join("cwd");
+    let path = |entries: &[&Path]| std::env::join_paths(entries).expect("a PATH");
+
+    // Neither a file without execute permission nor a directory is the program.
+    let entries = path(&[&root.join("plain"), &root.join("dir"), &root.join("exec")]);
+    assert_eq!(find_program("tool", &entries, &cwd), Some(found.clone()));
+    // A relative entry, and an empty one, are taken from the step's working directory.
+    let relative = script(&cwd.join("rel"), "tool", "relative");
+    assert_eq!(
+        find_program("tool", &path(&[Path::new("rel"), &root.join("exec")]), &cwd),
+        Some(relative)
+    );
+    let here = script(&cwd, "tool", "here");
+    assert_eq!(
+        find_program("tool", &path(&[Path::new(""), &root.join("exec")]), &cwd),
+        Some(here)
+    );
+    // A program named by a path, an empty name or one found nowhere is left to the spawn.
+    assert_eq!(find_program("./tool", &entries, &cwd), None);
+    assert_eq!(
+        find_program(found.to_str().expect("UTF-8"), &entries, &cwd),
+        None
+    );
+    assert_eq!(find_program("", &entries, &cwd), None);
+    assert_eq!(find_program("baton-none", &entries, &cwd), None);
+}
+
+#[tokio::test]
+async fn a_program_found_on_path_keeps_its_name_as_argv0() {
+    let step = command(&["sh", "-c", "tr '\\0' ' ' < /proc/$$/cmdline"]);
+    let ran = run(&step).await;
+    assert_eq!(ran.run.end, StepEnd::Exited { code: 0 });
+    assert_eq!(
+        ran.texts(LogStream::Stdout),
+        ["sh -c tr '\\0' ' ' < /proc/$$/cmdline "]
+    );
+}
+
+#[tokio::test]
+async fn the_steps_own_path_is_searched() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    script(dir.path(), "baton-step-tool", "found on the step PATH");
+    let mut step = command(&["baton-step-tool"]);
+    let path = format!("{}:/usr/bin:/bin", dir.path().display());
+    step.env = vec![("PATH".to_owned(), path)];
+    let ran = run(&step).await;
+    assert_eq!(ran.run.end, StepEnd::Exited { code: 0 });
+    assert_eq!(ran.texts(LogStream::Stdout), ["found on the step PATH"]);
+    // Without it, the worker's PATH does not hold the tool.
+    let ran = run(&command(&["baton-step-tool"])).await;
+    assert_eq!(
+        ran.run.end,
+        StepEnd::NotStarted {
+            error: "program \"baton-step-tool\" not found".to_owned()
+        }
+    );
 }
 
 #[tokio::test]
