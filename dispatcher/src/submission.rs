@@ -368,7 +368,7 @@ pub async fn submit_plan(
     record: Option<&SubmissionRecord>,
 ) -> Result<(ComputePlan, Vec<Task>), SubmissionError> {
     let (plan, tasks, _, _) =
-        store_plan(conn, submission, owner, creator, now, record, false, None).await?;
+        store_plan(conn, submission, owner, creator, now, record, None, None).await?;
     analyze_after(conn, &plan).await;
     Ok((plan, tasks))
 }
@@ -387,14 +387,16 @@ pub async fn submit_plan_handing_over(
     record: Option<&SubmissionRecord>,
 ) -> Result<(ComputePlan, Vec<OutboxRow>), SubmissionError> {
     let (plan, _, rows, _) =
-        store_plan(conn, submission, owner, creator, now, record, true, None).await?;
+        store_plan(conn, submission, owner, creator, now, record, Some(0), None).await?;
     Ok((plan, rows))
 }
 
 /// Like [`submit_plan_handing_over`], starting ready tasks at once on the idle workers `starts`
 /// offers (`DispatcherConfig::eager_starts`): each is granted, as a claim would be, in the
 /// transaction that stores the plan, and gets no outbox row. The caller sends what
-/// [`Started`] holds once the plan is stored.
+/// [`Started`] holds once the plan is stored. A queue's rows beyond the relay's
+/// `publish_ahead` (0: none) are stored held, as the relay would hold them.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn submit_plan_starting(
     conn: &mut AsyncPgConnection,
     submission: &PlanSubmission,
@@ -403,6 +405,7 @@ pub(crate) async fn submit_plan_starting(
     now: Timestamp,
     record: Option<&SubmissionRecord>,
     starts: &mut Starts<'_>,
+    publish_ahead: usize,
 ) -> Result<(ComputePlan, Vec<OutboxRow>, Started), SubmissionError> {
     let (plan, _, rows, started) = store_plan(
         conn,
@@ -411,7 +414,7 @@ pub(crate) async fn submit_plan_starting(
         creator,
         now,
         record,
-        true,
+        Some(publish_ahead),
         Some(starts),
     )
     .await?;
@@ -572,8 +575,9 @@ const PARENT_READS: usize = 16;
 /// once.
 type Stored = (ComputePlan, Vec<Task>, Vec<OutboxRow>, Started);
 
-/// [`submit_plan`], its outbox rows handed over or not, its ready tasks started at once on
-/// idle workers when `starts` is given.
+/// [`submit_plan`], its outbox rows handed over to a relay publishing `handing_over` of a
+/// queue's rows ahead (`Some`: see [`submit_plan_starting`]) or left to polling (`None`), its
+/// ready tasks started at once on idle workers when `starts` is given.
 #[allow(clippy::too_many_arguments)]
 async fn store_plan(
     conn: &mut AsyncPgConnection,
@@ -582,7 +586,7 @@ async fn store_plan(
     creator: Option<&UserId>,
     now: Timestamp,
     record: Option<&SubmissionRecord>,
-    handing_over: bool,
+    handing_over: Option<usize>,
     mut starts: Option<&mut Starts<'_>>,
 ) -> Result<Stored, SubmissionError> {
     for _ in 0..PARENT_READS {
@@ -611,7 +615,7 @@ async fn store_plan_once(
         Timestamp,
         Option<&SubmissionRecord>,
     ),
-    handing_over: bool,
+    handing_over: Option<usize>,
     starts: Option<&mut Starts<'_>>,
 ) -> Result<Option<Stored>, SubmissionError> {
     // PostgreSQL keeps microseconds: return exactly what is stored.
@@ -684,7 +688,7 @@ async fn store_plan_once(
         }
         _ => Started::default(),
     };
-    let outbox: Vec<NewOutboxRow> = new_tasks
+    let mut outbox: Vec<NewOutboxRow> = new_tasks
         .iter()
         .filter(|task| task.status == TaskStatus::Todo)
         .map(|task| {
@@ -694,10 +698,16 @@ async fn store_plan_once(
                 payload: task_ready_payload(task)?,
                 created_at: now,
                 available_at: handing_over
+                    .is_some()
                     .then(|| now + crate::service::outbox_relay::HANDOVER_GRACE),
+                held: false,
             })
         })
         .collect::<Result<_, StoreError>>()?;
+    if let Some(publish_ahead) = handing_over {
+        // Stored held rather than held by the relay once stored: one write of each row.
+        crate::service::outbox_relay::hold_beyond_window(&mut outbox, publish_ahead);
+    }
 
     let stored_plan = plan.clone();
     let submission_row = record

@@ -376,6 +376,7 @@ async fn state_changes_and_outbox_keep_their_order() {
             created_at: fx::at(4),
             // The last one waits for a retry backoff.
             available_at: (i == 3).then(|| fx::at(50)),
+            held: false,
         })
         .collect();
     tasks::insert_outbox_rows(&conn, &rows).await.unwrap();
@@ -403,6 +404,83 @@ async fn state_changes_and_outbox_keep_their_order() {
     assert_eq!(later[1].routing_key, "device=lucidac,n=3");
 }
 
+/// Rows stored held wait for their release: polling and the availability do not see them, each
+/// queue with held rows is found once (with its oldest held row), a release takes the oldest
+/// first, and only held rows are deleted as granted.
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_stored_held_wait_for_their_release() {
+    let db = TestDb::new().await;
+    let mut conn = db.connect().await;
+    seed(&mut conn).await;
+    tasks::insert_tasks(&conn, &[fx::task(40, 30, 1, None), fx::task(41, 30, 1, None)])
+        .await
+        .unwrap();
+    let row = |n: u32, routing_key: &str, held: bool| NewOutboxRow {
+        task_key: key(if n == 0 { 41 } else { 40 }),
+        routing_key: routing_key.to_owned(),
+        payload: serde_json::json!({ "n": n }),
+        created_at: fx::at(4),
+        // A hand-over's grace: a held row keeps none.
+        available_at: Some(fx::at(9)),
+        held,
+    };
+    let rows = [
+        row(0, "q=a", false),
+        row(1, "q=a", true),
+        row(2, "q=b", true),
+        row(3, "q=a", true),
+        row(4, "q=b", true),
+    ];
+    let stored = tasks::insert_outbox_rows(&conn, &rows).await.unwrap();
+    let held: Vec<(bool, Option<_>)> = stored.iter().map(|r| (r.held, r.available_at)).collect();
+    assert_eq!(
+        held,
+        [
+            (false, Some(fx::at(9))),
+            (true, None),
+            (true, None),
+            (true, None),
+            (true, None)
+        ]
+    );
+    let polled = tasks::next_outbox_rows(&mut conn, fx::at(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(polled.len(), 1);
+    assert_eq!(polled[0].payload, serde_json::json!({ "n": 0 }));
+    assert_eq!(
+        tasks::next_outbox_availability(&mut conn).await.unwrap(),
+        Some(fx::at(9))
+    );
+    let queues = tasks::held_outbox_queues(&mut conn).await.unwrap();
+    assert_eq!(
+        queues,
+        [
+            ("q=a".to_owned(), serde_json::json!({ "n": 1 })),
+            ("q=b".to_owned(), serde_json::json!({ "n": 2 }))
+        ]
+    );
+    let released = tasks::release_outbox_rows(&mut conn, "q=a", 1, fx::at(20))
+        .await
+        .unwrap();
+    assert_eq!(released.len(), 1);
+    assert_eq!(released[0].payload, serde_json::json!({ "n": 1 }));
+    assert!(!released[0].held);
+    assert_eq!(released[0].available_at, Some(fx::at(20)));
+    // Task 40's held rows go (n = 2, 3, 4); task 41's row, not held, stays for the relay.
+    assert_eq!(
+        tasks::delete_held_outbox_rows(&conn, &[key(40).into(), key(41).into()])
+            .await
+            .unwrap(),
+        3
+    );
+    assert!(tasks::held_outbox_queues(&mut conn).await.unwrap().is_empty());
+    let left = tasks::next_outbox_rows(&mut conn, fx::at(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn batch_writes_are_prepared_once_per_connection_whatever_their_size() {
     #[derive(diesel::QueryableByName)]
@@ -428,6 +506,7 @@ async fn batch_writes_are_prepared_once_per_connection_whatever_their_size() {
                 payload: serde_json::json!({ "n": n }),
                 created_at: fx::at(4),
                 available_at: None,
+                held: false,
             })
             .collect();
         let stored = tasks::insert_outbox_rows(&conn, &rows).await.unwrap();

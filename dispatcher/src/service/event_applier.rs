@@ -2242,6 +2242,8 @@ async fn commit(
                     })?,
                     created_at: now,
                     available_at: *not_before,
+                    // The relay holds what its window does not take (`publish_ahead`).
+                    held: false,
                 });
             }
             _ => {}

@@ -9,7 +9,8 @@
 //!
 //! A round with more rows for one task queue than the configured `publish_ahead` publishes
 //! that many and holds the rest back in the outbox ([`tasks::hold_outbox_rows`]); later rows
-//! for that queue are held behind them. While rows are held, the relay reads the queues' ready
+//! for that queue are held behind them. A submission stores its rows beyond the window held
+//! already ([`hold_beyond_window`]), so that a large plan's rows are not written twice. While rows are held, the relay reads the queues' ready
 //! messages every [`HELD_POLL`] and releases, oldest first, as many rows as their consumers
 //! took. The event applier deletes the held row of a task it grants without the queue (a
 //! refill, a follow-up), so that task's message is never published only to be dropped.
@@ -26,7 +27,7 @@ use models::RequirementSet;
 use models::wire::{QueueAnnouncement, TaskReady};
 
 use super::Context;
-use crate::store::rows::OutboxRow;
+use crate::store::rows::{NewOutboxRow, OutboxRow};
 use crate::store::{self, tasks, workers};
 
 /// Rows published per round: enough to amortise a transaction, few enough to keep confirms
@@ -73,8 +74,14 @@ pub struct Handover {
 }
 
 impl Handover {
-    /// Adds committed rows, to be published after those already handed over.
+    /// Adds committed rows, to be published after those already handed over. Of the rows
+    /// stored held, only each queue's first is kept: it tells the relay that the queue has rows
+    /// held from there on, and the relay releases them from the outbox.
     pub(crate) fn push(&self, rows: Vec<OutboxRow>) {
+        let mut held_queues = HashSet::new();
+        let rows = rows
+            .into_iter()
+            .filter(|row| !row.held || held_queues.insert(row.routing_key.clone()));
         self.lock().extend(rows);
     }
 
@@ -88,6 +95,26 @@ impl Handover {
         self.rows
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Marks as held the rows of `rows` (in publishing order) beyond each queue's first
+/// `publish_ahead` (none when it is 0): what the relay would hold back of them as one round.
+pub fn hold_beyond_window(rows: &mut [NewOutboxRow], publish_ahead: usize) {
+    if publish_ahead == 0 {
+        return;
+    }
+    let mut per_queue: HashMap<&str, usize> = HashMap::new();
+    let held: Vec<bool> = rows
+        .iter()
+        .map(|row| {
+            let count = per_queue.entry(row.routing_key.as_str()).or_default();
+            *count += 1;
+            *count > publish_ahead
+        })
+        .collect();
+    for (row, held) in rows.iter_mut().zip(held) {
+        row.held = held;
     }
 }
 
@@ -203,7 +230,8 @@ impl Relay<'_> {
     /// Publishes `rows` in order, with confirms, and deletes the confirmed ones; returns how many
     /// were published. With `may_hold`, a queue's rows beyond the configured `publish_ahead`, and
     /// those of a queue whose earlier rows are held, are held back instead (see the module's
-    /// documentation).
+    /// documentation). A row handed over as stored held is not published: its queue has rows
+    /// held from it on.
     async fn publish_rows(&mut self, rows: &[OutboxRow], may_hold: bool) -> anyhow::Result<usize> {
         let mut messages = Vec::with_capacity(rows.len());
         let mut undecodable = Vec::new();
@@ -211,6 +239,9 @@ impl Relay<'_> {
         let mut per_queue: HashMap<&str, usize> = HashMap::new();
         let mut holding = Vec::new();
         for row in rows {
+            if row.held && self.held.queues.contains_key(&row.routing_key) {
+                continue;
+            }
             let message: TaskReady = match serde_json::from_value(row.payload.clone()) {
                 Ok(message) => message,
                 Err(error) => {
@@ -224,6 +255,12 @@ impl Relay<'_> {
                     continue;
                 }
             };
+            if row.held {
+                self.held
+                    .queues
+                    .insert(row.routing_key.clone(), broker::topology::task_queue(&message.requirements));
+                continue;
+            }
             if may_hold && window > 0 {
                 let count = per_queue.entry(row.routing_key.as_str()).or_default();
                 *count += 1;
@@ -461,5 +498,60 @@ pub async fn run(context: Arc<Context>, shutdown: CancellationToken) -> anyhow::
             () = tokio::time::sleep_until(poll_at) => {}
             () = tokio::time::sleep_until(release_at), if relay.held.pending() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Handover, hold_beyond_window};
+    use crate::store::rows::{NewOutboxRow, OutboxRow};
+
+    fn new_row(routing_key: &str) -> NewOutboxRow {
+        NewOutboxRow {
+            task_key: uuid::Uuid::nil(),
+            routing_key: routing_key.to_owned(),
+            payload: serde_json::Value::Null,
+            created_at: chrono::DateTime::UNIX_EPOCH,
+            available_at: None,
+            held: false,
+        }
+    }
+
+    #[test]
+    fn each_queue_keeps_its_window_and_the_rest_is_held() {
+        let keys = ["a", "b", "a", "a", "b", "c", "a"];
+        let mut rows: Vec<NewOutboxRow> = keys.iter().map(|key| new_row(key)).collect();
+        hold_beyond_window(&mut rows, 2);
+        let held: Vec<bool> = rows.iter().map(|row| row.held).collect();
+        assert_eq!(held, [false, false, false, true, false, false, true]);
+        // No window: nothing held.
+        let mut rows: Vec<NewOutboxRow> = keys.iter().map(|key| new_row(key)).collect();
+        hold_beyond_window(&mut rows, 0);
+        assert!(rows.iter().all(|row| !row.held));
+    }
+
+    #[test]
+    fn a_hand_over_keeps_the_rows_not_held_and_each_queues_first_held_row() {
+        let row = |id: i64, routing_key: &str, held: bool| OutboxRow {
+            id,
+            task_key: uuid::Uuid::nil(),
+            routing_key: routing_key.to_owned(),
+            payload: serde_json::Value::Null,
+            created_at: chrono::DateTime::UNIX_EPOCH,
+            available_at: None,
+            held,
+        };
+        let handover = Handover::default();
+        handover.push(vec![
+            row(1, "a", false),
+            row(2, "a", true),
+            row(3, "b", false),
+            row(4, "a", true),
+            row(5, "b", true),
+            row(6, "b", true),
+        ]);
+        handover.push(vec![row(7, "a", false), row(8, "a", true)]);
+        let ids: Vec<i64> = handover.take().iter().map(|row| row.id).collect();
+        assert_eq!(ids, [1, 2, 3, 5, 7, 8]);
     }
 }

@@ -119,6 +119,7 @@ async fn answer(
         chrono::Utc::now(),
         Some(record),
         &mut starts,
+        context.config.publish_ahead,
     )
     .await;
     let reply = match outcome {

@@ -1110,6 +1110,8 @@ pub struct OutboxRow {
     pub created_at: DateTime<Utc>,
     /// Not to be published before this time (a retry's backoff).
     pub available_at: Option<DateTime<Utc>>,
+    /// Held back from its queue, beyond the relay's `publish_ahead` (the relay releases it).
+    pub held: bool,
 }
 
 /// A new row of `outbox`.
@@ -1126,6 +1128,9 @@ pub struct NewOutboxRow {
     pub created_at: DateTime<Utc>,
     /// Not to be published before this time (a retry's backoff).
     pub available_at: Option<DateTime<Utc>>,
+    /// Stored held back from its queue, beyond the relay's `publish_ahead`: the relay releases
+    /// it as the queue's consumers take messages. A held row has no availability of its own.
+    pub held: bool,
 }
 
 /// A row of `submissions`: the answer given to one submission message.

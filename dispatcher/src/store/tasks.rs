@@ -695,7 +695,7 @@ pub async fn insert_outbox_rows(
     mut conn: &AsyncPgConnection,
     rows: &[NewOutboxRow],
 ) -> StoreResult<Vec<OutboxRow>> {
-    use diesel::sql_types::{Array, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+    use diesel::sql_types::{Array, Bool, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
     let mut stored = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(super::ROWS_PER_UNNEST) {
         let mut task_keys = Vec::with_capacity(chunk.len());
@@ -703,27 +703,31 @@ pub async fn insert_outbox_rows(
         let mut payloads = Vec::with_capacity(chunk.len());
         let mut created = Vec::with_capacity(chunk.len());
         let mut available = Vec::with_capacity(chunk.len());
+        let mut held = Vec::with_capacity(chunk.len());
         for row in chunk {
             task_keys.push(row.task_key);
             routing_keys.push(row.routing_key.as_str());
             payloads.push(&row.payload);
             created.push(row.created_at);
-            available.push(row.available_at);
+            available.push(row.available_at.filter(|_| !row.held));
+            held.push(row.held);
         }
         // `WITH ORDINALITY … ORDER BY`: ids follow the order given.
         let mut inserted: Vec<OutboxRow> = Cached(
             diesel::sql_query(
-                "INSERT INTO outbox (task_key, routing_key, payload, created_at, available_at) \
-                 SELECT u.task_key, u.routing_key, u.payload, u.created_at, u.available_at \
-                 FROM unnest($1, $2, $3, $4, $5) WITH ORDINALITY \
-                 AS u(task_key, routing_key, payload, created_at, available_at, n) ORDER BY u.n \
-                 RETURNING id, task_key, routing_key, payload, created_at, available_at",
+                "INSERT INTO outbox (task_key, routing_key, payload, created_at, available_at, held) \
+                 SELECT u.task_key, u.routing_key, u.payload, u.created_at, u.available_at, u.held \
+                 FROM unnest($1, $2, $3, $4, $5, $6) WITH ORDINALITY \
+                 AS u(task_key, routing_key, payload, created_at, available_at, held, n) \
+                 ORDER BY u.n \
+                 RETURNING id, task_key, routing_key, payload, created_at, available_at, held",
             )
             .bind::<Array<SqlUuid>, _>(task_keys)
             .bind::<Array<Text>, _>(routing_keys)
             .bind::<Array<Jsonb>, _>(payloads)
             .bind::<Array<Timestamptz>, _>(created)
-            .bind::<Array<Nullable<Timestamptz>>, _>(available),
+            .bind::<Array<Nullable<Timestamptz>>, _>(available)
+            .bind::<Array<Bool>, _>(held),
         )
         .load(&mut conn)
         .await?;
@@ -740,8 +744,10 @@ pub async fn next_outbox_rows(
     now: chrono::DateTime<chrono::Utc>,
     limit: i64,
 ) -> StoreResult<Vec<OutboxRow>> {
+    // `NOT held`, not `held = $1`: a prepared statement's generic plan can then use the index
+    // of rows not held, and does not walk the held ones.
     Ok(outbox::table
-        .filter(outbox::held.eq(false))
+        .filter(diesel::dsl::not(outbox::held))
         .filter(
             outbox::available_at
                 .is_null()
@@ -759,7 +765,7 @@ pub async fn next_outbox_availability(
     conn: &mut AsyncPgConnection,
 ) -> StoreResult<Option<chrono::DateTime<chrono::Utc>>> {
     Ok(outbox::table
-        .filter(outbox::held.eq(false))
+        .filter(diesel::dsl::not(outbox::held))
         .filter(outbox::available_at.is_not_null())
         .select(diesel::dsl::min(outbox::available_at))
         .first::<Option<chrono::DateTime<chrono::Utc>>>(conn)
@@ -777,23 +783,48 @@ pub async fn delete_outbox_rows(conn: &mut AsyncPgConnection, ids: &[i64]) -> St
 /// no longer finds them, [`release_outbox_rows`] does. Returns how many were still there.
 pub async fn hold_outbox_rows(conn: &mut AsyncPgConnection, ids: &[i64]) -> StoreResult<usize> {
     Ok(diesel::update(outbox::table.filter(outbox::id.eq_any(ids)))
-        .set(outbox::held.eq(true))
+        .set((
+            outbox::held.eq(true),
+            outbox::available_at.eq(None::<chrono::DateTime<chrono::Utc>>),
+        ))
         .execute(conn)
         .await?)
 }
 
 /// The routing keys that have held outbox rows, each with its oldest held row's payload (a
 /// `task.ready` message, which names the queue's requirement set).
+///
+/// It skips from one routing key to the next through the index of held rows, so it reads one
+/// row a queue however many are held (a `DISTINCT ON` read them all: 8 ms for 20,000).
 pub async fn held_outbox_queues(
     conn: &mut AsyncPgConnection,
 ) -> StoreResult<Vec<(String, serde_json::Value)>> {
-    Ok(outbox::table
-        .filter(outbox::held.eq(true))
-        .distinct_on(outbox::routing_key)
-        .order((outbox::routing_key, outbox::id))
-        .select((outbox::routing_key, outbox::payload))
-        .load(conn)
-        .await?)
+    #[derive(QueryableByName)]
+    struct HeldQueue {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        routing_key: String,
+        #[diesel(sql_type = diesel::sql_types::Jsonb)]
+        payload: serde_json::Value,
+    }
+    let queues: Vec<HeldQueue> = Cached(diesel::sql_query(
+        "WITH RECURSIVE keys(routing_key) AS ( \
+             (SELECT routing_key FROM outbox WHERE held ORDER BY routing_key LIMIT 1) \
+             UNION ALL \
+             SELECT (SELECT o.routing_key FROM outbox o \
+                     WHERE o.held AND o.routing_key > k.routing_key \
+                     ORDER BY o.routing_key LIMIT 1) \
+             FROM keys k WHERE k.routing_key IS NOT NULL) \
+         SELECT k.routing_key, (SELECT o.payload FROM outbox o \
+                                WHERE o.held AND o.routing_key = k.routing_key \
+                                ORDER BY o.id LIMIT 1) AS payload \
+         FROM keys k WHERE k.routing_key IS NOT NULL",
+    ))
+    .load(conn)
+    .await?;
+    Ok(queues
+        .into_iter()
+        .map(|queue| (queue.routing_key, queue.payload))
+        .collect())
 }
 
 /// Releases the oldest `limit` held outbox rows of `routing_key`, to be published now: they
@@ -812,7 +843,7 @@ pub async fn release_outbox_rows(
             "UPDATE outbox SET held = false, available_at = $3 WHERE id IN \
              (SELECT id FROM outbox WHERE held AND routing_key = $1 ORDER BY id LIMIT $2 \
               FOR UPDATE SKIP LOCKED) \
-             RETURNING id, task_key, routing_key, payload, created_at, available_at",
+             RETURNING id, task_key, routing_key, payload, created_at, available_at, held",
         )
         .bind::<Text, _>(routing_key)
         .bind::<BigInt, _>(limit)
