@@ -412,9 +412,12 @@ async fn rows_stored_held_wait_for_their_release() {
     let db = TestDb::new().await;
     let mut conn = db.connect().await;
     seed(&mut conn).await;
-    tasks::insert_tasks(&conn, &[fx::task(40, 30, 1, None), fx::task(41, 30, 1, None)])
-        .await
-        .unwrap();
+    tasks::insert_tasks(
+        &conn,
+        &[fx::task(40, 30, 1, None), fx::task(41, 30, 1, None)],
+    )
+    .await
+    .unwrap();
     let row = |n: u32, routing_key: &str, held: bool| NewOutboxRow {
         task_key: key(if n == 0 { 41 } else { 40 }),
         routing_key: routing_key.to_owned(),
@@ -474,7 +477,12 @@ async fn rows_stored_held_wait_for_their_release() {
             .unwrap(),
         3
     );
-    assert!(tasks::held_outbox_queues(&mut conn).await.unwrap().is_empty());
+    assert!(
+        tasks::held_outbox_queues(&mut conn)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let left = tasks::next_outbox_rows(&mut conn, fx::at(30), 10)
         .await
         .unwrap();
@@ -977,6 +985,98 @@ async fn deletes_keep_the_foreign_keys_behaviour() {
     assert_eq!(count_rows(&mut conn, "tasks").await, 0);
     assert_eq!(count_rows(&mut conn, "task_state_changes").await, 0);
     assert_eq!(count_rows(&mut conn, "log_lines").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn outbox_rows_and_models_are_checked_as_their_foreign_keys_did() {
+    // Checked per statement by triggers (migration 2026-11-30-000001).
+    let db = TestDb::new().await;
+    let mut conn = db.connect().await;
+    seed(&mut conn).await;
+    tasks::insert_tasks(&conn, &[fx::task(40, 30, 1, None)])
+        .await
+        .unwrap();
+    catalog::insert_organization(&mut conn, &fx::organization("org-m"))
+        .await
+        .unwrap();
+    let outbox = |task: u128| format!("('{}', 'any', '{{}}', now())", key(task));
+    let insert_outbox = |rows: &[u128]| {
+        let values: Vec<String> = rows.iter().map(|task| outbox(*task)).collect();
+        format!(
+            "INSERT INTO outbox (task_key, routing_key, payload, created_at) VALUES {}",
+            values.join(", ")
+        )
+    };
+    let model = |n: u128, task: u128, owner: &str| {
+        format!(
+            "('{}', '{}', 'model', '{{}}', '{owner}', now())",
+            key(n),
+            key(task)
+        )
+    };
+    let insert_models = |rows: &[String]| {
+        format!(
+            "INSERT INTO models (key, compute_task_key, output_identifier, permissions, owner, \
+             creation_date) VALUES {}",
+            rows.join(", ")
+        )
+    };
+    // An unknown task or owner among good rows: the statement is refused whole.
+    let error = refused(&mut conn, &insert_outbox(&[40, 77, 40])).await;
+    assert_eq!(dangling_constraint(&error), Some("outbox_task_key_fkey"));
+    let error = refused(
+        &mut conn,
+        &insert_models(&[model(60, 40, "org-a"), model(61, 77, "org-a")]),
+    )
+    .await;
+    assert_eq!(
+        dangling_constraint(&error),
+        Some("models_compute_task_key_fkey")
+    );
+    let error = refused(
+        &mut conn,
+        &insert_models(&[model(60, 40, "org-a"), model(61, 40, "org-z")]),
+    )
+    .await;
+    assert_eq!(dangling_constraint(&error), Some("models_owner_fkey"));
+    assert!(
+        error
+            .to_string()
+            .contains("insert or update on table \"models\" violates foreign key"),
+        "{error}"
+    );
+    assert_eq!(count_rows(&mut conn, "outbox").await, 0);
+    assert_eq!(count_rows(&mut conn, "models").await, 0);
+
+    execute(&mut conn, &insert_outbox(&[40, 40])).await;
+    execute(
+        &mut conn,
+        &insert_models(&[model(60, 40, "org-a"), model(61, 40, "org-m")]),
+    )
+    .await;
+    // The relay's updates pass; a row moved to an unknown task, or a model to an unknown
+    // owner, does not.
+    execute(&mut conn, "UPDATE outbox SET held = true").await;
+    let error = refused(
+        &mut conn,
+        &format!("UPDATE outbox SET task_key = '{}'", key(77)),
+    )
+    .await;
+    assert_eq!(dangling_constraint(&error), Some("outbox_task_key_fkey"));
+    let error = refused(&mut conn, "UPDATE models SET owner = 'org-z'").await;
+    assert_eq!(dangling_constraint(&error), Some("models_owner_fkey"));
+    // An organization that owns a model stays (NO ACTION)...
+    let error = refused(&mut conn, "DELETE FROM organizations WHERE id = 'org-m'").await;
+    assert_eq!(dangling_constraint(&error), Some("models_owner_fkey"));
+    // ...and a deleted task takes its outbox rows and models along (CASCADE).
+    execute(
+        &mut conn,
+        &format!("DELETE FROM tasks WHERE key = '{}'", key(40)),
+    )
+    .await;
+    assert_eq!(count_rows(&mut conn, "outbox").await, 0);
+    assert_eq!(count_rows(&mut conn, "models").await, 0);
+    execute(&mut conn, "DELETE FROM organizations WHERE id = 'org-m'").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

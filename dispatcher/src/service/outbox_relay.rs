@@ -256,9 +256,10 @@ impl Relay<'_> {
                 }
             };
             if row.held {
-                self.held
-                    .queues
-                    .insert(row.routing_key.clone(), broker::topology::task_queue(&message.requirements));
+                self.held.queues.insert(
+                    row.routing_key.clone(),
+                    broker::topology::task_queue(&message.requirements),
+                );
                 continue;
             }
             if may_hold && window > 0 {
