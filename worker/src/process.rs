@@ -300,20 +300,25 @@ async fn spawn(command: &StepCommand) -> Result<Child, String> {
 
 /// Where `execvp` would find `program` in `path` for a step running in `cwd`: the first entry
 /// holding an executable file of that name (an empty or relative entry is taken from `cwd`).
-/// `None` when `program` names a path itself (it has a `/`) or no entry holds it: the spawn
-/// then looks it up as before and reports what it finds.
+/// `None` when `program` names a path itself (it has a `/`), when no entry holds it, or when
+/// the first that does is relative (`cwd` is): the spawn then looks it up as before, from the
+/// step's directory, and reports what it finds.
 fn find_program(program: &str, path: &OsStr, cwd: &Path) -> Option<PathBuf> {
     if program.is_empty() || program.contains('/') {
         return None;
     }
-    std::env::split_paths(path).find_map(|entry| {
+    for entry in std::env::split_paths(path) {
         let candidate = cwd.join(entry).join(program);
         let executable = candidate
             .metadata()
             .is_ok_and(|metadata| metadata.is_file())
             && access(&candidate, AccessFlags::X_OK).is_ok();
-        executable.then_some(candidate)
-    })
+        if executable {
+            // A relative path would be taken from the step's directory a second time.
+            return Some(candidate).filter(|candidate| candidate.is_absolute());
+        }
+    }
+    None
 }
 
 /// Waits for the step's process to exit while obeying stop orders and the step's timeout;

@@ -292,6 +292,24 @@ fn a_program_is_found_as_execvp_would_find_it() {
     );
     assert_eq!(find_program("", &entries, &cwd), None);
     assert_eq!(find_program("baton-none", &entries, &cwd), None);
+    // Found through a relative working directory: left to the spawn, which would otherwise
+    // take the relative path from the step's directory a second time.
+    let relative = tempfile::tempdir_in(".").expect("temp dir here");
+    script(relative.path(), "tool", "relative");
+    let here = std::env::current_dir().expect("the current directory");
+    let relative_path = relative
+        .path()
+        .strip_prefix(&here)
+        .unwrap_or(relative.path());
+    assert!(relative_path.is_relative(), "{}", relative_path.display());
+    assert_eq!(
+        find_program("tool", &path(&[Path::new("")]), relative_path),
+        None
+    );
+    assert_eq!(
+        find_program("tool", &path(&[Path::new("")]), &here.join(relative_path)),
+        Some(here.join(relative_path).join("tool"))
+    );
 }
 
 #[tokio::test]
