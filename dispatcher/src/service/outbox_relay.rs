@@ -10,10 +10,11 @@
 //! A round with more rows for one task queue than the configured `publish_ahead` publishes
 //! that many and holds the rest back in the outbox ([`tasks::hold_outbox_rows`]); later rows
 //! for that queue are held behind them. A submission stores its rows beyond the window held
-//! already ([`hold_beyond_window`]), so that a large plan's rows are not written twice. While rows are held, the relay reads the queues' ready
-//! messages every [`HELD_POLL`] and releases, oldest first, as many rows as their consumers
-//! took. The event applier deletes the held row of a task it grants without the queue (a
-//! refill, a follow-up), so that task's message is never published only to be dropped.
+//! already ([`hold_beyond_window`]), so that a large plan's rows are not written twice. While
+//! rows are held, the relay reads the queues' ready messages every [`HELD_POLL`] and releases,
+//! oldest first, as many rows as their consumers took. The event applier deletes the held row
+//! of a task it grants without the queue (a refill, a follow-up), so that task's message is
+//! never published only to be dropped.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

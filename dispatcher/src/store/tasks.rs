@@ -715,7 +715,8 @@ pub async fn insert_outbox_rows(
         // `WITH ORDINALITY … ORDER BY`: ids follow the order given.
         let mut inserted: Vec<OutboxRow> = Cached(
             diesel::sql_query(
-                "INSERT INTO outbox (task_key, routing_key, payload, created_at, available_at, held) \
+                "INSERT INTO outbox \
+                 (task_key, routing_key, payload, created_at, available_at, held) \
                  SELECT u.task_key, u.routing_key, u.payload, u.created_at, u.available_at, u.held \
                  FROM unnest($1, $2, $3, $4, $5, $6) WITH ORDINALITY \
                  AS u(task_key, routing_key, payload, created_at, available_at, held, n) \
