@@ -244,7 +244,7 @@ pub fn group_alive(pgid: u32) -> bool {
 /// Starts `command` in a new process group, with a cleared environment and piped output, or
 /// says why it could not.
 async fn spawn(command: &StepCommand) -> Result<Child, String> {
-    let Some((program, args)) = command.argv.split_first() else {
+    let Some(program) = command.argv.first() else {
         return Err("the step has no program: its argv is empty".to_owned());
     };
     let path = command
@@ -257,29 +257,20 @@ async fn spawn(command: &StepCommand) -> Result<Child, String> {
     // Named by its full path, the program is started with `posix_spawn` (no copy of the
     // worker's page tables); named for a `PATH` lookup in a changed environment, std would
     // fork the whole worker to let `execvp` search.
-    let mut process = match path.and_then(|path| find_program(program, &path, &command.cwd)) {
-        Some(found) => {
-            let mut process = Command::new(found);
-            process.arg0(program);
-            process
-        }
-        None => Command::new(program),
+    let found = path.and_then(|path| find_program(program, &path, &command.cwd));
+    let spawned = match &found {
+        Some(found) => step_process(command, found.as_os_str(), Some(program)).spawn(),
+        None => step_process(command, program.as_ref(), None).spawn(),
     };
-    process.args(args).current_dir(&command.cwd).env_clear();
-    // The one place the worker's environment reaches a step, through a fixed list of names.
-    for name in INHERITED_ENV {
-        if let Some(value) = std::env::var_os(name) {
-            process.env(name, value);
+    let spawned = match spawned {
+        // A file without a `#!` line: `execvp` runs it with `/bin/sh`, `posix_spawn` refuses
+        // it. Started as before, through `execvp`.
+        Err(error) if found.is_some() && error.raw_os_error() == Some(Errno::ENOEXEC as i32) => {
+            step_process(command, program.as_ref(), None).spawn()
         }
-    }
-    process
-        .envs(command.env.iter().map(|(name, value)| (name, value)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    match process.spawn() {
+        spawned => spawned,
+    };
+    match spawned {
         Ok(child) => Ok(child),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             let cwd_is_dir = tokio::fs::metadata(&command.cwd)
@@ -296,6 +287,33 @@ async fn spawn(command: &StepCommand) -> Result<Child, String> {
         }
         Err(error) => Err(format!("cannot start {program:?}: {error}")),
     }
+}
+
+/// The step's process, to be started: `program` (with `arg0` as its name, when given) and the
+/// step's arguments, in a new process group, with a cleared environment and piped output.
+fn step_process(command: &StepCommand, program: &OsStr, arg0: Option<&str>) -> Command {
+    let mut process = Command::new(program);
+    if let Some(arg0) = arg0 {
+        process.arg0(arg0);
+    }
+    process
+        .args(command.argv.iter().skip(1))
+        .current_dir(&command.cwd)
+        .env_clear();
+    // The one place the worker's environment reaches a step, through a fixed list of names.
+    for name in INHERITED_ENV {
+        if let Some(value) = std::env::var_os(name) {
+            process.env(name, value);
+        }
+    }
+    process
+        .envs(command.env.iter().map(|(name, value)| (name, value)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    process
 }
 
 /// Where `execvp` would find `program` in `path` for a step running in `cwd`: the first entry

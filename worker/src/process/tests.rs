@@ -344,6 +344,23 @@ async fn the_steps_own_path_is_searched() {
 }
 
 #[tokio::test]
+async fn a_file_without_a_shebang_found_on_path_runs_with_sh_as_execvp_runs_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("baton-plain-script");
+    std::fs::write(&file, "echo run by sh\n").expect("write a script");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut step = command(&["baton-plain-script"]);
+    step.env = vec![(
+        "PATH".to_owned(),
+        format!("{}:/usr/bin:/bin", dir.path().display()),
+    )];
+    let ran = run(&step).await;
+    assert_eq!(ran.run.end, StepEnd::Exited { code: 0 });
+    assert_eq!(ran.texts(LogStream::Stdout), ["run by sh"]);
+}
+
+#[tokio::test]
 async fn a_step_timeout_stops_the_group() {
     let mut step = command(&["/bin/sh", "-c", "sleep 1000 & sleep 1000"]);
     step.timeout = Some(Duration::from_millis(200));
