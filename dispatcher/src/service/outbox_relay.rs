@@ -99,20 +99,42 @@ impl Handover {
     }
 }
 
+/// A queue's window of `publish_ahead` rows (none when it is 0), counted over rows taken in
+/// publishing order.
+struct Window<'a> {
+    publish_ahead: usize,
+    per_queue: HashMap<&'a str, usize>,
+}
+
+impl<'a> Window<'a> {
+    fn new(publish_ahead: usize) -> Window<'a> {
+        Window {
+            publish_ahead,
+            per_queue: HashMap::new(),
+        }
+    }
+
+    /// Whether rows are held at all.
+    fn applies(&self) -> bool {
+        self.publish_ahead > 0
+    }
+
+    /// Counts the next row of `routing_key`'s queue; whether it is beyond the window.
+    fn beyond(&mut self, routing_key: &'a str) -> bool {
+        let publish_ahead = self.publish_ahead;
+        let count = self.per_queue.entry(routing_key).or_default();
+        *count += 1;
+        publish_ahead > 0 && *count > publish_ahead
+    }
+}
+
 /// Marks as held the rows of `rows` (in publishing order) beyond each queue's first
 /// `publish_ahead` (none when it is 0): what the relay would hold back of them as one round.
 pub fn hold_beyond_window(rows: &mut [NewOutboxRow], publish_ahead: usize) {
-    if publish_ahead == 0 {
-        return;
-    }
-    let mut per_queue: HashMap<&str, usize> = HashMap::new();
+    let mut window = Window::new(publish_ahead);
     let held: Vec<bool> = rows
         .iter()
-        .map(|row| {
-            let count = per_queue.entry(row.routing_key.as_str()).or_default();
-            *count += 1;
-            *count > publish_ahead
-        })
+        .map(|row| window.beyond(&row.routing_key))
         .collect();
     for (row, held) in rows.iter_mut().zip(held) {
         row.held = held;
@@ -236,8 +258,7 @@ impl Relay<'_> {
     async fn publish_rows(&mut self, rows: &[OutboxRow], may_hold: bool) -> anyhow::Result<usize> {
         let mut messages = Vec::with_capacity(rows.len());
         let mut undecodable = Vec::new();
-        let window = self.context.config.publish_ahead;
-        let mut per_queue: HashMap<&str, usize> = HashMap::new();
+        let mut window = Window::new(self.context.config.publish_ahead);
         let mut holding = Vec::new();
         for row in rows {
             if row.held && self.held.queues.contains_key(&row.routing_key) {
@@ -256,24 +277,22 @@ impl Relay<'_> {
                     continue;
                 }
             };
-            if row.held {
-                self.held.queues.insert(
-                    row.routing_key.clone(),
-                    broker::topology::task_queue(&message.requirements),
-                );
-                continue;
-            }
-            if may_hold && window > 0 {
-                let count = per_queue.entry(row.routing_key.as_str()).or_default();
-                *count += 1;
-                if *count > window || self.held.queues.contains_key(&row.routing_key) {
-                    self.held
-                        .queues
-                        .entry(row.routing_key.clone())
-                        .or_insert_with(|| broker::topology::task_queue(&message.requirements));
+            // Stored held (its queue is held from it on), beyond the window, or behind rows
+            // of its queue held earlier.
+            let hold = row.held
+                || (may_hold
+                    && window.applies()
+                    && (window.beyond(&row.routing_key)
+                        || self.held.queues.contains_key(&row.routing_key)));
+            if hold {
+                self.held
+                    .queues
+                    .entry(row.routing_key.clone())
+                    .or_insert_with(|| broker::topology::task_queue(&message.requirements));
+                if !row.held {
                     holding.push(row.id);
-                    continue;
                 }
+                continue;
             }
             if !self.declared.contains(&row.routing_key) {
                 self.context
